@@ -1,0 +1,117 @@
+"""The job-failure branches of wsupload's error hierarchy.
+
+    WsuploadError                      (config.errors)
+    ├── ConfigError                    bad setting, refused at startup
+    └── UploadError                    ends up in a job's ``error`` field
+        ├── PermanentError             never retried: exactly one request, or none
+        │   ├── InvalidInput           invalid_input        bad source, caught before sending
+        │   ├── TooLarge               too_large            over WSUPLOAD_MAX_BYTES, or HTTP 413
+        │   ├── Rejected               rejected             HTTP 400
+        │   ├── Unauthorized           unauthorized         HTTP 401
+        │   ├── ClientError            client_error         any other 4xx but 408/429
+        │   ├── UnexpectedResponse     unexpected_response  3xx, or a body not of the documented shape
+        │   ├── RetriesExhausted       retries_exhausted    the last transient error, out of attempts
+        │   ├── TimeLimitExceeded      time_limit           the task's time limit ran out
+        │   └── InternalError          internal_error       a bug in wsupload, logged with its traceback
+        └── TransientError             retried with backoff
+            ├── ConnectionFailed       connection_error     refused, reset, DNS, broken pipe
+            ├── UploadTimeout          timeout              connect or read stall
+            ├── RateLimited            rate_limited         HTTP 429
+            └── ServerError            server_error         HTTP 5xx and 408
+
+Celery pickles exceptions across processes, so every constructor passes all of
+its arguments to ``super().__init__``. Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from config.errors import WsuploadError
+
+
+class UploadError(WsuploadError):
+    kind: ClassVar[str] = "upload_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, http_status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, http_status, retry_after)
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_doc(self) -> dict[str, Any]:
+        """The ``error`` object of a result document."""
+        return {
+            "kind": self.kind,
+            "http_status": self.http_status,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+
+
+class PermanentError(UploadError):
+    """The same request would fail the same way: do not send it again."""
+
+
+class InvalidInput(PermanentError):
+    kind = "invalid_input"
+
+
+class TooLarge(PermanentError):
+    kind = "too_large"
+
+
+class Rejected(PermanentError):
+    kind = "rejected"
+
+
+class Unauthorized(PermanentError):
+    kind = "unauthorized"
+
+
+class ClientError(PermanentError):
+    kind = "client_error"
+
+
+class UnexpectedResponse(PermanentError):
+    kind = "unexpected_response"
+
+
+class RetriesExhausted(PermanentError):
+    kind = "retries_exhausted"
+    # The cause was transient: the same job submitted later may well succeed.
+    retryable = True
+
+
+class TimeLimitExceeded(PermanentError):
+    kind = "time_limit"
+
+
+class InternalError(PermanentError):
+    kind = "internal_error"
+
+
+class TransientError(UploadError):
+    """A later attempt may succeed; ``retry_after`` is the server's own wish, if any."""
+
+    retryable = True
+
+
+class ConnectionFailed(TransientError):
+    kind = "connection_error"
+
+
+class UploadTimeout(TransientError):
+    kind = "timeout"
+
+
+class RateLimited(TransientError):
+    kind = "rate_limited"
+
+
+class ServerError(TransientError):
+    kind = "server_error"
