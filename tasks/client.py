@@ -1,0 +1,152 @@
+"""The HTTP client for WaveSpeed's binary upload endpoint: one attempt per call.
+
+``UploadClient.upload`` sends one streamed multipart request and returns the
+documented ``data`` object, or raises an ``UploadError`` that says what
+happened. It never retries (the task owns the retry policy) and never puts the
+API key into an error message. ``interpret_response`` is the pure half: an
+HTTP answer in, a result or an error out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import requests.adapters
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
+
+from tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
+from tasks.multipart import MultipartBody
+from tasks.retry_policy import error_for_status, parse_retry_after
+from tasks.sources import OpenedSource
+
+UPLOAD_PATH = "/api/v3/media/upload/binary"
+FIELD_NAME = "file"
+SOCKET_BLOCK = 1024 * 1024
+"""Bytes handed to the socket per send: urllib3's 16 KiB default costs ~2x on large files."""
+MESSAGE_LIMIT = 500
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:MESSAGE_LIMIT].decode("utf-8", "replace").strip()
+    return text + ("…" if len(body) > MESSAGE_LIMIT else "")
+
+
+def _describe(status: int, doc: Any, body: bytes) -> str:
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        text = doc["message"][:MESSAGE_LIMIT]
+        if doc.get("error_code") not in (None, ""):
+            text += f" (error_code {doc['error_code']})"
+        return f"HTTP {status}: {text}"
+    return f"HTTP {status}: {_snippet(body)}" if body.strip() else f"HTTP {status} with an empty body"
+
+
+def _parse_data(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise UnexpectedResponse("success answer has no 'data' object", 200)
+    url = data.get("download_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise UnexpectedResponse("success answer has no usable 'data.download_url'", 200)
+    size = data.get("size")
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        raise UnexpectedResponse("success answer has no numeric 'data.size'", 200)
+    for name in ("type", "filename"):
+        if not isinstance(data.get(name), str):
+            raise UnexpectedResponse(f"success answer has no string 'data.{name}'", 200)
+    return {"type": data["type"], "download_url": url, "filename": data["filename"], "size": size}
+
+
+def interpret_response(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The ``data`` of a successful upload, or raise the error the answer stands for."""
+    try:
+        doc: Any = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    if 200 <= status < 300:
+        if not isinstance(doc, dict):
+            raise UnexpectedResponse(f"HTTP {status} but the body is not a JSON object: {_snippet(body)!r}", status)
+        code = doc.get("code")
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise UnexpectedResponse(f"HTTP {status} but the body has no integer 'code'", status)
+        if code != 200:
+            # WaveSpeed may report a failure inside an HTTP 200: classify it by its own code.
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            message = f"HTTP {status} carrying code {code}: {_describe(code, doc, body).split(': ', 1)[1]}"
+            raise error_for_status(code, message, retry_after)
+        return _parse_data(doc.get("data"))
+    if 300 <= status < 400:
+        where = headers.get("Location", "nowhere")
+        raise UnexpectedResponse(f"HTTP {status} redirect to {where}; an upload is not re-sent to a redirect", status)
+    raise error_for_status(status, _describe(status, doc, body), parse_retry_after(headers.get("Retry-After")))
+
+
+class _BlockAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = SOCKET_BLOCK
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _reason(exc: BaseException) -> str:
+    # requests nests urllib3's errors several deep; the innermost says what happened.
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        if inner is None or inner is seen:
+            break
+        seen = inner
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, BaseException):
+            seen = reason
+    text = str(seen) or type(seen).__name__
+    # urllib3 prefixes the connection object's repr; keep what follows it.
+    return text.split(">: ", 1)[-1][:MESSAGE_LIMIT]
+
+
+class UploadClient:
+    """One requests session, reused for every upload this process makes."""
+
+    def __init__(self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float) -> None:
+        self.url = base_url.rstrip("/") + UPLOAD_PATH
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        adapter = _BlockAdapter(max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["Authorization"] = f"Bearer {api_key}"
+        self._session.headers["Accept"] = "application/json"
+        self._session.headers["User-Agent"] = "wsupload"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def upload(self, source: OpenedSource) -> dict[str, Any]:
+        source.file.seek(0)
+        body = MultipartBody(
+            source.file,  # type: ignore[arg-type]
+            field=FIELD_NAME,
+            filename=source.filename,
+            content_type=source.content_type,
+            size=source.size,
+        )
+        try:
+            response = self._session.post(
+                self.url,
+                data=body,  # type: ignore[arg-type]
+                headers={"Content-Type": body.content_type},
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except UploadError:
+            raise
+        except ConnectTimeout as exc:
+            raise UploadTimeout(f"connecting to the upload endpoint timed out: {_reason(exc)}") from None
+        except ReadTimeout:
+            raise UploadTimeout(f"no answer from the upload endpoint within {self._timeout[1]:g} s") from None
+        except RequestsConnectionError as exc:
+            raise ConnectionFailed(f"connection to the upload endpoint failed: {_reason(exc)}") from None
+        except RequestException as exc:
+            raise ConnectionFailed(f"the upload request failed: {_reason(exc)}") from None
+        return interpret_response(response.status_code, response.headers, response.content)

@@ -1,0 +1,126 @@
+"""Job result documents: their shape, their transitions, and where they live in Redis.
+
+One JSON document per job at ``wsupload:result:<job_id>`` (expiring after
+``WSUPLOAD_RESULT_TTL``), written as ``queued`` when the job is enqueued, then
+``running`` → ``retrying`` → ``succeeded`` | ``failed``. Every status change is
+also published on ``wsupload:events`` so waiters need not poll. This shape is a
+wire contract: producers in other languages read it, so fields are only added.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from config.settings import KEY_PREFIX
+from tasks.errors import UploadError
+
+QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
+TERMINAL = frozenset({SUCCEEDED, FAILED})
+EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
+
+JobDoc = dict[str, Any]
+
+
+def result_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}:result:{job_id}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _without(doc: JobDoc, key: str) -> JobDoc:
+    return {name: value for name, value in doc.items() if name != key}
+
+
+def new_doc(job_id: str, source: str, now: datetime) -> JobDoc:
+    return {
+        "job_id": job_id,
+        "status": QUEUED,
+        "source": source,
+        "attempts": 0,
+        "result": None,
+        "error": None,
+        "created_at": isoformat(now),
+        "started_at": None,
+        "finished_at": None,
+        "expires_at": None,
+    }
+
+
+def started(doc: JobDoc, now: datetime) -> JobDoc:
+    return {**doc, "status": RUNNING, "started_at": doc["started_at"] or isoformat(now)}
+
+
+def attempting(doc: JobDoc) -> JobDoc:
+    return {**_without(doc, "next_attempt_at"), "status": RUNNING, "attempts": doc["attempts"] + 1}
+
+
+def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> JobDoc:
+    """Backing off; ``last_error`` shows the transient failure being waited out."""
+    return {
+        **doc,
+        "status": RETRYING,
+        "last_error": error.to_doc(),
+        "next_attempt_at": isoformat(now + timedelta(seconds=delay)),
+    }
+
+
+def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int) -> JobDoc:
+    return {
+        **_without(doc, "next_attempt_at"),
+        "status": SUCCEEDED,
+        "result": result,
+        "error": None,
+        "finished_at": isoformat(now),
+        "expires_at": isoformat(now + timedelta(seconds=retention)),
+    }
+
+
+def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
+    return {**_without(doc, "next_attempt_at"), "status": FAILED, "result": None, "error": error.to_doc(), "finished_at": isoformat(now)}
+
+
+class ResultStore:
+    """Reads and writes result documents; publishes each status change."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+
+    def create(self, docs: Iterable[JobDoc]) -> None:
+        """Write ``queued`` documents in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for doc in docs:
+            pipe.set(result_key(doc["job_id"]), json.dumps(doc), ex=self.ttl)
+        pipe.execute()
+
+    def save(self, doc: JobDoc) -> None:
+        event = json.dumps({"job_id": doc["job_id"], "status": doc["status"]})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(result_key(doc["job_id"]), json.dumps(doc), ex=self.ttl)
+        pipe.publish(EVENTS_CHANNEL, event)
+        pipe.execute()
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        keys = [result_key(job_id) for job_id in job_ids]
+        if keys:
+            self.redis.delete(*keys)
+
+    def get(self, job_id: str) -> JobDoc | None:
+        return self.get_many([job_id])[0]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
+        if not job_ids:
+            return []
+        raw = self.redis.mget([result_key(job_id) for job_id in job_ids])
+        return [json.loads(value) if value is not None else None for value in raw]

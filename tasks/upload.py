@@ -1,0 +1,79 @@
+"""The Celery task ``wsupload.upload``: the thin shell around ``tasks.job``.
+
+The message carries only ``[job_id, source]``; the API key comes from the
+worker's environment. Each worker process builds its HTTP session and Redis
+client once, lazily, after the prefork pool has forked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from functools import cache
+
+import redis
+from celery import shared_task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+from config.settings import UPLOAD_TASK_NAME, Settings
+from tasks.client import UploadClient
+from tasks.errors import InternalError, InvalidInput, TimeLimitExceeded
+from tasks.job import JobRunner
+from tasks.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+FINAL_SAVE_MARGIN = 1.0
+"""Seconds kept free before the soft time limit to write the final document."""
+
+
+@cache
+def _runner(pid: int) -> JobRunner:
+    # Keyed by pid so a forked child never reuses its parent's sockets.
+    settings = Settings.from_env(worker=True)
+    assert settings.api_key is not None
+    client = UploadClient(
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    store = ResultStore(redis.Redis.from_url(settings.redis_url), settings.result_ttl)
+    return JobRunner(settings=settings, store=store, client=client)
+
+
+def runner() -> JobRunner:
+    return _runner(os.getpid())
+
+
+@shared_task(name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def upload(job_id: str, source: str) -> None:
+    started = time.monotonic()
+    job = runner()
+    if not isinstance(job_id, str) or not job_id:
+        log.error("dropping a %s message without a job id (args must be [job_id, source])", UPLOAD_TASK_NAME)
+        return
+    try:
+        if not isinstance(source, str):
+            job.fail(job_id, repr(source), InvalidInput(f"the source must be a string, got {type(source).__name__}"))
+            return
+        budget = job.settings.soft_time_limit - (time.monotonic() - started) - FINAL_SAVE_MARGIN
+        job.run(job_id, source, time_budget=budget)
+    except SoftTimeLimitExceeded:
+        job.fail(
+            job_id,
+            str(source),
+            TimeLimitExceeded(
+                f"the upload did not finish within the task's time limit ({job.settings.soft_time_limit} s, "
+                f"derived from WSUPLOAD_VISIBILITY_TIMEOUT={job.settings.visibility_timeout})"
+            ),
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Without Redis the outcome cannot be recorded: hand the message back so
+        # the job runs again rather than vanish.
+        log.error("job %s: Redis unreachable (%s); requeueing", job_id, exc)
+        raise Reject(str(exc), requeue=True) from None
+    except Exception as exc:
+        log.exception("job %s: internal error", job_id)
+        job.fail(job_id, str(source), InternalError(f"internal error: {type(exc).__name__}: {exc}"))
