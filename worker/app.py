@@ -1,0 +1,64 @@
+"""The Celery application: every broker and delivery setting, derived from ``Settings``.
+
+Why these settings (see kombu's Redis transport): a message is "unacked" from
+delivery until ack, and kombu redelivers it once it is older than the visibility
+timeout, even while the first copy still runs. So:
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job is acknowledged only
+  after its outcome is recorded; a worker that dies mid-upload leaves the
+  message to be redelivered, never lost.
+- ``task_time_limit`` < visibility timeout (both from WSUPLOAD_VISIBILITY_TIMEOUT):
+  no upload outlives its lease, so a redelivery never runs beside the original.
+- ``worker_prefetch_multiplier=1``: a worker holds no more messages than it runs,
+  so a reserved-but-waiting message cannot age past the timeout.
+- retries happen inside the task (tenacity), never as Celery countdowns: an ETA
+  longer than the visibility timeout would be redelivered in a loop.
+- ``unacked_restore_interval``/``throttle``: kombu's default sweep runs ~every
+  100 s; a tenth of the timeout recovers a dead worker's job soon after it expires.
+- prefork pool: the only pool that enforces time limits and notices a lost child.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("wsupload", broker=settings.effective_broker_url, include=["tasks.upload"])
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+    }
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_time_limit=settings.hard_time_limit,
+        task_soft_time_limit=settings.soft_time_limit,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.concurrency,
+        worker_pool="prefork",
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    # ``celery -A worker.app worker`` looks up ``app`` here; building it on
+    # demand keeps ``import worker.app`` free of environment parsing.
+    if name == "app":
+        return create_app(Settings.from_env(worker=True))
+    raise AttributeError(name)

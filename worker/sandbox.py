@@ -1,0 +1,376 @@
+"""A local WaveSpeed-compatible upload server for development, the demo and tests.
+
+It speaks the documented contract (multipart field ``file``, Bearer auth, the
+success body, 400/401/413) and can be told to misbehave: answer a status N
+times (with ``Retry-After``), answer HTTP 200 with an error ``code``, drop the
+connection, stall, or add latency. It parses uploads as a stream, hashing (and
+optionally storing) the file part, so a 1 GiB upload costs it no memory.
+
+Control it in-process (``SandboxServer.add_fault``) or over HTTP:
+``POST /_sandbox/faults`` (a fault object or a list), ``GET /_sandbox/uploads``,
+``POST /_sandbox/reset``. It never records the API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import socket
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from tasks import formats
+
+UPLOAD_PATH = "/api/v3/media/upload/binary"
+READ_BLOCK = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fault:
+    """How to answer the next ``times`` upload requests instead of normally."""
+
+    status: int | None = None
+    body: dict[str, Any] | None = None
+    retry_after: str | None = None
+    reset: bool = False
+    stall: float = 0.0
+    times: int = 1
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Fault:
+        return cls(**{key: doc[key] for key in cls.__dataclass_fields__ if key in doc})
+
+
+@dataclass
+class UploadRecord:
+    """What the sandbox saw of one upload request."""
+
+    number: int
+    received_at: float
+    answered_at: float = 0.0
+    status: int | None = None  # None: the connection was dropped
+    authorized: bool = False
+    filename: str | None = None
+    size: int = 0
+    sha256: str | None = None
+    fault: dict[str, Any] | None = None
+
+
+@dataclass
+class _FilePart:
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    filename: str | None = None
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    sink: BinaryIO | None = None
+
+
+class SandboxServer:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_bytes: int | None = None,
+        latency: float = 0.0,
+        storage_dir: Path | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.max_bytes = max_bytes
+        self.latency = latency
+        self.storage_dir = storage_dir
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._records: list[UploadRecord] = []
+        self._httpd = _Server((host, port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> SandboxServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._records.clear()
+
+    @property
+    def records(self) -> list[UploadRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def _begin(self) -> tuple[UploadRecord, Fault | None]:
+        with self._lock:
+            record = UploadRecord(number=len(self._records) + 1, received_at=time.time())
+            self._records.append(record)
+            fault = None
+            if self._faults:
+                fault = self._faults[0]
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.pop(0)
+            return record, fault
+
+    def stored_file(self, number: int) -> Path | None:
+        if self.storage_dir is None:
+            return None
+        path = self.storage_dir / str(number)
+        return path if path.is_file() else None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sandbox: SandboxServer) -> None:
+        self.sandbox = sandbox
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Without TCP_NODELAY, Nagle plus delayed ACK add ~40 ms to each answer.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("sandbox: " + format, *args)
+
+    @property
+    def sandbox(self) -> SandboxServer:
+        return self.server.sandbox
+
+    # -- routing ---------------------------------------------------------
+
+    def do_POST(self) -> None:
+        if self.path == UPLOAD_PATH:
+            self._upload()
+        elif self.path == "/_sandbox/faults":
+            doc = json.loads(self._read_small() or b"[]")
+            for item in doc if isinstance(doc, list) else [doc]:
+                self.sandbox.add_fault(Fault.from_json(item))
+            self._json(200, {"ok": True})
+        elif self.path == "/_sandbox/reset":
+            self._read_small()
+            self.sandbox.reset()
+            self._json(200, {"ok": True})
+        else:
+            self._read_small()
+            self._json(404, {"code": 404, "message": "not found"})
+
+    def do_GET(self) -> None:
+        if self.path == "/_sandbox/uploads":
+            self._json(200, [asdict(r) for r in self.sandbox.records])
+        elif self.path.startswith("/files/"):
+            self._download()
+        else:
+            self._json(404, {"code": 404, "message": "not found"})
+
+    # -- upload ----------------------------------------------------------
+
+    def _upload(self) -> None:
+        record, fault = self.sandbox._begin()
+        record.fault = asdict(fault) if fault else None
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            self._answer(record, 411, {"code": 411, "message": "Content-Length required"})
+            return
+        if fault and fault.reset:
+            self._drop(record)
+            return
+        record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
+        part = self._receive(length, record.number, store=record.authorized)
+        if part is None:
+            return  # the client went away mid-body
+        if part.name == "file":
+            record.filename, record.size, record.sha256 = part.filename, part.size, part.digest.hexdigest()
+        if fault and fault.stall:
+            time.sleep(fault.stall)
+        if self.sandbox.latency:
+            time.sleep(self.sandbox.latency)
+        status, body = self._decide(record, part, fault)
+        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+        self._answer(record, status, body, headers)
+
+    def _decide(self, record: UploadRecord, part: _FilePart, fault: Fault | None) -> tuple[int, dict[str, Any]]:
+        if fault and fault.status:
+            return fault.status, fault.body or {"code": fault.status, "message": f"sandbox fault {fault.status}"}
+        if not record.authorized:
+            return 401, {"code": 401, "message": "Invalid API key"}
+        if part.name != "file" or not part.filename:
+            return 400, {"code": 400, "message": "Invalid file: the multipart field 'file' is required"}
+        kind = formats.media_kind(part.filename)
+        if kind is None:
+            return 400, {"code": 400, "message": "Invalid file or format not supported"}
+        if self.sandbox.max_bytes is not None and part.size > self.sandbox.max_bytes:
+            return 413, {"code": 413, "message": "File too large"}
+        if fault and fault.body:
+            return 200, fault.body
+        url = f"{self.sandbox.url}/files/{record.number}/{quote(part.filename)}"
+        data = {"type": kind, "download_url": url, "filename": part.filename, "size": part.size}
+        return 200, {"code": 200, "message": "success", "data": data}
+
+    def _receive(self, length: int, number: int, *, store: bool) -> _FilePart | None:
+        """Read the whole body, streaming the first file part into a hash (and disk)."""
+        part = _FilePart()
+        _, params = parse_options_header(self.headers.get("Content-Type", ""))
+        boundary = params.get(b"boundary")
+        parser = None
+        if boundary:
+            parser = MultipartParser(boundary, self._callbacks(part, number, store))
+        remaining = length
+        try:
+            while remaining > 0:
+                block = self.rfile.read(min(READ_BLOCK, remaining))
+                if not block:
+                    self.close_connection = True
+                    return None
+                remaining -= len(block)
+                if parser is not None:
+                    try:
+                        parser.write(block)
+                    except Exception:
+                        parser, part.name = None, None  # malformed: keep draining, answer 400
+            if parser is not None:
+                parser.finalize()
+        finally:
+            if part.sink:
+                part.sink.close()
+        return part
+
+    def _callbacks(self, part: _FilePart, number: int, store: bool) -> dict[str, Any]:
+        field_name: list[bytes] = []
+        value: list[bytes] = []
+        done = {"file": False}
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            field_name.append(data[start:end])
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            value.append(data[start:end])
+
+        def on_header_end() -> None:
+            part.headers[b"".join(field_name).decode("latin-1").lower()] = b"".join(value).decode("utf-8", "replace")
+            field_name.clear()
+            value.clear()
+
+        def on_headers_finished() -> None:
+            if done["file"]:
+                return
+            _, params = parse_options_header(part.headers.get("content-disposition", ""))
+            name = params.get(b"name", b"").decode()
+            if name == "file":
+                part.name = name
+                part.filename = unquote(params.get(b"filename", b"").decode("utf-8", "replace"))
+                if store and self.sandbox.storage_dir is not None:
+                    part.sink = open(self.sandbox.storage_dir / str(number), "wb")  # noqa: SIM115
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            if part.name == "file" and not done["file"]:
+                chunk = data[start:end]
+                part.digest.update(chunk)
+                part.size += len(chunk)
+                if part.sink:
+                    part.sink.write(chunk)
+
+        def on_part_end() -> None:
+            if part.name == "file":
+                done["file"] = True
+            part.headers.clear()
+
+        return {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        }
+
+    # -- answers ---------------------------------------------------------
+
+    def _answer(self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        record.status = status
+        record.answered_at = time.time()
+        self._json(status, body, headers)
+
+    def _drop(self, record: UploadRecord) -> None:
+        record.answered_at = time.time()
+        # Linger 0: close with a TCP reset, as a crashed proxy would.
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.request.close()
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _read_small(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(min(length, 1 << 20)) if length else b""
+
+    def _download(self) -> None:
+        try:
+            number = int(self.path.split("/")[2])
+        except (IndexError, ValueError):
+            number = -1
+        path = self.sandbox.stored_file(number)
+        if path is None:
+            self._json(404, {"code": 404, "message": "no such file (start the sandbox with a storage directory)"})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.end_headers()
+        with open(path, "rb") as source:
+            shutil.copyfileobj(source, self.wfile, READ_BLOCK)
