@@ -221,14 +221,24 @@ class _Parser:
                 lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None,
                 "letters, digits and _ . : - only",
             ),
-            max_attempts=self.get("WSUPLOAD_MAX_ATTEMPTS", parse_int, d.max_attempts, lambda v: 1 <= v <= 100, "from 1 to 100"),
+            max_attempts=self.get(
+                "WSUPLOAD_MAX_ATTEMPTS", parse_int, d.max_attempts, lambda v: 1 <= v <= 100, "from 1 to 100"
+            ),
             backoff_base=self.get("WSUPLOAD_BACKOFF_BASE", parse_duration, d.backoff_base, *non_negative),
             backoff_max=self.get("WSUPLOAD_BACKOFF_MAX", parse_duration, d.backoff_max, *non_negative),
             retry_after_max=self.get("WSUPLOAD_RETRY_AFTER_MAX", parse_duration, d.retry_after_max, *non_negative),
             max_bytes=self.get("WSUPLOAD_MAX_BYTES", parse_size, d.max_bytes, *positive),
             allowed_roots=self.get("WSUPLOAD_ALLOWED_ROOTS", parse_roots, d.allowed_roots),
-            result_ttl=int(self.get("WSUPLOAD_RESULT_TTL", parse_duration, float(d.result_ttl), lambda v: v >= 1, "at least 1 second")),
-            retention=int(self.get("WSUPLOAD_RETENTION", parse_duration, float(d.retention), lambda v: v >= 1, "at least 1 second")),
+            result_ttl=int(
+                self.get(
+                    "WSUPLOAD_RESULT_TTL", parse_duration, float(d.result_ttl), lambda v: v >= 1, "at least 1 second"
+                )
+            ),
+            retention=int(
+                self.get(
+                    "WSUPLOAD_RETENTION", parse_duration, float(d.retention), lambda v: v >= 1, "at least 1 second"
+                )
+            ),
             visibility_timeout=int(
                 self.get(
                     "WSUPLOAD_VISIBILITY_TIMEOUT",
@@ -238,13 +248,16 @@ class _Parser:
                     "at least 20 seconds (the task's time limits are derived from it)",
                 )
             ),
-            concurrency=self.get("WSUPLOAD_CONCURRENCY", parse_int, d.concurrency, lambda v: 1 <= v <= 512, "from 1 to 512"),
+            concurrency=self.get(
+                "WSUPLOAD_CONCURRENCY", parse_int, d.concurrency, lambda v: 1 <= v <= 512, "from 1 to 512"
+            ),
             connect_timeout=self.get("WSUPLOAD_CONNECT_TIMEOUT", parse_duration, d.connect_timeout, *positive),
             read_timeout=self.get("WSUPLOAD_READ_TIMEOUT", parse_duration, d.read_timeout, *positive),
         )
         if s.backoff_max < s.backoff_base:
             self.problems.append(
-                f"WSUPLOAD_BACKOFF_MAX: must not be below WSUPLOAD_BACKOFF_BASE ({s.backoff_max:g} < {s.backoff_base:g})"
+                "WSUPLOAD_BACKOFF_MAX: must not be below WSUPLOAD_BACKOFF_BASE "
+                f"({s.backoff_max:g} < {s.backoff_base:g})"
             )
         if self.problems:
             raise ConfigError(self.problems)

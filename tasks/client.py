@@ -93,7 +93,11 @@ def _reason(exc: BaseException) -> str:
     # requests nests urllib3's errors several deep; the innermost says what happened.
     seen = exc
     while True:
-        inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        inner = (
+            seen.__cause__
+            or seen.__context__
+            or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        )
         if inner is None or inner is seen:
             break
         seen = inner
@@ -125,7 +129,7 @@ class UploadClient:
     def upload(self, source: OpenedSource) -> dict[str, Any]:
         source.file.seek(0)
         body = MultipartBody(
-            source.file,  # type: ignore[arg-type]
+            source.file,
             field=FIELD_NAME,
             filename=source.filename,
             content_type=source.content_type,
@@ -134,7 +138,7 @@ class UploadClient:
         try:
             response = self._session.post(
                 self.url,
-                data=body,  # type: ignore[arg-type]
+                data=body,
                 headers={"Content-Type": body.content_type},
                 timeout=self._timeout,
                 allow_redirects=False,

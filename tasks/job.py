@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity.stop import stop_base
 
 from config.settings import Settings
 from tasks import results
@@ -61,7 +62,9 @@ class JobRunner:
         doc = results.started(doc, results.utcnow())
         self.store.save(doc)
         try:
-            with open_source(source, max_bytes=self.settings.max_bytes, allowed_roots=self.settings.allowed_roots) as opened:
+            with open_source(
+                source, max_bytes=self.settings.max_bytes, allowed_roots=self.settings.allowed_roots
+            ) as opened:
                 result, doc = self._upload_with_retries(doc, opened, time_budget)
             doc = results.succeeded(doc, result, results.utcnow(), self.settings.retention)
         except UploadError as error:
@@ -96,18 +99,25 @@ class JobRunner:
             return self.client.upload(opened)
 
         def wait(retry_state: RetryCallState) -> float:
-            assert retry_state.outcome is not None
-            return next_delay(retry_state.outcome.exception(), state["doc"]["attempts"], self.policy, self.rand)
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            assert error is not None
+            return next_delay(error, state["doc"]["attempts"], self.policy, self.rand)
 
         def before_sleep(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             assert isinstance(error, UploadError)
             delay = retry_state.upcoming_sleep
-            log.warning("job %s attempt %d failed (%s); retrying in %.2f s", doc["job_id"], state["doc"]["attempts"], error.kind, delay)
+            log.warning(
+                "job %s attempt %d failed (%s); retrying in %.2f s",
+                doc["job_id"],
+                state["doc"]["attempts"],
+                error.kind,
+                delay,
+            )
             state["doc"] = results.retrying(state["doc"], self._redacted(error), delay, results.utcnow())
             self.store.save(state["doc"])
 
-        stop = stop_after_attempt(remaining)
+        stop: stop_base = stop_after_attempt(remaining)
         if time_budget is not None:
             stop = stop | stop_before_delay(time_budget)
         retrying = Retrying(
@@ -137,7 +147,12 @@ class JobRunner:
     @staticmethod
     def _log_outcome(doc: results.JobDoc) -> None:
         if doc["status"] == results.SUCCEEDED:
-            log.info("job %s succeeded after %d attempt(s): %s", doc["job_id"], doc["attempts"], doc["result"]["download_url"])
+            log.info(
+                "job %s succeeded after %d attempt(s): %s",
+                doc["job_id"],
+                doc["attempts"],
+                doc["result"]["download_url"],
+            )
         else:
             error = doc["error"]
             log.warning("job %s failed (%s): %s", doc["job_id"], error["kind"], error["message"])

@@ -87,7 +87,13 @@ def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int
 
 
 def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
-    return {**_without(doc, "next_attempt_at"), "status": FAILED, "result": None, "error": error.to_doc(), "finished_at": isoformat(now)}
+    return {
+        **_without(doc, "next_attempt_at"),
+        "status": FAILED,
+        "result": None,
+        "error": error.to_doc(),
+        "finished_at": isoformat(now),
+    }
 
 
 class ResultStore:

@@ -93,7 +93,7 @@ def compute_backoff(attempt: int, *, base: float, maximum: float, rand: Callable
     ``attempt`` is the number of attempts made so far (1 after the first).
     Full jitter spreads a fleet's retries so an outage does not end in a stampede.
     """
-    ceiling = min(maximum, base * 2 ** max(0, attempt - 1))
+    ceiling = min(maximum, base * 2.0 ** max(0, attempt - 1))
     return rand() * ceiling
 
 
@@ -108,7 +108,7 @@ def next_delay(
     A server's ``Retry-After`` is honoured as asked, not clipped to the backoff
     ceiling, only to its own cap ``retry_after_max``.
     """
-    retry_after = getattr(error, "retry_after", None)
+    retry_after: float | None = getattr(error, "retry_after", None)
     if retry_after is not None:
-        return float(min(retry_after, policy.retry_after_max))
+        return min(float(retry_after), policy.retry_after_max)
     return compute_backoff(attempt, base=policy.backoff_base, maximum=policy.backoff_max, rand=rand)

@@ -52,7 +52,9 @@ def local_path(source: str) -> Path:
     if "://" in source:
         parts = urlsplit(source)
         if parts.scheme != "file":
-            raise InvalidInput(f"unsupported source scheme {parts.scheme!r}: expected an absolute file path or file:// URL")
+            raise InvalidInput(
+                f"unsupported source scheme {parts.scheme!r}: expected an absolute file path or file:// URL"
+            )
         if parts.netloc not in ("", "localhost"):
             raise InvalidInput("file:// URLs must not name a host")
         source = unquote(parts.path)
@@ -90,12 +92,13 @@ def open_source(source: str, *, max_bytes: int, allowed_roots: Sequence[Path] = 
     except OSError as exc:
         raise InvalidInput(f"{source!r} cannot be opened: {exc.strerror}") from None
 
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InvalidInput(f"{source!r} is not a regular file")
+    os.set_blocking(fd, True)
     file = os.fdopen(fd, "rb", buffering=0)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"{source!r} is not a regular file")
-        os.set_blocking(fd, True)
         if info.st_size == 0:
             raise InvalidInput(f"{source!r} is empty")
         if info.st_size > max_bytes:
@@ -118,5 +121,5 @@ def open_source(source: str, *, max_bytes: int, allowed_roots: Sequence[Path] = 
         size=info.st_size,
         media_kind=kind,
         content_type=formats.content_type(filename),
-        file=file,  # type: ignore[arg-type]
+        file=file,
     )

@@ -48,7 +48,8 @@ def runner() -> JobRunner:
 
 
 @shared_task(name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def upload(job_id: str, source: str) -> None:
+def upload(job_id: object, source: object) -> None:
+    # Arguments come from any producer, in any language: check, never trust.
     started = time.monotonic()
     job = runner()
     if not isinstance(job_id, str) or not job_id:

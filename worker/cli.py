@@ -7,6 +7,7 @@ unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -99,8 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "--without-gossip",
             "--without-mingle",
         ]
-    )
-    return EXIT_OK
+    )  # exits the process when the worker stops
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -154,10 +154,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         storage_dir=args.storage,
     )
     print(f"sandbox listening on {server.url} (API key from --api-key / WSUPLOAD_SANDBOX_API_KEY)", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 
@@ -226,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
+        print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         url = safe_url(os.environ.get("REDIS_URL", Settings.redis_url))
         print(f"wsupload: cannot reach Redis at {url}: {exc}", file=sys.stderr)

@@ -106,7 +106,7 @@ class Producer:
         """Block until every job is terminal (or unknown), or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = set(job_ids)
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         # Subscribe before the first read: an event between the two is not lost.
         pubsub.subscribe(results.EVENTS_CHANNEL)
         try:
@@ -121,7 +121,9 @@ class Producer:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return WaitOutcome([docs[job_id] for job_id in job_ids], timed_out=True)
-                changed = self._next_changes(pubsub, wanted, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left))
+                changed = self._next_changes(
+                    pubsub, wanted, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left)
+                )
                 if time.monotonic() - last_full_read >= RECHECK_SECONDS:
                     changed.update(pending)
                     last_full_read = time.monotonic()

@@ -282,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
                 part.sink.close()
         return part
 
-    def _callbacks(self, part: _FilePart, number: int, store: bool) -> dict[str, Any]:
+    def _callbacks(self, part: _FilePart, number: int, store: bool) -> Any:
         field_name: list[bytes] = []
         value: list[bytes] = []
         done = {"file": False}
@@ -333,7 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- answers ---------------------------------------------------------
 
-    def _answer(self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _answer(
+        self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         record.status = status
         record.answered_at = time.time()
         self._json(status, body, headers)

@@ -1,0 +1,158 @@
+"""Interpreting upload answers, and the request the client sends (fake transport)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from tasks.client import UPLOAD_PATH, UploadClient, interpret_response
+from tasks.errors import (
+    ClientError,
+    ConnectionFailed,
+    RateLimited,
+    Rejected,
+    ServerError,
+    TooLarge,
+    Unauthorized,
+    UnexpectedResponse,
+    UploadTimeout,
+)
+from tasks.multipart import MultipartBody
+from tasks.sources import open_source
+from worker.samples import png_bytes
+
+DATA = {"type": "image", "download_url": "https://cdn.example/x.png", "filename": "x.png", "size": 10}
+
+
+def body(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_success_returns_the_documented_data() -> None:
+    assert interpret_response(200, {}, body({"code": 200, "message": "success", "data": DATA})) == DATA
+
+
+@pytest.mark.parametrize(
+    ("status", "doc", "error", "needle"),
+    [
+        (400, {"code": 400, "message": "Invalid file or format not supported"}, Rejected, "format not supported"),
+        (401, {"code": 401, "message": "Invalid API key", "error_code": "AUTH"}, Unauthorized, "(error_code AUTH)"),
+        (413, {"code": 413, "message": "File too large"}, TooLarge, "File too large"),
+        (404, {"message": "no route"}, ClientError, "no route"),
+        (503, {"message": "overloaded"}, ServerError, "overloaded"),
+    ],
+)
+def test_error_statuses_carry_the_server_message(status: int, doc: Any, error: type, needle: str) -> None:
+    with pytest.raises(error) as caught:
+        interpret_response(status, {}, body(doc))
+    assert caught.value.http_status == status
+    assert needle in caught.value.message
+
+
+def test_a_200_carrying_an_error_code_is_classified_by_that_code() -> None:
+    # WaveSpeed's own SDK tests model this answer.
+    with pytest.raises(ServerError, match="Upload failed: invalid file type") as caught:
+        interpret_response(200, {}, body({"code": 500, "message": "Upload failed: invalid file type"}))
+    assert caught.value.http_status == 500
+    with pytest.raises(Rejected):
+        interpret_response(200, {}, body({"code": 400, "message": "bad"}))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"<html>oops</html>",
+        b"",
+        body([1, 2]),
+        body({"message": "no code"}),
+        body({"code": 200, "message": "success"}),
+        body({"code": 200, "data": {**DATA, "download_url": None}}),
+        body({"code": 200, "data": {**DATA, "size": "big"}}),
+        body({"code": 200, "data": {k: v for k, v in DATA.items() if k != "filename"}}),
+    ],
+)
+def test_a_200_not_of_the_documented_shape_is_an_error(raw: bytes) -> None:
+    with pytest.raises(UnexpectedResponse) as caught:
+        interpret_response(200, {}, raw)
+    assert not caught.value.retryable
+
+
+def test_rate_limit_carries_retry_after() -> None:
+    with pytest.raises(RateLimited) as caught:
+        interpret_response(429, {"Retry-After": "12"}, b"")
+    assert caught.value.retry_after == 12.0
+    assert "HTTP 429 with an empty body" in caught.value.message
+
+
+def test_redirects_are_not_followed() -> None:
+    with pytest.raises(UnexpectedResponse, match="redirect to https://elsewhere"):
+        interpret_response(307, {"Location": "https://elsewhere"}, b"")
+
+
+def test_non_json_error_bodies_are_quoted_and_truncated() -> None:
+    with pytest.raises(ServerError) as caught:
+        interpret_response(502, {}, b"x" * 10_000)
+    assert len(caught.value.message) < 600
+
+
+class Capture(BaseAdapter):
+    def __init__(self, answer: Exception | tuple[int, bytes]) -> None:
+        super().__init__()
+        self.answer = answer
+        self.requests: list[requests.PreparedRequest] = []
+        self.read: bytes = b""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.requests.append(request)
+        assert isinstance(request.body, MultipartBody)  # streamed, not built in memory
+        while chunk := request.body.read(65536):
+            self.read += chunk
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        response = requests.Response()
+        response.status_code, response._content = self.answer
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def client_with(adapter: Capture) -> UploadClient:
+    client = UploadClient(base_url="http://api.test/", api_key="k-123", connect_timeout=1, read_timeout=2)
+    client._session.mount("http://", adapter)
+    return client
+
+
+def test_the_request_matches_the_api_page(tmp_path: Path) -> None:
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    adapter = Capture((200, body({"code": 200, "message": "success", "data": DATA})))
+    with open_source(str(path), max_bytes=10**6) as opened:
+        assert client_with(adapter).upload(opened) == DATA
+    (request,) = adapter.requests
+    assert (request.method, request.url) == ("POST", "http://api.test" + UPLOAD_PATH)
+    assert request.headers["Authorization"] == "Bearer k-123"
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert int(request.headers["Content-Length"]) == len(adapter.read)
+    assert "Transfer-Encoding" not in request.headers
+    assert b'name="file"; filename="pic.png"' in adapter.read
+    assert path.read_bytes() in adapter.read
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (requests.ConnectTimeout("connect timed out"), UploadTimeout),
+        (requests.ReadTimeout("read timed out"), UploadTimeout),
+        (requests.ConnectionError("Connection reset by peer"), ConnectionFailed),
+    ],
+)
+def test_transport_errors_become_transient_errors(tmp_path: Path, raised: Exception, error: type) -> None:
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    with open_source(str(path), max_bytes=10**6) as opened, pytest.raises(error) as caught:
+        client_with(Capture(raised)).upload(opened)
+    assert "k-123" not in str(caught.value)

@@ -1,0 +1,164 @@
+"""The job runner with fakeredis and a scripted client: retries, budgets, outcomes."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings
+from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
+from tasks import results
+from tasks.job import JobRunner
+from tasks.results import ResultStore
+from tasks.sources import OpenedSource
+from worker.samples import png_bytes
+
+SECRET = "sk-job-secret"
+DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "ok.png", "size": 1}
+
+
+class ScriptedClient:
+    """Answers each upload with the next scripted outcome; records what it read."""
+
+    def __init__(self, *outcomes: UploadError | dict[str, Any]) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+        self.bytes_seen: list[bytes] = []
+
+    def upload(self, source: OpenedSource) -> dict[str, Any]:
+        self.calls += 1
+        source.file.seek(0)
+        self.bytes_seen.append(source.file.read())
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, UploadError):
+            raise outcome
+        return outcome
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> str:
+    path = tmp_path / "ok.png"
+    path.write_bytes(png_bytes())
+    return str(path)
+
+
+def make_runner(store: ResultStore, client: ScriptedClient, sleeps: list[float], **env: str) -> JobRunner:
+    settings = Settings.from_env({"WAVESPEED_API_KEY": SECRET, "WSUPLOAD_MAX_ATTEMPTS": "3", **env})
+    sleep: Callable[[float], None] = sleeps.append
+    return JobRunner(settings=settings, store=store, client=client, sleep=sleep, rand=lambda: 1.0)
+
+
+def test_success_on_the_first_attempt(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(DATA), []
+    doc = make_runner(store, client, sleeps).run("j", png)
+    assert (doc["status"], doc["attempts"], doc["result"]) == ("succeeded", 1, DATA)
+    assert store.get("j") == doc
+    assert client.bytes_seen == [Path(png).read_bytes()]
+    assert sleeps == []
+
+
+def test_transient_errors_are_retried_with_backoff(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(ServerError("HTTP 503", 503), ConnectionFailed("reset"), DATA), []
+    doc = make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_BASE="1", WSUPLOAD_BACKOFF_MAX="30").run("j", png)
+    assert (doc["status"], doc["attempts"], client.calls) == ("succeeded", 3, 3)
+    assert sleeps == [1.0, 2.0]  # full jitter with rand=1: the exponential ceiling
+    # Every attempt sent the whole file again from its first byte.
+    assert len(set(client.bytes_seen)) == 1
+
+
+def test_permanent_errors_are_sent_exactly_once(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(Rejected("HTTP 400: bad format", 400)), []
+    doc = make_runner(store, client, sleeps).run("j", png)
+    assert client.calls == 1
+    assert doc["error"] == {
+        "kind": "rejected",
+        "http_status": 400,
+        "message": "HTTP 400: bad format",
+        "retryable": False,
+    }
+
+
+def test_retries_exhausted_reports_the_last_status(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(*[ServerError("HTTP 502: bad gateway", 502)] * 3), []
+    doc = make_runner(store, client, sleeps).run("j", png)
+    assert client.calls == 3
+    assert doc["error"]["kind"] == "retries_exhausted"
+    assert doc["error"]["http_status"] == 502
+    assert doc["error"]["retryable"] is True
+    assert "gave up after 3 attempts" in doc["error"]["message"]
+    assert "bad gateway" in doc["error"]["message"]
+
+
+def test_retry_after_sets_the_wait(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(RateLimited("HTTP 429", 429, 7.0), DATA), []
+    make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_MAX="1").run("j", png)
+    assert sleeps == [7.0]
+
+
+def test_retrying_is_visible_while_backing_off(store: ResultStore, png: str) -> None:
+    seen: list[dict[str, Any]] = []
+    client = ScriptedClient(ServerError("HTTP 503", 503), DATA)
+    runner = make_runner(store, client, [])
+    runner.sleep = lambda _: seen.append(store.get("j") or {})
+    runner.run("j", png)
+    assert seen[0]["status"] == "retrying"
+    assert seen[0]["last_error"]["kind"] == "server_error"
+
+
+def test_a_wait_past_the_time_budget_stops_retrying(store: ResultStore, png: str) -> None:
+    client, sleeps = ScriptedClient(RateLimited("HTTP 429", 429, 30.0), DATA), []
+    doc = make_runner(store, client, sleeps).run("j", png, time_budget=10)
+    assert client.calls == 1
+    assert sleeps == []
+    assert doc["error"]["kind"] == "retries_exhausted"
+    assert "time limit" in doc["error"]["message"]
+
+
+def test_invalid_input_sends_nothing(store: ResultStore, tmp_path: Path) -> None:
+    client = ScriptedClient()
+    doc = make_runner(store, client, []).run("j", str(tmp_path / "missing.png"))
+    assert client.calls == 0
+    assert (doc["status"], doc["attempts"], doc["error"]["kind"]) == ("failed", 0, "invalid_input")
+
+
+def test_a_finished_job_is_not_run_again(store: ResultStore, png: str) -> None:
+    make_runner(store, ScriptedClient(DATA), []).run("j", png)
+    again = ScriptedClient(DATA)
+    doc = make_runner(store, again, []).run("j", png)
+    assert again.calls == 0
+    assert doc["status"] == "succeeded"
+
+
+def test_attempts_carry_over_a_lost_worker(store: ResultStore, png: str) -> None:
+    # Three attempts were already made by workers that died mid-upload.
+    store.save({**results.new_doc("j", png, results.utcnow()), "status": "running", "attempts": 3})
+    client = ScriptedClient(DATA)
+    doc = make_runner(store, client, []).run("j", png)
+    assert client.calls == 0
+    assert doc["error"]["kind"] == "retries_exhausted"
+    assert "no attempts left: 3 of 3" in doc["error"]["message"]
+
+
+def test_remaining_attempts_after_a_lost_worker(store: ResultStore, png: str) -> None:
+    store.save({**results.new_doc("j", png, results.utcnow()), "status": "running", "attempts": 2})
+    client = ScriptedClient(ServerError("HTTP 503", 503), DATA)
+    doc = make_runner(store, client, []).run("j", png)
+    assert client.calls == 1
+    assert doc["error"]["kind"] == "retries_exhausted"
+
+
+def test_the_api_key_is_redacted_from_errors(store: ResultStore, png: str) -> None:
+    client = ScriptedClient(Rejected(f"HTTP 400: header was Bearer {SECRET}", 400))
+    doc = make_runner(store, client, []).run("j", png)
+    assert SECRET not in doc["error"]["message"]
+    assert "[redacted]" in doc["error"]["message"]
+
+
+def test_fail_records_an_outside_failure_once(store: ResultStore, png: str) -> None:
+    runner = make_runner(store, ScriptedClient(DATA), [])
+    runner.run("j", png)
+    runner.fail("j", png, Rejected("late", 400))
+    assert store.get("j")["status"] == "succeeded"  # type: ignore[index]
+    doc = runner.fail("k", png, Rejected("early", 400))
+    assert (doc["status"], doc["error"]["message"]) == ("failed", "early")

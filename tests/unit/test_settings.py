@@ -1,0 +1,130 @@
+"""Settings: defaults, parsing, one readable line per bad variable, derived limits."""
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, Settings
+from config.settings import parse_duration, parse_size
+
+SECRET = "sk-unit-secret-value"
+
+
+def test_defaults_follow_the_api_page() -> None:
+    s = Settings.from_env({})
+    assert s.base_url == "https://api.wavespeed.ai"
+    assert s.max_attempts == 5
+    assert s.max_bytes == 300 * 1024 * 1024
+    assert s.result_ttl == s.retention == 7 * 24 * 3600
+    assert s.retry_after_max >= 60
+    assert s.api_key is None
+    assert s.effective_broker_url == s.redis_url
+
+
+def test_every_variable_is_read() -> None:
+    s = Settings.from_env(
+        {
+            "WAVESPEED_API_KEY": SECRET,
+            "WAVESPEED_BASE_URL": "http://127.0.0.1:9000/",
+            "REDIS_URL": "redis://h:1/2",
+            "WSUPLOAD_BROKER_URL": "redis://b:3/4",
+            "WSUPLOAD_QUEUE": "uploads",
+            "WSUPLOAD_MAX_ATTEMPTS": "3",
+            "WSUPLOAD_BACKOFF_BASE": "0.5",
+            "WSUPLOAD_BACKOFF_MAX": "1m",
+            "WSUPLOAD_RETRY_AFTER_MAX": "90",
+            "WSUPLOAD_MAX_BYTES": "10MiB",
+            "WSUPLOAD_RESULT_TTL": "1d",
+            "WSUPLOAD_RETENTION": "2d",
+            "WSUPLOAD_VISIBILITY_TIMEOUT": "600",
+            "WSUPLOAD_CONCURRENCY": "4",
+            "WSUPLOAD_CONNECT_TIMEOUT": "3",
+            "WSUPLOAD_READ_TIMEOUT": "45s",
+        }
+    )
+    assert (s.api_key, s.base_url, s.redis_url, s.effective_broker_url) == (
+        SECRET,
+        "http://127.0.0.1:9000",
+        "redis://h:1/2",
+        "redis://b:3/4",
+    )
+    assert (s.queue, s.max_attempts, s.backoff_base, s.backoff_max, s.retry_after_max) == ("uploads", 3, 0.5, 60, 90)
+    assert (s.max_bytes, s.result_ttl, s.retention, s.visibility_timeout) == (10 * 1024 * 1024, 86400, 172800, 600)
+    assert (s.concurrency, s.connect_timeout, s.read_timeout) == (4, 3, 45)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WSUPLOAD_MAX_ATTEMPTS", "abc"),
+        ("WSUPLOAD_MAX_ATTEMPTS", "0"),
+        ("WSUPLOAD_BACKOFF_BASE", "-1"),
+        ("WSUPLOAD_MAX_BYTES", "lots"),
+        ("WSUPLOAD_MAX_BYTES", "0"),
+        ("WSUPLOAD_VISIBILITY_TIMEOUT", "5"),
+        ("WSUPLOAD_CONCURRENCY", "0"),
+        ("WSUPLOAD_READ_TIMEOUT", "0"),
+        ("WSUPLOAD_QUEUE", "has space"),
+        ("WAVESPEED_BASE_URL", "ftp://example.com"),
+        ("WAVESPEED_BASE_URL", "http://"),
+        ("REDIS_URL", "http://localhost:6379"),
+        ("WSUPLOAD_ALLOWED_ROOTS", "relative/dir"),
+        ("WSUPLOAD_ALLOWED_ROOTS", "/no/such/dir/anywhere"),
+    ],
+)
+def test_invalid_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert caught.value.problems == [str(caught.value)]
+    assert str(caught.value).startswith(f"{name}: ")
+
+
+def test_all_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WSUPLOAD_MAX_ATTEMPTS": "x", "WSUPLOAD_CONCURRENCY": "y"})
+    assert [line.split(":")[0] for line in caught.value.problems] == ["WSUPLOAD_MAX_ATTEMPTS", "WSUPLOAD_CONCURRENCY"]
+
+
+def test_backoff_max_below_base_is_refused() -> None:
+    with pytest.raises(ConfigError, match="WSUPLOAD_BACKOFF_MAX"):
+        Settings.from_env({"WSUPLOAD_BACKOFF_BASE": "10", "WSUPLOAD_BACKOFF_MAX": "5"})
+
+
+def test_worker_requires_the_api_key_producers_do_not() -> None:
+    assert Settings.from_env({}).api_key is None
+    with pytest.raises(ConfigError, match="^WAVESPEED_API_KEY: is required"):
+        Settings.from_env({}, worker=True)
+
+
+def test_api_key_is_never_shown() -> None:
+    s = Settings.from_env({"WAVESPEED_API_KEY": SECRET})
+    assert SECRET not in repr(s)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WAVESPEED_API_KEY": SECRET + " tail"}, worker=True)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("vt", [20, 21, 30, 60, 300, 3600, 86400])
+def test_time_limits_always_stay_below_the_visibility_timeout(vt: int) -> None:
+    s = Settings.from_env({"WSUPLOAD_VISIBILITY_TIMEOUT": str(vt)})
+    assert 0 < s.soft_time_limit < s.hard_time_limit < s.visibility_timeout
+    assert 1 <= s.restore_interval < s.visibility_timeout
+
+
+def test_allowed_roots_are_resolved(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    s = Settings.from_env({"WSUPLOAD_ALLOWED_ROOTS": f"{tmp_path / 'link'}:{tmp_path}"})
+    assert s.allowed_roots == ((tmp_path / "real").resolve(), tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("100", 100), ("300MiB", 300 * 2**20), ("300MB", 300 * 10**6), ("1GiB", 2**30), ("2k", 2000)]
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90", 90), ("1.5", 1.5), ("30s", 30), ("15m", 900), ("2h", 7200)])
+def test_parse_duration(text: str, expected: float) -> None:
+    assert parse_duration(text) == expected

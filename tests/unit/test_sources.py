@@ -1,0 +1,125 @@
+"""Source validation: every bad input refused, with a readable message, before sending."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import InvalidInput, TooLarge
+from tasks.sources import open_source
+from worker.samples import png_bytes
+
+MAX = 1024 * 1024
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    path = tmp_path / "ok.png"
+    path.write_bytes(png_bytes())
+    return path
+
+
+def test_a_valid_file_opens_at_its_first_byte(png: Path) -> None:
+    with open_source(str(png), max_bytes=MAX) as opened:
+        assert (opened.filename, opened.size, opened.media_kind) == ("ok.png", png.stat().st_size, "image")
+        assert opened.content_type == "image/png"
+        assert opened.file.read() == png.read_bytes()
+
+
+def test_file_urls_are_accepted(png: Path) -> None:
+    with open_source(png.as_uri(), max_bytes=MAX) as opened:
+        assert opened.size == png.stat().st_size
+
+
+def refused(source: str, match: str, **kwargs: object) -> None:
+    with pytest.raises(InvalidInput, match=match) as caught:
+        open_source(source, max_bytes=MAX, **kwargs)  # type: ignore[arg-type]
+    assert caught.value.kind == "invalid_input"
+    assert not caught.value.retryable
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    refused(str(tmp_path / "gone.png"), "does not exist")
+
+
+def test_directory(tmp_path: Path) -> None:
+    (tmp_path / "dir.png").mkdir()
+    refused(str(tmp_path / "dir.png"), "not a regular file")
+
+
+def test_fifo_does_not_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    refused(str(tmp_path / "pipe.png"), "not a regular file")
+
+
+def test_unreadable(png: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As root chmod 000 still reads, so simulate the kernel's answer.
+    def deny(*args: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", deny)
+    refused(str(png), "not readable")
+
+
+def test_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    refused(str(tmp_path / "empty.png"), "is empty")
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_bytes(b"hello")
+    refused(str(tmp_path / "notes.txt"), "does not have a supported extension")
+
+
+def test_content_not_matching_extension(tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_bytes(b"just text")
+    refused(str(tmp_path / "fake.png"), r"does not look like a \.png file")
+
+
+def test_too_large(png: Path) -> None:
+    with pytest.raises(TooLarge, match="WSUPLOAD_MAX_BYTES") as caught:
+        open_source(str(png), max_bytes=100)
+    assert (caught.value.kind, caught.value.retryable) == ("too_large", False)
+
+
+def test_relative_path() -> None:
+    refused("media/ok.png", "not an absolute path")
+
+
+@pytest.mark.parametrize("source", ["", "   ", "s3://bucket/key.png", "http://example.com/a.png", "/a\x00b.png"])
+def test_malformed_sources(source: str) -> None:
+    refused(source, ".")
+
+
+def test_outside_allowed_roots(tmp_path: Path, png: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    refused(str(png), "outside WSUPLOAD_ALLOWED_ROOTS", allowed_roots=(root.resolve(),))
+
+
+def test_symlink_escape(tmp_path: Path, png: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "escape.png").symlink_to(png)
+    refused(str(root / "escape.png"), "outside WSUPLOAD_ALLOWED_ROOTS", allowed_roots=(root.resolve(),))
+
+
+def test_dotdot_escape(tmp_path: Path, png: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    refused(f"{root}/../ok.png", "outside WSUPLOAD_ALLOWED_ROOTS", allowed_roots=(root.resolve(),))
+
+
+def test_outside_roots_does_not_reveal_existence(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    refused(str(tmp_path / "missing.png"), "outside WSUPLOAD_ALLOWED_ROOTS", allowed_roots=(root.resolve(),))
+
+
+def test_inside_allowed_roots_through_a_symlinked_root(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "in.png").write_bytes(png_bytes())
+    (tmp_path / "link").symlink_to(real)
+    with open_source(str(tmp_path / "link" / "in.png"), max_bytes=MAX, allowed_roots=(real.resolve(),)) as opened:
+        assert opened.filename == "in.png"
