@@ -18,6 +18,7 @@ from tasks.errors import (
     TooLarge,
     Unauthorized,
     UnexpectedResponse,
+    UploadError,
     UploadTimeout,
 )
 from tasks.multipart import MultipartBody
@@ -45,7 +46,7 @@ def test_success_returns_the_documented_data() -> None:
         (503, {"message": "overloaded"}, ServerError, "overloaded"),
     ],
 )
-def test_error_statuses_carry_the_server_message(status: int, doc: Any, error: type, needle: str) -> None:
+def test_error_statuses_carry_the_server_message(status: int, doc: Any, error: type[UploadError], needle: str) -> None:
     with pytest.raises(error) as caught:
         interpret_response(status, {}, body(doc))
     assert caught.value.http_status == status
@@ -105,10 +106,11 @@ class Capture(BaseAdapter):
         self.requests: list[requests.PreparedRequest] = []
         self.read: bytes = b""
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         self.requests.append(request)
-        assert isinstance(request.body, MultipartBody)  # streamed, not built in memory
-        while chunk := request.body.read(65536):
+        body: Any = request.body
+        assert isinstance(body, MultipartBody)  # streamed, not built in memory
+        while chunk := body.read(65536):
             self.read += chunk
         if isinstance(self.answer, Exception):
             raise self.answer

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from config import Settings
-from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from tasks import results
+from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from tasks.job import JobRunner
 from tasks.results import ResultStore
 from tasks.sources import OpenedSource
@@ -50,7 +50,8 @@ def make_runner(store: ResultStore, client: ScriptedClient, sleeps: list[float],
 
 
 def test_success_on_the_first_attempt(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(DATA), []
+    sleeps: list[float] = []
+    client = ScriptedClient(DATA)
     doc = make_runner(store, client, sleeps).run("j", png)
     assert (doc["status"], doc["attempts"], doc["result"]) == ("succeeded", 1, DATA)
     assert store.get("j") == doc
@@ -59,7 +60,8 @@ def test_success_on_the_first_attempt(store: ResultStore, png: str) -> None:
 
 
 def test_transient_errors_are_retried_with_backoff(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(ServerError("HTTP 503", 503), ConnectionFailed("reset"), DATA), []
+    sleeps: list[float] = []
+    client = ScriptedClient(ServerError("HTTP 503", 503), ConnectionFailed("reset"), DATA)
     doc = make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_BASE="1", WSUPLOAD_BACKOFF_MAX="30").run("j", png)
     assert (doc["status"], doc["attempts"], client.calls) == ("succeeded", 3, 3)
     assert sleeps == [1.0, 2.0]  # full jitter with rand=1: the exponential ceiling
@@ -68,7 +70,8 @@ def test_transient_errors_are_retried_with_backoff(store: ResultStore, png: str)
 
 
 def test_permanent_errors_are_sent_exactly_once(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(Rejected("HTTP 400: bad format", 400)), []
+    sleeps: list[float] = []
+    client = ScriptedClient(Rejected("HTTP 400: bad format", 400))
     doc = make_runner(store, client, sleeps).run("j", png)
     assert client.calls == 1
     assert doc["error"] == {
@@ -80,7 +83,8 @@ def test_permanent_errors_are_sent_exactly_once(store: ResultStore, png: str) ->
 
 
 def test_retries_exhausted_reports_the_last_status(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(*[ServerError("HTTP 502: bad gateway", 502)] * 3), []
+    sleeps: list[float] = []
+    client = ScriptedClient(*[ServerError("HTTP 502: bad gateway", 502)] * 3)
     doc = make_runner(store, client, sleeps).run("j", png)
     assert client.calls == 3
     assert doc["error"]["kind"] == "retries_exhausted"
@@ -91,7 +95,8 @@ def test_retries_exhausted_reports_the_last_status(store: ResultStore, png: str)
 
 
 def test_retry_after_sets_the_wait(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(RateLimited("HTTP 429", 429, 7.0), DATA), []
+    sleeps: list[float] = []
+    client = ScriptedClient(RateLimited("HTTP 429", 429, 7.0), DATA)
     make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_MAX="1").run("j", png)
     assert sleeps == [7.0]
 
@@ -107,7 +112,8 @@ def test_retrying_is_visible_while_backing_off(store: ResultStore, png: str) -> 
 
 
 def test_a_wait_past_the_time_budget_stops_retrying(store: ResultStore, png: str) -> None:
-    client, sleeps = ScriptedClient(RateLimited("HTTP 429", 429, 30.0), DATA), []
+    sleeps: list[float] = []
+    client = ScriptedClient(RateLimited("HTTP 429", 429, 30.0), DATA)
     doc = make_runner(store, client, sleeps).run("j", png, time_budget=10)
     assert client.calls == 1
     assert sleeps == []

@@ -57,7 +57,7 @@ def test_failure_carries_the_error() -> None:
 
 
 def test_store_writes_with_ttl_and_publishes_changes(redis_client: fakeredis.FakeRedis, store: ResultStore) -> None:
-    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(results.EVENTS_CHANNEL)
     store.create([results.new_doc("a", "s", NOW), results.new_doc("b", "s", NOW)])
     assert 0 < redis_client.ttl("wsupload:result:a") <= 3600

@@ -92,7 +92,7 @@ def test_backoff_max_below_base_is_refused() -> None:
 
 def test_worker_requires_the_api_key_producers_do_not() -> None:
     assert Settings.from_env({}).api_key is None
-    with pytest.raises(ConfigError, match="^WAVESPEED_API_KEY: is required"):
+    with pytest.raises(ConfigError, match=r"^WAVESPEED_API_KEY: is required"):
         Settings.from_env({}, worker=True)
 
 
