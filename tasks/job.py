@@ -40,6 +40,11 @@ def redact(text: str, secret: str | None) -> str:
 
 
 @dataclass
+class _State:
+    doc: results.JobDoc
+
+
+@dataclass
 class JobRunner:
     settings: Settings
     store: results.ResultStore
@@ -59,16 +64,16 @@ class JobRunner:
             # lost): uploading again would only waste the bytes.
             log.info("job %s is already %s; not running it again", job_id, doc["status"])
             return doc
-        doc = results.started(doc, results.utcnow())
-        self.store.save(doc)
+        state = _State(results.started(doc, results.utcnow()))
+        self.store.save(state.doc)
         try:
             with open_source(
                 source, max_bytes=self.settings.max_bytes, allowed_roots=self.settings.allowed_roots
             ) as opened:
-                result, doc = self._upload_with_retries(doc, opened, time_budget)
-            doc = results.succeeded(doc, result, results.utcnow(), self.settings.retention)
+                result = self._upload_with_retries(state, opened, time_budget)
+            doc = results.succeeded(state.doc, result, results.utcnow(), self.settings.retention)
         except UploadError as error:
-            doc = results.failed(doc, self._redacted(error), results.utcnow())
+            doc = results.failed(state.doc, self._redacted(error), results.utcnow())
         self.store.save(doc)
         self._log_outcome(doc)
         return doc
@@ -82,26 +87,25 @@ class JobRunner:
             self._log_outcome(doc)
         return doc
 
-    def _upload_with_retries(
-        self, doc: results.JobDoc, opened: OpenedSource, time_budget: float | None
-    ) -> tuple[dict[str, Any], results.JobDoc]:
-        remaining = self.policy.max_attempts - doc["attempts"]
+    def _upload_with_retries(self, state: _State, opened: OpenedSource, time_budget: float | None) -> dict[str, Any]:
+        """Upload under the retry policy; ``state.doc`` follows every attempt."""
+        made = state.doc["attempts"]
+        remaining = self.policy.max_attempts - made
         if remaining <= 0:
             raise RetriesExhausted(
-                f"no attempts left: {doc['attempts']} of {self.policy.max_attempts} were already made "
+                f"no attempts left: {made} of {self.policy.max_attempts} were already made "
                 "(an earlier worker stopped mid-upload)"
             )
-        state = {"doc": doc}
 
         def attempt() -> dict[str, Any]:
-            state["doc"] = results.attempting(state["doc"])
-            self.store.save(state["doc"])
+            state.doc = results.attempting(state.doc)
+            self.store.save(state.doc)
             return self.client.upload(opened)
 
         def wait(retry_state: RetryCallState) -> float:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             assert error is not None
-            return next_delay(error, state["doc"]["attempts"], self.policy, self.rand)
+            return next_delay(error, state.doc["attempts"], self.policy, self.rand)
 
         def before_sleep(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
@@ -109,13 +113,13 @@ class JobRunner:
             delay = retry_state.upcoming_sleep
             log.warning(
                 "job %s attempt %d failed (%s); retrying in %.2f s",
-                doc["job_id"],
-                state["doc"]["attempts"],
+                state.doc["job_id"],
+                state.doc["attempts"],
                 error.kind,
                 delay,
             )
-            state["doc"] = results.retrying(state["doc"], self._redacted(error), delay, results.utcnow())
-            self.store.save(state["doc"])
+            state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
+            self.store.save(state.doc)
 
         stop: stop_base = stop_after_attempt(remaining)
         if time_budget is not None:
@@ -129,9 +133,9 @@ class JobRunner:
             reraise=True,
         )
         try:
-            return retrying(attempt), state["doc"]
+            return retrying(attempt)
         except TransientError as error:
-            attempts = state["doc"]["attempts"]
+            attempts = state.doc["attempts"]
             if attempts < self.policy.max_attempts:
                 why = f"gave up after {attempts} attempts: the next wait would pass the task's time limit"
             else:

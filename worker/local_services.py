@@ -141,12 +141,18 @@ class WorkerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited with status {self.process.returncode}:\n{self.log_tail()}")
-            return bool(app.control.ping(timeout=0.5))
+            return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
 
         try:
             wait_until(ready, timeout, interval=0.1, what="the worker to answer a ping")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+
+    @property
+    def hostname(self) -> str:
+        """The Celery node name ``wsupload worker`` gives itself."""
+        assert self.process is not None
+        return f"wsupload-{self.process.pid}@{socket.gethostname()}"
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the parent and every pool child."""

@@ -165,6 +165,10 @@ class _Server(ThreadingHTTPServer):
         self.sandbox = sandbox
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or went away mid-answer is routine here.
+        log.debug("sandbox: connection from %s ended with an error", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
