@@ -1,0 +1,45 @@
+"""docker-compose.yml and the Dockerfile, checked by parsing (no Docker engine runs here)."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
+def test_redis_persists_and_never_evicts(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert "redis-data" in compose["volumes"]
+
+
+def test_worker_is_wired_to_redis_and_takes_the_key_from_the_environment(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    env = worker["environment"]
+    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert env["WAVESPEED_API_KEY"].startswith("${WAVESPEED_API_KEY")
+    assert worker["command"] == ["wsupload", "worker"]
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(volume.endswith(":/media:ro") for volume in worker["volumes"])
+    assert env["WSUPLOAD_ALLOWED_ROOTS"] == "/media"
+
+
+def test_the_dockerfile_builds_what_compose_runs(compose: dict[str, Any]) -> None:
+    assert compose["services"]["worker"]["build"] == "."
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line and line[0] != "#"]
+    copied = [part for line in lines if line[0] == "COPY" for part in line[1:-1]]
+    assert {"config", "tasks", "worker", "pyproject.toml"} <= set(copied)
+    assert all((ROOT / path).exists() for path in copied)
+    assert ["CMD", '["wsupload",', '"worker"]'] in lines
+    assert any(line[0] == "USER" and line[1] != "root" for line in lines)
