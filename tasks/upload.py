@@ -11,10 +11,12 @@ import logging
 import os
 import time
 from functools import cache
+from typing import Any
 
 import redis
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
 from config.settings import UPLOAD_TASK_NAME, Settings
 from tasks.client import UploadClient
@@ -47,7 +49,31 @@ def runner() -> JobRunner:
     return _runner(os.getpid())
 
 
-@shared_task(name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def time_limit_message(settings: Settings, which: str, seconds: int) -> str:
+    return (
+        f"the upload did not finish within the task's {which} time limit ({seconds} s, "
+        f"derived from WSUPLOAD_VISIBILITY_TIMEOUT={settings.visibility_timeout})"
+    )
+
+
+class UploadTask(Task[Any, Any]):
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # Celery calls this in the pool's parent when a child is killed at the
+        # hard time limit (the soft limit did not get it to stop). The message
+        # is acknowledged then, so record the failure or the job would stay
+        # "running" for good.
+        if not isinstance(exc, HardTimeLimitExceeded) or not args or not isinstance(args[0], str):
+            return
+        job = runner()
+        source = str(args[1]) if len(args) > 1 else ""
+        try:
+            message = time_limit_message(job.settings, "hard", job.settings.hard_time_limit)
+            job.fail(args[0], source, TimeLimitExceeded(message))
+        except Exception:
+            log.exception("job %s: could not record the hard time limit", args[0])
+
+
+@shared_task(base=UploadTask, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def upload(job_id: object, source: object) -> None:
     # Arguments come from any producer, in any language: check, never trust.
     started = time.monotonic()
@@ -62,14 +88,8 @@ def upload(job_id: object, source: object) -> None:
         budget = job.settings.soft_time_limit - (time.monotonic() - started) - FINAL_SAVE_MARGIN
         job.run(job_id, source, time_budget=budget)
     except SoftTimeLimitExceeded:
-        job.fail(
-            job_id,
-            str(source),
-            TimeLimitExceeded(
-                f"the upload did not finish within the task's time limit ({job.settings.soft_time_limit} s, "
-                f"derived from WSUPLOAD_VISIBILITY_TIMEOUT={job.settings.visibility_timeout})"
-            ),
-        )
+        message = time_limit_message(job.settings, "soft", job.settings.soft_time_limit)
+        job.fail(job_id, str(source), TimeLimitExceeded(message))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Without Redis the outcome cannot be recorded: hand the message back so
         # the job runs again rather than vanish.

@@ -1,0 +1,96 @@
+"""The Celery task shell: argument checks, Redis loss, time limits (called directly)."""
+
+from typing import Any
+
+import pytest
+import redis
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
+
+from config import Settings
+from tasks import upload as upload_module
+from tasks.job import JobRunner
+from tasks.results import ResultStore
+
+
+class NoClient:
+    def upload(self, source: Any) -> dict[str, Any]:
+        raise AssertionError("no request may be sent")
+
+
+@pytest.fixture
+def runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunner:
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_VISIBILITY_TIMEOUT": "20"})
+    job = JobRunner(settings=settings, store=store, client=NoClient())
+    monkeypatch.setattr(upload_module, "runner", lambda: job)
+    return job
+
+
+def test_a_relative_source_fails_cleanly(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.run("j1", "relative.png")
+    doc = store.get("j1")
+    assert doc is not None
+    assert (doc["status"], doc["error"]["kind"]) == ("failed", "invalid_input")
+
+
+def test_a_non_string_source_fails_cleanly(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.run("j1", {"path": "/a.png"})
+    doc = store.get("j1")
+    assert doc is not None
+    assert "must be a string, got dict" in doc["error"]["message"]
+
+
+def test_a_message_without_job_id_is_logged_not_stored(
+    runner: JobRunner, store: ResultStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload_module.upload.run(None, "/a.png")
+    assert store.redis.keys("*") == []
+    assert "without a job id" in caplog.text
+
+
+def test_losing_redis_hands_the_message_back(runner: JobRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(runner, "run", down)
+    with pytest.raises(Reject) as caught:
+        upload_module.upload.run("j1", "/a.png")
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+
+
+def test_the_soft_time_limit_is_recorded(
+    runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def slow(*args: Any, **kwargs: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(runner, "run", slow)
+    upload_module.upload.run("j1", "/a.png")
+    doc = store.get("j1")
+    assert doc is not None
+    assert doc["error"]["kind"] == "time_limit"
+    assert "soft time limit (13 s" in doc["error"]["message"]
+
+
+def test_the_hard_time_limit_is_recorded_by_the_parent(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j1", ["j1", "/a.png"], {}, None)
+    doc = store.get("j1")
+    assert doc is not None
+    assert doc["error"]["kind"] == "time_limit"
+    assert "hard time limit (15 s, derived from WSUPLOAD_VISIBILITY_TIMEOUT=20)" in doc["error"]["message"]
+
+
+def test_other_failures_are_left_alone(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.on_failure(ValueError("x"), "j1", ["j1", "/a.png"], {}, None)
+    assert store.get("j1") is None
+
+
+def test_an_internal_error_is_recorded(runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(runner, "run", bug)
+    upload_module.upload.run("j1", "/a.png")
+    doc = store.get("j1")
+    assert doc is not None
+    assert (doc["error"]["kind"], doc["error"]["message"]) == ("internal_error", "internal error: KeyError: 'oops'")
