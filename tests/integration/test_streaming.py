@@ -1,0 +1,66 @@
+"""Stream, don't buffer: an upload's peak memory does not grow with the file's size."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.samples import mp4_bytes
+from worker.sandbox import SandboxServer
+
+pytestmark = pytest.mark.integration
+
+FILE_SIZE = 256 * 1024 * 1024
+KEY = "sk-streaming-test"
+
+# Runs in a fresh interpreter so its peak RSS belongs to this upload alone.
+MEASURE = """
+import json, resource, sys
+import requests
+from tasks.client import UploadClient
+from tasks.sources import open_source
+
+url, path, how = sys.argv[1:]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if how == "wsupload":
+    client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
+    with open_source(path, max_bytes=1 << 40) as source:
+        size = client.upload(source)["size"]
+else:  # the API page's own example
+    with open(path, "rb") as f:
+        answer = requests.post(url + "/api/v3/media/upload/binary",
+                               headers={"Authorization": "Bearer %s"}, files={"file": f})
+    size = answer.json()["data"]["size"]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth": (after - before) * 1024, "size": size}))
+""".replace("%s", KEY)
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.mp4"
+    with open(path, "wb") as out:
+        out.write(mp4_bytes(1024))
+        out.truncate(FILE_SIZE)  # sparse: cheap to make, read at full size
+    return path
+
+
+def peak_growth(url: str, path: Path, how: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, url, str(path), how], capture_output=True, text=True, timeout=110, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["size"] == FILE_SIZE
+    return int(report["growth"])
+
+
+def test_upload_memory_stays_flat_while_the_naive_example_grows(big_file: Path) -> None:
+    with SandboxServer(api_key=KEY) as sandbox:
+        streamed = peak_growth(sandbox.url, big_file, "wsupload")
+        naive = peak_growth(sandbox.url, big_file, "api-page-example")
+    assert streamed < 32 * 1024 * 1024, f"streaming upload grew {streamed / 2**20:.0f} MiB"
+    # The control proves the measurement sees buffering when there is some.
+    assert naive > FILE_SIZE, f"the API page's example grew only {naive / 2**20:.0f} MiB"
