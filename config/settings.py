@@ -104,6 +104,34 @@ def parse_roots(text: str) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+OVERSIZE_POLICIES = ("refuse", "presign")
+DEFAULT_FSSPEC_PROTOCOLS = ("gs", "gcs", "az", "abfs", "abfss")
+
+
+def parse_buckets(text: str) -> tuple[str, ...]:
+    """``s3://bucket[/prefix]`` entries (a bare ``bucket[/prefix]`` means s3), comma-separated."""
+    entries = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        if "://" not in entry:
+            entry = "s3://" + entry
+        scheme, rest = entry.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if not scheme or not bucket or "::" in entry:
+            raise ValueError(f"{entry!r} is not of the form s3://bucket or s3://bucket/prefix")
+        entries.append(entry.rstrip("/"))
+    return tuple(entries)
+
+
+def parse_protocols(text: str) -> tuple[str, ...]:
+    protocols = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    for protocol in protocols:
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol) or protocol in ("file", "local", "s3"):
+            raise ValueError(f"{protocol!r} cannot be an fsspec source protocol")
+    return protocols
+
+
 @dataclass(frozen=True)
 class Settings:
     """All configuration. Defaults follow the API page where it states a figure."""
@@ -125,6 +153,13 @@ class Settings:
     concurrency: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    allowed_buckets: tuple[str, ...] = ()
+    oversize_policy: str = "refuse"
+    presign_ttl: int = 3600
+    fsspec_protocols: tuple[str, ...] = DEFAULT_FSSPEC_PROTOCOLS
 
     @property
     def effective_broker_url(self) -> str:
@@ -253,6 +288,33 @@ class _Parser:
             ),
             connect_timeout=self.get("WSUPLOAD_CONNECT_TIMEOUT", parse_duration, d.connect_timeout, *positive),
             read_timeout=self.get("WSUPLOAD_READ_TIMEOUT", parse_duration, d.read_timeout, *positive),
+            s3_endpoint_url=self.get("WSUPLOAD_S3_ENDPOINT_URL", lambda t: check_url(t, http_schemes), None),
+            s3_region=self.get("WSUPLOAD_S3_REGION", str.strip, None),
+            s3_addressing_style=self.get(
+                "WSUPLOAD_S3_ADDRESSING_STYLE",
+                lambda t: t.strip().lower(),
+                d.s3_addressing_style,
+                lambda v: v in ("auto", "path", "virtual"),
+                "auto, path or virtual",
+            ),
+            allowed_buckets=self.get("WSUPLOAD_ALLOWED_BUCKETS", parse_buckets, d.allowed_buckets),
+            oversize_policy=self.get(
+                "WSUPLOAD_OVERSIZE_POLICY",
+                lambda t: t.strip().lower(),
+                d.oversize_policy,
+                lambda v: v in OVERSIZE_POLICIES,
+                " or ".join(OVERSIZE_POLICIES),
+            ),
+            presign_ttl=int(
+                self.get(
+                    "WSUPLOAD_PRESIGN_TTL",
+                    parse_duration,
+                    float(d.presign_ttl),
+                    lambda v: 1 <= v <= 7 * DAY,
+                    "from 1 second to 7 days (the SigV4 maximum)",
+                )
+            ),
+            fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
         )
         if s.backoff_max < s.backoff_base:
             self.problems.append(

@@ -19,9 +19,9 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
 
 from tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
+from tasks.media_source import OpenedSource
 from tasks.multipart import MultipartBody
 from tasks.retry_policy import error_for_status, parse_retry_after
-from tasks.sources import OpenedSource
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
 FIELD_NAME = "file"
@@ -127,9 +127,8 @@ class UploadClient:
         self._session.close()
 
     def upload(self, source: OpenedSource) -> dict[str, Any]:
-        source.file.seek(0)
         body = MultipartBody(
-            source.file,
+            source.open_stream(),
             field=FIELD_NAME,
             filename=source.filename,
             content_type=source.content_type,

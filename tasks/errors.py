@@ -5,6 +5,7 @@
     └── UploadError                    ends up in a job's ``error`` field
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
+        │   ├── SourceUnavailable      source_unavailable   object store: no bucket/object, access denied
         │   ├── TooLarge               too_large            over WSUPLOAD_MAX_BYTES, or HTTP 413
         │   ├── Rejected               rejected             HTTP 400
         │   ├── Unauthorized           unauthorized         HTTP 401
@@ -17,6 +18,7 @@
             ├── ConnectionFailed       connection_error     refused, reset, DNS, broken pipe
             ├── UploadTimeout          timeout              connect or read stall
             ├── RateLimited            rate_limited         HTTP 429
+            ├── StoreError             store_error          object store: timeout, 5xx, throttling
             └── ServerError            server_error         HTTP 5xx and 408
 
 Celery pickles exceptions across processes, so every constructor passes all of
@@ -59,6 +61,10 @@ class PermanentError(UploadError):
 
 class InvalidInput(PermanentError):
     kind = "invalid_input"
+
+
+class SourceUnavailable(PermanentError):
+    kind = "source_unavailable"
 
 
 class TooLarge(PermanentError):
@@ -111,6 +117,10 @@ class UploadTimeout(TransientError):
 
 class RateLimited(TransientError):
     kind = "rate_limited"
+
+
+class StoreError(TransientError):
+    kind = "store_error"
 
 
 class ServerError(TransientError):

@@ -1,13 +1,15 @@
-"""Running one upload job: validate, upload with retries, record the outcome.
+"""Running one upload job: validate the source, upload with retries, record the outcome.
 
 Celery-free, so it is unit-tested with fakeredis and a fake client. It always
 ends a job in ``succeeded`` or ``failed`` with a readable error, except when
 Redis itself is unreachable: then it raises, and the task hands the message back
 to the broker rather than lose the job.
 
-Attempts are counted in the job's document, not per delivery: a job whose
-worker died mid-upload resumes with what is left of ``WSUPLOAD_MAX_ATTEMPTS``,
-so a file that kills workers cannot loop forever.
+One retry policy covers both phases: opening the source (an object store may
+time out or throttle) and uploading it. ``attempts`` counts upload attempts
+and lives in the job's document, not per delivery: a job whose worker died
+mid-upload resumes with what is left of ``WSUPLOAD_MAX_ATTEMPTS``, so a file
+that kills workers cannot loop forever.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.stop import stop_base
 
 from config.settings import Settings
 from tasks import results
-from tasks.errors import RetriesExhausted, TransientError, UploadError
+from tasks.errors import RetriesExhausted, TooLarge, TransientError, UploadError
+from tasks.media_source import OpenedSource
 from tasks.retry_policy import RetryPolicy, is_transient, next_delay
-from tasks.sources import OpenedSource, open_source
+from tasks.sources import SourceOpener
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Uploader(Protocol):
@@ -42,6 +46,7 @@ def redact(text: str, secret: str | None) -> str:
 @dataclass
 class _State:
     doc: results.JobDoc
+    deadline: float | None
 
 
 @dataclass
@@ -51,10 +56,12 @@ class JobRunner:
     client: Uploader
     sleep: Callable[[float], None] = time.sleep
     rand: Callable[[], float] = random.random
+    opener: SourceOpener = field(init=False)
     policy: RetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = RetryPolicy.from_settings(self.settings)
+        self.opener = SourceOpener(self.settings)
 
     def run(self, job_id: str, source: str, *, time_budget: float | None = None) -> results.JobDoc:
         """Run the job to a terminal document. ``time_budget`` bounds retry waits."""
@@ -64,14 +71,13 @@ class JobRunner:
             # lost): uploading again would only waste the bytes.
             log.info("job %s is already %s; not running it again", job_id, doc["status"])
             return doc
-        state = _State(results.started(doc, results.utcnow()))
+        deadline = None if time_budget is None else time.monotonic() + time_budget
+        state = _State(results.started(doc, results.utcnow()), deadline)
         self.store.save(state.doc)
         try:
-            with open_source(
-                source, max_bytes=self.settings.max_bytes, allowed_roots=self.settings.allowed_roots
-            ) as opened:
-                result = self._upload_with_retries(state, opened, time_budget)
-            doc = results.succeeded(state.doc, result, results.utcnow(), self.settings.retention)
+            opened = self._retrying(state, lambda: self.opener.open(source), self.policy.max_attempts)
+            with opened:
+                doc = self._deliver(state, opened)
         except UploadError as error:
             doc = results.failed(state.doc, self._redacted(error), results.utcnow())
         self.store.save(doc)
@@ -87,11 +93,21 @@ class JobRunner:
             self._log_outcome(doc)
         return doc
 
-    def _upload_with_retries(self, state: _State, opened: OpenedSource, time_budget: float | None) -> dict[str, Any]:
-        """Upload under the retry policy; ``state.doc`` follows every attempt."""
+    def _deliver(self, state: _State, opened: OpenedSource) -> results.JobDoc:
+        """Upload the source, or hand out a presigned URL when it is too large and allowed to."""
+        limit = self.settings.max_bytes
+        if opened.size > limit:
+            message = f"{opened.source!r} is {opened.size} bytes, over the limit of {limit} bytes (WSUPLOAD_MAX_BYTES)"
+            if self.settings.oversize_policy != "presign":
+                raise TooLarge(message)
+            if opened.presign is None:
+                raise TooLarge(f"{message}; its store cannot presign a URL (WSUPLOAD_OVERSIZE_POLICY=presign)")
+            ttl = self.settings.presign_ttl
+            url = self._retrying(state, lambda: opened.presign(ttl) if opened.presign else "", self.policy.max_attempts)
+            return results.presigned(state.doc, opened, url, results.utcnow(), ttl)
+
         made = state.doc["attempts"]
-        remaining = self.policy.max_attempts - made
-        if remaining <= 0:
+        if made >= self.policy.max_attempts:
             raise RetriesExhausted(
                 f"no attempts left: {made} of {self.policy.max_attempts} were already made "
                 "(an earlier worker stopped mid-upload)"
@@ -102,28 +118,36 @@ class JobRunner:
             self.store.save(state.doc)
             return self.client.upload(opened)
 
+        result = self._retrying(state, attempt, self.policy.max_attempts - made, uploads=True)
+        return results.succeeded(state.doc, result, results.utcnow(), self.settings.retention)
+
+    def _retrying(self, state: _State, work: Callable[[], T], attempts: int, *, uploads: bool = False) -> T:
+        """Call ``work`` under the retry policy, recording each wait in the document.
+
+        ``uploads``: ``work`` is an upload attempt, counted in the document.
+        """
+        tries = [0]
+
+        def counted() -> T:
+            tries[0] += 1
+            return work()
+
         def wait(retry_state: RetryCallState) -> float:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             assert error is not None
-            return next_delay(error, state.doc["attempts"], self.policy, self.rand)
+            return next_delay(error, max(tries[0], state.doc["attempts"]), self.policy, self.rand)
 
         def before_sleep(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             assert isinstance(error, UploadError)
             delay = retry_state.upcoming_sleep
-            log.warning(
-                "job %s attempt %d failed (%s); retrying in %.2f s",
-                state.doc["job_id"],
-                state.doc["attempts"],
-                error.kind,
-                delay,
-            )
+            log.warning("job %s: %s (%s); retrying in %.2f s", state.doc["job_id"], error.message, error.kind, delay)
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
             self.store.save(state.doc)
 
-        stop: stop_base = stop_after_attempt(remaining)
-        if time_budget is not None:
-            stop = stop | stop_before_delay(time_budget)
+        stop: stop_base = stop_after_attempt(attempts)
+        if state.deadline is not None:
+            stop = stop | stop_before_delay(max(0.0, state.deadline - time.monotonic()))
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop,
@@ -133,13 +157,12 @@ class JobRunner:
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            return retrying(counted)
         except TransientError as error:
-            attempts = state.doc["attempts"]
-            if attempts < self.policy.max_attempts:
-                why = f"gave up after {attempts} attempts: the next wait would pass the task's time limit"
-            else:
-                why = f"gave up after {attempts} attempts"
+            made = state.doc["attempts"] if uploads else tries[0]
+            why = f"gave up after {made} attempts"
+            if tries[0] < attempts:
+                why += ": the next wait would pass the task's time limit"
             raise RetriesExhausted(f"{why}; last error: {error.message}", error.http_status) from error
 
     def _redacted(self, error: UploadError) -> UploadError:

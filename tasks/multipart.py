@@ -9,9 +9,9 @@ one block at a time, so memory stays flat whatever the file size.
 from __future__ import annotations
 
 import secrets
-from typing import BinaryIO
 
 from tasks.errors import InvalidInput
+from tasks.media_source import Readable
 
 
 def _quote(value: str) -> str:
@@ -23,7 +23,7 @@ def _quote(value: str) -> str:
 class MultipartBody:
     """File-like body: ``read(n)`` returns the next block; ``len()`` is its exact size."""
 
-    def __init__(self, file: BinaryIO, *, field: str, filename: str, content_type: str, size: int) -> None:
+    def __init__(self, file: Readable, *, field: str, filename: str, content_type: str, size: int) -> None:
         self.boundary = secrets.token_hex(16)
         head = (
             f"--{self.boundary}\r\n"

@@ -18,6 +18,7 @@ import redis
 
 from config.settings import KEY_PREFIX
 from tasks.errors import UploadError
+from tasks.media_source import OpenedSource
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
@@ -76,13 +77,33 @@ def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> Jo
 
 
 def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int) -> JobDoc:
+    """Uploaded: the API keeps the file for ``retention`` seconds from now."""
+    return {
+        **_without(doc, "next_attempt_at"),
+        "status": SUCCEEDED,
+        "result": {**result, "method": "upload"},
+        "error": None,
+        "finished_at": isoformat(now),
+        "expires_at": isoformat(now + timedelta(seconds=retention)),
+    }
+
+
+def presigned(doc: JobDoc, source: OpenedSource, url: str, now: datetime, ttl: int) -> JobDoc:
+    """Not uploaded (too large): a time-limited GET URL to the object instead."""
+    result = {
+        "type": source.media_kind,
+        "download_url": url,
+        "filename": source.filename,
+        "size": source.size,
+        "method": "presigned_url",
+    }
     return {
         **_without(doc, "next_attempt_at"),
         "status": SUCCEEDED,
         "result": result,
         "error": None,
         "finished_at": isoformat(now),
-        "expires_at": isoformat(now + timedelta(seconds=retention)),
+        "expires_at": isoformat(now + timedelta(seconds=ttl)),
     }
 
 

@@ -84,7 +84,7 @@ def test_whole_worker_sigkilled_mid_upload_job_completes_after_restart(
     assert doc["attempts"] == 2
     assert len(sandbox.records) == 2
     assert sandbox.records[-1].sha256 == hashlib.sha256(png.read_bytes()).hexdigest()
-    assert unacked_messages(own_producer) == []
+    wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
 
 
 def test_pool_child_killed_mid_upload_is_requeued_at_once(

@@ -20,13 +20,13 @@ MEASURE = """
 import json, resource, sys
 import requests
 from tasks.client import UploadClient
-from tasks.sources import open_source
+from tasks.local_files import open_local
 
 url, path, how = sys.argv[1:]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if how == "wsupload":
     client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
-    with open_source(path, max_bytes=1 << 40) as source:
+    with open_local(path) as source:
         size = client.upload(source)["size"]
 else:  # the API page's own example
     with open(path, "rb") as f:

@@ -21,8 +21,8 @@ from tasks.errors import (
     UploadError,
     UploadTimeout,
 )
+from tasks.local_files import open_local
 from tasks.multipart import MultipartBody
-from tasks.sources import open_source
 from worker.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn.example/x.png", "filename": "x.png", "size": 10}
@@ -132,7 +132,7 @@ def test_the_request_matches_the_api_page(tmp_path: Path) -> None:
     path = tmp_path / "pic.png"
     path.write_bytes(png_bytes())
     adapter = Capture((200, body({"code": 200, "message": "success", "data": DATA})))
-    with open_source(str(path), max_bytes=10**6) as opened:
+    with open_local(str(path)) as opened:
         assert client_with(adapter).upload(opened) == DATA
     (request,) = adapter.requests
     assert (request.method, request.url) == ("POST", "http://api.test" + UPLOAD_PATH)
@@ -155,6 +155,6 @@ def test_the_request_matches_the_api_page(tmp_path: Path) -> None:
 def test_transport_errors_become_transient_errors(tmp_path: Path, raised: Exception, error: type) -> None:
     path = tmp_path / "pic.png"
     path.write_bytes(png_bytes())
-    with open_source(str(path), max_bytes=10**6) as opened, pytest.raises(error) as caught:
+    with open_local(str(path)) as opened, pytest.raises(error) as caught:
         client_with(Capture(raised)).upload(opened)
     assert "k-123" not in str(caught.value)

@@ -10,8 +10,8 @@ from config import Settings
 from tasks import results
 from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from tasks.job import JobRunner
+from tasks.media_source import OpenedSource
 from tasks.results import ResultStore
-from tasks.sources import OpenedSource
 from worker.samples import png_bytes
 
 SECRET = "sk-job-secret"
@@ -28,8 +28,7 @@ class ScriptedClient:
 
     def upload(self, source: OpenedSource) -> dict[str, Any]:
         self.calls += 1
-        source.file.seek(0)
-        self.bytes_seen.append(source.file.read())
+        self.bytes_seen.append(source.open_stream().read())
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, UploadError):
             raise outcome
@@ -53,7 +52,7 @@ def test_success_on_the_first_attempt(store: ResultStore, png: str) -> None:
     sleeps: list[float] = []
     client = ScriptedClient(DATA)
     doc = make_runner(store, client, sleeps).run("j", png)
-    assert (doc["status"], doc["attempts"], doc["result"]) == ("succeeded", 1, DATA)
+    assert (doc["status"], doc["attempts"], doc["result"]) == ("succeeded", 1, {**DATA, "method": "upload"})
     assert store.get("j") == doc
     assert client.bytes_seen == [Path(png).read_bytes()]
     assert sleeps == []
