@@ -3,7 +3,8 @@
 Uses what is configured and starts what is not: Redis from ``REDIS_URL`` or a
 private local one; the sandbox server unless ``--real``; always a real worker
 process. It uploads three sample files (the first meets one injected 503, to
-show a retry) and two that must be refused, then checks the uploaded bytes.
+show a retry), one ``s3://`` key from a local S3 server (moto) and two files that
+must be refused, then checks the uploaded bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from config.settings import Settings
 from tasks import results
 from worker.cli import Progress, describe
-from worker.local_services import LocalRedis, WorkerProcess, start_redis
+from worker.local_services import LocalRedis, WorkerProcess, start_redis, start_s3
 from worker.producer import Producer
 from worker.samples import write_samples
 from worker.sandbox import Fault, SandboxServer
@@ -56,6 +57,13 @@ def run_demo(*, real: bool = False) -> int:
             sandbox.add_fault(Fault(status=503))
             env.update(WAVESPEED_BASE_URL=sandbox.url, WAVESPEED_API_KEY=key)
             say(f"API: the sandbox at {sandbox.url} (will answer the first upload with 503)")
+        store = start_s3("wsupload-demo")
+        if store is not None:
+            stack.callback(store.stop)
+            env.update(store.env)
+            say(f"S3: started a local S3-compatible server (moto) at {store.url}")
+        else:
+            say("S3: moto is not installed; skipping the s3:// sample")
         env.setdefault("WSUPLOAD_BACKOFF_BASE", "0.5")
         env.setdefault("WSUPLOAD_VISIBILITY_TIMEOUT", "300")
 
@@ -66,8 +74,12 @@ def run_demo(*, real: bool = False) -> int:
         say("Worker: starting `wsupload worker` …")
         worker.wait_ready(producer.app)
 
-        samples = write_samples(work / "media")
-        jobs = producer.enqueue([str(path) for path in samples.values()])
+        files = write_samples(work / "media")
+        samples = {str(path): path.read_bytes() for path in files.values()}
+        if store is not None:
+            photo = files["sunset.png"].read_bytes()
+            samples[store.put("wsupload-demo", "photos/sunset.png", photo)] = photo
+        jobs = producer.enqueue(list(samples))
         say(f"Enqueued {len(jobs)} jobs; waiting for them:")
         progress = Progress([j.job_id for j in jobs], sys.stdout)
         outcome = producer.wait([j.job_id for j in jobs], timeout=120, on_update=progress)
@@ -87,7 +99,7 @@ def run_demo(*, real: bool = False) -> int:
                 ok = False
             elif sandbox is not None:
                 with urllib.request.urlopen(doc["result"]["download_url"], timeout=10) as answer:  # noqa: S310 (our sandbox)
-                    same = hashlib.sha256(answer.read()).digest() == hashlib.sha256(samples[name].read_bytes()).digest()
+                    same = hashlib.sha256(answer.read()).digest() == hashlib.sha256(samples[job.source]).digest()
                 say(f"    bytes at download_url {'match' if same else 'DIFFER FROM'} the source")
                 ok &= same
         say("")

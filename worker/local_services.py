@@ -8,6 +8,7 @@ Celery through it was measured about 40x slower).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -114,6 +115,48 @@ def _start_fakeredis(port: int) -> LocalRedis:
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
     return LocalRedis(url=f"redis://127.0.0.1:{port}/0", kind="fakeredis", _fake=server)
+
+
+DEMO_S3_ENV = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@dataclass
+class LocalS3:
+    """moto's S3 server in a thread: a stand-in store for the demo."""
+
+    url: str
+    client: Any
+    _server: Any
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a worker needs to read from it."""
+        return {**DEMO_S3_ENV, "WSUPLOAD_S3_ENDPOINT_URL": self.url, "WSUPLOAD_S3_ADDRESSING_STYLE": "path"}
+
+    def put(self, bucket: str, key: str, data: bytes) -> str:
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        return f"s3://{bucket}/{key}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def start_s3(bucket: str) -> LocalS3 | None:
+    """A local S3 server with ``bucket`` created, or None where moto is not installed."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return None
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    keys = {"aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
+    client.create_bucket(Bucket=bucket)
+    return LocalS3(url=url, client=client, _server=server)
 
 
 @dataclass

@@ -7,10 +7,16 @@ gets a clean sandbox (no faults, no records).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,7 @@ import pytest
 
 from config import Settings
 from tasks.results import JobDoc
-from worker.local_services import LocalRedis, WorkerProcess, redis_answers, start_redis
+from worker.local_services import LocalRedis, WorkerProcess, free_port, redis_answers, start_redis, wait_until
 from worker.producer import Job, Producer
 from worker.sandbox import SandboxServer
 
@@ -66,13 +72,15 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL", "AWS_"))}
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_url: str, sandbox: SandboxServer, media_root: Path) -> dict[str, str]:
+def worker_env(redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3) -> dict[str, str]:
     return {
         **clean_env(),
+        **s3.worker_env,
+        "WSUPLOAD_ALLOWED_BUCKETS": "s3://media,s3://private,s3://vanished",
         "REDIS_URL": redis_url,
         "WAVESPEED_BASE_URL": sandbox.url,
         "WAVESPEED_API_KEY": API_KEY,
@@ -128,3 +136,111 @@ def run_one(producer: Producer, source: str | Path, timeout: float = 60) -> JobD
 def unacked_messages(producer: Producer) -> list[Any]:
     """kombu's in-flight messages (delivered, not yet acknowledged)."""
     return list(producer.redis.hvals("unacked"))
+
+
+@dataclass
+class S3:
+    """moto's S3 server with IAM enforced: ``worker_env`` may read bucket ``media`` only."""
+
+    url: str
+    admin: Any
+    worker_env: dict[str, str]
+
+    def fault(self, **fault: Any) -> None:
+        request = urllib.request.Request(f"{self.url}/_faults", data=json.dumps(fault).encode(), method="POST")
+        urllib.request.urlopen(request, timeout=5).close()
+
+    @contextlib.contextmanager
+    def auth_off(self) -> Iterator[None]:
+        """moto cannot check presigned URLs against IAM: switch enforcement off meanwhile."""
+        set_auth(self.url, enforced=False)
+        try:
+            yield
+        finally:
+            set_auth(self.url, enforced=True)
+
+    def s3_requests(self) -> int:
+        with urllib.request.urlopen(f"{self.url}/_faults", timeout=5) as answer:
+            return int(json.loads(answer.read())["s3_requests"])
+
+
+WORKER_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            # moto names HeadBucket's permission s3:HeadBucket; AWS checks s3:ListBucket.
+            "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+            # "vanished" is never created: reading it must say the bucket is missing.
+            "Resource": [
+                "arn:aws:s3:::media",
+                "arn:aws:s3:::media/*",
+                "arn:aws:s3:::vanished",
+                "arn:aws:s3:::vanished/*",
+            ],
+        }
+    ],
+}
+ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+def _client(service: str, url: str, key: str, secret: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        service, endpoint_url=url, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
+    )
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.s3_server", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url) or process.poll() is not None, 30, what="the S3 server to start")
+        if process.poll() is not None:
+            unavailable(f"the moto S3 server exited with status {process.returncode}")
+        iam = _client("iam", url, "setup", "setup")
+        users = {}
+        for name, policy in (("admin", ADMIN_POLICY), ("worker", WORKER_POLICY)):
+            iam.create_user(UserName=name)
+            iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+            users[name] = iam.create_access_key(UserName=name)["AccessKey"]
+        set_auth(url, enforced=True)
+        admin = _client("s3", url, users["admin"]["AccessKeyId"], users["admin"]["SecretAccessKey"])
+        for bucket in ("media", "private"):
+            admin.create_bucket(Bucket=bucket)
+        yield S3(
+            url=url,
+            admin=admin,
+            worker_env={
+                "AWS_ACCESS_KEY_ID": users["worker"]["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": users["worker"]["SecretAccessKey"],
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "WSUPLOAD_S3_ENDPOINT_URL": url,
+                "WSUPLOAD_S3_ADDRESSING_STYLE": "path",
+            },
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def set_auth(url: str, *, enforced: bool) -> None:
+    """From now on moto checks every request against IAM (or no longer)."""
+    count = b"0" if enforced else b"inf"
+    request = urllib.request.Request(f"{url}/moto-api/reset-auth", data=count, headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/_faults", timeout=1).close()
+        return True
+    except OSError:
+        return False

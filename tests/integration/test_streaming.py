@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import S3, clean_env
 from worker.samples import mp4_bytes
 from worker.sandbox import SandboxServer
 
@@ -24,7 +25,13 @@ from tasks.local_files import open_local
 
 url, path, how = sys.argv[1:]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if how == "wsupload":
+if how == "s3":
+    from config import Settings
+    from tasks.object_store import S3Store, parse_object_url
+    client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
+    with S3Store(Settings.from_env()).open(parse_object_url(path)) as source:
+        size = client.upload(source)["size"]
+elif how == "wsupload":
     client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
     with open_local(path) as source:
         size = client.upload(source)["size"]
@@ -47,9 +54,14 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def peak_growth(url: str, path: Path, how: str) -> int:
+def peak_growth(url: str, path: Path | str, how: str, env: dict[str, str] | None = None) -> int:
     result = subprocess.run(
-        [sys.executable, "-c", MEASURE, url, str(path), how], capture_output=True, text=True, timeout=110, check=False
+        [sys.executable, "-c", MEASURE, url, str(path), how],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -64,3 +76,14 @@ def test_upload_memory_stays_flat_while_the_naive_example_grows(big_file: Path) 
     assert streamed < 32 * 1024 * 1024, f"streaming upload grew {streamed / 2**20:.0f} MiB"
     # The control proves the measurement sees buffering when there is some.
     assert naive > FILE_SIZE, f"the API page's example grew only {naive / 2**20:.0f} MiB"
+
+
+def test_an_s3_object_streams_through_in_flat_memory(big_file: Path, s3: S3) -> None:
+    s3.admin.upload_file(str(big_file), "media", "big/stream.mp4")
+    try:
+        with SandboxServer(api_key=KEY) as sandbox:
+            growth = peak_growth(sandbox.url, "s3://media/big/stream.mp4", "s3", {**clean_env(), **s3.worker_env})
+            assert sandbox.records[0].size == FILE_SIZE
+    finally:
+        s3.admin.delete_object(Bucket="media", Key="big/stream.mp4")
+    assert growth < 32 * 1024 * 1024, f"streaming from S3 grew {growth / 2**20:.0f} MiB"
