@@ -141,6 +141,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     queue: str = "wsupload"
+    bulk_queue: str = "wsupload.bulk"
     max_attempts: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 30.0
@@ -160,6 +161,7 @@ class Settings:
     oversize_policy: str = "refuse"
     presign_ttl: int = 3600
     fsspec_protocols: tuple[str, ...] = DEFAULT_FSSPEC_PROTOCOLS
+    dedup_margin: int = DAY
 
     @property
     def effective_broker_url(self) -> str:
@@ -256,6 +258,13 @@ class _Parser:
                 lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None,
                 "letters, digits and _ . : - only",
             ),
+            bulk_queue=self.get(
+                "WSUPLOAD_BULK_QUEUE",
+                str.strip,
+                d.bulk_queue,
+                lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None,
+                "letters, digits and _ . : - only",
+            ),
             max_attempts=self.get(
                 "WSUPLOAD_MAX_ATTEMPTS", parse_int, d.max_attempts, lambda v: 1 <= v <= 100, "from 1 to 100"
             ),
@@ -315,7 +324,12 @@ class _Parser:
                 )
             ),
             fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
+            dedup_margin=int(
+                self.get("WSUPLOAD_DEDUP_MARGIN", parse_duration, float(d.dedup_margin), lambda v: v >= 0, "0 or more")
+            ),
         )
+        if s.bulk_queue == s.queue:
+            self.problems.append(f"WSUPLOAD_BULK_QUEUE: must differ from WSUPLOAD_QUEUE (both {s.queue!r})")
         if s.backoff_max < s.backoff_base:
             self.problems.append(
                 "WSUPLOAD_BACKOFF_MAX: must not be below WSUPLOAD_BACKOFF_BASE "

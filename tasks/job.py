@@ -26,13 +26,16 @@ from tenacity.stop import stop_base
 
 from config.settings import Settings
 from tasks import results
+from tasks.dedup import DedupStore, content_digest
 from tasks.errors import RetriesExhausted, TooLarge, TransientError, UploadError
 from tasks.media_source import OpenedSource
+from tasks.options import JobOptions
 from tasks.retry_policy import RetryPolicy, is_transient, next_delay
 from tasks.sources import SourceOpener
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NO_OPTIONS = JobOptions()
 
 
 class Uploader(Protocol):
@@ -58,12 +61,21 @@ class JobRunner:
     rand: Callable[[], float] = random.random
     opener: SourceOpener = field(init=False)
     policy: RetryPolicy = field(init=False)
+    dedup: DedupStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = RetryPolicy.from_settings(self.settings)
         self.opener = SourceOpener(self.settings)
+        self.dedup = DedupStore(self.store.redis, self.settings.dedup_margin)
 
-    def run(self, job_id: str, source: str, *, time_budget: float | None = None) -> results.JobDoc:
+    def run(
+        self,
+        job_id: str,
+        source: str,
+        options: JobOptions = NO_OPTIONS,
+        *,
+        time_budget: float | None = None,
+    ) -> results.JobDoc:
         """Run the job to a terminal document. ``time_budget`` bounds retry waits."""
         doc = self.store.get(job_id) or results.new_doc(job_id, source, results.utcnow())
         if doc["status"] in results.TERMINAL:
@@ -77,7 +89,7 @@ class JobRunner:
         try:
             opened = self._retrying(state, lambda: self.opener.open(source), self.policy.max_attempts)
             with opened:
-                doc = self._deliver(state, opened)
+                doc = self._deliver(state, opened, options)
         except UploadError as error:
             doc = results.failed(state.doc, self._redacted(error), results.utcnow())
         self.store.save(doc)
@@ -93,8 +105,9 @@ class JobRunner:
             self._log_outcome(doc)
         return doc
 
-    def _deliver(self, state: _State, opened: OpenedSource) -> results.JobDoc:
-        """Upload the source, or hand out a presigned URL when it is too large and allowed to."""
+    def _deliver(self, state: _State, opened: OpenedSource, options: JobOptions) -> results.JobDoc:
+        """Upload the source; or reuse an earlier upload of the same bytes (``dedup``);
+        or hand out a presigned URL when it is too large and that is allowed."""
         limit = self.settings.max_bytes
         if opened.size > limit:
             message = f"{opened.source!r} is {opened.size} bytes, over the limit of {limit} bytes (WSUPLOAD_MAX_BYTES)"
@@ -105,6 +118,13 @@ class JobRunner:
             ttl = self.settings.presign_ttl
             url = self._retrying(state, lambda: opened.presign(ttl) if opened.presign else "", self.policy.max_attempts)
             return results.presigned(state.doc, opened, url, results.utcnow(), ttl)
+
+        digest = None
+        if options.dedup:
+            digest = self._retrying(state, lambda: content_digest(opened), self.policy.max_attempts)
+            earlier = self.dedup.find(digest, results.utcnow())
+            if earlier is not None:
+                return results.reused(state.doc, earlier, results.utcnow())
 
         made = state.doc["attempts"]
         if made >= self.policy.max_attempts:
@@ -119,7 +139,11 @@ class JobRunner:
             return self.client.upload(opened)
 
         result = self._retrying(state, attempt, self.policy.max_attempts - made, uploads=True)
-        return results.succeeded(state.doc, result, results.utcnow(), self.settings.retention)
+        now = results.utcnow()
+        doc = results.succeeded(state.doc, result, now, self.settings.retention)
+        if digest is not None:
+            self.dedup.remember(digest, doc["job_id"], doc["result"], doc["expires_at"], now)
+        return doc
 
     def _retrying(self, state: _State, work: Callable[[], T], attempts: int, *, uploads: bool = False) -> T:
         """Call ``work`` under the retry policy, recording each wait in the document.

@@ -14,7 +14,7 @@ profile, instance role). Nothing here puts a credential into a message.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,19 @@ class S3Store:
             return str(self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))
 
         return _opened(url, size, open_raw, self._stream_errors, presign)
+
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int, str]]:
+        """(key, size, etag) of every object under ``prefix``; folder markers skipped."""
+        where = ObjectURL("s3", bucket, prefix or "")
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = self._call(where, lambda: iter(paginator.paginate(Bucket=bucket, Prefix=prefix)))
+        while True:
+            page = self._call(where, lambda: next(pages, None))
+            if page is None:
+                return
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    yield item["Key"], int(item["Size"]), str(item["ETag"])
 
     def _call(self, url: ObjectURL, method: Callable[..., Any], **params: Any) -> Any:
         bx = self._bx

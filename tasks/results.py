@@ -31,6 +31,11 @@ def result_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:result:{job_id}"
 
 
+def batch_key(batch_id: str) -> str:
+    """A hash of the batch's counters: total, done, succeeded, failed, bytes_total, bytes_done, …"""
+    return f"{KEY_PREFIX}:batch:{batch_id}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -43,8 +48,8 @@ def _without(doc: JobDoc, key: str) -> JobDoc:
     return {name: value for name, value in doc.items() if name != key}
 
 
-def new_doc(job_id: str, source: str, now: datetime) -> JobDoc:
-    return {
+def new_doc(job_id: str, source: str, now: datetime, batch_id: str | None = None) -> JobDoc:
+    doc: JobDoc = {
         "job_id": job_id,
         "status": QUEUED,
         "source": source,
@@ -56,6 +61,9 @@ def new_doc(job_id: str, source: str, now: datetime) -> JobDoc:
         "finished_at": None,
         "expires_at": None,
     }
+    if batch_id:
+        doc["batch_id"] = batch_id
+    return doc
 
 
 def started(doc: JobDoc, now: datetime) -> JobDoc:
@@ -85,6 +93,19 @@ def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int
         "error": None,
         "finished_at": isoformat(now),
         "expires_at": isoformat(now + timedelta(seconds=retention)),
+    }
+
+
+def reused(doc: JobDoc, earlier: dict[str, Any], now: datetime) -> JobDoc:
+    """Not uploaded: the same bytes were, by ``earlier["job_id"]``, and are still retained."""
+    result = {**earlier["result"], "reused": True, "reused_from": earlier["job_id"]}
+    return {
+        **_without(doc, "next_attempt_at"),
+        "status": SUCCEEDED,
+        "result": result,
+        "error": None,
+        "finished_at": isoformat(now),
+        "expires_at": earlier["expires_at"],
     }
 
 
@@ -124,19 +145,40 @@ class ResultStore:
         self.redis = client
         self.ttl = ttl
 
-    def create(self, docs: Iterable[JobDoc]) -> None:
-        """Write ``queued`` documents in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+    def create(self, docs: Iterable[JobDoc], pipe: Any = None) -> None:
+        """Write ``queued`` documents: on ``pipe`` if given, else in one round trip now."""
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if own else pipe
         for doc in docs:
             pipe.set(result_key(doc["job_id"]), json.dumps(doc), ex=self.ttl)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def save(self, doc: JobDoc) -> None:
+        """Write the document, announce it and, for a batch member, count it.
+
+        Counting happens in the same transaction as the write, so a batch's
+        counters never disagree with its members' documents. A job reaches a
+        terminal status once (the runner never leaves one), so it is counted once.
+        """
         event = json.dumps({"job_id": doc["job_id"], "status": doc["status"]})
+        batch_id = doc.get("batch_id")
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(result_key(doc["job_id"]), json.dumps(doc), ex=self.ttl)
         pipe.publish(EVENTS_CHANNEL, event)
-        pipe.execute()
+        if batch_id and doc["status"] == RUNNING:
+            pipe.hsetnx(batch_key(batch_id), "started_at", doc["started_at"])
+        finished = bool(batch_id) and doc["status"] in TERMINAL
+        if finished:
+            key = batch_key(str(batch_id))
+            pipe.hincrby(key, "done", 1)
+            pipe.hincrby(key, doc["status"], 1)
+            if doc["status"] == SUCCEEDED and doc["result"].get("method") == "upload":
+                pipe.hincrby(key, "bytes_done", int(doc["result"].get("size") or 0))
+            pipe.hget(key, "total")
+        replies = pipe.execute()
+        if finished and int(replies[-1] or 0) <= int(replies[2]):
+            self.redis.hsetnx(batch_key(str(batch_id)), "finished_at", doc["finished_at"])
 
     def delete(self, job_ids: Iterable[str]) -> None:
         keys = [result_key(job_id) for job_id in job_ids]

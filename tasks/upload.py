@@ -22,6 +22,7 @@ from config.settings import UPLOAD_TASK_NAME, Settings
 from tasks.client import UploadClient
 from tasks.errors import InternalError, InvalidInput, TimeLimitExceeded
 from tasks.job import JobRunner
+from tasks.options import JobOptions
 from tasks.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class UploadTask(Task[Any, Any]):
 
 
 @shared_task(base=UploadTask, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def upload(job_id: object, source: object) -> None:
+def upload(job_id: object, source: object, options: object = None) -> None:
     # Arguments come from any producer, in any language: check, never trust.
     started = time.monotonic()
     job = runner()
@@ -85,8 +86,13 @@ def upload(job_id: object, source: object) -> None:
         if not isinstance(source, str):
             job.fail(job_id, repr(source), InvalidInput(f"the source must be a string, got {type(source).__name__}"))
             return
+        try:
+            parsed = JobOptions.parse(options)
+        except InvalidInput as exc:
+            job.fail(job_id, source, exc)
+            return
         budget = job.settings.soft_time_limit - (time.monotonic() - started) - FINAL_SAVE_MARGIN
-        job.run(job_id, source, time_budget=budget)
+        job.run(job_id, source, parsed, time_budget=budget)
     except SoftTimeLimitExceeded:
         message = time_limit_message(job.settings, "soft", job.settings.soft_time_limit)
         job.fail(job_id, str(source), TimeLimitExceeded(message))

@@ -16,6 +16,9 @@ timeout, even while the first copy still runs. So:
 - ``unacked_restore_interval``/``throttle``: kombu's default sweep runs ~every
   100 s; a tenth of the timeout recovers a dead worker's job soon after it expires.
 - prefork pool: the only pool that enforces time limits and notices a lost child.
+- ``queue_order_strategy="priority"``: a worker serving both queues always
+  takes from the interactive queue first (kombu rotates them by default), so a
+  web request's upload never waits behind a bulk backlog.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def create_app(settings: Settings) -> Celery:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
+        "queue_order_strategy": "priority",
     }
     app.conf.update(
         broker_transport_options=transport_options,

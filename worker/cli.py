@@ -89,11 +89,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     concurrency = args.concurrency or settings.concurrency
+    # Interactive first: with queue_order_strategy=priority the order is the priority.
+    queues = {"interactive": [settings.queue], "bulk": [settings.bulk_queue]}.get(
+        args.only, [settings.queue, settings.bulk_queue]
+    )
     app.worker_main(
         [
             "worker",
             f"--loglevel={args.loglevel}",
-            f"--queues={settings.queue}",
+            f"--queues={','.join(queues)}",
             f"--concurrency={concurrency}",
             "--pool=prefork",
             f"--hostname=wsupload-{os.getpid()}@%h",
@@ -186,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a worker (needs WAVESPEED_API_KEY)")
     worker.add_argument("--concurrency", type=int, help="pool processes (default WSUPLOAD_CONCURRENCY)")
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--only", choices=["interactive", "bulk"], help="serve one queue (default: both, interactive first)"
+    )
     worker.set_defaults(handler=cmd_worker)
 
     enqueue = commands.add_parser("enqueue", help="enqueue uploads; prints one job id per source")

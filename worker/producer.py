@@ -1,7 +1,10 @@
 """The Python producer API: enqueue uploads, read their status, wait for them.
 
 Needs Redis only, never the API key. Each job's ``queued`` document is written
-before its message is sent, so a poller never sees "unknown" for a real job.
+before its message, in the same transaction, so a poller never sees "unknown"
+for a real job; messages are built by ``worker.wire`` and pipelined, so 10,000
+jobs cost a handful of round trips. Interactive jobs go to ``WSUPLOAD_QUEUE``,
+bulk ones to ``WSUPLOAD_BULK_QUEUE``.
 Waiting listens on ``wsupload:events`` instead of polling, and re-reads the
 documents once a second as a safety net in case a notification was missed.
 """
@@ -14,17 +17,23 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
 
 from config.errors import WsuploadError
-from config.settings import UPLOAD_TASK_NAME, Settings
+from config.settings import Settings
 from tasks import results
+from tasks.batches import BatchStore
+from tasks.discovery import Found
 from tasks.results import JobDoc, ResultStore
+from worker import wire
 from worker.app import create_app
 
 RECHECK_SECONDS = 1.0
+CHUNK = 2000
+"""Jobs per Redis transaction when enqueueing."""
 
 
 class EnqueueError(WsuploadError):
@@ -64,35 +73,80 @@ def is_finished(doc: JobDoc | None) -> bool:
     return doc is None or doc["status"] in results.TERMINAL
 
 
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    name: str | None
+    jobs: list[Job]
+
+
 class Producer:
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None) -> None:
         self.settings = settings
         self.redis = client or redis.Redis.from_url(settings.redis_url)
         self.store = ResultStore(self.redis, settings.result_ttl)
-        self.app = app or create_app(settings)
+        self.batches = BatchStore(self.redis, settings.result_ttl)
+        self._app = app
 
-    def enqueue(self, sources: Sequence[str]) -> list[Job]:
-        now = results.utcnow()
+    @property
+    def app(self) -> Celery:
+        """A Celery app for control commands (ping); enqueueing does not need it."""
+        if self._app is None:
+            self._app = create_app(self.settings)
+        return self._app
+
+    def enqueue(
+        self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
+    ) -> list[Job]:
+        """One job per source, on the interactive queue unless ``bulk``."""
         jobs = [Job(uuid.uuid4().hex, normalize_source(source)) for source in sources]
-        self.store.create(results.new_doc(job.job_id, job.source, now) for job in jobs)
+        self._push(jobs, bulk=bulk, options=options)
+        return jobs
+
+    def enqueue_batch(
+        self,
+        sources: Sequence[Found | str],
+        *,
+        name: str | None = None,
+        bulk: bool = True,
+        options: dict[str, Any] | None = None,
+    ) -> Batch:
+        """Many jobs under one batch id; bulk queue and deduplication unless told otherwise."""
+        found = [item if isinstance(item, Found) else Found(item) for item in sources]
+        jobs = [Job(uuid.uuid4().hex, normalize_source(item.source)) for item in found]
+        batch_id = uuid.uuid4().hex
+        total = sum(item.size or 0 for item in found)
+        self._push(jobs, bulk=bulk, options={"dedup": True, **(options or {})}, batch=(batch_id, name, total))
+        return Batch(batch_id, name, jobs)
+
+    def _push(
+        self,
+        jobs: list[Job],
+        *,
+        bulk: bool,
+        options: dict[str, Any] | None,
+        batch: tuple[str, str | None, int] | None = None,
+    ) -> None:
+        """Documents, then messages, a chunk per transaction: each chunk is sent whole or not at all."""
+        queue = self.settings.bulk_queue if bulk else self.settings.queue
+        now = results.utcnow()
+        batch_id = batch[0] if batch else None
         sent: list[Job] = []
         try:
-            with self.app.producer_or_acquire() as producer:
-                for job in jobs:
-                    self.app.send_task(
-                        UPLOAD_TASK_NAME,
-                        args=[job.job_id, job.source],
-                        task_id=job.job_id,
-                        queue=self.settings.queue,
-                        producer=producer,
-                    )
-                    sent.append(job)
-        except Exception as exc:
-            # Unsent jobs never existed: remove their documents rather than
-            # leave pollers waiting on a "queued" job nobody will run.
-            self.store.delete(job.job_id for job in jobs[len(sent) :])
-            raise EnqueueError(f"sent {len(sent)} of {len(jobs)} jobs before the broker failed: {exc}", sent) from exc
-        return jobs
+            for start in range(0, max(len(jobs), 1), CHUNK):
+                chunk = jobs[start : start + CHUNK]
+                pipe = self.redis.pipeline(transaction=True)
+                if batch and start == 0:
+                    self.batches.create(pipe, batch[0], batch[1], [j.job_id for j in jobs], batch[2])
+                self.store.create((results.new_doc(j.job_id, j.source, now, batch_id) for j in chunk), pipe)
+                for job in chunk:
+                    pipe.lpush(queue, wire.upload_message(job.job_id, job.source, queue, options))
+                pipe.execute()
+                sent.extend(chunk)
+        except redis.RedisError as exc:
+            if batch_id and sent:
+                self.redis.hset(results.batch_key(batch_id), "total", len(sent))
+            raise EnqueueError(f"sent {len(sent)} of {len(jobs)} jobs before Redis failed: {exc}", sent) from exc
 
     def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         return self.store.get_many(job_ids)

@@ -1,66 +1,99 @@
-"""The producer API with fakeredis and a recording broker: enqueue, status, wait."""
+"""The producer API with fakeredis: documents and messages, batches, wait."""
 
+import base64
+import json
 import os
 import threading
 from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
+import redis
 
 from config import Settings
 from tasks import results
+from tasks.discovery import Found
 from tasks.errors import Rejected
 from tasks.results import ResultStore
+from worker import producer as producer_module
 from worker.producer import EnqueueError, Producer
-
-
-class RecordingApp(Celery):
-    """A Celery app whose send_task records the call and what Redis held then."""
-
-    def __init__(self, redis_client: fakeredis.FakeRedis, fail_after: int | None = None) -> None:
-        super().__init__("test", broker="memory://")
-        self.redis_client = redis_client
-        self.fail_after = fail_after
-        self.sent: list[dict[str, Any]] = []
-
-    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
-        if self.fail_after is not None and len(self.sent) >= self.fail_after:
-            raise ConnectionError("broker down")
-        doc = self.redis_client.get(f"wsupload:result:{args[0]}")
-        self.sent.append(
-            {"name": name, "args": args, "kwargs": kwargs, "options": options, "doc_existed": doc is not None}
-        )
 
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings.from_env({"WSUPLOAD_QUEUE": "q1"})
+    return Settings.from_env({"WSUPLOAD_QUEUE": "q1", "WSUPLOAD_BULK_QUEUE": "q1.bulk"})
 
 
-def test_enqueue_writes_queued_documents_before_sending(redis_client: fakeredis.FakeRedis, settings: Settings) -> None:
-    app = RecordingApp(redis_client)
-    producer = Producer(settings, client=redis_client, app=app)
-    jobs = producer.enqueue(["/media/a.png", "relative/b.png", "file:///media/c.png"])
-    assert [j.source for j in jobs] == ["/media/a.png", os.path.abspath("relative/b.png"), "file:///media/c.png"]
-    assert [s["args"] for s in app.sent] == [[j.job_id, j.source] for j in jobs]
-    assert all(s["name"] == "wsupload.upload" and s["doc_existed"] for s in app.sent)
-    assert all(s["options"]["task_id"] == s["args"][0] and s["options"]["queue"] == "q1" for s in app.sent)
-    assert all(s["kwargs"] is None for s in app.sent)  # nothing else rides along: no key
+@pytest.fixture
+def producer(redis_client: fakeredis.FakeRedis, settings: Settings) -> Producer:
+    return Producer(settings, client=redis_client)
+
+
+def messages(client: fakeredis.FakeRedis, queue: str) -> list[dict[str, Any]]:
+    """Decoded task messages in the order a worker will take them."""
+    out = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        out.append(
+            {"task": envelope["headers"]["task"], "id": envelope["headers"]["id"], "args": args, "kwargs": kwargs}
+        )
+    return out
+
+
+def test_enqueue_writes_documents_and_messages(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
+    jobs = producer.enqueue(["/media/a.png", "relative/b.png", "s3://bucket/c.png"])
+    assert [j.source for j in jobs] == ["/media/a.png", os.path.abspath("relative/b.png"), "s3://bucket/c.png"]
+    sent = messages(redis_client, "q1")
+    assert [m["args"] for m in sent] == [[j.job_id, j.source] for j in jobs]
+    assert all(m["task"] == "wsupload.upload" and m["id"] == m["args"][0] and m["kwargs"] == {} for m in sent)
     assert [d["status"] for d in producer.status([j.job_id for j in jobs]) if d] == ["queued"] * 3
 
 
-def test_a_broker_failure_removes_unsent_documents(redis_client: fakeredis.FakeRedis, settings: Settings) -> None:
-    producer = Producer(settings, client=redis_client, app=RecordingApp(redis_client, fail_after=1))
+def test_bulk_and_options_ride_in_the_message(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
+    producer.enqueue(["/a.png"], bulk=True, options={"dedup": True})
+    assert redis_client.llen("q1") == 0
+    (message,) = messages(redis_client, "q1.bulk")
+    assert message["kwargs"] == {"options": {"dedup": True}}
+
+
+def test_a_batch_records_its_members_and_totals(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
+    batch = producer.enqueue_batch([Found("/m/a.png", 100), Found("/m/b.png", 50), "/m/c.png"], name="nightly")
+    assert producer.batches.resolve("nightly") == batch.batch_id
+    info = producer.batches.get(batch.batch_id)
+    assert info is not None
+    assert (info["name"], info["total"], info["bytes_total"], info["done"]) == ("nightly", 3, 150, 0)
+    assert producer.batches.job_ids(batch.batch_id) == [j.job_id for j in batch.jobs]
+    docs = producer.status([j.job_id for j in batch.jobs])
+    assert all(d is not None and d["batch_id"] == batch.batch_id for d in docs)
+    assert all(m["kwargs"] == {"options": {"dedup": True}} for m in messages(redis_client, "q1.bulk"))
+
+
+def test_a_redis_failure_keeps_whole_chunks_only(
+    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(producer_module, "CHUNK", 1)
+    real_pipeline = redis_client.pipeline
+    calls = [0]
+
+    def failing_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 2:
+            pipe.execute = lambda *a, **k: (_ for _ in ()).throw(redis.ConnectionError("gone"))  # type: ignore[method-assign]
+        return pipe
+
+    monkeypatch.setattr(redis_client, "pipeline", failing_pipeline)
     with pytest.raises(EnqueueError, match="sent 1 of 3") as caught:
-        producer.enqueue(["/a.png", "/b.png", "/c.png"])
+        producer.enqueue_batch(["/a.png", "/b.png", "/c.png"])
     (sent,) = caught.value.sent
     assert len(redis_client.keys("wsupload:result:*")) == 1
-    assert producer.status([sent.job_id])[0] is not None
+    assert redis_client.llen("q1.bulk") == 1
+    batch_id = producer.status([sent.job_id])[0]["batch_id"]  # type: ignore[index]
+    assert producer.batches.get(batch_id)["total"] == 1  # type: ignore[index]
 
 
-def test_wait_returns_when_the_last_job_finishes(redis_client: fakeredis.FakeRedis, settings: Settings) -> None:
-    producer = Producer(settings, client=redis_client, app=RecordingApp(redis_client))
+def test_wait_returns_when_the_last_job_finishes(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
     jobs = producer.enqueue(["/a.png", "/b.png"])
     store = ResultStore(redis_client, ttl=60)
     updates: list[list[str | None]] = []
@@ -83,8 +116,7 @@ def test_wait_returns_when_the_last_job_finishes(redis_client: fakeredis.FakeRed
     assert updates[0] == ["queued", "queued"]
 
 
-def test_wait_times_out(redis_client: fakeredis.FakeRedis, settings: Settings) -> None:
-    producer = Producer(settings, client=redis_client, app=RecordingApp(redis_client))
+def test_wait_times_out(producer: Producer) -> None:
     jobs = producer.enqueue(["/a.png"])
     outcome = producer.wait([jobs[0].job_id], timeout=0.2)
     assert outcome.timed_out
@@ -92,7 +124,6 @@ def test_wait_times_out(redis_client: fakeredis.FakeRedis, settings: Settings) -
     assert outcome.docs[0]["status"] == "queued"
 
 
-def test_unknown_jobs_do_not_block_wait(redis_client: fakeredis.FakeRedis, settings: Settings) -> None:
-    producer = Producer(settings, client=redis_client, app=RecordingApp(redis_client))
+def test_unknown_jobs_do_not_block_wait(producer: Producer) -> None:
     outcome = producer.wait(["never-enqueued"], timeout=30)
     assert (outcome.timed_out, outcome.docs, outcome.all_succeeded) == (False, [None], False)
