@@ -173,7 +173,7 @@ class ResultStore:
             key = batch_key(str(batch_id))
             pipe.hincrby(key, "done", 1)
             pipe.hincrby(key, doc["status"], 1)
-            if doc["status"] == SUCCEEDED and doc["result"].get("method") == "upload":
+            if doc["status"] == SUCCEEDED:
                 pipe.hincrby(key, "bytes_done", int(doc["result"].get("size") or 0))
             pipe.hget(key, "total")
         replies = pipe.execute()

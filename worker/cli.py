@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -21,7 +21,11 @@ import redis
 from config.errors import ConfigError, WsuploadError
 from config.settings import Settings, parse_duration, parse_size
 from tasks import results
+from tasks.batches import export_row, write_export
+from tasks.discovery import Found, discover, read_manifest
+from tasks.options import JobOptions
 from tasks.results import JobDoc
+from worker.progress import BatchProgress, JobProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
 
@@ -48,33 +52,6 @@ def describe(doc: JobDoc | None, job_id: str) -> str:
     elif doc.get("last_error"):
         line += f"\n    .. last error {doc['last_error']['kind']}: {doc['last_error']['message']}"
     return line
-
-
-class Progress:
-    """A one-line live summary on a terminal; one line per finished job otherwise."""
-
-    def __init__(self, job_ids: Sequence[str], stream: TextIO) -> None:
-        self.job_ids = list(job_ids)
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.reported: set[str] = set()
-
-    def __call__(self, docs: list[JobDoc | None]) -> None:
-        counts: dict[str, int] = {}
-        for job_id, doc in zip(self.job_ids, docs, strict=True):
-            status = doc["status"] if doc else "unknown"
-            counts[status] = counts.get(status, 0) + 1
-            if not self.tty and status in (*results.TERMINAL, "unknown") and job_id not in self.reported:
-                self.reported.add(job_id)
-                print(f"{job_id}  {status}", file=self.stream, flush=True)
-        if self.tty:
-            done = sum(counts.get(s, 0) for s in (*results.TERMINAL, "unknown"))
-            detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            print(f"\r{done}/{len(self.job_ids)} done ({detail})\033[K", end="", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=self.stream)
 
 
 def _producer(settings: Settings) -> Any:
@@ -108,7 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    jobs = _producer(Settings.from_env()).enqueue(args.sources)
+    options = _job_options(args, dedup=args.dedup)
+    jobs = _producer(Settings.from_env()).enqueue(args.sources, bulk=args.bulk, options=options)
     if args.json:
         print(json.dumps([{"job_id": j.job_id, "source": j.source} for j in jobs]))
     else:
@@ -129,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     producer = _producer(Settings.from_env())
-    progress = None if args.json else Progress(args.job_ids, sys.stderr)
+    progress = None if args.json else JobProgress(args.job_ids, sys.stderr)
     try:
         outcome = producer.wait(args.job_ids, timeout=args.timeout, on_update=progress)
     finally:
@@ -144,6 +122,88 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print(f"wsupload: timed out after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     return EXIT_OK if outcome.all_succeeded else EXIT_FAILED
+
+
+def _job_options(args: argparse.Namespace, dedup: bool) -> dict[str, Any]:
+    options = JobOptions(dedup=dedup, callback_url=args.callback_url)
+    JobOptions.parse(options.to_message())  # the same checks a worker makes, before anything is sent
+    return options.to_message()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    found: list[Found] = []
+    for spec in args.sources:
+        found.extend(discover(spec, settings, args.glob))
+    for manifest in args.manifest:
+        try:
+            found.extend(Found(source, _local_size(source)) for source in read_manifest(manifest))
+        except OSError as exc:
+            raise WsuploadError(f"cannot read manifest {manifest}: {exc.strerror}") from None
+    if not found:
+        raise WsuploadError("nothing to ingest: no matching files, objects or manifest lines")
+    producer = _producer(settings)
+    options = _job_options(args, dedup=not args.no_dedup)
+    batch = producer.enqueue_batch(found, name=args.batch, bulk=not args.interactive, options=options)
+    total_bytes = sum(item.size or 0 for item in found)
+    print(
+        f"batch {batch.batch_id}{f' ({batch.name})' if batch.name else ''}: {len(batch.jobs)} jobs, {total_bytes} bytes"
+    )
+    if not (args.wait or args.output):
+        return EXIT_OK
+    return _finish_batch(producer, batch.batch_id, args.timeout, args.output, args.format)
+
+
+def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: Path | None, fmt: str) -> int:
+    progress = BatchProgress(sys.stderr)
+    try:
+        info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
+    finally:
+        progress.close()
+    print(f"{info['succeeded']} succeeded, {info['failed']} failed of {info['total']}")
+    if output is not None:
+        with open(output, "w", newline="", encoding="utf-8") as out:
+            count = write_export((export_row(j, d) for j, d in producer.batches.docs(batch_id)), out, fmt)
+        print(f"results: {count} rows in {output}")
+    if timed_out:
+        print(f"wsupload: timed out after {timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK if info["failed"] == 0 else EXIT_FAILED
+
+
+def _local_size(source: str) -> int | None:
+    try:
+        return os.stat(source).st_size if "://" not in source else None
+    except OSError:
+        return None
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    producer = _producer(Settings.from_env())
+    batch_id = producer.batches.resolve(args.batch)
+    if batch_id is None:
+        raise WsuploadError(f"no batch named or numbered {args.batch!r} (never created, or expired)")
+    if args.action == "results":
+        rows = (export_row(j, d) for j, d in producer.batches.docs(batch_id))
+        if args.output:
+            with open(args.output, "w", newline="", encoding="utf-8") as out:
+                write_export(rows, out, args.format)
+        else:
+            write_export(rows, sys.stdout, args.format)
+        return EXIT_OK
+    if args.action == "wait":
+        return _finish_batch(producer, batch_id, args.timeout, args.output, args.format)
+    info = producer.batches.get(batch_id)
+    info = {**(info or {}), "statuses": producer.batches.status_counts(batch_id)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key in ("batch_id", "name", "total", "done", "succeeded", "failed", "bytes_total", "bytes_done"):
+            print(f"{key:<12} {info.get(key)}")
+        for key in ("created_at", "started_at", "finished_at"):
+            print(f"{key:<12} {info.get(key) or '-'}")
+        print("statuses     " + ", ".join(f"{n} {s}" for s, n in sorted(info["statuses"].items())))
+    return EXIT_OK
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -197,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     enqueue = commands.add_parser("enqueue", help="enqueue uploads; prints one job id per source")
     enqueue.add_argument("--json", action="store_true", help='print [{"job_id", "source"}]')
+    enqueue.add_argument("--bulk", action="store_true", help="use the bulk queue (default: interactive)")
+    enqueue.add_argument("--dedup", action="store_true", help="reuse an earlier upload of the same bytes")
+    enqueue.add_argument("--callback-url", help="POST the result document here when the job ends")
     enqueue.add_argument("sources", nargs="+", metavar="SOURCE")
     enqueue.set_defaults(handler=cmd_enqueue)
 
@@ -210,6 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_positive_duration, help="give up after this long (seconds, or 5m, 1h)")
     wait.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     wait.set_defaults(handler=cmd_wait)
+
+    ingest = commands.add_parser("ingest", help="enqueue a batch: files, directories, s3:// prefixes, manifests")
+    ingest.add_argument("sources", nargs="*", metavar="SOURCE", help="file, directory, s3://bucket/prefix/ or key")
+    ingest.add_argument("--manifest", action="append", type=Path, default=[], help="paths/keys: lines, CSV or JSONL")
+    ingest.add_argument("--glob", action="append", default=[], help="only names matching (repeatable; default: media)")
+    ingest.add_argument("--batch", metavar="NAME", help="a name to find the batch by later")
+    ingest.add_argument("--wait", action="store_true", help="watch progress until every job ends")
+    ingest.add_argument("--timeout", type=_positive_duration, help="with --wait: give up after this long")
+    ingest.add_argument("--output", type=Path, help="write the results manifest here (implies --wait)")
+    ingest.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ingest.add_argument("--interactive", action="store_true", help="use the interactive queue (default: bulk)")
+    ingest.add_argument("--no-dedup", action="store_true", help="upload again even if the same bytes were")
+    ingest.add_argument("--callback-url", help="POST each job's result document here when it ends")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    batch = commands.add_parser("batch", help="a batch's status, results manifest, or wait for it")
+    batch.add_argument("action", choices=["status", "results", "wait"])
+    batch.add_argument("batch", metavar="BATCH", help="batch id or name")
+    batch.add_argument("--json", action="store_true", help="status as JSON")
+    batch.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    batch.add_argument("--output", type=Path, help="results: write here instead of stdout")
+    batch.add_argument("--timeout", type=_positive_duration, help="wait: give up after this long")
+    batch.set_defaults(handler=cmd_batch)
 
     sandbox = commands.add_parser("sandbox", help="run a local WaveSpeed-compatible upload server")
     sandbox.add_argument("--host", default="127.0.0.1")

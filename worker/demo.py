@@ -20,9 +20,10 @@ from pathlib import Path
 
 from config.settings import Settings
 from tasks import results
-from worker.cli import Progress, describe
+from worker.cli import describe
 from worker.local_services import LocalRedis, WorkerProcess, start_redis, start_s3
 from worker.producer import Producer
+from worker.progress import JobProgress
 from worker.samples import write_samples
 from worker.sandbox import Fault, SandboxServer
 
@@ -81,7 +82,7 @@ def run_demo(*, real: bool = False) -> int:
             samples[store.put("wsupload-demo", "photos/sunset.png", photo)] = photo
         jobs = producer.enqueue(list(samples))
         say(f"Enqueued {len(jobs)} jobs; waiting for them:")
-        progress = Progress([j.job_id for j in jobs], sys.stdout)
+        progress = JobProgress([j.job_id for j in jobs], sys.stdout)
         outcome = producer.wait([j.job_id for j in jobs], timeout=120, on_update=progress)
         progress.close()
 
