@@ -162,6 +162,8 @@ class Settings:
     presign_ttl: int = 3600
     fsspec_protocols: tuple[str, ...] = DEFAULT_FSSPEC_PROTOCOLS
     dedup_margin: int = DAY
+    rate_limit: float = 0.0
+    max_concurrent_uploads: int = 0
 
     @property
     def effective_broker_url(self) -> str:
@@ -324,6 +326,10 @@ class _Parser:
                 )
             ),
             fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
+            rate_limit=self.get("WSUPLOAD_RATE_LIMIT", float, d.rate_limit, lambda v: 0 <= v <= 10_000, "0 to 10000"),
+            max_concurrent_uploads=self.get(
+                "WSUPLOAD_MAX_CONCURRENT_UPLOADS", parse_int, d.max_concurrent_uploads, lambda v: v >= 0, "0 or more"
+            ),
             dedup_margin=int(
                 self.get("WSUPLOAD_DEDUP_MARGIN", parse_duration, float(d.dedup_margin), lambda v: v >= 0, "0 or more")
             ),

@@ -27,9 +27,10 @@ from tenacity.stop import stop_base
 from config.settings import Settings
 from tasks import results
 from tasks.dedup import DedupStore, content_digest
-from tasks.errors import RetriesExhausted, TooLarge, TransientError, UploadError
+from tasks.errors import RateLimited, RetriesExhausted, TooLarge, TransientError, UploadError
 from tasks.media_source import OpenedSource
 from tasks.options import JobOptions
+from tasks.rate_limit import FleetLimiter, RateLimitTimeout
 from tasks.retry_policy import RetryPolicy, is_transient, next_delay
 from tasks.sources import SourceOpener
 
@@ -62,8 +63,16 @@ class JobRunner:
     opener: SourceOpener = field(init=False)
     policy: RetryPolicy = field(init=False)
     dedup: DedupStore = field(init=False)
+    limiter: FleetLimiter | None = None
 
     def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = FleetLimiter(
+                self.store.redis,
+                per_second=self.settings.rate_limit,
+                max_concurrent=self.settings.max_concurrent_uploads,
+                lease_seconds=self.settings.hard_time_limit,
+            )
         self.policy = RetryPolicy.from_settings(self.settings)
         self.opener = SourceOpener(self.settings)
         self.dedup = DedupStore(self.store.redis, self.settings.dedup_margin)
@@ -134,9 +143,14 @@ class JobRunner:
             )
 
         def attempt() -> dict[str, Any]:
-            state.doc = results.attempting(state.doc)
-            self.store.save(state.doc)
-            return self.client.upload(opened)
+            assert self.limiter is not None
+            try:
+                with self.limiter.slot(state.deadline):
+                    state.doc = results.attempting(state.doc)
+                    self.store.save(state.doc)
+                    return self.client.upload(opened)
+            except RateLimitTimeout as exc:
+                raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
 
         result = self._retrying(state, attempt, self.policy.max_attempts - made, uploads=True)
         now = results.utcnow()
@@ -165,6 +179,8 @@ class JobRunner:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             assert isinstance(error, UploadError)
             delay = retry_state.upcoming_sleep
+            if isinstance(error, RateLimited) and self.limiter is not None:
+                self.limiter.pause(delay)  # the whole fleet backs off, not just this job
             log.warning("job %s: %s (%s); retrying in %.2f s", state.doc["job_id"], error.message, error.kind, delay)
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
             self.store.save(state.doc)

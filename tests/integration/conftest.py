@@ -15,7 +15,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,3 +244,34 @@ def _answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+@dataclass
+class FleetHandle:
+    producer: Producer
+    env: dict[str, str]
+    """The producers' environment for these workers (queues included, no API key)."""
+
+
+Fleet = Callable[..., FleetHandle]
+
+
+@pytest.fixture
+def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
+    """Start workers on fresh queues with extra settings."""
+    started: list[WorkerProcess] = []
+
+    def start(count: int = 1, concurrency: int = 2, **env: str) -> FleetHandle:
+        suffix = uuid.uuid4().hex[:6]
+        full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
+        producer = Producer(Settings.from_env(producer_env(full)))
+        for n in range(count):
+            process = WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency)
+            started.append(process.start())
+        for process in started[-count:]:
+            process.wait_ready(producer.app)
+        return FleetHandle(producer, producer_env(full))
+
+    yield start
+    for process in started:
+        process.stop()

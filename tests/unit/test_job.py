@@ -11,6 +11,7 @@ from tasks import results
 from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from tasks.job import JobRunner
 from tasks.media_source import OpenedSource
+from tasks.rate_limit import FleetLimiter
 from tasks.results import ResultStore
 from worker.samples import png_bytes
 
@@ -42,10 +43,25 @@ def png(tmp_path: Path) -> str:
     return str(path)
 
 
+class OpenLimiter(FleetLimiter):
+    """Never makes anyone wait (time does not pass under a fake sleep); records pauses."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.pauses: list[float] = []
+
+    def try_acquire(self, token: str) -> float:
+        return 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
 def make_runner(store: ResultStore, client: ScriptedClient, sleeps: list[float], **env: str) -> JobRunner:
     settings = Settings.from_env({"WAVESPEED_API_KEY": SECRET, "WSUPLOAD_MAX_ATTEMPTS": "3", **env})
     sleep: Callable[[float], None] = sleeps.append
-    return JobRunner(settings=settings, store=store, client=client, sleep=sleep, rand=lambda: 1.0)
+    limiter = OpenLimiter(store.redis)
+    return JobRunner(settings=settings, store=store, client=client, sleep=sleep, rand=lambda: 1.0, limiter=limiter)
 
 
 def test_success_on_the_first_attempt(store: ResultStore, png: str) -> None:
@@ -93,11 +109,14 @@ def test_retries_exhausted_reports_the_last_status(store: ResultStore, png: str)
     assert "bad gateway" in doc["error"]["message"]
 
 
-def test_retry_after_sets_the_wait(store: ResultStore, png: str) -> None:
+def test_retry_after_sets_the_wait_for_the_job_and_the_fleet(store: ResultStore, png: str) -> None:
     sleeps: list[float] = []
     client = ScriptedClient(RateLimited("HTTP 429", 429, 7.0), DATA)
-    make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_MAX="1").run("j", png)
+    runner = make_runner(store, client, sleeps, WSUPLOAD_BACKOFF_MAX="1")
+    runner.run("j", png)
     assert sleeps == [7.0]
+    assert isinstance(runner.limiter, OpenLimiter)
+    assert runner.limiter.pauses == [7.0]
 
 
 def test_retrying_is_visible_while_backing_off(store: ResultStore, png: str) -> None:
