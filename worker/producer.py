@@ -1,10 +1,6 @@
 """The Python producer API: enqueue uploads, read their status, wait for them.
 
-Needs Redis only, never the API key. Each job's ``queued`` document is written
-before its message, in the same transaction, so a poller never sees "unknown"
-for a real job; messages are built by ``worker.wire`` and pipelined, so 10,000
-jobs cost a handful of round trips. Interactive jobs go to ``WSUPLOAD_QUEUE``,
-bulk ones to ``WSUPLOAD_BULK_QUEUE``.
+Needs Redis only, never the API key. Enqueueing itself is ``tasks.enqueue``.
 Waiting listens on ``wsupload:events`` instead of polling, and re-reads the
 documents once a second as a safety net in case a notification was missed.
 """
@@ -12,9 +8,7 @@ documents once a second as a safety net in case a notification was missed.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,30 +19,14 @@ from celery import Celery
 from config.errors import WsuploadError
 from config.settings import Settings
 from tasks import results
-from tasks.batches import BatchStore
-from tasks.discovery import Found
-from tasks.results import JobDoc, ResultStore
-from worker import wire
+from tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
+from tasks.results import JobDoc
 from worker.app import create_app
 
+__all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
+
 RECHECK_SECONDS = 1.0
-CHUNK = 2000
-"""Jobs per Redis transaction when enqueueing."""
 BATCH_REFRESH = 0.2
-
-
-class EnqueueError(WsuploadError):
-    """Some jobs could not be sent; ``sent`` lists those that were."""
-
-    def __init__(self, message: str, sent: list[Job]) -> None:
-        super().__init__(message, sent)
-        self.sent = sent
-
-
-@dataclass(frozen=True)
-class Job:
-    job_id: str
-    source: str
 
 
 @dataclass(frozen=True)
@@ -61,32 +39,16 @@ class WaitOutcome:
         return not self.timed_out and all(d is not None and d["status"] == results.SUCCEEDED for d in self.docs)
 
 
-def normalize_source(source: str) -> str:
-    """Local paths become absolute (the worker has no idea of the producer's cwd)."""
-    source = source.strip()
-    if source and "://" not in source:
-        return os.path.abspath(source)
-    return source
-
-
 def is_finished(doc: JobDoc | None) -> bool:
     """Terminal, or unknown (never enqueued, or its document expired)."""
     return doc is None or doc["status"] in results.TERMINAL
 
 
-@dataclass(frozen=True)
-class Batch:
-    batch_id: str
-    name: str | None
-    jobs: list[Job]
+class Producer(Enqueuer):
+    """Enqueue (see ``tasks.enqueue``), then read status and wait."""
 
-
-class Producer:
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None) -> None:
-        self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
-        self.store = ResultStore(self.redis, settings.result_ttl)
-        self.batches = BatchStore(self.redis, settings.result_ttl)
+        super().__init__(settings, client or redis.Redis.from_url(settings.redis_url))
         self._app = app
 
     @property
@@ -95,59 +57,6 @@ class Producer:
         if self._app is None:
             self._app = create_app(self.settings)
         return self._app
-
-    def enqueue(
-        self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
-    ) -> list[Job]:
-        """One job per source, on the interactive queue unless ``bulk``."""
-        jobs = [Job(uuid.uuid4().hex, normalize_source(source)) for source in sources]
-        self._push(jobs, bulk=bulk, options=options)
-        return jobs
-
-    def enqueue_batch(
-        self,
-        sources: Sequence[Found | str],
-        *,
-        name: str | None = None,
-        bulk: bool = True,
-        options: dict[str, Any] | None = None,
-    ) -> Batch:
-        """Many jobs under one batch id; bulk queue and deduplication unless told otherwise."""
-        found = [item if isinstance(item, Found) else Found(item) for item in sources]
-        jobs = [Job(uuid.uuid4().hex, normalize_source(item.source)) for item in found]
-        batch_id = uuid.uuid4().hex
-        total = sum(item.size or 0 for item in found)
-        self._push(jobs, bulk=bulk, options={"dedup": True, **(options or {})}, batch=(batch_id, name, total))
-        return Batch(batch_id, name, jobs)
-
-    def _push(
-        self,
-        jobs: list[Job],
-        *,
-        bulk: bool,
-        options: dict[str, Any] | None,
-        batch: tuple[str, str | None, int] | None = None,
-    ) -> None:
-        """Documents, then messages, a chunk per transaction: each chunk is sent whole or not at all."""
-        queue = self.settings.bulk_queue if bulk else self.settings.queue
-        now = results.utcnow()
-        batch_id = batch[0] if batch else None
-        sent: list[Job] = []
-        try:
-            for start in range(0, max(len(jobs), 1), CHUNK):
-                chunk = jobs[start : start + CHUNK]
-                pipe = self.redis.pipeline(transaction=True)
-                if batch and start == 0:
-                    self.batches.create(pipe, batch[0], batch[1], [j.job_id for j in jobs], batch[2])
-                self.store.create((results.new_doc(j.job_id, j.source, now, batch_id) for j in chunk), pipe)
-                for job in chunk:
-                    pipe.lpush(queue, wire.upload_message(job.job_id, job.source, queue, options))
-                pipe.execute()
-                sent.extend(chunk)
-        except redis.RedisError as exc:
-            if batch_id and sent:
-                self.redis.hset(results.batch_key(batch_id), "total", len(sent))
-            raise EnqueueError(f"sent {len(sent)} of {len(jobs)} jobs before Redis failed: {exc}", sent) from exc
 
     def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         return self.store.get_many(job_ids)

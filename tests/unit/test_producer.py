@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from config import Settings
+from tasks import enqueue as enqueue_module
 from tasks import results
 from tasks.discovery import Found
 from tasks.errors import Rejected
 from tasks.results import ResultStore
-from worker import producer as producer_module
 from worker.producer import EnqueueError, Producer
 
 
@@ -72,7 +72,7 @@ def test_a_batch_records_its_members_and_totals(producer: Producer, redis_client
 def test_a_redis_failure_keeps_whole_chunks_only(
     producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(producer_module, "CHUNK", 1)
+    monkeypatch.setattr(enqueue_module, "CHUNK", 1)
     real_pipeline = redis_client.pipeline
     calls = [0]
 
