@@ -24,6 +24,8 @@ KEY_PREFIX = "wsupload"
 
 UPLOAD_TASK_NAME = "wsupload.upload"
 """The Celery task name producers send (part of the wire contract)."""
+SCAN_TASK_NAME = "wsupload.scan"
+"""The task Celery beat sends for a scheduled batch run."""
 
 DAY = 24 * 60 * 60
 MIB = 1024 * 1024
@@ -104,6 +106,13 @@ def parse_roots(text: str) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _existing_file(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_file():
+        raise ValueError(f"{text.strip()!r} is not an existing file")
+    return path
+
+
 OVERSIZE_POLICIES = ("refuse", "presign")
 DEFAULT_FSSPEC_PROTOCOLS = ("gs", "gcs", "az", "abfs", "abfss")
 
@@ -162,6 +171,8 @@ class Settings:
     presign_ttl: int = 3600
     fsspec_protocols: tuple[str, ...] = DEFAULT_FSSPEC_PROTOCOLS
     dedup_margin: int = DAY
+    schedules_path: Path | None = None
+    beat_state: Path = Path("celerybeat-schedule")
     rate_limit: float = 0.0
     max_concurrent_uploads: int = 0
 
@@ -326,6 +337,8 @@ class _Parser:
                 )
             ),
             fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
+            schedules_path=self.get("WSUPLOAD_SCHEDULES", _existing_file, d.schedules_path),
+            beat_state=self.get("WSUPLOAD_BEAT_STATE", lambda t: Path(t.strip()), d.beat_state),
             rate_limit=self.get("WSUPLOAD_RATE_LIMIT", float, d.rate_limit, lambda v: 0 <= v <= 10_000, "0 to 10000"),
             max_concurrent_uploads=self.get(
                 "WSUPLOAD_MAX_CONCURRENT_UPLOADS", parse_int, d.max_concurrent_uploads, lambda v: v >= 0, "0 or more"

@@ -23,15 +23,19 @@ timeout, even while the first copy still runs. So:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 
-from config.settings import Settings
+from config.schedules import Schedule
+from config.settings import SCAN_TASK_NAME, Settings
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("wsupload", broker=settings.effective_broker_url, include=["tasks.upload"])
+    app = Celery("wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan"])
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
@@ -58,6 +62,20 @@ def create_app(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str, dict[str, Any]]:
+    """Celery beat entries: one ``wsupload.scan`` per schedule, sent to the bulk queue."""
+    entries = {}
+    for schedule in schedules:
+        when: Any = timedelta(seconds=schedule.every) if schedule.every else crontab(**schedule.crontab_fields())
+        entries[f"wsupload-scan-{schedule.name}"] = {
+            "task": SCAN_TASK_NAME,
+            "schedule": when,
+            "args": [schedule.to_message()],
+            "options": {"queue": settings.bulk_queue},
+        }
+    return entries
 
 
 def __getattr__(name: str) -> Celery:

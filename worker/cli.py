@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from config.errors import ConfigError, WsuploadError
+from config.schedules import load_schedules
 from config.settings import Settings, parse_duration, parse_size
 from tasks import results
 from tasks.batches import export_row, write_export
@@ -82,6 +83,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "--without-mingle",
         ]
     )  # exits the process when the worker stops
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if settings.schedules_path is None:
+        raise ConfigError("WSUPLOAD_SCHEDULES: set it to a TOML file of [[schedule]] tables to run `wsupload beat`")
+    schedules = load_schedules(settings.schedules_path)
+    if not schedules:
+        raise ConfigError(f"WSUPLOAD_SCHEDULES: {settings.schedules_path} defines no [[schedule]]")
+    from worker.app import beat_schedule, create_app
+
+    app = create_app(settings)
+    app.conf.beat_schedule = beat_schedule(schedules, settings)
+    for schedule in schedules:
+        when = f"every {schedule.every:g} s" if schedule.every else f"cron {schedule.cron!r} (UTC)"
+        print(f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}", flush=True)
+    app.Beat(loglevel=args.loglevel, schedule=str(settings.beat_state)).run()
+    return EXIT_OK
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -254,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", choices=["interactive", "bulk"], help="serve one queue (default: both, interactive first)"
     )
     worker.set_defaults(handler=cmd_worker)
+
+    beat = commands.add_parser("beat", help="run the scheduled batch runs of WSUPLOAD_SCHEDULES (Celery beat)")
+    beat.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    beat.set_defaults(handler=cmd_beat)
 
     enqueue = commands.add_parser("enqueue", help="enqueue uploads; prints one job id per source")
     enqueue.add_argument("--json", action="store_true", help='print [{"job_id", "source"}]')

@@ -43,3 +43,17 @@ def test_the_dockerfile_builds_what_compose_runs(compose: dict[str, Any]) -> Non
     assert all((ROOT / path).exists() for path in copied)
     assert ["CMD", '["wsupload",', '"worker"]'] in lines
     assert any(line[0] == "USER" and line[1] != "root" for line in lines)
+
+
+def test_beat_runs_the_example_schedules(compose: dict[str, Any]) -> None:
+    from config.schedules import load_schedules
+
+    beat = compose["services"]["beat"]
+    assert beat["command"] == ["wsupload", "beat"]
+    assert beat["environment"]["WSUPLOAD_SCHEDULES"] == "/config/schedules.toml"
+    assert "WAVESPEED_API_KEY" not in beat["environment"]  # beat only enqueues
+    assert any(volume.endswith(":/state") for volume in beat["volumes"])
+    assert [s.name for s in load_schedules(ROOT / "config" / "schedules.example.toml")] == [
+        "incoming",
+        "nightly-archive",
+    ]

@@ -1,0 +1,111 @@
+"""The Celery task ``wsupload.scan``: one run of a scheduled batch.
+
+Celery beat sends the schedule's whole definition (``config.schedules``), so
+workers need no schedules file. A run lists the source, enqueues as one batch
+only what is new or changed since the last run (a file's size and mtime, an
+object's ETag, a manifest line's text), then remembers it. Enqueue first,
+remember second: a crash in between enqueues again next time, and dedup keeps
+that from uploading twice. Runs of one schedule never overlap (a lock).
+
+State, per schedule: ``wsupload:scan:<name>:seen`` (source → version) and
+``wsupload:scan:<name>`` (runs, last_run_at, last_found, last_enqueued,
+last_batch, last_error).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import shared_task
+
+from config.errors import WsuploadError
+from config.schedules import Schedule
+from config.settings import KEY_PREFIX, SCAN_TASK_NAME, Settings
+from tasks import results
+from tasks.discovery import Found, discover, read_manifest
+from tasks.enqueue import Enqueuer
+from tasks.errors import InvalidInput
+from tasks.options import JobOptions
+
+log = logging.getLogger(__name__)
+CHUNK = 2000
+
+
+def state_key(name: str) -> str:
+    return f"{KEY_PREFIX}:scan:{name}"
+
+
+def seen_key(name: str) -> str:
+    return f"{state_key(name)}:seen"
+
+
+def list_sources(schedule: Schedule, settings: Settings) -> list[Found]:
+    if schedule.manifest:
+        return [Found(source, None, "") for source in read_manifest(Path(schedule.manifest))]
+    assert schedule.source is not None
+    if "://" not in schedule.source and settings.allowed_roots:
+        where = Path(schedule.source).resolve()
+        if not any(where == root or root in where.parents for root in settings.allowed_roots):
+            raise InvalidInput(f"{schedule.source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
+    if "://" not in schedule.source and not Path(schedule.source).is_dir():
+        raise InvalidInput(f"{schedule.source!r} is not a directory")
+    return list(discover(schedule.source, settings, schedule.glob))
+
+
+def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> list[Found]:
+    """Those not seen before, or seen with another version."""
+    fresh = []
+    for start in range(0, len(found), CHUNK):
+        chunk = found[start : start + CHUNK]
+        known = client.hmget(seen_key(name), [f.source for f in chunk])
+        for item, version in zip(chunk, known, strict=True):
+            if version is None or (version.decode() if isinstance(version, bytes) else version) != (item.version or ""):
+                fresh.append(item)
+    return fresh
+
+
+def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dict[str, str | int]:
+    """One run; returns what it recorded in the schedule's state."""
+    lock = f"{state_key(schedule.name)}:lock"
+    token = uuid.uuid4().hex
+    if not client.set(lock, token, nx=True, ex=max(60, settings.hard_time_limit)):
+        log.info("scan %s: the previous run is still going; skipping this one", schedule.name)
+        return {"skipped": 1}
+    record: dict[str, str | int] = {"last_run_at": results.isoformat(results.utcnow()), "last_error": ""}
+    try:
+        found = list_sources(schedule, settings)
+        fresh = fresh_sources(client, schedule.name, found)
+        record.update(last_found=len(found), last_enqueued=len(fresh), last_batch="")
+        if fresh:
+            options = JobOptions(dedup=schedule.dedup, callback_url=schedule.callback_url).to_message()
+            batch = Enqueuer(settings, client).enqueue_batch(fresh, name=schedule.name, options=options)
+            record["last_batch"] = batch.batch_id
+            for start in range(0, len(fresh), CHUNK):
+                chunk = fresh[start : start + CHUNK]
+                client.hset(seen_key(schedule.name), mapping={f.source: f.version or "" for f in chunk})
+        log.info("scan %s: %d found, %d new or changed", schedule.name, len(found), len(fresh))
+    except (WsuploadError, OSError) as exc:
+        record["last_error"] = str(exc)
+        log.error("scan %s failed: %s", schedule.name, exc)
+    finally:
+        client.hset(state_key(schedule.name), mapping=record)  # type: ignore[arg-type]  # (key type is invariant)
+        client.hincrby(state_key(schedule.name), "runs", 1)
+        if client.get(lock) == token.encode():
+            client.delete(lock)
+    return record
+
+
+@shared_task(name=SCAN_TASK_NAME, ignore_result=True)
+def scan(schedule: dict[str, Any]) -> None:
+    settings = Settings.from_env()
+    try:
+        parsed = Schedule.from_message(schedule)
+    except WsuploadError as exc:
+        log.error("scan: a malformed schedule was sent: %s", exc)
+        return
+    run_scan(settings, redis.Redis.from_url(settings.redis_url), parsed)

@@ -1,0 +1,74 @@
+"""Celery beat drives scheduled scans: new files go up once, and only once, across runs."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.scan import state_key
+from tests.integration.conftest import Fleet
+from worker.local_services import wait_until
+from worker.samples import png_bytes
+from worker.sandbox import SandboxServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], None]]:
+    """Start ``wsupload beat`` with an environment; stopped (and its log closed) afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    with open(tmp_path / "beat.log", "wb") as log:
+
+        def start(env: dict[str, str]) -> None:
+            command = [sys.executable, "-m", "worker.cli", "beat"]
+            started.append(
+                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+
+        yield start
+        for process in started:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+
+
+def test_a_scheduled_scan_uploads_new_files_once(
+    fleet: Fleet,
+    sandbox: SandboxServer,
+    media_root: Path,
+    tmp_path: Path,
+    beat: Callable[[dict[str, str]], None],
+) -> None:
+    folder = media_root / "scheduled"
+    folder.mkdir()
+    (folder / "one.png").write_bytes(png_bytes(7, 3))
+    (folder / "two.png").write_bytes(png_bytes(7, 4))
+    schedules = tmp_path / "schedules.toml"
+    schedules.write_text(f'[[schedule]]\nname = "drop"\nsource = "{folder}"\nevery = "1s"\n')
+    workers = fleet(count=1, concurrency=2)
+    env = {**workers.env, "WSUPLOAD_SCHEDULES": str(schedules), "WSUPLOAD_BEAT_STATE": str(tmp_path / "beat-state")}
+    beat(env)
+    redis = workers.producer.redis
+
+    def runs() -> int:
+        return int(redis.hget(state_key("drop"), "runs") or 0)
+
+    def uploaded() -> list[str]:
+        return sorted(str(r.filename) for r in sandbox.records)
+
+    wait_until(lambda: uploaded() == ["one.png", "two.png"], 60, what="the first scan's uploads")
+    seen = runs()
+    wait_until(lambda: runs() >= seen + 3, 60, what="three more scans")
+    assert uploaded() == ["one.png", "two.png"]  # unchanged files are not enqueued again
+
+    (folder / "three.png").write_bytes(png_bytes(7, 5))
+    (folder / "one.png").write_bytes(png_bytes(7, 6))  # changed content
+    wait_until(lambda: len(sandbox.records) == 4, 60, what="the new and the changed file")
+    seen = runs()
+    wait_until(lambda: runs() >= seen + 3, 60, what="three more scans")
+    assert uploaded() == ["one.png", "one.png", "three.png", "two.png"]
+    assert redis.hget(state_key("drop"), "last_error") == b""
