@@ -24,6 +24,8 @@ KEY_PREFIX = "wsupload"
 
 UPLOAD_TASK_NAME = "wsupload.upload"
 """The Celery task name producers send (part of the wire contract)."""
+CALLBACK_TASK_NAME = "wsupload.callback"
+"""The task that delivers a job's result to its callback URL."""
 SCAN_TASK_NAME = "wsupload.scan"
 """The task Celery beat sends for a scheduled batch run."""
 
@@ -173,6 +175,8 @@ class Settings:
     dedup_margin: int = DAY
     schedules_path: Path | None = None
     beat_state: Path = Path("celerybeat-schedule")
+    callback_secret: str | None = field(default=None, repr=False)
+    callback_attempts: int = 5
     rate_limit: float = 0.0
     max_concurrent_uploads: int = 0
 
@@ -339,6 +343,10 @@ class _Parser:
             fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
             schedules_path=self.get("WSUPLOAD_SCHEDULES", _existing_file, d.schedules_path),
             beat_state=self.get("WSUPLOAD_BEAT_STATE", lambda t: Path(t.strip()), d.beat_state),
+            callback_secret=self.secret("WSUPLOAD_CALLBACK_SECRET", required=False),
+            callback_attempts=self.get(
+                "WSUPLOAD_CALLBACK_ATTEMPTS", parse_int, d.callback_attempts, lambda v: 1 <= v <= 50, "from 1 to 50"
+            ),
             rate_limit=self.get("WSUPLOAD_RATE_LIMIT", float, d.rate_limit, lambda v: 0 <= v <= 10_000, "0 to 10000"),
             max_concurrent_uploads=self.get(
                 "WSUPLOAD_MAX_CONCURRENT_UPLOADS", parse_int, d.max_concurrent_uploads, lambda v: v >= 0, "0 or more"

@@ -19,9 +19,10 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
 from config.settings import UPLOAD_TASK_NAME, Settings
+from tasks.callbacks import callback
 from tasks.client import UploadClient
 from tasks.errors import InternalError, InvalidInput, TimeLimitExceeded
-from tasks.job import JobRunner
+from tasks.job import NO_OPTIONS, JobRunner
 from tasks.options import JobOptions
 from tasks.results import ResultStore
 
@@ -82,6 +83,7 @@ def upload(job_id: object, source: object, options: object = None) -> None:
     if not isinstance(job_id, str) or not job_id:
         log.error("dropping a %s message without a job id (args must be [job_id, source])", UPLOAD_TASK_NAME)
         return
+    parsed = NO_OPTIONS
     try:
         if not isinstance(source, str):
             job.fail(job_id, repr(source), InvalidInput(f"the source must be a string, got {type(source).__name__}"))
@@ -104,3 +106,13 @@ def upload(job_id: object, source: object, options: object = None) -> None:
     except Exception as exc:
         log.exception("job %s: internal error", job_id)
         job.fail(job_id, str(source), InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+    if parsed.callback_url:
+        send_callback(job_id, parsed.callback_url, job.settings.queue)
+
+
+def send_callback(job_id: str, url: str, queue: str) -> None:
+    """Hand delivery to its own task: the upload's outcome is already recorded."""
+    try:
+        callback.apply_async(args=(job_id, url), queue=queue)
+    except Exception:
+        log.exception("job %s: could not queue its callback", job_id)

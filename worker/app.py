@@ -35,7 +35,9 @@ from config.settings import SCAN_TASK_NAME, Settings
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan"])
+    app = Celery(
+        "wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan", "tasks.callbacks"]
+    )
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
