@@ -12,7 +12,7 @@ import pytest
 from tasks.scan import state_key
 from tests.integration.conftest import Fleet
 from worker.local_services import wait_until
-from worker.samples import png_bytes
+from worker.samples import mp4_bytes
 from worker.sandbox import SandboxServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,8 +45,9 @@ def test_a_scheduled_scan_uploads_new_files_once(
 ) -> None:
     folder = media_root / "scheduled"
     folder.mkdir()
-    (folder / "one.png").write_bytes(png_bytes(7, 3))
-    (folder / "two.png").write_bytes(png_bytes(7, 4))
+    # Random payloads: bytes no earlier test uploaded (dedup is on for scheduled runs).
+    (folder / "one.mp4").write_bytes(mp4_bytes())
+    (folder / "two.mp4").write_bytes(mp4_bytes())
     schedules = tmp_path / "schedules.toml"
     schedules.write_text(f'[[schedule]]\nname = "drop"\nsource = "{folder}"\nevery = "1s"\n')
     workers = fleet(count=1, concurrency=2)
@@ -60,15 +61,15 @@ def test_a_scheduled_scan_uploads_new_files_once(
     def uploaded() -> list[str]:
         return sorted(str(r.filename) for r in sandbox.records)
 
-    wait_until(lambda: uploaded() == ["one.png", "two.png"], 60, what="the first scan's uploads")
+    wait_until(lambda: uploaded() == ["one.mp4", "two.mp4"], 60, what="the first scan's uploads")
     seen = runs()
     wait_until(lambda: runs() >= seen + 3, 60, what="three more scans")
-    assert uploaded() == ["one.png", "two.png"]  # unchanged files are not enqueued again
+    assert uploaded() == ["one.mp4", "two.mp4"]  # unchanged files are not enqueued again
 
-    (folder / "three.png").write_bytes(png_bytes(7, 5))
-    (folder / "one.png").write_bytes(png_bytes(7, 6))  # changed content
+    (folder / "three.mp4").write_bytes(mp4_bytes())
+    (folder / "one.mp4").write_bytes(mp4_bytes(5000))  # changed content
     wait_until(lambda: len(sandbox.records) == 4, 60, what="the new and the changed file")
     seen = runs()
     wait_until(lambda: runs() >= seen + 3, 60, what="three more scans")
-    assert uploaded() == ["one.png", "one.png", "three.png", "two.png"]
+    assert uploaded() == ["one.mp4", "one.mp4", "three.mp4", "two.mp4"]
     assert redis.hget(state_key("drop"), "last_error") == b""
