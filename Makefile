@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit integration clean
+.PHONY: setup demo test lint unit bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ test: lint
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# Every benchmark beside its baselines in one run; writes benchmarks/RESULTS.md and results.png.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

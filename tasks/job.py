@@ -32,7 +32,7 @@ from tasks.media_source import OpenedSource
 from tasks.options import JobOptions
 from tasks.rate_limit import FleetLimiter, RateLimitTimeout
 from tasks.retry_policy import RetryPolicy, is_transient, next_delay
-from tasks.sources import SourceOpener
+from tasks.sources import SourceOpener, scheme_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +94,11 @@ class JobRunner:
             return doc
         deadline = None if time_budget is None else time.monotonic() + time_budget
         state = _State(results.started(doc, results.utcnow()), deadline)
-        self.store.save(state.doc)
+        if options.dedup or scheme_of(source) not in ("", "file"):
+            # Opening may take a while (a store's HEAD and GET, hashing): say "running" now.
+            # A local file opens in microseconds: its first attempt's write says it instead,
+            # one Redis round trip fewer per job.
+            self.store.save(state.doc)
         try:
             opened = self._retrying(state, lambda: self.opener.open(source), self.policy.max_attempts)
             with opened:

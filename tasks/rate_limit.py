@@ -1,11 +1,11 @@
 """A rate limit shared by every worker process and host, kept in Redis.
 
-Three knobs, all optional: ``WSUPLOAD_RATE_LIMIT`` upload requests per second
+Two knobs, both optional, and a consequence: ``WSUPLOAD_RATE_LIMIT`` upload requests per second
 across the fleet (requests spaced at least 1/rate apart: one key holds the time
 the next one may go), ``WSUPLOAD_MAX_CONCURRENT_UPLOADS`` requests in
 flight across the fleet (a sorted set of leases that expire, so a killed worker
-cannot hold a slot forever), and a fleet-wide pause: a 429 from the API stops
-every worker until its ``Retry-After`` (or the backoff) has passed.
+cannot hold a slot forever); when either is set, a 429 from the API also
+pauses every worker until its ``Retry-After`` (or the backoff) has passed.
 
 Each check is one Lua script, so it is atomic and costs one round trip; time
 comes from Redis (``TIME``) so hosts with skewed clocks agree.
@@ -88,6 +88,12 @@ class FleetLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
 
+    @property
+    def active(self) -> bool:
+        """Whether any fleet limit is configured. Without one there is nothing to check:
+        each job still honours its own 429s, and no Redis round trip is spent per request."""
+        return bool(self.interval_ms or self.max_concurrent)
+
     def try_acquire(self, token: str) -> float:
         """0 if the request may go now, else seconds to wait before asking again."""
         args: list[Any] = [self.interval_ms, self.max_concurrent, self.lease_ms, token]
@@ -97,6 +103,9 @@ class FleetLimiter:
     @contextmanager
     def slot(self, deadline: float | None = None) -> Iterator[None]:
         """Wait for permission to send one request; hold a concurrency slot meanwhile."""
+        if not self.active:
+            yield
+            return
         token = uuid.uuid4().hex
         while (wait := self.try_acquire(token)) > 0:
             if deadline is not None and time.monotonic() + wait > deadline:
@@ -110,5 +119,5 @@ class FleetLimiter:
 
     def pause(self, seconds: float) -> None:
         """Hold every worker's next request for ``seconds`` (after a 429)."""
-        if seconds > 0:
+        if seconds > 0 and self.active:
             self._pause(keys=[PAUSE_KEY], args=[int(seconds * 1000)])

@@ -23,12 +23,14 @@ timeout, even while the first copy still runs. So:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import after_setup_logger
 
 from config.schedules import Schedule
 from config.settings import SCAN_TASK_NAME, Settings
@@ -61,9 +63,19 @@ def create_app(settings: Settings) -> Celery:
         worker_pool="prefork",
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=False,
+        worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
         enable_utc=True,
     )
     return app
+
+
+@after_setup_logger.connect
+def _one_line_per_job(logger: logging.Logger, loglevel: int | str, **_: Any) -> None:
+    # Celery logs "received" and "succeeded" for every task, in the pool's parent
+    # (which dispatches every job) and child; the job's own line says more. Kept at debug.
+    if logging.getLevelName(loglevel) != "DEBUG" and loglevel != logging.DEBUG:
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str, dict[str, Any]]:

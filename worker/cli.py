@@ -235,6 +235,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         latency=args.latency,
         storage_dir=args.storage,
+        hash_uploads=not args.no_hash,
     )
     print(f"sandbox listening on {server.url} (API key from --api-key / WSUPLOAD_SANDBOX_API_KEY)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--max-bytes", type=_size, help="answer 413 above this size")
     sandbox.add_argument("--latency", type=_positive_duration, default=0.0, help="delay before each answer")
     sandbox.add_argument("--storage", type=Path, help="keep uploads here so download_url serves them")
+    sandbox.add_argument("--no-hash", action="store_true", help="skip SHA-256 of uploads (benchmarks: ~1 GB/s saved)")
     sandbox.set_defaults(handler=cmd_sandbox)
 
     demo = commands.add_parser("demo", help="upload sample media through the queue, starting what is missing")

@@ -87,8 +87,10 @@ class SandboxServer:
         max_bytes: int | None = None,
         latency: float = 0.0,
         storage_dir: Path | None = None,
+        hash_uploads: bool = True,
     ) -> None:
         self.api_key = api_key
+        self.hash_uploads = hash_uploads
         self.max_bytes = max_bytes
         self.latency = latency
         self.storage_dir = storage_dir
@@ -231,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         if part is None:
             return  # the client went away mid-body
         if part.name == "file":
-            record.filename, record.size, record.sha256 = part.filename, part.size, part.digest.hexdigest()
+            record.filename, record.size = part.filename, part.size
+            record.sha256 = part.digest.hexdigest() if self.sandbox.hash_uploads else None
         if fault and fault.stall:
             time.sleep(fault.stall)
         if self.sandbox.latency:
@@ -316,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
         def on_part_data(data: bytes, start: int, end: int) -> None:
             if part.name == "file" and not done["file"]:
                 chunk = data[start:end]
-                part.digest.update(chunk)
+                if self.sandbox.hash_uploads:
+                    part.digest.update(chunk)
                 part.size += len(chunk)
                 if part.sink:
                     part.sink.write(chunk)

@@ -110,7 +110,8 @@ def test_the_rate_limit_holds_across_workers(fleet: Fleet, sandbox: SandboxServe
 
 def test_a_429_pauses_the_whole_fleet(fleet: Fleet, sandbox: SandboxServer, media_root: Path) -> None:
     paths = unique_pngs(media_root / "paused", 6)
-    workers = fleet(count=2, concurrency=2)
+    # The pause is part of the fleet limiter, active once any limit is set.
+    workers = fleet(count=2, concurrency=2, WSUPLOAD_MAX_CONCURRENT_UPLOADS="100")
     sandbox.add_fault(Fault(status=429, retry_after="2"))
     jobs = workers.producer.enqueue([str(p) for p in paths])
     outcome = workers.producer.wait([j.job_id for j in jobs], timeout=60)

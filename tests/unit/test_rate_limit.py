@@ -31,16 +31,24 @@ def test_a_dead_holders_slot_frees_when_its_lease_ends(redis_client: fakeredis.F
 
 
 def test_a_pause_holds_everyone(redis_client: fakeredis.FakeRedis) -> None:
-    limiter = FleetLimiter(redis_client)
+    limiter = FleetLimiter(redis_client, per_second=1000)
     assert limiter.try_acquire("a") == 0
     limiter.pause(30)
-    assert 29 < FleetLimiter(redis_client).try_acquire("b") <= 30
+    assert 29 < FleetLimiter(redis_client, max_concurrent=5).try_acquire("b") <= 30
     limiter.pause(1)  # a shorter pause never cuts a longer one short
     assert limiter.try_acquire("b") > 29
 
 
 def test_waiting_past_the_deadline_gives_up(redis_client: fakeredis.FakeRedis) -> None:
-    limiter = FleetLimiter(redis_client, sleep=lambda _: pytest.fail("must not wait past the deadline"))
+    limiter = FleetLimiter(redis_client, per_second=1, sleep=lambda _: pytest.fail("must not wait past the deadline"))
     limiter.pause(60)
     with pytest.raises(RateLimitTimeout, match="no upload slot"), limiter.slot(deadline=0.0):
         pass
+
+
+def test_without_limits_nothing_is_checked_or_paused(redis_client: fakeredis.FakeRedis) -> None:
+    limiter = FleetLimiter(redis_client)
+    limiter.pause(30)
+    assert redis_client.keys("*") == []
+    with limiter.slot(deadline=0.0):
+        pass  # no wait, no Redis round trip

@@ -1,0 +1,92 @@
+"""The baselines the queue path is measured against, each run in its own process.
+
+- ``api_example``: the API page's own Python example, file after file
+  (``requests.post(..., files={"file": f})``), timed and with its peak RSS;
+- ``direct``: a thread pool of requests sessions, no queue: the ceiling for the
+  queue path at the same concurrency;
+- ``curl``: ``curl -F file=@…`` for single large files: the practical ceiling.
+
+Run as ``python -m benchmarks.baselines MODE URL KEY FILE...``; prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+UPLOAD_PATH = "/api/v3/media/upload/binary"
+
+
+def api_example(url: str, key: str, files: list[str]) -> dict[str, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    for path in files:
+        with open(path, "rb") as f:
+            # The API page's example as printed (no timeout there either).
+            response = requests.post(url + UPLOAD_PATH, headers={"Authorization": f"Bearer {key}"}, files={"file": f})  # noqa: S113
+        assert response.json()["data"]["size"] > 0
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+
+
+def direct(url: str, key: str, files: list[str], threads: int) -> dict[str, float]:
+    local = threading.local()
+
+    def upload(path: str) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {key}"
+        with open(path, "rb") as f:
+            response = session.post(url + UPLOAD_PATH, files={"file": (Path(path).name, f)})
+        assert response.json()["data"]["size"] > 0
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(upload, files))
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+
+
+def curl(url: str, key: str, path: str) -> float:
+    output = subprocess.run(
+        [
+            shutil.which("curl") or "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "-F",
+            f"file=@{path}",
+            url + UPLOAD_PATH,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(output)
+
+
+def main() -> None:
+    mode, url, key, *rest = sys.argv[1:]
+    if mode == "api_example":
+        report = api_example(url, key, rest)
+    elif mode == "direct":
+        report = direct(url, key, rest[1:], int(rest[0]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    report["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
