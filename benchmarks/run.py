@@ -358,7 +358,7 @@ def bench_latency_and_overhead(redis: LocalRedis, work: Path, count: int, repeat
             "ms",
             "direct thread pool, CPU per upload",
             direct["cpu"] / count * 1000,
-            note="report, then halve",
+            note=split,
         ),
     ]
 
