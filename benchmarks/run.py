@@ -34,6 +34,8 @@ from worker.producer import Producer
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-key"
+CONCURRENCY = (16, 24)
+"""Workers' pool sizes (and the direct baseline's threads) for the many-files runs."""
 MIB = 1024 * 1024
 
 
@@ -167,22 +169,25 @@ def bench_large(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[
     path = make_media(work / "large.mp4", size)
     rows = []
     with sandbox() as url:
-        curl_times = [curl(url, KEY, str(path)) for _ in range(repeats)]
-        drain_port = free_port()
-        with process([sys.executable, "-m", "benchmarks.drain", str(drain_port)]):
-            drain_url = f"http://127.0.0.1:{drain_port}"
-            wait_until(lambda: _port_open(drain_port), 10, what="the drain server")
-            drain_times = [curl(drain_url, KEY, str(path)) for _ in range(repeats)]
-        example = baseline("api_example", url, str(path))
         fleet = Fleet(redis, url, work, count=1, concurrency=1)
         try:
             (child,) = fleet.children()
             fleet.run([str(make_media(work / "warm.mp4", MIB))])  # the child's session and imports are warm
             idle_peak = vm_hwm(child.pid)
-            queue_times = [fleet.run([str(path)]) for _ in range(repeats)]
+            # Interleaved, so curl and the queue meet the same machine conditions.
+            curl_times, queue_times = [], []
+            for _ in range(repeats):
+                curl_times.append(curl(url, KEY, str(path)))
+                queue_times.append(fleet.run([str(path)]))
             growth = vm_hwm(child.pid) - idle_peak
         finally:
             fleet.stop()
+        drain_port = free_port()
+        with process([sys.executable, "-m", "benchmarks.drain", str(drain_port)]):
+            drain_url = f"http://127.0.0.1:{drain_port}"
+            wait_until(lambda: _port_open(drain_port), 10, what="the drain server")
+            drain_times = [curl(drain_url, KEY, str(path)) for _ in range(repeats)]
+        example = baseline("api_example", url, str(path))  # last: its 2 GB would disturb the others
     gib = size / (1024 * MIB)
     label = f"{gib:g} GiB" if gib >= 1 else f"{size // MIB} MiB"
     rows.append(
@@ -226,6 +231,7 @@ def bench_large(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[
             "curl to drain",
             median(drain_times),
             note="sandbox check",
+            runs=curl_times,
         )
     )
     return rows
@@ -238,56 +244,74 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def bench_many(redis: LocalRedis, work: Path, count: int, concurrency: int, repeats: int) -> list[Row]:
+def busy_cores(run: Callable[[], float]) -> tuple[float, float]:
+    """Run, returning its result and how many of the machine's cores were busy meanwhile."""
+    psutil.cpu_percent(interval=None)
+    result = run()
+    return result, psutil.cpu_percent(interval=None) / 100 * (os.cpu_count() or 1)
+
+
+def bench_many(redis: LocalRedis, work: Path, count: int, levels: tuple[int, ...], repeats: int) -> list[Row]:
+    """Many small files at each concurrency level; two workers at the first level."""
     folder = work / "small"
     folder.mkdir(exist_ok=True)
     files = [str(make_media(folder / f"f{n:04d}.mp4", 200 * 1000)) for n in range(count)]
+    rows = []
     with sandbox(latency=0.05) as url:
         sequential = baseline("api_example", url, *files[: max(20, count // 10)])
         example_rate = max(20, count // 10) / sequential["seconds"]
-        direct_rates = [count / baseline("direct", url, str(concurrency), *files)["seconds"] for _ in range(repeats)]
-        one = Fleet(redis, url, work, count=1, concurrency=concurrency)
+        first_rate = 0.0
+        for concurrency in levels:
+            direct = [count / baseline("direct", url, str(concurrency), *files)["seconds"] for _ in range(repeats)]
+            one = Fleet(redis, url, work, count=1, concurrency=concurrency)
+            try:
+                runs = [busy_cores(lambda f=one: count / f.run(files)) for _ in range(repeats)]  # type: ignore[misc]
+            finally:
+                one.stop()
+            rate, cores = median([r for r, _ in runs]), median([c for _, c in runs])
+            first_rate = first_rate or rate
+            rows += [
+                Row(
+                    f"{count} × 200 KB, 50 ms latency, one worker (concurrency {concurrency})",
+                    rate,
+                    "jobs/s",
+                    f"direct thread pool ({concurrency} sessions)",
+                    median(direct),
+                    "≥ 0.8 × direct",
+                    rate >= 0.8 * median(direct),
+                    runs=[r for r, _ in runs],
+                    note=f"{cores:.1f} of {os.cpu_count()} cores busy",
+                ),
+                Row(
+                    f"same (concurrency {concurrency}), against the API page's example (sequential)",
+                    rate,
+                    "jobs/s",
+                    "API page's example",
+                    example_rate,
+                    "≥ 15 × example",
+                    rate >= 15 * example_rate,
+                ),
+            ]
+        two = Fleet(redis, url, work, count=2, concurrency=levels[0])
         try:
-            one_rates = [count / one.run(files) for _ in range(repeats)]
-        finally:
-            one.stop()
-        two = Fleet(redis, url, work, count=2, concurrency=concurrency)
-        try:
-            two_rates = [count / two.run(files) for _ in range(repeats)]
+            runs = [busy_cores(lambda: count / two.run(files)) for _ in range(repeats)]
         finally:
             two.stop()
-    one_rate, direct_rate = median(one_rates), median(direct_rates)
-    return [
+    rate, cores = median([r for r, _ in runs]), median([c for _, c in runs])
+    rows.append(
         Row(
-            f"{count} × 200 KB, 50 ms latency, one worker (concurrency {concurrency})",
-            one_rate,
-            "jobs/s",
-            f"direct thread pool ({concurrency} sessions)",
-            direct_rate,
-            "≥ 0.8 × direct",
-            one_rate >= 0.8 * direct_rate,
-            runs=one_rates,
-        ),
-        Row(
-            "same, against the API page's example (sequential)",
-            one_rate,
-            "jobs/s",
-            "API page's example",
-            example_rate,
-            "≥ 15 × example",
-            one_rate >= 15 * example_rate,
-        ),
-        Row(
-            f"same, two worker processes (2 × {concurrency})",
-            median(two_rates),
+            f"same, two worker processes (2 × {levels[0]})",
+            rate,
             "jobs/s",
             "one worker",
-            one_rate,
+            first_rate,
             "≥ 1.7 × one worker",
-            median(two_rates) >= 1.7 * one_rate,
-            runs=two_rates,
-        ),
-    ]
+            rate >= 1.7 * first_rate,
+            runs=[r for r, _ in runs],
+            note=f"{cores:.1f} of {os.cpu_count()} cores busy",
+        )
+    )
+    return rows
 
 
 def bench_enqueue(redis: LocalRedis, count: int, repeats: int) -> list[Row]:
@@ -329,15 +353,18 @@ def bench_latency_and_overhead(redis: LocalRedis, work: Path, count: int, repeat
         try:
             fleet.run(files[:10])  # warm
             latencies = []
-            for path in files[: 20 * repeats]:
+            for path in files[:20]:
                 (job,) = fleet.producer.enqueue([path])
                 outcome = fleet.producer.wait([job.job_id], timeout=60)
                 returned = time.time()
                 finished = datetime.fromisoformat(outcome.docs[0]["finished_at"]).timestamp()  # type: ignore[index]
                 latencies.append((returned - finished) * 1000)
-            worker_cpu, producer_cpu = fleet.cpu_seconds(), time.process_time()
-            fleet.run(files)
-            worker_cpu, producer_cpu = fleet.cpu_seconds() - worker_cpu, time.process_time() - producer_cpu
+            samples = []
+            for _ in range(repeats):
+                worker_cpu, producer_cpu = fleet.cpu_seconds(), time.process_time()
+                fleet.run(files)
+                samples.append((fleet.cpu_seconds() - worker_cpu, time.process_time() - producer_cpu))
+            worker_cpu, producer_cpu = median([w for w, _ in samples]), median([p for _, p in samples])
         finally:
             fleet.stop()
         direct = baseline("direct", url, "4", *files)
@@ -389,7 +416,8 @@ def report(rows: list[Row], seconds: float, quick: bool) -> str:
     for row in rows:
         base = f"{row.baseline_value:.3g} {row.unit}" if row.baseline_value is not None else ""
         ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
-        met = {True: "yes", False: "**no**", None: row.note}[row.met]
+        met = {True: "yes", False: "**no**", None: ""}[row.met]
+        met = f"{met} ({row.note})" if met and row.note else met or row.note
         lines.append(
             f"| {row.name} | {row.value:.3g} {row.unit} | {row.baseline} | {base} | {ratio} | {row.target} | {met} |"
         )
@@ -425,10 +453,13 @@ def main() -> None:
     started = time.perf_counter()
     redis = start_redis()
     steps: list[tuple[str, Callable[[Path], list[Row]]]] = [
-        ("large file", lambda w: bench_large(redis, w, (64 if quick else 1024) * MIB, 1 if quick else 3)),
-        ("many small files", lambda w: bench_many(redis, w, 100 if quick else 1000, 16, 1 if quick else 3)),
+        ("large file", lambda w: bench_large(redis, w, (64 if quick else 1024) * MIB, 1 if quick else 5)),
+        ("many small files", lambda w: bench_many(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3)),
         ("enqueue", lambda w: bench_enqueue(redis, 1000 if quick else 10_000, 1 if quick else 3)),
-        ("latency and overhead", lambda w: bench_latency_and_overhead(redis, w, 100 if quick else 1000, 1)),
+        (
+            "latency and overhead",
+            lambda w: bench_latency_and_overhead(redis, w, 100 if quick else 1000, 1 if quick else 3),
+        ),
     ]
     rows: list[Row] = []
     try:
@@ -452,17 +483,57 @@ NOTES = """
 ## How to read this
 
 - Every figure comes from servers on this machine's loopback started by the run: a
-  private redis-server, the sandbox (`wsupload sandbox`) in its own process, and real
-  `wsupload worker` processes (prefork). Baselines run in their own processes.
-- **The sandbox is not the bottleneck**: the row "curl to the sandbox vs curl to a
-  drain-only server" compares the sandbox with `benchmarks/drain.py`, which only reads
-  and discards the body. A ratio near 1 means the sandbox costs the upload nothing.
+  private redis-server, the sandbox (`wsupload sandbox --no-hash`) in its own process,
+  and real `wsupload worker` processes (prefork). Baselines run in their own processes.
+  Medians over the repeats listed under the table; the 1 GiB queue and curl runs are
+  interleaved so both meet the same machine conditions.
+- **The sandbox is not the bottleneck**: "curl to the sandbox vs curl to a drain-only
+  server" compares it with `benchmarks/drain.py`, which only reads and discards the
+  body; a ratio near 1 means the sandbox costs the upload nothing. (With SHA-256 of
+  every upload switched on, as in the tests, it was ~1.9x slower than the drain on a
+  64 MiB file in this session: hence `--no-hash` here.)
 - "Peak RSS growth" is the pool child's `VmHWM` after the uploads minus its `VmHWM`
   after a warm-up job; the API page's example is its whole process's peak RSS.
-- "Completion → caller" is the time from a job's `finished_at` (written by the worker)
-  to the moment `Producer.wait` returns in the caller, both on this machine's clock.
+- "Completion → caller" runs from a job's `finished_at` (written by the worker) to
+  the moment `Producer.wait` returns in the caller, on one clock.
 - "CPU per job" sums user+system time of every worker process and the producer over
-  the run, divided by the jobs.
+  1,000 jobs against a zero-latency sandbox, divided by the jobs.
+
+## What the numbers say, and what was chosen from them
+
+- **Large files stream at the network's pace in flat memory.** The queue path's 1 GiB
+  upload takes about curl's time or less (1 MiB socket blocks; curl sends smaller
+  ones) while the worker's peak RSS does not move; the API page's example holds
+  about twice the file in memory and takes an order of magnitude longer.
+- **On this 2-core machine the many-files runs are CPU-bound, not network-bound.**
+  The "cores busy" notes show it: with 16 pool processes the queue path uses ~1.5
+  cores and keeps ≥ 0.8x the direct uploader; at 24 it reaches ≥ 15x the API
+  page's example but the machine is saturated, so it falls under 0.8x the direct
+  uploader, which spends about a quarter of the CPU per upload. Two workers beside
+  one add what CPU is left (~2 cores busy), not 1.7x: the "when CPU is not the
+  limit" condition of that target does not hold on 2 cores. Each job's cost is the
+  price of at-least-once delivery: kombu's unacked bookkeeping in the pool's parent
+  (two Redis transactions per message), Celery's dispatch to a pool child, and the
+  job's own writes (its document before the attempt and at the end, in the child).
+- **Pool and concurrency defaults:** prefork, because it is the only Celery pool that
+  enforces the time limits the no-parallel-redelivery guarantee rests on and notices
+  a lost child; `WSUPLOAD_CONCURRENCY=16`, the level where the queue path still keeps
+  up with a direct uploader here (uploads wait on the network; raise it on bigger
+  hosts or slower links, where more requests are in flight per core).
+- **Per-job overhead: reported, cut, not halved.** Profiling a worker with py-spy
+  (zero-latency sandbox) showed the child spending about a third of its time in
+  result-document writes and the parent in kombu's ack bookkeeping. Cut in this
+  session: Celery's own per-task "received"/"succeeded" log lines (kept at debug; the
+  job logs one line), the fleet limiter's Redis round trip when no limit is set, the
+  separate "running" write before a local file's first attempt, and the producer's
+  reads for non-terminal events. Quick runs before and after (100 jobs, noisy) went
+  from about 5.2 to 3.5-4.6 ms per job; halving it needs fewer Redis round trips per
+  message than kombu's acknowledgement protocol makes, which is the next step (see the
+  closing note of the issue).
+- **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
+  documents and messages: ~10x faster than `send_task` per job.
+- **Completion → caller** is about a millisecond: `wait` is woken by the result's
+  pub/sub event, with no polling loop.
 """
 
 

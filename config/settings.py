@@ -162,7 +162,7 @@ class Settings:
     result_ttl: int = 7 * DAY
     retention: int = 7 * DAY
     visibility_timeout: int = 3600
-    concurrency: int = 8
+    concurrency: int = 16
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     s3_endpoint_url: str | None = None

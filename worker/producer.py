@@ -132,15 +132,20 @@ class Producer(Enqueuer):
 
     @staticmethod
     def _next_changes(pubsub: redis.client.PubSub, wanted: set[str], timeout: float) -> set[str]:
-        """Job ids among ``wanted`` that changed status, draining what is already queued."""
+        """Job ids among ``wanted`` that ended, draining what is already queued.
+
+        Only terminal events cost a read: intermediate ones (running, retrying)
+        are picked up by the once-a-second refresh, which is enough for progress.
+        """
         changed: set[str] = set()
         message = pubsub.get_message(timeout=timeout)
         while message is not None:
             try:
-                job_id = json.loads(message["data"])["job_id"]
+                event = json.loads(message["data"])
+                job_id, ended = event["job_id"], event["status"] in results.TERMINAL
             except (ValueError, KeyError, TypeError):
-                job_id = None
-            if job_id in wanted:
+                job_id, ended = None, False
+            if ended and job_id in wanted:
                 changed.add(job_id)
             message = pubsub.get_message(timeout=0)
         return changed
