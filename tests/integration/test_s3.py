@@ -14,7 +14,7 @@ import pytest
 from config import Settings
 from tasks.errors import SourceUnavailable
 from tasks.object_store import ObjectURL, S3Store
-from tests.integration.conftest import S3, WORKER_MAX_BYTES, producer_env, run_one
+from tests.integration.conftest import S3, WORKER_MAX_BYTES, Fleet, producer_env, run_one
 from worker.local_services import WorkerProcess
 from worker.producer import Producer
 from worker.samples import mp4_bytes, png_bytes
@@ -159,3 +159,24 @@ def test_presign_policy_answers_with_a_working_url(presign_worker: Producer, san
     with s3.auth_off(), urllib.request.urlopen(doc["result"]["download_url"], timeout=10) as answer:
         assert answer.read() == data
     assert "X-Amz-Expires=900" in doc["result"]["download_url"]  # WSUPLOAD_PRESIGN_TTL=15m
+
+
+def test_ingest_of_an_s3_prefix_uploads_every_object_under_it(
+    fleet: Fleet, s3: S3, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    prefix = f"batch-{uuid.uuid4().hex[:6]}"
+    bodies = [mp4_bytes(2000 + n) for n in range(3)]
+    for n, body in enumerate(bodies):
+        s3.admin.put_object(Bucket="media", Key=f"{prefix}/{n}.mp4", Body=body)
+    s3.admin.put_object(Bucket="media", Key=f"{prefix}/notes.txt", Body=b"not media")  # not listed
+    s3.admin.put_object(Bucket="media", Key=f"{prefix}-other/x.mp4", Body=mp4_bytes())  # another prefix
+    workers = fleet()
+    # The producer lists the prefix with its own credentials (here, the worker's).
+    env = {**workers.env, **s3.worker_env}
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "worker.cli", "ingest", f"s3://media/{prefix}/", "--output", str(output)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(row["source"] for row in rows) == [f"s3://media/{prefix}/{n}.mp4" for n in range(3)]
+    assert sorted(r.sha256 or "" for r in sandbox.records) == sorted(hashlib.sha256(b).hexdigest() for b in bodies)
