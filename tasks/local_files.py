@@ -42,7 +42,7 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
     resolved = path.resolve()
     if allowed_roots and not _inside(resolved, allowed_roots):
         raise InvalidInput(f"{source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
-    kind = require_media_kind(source, path.name)
+    kind = require_media_kind(path.name)
 
     try:
         # O_NOFOLLOW: the path was resolved above, so a symlink here means it was

@@ -43,7 +43,7 @@ class OpenedSource:
         self.close()
 
 
-def require_media_kind(source: str, filename: str) -> str:
+def require_media_kind(filename: str) -> str:
     kind = formats.media_kind(filename)
     if kind is None:
         supported = ", ".join(formats.SUPPORTED_EXTENSIONS)

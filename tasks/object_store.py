@@ -116,7 +116,7 @@ def _opened(
         source=str(url),
         filename=url.filename,
         size=size,
-        media_kind=require_media_kind(str(url), url.filename),
+        media_kind=require_media_kind(url.filename),
         content_type=formats.content_type(url.filename),
         open_stream=open_stream,
         release=release,
@@ -146,7 +146,7 @@ class S3Store:
         self._stream_errors: tuple[type[BaseException], ...] = (bx.BotoCoreError, OSError)
 
     def open(self, url: ObjectURL) -> OpenedSource:
-        require_media_kind(str(url), url.filename)
+        require_media_kind(url.filename)
         head = self._call(url, self._client.head_object, Bucket=url.bucket, Key=url.key)
         size, etag = int(head["ContentLength"]), head["ETag"]
         first = b""
@@ -233,7 +233,7 @@ class FsspecStore:
             raise InvalidInput(f"the worker cannot read {protocol}:// sources: {exc}") from None
 
     def open(self, url: ObjectURL) -> OpenedSource:
-        require_media_kind(str(url), url.filename)
+        require_media_kind(url.filename)
         path = f"{url.bucket}/{url.key}"
         info = self._call(url, self._fs.info, path)
         size = int(info.get("size") or 0)

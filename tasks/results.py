@@ -180,11 +180,6 @@ class ResultStore:
         if finished and int(replies[-1] or 0) <= int(replies[2]):
             self.redis.hsetnx(batch_key(str(batch_id)), "finished_at", doc["finished_at"])
 
-    def delete(self, job_ids: Iterable[str]) -> None:
-        keys = [result_key(job_id) for job_id in job_ids]
-        if keys:
-            self.redis.delete(*keys)
-
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]
 

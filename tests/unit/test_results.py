@@ -68,5 +68,3 @@ def test_store_writes_with_ttl_and_publishes_changes(redis_client: fakeredis.Fak
     assert message is not None
     assert json.loads(message["data"]) == {"job_id": "a", "status": "running"}
     assert [d["status"] if d else None for d in store.get_many(["a", "b", "zz"])] == ["running", "queued", None]
-    store.delete(["a"])
-    assert store.get("a") is None
