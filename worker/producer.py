@@ -26,6 +26,8 @@ from worker.app import create_app
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 
 RECHECK_SECONDS = 1.0
+PROGRESS_EVERY = 0.1
+"""At most this often (seconds) is ``on_update`` called while waiting."""
 BATCH_REFRESH = 0.2
 
 
@@ -75,24 +77,30 @@ class Producer(Enqueuer):
         pubsub.subscribe(results.EVENTS_CHANNEL)
         try:
             docs = dict(zip(job_ids, self.status(job_ids), strict=True))
-            last_full_read = time.monotonic()
+            # Kept up to date as reads come in: each loop costs what changed, not every job.
+            pending = {job_id for job_id in wanted if not is_finished(docs[job_id])}
+            last_full_read, last_update = time.monotonic(), float("-inf")
             while True:
-                if on_update:
+                now = time.monotonic()
+                if on_update and (now - last_update >= PROGRESS_EVERY or not pending):
                     on_update([docs[job_id] for job_id in job_ids])
-                pending = [job_id for job_id in job_ids if not is_finished(docs[job_id])]
+                    last_update = now
                 if not pending:
                     return WaitOutcome([docs[job_id] for job_id in job_ids], timed_out=False)
-                left = None if deadline is None else deadline - time.monotonic()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
+                    if on_update:
+                        on_update([docs[job_id] for job_id in job_ids])
                     return WaitOutcome([docs[job_id] for job_id in job_ids], timed_out=True)
                 changed = self._next_changes(
-                    pubsub, wanted, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left)
+                    pubsub, pending, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left)
                 )
                 if time.monotonic() - last_full_read >= RECHECK_SECONDS:
                     changed.update(pending)
                     last_full_read = time.monotonic()
                 refresh = list(changed)
                 docs.update(zip(refresh, self.status(refresh), strict=True))
+                pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
         finally:
             pubsub.close()
 
