@@ -526,10 +526,13 @@ NOTES = """
   session: Celery's own per-task "received"/"succeeded" log lines (kept at debug; the
   job logs one line), the fleet limiter's Redis round trip when no limit is set, the
   separate "running" write before a local file's first attempt, and the producer's
-  reads for non-terminal events. Quick runs before and after (100 jobs, noisy) went
-  from about 5.2 to 3.5-4.6 ms per job; halving it needs fewer Redis round trips per
-  message than kombu's acknowledgement protocol makes, which is the next step (see the
-  closing note of the issue).
+  reads for non-terminal events, and a rescan of every pending job per event in
+  `Producer.wait`. Quick runs before and after (100 jobs, noisy) went from about 5.2
+  to about 4 ms per job; across full runs in this session the figure moved between
+  3.5 and 5 ms with the machine (the direct uploader's figure moves with it; the ratio
+  stays about 3.6x). Not halved: what remains is mostly Celery's and kombu's per-message
+  work (dispatch to the pool, the unacked bookkeeping that at-least-once delivery
+  rests on) plus the HTTP request itself.
 - **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
   documents and messages: ~10x faster than `send_task` per job.
 - **Completion → caller** is about a millisecond: `wait` is woken by the result's
