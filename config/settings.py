@@ -263,25 +263,14 @@ class _Parser:
         http_schemes = ("http", "https")
         positive = (lambda v: v > 0, "greater than 0")
         non_negative = (lambda v: v >= 0, "0 or more")
+        queue_name = (lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None, "letters, digits and _ . : - only")
         s = Settings(
             api_key=self.secret("WAVESPEED_API_KEY", required=worker),
             base_url=self.get("WAVESPEED_BASE_URL", lambda t: check_url(t, http_schemes), d.base_url),
             redis_url=self.get("REDIS_URL", lambda t: check_url(t, redis_schemes), d.redis_url),
             broker_url=self.get("WSUPLOAD_BROKER_URL", lambda t: check_url(t, redis_schemes), d.broker_url),
-            queue=self.get(
-                "WSUPLOAD_QUEUE",
-                str.strip,
-                d.queue,
-                lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None,
-                "letters, digits and _ . : - only",
-            ),
-            bulk_queue=self.get(
-                "WSUPLOAD_BULK_QUEUE",
-                str.strip,
-                d.bulk_queue,
-                lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None,
-                "letters, digits and _ . : - only",
-            ),
+            queue=self.get("WSUPLOAD_QUEUE", str.strip, d.queue, *queue_name),
+            bulk_queue=self.get("WSUPLOAD_BULK_QUEUE", str.strip, d.bulk_queue, *queue_name),
             max_attempts=self.get(
                 "WSUPLOAD_MAX_ATTEMPTS", parse_int, d.max_attempts, lambda v: 1 <= v <= 100, "from 1 to 100"
             ),

@@ -44,10 +44,6 @@ def name_key(name: str) -> str:
     return f"{KEY_PREFIX}:batch-name:{name}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class BatchStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
@@ -79,13 +75,13 @@ class BatchStore:
         if self.redis.exists(results.batch_key(name_or_id)):
             return name_or_id
         found = self.redis.get(name_key(name_or_id))
-        return None if found is None else _text(found)
+        return None if found is None else results.text(found)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(results.batch_key(batch_id))
         if not raw:
             return None
-        doc: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+        doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
         for field in ("total", "bytes_total", "done", "succeeded", "failed", "bytes_done"):
             doc[field] = int(doc.get(field) or 0)
         for field in ("started_at", "finished_at"):
@@ -94,7 +90,7 @@ class BatchStore:
         return doc
 
     def job_ids(self, batch_id: str) -> list[str]:
-        return [_text(raw) for raw in self.redis.lrange(members_key(batch_id), 0, -1)]
+        return [results.text(raw) for raw in self.redis.lrange(members_key(batch_id), 0, -1)]
 
     def docs(self, batch_id: str) -> Iterator[tuple[str, JobDoc | None]]:
         store = results.ResultStore(self.redis, self.ttl)

@@ -95,5 +95,12 @@ def discover(spec: str, settings: Settings, patterns: Sequence[str] = ()) -> Ite
     if "://" not in spec and Path(spec).is_dir():
         yield from walk_directory(Path(spec), patterns)
         return
-    path = Path(spec)
-    yield Found(spec, path.stat().st_size if "://" not in spec and path.is_file() else None)
+    yield single(spec)
+
+
+def single(source: str) -> Found:
+    """One source as given; its size when it is a local file we can see."""
+    try:
+        return Found(source, os.stat(source).st_size if "://" not in source else None)
+    except OSError:
+        return Found(source)

@@ -31,7 +31,8 @@ def local_path(source: str) -> Path:
     return path
 
 
-def _inside(path: Path, roots: Sequence[Path]) -> bool:
+def inside_roots(path: Path, roots: Sequence[Path]) -> bool:
+    """``path`` (already resolved) is one of ``roots`` or below one."""
     return any(path == root or root in path.parents for root in roots)
 
 
@@ -40,7 +41,7 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
     # Resolve symlinks and '..' before the roots check, and check the roots
     # before anything that would reveal whether the file exists.
     resolved = path.resolve()
-    if allowed_roots and not _inside(resolved, allowed_roots):
+    if allowed_roots and not inside_roots(resolved, allowed_roots):
         raise InvalidInput(f"{source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
     kind = require_media_kind(path.name)
 

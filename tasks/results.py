@@ -27,6 +27,11 @@ EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 JobDoc = dict[str, Any]
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text, whatever the client's decode setting."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def result_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:result:{job_id}"
 

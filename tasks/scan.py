@@ -30,6 +30,7 @@ from tasks import results
 from tasks.discovery import Found, discover, read_manifest
 from tasks.enqueue import Enqueuer
 from tasks.errors import InvalidInput
+from tasks.local_files import inside_roots
 from tasks.options import JobOptions
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,12 @@ def list_sources(schedule: Schedule, settings: Settings) -> list[Found]:
     if schedule.manifest:
         return [Found(source, None, "") for source in read_manifest(Path(schedule.manifest))]
     assert schedule.source is not None
-    if "://" not in schedule.source and settings.allowed_roots:
-        where = Path(schedule.source).resolve()
-        if not any(where == root or root in where.parents for root in settings.allowed_roots):
+    if "://" not in schedule.source:
+        local = Path(schedule.source)
+        if settings.allowed_roots and not inside_roots(local.resolve(), settings.allowed_roots):
             raise InvalidInput(f"{schedule.source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
-    if "://" not in schedule.source and not Path(schedule.source).is_dir():
-        raise InvalidInput(f"{schedule.source!r} is not a directory")
+        if not local.is_dir():
+            raise InvalidInput(f"{schedule.source!r} is not a directory")
     return list(discover(schedule.source, settings, schedule.glob))
 
 
@@ -64,7 +65,7 @@ def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> lis
         chunk = found[start : start + CHUNK]
         known = client.hmget(seen_key(name), [f.source for f in chunk])
         for item, version in zip(chunk, known, strict=True):
-            if version is None or (version.decode() if isinstance(version, bytes) else version) != (item.version or ""):
+            if version is None or results.text(version) != (item.version or ""):
                 fresh.append(item)
     return fresh
 

@@ -23,7 +23,7 @@ from config.schedules import load_schedules
 from config.settings import Settings, parse_duration, parse_size
 from tasks import results
 from tasks.batches import export_row, write_export
-from tasks.discovery import Found, discover, read_manifest
+from tasks.discovery import Found, discover, read_manifest, single
 from tasks.options import JobOptions
 from tasks.results import JobDoc
 from worker.progress import BatchProgress, JobProgress
@@ -156,7 +156,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         found.extend(discover(spec, settings, args.glob))
     for manifest in args.manifest:
         try:
-            found.extend(Found(source, _local_size(source)) for source in read_manifest(manifest))
+            found.extend(single(source) for source in read_manifest(manifest))
         except OSError as exc:
             raise WsuploadError(f"cannot read manifest {manifest}: {exc.strerror}") from None
     if not found:
@@ -181,20 +181,20 @@ def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: P
         progress.close()
     print(f"{info['succeeded']} succeeded, {info['failed']} failed of {info['total']}")
     if output is not None:
-        with open(output, "w", newline="", encoding="utf-8") as out:
-            count = write_export((export_row(j, d) for j, d in producer.batches.docs(batch_id)), out, fmt)
-        print(f"results: {count} rows in {output}")
+        print(f"results: {_export(producer, batch_id, output, fmt)} rows in {output}")
     if timed_out:
         print(f"wsupload: timed out after {timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     return EXIT_OK if info["failed"] == 0 else EXIT_FAILED
 
 
-def _local_size(source: str) -> int | None:
-    try:
-        return os.stat(source).st_size if "://" not in source else None
-    except OSError:
-        return None
+def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
+    """Write the batch's results manifest to ``output`` (stdout if None); returns the rows."""
+    rows = (export_row(j, d) for j, d in producer.batches.docs(batch_id))
+    if output is None:
+        return write_export(rows, sys.stdout, fmt)
+    with open(output, "w", newline="", encoding="utf-8") as out:
+        return write_export(rows, out, fmt)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -203,12 +203,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if batch_id is None:
         raise WsuploadError(f"no batch named or numbered {args.batch!r} (never created, or expired)")
     if args.action == "results":
-        rows = (export_row(j, d) for j, d in producer.batches.docs(batch_id))
-        if args.output:
-            with open(args.output, "w", newline="", encoding="utf-8") as out:
-                write_export(rows, out, args.format)
-        else:
-            write_export(rows, sys.stdout, args.format)
+        _export(producer, batch_id, args.output, args.format)
         return EXIT_OK
     if args.action == "wait":
         return _finish_batch(producer, batch_id, args.timeout, args.output, args.format)
