@@ -1,0 +1,157 @@
+"""CPU per job of the queue path, two versions of the code side by side in one run.
+
+"Before" is a git commit, installed with its own pinned dependencies into a
+venv of its own (``git archive`` + ``pip install -c constraints.txt``); "now"
+is this checkout. Each version gets its own redis-server and ``wsupload worker``
+(prefork); one zero-latency sandbox serves both. Rounds alternate between the
+versions, so both meet the same machine conditions: CPU time on a shared
+virtual machine drifts by ±15 % within minutes, which a before/after taken in
+separate runs cannot tell from a real change.
+
+A round enqueues ``jobs`` small files through the version's own ``Producer``
+(``benchmarks/producer_round.py``, run by that version's interpreter) and waits
+for every job to succeed; its cost is the CPU time of the worker's process tree
+plus the producer's, divided by the jobs.
+
+Run alone: ``python -m benchmarks.overhead --before REF``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from worker.local_services import LocalRedis, start_redis
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ROUND_SCRIPT = HERE / "producer_round.py"
+FIRST_MEASURED = "d3f35f6"
+"""The commit whose per-job CPU the issue asked to halve: the first one the benchmarks reported."""
+
+
+@dataclass
+class Version:
+    label: str
+    python: str
+    redis: LocalRedis | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    samples: list[float] = field(default_factory=list)
+    worker_share: list[float] = field(default_factory=list)
+
+    def cpu(self) -> float:
+        assert self.worker is not None
+        parent = psutil.Process(self.worker.pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [parent, *parent.children(recursive=True)])
+
+
+def install(ref: str, work: Path) -> str:
+    """A venv holding commit ``ref`` of this repository, with that commit's pinned dependencies."""
+    source, venv = work / "src", work / "venv"
+    source.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-c", str(source / "constraints.txt"), str(source)], check=True)
+    shutil.rmtree(source)  # the venv holds an installed copy: nothing can import from here by accident
+    return python
+
+
+def commit_exists(ref: str) -> bool:
+    found = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{ref}^{{commit}}"], capture_output=True)
+    return found.returncode == 0
+
+
+@contextmanager
+def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterator[Version]:
+    version.redis = start_redis()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+    env.update(REDIS_URL=version.redis.url, WAVESPEED_BASE_URL=sandbox_url, WAVESPEED_API_KEY=key)
+    log = open(work / f"worker-{version.label}.log", "ab")  # noqa: SIM115
+    # cwd outside the checkout: each interpreter imports only its own installed copy.
+    version.worker = subprocess.Popen(
+        [version.python, "-m", "worker.cli", "worker", "--concurrency", "4"],
+        env=env,
+        cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield version
+    finally:
+        version.worker.terminate()
+        version.worker.wait(timeout=30)
+        log.close()
+        version.redis.stop()
+
+
+def one_round(version: Version, files: list[str], work: Path) -> tuple[float, float]:
+    """Run the files through ``version``; its (worker, producer) CPU seconds."""
+    assert version.redis is not None
+    before = version.cpu()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+    env["REDIS_URL"] = version.redis.url
+    out = subprocess.run(
+        [version.python, str(ROUND_SCRIPT), *files], env=env, cwd=work, check=True, capture_output=True, text=True
+    )
+    producer = float(json.loads(out.stdout)["cpu"])
+    return version.cpu() - before, producer
+
+
+def compare(
+    versions: list[Version], files: list[str], sandbox_url: str, key: str, work: Path, rounds: int
+) -> list[Version]:
+    """Alternate rounds between the versions; each keeps its per-job CPU samples (ms)."""
+    with ExitStack() as stack:
+        for version in versions:
+            stack.enter_context(running(version, sandbox_url, key, work))
+        for version in versions:
+            one_round(version, files[:50], work)  # start-up, first connections, imports
+        for _ in range(rounds):
+            for version in versions:
+                worker, producer = one_round(version, files, work)
+                version.samples.append((worker + producer) / len(files) * 1000)
+                version.worker_share.append(worker / len(files) * 1000)
+    return versions
+
+
+def main() -> None:
+    from benchmarks.run import KEY, make_media, sandbox
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--before", default=FIRST_MEASURED, help=f"git commit to compare with (default {FIRST_MEASURED})"
+    )
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="wsupload-overhead-") as tmp:
+        work = Path(tmp)
+        files = [str(make_media(work / f"z{n:04d}.mp4", 10 * 1000)) for n in range(args.jobs)]
+        before = Version(f"before ({args.before})", install(args.before, work / "before"))
+        now = Version("now", sys.executable)
+        with sandbox() as url:
+            compare([before, now], files, url, KEY, work, args.rounds)
+    for version in (before, now):
+        runs = ", ".join(f"{s:.2f}" for s in version.samples)
+        print(f"{version.label}: median {statistics.median(version.samples):.2f} ms/job ({runs})")
+    print(f"now / before: {statistics.median(now.samples) / statistics.median(before.samples):.2f}")
+
+
+if __name__ == "__main__":
+    main()
