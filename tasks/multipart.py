@@ -32,8 +32,8 @@ class MultipartBody:
         ).encode()
         tail = f"\r\n--{self.boundary}--\r\n".encode()
         self._file = file
-        self._head: bytes | None = head
-        self._tail: bytes | None = tail
+        self._head = head
+        self._tail = tail
         self._remaining = size
         self._length = len(head) + size + len(tail)
 
@@ -45,18 +45,26 @@ class MultipartBody:
         return self._length
 
     def read(self, size: int = -1) -> bytes:
-        if self._head is not None:
-            head, self._head = self._head, None
-            return head
-        if self._remaining > 0:
-            want = self._remaining if size is None or size < 0 else min(size, self._remaining)
-            block = self._file.read(want)
+        """Up to ``size`` bytes, filled from the head, the file and the tail in turn.
+
+        Filling across the parts matters for small files: the whole body goes to
+        the socket in one send, not three (each one a wake-up of the server).
+        """
+        want = self._length if size is None or size < 0 else size
+        parts = []
+        if self._head:
+            parts.append(self._head[:want])
+            self._head = self._head[want:]
+            want -= len(parts[-1])
+        if want > 0 and self._remaining > 0:
+            block = self._file.read(min(want, self._remaining))
             if not block:
                 # Content-Length is already on the wire: a short body would hang the server.
                 raise InvalidInput("the file shrank while it was being uploaded")
             self._remaining -= len(block)
-            return block
-        if self._tail is not None:
-            tail, self._tail = self._tail, None
-            return tail
-        return b""
+            want -= len(block)
+            parts.append(block)
+        if want > 0 and self._remaining == 0 and self._tail:
+            parts.append(self._tail[:want])
+            self._tail = self._tail[want:]
+        return parts[0] if len(parts) == 1 else b"".join(parts)

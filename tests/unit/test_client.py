@@ -105,9 +105,11 @@ class Capture(BaseAdapter):
         self.answer = answer
         self.requests: list[requests.PreparedRequest] = []
         self.read: bytes = b""
+        self.settings: dict[str, Any] = {}
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         self.requests.append(request)
+        self.settings = kwargs
         body: Any = request.body
         assert isinstance(body, MultipartBody)  # streamed, not built in memory
         while chunk := body.read(65536):
@@ -142,6 +144,38 @@ def test_the_request_matches_the_api_page(tmp_path: Path) -> None:
     assert "Transfer-Encoding" not in request.headers
     assert b'name="file"; filename="pic.png"' in adapter.read
     assert path.read_bytes() in adapter.read
+
+
+def upload_once(tmp_path: Path) -> Capture:
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    adapter = Capture((200, body({"code": 200, "message": "success", "data": DATA})))
+    with open_local(str(path)) as opened:
+        client_with(adapter).upload(opened)
+    return adapter
+
+
+def test_proxy_and_ca_bundle_variables_are_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corp/ca.pem")
+    settings = upload_once(tmp_path).settings
+    assert settings["proxies"]["http"] == "http://proxy.test:3128"
+    assert settings["verify"] == "/etc/corp/ca.pem"
+
+
+def test_no_proxy_exempts_the_upload_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "api.test")
+    assert "http" not in upload_once(tmp_path).settings["proxies"]
+
+
+def test_a_netrc_entry_does_not_replace_the_bearer_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.test login someone password other-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    (request,) = upload_once(tmp_path).requests
+    assert request.headers["Authorization"] == "Bearer k-123"
 
 
 @pytest.mark.parametrize(

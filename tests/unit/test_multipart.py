@@ -61,7 +61,30 @@ def test_file_is_read_in_blocks_no_larger_than_asked() -> None:
         io.BytesIO(payload), field="file", filename="a.png", content_type="image/png", size=len(payload)
     )
     chunks = drain(body, 8192)
-    assert max(len(c) for c in chunks[1:-1]) <= 8192
+    assert max(len(c) for c in chunks) <= 8192
+    assert parse(b"".join(chunks), body.boundary)[1] == payload
+
+
+def test_a_small_file_goes_out_in_one_block_with_its_head_and_tail() -> None:
+    payload = b"y" * 10_000
+    body = MultipartBody(io.BytesIO(payload), field="file", filename="a.png", content_type="image/png", size=10_000)
+    chunks = drain(body, 64 * 1024)
+    assert len(chunks) == 1
+    assert parse(chunks[0], body.boundary)[1] == payload
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 10_000])
+def test_any_block_size_gives_the_same_body(block: int) -> None:
+    payload = bytes(range(256)) * 20
+
+    def body() -> MultipartBody:
+        return MultipartBody(
+            io.BytesIO(payload), field="file", filename="a.png", content_type="image/png", size=len(payload)
+        )
+
+    whole, blocks = body(), body()
+    expected = b"".join(drain(whole, 1 << 20)).replace(whole.boundary.encode(), b"BOUNDARY")
+    assert b"".join(drain(blocks, block)).replace(blocks.boundary.encode(), b"BOUNDARY") == expected
 
 
 def test_a_file_that_shrinks_mid_upload_is_an_error() -> None:
