@@ -16,6 +16,8 @@ timeout, even while the first copy still runs. So:
 - ``unacked_restore_interval``/``throttle``: kombu's default sweep runs ~every
   100 s; a tenth of the timeout recovers a dead worker's job soon after it expires.
 - prefork pool: the only pool that enforces time limits and notices a lost child.
+- ``worker.redis_transport``: kombu's transport without a Redis client built for
+  every message's unacked bookkeeping.
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
   web request's upload never waits behind a bulk backlog.
@@ -34,9 +36,11 @@ from celery.signals import after_setup_logger
 
 from config.schedules import Schedule
 from config.settings import SCAN_TASK_NAME, Settings
+from worker import redis_transport
 
 
 def create_app(settings: Settings) -> Celery:
+    redis_transport.install()
     app = Celery(
         "wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan", "tasks.callbacks"]
     )
