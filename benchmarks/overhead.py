@@ -46,6 +46,7 @@ FIRST_MEASURED = "d3f35f6"
 class Version:
     label: str
     python: str
+    worker_args: tuple[str, ...] = ("-m", "worker.cli", "worker", "--concurrency", "4")
     redis: LocalRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     samples: list[float] = field(default_factory=list)
@@ -84,7 +85,7 @@ def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterato
     log = open(work / f"worker-{version.label}.log", "ab")  # noqa: SIM115
     # cwd outside the checkout: each interpreter imports only its own installed copy.
     version.worker = subprocess.Popen(
-        [version.python, "-m", "worker.cli", "worker", "--concurrency", "4"],
+        [version.python, *version.worker_args],
         env=env,
         cwd=work,
         stdout=log,
