@@ -3,8 +3,10 @@
 One JSON document per job at ``wsupload:result:<job_id>`` (expiring after
 ``WSUPLOAD_RESULT_TTL``), written as ``queued`` when the job is enqueued, then
 ``running`` → ``retrying`` → ``succeeded`` | ``failed``. Every status change is
-also published on ``wsupload:events`` so waiters need not poll. This shape is a
-wire contract: producers in other languages read it, so fields are only added.
+also published on ``wsupload:events`` (job id and status), and the final
+document on ``wsupload:ended``, so waiters need neither poll nor read. This
+shape is a wire contract: producers in other languages read it, so fields are
+only added.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from tasks.media_source import OpenedSource
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
+ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
+"""Carries each job's final document once, when it ends: a waiter wakes once per job, not per change."""
 
 JobDoc = dict[str, Any]
 
@@ -167,23 +171,29 @@ class ResultStore:
         terminal status once (the runner never leaves one), so it is counted once.
         """
         event = json.dumps({"job_id": doc["job_id"], "status": doc["status"]})
+        encoded = json.dumps(doc)
         batch_id = doc.get("batch_id")
+        finished = doc["status"] in TERMINAL
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(result_key(doc["job_id"]), json.dumps(doc), ex=self.ttl)
+        pipe.set(result_key(doc["job_id"]), encoded, ex=self.ttl)
         pipe.publish(EVENTS_CHANNEL, event)
+        if finished:
+            pipe.publish(ENDED_CHANNEL, encoded)
         if batch_id and doc["status"] == RUNNING:
             pipe.hsetnx(batch_key(batch_id), "started_at", doc["started_at"])
-        finished = bool(batch_id) and doc["status"] in TERMINAL
-        if finished:
+        if batch_id and finished:
             key = batch_key(str(batch_id))
             pipe.hincrby(key, "done", 1)
+            done_at = len(pipe) - 1
             pipe.hincrby(key, doc["status"], 1)
             if doc["status"] == SUCCEEDED:
                 pipe.hincrby(key, "bytes_done", int(doc["result"].get("size") or 0))
             pipe.hget(key, "total")
-        replies = pipe.execute()
-        if finished and int(replies[-1] or 0) <= int(replies[2]):
-            self.redis.hsetnx(batch_key(str(batch_id)), "finished_at", doc["finished_at"])
+            replies = pipe.execute()
+            if int(replies[-1] or 0) <= int(replies[done_at]):
+                self.redis.hsetnx(key, "finished_at", doc["finished_at"])
+        else:
+            pipe.execute()
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]

@@ -1,8 +1,9 @@
 """The Python producer API: enqueue uploads, read their status, wait for them.
 
 Needs Redis only, never the API key. Enqueueing itself is ``tasks.enqueue``.
-Waiting listens on ``wsupload:events`` instead of polling, and re-reads the
-documents once a second as a safety net in case a notification was missed.
+Waiting listens on ``wsupload:ended``, which carries each job's final document,
+instead of polling; it re-reads the unfinished documents once a second for
+progress and as a safety net in case a notification was missed.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Producer(Enqueuer):
         wanted = set(job_ids)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         # Subscribe before the first read: an event between the two is not lost.
-        pubsub.subscribe(results.EVENTS_CHANNEL)
+        pubsub.subscribe(results.ENDED_CHANNEL)
         try:
             docs = dict(zip(job_ids, self.status(job_ids), strict=True))
             # Kept up to date as reads come in: each loop costs what changed, not every job.
@@ -92,15 +93,17 @@ class Producer(Enqueuer):
                     if on_update:
                         on_update([docs[job_id] for job_id in job_ids])
                     return WaitOutcome([docs[job_id] for job_id in job_ids], timed_out=True)
-                changed = self._next_changes(
+                ended = self._next_ended(
                     pubsub, pending, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left)
                 )
+                docs.update(ended)
+                pending.difference_update(ended)
                 if time.monotonic() - last_full_read >= RECHECK_SECONDS:
-                    changed.update(pending)
+                    # Progress for the running ones, and a net under a lost event.
+                    refresh = list(pending)
+                    docs.update(zip(refresh, self.status(refresh), strict=True))
+                    pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
                     last_full_read = time.monotonic()
-                refresh = list(changed)
-                docs.update(zip(refresh, self.status(refresh), strict=True))
-                pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
         finally:
             pubsub.close()
 
@@ -117,7 +120,7 @@ class Producer(Enqueuer):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(results.EVENTS_CHANNEL)
+        pubsub.subscribe(results.ENDED_CHANNEL)
         try:
             last_read = 0.0
             while True:
@@ -134,26 +137,26 @@ class Producer(Enqueuer):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return info, True
-                self._next_changes(pubsub, set(), RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left))
+                self._next_ended(pubsub, set(), RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left))
         finally:
             pubsub.close()
 
     @staticmethod
-    def _next_changes(pubsub: redis.client.PubSub, wanted: set[str], timeout: float) -> set[str]:
-        """Job ids among ``wanted`` that ended, draining what is already queued.
+    def _next_ended(pubsub: redis.client.PubSub, wanted: set[str], timeout: float) -> dict[str, JobDoc]:
+        """Final documents of jobs among ``wanted`` that ended, draining what is already queued.
 
-        Only terminal events cost a read: intermediate ones (running, retrying)
-        are picked up by the once-a-second refresh, which is enough for progress.
+        ``wsupload:ended`` carries the whole document: one wake-up per job and no
+        read. Intermediate changes (running, retrying) are picked up by the
+        once-a-second refresh, which is enough for progress.
         """
-        changed: set[str] = set()
+        ended: dict[str, JobDoc] = {}
         message = pubsub.get_message(timeout=timeout)
         while message is not None:
             try:
-                event = json.loads(message["data"])
-                job_id, ended = event["job_id"], event["status"] in results.TERMINAL
+                doc = json.loads(message["data"])
+                if doc["job_id"] in wanted and is_finished(doc):
+                    ended[doc["job_id"]] = doc
             except (ValueError, KeyError, TypeError):
-                job_id, ended = None, False
-            if ended and job_id in wanted:
-                changed.add(job_id)
+                pass  # not ours to judge: the refresh reads the stored document
             message = pubsub.get_message(timeout=0)
-        return changed
+        return ended

@@ -116,6 +116,33 @@ def test_wait_returns_when_the_last_job_finishes(producer: Producer, redis_clien
     assert updates[0] == ["queued", "queued"]
 
 
+def test_wait_takes_final_documents_from_the_ended_channel_without_reading(
+    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = producer.enqueue(["/a.png", "/b.png"])
+    store = ResultStore(redis_client, ttl=60)
+    reads: list[list[str]] = []
+    real_status = producer.status
+
+    def counted_status(job_ids: Any) -> Any:
+        reads.append(list(job_ids))
+        docs = real_status(job_ids)
+        if len(reads) == 1:  # after the first read, the jobs end
+            threading.Thread(target=finish).start()
+        return docs
+
+    def finish() -> None:
+        for job in jobs:
+            doc = store.get(job.job_id)
+            assert doc is not None
+            store.save(results.failed(doc, Rejected("no", 400), results.utcnow()))
+
+    monkeypatch.setattr(producer, "status", counted_status)
+    outcome = producer.wait([j.job_id for j in jobs], timeout=30)
+    assert [d["error"]["message"] for d in outcome.docs if d] == ["no", "no"]
+    assert len(reads) == 1  # the documents came with the events: no second read
+
+
 def test_wait_times_out(producer: Producer) -> None:
     jobs = producer.enqueue(["/a.png"])
     outcome = producer.wait([jobs[0].job_id], timeout=0.2)

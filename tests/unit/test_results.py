@@ -68,3 +68,14 @@ def test_store_writes_with_ttl_and_publishes_changes(redis_client: fakeredis.Fak
     assert message is not None
     assert json.loads(message["data"]) == {"job_id": "a", "status": "running"}
     assert [d["status"] if d else None for d in store.get_many(["a", "b", "zz"])] == ["running", "queued", None]
+
+
+def test_only_a_final_document_goes_to_the_ended_channel(redis_client: fakeredis.FakeRedis, store: ResultStore) -> None:
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(results.ENDED_CHANNEL)
+    running = results.started(results.new_doc("a", "s", NOW), NOW)
+    store.save(running)
+    final = results.failed(running, Rejected("HTTP 400: bad", 400), NOW)
+    store.save(final)
+    received = [m for _ in range(10) if (m := pubsub.get_message(timeout=0.05))]
+    assert [json.loads(m["data"]) for m in received] == [final]
