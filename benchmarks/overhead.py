@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import redis
 
-from worker.local_services import LocalRedis, start_redis
+from tasks.wire import upload_message
+from worker.local_services import LocalRedis, start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -51,6 +53,7 @@ class Version:
     worker: subprocess.Popen[bytes] | None = None
     samples: list[float] = field(default_factory=list)
     worker_share: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
 
     def cpu(self) -> float:
         assert self.worker is not None
@@ -114,10 +117,35 @@ def one_round(version: Version, files: list[str], work: Path) -> tuple[float, fl
     return version.cpu() - before, producer
 
 
+def dispatch_floor(version: Version, count: int) -> float:
+    """Worker CPU per message (ms) for a task that returns at once: Celery's and kombu's share.
+
+    Sends ``wsupload.upload`` messages without a job id, which the task drops
+    after one log line: the message still makes the whole trip (fetch, unacked
+    bookkeeping, hand-over to a pool child, result back, ack).
+    """
+    assert version.redis is not None
+    client = redis.Redis.from_url(version.redis.url)
+    before = version.cpu()
+    client.lpush("wsupload", *[upload_message("", "-", "wsupload") for _ in range(count)])
+    wait_until(lambda: client.llen("wsupload") == 0 and client.hlen("unacked") == 0, 300, interval=0.01)
+    client.close()
+    return (version.cpu() - before) / count * 1000
+
+
 def compare(
-    versions: list[Version], files: list[str], sandbox_url: str, key: str, work: Path, rounds: int
+    versions: list[Version],
+    files: list[str],
+    sandbox_url: str,
+    key: str,
+    work: Path,
+    rounds: int,
+    floor_of: Version | None = None,
 ) -> list[Version]:
-    """Alternate rounds between the versions; each keeps its per-job CPU samples (ms)."""
+    """Alternate rounds between the versions; each keeps its per-job CPU samples (ms).
+
+    ``floor_of``: also measure that version's ``dispatch_floor`` once per round.
+    """
     with ExitStack() as stack:
         for version in versions:
             stack.enter_context(running(version, sandbox_url, key, work))
@@ -128,6 +156,8 @@ def compare(
                 worker, producer = one_round(version, files, work)
                 version.samples.append((worker + producer) / len(files) * 1000)
                 version.worker_share.append(worker / len(files) * 1000)
+            if floor_of is not None:
+                floor_of.floor.append(dispatch_floor(floor_of, len(files)))
     return versions
 
 
@@ -147,10 +177,11 @@ def main() -> None:
         before = Version(f"before ({args.before})", install(args.before, work / "before"))
         now = Version("now", sys.executable)
         with sandbox() as url:
-            compare([before, now], files, url, KEY, work, args.rounds)
+            compare([before, now], files, url, KEY, work, args.rounds, floor_of=now)
     for version in (before, now):
         runs = ", ".join(f"{s:.2f}" for s in version.samples)
         print(f"{version.label}: median {statistics.median(version.samples):.2f} ms/job ({runs})")
+    print(f"now, a task that returns at once: median {statistics.median(now.floor):.2f} ms/message")
     print(f"now / before: {statistics.median(now.samples) / statistics.median(before.samples):.2f}")
 
 
