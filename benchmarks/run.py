@@ -537,6 +537,17 @@ NOTES = """
   the moment `Producer.wait` returns in the caller, on one clock.
 - "CPU per job" sums user+system time of every worker process and the producer over
   1,000 jobs against a zero-latency sandbox, divided by the jobs.
+- "now vs commit d3f35f6" is the before/after for that figure, measured in this run:
+  `benchmarks/overhead.py` installs the commit the benchmarks first reported (with
+  its own pinned dependencies) into a venv of its own, gives it its own Redis and
+  worker beside this checkout's, and alternates rounds between the two. CPU time on
+  this virtual machine drifts by ±15 % within minutes (the direct uploader's figure
+  moved from 1.4 to 2.4 ms between two sessions of the same day), so only a same-run
+  comparison can tell a cut from the drift. `python -m benchmarks.overhead --before
+  REF` runs it alone against any commit.
+- "a message whose task returns at once" sends `wsupload.upload` messages without a
+  job id (dropped by the task after one log line): the worker's CPU for the
+  message's whole trip through Celery and kombu, with no job work in it.
 
 ## What the numbers say, and what was chosen from them
 
@@ -559,19 +570,27 @@ NOTES = """
   a lost child; `WSUPLOAD_CONCURRENCY=16`, the level where the queue path still keeps
   up with a direct uploader here (uploads wait on the network; raise it on bigger
   hosts or slower links, where more requests are in flight per core).
-- **Per-job overhead: reported, cut, not halved.** Profiling a worker with py-spy
-  (zero-latency sandbox) showed the child spending about a third of its time in
-  result-document writes and the parent in kombu's ack bookkeeping. Cut in this
-  session: Celery's own per-task "received"/"succeeded" log lines (kept at debug; the
-  job logs one line), the fleet limiter's Redis round trip when no limit is set, the
-  separate "running" write before a local file's first attempt, and the producer's
-  reads for non-terminal events, and a rescan of every pending job per event in
-  `Producer.wait`. Quick runs before and after (100 jobs, noisy) went from about 5.2
-  to about 4 ms per job; across full runs in this session the figure moved between
-  3.5 and 5 ms with the machine (the direct uploader's figure moves with it; the ratio
-  stays about 3.6x). Not halved: what remains is mostly Celery's and kombu's per-message
-  work (dispatch to the pool, the unacked bookkeeping that at-least-once delivery
-  rests on) plus the HTTP request itself.
+- **Per-job overhead: reported, cut by about a fifth, not halved; the cause is
+  measured.** Cuts, each found with a profiler (py-spy on the worker, cProfile on
+  the task body in-process), their effect measured in same-run comparisons:
+  Celery's per-task log lines, the limiter's round trip when no limit is set, one
+  document write, the producer's quadratic rescan (the first round of cuts);
+  requests reading the whole environment twice per upload, now once at start-up,
+  and the multipart body leaving in one send instead of three (0.96x on their own,
+  within noise; kept, as it also stops a ~/.netrc entry from replacing the Bearer
+  header), kombu building a Redis client for every message's unacked bookkeeping, and the
+  producer waking twice per job and reading each document back, now once from
+  `wsupload:ended` (the three together: 0.79x against the commit before them).
+  Tried and dropped: hiredis (1.00x in a same-run comparison: replies here are a few
+  bytes), the threads pool (no less CPU per job: the GIL hand-offs cost what the
+  pool's pipes did), gevent (needs monkey-patching before anything is imported and
+  would stall every upload while one hashes a file for dedup). Why it does not
+  halve: the last row shows what Celery and kombu spend per message with no job
+  work at all (fetch, unacked bookkeeping, hand-over to a pool child and back, ack:
+  about ten process wake-ups, each dear on this VM), and the direct uploader's row
+  what the HTTP request itself costs. Their sum is above half the first-measured
+  figure, so halving it would take leaving Celery's prefork dispatch, which the
+  time-limit guarantee rests on (see the pool paragraph), not a cut in our code.
 - **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
   documents and messages: ~10x faster than `send_task` per job.
 - **Completion → caller** is about a millisecond: `wait` is woken by the result's
