@@ -26,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +133,47 @@ def dispatch_floor(version: Version, count: int) -> float:
     wait_until(lambda: client.llen("wsupload") == 0 and client.hlen("unacked") == 0, 300, interval=0.01)
     client.close()
     return (version.cpu() - before) / count * 1000
+
+
+def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], rounds: int) -> tuple[float, float]:
+    """CPU per job (ms) in this process, no queue: (the upload alone, the whole job).
+
+    The whole job is ``JobRunner.run``: the upload plus the job's own
+    bookkeeping (reading its document, validating the file, recording the
+    attempt before and the outcome after, the retry wrapper). One thread, no
+    other load: the parts' shares, not the fleet's absolute figures.
+    """
+    from config import Settings
+    from tasks.client import UploadClient
+    from tasks.job import JobRunner
+    from tasks.local_files import open_local
+    from tasks.results import ResultStore
+
+    env = {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
+    settings = Settings.from_env(env, worker=True)
+    client = UploadClient(base_url=sandbox_url, api_key=key, connect_timeout=5, read_timeout=30)
+    runner = JobRunner(
+        settings=settings, store=ResultStore(redis.Redis.from_url(redis_url), settings.result_ttl), client=client
+    )
+
+    def uploads() -> None:
+        for path in files:
+            with open_local(path) as opened:
+                client.upload(opened)
+
+    def jobs() -> None:
+        for path in files:
+            runner.run(uuid.uuid4().hex, path)
+
+    samples: dict[Callable[[], None], list[float]] = {uploads: [], jobs: []}
+    for work in (uploads, jobs):
+        work()  # warm: connections, imports
+    for _ in range(rounds):
+        for work, runs in samples.items():
+            cpu = time.process_time()
+            work()
+            runs.append((time.process_time() - cpu) / len(files) * 1000)
+    return statistics.median(samples[uploads]), statistics.median(samples[jobs])
 
 
 def compare(

@@ -402,6 +402,11 @@ def bench_before_after(work: Path, count: int, rounds: int) -> list[Row]:
     now = overhead.Version("now", sys.executable)
     with sandbox() as url:
         overhead.compare([before, now], files, url, KEY, work, rounds, floor_of=now)
+        local = start_redis()
+        try:
+            upload, whole = overhead.job_split(local.url, url, KEY, files, rounds)
+        finally:
+            local.stop()
     now_cpu, before_cpu = median(now.samples), median(before.samples)
     worker = median(now.worker_share)
     return [
@@ -424,6 +429,14 @@ def bench_before_after(work: Path, count: int, rounds: int) -> list[Row]:
             worker,
             runs=now.floor,
             note="what no change to the task can cut",
+        ),
+        Row(
+            "in one process, no queue: the job's own bookkeeping (whole job − upload)",
+            whole - upload,
+            "ms",
+            "the upload itself (UploadClient)",
+            upload,
+            note="Redis reads/writes, validation, retry wrapper; one thread, no other load",
         ),
     ]
 
@@ -582,15 +595,24 @@ NOTES = """
   producer waking twice per job and reading each document back, now once from
   `wsupload:ended` (the three together: 0.79x against the commit before them).
   Tried and dropped: hiredis (1.00x in a same-run comparison: replies here are a few
-  bytes), the threads pool (no less CPU per job: the GIL hand-offs cost what the
-  pool's pipes did), gevent (needs monkey-patching before anything is imported and
-  would stall every upload while one hashes a file for dedup). Why it does not
-  halve: the last row shows what Celery and kombu spend per message with no job
-  work at all (fetch, unacked bookkeeping, hand-over to a pool child and back, ack:
-  about ten process wake-ups, each dear on this VM), and the direct uploader's row
-  what the HTTP request itself costs. Their sum is above half the first-measured
-  figure, so halving it would take leaving Celery's prefork dispatch, which the
-  time-limit guarantee rests on (see the pool paragraph), not a cut in our code.
+  bytes), Celery's threads pool (0.94x against prefork in a same-run comparison: the
+  GIL hand-offs cost most of what the pool's pipes did, and it enforces no time
+  limit), gevent (needs monkey-patching before anything is imported and
+  would stall every upload while one hashes a file for dedup), and one Lua call in
+  place of the MULTI/EXEC for each document write (1.06x: no gain). Why it does not
+  halve, from the last three rows: a job's CPU is Celery's and kombu's trip for the
+  message (the "returns at once" row: fetch, unacked bookkeeping, hand-over to a pool
+  child and back, ack; about ten process wake-ups, each dear on this VM), plus the
+  upload, plus the job's own bookkeeping, which in one process without other load
+  costs about as much as the upload itself: its document read, the write that
+  records the attempt before the upload and the one that records the outcome, each
+  a Redis round trip. Those writes are what the guarantees rest on (a file that
+  kills workers stops after WSUPLOAD_MAX_ATTEMPTS because the attempt is recorded
+  first; the outcome is recorded before the ack), and Celery's prefork dispatch is
+  what enforces the time limits (see the pool paragraph). Under the fleet's load
+  every one of those round trips costs more than alone, which is why the queue
+  path's figure is well above the sum of the rows. Halving would mean giving up one
+  of those guarantees, not trimming code.
 - **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
   documents and messages: ~10x faster than `send_task` per job.
 - **Completion → caller** is about a millisecond: `wait` is woken by the result's
