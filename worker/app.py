@@ -18,6 +18,7 @@ timeout, even while the first copy still runs. So:
 - prefork pool: the only pool that enforces time limits and notices a lost child.
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping.
+- ``rediss://`` brokers verify the server's certificate, as the result store does.
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
   web request's upload never waits behind a bulk backlog.
@@ -26,9 +27,11 @@ timeout, even while the first copy still runs. So:
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from celery.schedules import crontab
@@ -70,7 +73,24 @@ def create_app(settings: Settings) -> Celery:
         worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
         enable_utc=True,
     )
+    tls = broker_tls(settings.effective_broker_url)
+    if tls is not None:
+        app.conf.broker_use_ssl = tls
     return app
+
+
+def broker_tls(url: str) -> dict[str, Any] | None:
+    """For ``rediss://`` without ``ssl_cert_reqs``: verify the server's certificate.
+
+    kombu falls back to CERT_NONE (with a warning) for such a URL, while redis-py,
+    which reads and writes the results over the same URL, verifies by default: the
+    broker connection would be the one open to a man in the middle. An explicit
+    ``?ssl_cert_reqs=…`` in the URL is left to mean what it says.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 @after_setup_logger.connect

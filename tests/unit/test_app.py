@@ -1,0 +1,30 @@
+"""The Celery application's broker settings."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pytest
+
+from config import Settings
+from worker.app import create_app
+
+
+def broker_ssl(url: str) -> Any:
+    app = create_app(Settings.from_env({"REDIS_URL": url}))
+    with app.connection_for_write() as connection:  # no I/O until a channel is opened
+        return connection.ssl
+
+
+def test_a_rediss_broker_verifies_the_server_certificate() -> None:
+    assert broker_ssl("rediss://redis.test:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+@pytest.mark.parametrize(("asked", "mode"), [("none", ssl.CERT_NONE), ("optional", ssl.CERT_OPTIONAL)])
+def test_an_explicit_ssl_cert_reqs_in_the_url_is_kept(asked: str, mode: ssl.VerifyMode) -> None:
+    assert broker_ssl(f"rediss://redis.test:6380/0?ssl_cert_reqs={asked}") == {"ssl_cert_reqs": mode}
+
+
+def test_a_plain_redis_broker_has_no_tls() -> None:
+    assert not broker_ssl("redis://redis.test:6379/0")
