@@ -73,6 +73,14 @@ class UploadTask(Task[Any, Any]):
             job.fail(args[0], source, TimeLimitExceeded(message))
         except Exception:
             log.exception("job %s: could not record the hard time limit", args[0])
+            return
+        # The child that would have sent the callback was killed: send it from here.
+        try:
+            options = JobOptions.parse((kwargs or {}).get("options", args[2] if len(args) > 2 else None))
+        except InvalidInput:
+            return  # the child refused these options before it started: no callback was asked for
+        if options.callback_url:
+            send_callback(args[0], options.callback_url, job.settings.queue)
 
 
 @shared_task(base=UploadTask, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -80,6 +80,20 @@ def test_the_hard_time_limit_is_recorded_by_the_parent(runner: JobRunner, store:
     assert "hard time limit (15 s, derived from WSUPLOAD_VISIBILITY_TIMEOUT=20)" in doc["error"]["message"]
 
 
+def test_the_parent_sends_the_callback_of_a_job_killed_at_the_hard_limit(
+    runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(upload_module, "send_callback", lambda *a: sent.append(a))
+    options = {"options": {"callback_url": "https://hooks.test/done"}}
+    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j1", ["j1", "/a.png"], options, None)
+    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j2", ["j2", "/b.png"], {}, None)
+    assert sent == [("j1", "https://hooks.test/done", runner.settings.queue)]
+    doc = store.get("j1")
+    assert doc is not None
+    assert doc["status"] == "failed"
+
+
 def test_other_failures_are_left_alone(runner: JobRunner, store: ResultStore) -> None:
     upload_module.upload.on_failure(ValueError("x"), "j1", ["j1", "/a.png"], {}, None)
     assert store.get("j1") is None
