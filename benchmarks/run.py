@@ -569,22 +569,26 @@ NOTES = """
   ones) while the worker's peak RSS does not move; the API page's example holds
   about twice the file in memory and takes an order of magnitude longer.
 - **On this 2-core machine the many-files runs are CPU-bound, not network-bound.**
-  The "cores busy" notes show it: with 16 pool processes the queue path uses ~1.5
-  cores and keeps ≥ 0.8x the direct uploader; at 24 it reaches ≥ 15x the API
-  page's example but the machine is saturated, so it falls under 0.8x the direct
-  uploader, which spends about a quarter of the CPU per upload. Two workers beside
-  one add what CPU is left (~2 cores busy), not 1.7x: the "when CPU is not the
-  limit" condition of that target does not hold on 2 cores. Each job's cost is the
-  price of at-least-once delivery: kombu's unacked bookkeeping in the pool's parent
-  (two Redis transactions per message), Celery's dispatch to a pool child, and the
-  job's own writes (its document before the attempt and at the end, in the child).
+  The "cores busy" notes show it: the machine is saturated at both concurrency
+  levels, so the queue path's rate is its CPU per job divided into two cores,
+  while the direct uploader spends about a third of that per upload. That is why
+  ≥ 0.8x the direct uploader and ≥ 15x the API page's example are not met at the
+  same level, and why a second worker beside the first adds only what CPU is left,
+  not 1.7x: the "when CPU is not the limit" condition of that target does not hold
+  on 2 cores. The figures also move with the VM: the same code enqueued 10,000 jobs
+  in 0.45 s and uploaded 1,000 files at 233 jobs/s (0.81x direct, 16 processes)
+  in an earlier run on this machine kind where a direct upload cost 1.4 ms of CPU,
+  against about 2.5 ms in the run above. Ratios taken in one run are comparable;
+  absolute figures across runs are not.
 - **Pool and concurrency defaults:** prefork, because it is the only Celery pool that
   enforces the time limits the no-parallel-redelivery guarantee rests on and notices
-  a lost child; `WSUPLOAD_CONCURRENCY=16`, the level where the queue path still keeps
-  up with a direct uploader here (uploads wait on the network; raise it on bigger
-  hosts or slower links, where more requests are in flight per core).
-- **Per-job overhead: reported, cut by about a fifth, not halved; the cause is
-  measured.** Cuts, each found with a profiler (py-spy on the worker, cProfile on
+  a lost child (the threads pool measured 0.94x its CPU per job, below);
+  `WSUPLOAD_CONCURRENCY=16`: uploads wait on the network, so the pool must hold many
+  requests in flight per core; 16 was the level that kept ≥ 0.8x the direct
+  uploader in the faster earlier run, and past it the 2 cores saturate. Raise it on
+  bigger hosts or slower links.
+- **Per-job overhead: reported, cut (0.67x the first-measured code in the run
+  above), not halved; the cause is measured.** Cuts, each found with a profiler (py-spy on the worker, cProfile on
   the task body in-process), their effect measured in same-run comparisons:
   Celery's per-task log lines, the limiter's round trip when no limit is set, one
   document write, the producer's quadratic rescan (the first round of cuts);
@@ -614,9 +618,9 @@ NOTES = """
   path's figure is well above the sum of the rows. Halving would mean giving up one
   of those guarantees, not trimming code.
 - **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
-  documents and messages: ~10x faster than `send_task` per job.
-- **Completion → caller** is about a millisecond: `wait` is woken by the result's
-  pub/sub event, with no polling loop.
+  documents and messages: 7-10x faster than `send_task` per job.
+- **Completion → caller** takes a millisecond or two: `wait` is woken by the job's
+  final document on `wsupload:ended`, with no polling loop.
 """
 
 
