@@ -15,6 +15,8 @@ timeout, even while the first copy still runs. So:
   longer than the visibility timeout would be redelivered in a loop.
 - ``unacked_restore_interval``/``throttle``: kombu's default sweep runs ~every
   100 s; a tenth of the timeout recovers a dead worker's job soon after it expires.
+  ``unacked_mutex_expire`` the same, so a worker that dies mid-sweep holds the
+  sweep's lock for one interval, not kombu's 300 s.
 - prefork pool: the only pool that enforces time limits and notices a lost child.
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping.
@@ -51,6 +53,10 @@ def create_app(settings: Settings) -> Celery:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
+        # The sweep's lock outlives a worker that dies mid-sweep by this much (kombu: 300 s).
+        # Sweeps are safe side by side (each restore is a WATCH transaction), so it
+        # need not outlast more than one sweep interval.
+        "unacked_mutex_expire": settings.restore_interval,
         "queue_order_strategy": "priority",
     }
     app.conf.update(

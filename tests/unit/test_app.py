@@ -28,3 +28,13 @@ def test_an_explicit_ssl_cert_reqs_in_the_url_is_kept(asked: str, mode: ssl.Veri
 
 def test_a_plain_redis_broker_has_no_tls() -> None:
     assert not broker_ssl("redis://redis.test:6379/0")
+
+
+@pytest.mark.parametrize("visibility_timeout", [20, 3600])
+def test_recovery_sweeps_follow_the_visibility_timeout(visibility_timeout: int) -> None:
+    settings = Settings.from_env({"WSUPLOAD_VISIBILITY_TIMEOUT": str(visibility_timeout)})
+    options = create_app(settings).conf.broker_transport_options
+    assert options["visibility_timeout"] == visibility_timeout
+    assert options["unacked_restore_interval"] == settings.restore_interval
+    # A worker that dies holding the sweep's lock delays recovery by one interval, not kombu's 300 s.
+    assert options["unacked_mutex_expire"] == settings.restore_interval < visibility_timeout
