@@ -63,6 +63,11 @@ class Version:
         return sum(sum(p.cpu_times()[:2]) for p in [parent, *parent.children(recursive=True)])
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without wsupload's variables: a process started with it gets only what it is given."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+
+
 def install(ref: str, work: Path) -> str:
     """A venv holding commit ``ref`` of this repository, with that commit's pinned dependencies."""
     source, venv = work / "src", work / "venv"
@@ -85,8 +90,7 @@ def commit_exists(ref: str) -> bool:
 @contextmanager
 def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterator[Version]:
     version.redis = start_redis()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
-    env.update(REDIS_URL=version.redis.url, WAVESPEED_BASE_URL=sandbox_url, WAVESPEED_API_KEY=key)
+    env = clean_env() | {"REDIS_URL": version.redis.url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
     log = open(work / f"worker-{version.label}.log", "ab")  # noqa: SIM115
     # cwd outside the checkout: each interpreter imports only its own installed copy.
     version.worker = subprocess.Popen(
@@ -110,8 +114,7 @@ def one_round(version: Version, files: list[str], work: Path) -> tuple[float, fl
     """Run the files through ``version``; its (worker, producer) CPU seconds."""
     assert version.redis is not None
     before = version.cpu()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
-    env["REDIS_URL"] = version.redis.url
+    env = clean_env() | {"REDIS_URL": version.redis.url}
     out = subprocess.run(
         [version.python, str(ROUND_SCRIPT), *files], env=env, cwd=work, check=True, capture_output=True, text=True
     )
