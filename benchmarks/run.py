@@ -595,8 +595,9 @@ NOTES = """
   uploader in the faster earlier run, and past it the 2 cores saturate. Raise it on
   bigger hosts or slower links.
 - **Per-job overhead: reported, cut by a quarter to a third (0.67x and 0.73x the
-  first-measured code in two full runs), not halved; the cause is measured.** Cuts, each found with a profiler (py-spy on the worker, cProfile on
-  the task body in-process), their effect measured in same-run comparisons:
+  first-measured code in two full runs), not halved; the cause is measured.** Cuts,
+  each found with a profiler (py-spy on the worker, cProfile on the task body
+  in-process), their effect measured in same-run comparisons:
   Celery's per-task log lines, the limiter's round trip when no limit is set, one
   document write, the producer's quadratic rescan (the first round of cuts);
   requests reading the whole environment twice per upload, now once at start-up,
