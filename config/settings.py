@@ -135,6 +135,19 @@ def parse_buckets(text: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Host names, comma-separated; ``*.example.com`` stands for any subdomain of example.com."""
+    entries = []
+    for entry in (part.strip().lower() for part in text.split(",")):
+        if not entry:
+            continue
+        name = entry.removeprefix("*.")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]", name):
+            raise ValueError(f"{entry!r} is not a host name (no scheme, port or path; *.domain for subdomains)")
+        entries.append(entry)
+    return tuple(entries)
+
+
 def parse_protocols(text: str) -> tuple[str, ...]:
     protocols = tuple(p.strip().lower() for p in text.split(",") if p.strip())
     for protocol in protocols:
@@ -177,6 +190,7 @@ class Settings:
     beat_state: Path = Path("celerybeat-schedule")
     callback_secret: str | None = field(default=None, repr=False)
     callback_attempts: int = 5
+    callback_hosts: tuple[str, ...] = ()
     rate_limit: float = 0.0
     max_concurrent_uploads: int = 0
 
@@ -336,6 +350,7 @@ class _Parser:
             callback_attempts=self.get(
                 "WSUPLOAD_CALLBACK_ATTEMPTS", parse_int, d.callback_attempts, lambda v: 1 <= v <= 50, "from 1 to 50"
             ),
+            callback_hosts=self.get("WSUPLOAD_CALLBACK_HOSTS", parse_hosts, d.callback_hosts),
             rate_limit=self.get("WSUPLOAD_RATE_LIMIT", float, d.rate_limit, lambda v: 0 <= v <= 10_000, "0 to 10000"),
             max_concurrent_uploads=self.get(
                 "WSUPLOAD_MAX_CONCURRENT_UPLOADS", parse_int, d.max_concurrent_uploads, lambda v: v >= 0, "0 or more"

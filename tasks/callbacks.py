@@ -9,6 +9,8 @@ Signature (like Stripe's): header ``X-Wsupload-Signature: t=<unix>,v1=<hex>``
 where ``hex = HMAC-SHA256(WSUPLOAD_CALLBACK_SECRET, "<t>." + body)``. Receivers
 check it with ``verify_signature`` (or its three lines in their language) and
 reject stale timestamps. Without a secret the worker does not send callbacks.
+``WSUPLOAD_CALLBACK_HOSTS`` limits the hosts it posts to (redirects are never
+followed), so a producer cannot aim the worker at its own network.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -55,6 +58,14 @@ def verify_signature(secret: str, body: bytes, header: str, now: float, toleranc
     return hmac.compare_digest(sign(secret, body, timestamp), header)
 
 
+def host_allowed(url: str, allowed: Sequence[str]) -> bool:
+    """Whether ``url``'s host is in ``allowed`` (WSUPLOAD_CALLBACK_HOSTS); an empty list allows any."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return not allowed or any(
+        host.endswith(entry[1:]) if entry.startswith("*.") else host == entry for entry in allowed
+    )
+
+
 class DeliveryFailed(Exception):
     pass
 
@@ -73,6 +84,11 @@ def deliver(
     doc = ResultStore(client, settings.result_ttl).get(job_id)
     if settings.callback_secret is None:
         record["error"] = "WSUPLOAD_CALLBACK_SECRET is not set on the worker: callbacks are never sent unsigned"
+    elif not host_allowed(url, settings.callback_hosts):
+        # Producers choose the URL; the worker's network may reach what they cannot.
+        record["error"] = (
+            f"the callback's host is not in WSUPLOAD_CALLBACK_HOSTS ({', '.join(settings.callback_hosts)})"
+        )
     elif doc is None:
         record["error"] = "the job's document is gone (expired?)"
     else:

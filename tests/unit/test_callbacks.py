@@ -86,3 +86,26 @@ def test_no_secret_no_callback(redis_client: fakeredis.FakeRedis, finished_job: 
     record = deliver(plain, redis_client, finished_job, "https://hooks.test/in", post=receiver, sleep=lambda _: None)
     assert receiver.calls == []
     assert "never sent unsigned" in record["error"]
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://hooks.test/in", True),
+        ("https://HOOKS.test./in", True),
+        ("https://a.partner.test/in", True),
+        ("https://partner.test/in", False),
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("http://localhost:6379/", False),
+    ],
+)
+def test_callbacks_go_only_to_allowed_hosts(
+    redis_client: fakeredis.FakeRedis, finished_job: str, url: str, sent: bool
+) -> None:
+    receiver = Receiver(200)
+    allowed = settings(WSUPLOAD_CALLBACK_HOSTS="hooks.test, *.partner.test")
+    record = deliver(allowed, redis_client, finished_job, url, post=receiver, sleep=lambda _: None)
+    assert bool(receiver.calls) is sent
+    assert record["status"] == ("delivered" if sent else "failed")
+    if not sent:
+        assert record["error"].startswith("the callback's host is not in WSUPLOAD_CALLBACK_HOSTS")

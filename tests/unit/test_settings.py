@@ -70,6 +70,8 @@ def test_every_variable_is_read() -> None:
         ("REDIS_URL", "http://localhost:6379"),
         ("WSUPLOAD_ALLOWED_ROOTS", "relative/dir"),
         ("WSUPLOAD_ALLOWED_ROOTS", "/no/such/dir/anywhere"),
+        ("WSUPLOAD_CALLBACK_HOSTS", "https://hooks.example.com"),
+        ("WSUPLOAD_CALLBACK_HOSTS", "hooks.example.com:443"),
     ],
 )
 def test_invalid_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
