@@ -9,6 +9,7 @@ The API key is held here for the worker but never printed: it is excluded from
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -135,14 +136,23 @@ def parse_buckets(text: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_hosts(text: str) -> tuple[str, ...]:
     """Host names, comma-separated; ``*.example.com`` stands for any subdomain of example.com."""
     entries = []
     for entry in (part.strip().lower() for part in text.split(",")):
         if not entry:
             continue
+        entry = entry.removeprefix("[").removesuffix("]")  # an IPv6 address as URLs write it
         name = entry.removeprefix("*.")
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]", name):
+        if not (re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) or _is_ip(name)):
             raise ValueError(f"{entry!r} is not a host name (no scheme, port or path; *.domain for subdomains)")
         entries.append(entry)
     return tuple(entries)

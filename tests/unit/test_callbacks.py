@@ -97,13 +97,15 @@ def test_no_secret_no_callback(redis_client: fakeredis.FakeRedis, finished_job: 
         ("https://partner.test/in", False),
         ("http://169.254.169.254/latest/meta-data", False),
         ("http://localhost:6379/", False),
+        ("http://[fd00::7]:8080/in", True),
+        ("http://[fd00::8]/in", False),
     ],
 )
 def test_callbacks_go_only_to_allowed_hosts(
     redis_client: fakeredis.FakeRedis, finished_job: str, url: str, sent: bool
 ) -> None:
     receiver = Receiver(200)
-    allowed = settings(WSUPLOAD_CALLBACK_HOSTS="hooks.test, *.partner.test")
+    allowed = settings(WSUPLOAD_CALLBACK_HOSTS="hooks.test, *.partner.test, [fd00::7]")
     record = deliver(allowed, redis_client, finished_job, url, post=receiver, sleep=lambda _: None)
     assert bool(receiver.calls) is sent
     assert record["status"] == ("delivered" if sent else "failed")
