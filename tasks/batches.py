@@ -65,8 +65,8 @@ class BatchStore:
         }
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self.ttl)
-        for start in range(0, len(job_ids), CHUNK):
-            pipe.rpush(members_key(batch_id), *job_ids[start : start + CHUNK])
+        for chunk in results.chunks(job_ids, CHUNK):
+            pipe.rpush(members_key(batch_id), *chunk)
         pipe.expire(members_key(batch_id), self.ttl)
         if name:
             pipe.set(name_key(name), batch_id, ex=self.ttl)
@@ -94,9 +94,7 @@ class BatchStore:
 
     def docs(self, batch_id: str) -> Iterator[tuple[str, JobDoc | None]]:
         store = results.ResultStore(self.redis, self.ttl)
-        ids = self.job_ids(batch_id)
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
+        for chunk in results.chunks(self.job_ids(batch_id), CHUNK):
             yield from zip(chunk, store.get_many(chunk), strict=True)
 
     def status_counts(self, batch_id: str) -> dict[str, int]:

@@ -11,6 +11,7 @@ import csv
 import fnmatch
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ def walk_directory(root: Path, patterns: Sequence[str] = ()) -> Iterator[Found]:
             if not matches(relative, patterns):
                 continue
             info = path.lstat()
-            if path.is_symlink() or not path.is_file():
+            if not stat.S_ISREG(info.st_mode):  # lstat: a symlink is not a regular file
                 continue
             yield Found(str(path), info.st_size, f"{info.st_size}:{info.st_mtime_ns}")
 

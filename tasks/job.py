@@ -126,10 +126,11 @@ class JobRunner:
             message = f"{opened.source!r} is {opened.size} bytes, over the limit of {limit} bytes (WSUPLOAD_MAX_BYTES)"
             if self.settings.oversize_policy != "presign":
                 raise TooLarge(message)
-            if opened.presign is None:
+            presign = opened.presign
+            if presign is None:
                 raise TooLarge(f"{message}; its store cannot presign a URL (WSUPLOAD_OVERSIZE_POLICY=presign)")
             ttl = self.settings.presign_ttl
-            url = self._retrying(state, lambda: opened.presign(ttl) if opened.presign else "", self.policy.max_attempts)
+            url = self._retrying(state, lambda: presign(ttl), self.policy.max_attempts)
             return results.presigned(state.doc, opened, url, results.utcnow(), ttl)
 
         digest = None

@@ -96,6 +96,7 @@ class _CheckedStream:
 
 def _opened(
     url: ObjectURL,
+    kind: str,
     size: int,
     open_raw: Callable[[], Any],
     errors: tuple[type[BaseException], ...],
@@ -116,7 +117,7 @@ def _opened(
         source=str(url),
         filename=url.filename,
         size=size,
-        media_kind=require_media_kind(url.filename),
+        media_kind=kind,
         content_type=formats.content_type(url.filename),
         open_stream=open_stream,
         release=release,
@@ -146,13 +147,18 @@ class S3Store:
         self._stream_errors: tuple[type[BaseException], ...] = (bx.BotoCoreError, OSError)
 
     def open(self, url: ObjectURL) -> OpenedSource:
-        require_media_kind(url.filename)
+        kind = require_media_kind(url.filename)  # before asking the store anything
         head = self._call(url, self._client.head_object, Bucket=url.bucket, Key=url.key)
         size, etag = int(head["ContentLength"]), head["ETag"]
         first = b""
         if size:
             ranged = self._call(
-                url, self._client.get_object, Bucket=url.bucket, Key=url.key, IfMatch=etag, Range="bytes=0-63"
+                url,
+                self._client.get_object,
+                Bucket=url.bucket,
+                Key=url.key,
+                IfMatch=etag,
+                Range=f"bytes=0-{formats.SNIFF_BYTES - 1}",
             )
             first = ranged["Body"].read()
         require_content(str(url), url.filename, size, first)
@@ -165,7 +171,7 @@ class S3Store:
             params = {"Bucket": url.bucket, "Key": url.key}
             return str(self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))
 
-        return _opened(url, size, open_raw, self._stream_errors, presign)
+        return _opened(url, kind, size, open_raw, self._stream_errors, presign)
 
     def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int, str]]:
         """(key, size, etag) of every object under ``prefix``; folder markers skipped."""
@@ -233,7 +239,7 @@ class FsspecStore:
             raise InvalidInput(f"the worker cannot read {protocol}:// sources: {exc}") from None
 
     def open(self, url: ObjectURL) -> OpenedSource:
-        require_media_kind(url.filename)
+        kind = require_media_kind(url.filename)  # before asking the store anything
         path = f"{url.bucket}/{url.key}"
         info = self._call(url, self._fs.info, path)
         size = int(info.get("size") or 0)
@@ -249,7 +255,7 @@ class FsspecStore:
             def presign(ttl: int) -> str:
                 return str(self._call(url, self._fs.sign, path, expiration=ttl))
 
-        return _opened(url, size, open_raw, (OSError, TimeoutError), presign)
+        return _opened(url, kind, size, open_raw, (OSError, TimeoutError), presign)
 
     @staticmethod
     def _call(url: ObjectURL, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

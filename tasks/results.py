@@ -12,9 +12,9 @@ only added.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -29,11 +29,18 @@ ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
 """Carries each job's final document once, when it ends: a waiter wakes once per job, not per change."""
 
 JobDoc = dict[str, Any]
+T = TypeVar("T")
 
 
 def text(value: bytes | str) -> str:
     """A Redis reply as text, whatever the client's decode setting."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``size``: how many keys go to Redis in one command or pipeline."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def result_key(job_id: str) -> str:
@@ -93,29 +100,21 @@ def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> Jo
     }
 
 
+def _ended(doc: JobDoc, status: str, now: datetime, **fields: Any) -> JobDoc:
+    """The document at its end: the wait for a next attempt is over."""
+    return {**_without(doc, "next_attempt_at"), "status": status, **fields, "finished_at": isoformat(now)}
+
+
 def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int) -> JobDoc:
     """Uploaded: the API keeps the file for ``retention`` seconds from now."""
-    return {
-        **_without(doc, "next_attempt_at"),
-        "status": SUCCEEDED,
-        "result": {**result, "method": "upload"},
-        "error": None,
-        "finished_at": isoformat(now),
-        "expires_at": isoformat(now + timedelta(seconds=retention)),
-    }
+    expires = isoformat(now + timedelta(seconds=retention))
+    return _ended(doc, SUCCEEDED, now, result={**result, "method": "upload"}, error=None, expires_at=expires)
 
 
 def reused(doc: JobDoc, earlier: dict[str, Any], now: datetime) -> JobDoc:
     """Not uploaded: the same bytes were, by ``earlier["job_id"]``, and are still retained."""
     result = {**earlier["result"], "reused": True, "reused_from": earlier["job_id"]}
-    return {
-        **_without(doc, "next_attempt_at"),
-        "status": SUCCEEDED,
-        "result": result,
-        "error": None,
-        "finished_at": isoformat(now),
-        "expires_at": earlier["expires_at"],
-    }
+    return _ended(doc, SUCCEEDED, now, result=result, error=None, expires_at=earlier["expires_at"])
 
 
 def presigned(doc: JobDoc, source: OpenedSource, url: str, now: datetime, ttl: int) -> JobDoc:
@@ -127,24 +126,12 @@ def presigned(doc: JobDoc, source: OpenedSource, url: str, now: datetime, ttl: i
         "size": source.size,
         "method": "presigned_url",
     }
-    return {
-        **_without(doc, "next_attempt_at"),
-        "status": SUCCEEDED,
-        "result": result,
-        "error": None,
-        "finished_at": isoformat(now),
-        "expires_at": isoformat(now + timedelta(seconds=ttl)),
-    }
+    expires = isoformat(now + timedelta(seconds=ttl))
+    return _ended(doc, SUCCEEDED, now, result=result, error=None, expires_at=expires)
 
 
 def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
-    return {
-        **_without(doc, "next_attempt_at"),
-        "status": FAILED,
-        "result": None,
-        "error": error.to_doc(),
-        "finished_at": isoformat(now),
-    }
+    return _ended(doc, FAILED, now, result=None, error=error.to_doc())
 
 
 class ResultStore:

@@ -61,8 +61,7 @@ def list_sources(schedule: Schedule, settings: Settings) -> list[Found]:
 def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> list[Found]:
     """Those not seen before, or seen with another version."""
     fresh = []
-    for start in range(0, len(found), CHUNK):
-        chunk = found[start : start + CHUNK]
+    for chunk in results.chunks(found, CHUNK):
         known = client.hmget(seen_key(name), [f.source for f in chunk])
         for item, version in zip(chunk, known, strict=True):
             if version is None or results.text(version) != (item.version or ""):
@@ -86,8 +85,7 @@ def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dic
             options = JobOptions(dedup=schedule.dedup, callback_url=schedule.callback_url).to_message()
             batch = Enqueuer(settings, client).enqueue_batch(fresh, name=schedule.name, options=options)
             record["last_batch"] = batch.batch_id
-            for start in range(0, len(fresh), CHUNK):
-                chunk = fresh[start : start + CHUNK]
+            for chunk in results.chunks(fresh, CHUNK):
                 client.hset(seen_key(schedule.name), mapping={f.source: f.version or "" for f in chunk})
         log.info("scan %s: %d found, %d new or changed", schedule.name, len(found), len(fresh))
     except (WsuploadError, OSError) as exc:

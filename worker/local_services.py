@@ -153,8 +153,13 @@ def start_s3(bucket: str) -> LocalS3 | None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
-    keys = {"aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
+    client = boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name=DEMO_S3_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=DEMO_S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DEMO_S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
     client.create_bucket(Bucket=bucket)
     return LocalS3(url=url, client=client, _server=server)
 
