@@ -42,6 +42,8 @@ from worker.local_services import LocalRedis, start_redis, wait_until
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ROUND_SCRIPT = HERE / "producer_round.py"
+CONCURRENCY = 4
+"""Pool processes of each version's worker (and threads of the direct baseline beside it)."""
 FIRST_MEASURED = "d3f35f6"
 """The commit whose per-job CPU the issue asked to halve: the first one the benchmarks reported."""
 
@@ -50,7 +52,7 @@ FIRST_MEASURED = "d3f35f6"
 class Version:
     label: str
     python: str
-    worker_args: tuple[str, ...] = ("-m", "worker.cli", "worker", "--concurrency", "4")
+    worker_args: tuple[str, ...] = ("-m", "worker.cli", "worker", "--concurrency", str(CONCURRENCY))
     redis: LocalRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     samples: list[float] = field(default_factory=list)

@@ -111,16 +111,6 @@ class Fleet:
     def children(self) -> list[psutil.Process]:
         return [c for w in self.workers if w.process for c in psutil.Process(w.process.pid).children(recursive=True)]
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for worker in self.workers:
-            assert worker.process is not None
-            parent = psutil.Process(worker.process.pid)
-            for proc in [parent, *parent.children(recursive=True)]:
-                times = proc.cpu_times()
-                total += times.user + times.system
-        return total
-
     def run(self, sources: list[str]) -> float:
         """Seconds from the first enqueue to the last job's success."""
         start = time.perf_counter()
@@ -354,30 +344,21 @@ def bench_enqueue(redis: LocalRedis, count: int, repeats: int) -> list[Row]:
     ]
 
 
-def bench_latency_and_overhead(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
-    files = [str(make_media(work / f"z{n:04d}.mp4", 10 * 1000)) for n in range(count)]
+def bench_latency(redis: LocalRedis, work: Path) -> list[Row]:
+    files = [str(make_media(work / f"z{n:04d}.mp4", 10 * 1000)) for n in range(30)]
     with sandbox() as url:
-        fleet = Fleet(redis, url, work, count=1, concurrency=4)
+        fleet = Fleet(redis, url, work, count=1, concurrency=overhead.CONCURRENCY)
         try:
             fleet.run(files[:10])  # warm
             latencies = []
-            for path in files[:20]:
+            for path in files[10:]:
                 (job,) = fleet.producer.enqueue([path])
                 outcome = fleet.producer.wait([job.job_id], timeout=60)
                 returned = time.time()
                 finished = datetime.fromisoformat(outcome.docs[0]["finished_at"]).timestamp()  # type: ignore[index]
                 latencies.append((returned - finished) * 1000)
-            samples = []
-            for _ in range(repeats):
-                worker_cpu, producer_cpu = fleet.cpu_seconds(), time.process_time()
-                fleet.run(files)
-                samples.append((fleet.cpu_seconds() - worker_cpu, time.process_time() - producer_cpu))
-            worker_cpu, producer_cpu = median([w for w, _ in samples]), median([p for _, p in samples])
         finally:
             fleet.stop()
-        direct = baseline("direct", url, "4", *files)
-    per_job = (worker_cpu + producer_cpu) / count * 1000
-    split = f"worker {worker_cpu / count * 1000:.2f} ms + producer {producer_cpu / count * 1000:.2f} ms"
     return [
         Row(
             "completion → caller: wait() returns after the job ends (median)",
@@ -386,48 +367,49 @@ def bench_latency_and_overhead(redis: LocalRedis, work: Path, count: int, repeat
             target="< 50 ms",
             met=median(latencies) < 50,
             runs=latencies,
-        ),
-        Row(
-            "CPU per job, queue path (worker + producer), zero-latency sandbox",
-            per_job,
-            "ms",
-            "direct thread pool, CPU per upload",
-            direct["cpu"] / count * 1000,
-            note=split,
-        ),
+        )
     ]
 
 
-def bench_before_after(work: Path, count: int, rounds: int) -> list[Row]:
-    """Per-job CPU now against the code the issue asked to halve it from, alternating in one run."""
+def bench_overhead(work: Path, count: int, rounds: int) -> list[Row]:
+    """CPU per job: against a direct uploader, against the first-measured code (alternating), and where it goes."""
     ref = overhead.FIRST_MEASURED
-    name = f"CPU per job, queue path (worker + producer): now vs commit {ref}, alternating rounds"
-    if not overhead.commit_exists(ref):
-        return [Row(name, float("nan"), "ms", note=f"commit {ref} is not in this clone (shallow?): not measured")]
     files = [str(make_media(work / f"b{n:04d}.mp4", 10 * 1000)) for n in range(count)]
-    before = overhead.Version("before", overhead.install(ref, work / "before"))
     now = overhead.Version("now", sys.executable)
+    before = overhead.Version("before", overhead.install(ref, work / "before")) if overhead.commit_exists(ref) else None
     with sandbox() as url:
-        overhead.compare([before, now], files, url, KEY, work, rounds, floor_of=now)
+        overhead.compare([before, now] if before else [now], files, url, KEY, work, rounds, floor_of=now)
+        direct = baseline("direct", url, str(overhead.CONCURRENCY), *files)
         local = start_redis()
         try:
             upload, whole = overhead.job_split(local.url, url, KEY, files, rounds)
         finally:
             local.stop()
-    now_cpu, before_cpu = median(now.samples), median(before.samples)
-    worker = median(now.worker_share)
+    now_cpu, worker = median(now.samples), median(now.worker_share)
+    split = f"worker {worker:.2f} ms + producer {now_cpu - worker:.2f} ms"
+    name = f"CPU per job, queue path (worker + producer): now vs commit {ref}, alternating rounds"
     return [
+        Row(
+            "CPU per job, queue path (worker + producer), zero-latency sandbox",
+            now_cpu,
+            "ms",
+            "direct thread pool, CPU per upload",
+            direct["cpu"] / count * 1000,
+            note=split,
+        ),
         Row(
             name,
             now_cpu,
             "ms",
             f"commit {ref} (first measured; its own pinned dependencies)",
-            before_cpu,
+            median(before.samples),
             "≤ 0.5 × before",
-            now_cpu <= 0.5 * before_cpu,
+            now_cpu <= 0.5 * median(before.samples),
             runs=now.samples,
-            note=f"worker {worker:.2f} ms + producer {now_cpu - worker:.2f} ms; where it goes: the next two rows",
-        ),
+            note=f"{split}; where it goes: the next two rows",
+        )
+        if before
+        else Row(name, float("nan"), "ms", note=f"commit {ref} is not in this clone (shallow?): not measured"),
         Row(
             "of which Celery + kombu: worker CPU for a message whose task returns at once",
             median(now.floor),
@@ -514,11 +496,8 @@ def main() -> None:
         ("large file", lambda w: bench_large(redis, w, (64 if quick else 1024) * MIB, 1 if quick else 5)),
         ("many small files", lambda w: bench_many(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3)),
         ("enqueue", lambda w: bench_enqueue(redis, 1000 if quick else 10_000, 1 if quick else 3)),
-        (
-            "latency and overhead",
-            lambda w: bench_latency_and_overhead(redis, w, 100 if quick else 1000, 1 if quick else 3),
-        ),
-        ("overhead before and after", lambda w: bench_before_after(w, 100 if quick else 1000, 1 if quick else 5)),
+        ("completion latency", lambda w: bench_latency(redis, w)),
+        ("CPU per job", lambda w: bench_overhead(w, 100 if quick else 1000, 1 if quick else 5)),
     ]
     rows: list[Row] = []
     try:
