@@ -535,7 +535,8 @@ NOTES = """
 - "Completion → caller" runs from a job's `finished_at` (written by the worker) to
   the moment `Producer.wait` returns in the caller, on one clock.
 - "CPU per job" sums user+system time of every worker process and the producer over
-  1,000 jobs against a zero-latency sandbox, divided by the jobs.
+  1,000 jobs against a zero-latency sandbox, divided by the jobs (median of the five
+  "now" rounds below; the worker runs 4 pool processes, the direct uploader 4 threads).
 - "now vs commit d3f35f6" is the before/after for that figure, measured in this run:
   `benchmarks/overhead.py` installs the commit the benchmarks first reported (with
   its own pinned dependencies) into a venv of its own, gives it its own Redis and
@@ -573,8 +574,8 @@ NOTES = """
   requests in flight per core; 16 was the level that kept ≥ 0.8x the direct
   uploader in the faster earlier run, and past it the 2 cores saturate. Raise it on
   bigger hosts or slower links.
-- **Per-job overhead: reported, cut by a quarter to a third (0.67x and 0.73x the
-  first-measured code in two full runs), not halved; the cause is measured.** Cuts,
+- **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
+  first-measured code across three full runs), not halved; the cause is measured.** Cuts,
   each found with a profiler (py-spy on the worker, cProfile on the task body
   in-process), their effect measured in same-run comparisons:
   Celery's per-task log lines, the limiter's round trip when no limit is set, one
@@ -606,7 +607,7 @@ NOTES = """
   of those guarantees, not trimming code.
 - **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
   documents and messages: 7-10x faster than `send_task` per job.
-- **Completion → caller** takes a millisecond or two: `wait` is woken by the job's
+- **Completion → caller** takes a few milliseconds: `wait` is woken by the job's
   final document on `wsupload:ended`, with no polling loop.
 """
 
