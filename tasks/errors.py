@@ -5,6 +5,7 @@
     └── UploadError                    ends up in a job's ``error`` field
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
+        │   ├── InvalidMessage         invalid_message      a message the worker cannot read as a job
         │   ├── SourceUnavailable      source_unavailable   object store: no bucket/object, access denied
         │   ├── TooLarge               too_large            over WSUPLOAD_MAX_BYTES, or HTTP 413
         │   ├── Rejected               rejected             HTTP 400
@@ -19,6 +20,7 @@
             ├── UploadTimeout          timeout              connect or read stall
             ├── RateLimited            rate_limited         HTTP 429
             ├── StoreError             store_error          object store: timeout, 5xx, throttling
+            ├── SourceChanged          source_changed       the file changed while it was sent
             └── ServerError            server_error         HTTP 5xx and 408
 
 Celery pickles exceptions across processes, so every constructor passes all of
@@ -61,6 +63,12 @@ class PermanentError(UploadError):
 
 class InvalidInput(PermanentError):
     kind = "invalid_input"
+
+
+class InvalidMessage(PermanentError):
+    """The message's arguments are not ``[job_id, source]`` (+ ``options``), or it cannot be decoded."""
+
+    kind = "invalid_message"
 
 
 class SourceUnavailable(PermanentError):
@@ -121,6 +129,12 @@ class RateLimited(TransientError):
 
 class StoreError(TransientError):
     kind = "store_error"
+
+
+class SourceChanged(TransientError):
+    """The source's size or modification time moved during the upload: the bytes sent are not the file."""
+
+    kind = "source_changed"
 
 
 class ServerError(TransientError):
