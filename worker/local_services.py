@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +66,12 @@ class LocalRedis:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1].split("/")[0])
 
+    def kill(self) -> None:
+        """SIGKILL the server: no shutdown save, clients see their connections reset."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -81,8 +87,18 @@ class LocalRedis:
             self._dir.cleanup()
 
 
-def start_redis(*, persistent: bool = False, port: int | None = None, directory: Path | None = None) -> LocalRedis:
-    """Start a private Redis on a free loopback port; ``persistent`` turns on AOF."""
+def start_redis(
+    *,
+    persistent: bool = False,
+    port: int | None = None,
+    directory: Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> LocalRedis:
+    """Start a private Redis on a free loopback port; ``persistent`` turns on AOF.
+
+    ``extra_args`` go to redis-server as they are (``--maxmemory 20mb``, ``--appendfsync everysec``).
+    Restart one on the same port and directory to keep its data: ``start_redis(port=…, directory=…)``.
+    """
     port = port or free_port()
     binary = shutil.which("redis-server")
     if binary is None:
@@ -95,6 +111,7 @@ def start_redis(*, persistent: bool = False, port: int | None = None, directory:
         directory = Path(tmp.name)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
     args += ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    args += list(extra_args)
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     local = LocalRedis(url=url, kind="redis-server", process=process, _dir=tmp)
