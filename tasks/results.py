@@ -20,10 +20,14 @@ import redis
 
 from config.settings import KEY_PREFIX
 from tasks.errors import UploadError
+from tasks.limits import MAX_SOURCE_CHARS, clip
 from tasks.media_source import OpenedSource
+from tasks.redaction import redact
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
+STATUSES = frozenset({QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED})
+_TIMES = ("started_at", "finished_at", "expires_at")
 EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
 """Carries each job's final document once, when it ends: a waiter wakes once per job, not per change."""
@@ -80,6 +84,58 @@ def new_doc(job_id: str, source: str, now: datetime, batch_id: str | None = None
     if batch_id:
         doc["batch_id"] = batch_id
     return doc
+
+
+def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = None) -> JobDoc:
+    """A stored document made whole, whoever wrote it.
+
+    Producers in other languages write the ``queued`` document, and a partial or
+    mistyped one (``{"status": "queued"}``) must not stop its job from ending:
+    every field the worker reads is given its type, ``job_id`` is the key's, and
+    fields nobody here knows are kept. A terminal status without the fields
+    that make it an outcome (``result.download_url``; ``error.kind`` and
+    ``message``) is not believed, so such a job runs instead of hiding.
+    """
+    doc: JobDoc = dict(raw) if isinstance(raw, dict) else {}
+    status = doc.get("status") if isinstance(doc.get("status"), str) else None
+    result, error = doc.get("result"), doc.get("error")
+    if status == SUCCEEDED and not (isinstance(result, dict) and isinstance(result.get("download_url"), str)):
+        status = QUEUED
+    if status == FAILED and not (
+        isinstance(error, dict) and isinstance(error.get("kind"), str) and isinstance(error.get("message"), str)
+    ):
+        status = QUEUED
+    attempts = doc.get("attempts")
+    doc.update(
+        job_id=job_id,
+        status=status if status in STATUSES else QUEUED,
+        # Bounded: a document written by a producer with a huge source is not carried on whole.
+        source=clip(doc["source"], MAX_SOURCE_CHARS) if isinstance(doc.get("source"), str) else (source or ""),
+        attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0 else 0,
+        result=result if isinstance(result, dict) else None,
+        error=error if isinstance(error, dict) else None,
+        created_at=doc["created_at"] if isinstance(doc.get("created_at"), str) else isoformat(now),
+    )
+    for name in _TIMES:
+        if not isinstance(doc.get(name), str):
+            doc[name] = None
+    for name in ("batch_id", "next_attempt_at"):
+        if name in doc and not isinstance(doc[name], str):
+            del doc[name]
+    if "last_error" in doc and not isinstance(doc["last_error"], dict):
+        del doc["last_error"]
+    return doc
+
+
+def decode_doc(raw: bytes | str | None, job_id: str, now: datetime) -> JobDoc | None:
+    """A stored value as a document (see ``coerce_doc``); None when there is none."""
+    if raw is None:
+        return None
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = None  # not JSON: what is left to go on is the key
+    return coerce_doc(value, job_id, now)
 
 
 def started(doc: JobDoc, now: datetime) -> JobDoc:
@@ -158,7 +214,8 @@ class ResultStore:
         terminal status once (the runner never leaves one), so it is counted once.
         """
         event = json.dumps({"job_id": doc["job_id"], "status": doc["status"]})
-        encoded = json.dumps(doc)
+        # The one place documents are written: no secret leaves in one, whatever an error echoed.
+        encoded = redact(json.dumps(doc))
         batch_id = doc.get("batch_id")
         finished = doc["status"] in TERMINAL
         pipe = self.redis.pipeline(transaction=True)
@@ -186,7 +243,17 @@ class ResultStore:
         return self.get_many([job_id])[0]
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
+        """Documents as ``coerce_doc`` makes them whole; None for a job with none."""
         if not job_ids:
             return []
         raw = self.redis.mget([result_key(job_id) for job_id in job_ids])
-        return [json.loads(value) if value is not None else None for value in raw]
+        now = utcnow()
+        return [decode_doc(value, job_id, now) for job_id, value in zip(job_ids, raw, strict=True)]
+
+    def end_with_error(self, job_id: str, error: UploadError) -> JobDoc:
+        """End a job ``failed`` with ``error`` unless it has already ended; returns its document."""
+        doc = self.get(job_id) or new_doc(job_id, "", utcnow())
+        if doc["status"] not in TERMINAL:
+            doc = failed(doc, error, utcnow())
+            self.save(doc)
+        return doc

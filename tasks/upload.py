@@ -1,7 +1,7 @@
 """The Celery task ``wsupload.upload``: the thin shell around ``tasks.job``.
 
-The message carries only ``[job_id, source]``; the API key comes from the
-worker's environment. Each worker process builds its HTTP session and Redis
+The message carries only ``[job_id, source]`` (+ ``options``); the API key
+comes from the worker's environment. Each worker process builds its HTTP session and Redis
 client once, lazily, after the prefork pool has forked.
 """
 
@@ -21,9 +21,9 @@ from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 from config.settings import UPLOAD_TASK_NAME, Settings
 from tasks.callbacks import callback
 from tasks.client import UploadClient
-from tasks.errors import InternalError, InvalidInput, TimeLimitExceeded
-from tasks.job import NO_OPTIONS, JobRunner
-from tasks.options import JobOptions
+from tasks.errors import InternalError, TimeLimitExceeded, UploadError
+from tasks.job import JobRunner
+from tasks.messages import NoJobId, job_id_of, read_upload_call, shown
 from tasks.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -64,48 +64,54 @@ class UploadTask(Task[Any, Any]):
         # hard time limit (the soft limit did not get it to stop). The message
         # is acknowledged then, so record the failure or the job would stay
         # "running" for good.
-        if not isinstance(exc, HardTimeLimitExceeded) or not args or not isinstance(args[0], str):
+        if not isinstance(exc, HardTimeLimitExceeded):
             return
+        try:
+            call = read_upload_call(args, kwargs, task_id)
+        except UploadError:
+            return  # the child refused this message before it started: its outcome is recorded
         job = runner()
-        source = str(args[1]) if len(args) > 1 else ""
         try:
             message = time_limit_message(job.settings, "hard", job.settings.hard_time_limit)
-            job.fail(args[0], source, TimeLimitExceeded(message))
+            job.fail(call.job_id, call.source, TimeLimitExceeded(message))
         except Exception:
-            log.exception("job %s: could not record the hard time limit", args[0])
+            log.exception("job %s: could not record the hard time limit", call.job_id)
             return
         # The child that would have sent the callback was killed: send it from here.
-        try:
-            options = JobOptions.parse((kwargs or {}).get("options", args[2] if len(args) > 2 else None))
-        except InvalidInput:
-            return  # the child refused these options before it started: no callback was asked for
-        if options.callback_url:
-            send_callback(args[0], options.callback_url, job.settings.queue)
+        if call.options.callback_url:
+            send_callback(call.job_id, call.options.callback_url, job.settings.queue)
 
 
-@shared_task(base=UploadTask, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def upload(job_id: object, source: object, options: object = None) -> None:
-    # Arguments come from any producer, in any language: check, never trust.
+@shared_task(
+    base=UploadTask, bind=True, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def upload(self: UploadTask, /, *args: object, **kwargs: object) -> None:
+    """``upload(job_id, source, options=None)``, taking whatever a producer sent.
+
+    Any arguments are accepted here and judged by ``tasks.messages``: Python
+    would raise a TypeError before the body ran, and the job would stay
+    ``queued``. The worker's consumer moves messages that name no job aside
+    before they get here; this still ends every job it can name.
+    """
     started = time.monotonic()
     job = runner()
-    if not isinstance(job_id, str) or not job_id:
-        log.error("dropping a %s message without a job id (args must be [job_id, source])", UPLOAD_TASK_NAME)
-        return
-    parsed = NO_OPTIONS
     try:
-        if not isinstance(source, str):
-            job.fail(job_id, repr(source), InvalidInput(f"the source must be a string, got {type(source).__name__}"))
-            return
-        try:
-            parsed = JobOptions.parse(options)
-        except InvalidInput as exc:
-            job.fail(job_id, source, exc)
-            return
+        call = read_upload_call(args, kwargs, self.request.id)
+    except NoJobId as exc:
+        log.error("dropping a %s message that names no job: %s", UPLOAD_TASK_NAME, exc.message)
+        return
+    except UploadError as exc:  # InvalidMessage or InvalidInput, with a job to record it in
+        job_id = job_id_of(args, kwargs, self.request.id)
+        assert job_id is not None
+        job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc)
+        return
+    job_id, source = call.job_id, call.source
+    try:
         budget = job.settings.soft_time_limit - (time.monotonic() - started) - FINAL_SAVE_MARGIN
-        job.run(job_id, source, parsed, time_budget=budget)
+        job.run(job_id, source, call.options, time_budget=budget)
     except SoftTimeLimitExceeded:
         message = time_limit_message(job.settings, "soft", job.settings.soft_time_limit)
-        job.fail(job_id, str(source), TimeLimitExceeded(message))
+        job.fail(job_id, source, TimeLimitExceeded(message))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Without Redis the outcome cannot be recorded: hand the message back so
         # the job runs again rather than vanish.
@@ -113,9 +119,9 @@ def upload(job_id: object, source: object, options: object = None) -> None:
         raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
         log.exception("job %s: internal error", job_id)
-        job.fail(job_id, str(source), InternalError(f"internal error: {type(exc).__name__}: {exc}"))
-    if parsed.callback_url:
-        send_callback(job_id, parsed.callback_url, job.settings.queue)
+        job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+    if call.options.callback_url:
+        send_callback(job_id, call.options.callback_url, job.settings.queue)
 
 
 def send_callback(job_id: str, url: str, queue: str) -> None:

@@ -41,14 +41,29 @@ from celery.signals import after_setup_logger
 
 from config.schedules import Schedule
 from config.settings import SCAN_TASK_NAME, Settings
+from tasks import redaction
 from worker import redis_transport
+from worker.poison import PoisonGuard
+from worker.quarantine import Quarantine
 
 
-def create_app(settings: Settings) -> Celery:
+class WsuploadApp(Celery):
+    """The Celery app, carrying the settings it was built from and where bad messages go."""
+
+    settings: Settings
+    quarantine: Quarantine
+
+
+def create_app(settings: Settings) -> WsuploadApp:
+    # Before anything logs: the secrets this process holds are masked in every record.
+    redaction.protect(settings.api_key, settings.callback_secret)
     redis_transport.install()
-    app = Celery(
+    app = WsuploadApp(
         "wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan", "tasks.callbacks"]
     )
+    app.settings = settings
+    app.quarantine = Quarantine(settings)
+    PoisonGuard.quarantine = app.quarantine
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
@@ -77,6 +92,8 @@ def create_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=False,
         worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
+        # Messages it cannot run go to the dead-letter list instead of the log (worker.consumer).
+        worker_consumer="worker.consumer:Consumer",
         enable_utc=True,
     )
     tls = broker_tls(settings.effective_broker_url)
@@ -122,7 +139,7 @@ def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str
     return entries
 
 
-def __getattr__(name: str) -> Celery:
+def __getattr__(name: str) -> WsuploadApp:
     # ``celery -A worker.app worker`` looks up ``app`` here; building it on
     # demand keeps ``import worker.app`` free of environment parsing.
     if name == "app":

@@ -1,4 +1,4 @@
-"""The ``wsupload`` command: worker, enqueue, status, wait, sandbox, demo.
+"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, sandbox, demo.
 
 Exit codes: 0 success; 1 a job failed; 2 bad configuration, usage or an
 unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
@@ -11,9 +11,10 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -71,7 +72,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = {"interactive": [settings.queue], "bulk": [settings.bulk_queue]}.get(
         args.only, [settings.queue, settings.bulk_queue]
     )
-    app.worker_main(
+    # celery-types declares start() as never returning; it returns the worker's exit code.
+    start = cast(Callable[[list[str]], int | None], app.start)
+    code = start(
         [
             "worker",
             f"--loglevel={args.loglevel}",
@@ -82,7 +85,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "--without-gossip",
             "--without-mingle",
         ]
-    )  # exits the process when the worker stops
+    )
+    # Celery's exit code: 0 after SIGTERM, SIGINT or a remote shutdown (a warm stop).
+    return int(code or EXIT_OK)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -220,6 +225,35 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dead(args: argparse.Namespace) -> int:
+    from tasks.dead_letters import DEAD_KEY, DeadLetterStore
+
+    settings = Settings.from_env()
+    store = DeadLetterStore(redis.Redis.from_url(settings.redis_url))
+    ids = None if args.all else args.ids
+    if args.action in ("requeue", "purge") and not (args.all or args.ids):
+        raise WsuploadError(f"dead {args.action}: name entry ids, or --all")
+    if args.action == "list":
+        entries = store.entries(limit=args.limit)
+        if args.json:
+            print(json.dumps([asdict(entry) for entry in entries]))
+            return EXIT_OK
+        print(f"{store.count()} message(s) in {DEAD_KEY}" + (f", newest {len(entries)} shown" if args.limit else ""))
+        for entry in entries:
+            where = f"queue={entry.queue or '-'}  job={entry.job_id or '-'}"
+            print(f"{entry.id}  {entry.at}  {where}  {entry.raw_bytes} bytes")
+            print(f"    {entry.reason}")
+        return EXIT_OK
+    if args.action == "requeue":
+        done, refused = store.requeue(ids, default_queue=settings.queue)
+        print(f"requeued {done} message(s)")
+        for entry_id in refused:
+            print(f"wsupload: {entry_id} not requeued: only part of it was kept (truncated)", file=sys.stderr)
+        return EXIT_OK if not refused else EXIT_FAILED
+    print(f"purged {store.purge(ids)} message(s)")
+    return EXIT_OK
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from worker.sandbox import SandboxServer
 
@@ -315,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output", type=Path, help="results: write here instead of stdout")
     batch.add_argument("--timeout", type=_positive_duration, help="wait: give up after this long")
     batch.set_defaults(handler=cmd_batch)
+
+    dead = commands.add_parser("dead", help="messages the workers could not run: list, requeue or purge them")
+    dead.add_argument("action", choices=["list", "requeue", "purge"])
+    dead.add_argument("ids", nargs="*", metavar="ID", help="entry ids (from `dead list`)")
+    dead.add_argument("--all", action="store_true", help="requeue or purge every entry")
+    dead.add_argument("--limit", type=int, help="list: the newest N only")
+    dead.add_argument("--json", action="store_true", help="list as JSON")
+    dead.set_defaults(handler=cmd_dead)
 
     sandbox = commands.add_parser("sandbox", help="run a local WaveSpeed-compatible upload server")
     sandbox.add_argument("--host", default="127.0.0.1")

@@ -11,7 +11,8 @@ after a fork; the client is rebuilt when that happens.
 
 ``install()`` points kombu's ``redis`` and ``rediss`` scheme names at it (kombu
 derives TLS from the scheme name, so naming the class in ``broker_transport``
-would lose it); everything else about the transport is kombu's.
+would lose it). ``PoisonGuard`` (``worker.poison``) moves messages kombu could
+not read aside; everything else about the transport is kombu's.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Any
 from kombu import transport
 from kombu.transport import redis as kombu_redis
 
+from worker.poison import PoisonGuard
 
-class Channel(kombu_redis.Channel):
+
+class Channel(PoisonGuard, kombu_redis.Channel):
     _shared_client: Any = None
 
     @contextmanager

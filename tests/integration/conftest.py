@@ -251,6 +251,7 @@ class FleetHandle:
     producer: Producer
     env: dict[str, str]
     """The producers' environment for these workers (queues included, no API key)."""
+    workers: list[WorkerProcess]
 
 
 Fleet = Callable[..., FleetHandle]
@@ -258,19 +259,21 @@ Fleet = Callable[..., FleetHandle]
 
 @pytest.fixture
 def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    """Start workers on fresh queues with extra settings."""
+    """Start workers on fresh queues with extra settings (``count=0``: just the producer)."""
     started: list[WorkerProcess] = []
 
     def start(count: int = 1, concurrency: int = 2, **env: str) -> FleetHandle:
         suffix = uuid.uuid4().hex[:6]
         full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
         producer = Producer(Settings.from_env(producer_env(full)))
-        for n in range(count):
-            process = WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency)
-            started.append(process.start())
-        for process in started[-count:]:
+        mine = [
+            WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
+            for n in range(count)
+        ]
+        started.extend(mine)
+        for process in mine:
             process.wait_ready(producer.app)
-        return FleetHandle(producer, producer_env(full))
+        return FleetHandle(producer, producer_env(full), mine)
 
     yield start
     for process in started:

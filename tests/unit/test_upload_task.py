@@ -45,7 +45,55 @@ def test_a_message_without_job_id_is_logged_not_stored(
 ) -> None:
     upload_module.upload.run(None, "/a.png")
     assert store.redis.keys("*") == []
-    assert "without a job id" in caplog.text
+    assert "names no job" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "needle"),
+    [
+        (["j1"], {}, "no source"),
+        (["j1", "/a.png"], {"option": {"dedup": True}}, "unknown keyword arguments"),
+        (["j1", "/a.png", None, "extra"], {}, "too many args"),
+        (["j1"], {"source": "/a.png", "job_id": "j1"}, "given both in args and kwargs"),
+    ],
+)
+def test_arguments_that_do_not_fit_end_the_job_invalid_message(
+    runner: JobRunner, store: ResultStore, args: list[Any], kwargs: dict[str, Any], needle: str
+) -> None:
+    # Python would raise TypeError before the body ran, leaving the job queued for good.
+    upload_module.upload.run(*args, **kwargs)
+    doc = store.get("j1")
+    assert doc is not None
+    assert (doc["status"], doc["error"]["kind"]) == ("failed", "invalid_message")
+    assert needle in doc["error"]["message"]
+
+
+def test_keyword_arguments_are_read_like_positional_ones(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.run(job_id="j1", source="relative.png")
+    doc = store.get("j1")
+    assert doc is not None
+    assert (doc["status"], doc["error"]["kind"]) == ("failed", "invalid_input")
+    assert "not an absolute path" in doc["error"]["message"]
+
+
+def test_a_partial_queued_document_still_ends(runner: JobRunner, store: ResultStore) -> None:
+    # A producer in another language wrote only the status.
+    store.redis.set("wsupload:result:j1", '{"status": "queued"}')
+    upload_module.upload.run("j1", "relative.png")
+    doc = store.get("j1")
+    assert doc is not None
+    assert (doc["job_id"], doc["status"], doc["error"]["kind"]) == ("j1", "failed", "invalid_input")
+
+
+def test_an_over_long_source_is_refused_and_not_stored_whole(runner: JobRunner, store: ResultStore) -> None:
+    upload_module.upload.run("j1", "/" + "a" * 10_000_000 + ".png")
+    raw = store.redis.get("wsupload:result:j1")
+    assert raw is not None
+    assert len(raw) < 2_000
+    doc = store.get("j1")
+    assert doc is not None
+    assert doc["error"]["kind"] == "invalid_input"
+    assert "10000005 characters long, over the limit of 4096" in doc["error"]["message"]
 
 
 def test_losing_redis_hands_the_message_back(runner: JobRunner, monkeypatch: pytest.MonkeyPatch) -> None:

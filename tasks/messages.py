@@ -1,0 +1,128 @@
+"""Reading a ``wsupload.upload`` message's arguments: whatever a producer sent, a verdict.
+
+Producers in any language write these messages, so nothing about them is
+trusted. ``read_upload_call`` turns ``(args, kwargs)`` into an ``UploadCall``
+or raises:
+
+- ``NoJobId``: no usable job id anywhere (not in the arguments, nor a task id
+  that can stand for one): there is no document to record an outcome in, so
+  the message goes to the dead-letter list;
+- ``InvalidMessage`` (with ``job_id`` known): the arguments are not
+  ``[job_id, source]`` + ``options``; the job ends ``failed``/``invalid_message``;
+- ``InvalidInput``: a job whose source or options are refused; it ends
+  ``failed``/``invalid_input`` like any bad source.
+
+Pure: no Redis, no Celery; property-tested with arbitrary JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.errors import InvalidInput, InvalidMessage
+from tasks.limits import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
+from tasks.options import JobOptions
+
+PARAMETERS = ("job_id", "source", "options")
+_JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_JOB_ID_CHARS - 1}}}")
+
+
+class NoJobId(InvalidMessage):
+    """The message names no job: there is nothing to record its failure in."""
+
+
+@dataclass(frozen=True)
+class UploadCall:
+    job_id: str
+    source: str
+    options: JobOptions
+
+
+def valid_job_id(value: object) -> bool:
+    """Letters, digits and ``. _ : -``, at most ``MAX_JOB_ID_CHARS``: safe in a Redis key and a log line."""
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
+
+
+def shown(value: object) -> str:
+    """A bounded, printable rendering of any argument for an error message."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=repr)
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return clip(repr(text) if isinstance(value, str) else text)
+
+
+def bind(args: object, kwargs: object) -> dict[str, Any]:
+    """The arguments by parameter name, as Python would bind ``upload(job_id, source, options=None)``."""
+    if not isinstance(args, list | tuple):
+        raise InvalidMessage(f"args must be a list, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise InvalidMessage(f"kwargs must be an object, got {type(kwargs).__name__}")
+    if len(args) > len(PARAMETERS):
+        raise InvalidMessage(f"too many args ({len(args)}): expected [job_id, source] and optionally options")
+    bound = dict(zip(PARAMETERS, args, strict=False))
+    unknown = sorted(str(name) for name in kwargs if name not in PARAMETERS)
+    if unknown:
+        raise InvalidMessage(f"unknown keyword arguments {shown(unknown[:5])}; expected only {', '.join(PARAMETERS)}")
+    twice = sorted(name for name in kwargs if name in bound)
+    if twice:
+        raise InvalidMessage(f"{', '.join(twice)} given both in args and kwargs")
+    bound.update(kwargs)
+    return bound
+
+
+def job_id_of(args: object, kwargs: object, task_id: object = None) -> str | None:
+    """The job a message is about, if it names one: its ``job_id`` argument, else its task id.
+
+    Producers use the job id as the task id (the wire contract), so a message
+    whose arguments are unreadable can still have its job's outcome recorded.
+    """
+    first = args[0] if isinstance(args, list | tuple) and args else None
+    named = kwargs.get("job_id") if isinstance(kwargs, dict) else None
+    for candidate in (first, named, task_id):
+        if valid_job_id(candidate):
+            return str(candidate)
+    return None
+
+
+def read_upload_call(args: object, kwargs: object, task_id: object = None) -> UploadCall:
+    """The call a message asks for, or the error that says why it cannot run (see the module doc)."""
+    job_id = job_id_of(args, kwargs, task_id)
+    try:
+        bound = bind(args, kwargs)
+    except InvalidMessage as exc:
+        if job_id is None:
+            raise NoJobId(exc.message) from None
+        raise
+    if not valid_job_id(bound.get("job_id")):
+        message = (
+            "no job id: args must be [job_id, source]"
+            if "job_id" not in bound
+            else f"the job id {shown(bound['job_id'])} is not 1 to {MAX_JOB_ID_CHARS} letters, digits or . _ : -"
+        )
+        if job_id is None:
+            raise NoJobId(message)
+        raise InvalidMessage(message)
+    if "source" not in bound:
+        raise InvalidMessage("no source: args must be [job_id, source]")
+    source = bound["source"]
+    if not isinstance(source, str):
+        raise InvalidInput(f"the source must be a string, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise InvalidInput(
+            f"the source is {len(source)} characters long, over the limit of {MAX_SOURCE_CHARS}: {clip(source)!r}"
+        )
+    options = bound.get("options")
+    if options is not None and len(shown_json(options)) > MAX_OPTIONS_CHARS:
+        raise InvalidInput(f"options are over the limit of {MAX_OPTIONS_CHARS} characters as JSON")
+    return UploadCall(bound["job_id"], source, JobOptions.parse(options))
+
+
+def shown_json(value: object) -> str:
+    try:
+        return json.dumps(value, default=repr)
+    except (ValueError, RecursionError):
+        return repr(value)
