@@ -4,7 +4,10 @@ It speaks the documented contract (multipart field ``file``, Bearer auth, the
 success body, 400/401/413) and can be told to misbehave: answer a status N
 times (with ``Retry-After``), answer HTTP 200 with an error ``code``, drop the
 connection, stall, or add latency. It parses uploads as a stream, hashing (and
-optionally storing) the file part, so a 1 GiB upload costs it no memory.
+optionally storing) the file part, so a 1 GiB upload costs it no memory. File
+names are read as browsers and the worker send them (raw UTF-8, HTML5 escapes,
+``filename*``: see ``worker/disposition.py``); a stored file is served only at
+its own ``download_url``.
 
 Control it in-process (``SandboxServer.add_fault``) or over HTTP:
 ``POST /_sandbox/faults`` (a fault object or a list), ``GET /_sandbox/uploads``,
