@@ -4,7 +4,10 @@ It speaks the documented contract (multipart field ``file``, Bearer auth, the
 success body, 400/401/413) and can be told to misbehave: answer a status N
 times (with ``Retry-After``), answer HTTP 200 with an error ``code``, drop the
 connection, stall, or add latency. It parses uploads as a stream, hashing (and
-optionally storing) the file part, so a 1 GiB upload costs it no memory.
+optionally storing) the file part, so a 1 GiB upload costs it no memory. File
+names are read as browsers and the worker send them (raw UTF-8, HTML5 escapes,
+``filename*``: see ``worker/disposition.py``); a stored file is served only at
+its own ``download_url``.
 
 Control it in-process (``SandboxServer.add_fault``) or over HTTP:
 ``POST /_sandbox/faults`` (a fault object or a list), ``GET /_sandbox/uploads``,
@@ -30,6 +33,7 @@ from urllib.parse import quote, unquote
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tasks import formats
+from worker.disposition import parse_disposition
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
 READ_BLOCK = 1024 * 1024
@@ -69,7 +73,7 @@ class UploadRecord:
 
 @dataclass
 class _FilePart:
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)  # values as sent: decoding them is per header
     name: str | None = None
     filename: str | None = None
     digest: Any = field(default_factory=hashlib.sha256)
@@ -151,9 +155,15 @@ class SandboxServer:
                     self._faults.pop(0)
             return record, fault
 
-    def stored_file(self, number: int) -> Path | None:
+    def stored_file(self, number: int, filename: str | None = None) -> Path | None:
+        """Upload ``number``'s bytes; with ``filename``, only if it was accepted under that name."""
         if self.storage_dir is None:
             return None
+        if filename is not None:
+            with self._lock:
+                record = self._records[number - 1] if 0 < number <= len(self._records) else None
+            if record is None or record.status != 200 or record.filename != filename:
+                return None
         path = self.storage_dir / str(number)
         return path if path.is_file() else None
 
@@ -257,7 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 413, {"code": 413, "message": "File too large"}
         if fault and fault.body:
             return 200, fault.body
-        url = f"{self.sandbox.url}/files/{record.number}/{quote(part.filename)}"
+        # safe="": a "/" in the name must not become a path segment.
+        url = f"{self.sandbox.url}/files/{record.number}/{quote(part.filename, safe='')}"
         data = {"type": kind, "download_url": url, "filename": part.filename, "size": part.size}
         return 200, {"code": 200, "message": "success", "data": data}
 
@@ -301,18 +312,16 @@ class _Handler(BaseHTTPRequestHandler):
             value.append(data[start:end])
 
         def on_header_end() -> None:
-            part.headers[b"".join(field_name).decode("latin-1").lower()] = b"".join(value).decode("utf-8", "replace")
+            part.headers[b"".join(field_name).decode("latin-1").lower()] = b"".join(value)
             field_name.clear()
             value.clear()
 
         def on_headers_finished() -> None:
             if done["file"]:
                 return
-            _, params = parse_options_header(part.headers.get("content-disposition", ""))
-            name = params.get(b"name", b"").decode()
-            if name == "file":
-                part.name = name
-                part.filename = unquote(params.get(b"filename", b"").decode("utf-8", "replace"))
+            disposition = parse_disposition(part.headers.get("content-disposition", b""))
+            if disposition.name == "file":
+                part.name, part.filename = disposition.name, disposition.filename
                 if store and self.sandbox.storage_dir is not None:
                     part.sink = open(self.sandbox.storage_dir / str(number), "wb")  # noqa: SIM115
 
@@ -370,13 +379,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(min(length, 1 << 20)) if length else b""
 
     def _download(self) -> None:
+        # /files/<number>/<percent-encoded filename>: the name must be the upload's own,
+        # so a download_url whose name did not round-trip is a 404, not someone's bytes.
+        parts = self.path.split("?", 1)[0].split("/", 3)
+        number_text, quoted = (parts[2], parts[3]) if len(parts) == 4 else ("", "")
         try:
-            number = int(self.path.split("/")[2])
-        except (IndexError, ValueError):
+            number = int(number_text)
+        except ValueError:
             number = -1
-        path = self.sandbox.stored_file(number)
+        path = self.sandbox.stored_file(number, unquote(quoted))
         if path is None:
-            self._json(404, {"code": 404, "message": "no such file (start the sandbox with a storage directory)"})
+            self._json(404, {"code": 404, "message": "no such file (or not under that name, or nothing stored)"})
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
