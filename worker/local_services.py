@@ -188,12 +188,14 @@ class WorkerProcess:
     env: Mapping[str, str]
     log_path: Path
     concurrency: int = 2
+    loglevel: str = "info"
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         args = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(self.concurrency)]
+        args += ["--loglevel", self.loglevel]
         self.process = subprocess.Popen(
             args, env=dict(self.env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
