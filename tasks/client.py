@@ -144,13 +144,7 @@ class UploadClient:
         self._session.close()
 
     def upload(self, source: OpenedSource) -> dict[str, Any]:
-        body = MultipartBody(
-            source.open_stream(),
-            field=FIELD_NAME,
-            filename=source.filename,
-            content_type=source.content_type,
-            size=source.size,
-        )
+        body = MultipartBody.for_source(source, field=FIELD_NAME)
         try:
             response = self._session.post(
                 self.url,
@@ -160,6 +154,9 @@ class UploadClient:
                 allow_redirects=False,
             )
         except UploadError:
+            # Raised by the body's read() (SourceChanged, StoreError): urllib3 and requests
+            # wrap only OSError and their own errors, so it arrives as itself, and urllib3
+            # closes the connection, leaving the server an incomplete request.
             raise
         except ConnectTimeout as exc:
             raise UploadTimeout(f"connecting to the upload endpoint timed out: {_reason(exc)}") from None

@@ -10,6 +10,10 @@ time out or throttle) and uploading it. ``attempts`` counts upload attempts
 and lives in the job's document, not per delivery: a job whose worker died
 mid-upload resumes with what is left of ``WSUPLOAD_MAX_ATTEMPTS``, so a file
 that kills workers cannot loop forever.
+
+A source that changed while an attempt sent it (``SourceChanged``) is opened
+and validated again before the next attempt, so the retry sends what it holds
+now, at its new size; a file that never settles spends the same budget.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
 from tenacity.stop import stop_base
 
 from config.settings import Settings
 from tasks import results
 from tasks.dedup import DedupStore, content_digest
-from tasks.errors import RateLimited, RetriesExhausted, TooLarge, TransientError, UploadError
+from tasks.errors import RateLimited, RetriesExhausted, SourceChanged, TooLarge, TransientError, UploadError
 from tasks.media_source import OpenedSource
 from tasks.options import JobOptions
 from tasks.rate_limit import FleetLimiter, RateLimitTimeout
@@ -45,6 +49,25 @@ class Uploader(Protocol):
 
 def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
+
+
+def _changed(error: BaseException) -> bool:
+    return isinstance(error, SourceChanged)
+
+
+def _retried_in_place(error: BaseException) -> bool:
+    """Transient, and the same opened source can be sent again."""
+    return is_transient(error) and not _changed(error)
+
+
+class _stop_when(stop_base):
+    """Stop once ``done()``: an upload budget is counted in the job's document, not by the loop."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self.done = done
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.done()
 
 
 @dataclass
@@ -100,9 +123,9 @@ class JobRunner:
             # one Redis round trip fewer per job.
             self.store.save(state.doc)
         try:
-            opened = self._retrying(state, lambda: self.opener.open(source), self.policy.max_attempts)
-            with opened:
-                doc = self._deliver(state, opened, options)
+            # The loop for SourceChanged only: every other error is retried (or not) inside,
+            # where the opened source stays the same. Both spend the document's attempts.
+            doc = self._retrying(state, lambda: self._open_and_deliver(state, source, options), retry=_changed)
         except UploadError as error:
             doc = results.failed(state.doc, self._redacted(error), results.utcnow())
         self.store.save(doc)
@@ -117,6 +140,12 @@ class JobRunner:
             self.store.save(doc)
             self._log_outcome(doc)
         return doc
+
+    def _open_and_deliver(self, state: _State, source: str, options: JobOptions) -> results.JobDoc:
+        """Open (and validate) the source, then deliver it; called again after ``SourceChanged``."""
+        opened = self._retrying(state, lambda: self.opener.open(source), self.policy.max_attempts)
+        with opened:
+            return self._deliver(state, opened, options)
 
     def _deliver(self, state: _State, opened: OpenedSource, options: JobOptions) -> results.JobDoc:
         """Upload the source; or reuse an earlier upload of the same bytes (``dedup``);
@@ -157,19 +186,35 @@ class JobRunner:
             except RateLimitTimeout as exc:
                 raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
 
-        result = self._retrying(state, attempt, self.policy.max_attempts - made, uploads=True)
+        # SourceChanged passes through to run()'s loop, which opens the source again.
+        result = self._retrying(state, attempt, retry=_retried_in_place)
         now = results.utcnow()
         doc = results.succeeded(state.doc, result, now, self.settings.retention)
         if digest is not None:
             self.dedup.remember(digest, doc["job_id"], doc["result"], doc["expires_at"], now)
         return doc
 
-    def _retrying(self, state: _State, work: Callable[[], T], attempts: int, *, uploads: bool = False) -> T:
+    def _retrying(
+        self,
+        state: _State,
+        work: Callable[[], T],
+        attempts: int | None = None,
+        *,
+        retry: Callable[[BaseException], bool] = is_transient,
+    ) -> T:
         """Call ``work`` under the retry policy, recording each wait in the document.
 
-        ``uploads``: ``work`` is an upload attempt, counted in the document.
+        ``attempts``: how many calls at most. None: each call makes upload
+        attempts (counted in the document), and the budget is what the document
+        has left of ``WSUPLOAD_MAX_ATTEMPTS``. ``retry``: the transient errors
+        this loop retries; any other error passes through it unchanged.
         """
         tries = [0]
+        limit = self.policy.max_attempts if attempts is None else attempts
+
+        def spent() -> bool:
+            uploads_spent = attempts is None and state.doc["attempts"] >= self.policy.max_attempts
+            return uploads_spent or tries[0] >= limit
 
         def counted() -> T:
             tries[0] += 1
@@ -190,11 +235,11 @@ class JobRunner:
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
             self.store.save(state.doc)
 
-        stop: stop_base = stop_after_attempt(attempts)
+        stop: stop_base = _stop_when(spent)
         if state.deadline is not None:
             stop = stop | stop_before_delay(max(0.0, state.deadline - time.monotonic()))
         retrying = Retrying(
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(retry),
             stop=stop,
             wait=wait,
             sleep=self.sleep,
@@ -204,10 +249,14 @@ class JobRunner:
         try:
             return retrying(counted)
         except TransientError as error:
-            made = state.doc["attempts"] if uploads else tries[0]
+            if not retry(error):
+                raise  # not this loop's to retry
+            made = state.doc["attempts"] if attempts is None else tries[0]
             why = f"gave up after {made} attempts"
-            if tries[0] < attempts:
+            if not spent():
                 why += ": the next wait would pass the task's time limit"
+            elif _changed(error):
+                why += ": the file kept changing while it was uploaded"
             raise RetriesExhausted(f"{why}; last error: {error.message}", error.http_status) from error
 
     def _redacted(self, error: UploadError) -> UploadError:

@@ -3,6 +3,11 @@
 Never follows a path outside ``WSUPLOAD_ALLOWED_ROOTS`` (symlinks and ``..``
 resolved first), and says nothing about files there beyond "outside the
 allowed roots", so a producer cannot probe the worker's disk.
+
+A file may still be written while it is uploaded. Its size and modification
+time at opening are kept, and an attempt whose file no longer has them fails
+with ``SourceChanged`` before the request is complete: the job then opens the
+file again and sends what it holds now.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tasks import formats
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, SourceChanged
 from tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
 
 
@@ -76,6 +81,17 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
         file.seek(0)
         return file
 
+    def check_unchanged() -> None:
+        # fstat on the open descriptor: the file being read, even if its path was renamed over.
+        now = os.fstat(file.fileno())
+        if now.st_size != info.st_size:
+            raise SourceChanged(
+                f"{source!r} changed while it was being uploaded: "
+                f"it was {info.st_size} bytes when opened, {now.st_size} now"
+            )
+        if now.st_mtime_ns != info.st_mtime_ns:
+            raise SourceChanged(f"{source!r} changed while it was being uploaded: it was modified since it was opened")
+
     return OpenedSource(
         source=source,
         filename=path.name,
@@ -84,4 +100,5 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
         content_type=formats.content_type(path.name),
         open_stream=from_start,
         release=file.close,
+        check_unchanged=check_unchanged,
     )

@@ -3,7 +3,10 @@
 A source is opened once per job (validated: it exists, is non-empty, has a
 supported extension and content that sniffs as it) and then streamed from its
 first byte once per upload attempt. Where the store can, it also offers a
-time-limited URL to the object instead of its bytes (``presign``).
+time-limited URL to the object instead of its bytes (``presign``). A source
+that can change under an open handle (a local file) also says whether it
+still is what was opened (``check_unchanged``), so an upload of bytes that no
+longer exist is never completed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class OpenedSource:
     release: Callable[[], None] = lambda: None
     presign: Callable[[int], str] | None = None
     """A GET URL valid for N seconds, for stores that can make one."""
+    check_unchanged: Callable[[], None] | None = None
+    """Raises ``SourceChanged`` if the source moved since it was opened; called once the
+    last byte of an attempt is read. None where the store pins the content itself
+    (an object store's ``If-Match``)."""
 
     def close(self) -> None:
         self.release()

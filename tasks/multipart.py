@@ -4,14 +4,23 @@ The API page's example (``files={"file": f}``) makes requests build the whole
 body in memory: about twice the file size. This body has a known length (so the
 request carries Content-Length, not chunked encoding) and hands the HTTP client
 one block at a time, so memory stays flat whatever the file size.
+
+Content-Length goes out before the body, so the body must be exactly the size
+the source had when it was opened. A source that changed meanwhile (grew,
+shrank, was rewritten) raises ``SourceChanged`` from ``read``: where it ends
+early, or at the latest once its last byte is read and before the closing
+boundary is handed over. The request is then aborted, and the server never
+receives a complete body of bytes that no longer exist.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from typing import NoReturn
 
-from tasks.errors import InvalidInput
-from tasks.media_source import Readable
+from tasks.errors import SourceChanged
+from tasks.media_source import OpenedSource, Readable
 
 
 def _quote(value: str) -> str:
@@ -23,7 +32,16 @@ def _quote(value: str) -> str:
 class MultipartBody:
     """File-like body: ``read(n)`` returns the next block; ``len()`` is its exact size."""
 
-    def __init__(self, file: Readable, *, field: str, filename: str, content_type: str, size: int) -> None:
+    def __init__(
+        self,
+        file: Readable,
+        *,
+        field: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         self.boundary = secrets.token_hex(16)
         head = (
             f"--{self.boundary}\r\n"
@@ -34,8 +52,22 @@ class MultipartBody:
         self._file = file
         self._head = head
         self._tail = tail
+        self._size = size
         self._remaining = size
         self._length = len(head) + size + len(tail)
+        self._check = check
+
+    @classmethod
+    def for_source(cls, source: OpenedSource, *, field: str) -> MultipartBody:
+        """One attempt's body: the source from its first byte, checked at its end."""
+        return cls(
+            source.open_stream(),
+            field=field,
+            filename=source.filename,
+            content_type=source.content_type,
+            size=source.size,
+            check=source.check_unchanged,
+        )
 
     @property
     def content_type(self) -> str:
@@ -60,11 +92,21 @@ class MultipartBody:
             block = self._file.read(min(want, self._remaining))
             if not block:
                 # Content-Length is already on the wire: a short body would hang the server.
-                raise InvalidInput("the file shrank while it was being uploaded")
+                self._changed()
             self._remaining -= len(block)
             want -= len(block)
             parts.append(block)
+            if self._remaining == 0 and self._check is not None:
+                # Last file byte read, closing boundary not yet handed over: the last
+                # moment the request can still be aborted instead of completed.
+                self._check()
         if want > 0 and self._remaining == 0 and self._tail:
             parts.append(self._tail[:want])
             self._tail = self._tail[want:]
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _changed(self) -> NoReturn:
+        if self._check is not None:
+            self._check()  # names the source and what changed
+        read = self._size - self._remaining
+        raise SourceChanged(f"the file ended after {read} of its {self._size} bytes: it shrank while it was uploaded")

@@ -15,6 +15,7 @@ from tasks.errors import (
     RateLimited,
     Rejected,
     ServerError,
+    SourceChanged,
     TooLarge,
     Unauthorized,
     UnexpectedResponse,
@@ -192,3 +193,15 @@ def test_transport_errors_become_transient_errors(tmp_path: Path, raised: Except
     with open_local(str(path)) as opened, pytest.raises(error) as caught:
         client_with(Capture(raised)).upload(opened)
     assert "k-123" not in str(caught.value)
+
+
+def test_a_file_changed_mid_upload_raises_source_changed_before_the_body_ends(tmp_path: Path) -> None:
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    adapter = Capture((200, body({"code": 200, "message": "success", "data": DATA})))
+    with open_local(str(path)) as opened:
+        with path.open("ab") as more:
+            more.write(b"appended after opening")
+        with pytest.raises(SourceChanged, match="changed while it was being uploaded"):
+            client_with(adapter).upload(opened)
+    assert adapter.read == b""  # nothing of the body was handed out: not even a complete file part

@@ -1,5 +1,6 @@
 """The job runner with fakeredis and a scripted client: retries, budgets, outcomes."""
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -8,9 +9,12 @@ import pytest
 
 from config import Settings
 from tasks import results
+from tasks.dedup import dedup_key
 from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
-from tasks.job import JobRunner
+from tasks.job import JobRunner, Uploader
 from tasks.media_source import OpenedSource
+from tasks.multipart import MultipartBody
+from tasks.options import JobOptions
 from tasks.rate_limit import FleetLimiter
 from tasks.results import ResultStore
 from worker.samples import png_bytes
@@ -57,7 +61,7 @@ class OpenLimiter(FleetLimiter):
         self.pauses.append(seconds)
 
 
-def make_runner(store: ResultStore, client: ScriptedClient, sleeps: list[float], **env: str) -> JobRunner:
+def make_runner(store: ResultStore, client: Uploader, sleeps: list[float], **env: str) -> JobRunner:
     settings = Settings.from_env({"WAVESPEED_API_KEY": SECRET, "WSUPLOAD_MAX_ATTEMPTS": "3", **env})
     sleep: Callable[[float], None] = sleeps.append
     limiter = OpenLimiter(store.redis)
@@ -186,3 +190,111 @@ def test_fail_records_an_outside_failure_once(store: ResultStore, png: str) -> N
     assert store.get("j")["status"] == "succeeded"  # type: ignore[index]
     doc = runner.fail("k", png, Rejected("early", 400))
     assert (doc["status"], doc["error"]["message"]) == ("failed", "early")
+
+
+Change = Callable[[Path], None] | UploadError | None
+
+
+def append(data: bytes) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        with path.open("ab") as out:
+            out.write(data)
+
+    return change
+
+
+class ChangingClient:
+    """Drains each attempt's real multipart body, as the HTTP client does; the scripted
+    change for that attempt edits the file once part of the body is out."""
+
+    def __init__(self, path: str, *changes: Change) -> None:
+        self.path = Path(path)
+        self.changes = list(changes)
+        self.opened: list[OpenedSource] = []
+        self.sent: list[bytes] = []
+
+    def upload(self, source: OpenedSource) -> dict[str, Any]:
+        self.opened.append(source)
+        change = self.changes.pop(0) if self.changes else None
+        if isinstance(change, UploadError):
+            raise change
+        body = MultipartBody.for_source(source, field="file")
+        sent = [body.read(len(body) // 2)]
+        if change is not None:
+            change(self.path)
+        while chunk := body.read(65536):
+            sent.append(chunk)
+        self.sent.append(b"".join(sent))
+        return {**DATA, "size": source.size}
+
+
+def test_a_file_changed_mid_upload_is_opened_again_and_sent_at_its_new_size(store: ResultStore, png: str) -> None:
+    before = Path(png).read_bytes()
+    client = ChangingClient(png, append(b"more bytes"))
+    sleeps: list[float] = []
+    doc = make_runner(store, client, sleeps).run("j", png)
+    after = Path(png).read_bytes()
+    assert (doc["status"], doc["attempts"]) == ("succeeded", 2)
+    assert doc["result"]["size"] == len(after) == len(before) + 10
+    assert doc["last_error"]["kind"] == "source_changed"
+    assert [o.size for o in client.opened] == [len(before), len(after)]
+    (completed,) = client.sent  # only the second attempt completed its body
+    assert after in completed
+    assert len(sleeps) == 1  # backed off once, under the usual policy
+    with pytest.raises(ValueError, match="closed file"):
+        client.opened[0].open_stream()  # the first opening was closed when the file was opened again
+
+
+def test_a_file_that_keeps_changing_runs_out_of_attempts(store: ResultStore, png: str) -> None:
+    client = ChangingClient(png, *[append(b"x")] * 3)
+    doc = make_runner(store, client, []).run("j", png)
+    assert (doc["status"], doc["attempts"], len(client.opened)) == ("failed", 3, 3)
+    assert client.sent == []
+    assert doc["error"]["kind"] == "retries_exhausted"
+    assert doc["error"]["retryable"] is True
+    assert "gave up after 3 attempts: the file kept changing while it was uploaded" in doc["error"]["message"]
+
+
+def test_changes_and_other_transient_errors_share_one_budget(store: ResultStore, png: str) -> None:
+    client = ChangingClient(png, ServerError("HTTP 503", 503), append(b"x"), ServerError("HTTP 502", 502))
+    doc = make_runner(store, client, []).run("j", png)
+    assert (doc["attempts"], len(client.opened), doc["error"]["kind"]) == (3, 3, "retries_exhausted")
+    assert "gave up after 3 attempts; last error: HTTP 502" in doc["error"]["message"]
+    # A change that is followed by a success within the budget succeeds.
+    client = ChangingClient(png, ServerError("HTTP 503", 503), append(b"y"))
+    doc = make_runner(store, client, []).run("k", png)
+    assert (doc["status"], doc["attempts"], doc["result"]["size"]) == ("succeeded", 3, Path(png).stat().st_size)
+
+
+def test_the_new_content_is_validated_again(store: ResultStore, png: str) -> None:
+    limit = Path(png).stat().st_size + 100
+    client = ChangingClient(png, append(b"z" * 1000))
+    doc = make_runner(store, client, [], WSUPLOAD_MAX_BYTES=str(limit)).run("j", png)
+    assert (doc["status"], doc["attempts"], len(client.opened)) == ("failed", 1, 1)
+    assert doc["error"]["kind"] == "too_large"
+
+
+def test_a_change_during_the_next_attempts_wait_is_caught_too(store: ResultStore, png: str) -> None:
+    client = ChangingClient(png, ServerError("HTTP 503", 503))
+    runner = make_runner(store, client, [])
+    writes = [append(b"written while backing off")]
+
+    def sleep(seconds: float) -> None:
+        if writes:
+            writes.pop()(Path(png))
+
+    runner.sleep = sleep
+    doc = runner.run("j", png)
+    # Attempt 2 (same opening) finds the change at its end; attempt 3 sends the file as it is now.
+    assert (doc["status"], doc["attempts"], doc["result"]["size"]) == ("succeeded", 3, Path(png).stat().st_size)
+    assert [o.size for o in client.opened][-1] == Path(png).stat().st_size
+
+
+def test_dedup_remembers_the_content_that_was_sent(store: ResultStore, png: str) -> None:
+    old_digest = hashlib.sha256(Path(png).read_bytes()).hexdigest()
+    client = ChangingClient(png, append(b"new"))
+    doc = make_runner(store, client, []).run("j", png, JobOptions(dedup=True))
+    assert doc["status"] == "succeeded"
+    new_digest = hashlib.sha256(Path(png).read_bytes()).hexdigest()
+    assert store.redis.exists(dedup_key(new_digest))
+    assert not store.redis.exists(dedup_key(old_digest))

@@ -5,7 +5,7 @@ import io
 import pytest
 from python_multipart.multipart import MultipartParser
 
-from tasks.errors import InvalidInput
+from tasks.errors import SourceChanged
 from tasks.multipart import MultipartBody
 
 
@@ -87,7 +87,73 @@ def test_any_block_size_gives_the_same_body(block: int) -> None:
     assert b"".join(drain(blocks, block)).replace(blocks.boundary.encode(), b"BOUNDARY") == expected
 
 
-def test_a_file_that_shrinks_mid_upload_is_an_error() -> None:
+def test_a_file_that_shrinks_mid_upload_is_a_retryable_change() -> None:
     body = MultipartBody(io.BytesIO(b"short"), field="file", filename="a.png", content_type="image/png", size=100)
-    with pytest.raises(InvalidInput, match="shrank"):
+    with pytest.raises(SourceChanged, match="ended after 5 of its 100 bytes") as caught:
+        drain(body, 4096)
+    assert (caught.value.kind, caught.value.retryable) == ("source_changed", True)
+
+
+class Check:
+    """A ``check`` that records how much of the body had been handed out when it ran."""
+
+    def __init__(self, body_so_far: list[bytes], fail: bool = False) -> None:
+        self.body_so_far = body_so_far
+        self.fail = fail
+        self.seen: list[bytes] = []
+
+    def __call__(self) -> None:
+        self.seen.append(b"".join(self.body_so_far))
+        if self.fail:
+            raise SourceChanged("changed")
+
+
+def checked_body(payload: bytes, fail: bool) -> tuple[Check, list[bytes], MultipartBody]:
+    handed: list[bytes] = []
+    check = Check(handed, fail)
+    body = MultipartBody(
+        io.BytesIO(payload), field="file", filename="a.png", content_type="image/png", size=len(payload), check=check
+    )
+    return check, handed, body
+
+
+@pytest.mark.parametrize("block", [1, 100, 4096, 1 << 20])
+def test_the_check_runs_once_after_the_last_file_byte_and_before_the_tail(block: int) -> None:
+    payload = bytes(range(256)) * 10
+    check, handed, body = checked_body(payload, fail=False)
+    while chunk := body.read(block):
+        handed.append(chunk)
+    raw = b"".join(handed)
+    assert len(check.seen) == 1
+    # Handed out before the check: the head and at most the file, never the closing boundary.
+    before = check.seen[0]
+    assert raw.startswith(before)
+    assert f"--{body.boundary}--".encode() not in before
+    assert parse(raw, body.boundary)[1] == payload
+
+
+@pytest.mark.parametrize("block", [1, 100, 4096, 1 << 20])
+def test_a_failed_check_stops_the_body_before_its_tail(block: int) -> None:
+    payload = bytes(range(256)) * 10
+    _, handed, body = checked_body(payload, fail=True)
+
+    def send() -> None:
+        while chunk := body.read(block):
+            handed.append(chunk)
+
+    with pytest.raises(SourceChanged):
+        send()
+    sent = b"".join(handed)
+    assert f"--{body.boundary}--".encode() not in sent
+    assert len(sent) < len(body)
+
+
+def test_a_shrink_is_described_by_the_check_when_there_is_one() -> None:
+    def check() -> None:
+        raise SourceChanged("'/m/a.png' changed while it was being uploaded: it was 100 bytes when opened, 5 now")
+
+    body = MultipartBody(
+        io.BytesIO(b"short"), field="file", filename="a.png", content_type="image/png", size=100, check=check
+    )
+    with pytest.raises(SourceChanged, match="100 bytes when opened, 5 now"):
         drain(body, 4096)

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, SourceChanged
 from tasks.local_files import open_local
 from tasks.media_source import OpenedSource
+from tasks.multipart import MultipartBody
 from tasks.sources import SourceOpener
 from worker.samples import png_bytes
 
@@ -126,3 +127,56 @@ def test_inside_allowed_roots_through_a_symlinked_root(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(real)
     with open_local(str(tmp_path / "link" / "in.png"), allowed_roots=(real.resolve(),)) as opened:
         assert opened.filename == "in.png"
+
+
+def send(opened: OpenedSource) -> bytes:
+    """Drain one attempt's body as the HTTP client would."""
+    body = MultipartBody.for_source(opened, field="file")
+    sent = b""
+    while chunk := body.read(64):
+        sent += chunk
+    return sent
+
+
+def test_an_unchanged_file_passes_its_check_on_every_attempt(png: Path) -> None:
+    with open_local(str(png)) as opened:
+        assert opened.check_unchanged is not None
+        assert png.read_bytes() in send(opened)
+        assert png.read_bytes() in send(opened)
+
+
+def test_a_file_that_grew_since_it_was_opened_has_changed(png: Path) -> None:
+    with open_local(str(png)) as opened:
+        with png.open("ab") as more:
+            more.write(b"appended")
+        with pytest.raises(SourceChanged, match=rf"it was {opened.size} bytes when opened, {opened.size + 8} now"):
+            send(opened)
+
+
+def test_a_file_that_shrank_since_it_was_opened_has_changed(png: Path) -> None:
+    with open_local(str(png)) as opened:
+        os.truncate(png, opened.size - 10)
+        with pytest.raises(SourceChanged, match=rf"it was {opened.size} bytes when opened, {opened.size - 10} now"):
+            send(opened)
+
+
+def test_a_file_rewritten_at_the_same_size_has_changed(png: Path) -> None:
+    with open_local(str(png)) as opened:
+        # Same size, new modification time (set explicitly: two writes can share one clock tick).
+        info = png.stat()
+        os.utime(png, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+        assert png.stat().st_size == opened.size
+        with pytest.raises(SourceChanged, match="modified since it was opened") as caught:
+            send(opened)
+    assert (caught.value.kind, caught.value.retryable) == ("source_changed", True)
+
+
+def test_the_check_is_of_the_open_file_not_whatever_has_its_path_now(png: Path, tmp_path: Path) -> None:
+    # Replacing the path (write a new file, rename over) leaves the opened file intact:
+    # what is sent is still one consistent file, so it is not a change.
+    original = png.read_bytes()
+    with open_local(str(png)) as opened:
+        replacement = tmp_path / "new.png"
+        replacement.write_bytes(original + b"longer")
+        replacement.rename(png)
+        assert original in send(opened)
