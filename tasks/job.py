@@ -29,7 +29,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 from tenacity.stop import stop_base
 
 from config.settings import Settings
-from tasks import results
+from tasks import redaction, results
 from tasks.dedup import DedupStore, content_digest
 from tasks.errors import RateLimited, RetriesExhausted, SourceChanged, TooLarge, TransientError, UploadError
 from tasks.media_source import OpenedSource
@@ -45,10 +45,6 @@ NO_OPTIONS = JobOptions()
 
 class Uploader(Protocol):
     def upload(self, source: OpenedSource) -> dict[str, Any]: ...
-
-
-def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
 
 
 def _changed(error: BaseException) -> bool:
@@ -89,6 +85,8 @@ class JobRunner:
     limiter: FleetLimiter | None = None
 
     def __post_init__(self) -> None:
+        # The runner holds the secrets, so it makes sure they are masked wherever it writes.
+        redaction.protect(self.settings.api_key, self.settings.callback_secret)
         if self.limiter is None:
             self.limiter = FleetLimiter(
                 self.store.redis,
@@ -260,7 +258,7 @@ class JobRunner:
             raise RetriesExhausted(f"{why}; last error: {error.message}", error.http_status) from error
 
     def _redacted(self, error: UploadError) -> UploadError:
-        clean = redact(error.message, self.settings.api_key)
+        clean = redaction.redact(error.message)
         if clean == error.message:
             return error
         return type(error)(clean, error.http_status, error.retry_after)
