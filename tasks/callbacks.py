@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import redis
 import requests
 from celery import shared_task
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from config.settings import CALLBACK_TASK_NAME, KEY_PREFIX, Settings
+from tasks import runtime
 from tasks.results import ResultStore, isoformat, utcnow
-from tasks.retry_policy import compute_backoff
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Wsupload-Signature"
@@ -115,9 +115,7 @@ def deliver(
         retrying = Retrying(
             retry=retry_if_exception_type(DeliveryFailed),
             stop=stop_after_attempt(settings.callback_attempts),
-            wait=lambda state: compute_backoff(
-                state.attempt_number, base=settings.backoff_base, maximum=settings.backoff_max
-            ),
+            wait=wait_random_exponential(multiplier=settings.backoff_base, max=settings.backoff_max),
             sleep=sleep,
             reraise=True,
         )
@@ -134,5 +132,5 @@ def deliver(
 
 @shared_task(name=CALLBACK_TASK_NAME, ignore_result=True, acks_late=True)
 def callback(job_id: str, url: str) -> None:
-    settings = Settings.from_env()
-    deliver(settings, redis.Redis.from_url(settings.redis_url), job_id, url)
+    here = runtime.current()
+    deliver(here.settings, here.redis, job_id, url)

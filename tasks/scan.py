@@ -14,19 +14,20 @@ last_batch, last_error).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import shared_task
+from redis.exceptions import LockError
 
 from config.errors import WsuploadError
 from config.schedules import Schedule
 from config.settings import KEY_PREFIX, SCAN_TASK_NAME, Settings
-from tasks import results
+from tasks import results, runtime
 from tasks.discovery import Found, discover, read_manifest
 from tasks.enqueue import Enqueuer
 from tasks.errors import InvalidInput
@@ -71,9 +72,9 @@ def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> lis
 
 def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dict[str, str | int]:
     """One run; returns what it recorded in the schedule's state."""
-    lock = f"{state_key(schedule.name)}:lock"
-    token = uuid.uuid4().hex
-    if not client.set(lock, token, nx=True, ex=max(60, settings.hard_time_limit)):
+    # redis-py's Lock: released only by its holder's token, in one script.
+    lock = client.lock(f"{state_key(schedule.name)}:lock", timeout=max(60, settings.hard_time_limit))
+    if not lock.acquire(blocking=False):
         log.info("scan %s: the previous run is still going; skipping this one", schedule.name)
         return {"skipped": 1}
     record: dict[str, str | int] = {"last_run_at": results.isoformat(results.utcnow()), "last_error": ""}
@@ -94,17 +95,17 @@ def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dic
     finally:
         client.hset(state_key(schedule.name), mapping=record)  # type: ignore[arg-type]  # (key type is invariant)
         client.hincrby(state_key(schedule.name), "runs", 1)
-        if client.get(lock) == token.encode():
-            client.delete(lock)
+        with contextlib.suppress(LockError):  # it expired mid-run: someone else may hold it now
+            lock.release()
     return record
 
 
 @shared_task(name=SCAN_TASK_NAME, ignore_result=True)
 def scan(schedule: dict[str, Any]) -> None:
-    settings = Settings.from_env()
     try:
         parsed = Schedule.from_message(schedule)
     except WsuploadError as exc:
         log.error("scan: a malformed schedule was sent: %s", exc)
         return
-    run_scan(settings, redis.Redis.from_url(settings.redis_url), parsed)
+    here = runtime.current()
+    run_scan(here.settings, here.redis, parsed)

@@ -1,16 +1,14 @@
 """The Celery task ``wsupload.upload``: the thin shell around ``tasks.job``.
 
 The message carries only ``[job_id, source]`` (+ ``options``); the API key
-comes from the worker's environment. Each worker process builds its HTTP session and Redis
-client once, lazily, after the prefork pool has forked.
+comes from the worker's environment. The HTTP session, Redis client and
+settings are the process's own (``tasks.runtime``), built once after the fork.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from functools import cache
 from typing import Any
 
 import redis
@@ -19,12 +17,11 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
 from config.settings import UPLOAD_TASK_NAME, Settings
+from tasks import runtime
 from tasks.callbacks import callback
-from tasks.client import UploadClient
 from tasks.errors import InternalError, TimeLimitExceeded, UploadError
 from tasks.job import JobRunner
 from tasks.messages import NoJobId, job_id_of, read_upload_call, shown
-from tasks.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +29,8 @@ FINAL_SAVE_MARGIN = 1.0
 """Seconds kept free before the soft time limit to write the final document."""
 
 
-@cache
-def _runner(pid: int) -> JobRunner:
-    # Keyed by pid so a forked child never reuses its parent's sockets.
-    settings = Settings.from_env(worker=True)
-    assert settings.api_key is not None
-    client = UploadClient(
-        base_url=settings.base_url,
-        api_key=settings.api_key,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    )
-    store = ResultStore(redis.Redis.from_url(settings.redis_url), settings.result_ttl)
-    return JobRunner(settings=settings, store=store, client=client)
-
-
 def runner() -> JobRunner:
-    return _runner(os.getpid())
+    return runtime.current().runner
 
 
 def time_limit_message(settings: Settings, which: str, seconds: int) -> str:
@@ -70,16 +52,18 @@ class UploadTask(Task[Any, Any]):
             call = read_upload_call(args, kwargs, task_id)
         except UploadError:
             return  # the child refused this message before it started: its outcome is recorded
-        job = runner()
+        # The pool's parent: its store, not a runner with an HTTP session it never uses.
+        here = runtime.current()
         try:
-            message = time_limit_message(job.settings, "hard", job.settings.hard_time_limit)
-            job.fail(call.job_id, call.source, TimeLimitExceeded(message))
+            message = time_limit_message(here.settings, "hard", here.settings.hard_time_limit)
+            doc = here.store.end_with_error(call.job_id, TimeLimitExceeded(message))
+            log.error("job %s failed (time_limit): %s", call.job_id, doc["error"]["message"])
         except Exception:
             log.exception("job %s: could not record the hard time limit", call.job_id)
             return
         # The child that would have sent the callback was killed: send it from here.
         if call.options.callback_url:
-            send_callback(call.job_id, call.options.callback_url, job.settings.queue)
+            send_callback(call.job_id, call.options.callback_url, here.settings.queue)
 
 
 @shared_task(

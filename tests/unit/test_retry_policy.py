@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
 from tasks.errors import ConnectionFailed, PermanentError, RateLimited, ServerError, TransientError, UploadTimeout
 from tasks.retry_policy import (
@@ -77,3 +78,14 @@ def test_retry_after_is_capped_by_its_own_limit() -> None:
 def test_without_retry_after_the_backoff_applies() -> None:
     policy = RetryPolicy(backoff_base=1.0, backoff_max=30.0)
     assert next_delay(ServerError("busy", 503), 3, policy, rand=lambda: 1.0) == 4.0
+
+
+@pytest.mark.parametrize("attempt", range(1, 10))
+def test_the_backoff_is_tenacitys_full_jitter(attempt: int) -> None:
+    # The job's attempt count comes from its document (across redeliveries), not from
+    # tenacity's state, so the runner computes the wait itself: with tenacity's formula.
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    tenacity_ceiling = wait_exponential(multiplier=1.5, max=30)(state)
+    assert compute_backoff(attempt, base=1.5, maximum=30, rand=lambda: 1.0) == tenacity_ceiling
+    assert 0 <= wait_random_exponential(multiplier=1.5, max=30)(state) <= tenacity_ceiling

@@ -8,6 +8,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
 from config import Settings
+from tasks import runtime
 from tasks import upload as upload_module
 from tasks.job import JobRunner
 from tasks.results import ResultStore
@@ -22,7 +23,9 @@ class NoClient:
 def runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunner:
     settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_VISIBILITY_TIMEOUT": "20"})
     job = JobRunner(settings=settings, store=store, client=NoClient())
-    monkeypatch.setattr(upload_module, "runner", lambda: job)
+    here = runtime.Runtime(settings)
+    here.store, here.runner = store, job  # what the cached properties would build, made here
+    monkeypatch.setattr(runtime, "current", lambda: here)
     return job
 
 

@@ -1,0 +1,56 @@
+"""What a worker process builds once and every task uses: settings, Redis, the HTTP client, the runner.
+
+Built lazily on first use in each process and keyed by its pid, so a forked
+pool child never reuses its parent's sockets and no task rebuilds settings or
+a connection pool per message. Tests replace ``current`` (or a task module's
+use of it) with their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+import redis
+
+from config.settings import Settings
+from tasks.client import UploadClient
+from tasks.job import JobRunner
+from tasks.results import ResultStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def store(self) -> ResultStore:
+        return ResultStore(self.redis, self.settings.result_ttl)
+
+    @cached_property
+    def runner(self) -> JobRunner:
+        """The job runner and its HTTP session: only processes that upload build one."""
+        settings = self.settings
+        assert settings.api_key is not None
+        client = UploadClient(
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        return JobRunner(settings=settings, store=self.store, client=client)
+
+
+@cache
+def _for_pid(pid: int) -> Runtime:
+    return Runtime(Settings.from_env(worker=True))
+
+
+def current() -> Runtime:
+    """This process's runtime (a worker's: the API key is required)."""
+    return _for_pid(os.getpid())
