@@ -1,24 +1,77 @@
 """Settings: every knob wsupload reads from the environment, parsed and checked once.
 
+Each setting is one row, declared as its ``Settings`` field (``x: int = setting(...)``):
+variable, parser, default, check with the rule its error states, and the meaning the
+README shows. The default is written once, as a user would type it, and parsed by the
+row's own parser at import, so mypy still sees typed attributes (checked against the
+parser's return type) and the README shows exactly what a user may write.
 ``Settings.from_env()`` is the only place that reads ``os.environ`` for
-configuration. Each invalid value becomes one line naming the variable; all of
-them are raised together as a ``ConfigError`` so a user fixes them in one go.
-The API key is held here for the worker but never printed: it is excluded from
-``repr`` and nothing in this module formats it into a message.
+configuration: it reads the rows in one loop (``config.variables``), turns each
+invalid value into one line naming the variable, and raises them all together, with
+the cross-field checks, as a ``ConfigError`` so a user fixes them in one go.
+Secrets (the API key, the callback secret) are kept out of ``repr`` and out of every
+message.
+
+Why a table and not pydantic-settings (measured here with ``python -X importtime``):
+the ``config`` package imports in ~13 ms (~12 ms before the table), pydantic_settings
+alone in ~110 ms (~128 ms wall with a model of these 33 fields built), while
+``import worker.cli`` takes ~120 ms wall in all: it would double every command's
+start-up to save a 20-line loop, and the README text would still need rows of its own.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit
 
 from config.errors import ConfigError
+from config.parsers import (
+    DAY,
+    MIB,
+    check_api_key,
+    check_url,
+    parse_buckets,
+    parse_duration,
+    parse_file,
+    parse_hosts,
+    parse_http_url,
+    parse_int,
+    parse_lower,
+    parse_path,
+    parse_protocols,
+    parse_redis_url,
+    parse_roots,
+    parse_seconds,
+    parse_size,
+)
+from config.variables import Variable, read_variables, setting, variables_of
+
+__all__ = [
+    "CALLBACK_TASK_NAME",
+    "DAY",
+    "DEFAULT_FSSPEC_PROTOCOLS",
+    "KEY_PREFIX",
+    "MIB",
+    "OVERSIZE_POLICIES",
+    "SCAN_TASK_NAME",
+    "UPLOAD_TASK_NAME",
+    "VARIABLES",
+    "Settings",
+    "Variable",
+    "check_api_key",
+    "check_url",
+    "parse_buckets",
+    "parse_duration",
+    "parse_hosts",
+    "parse_int",
+    "parse_protocols",
+    "parse_roots",
+    "parse_seconds",
+    "parse_size",
+]
 
 KEY_PREFIX = "wsupload"
 """Every Redis key wsupload owns starts with this (part of the wire contract)."""
@@ -30,179 +83,287 @@ CALLBACK_TASK_NAME = "wsupload.callback"
 SCAN_TASK_NAME = "wsupload.scan"
 """The task Celery beat sends for a scheduled batch run."""
 
-DAY = 24 * 60 * 60
-MIB = 1024 * 1024
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": float(DAY)}
-_NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"314572800"``, ``"300MiB"``, ``"300MB"`` (decimal) or ``"1GiB"``."""
-    match = _NUMBER_WITH_UNIT.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError("expected a byte count such as 314572800, 300MiB or 300MB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``"90"``, ``"1.5"``, ``"30s"``, ``"15m"``, ``"2h"`` or ``"7d"``."""
-    match = _NUMBER_WITH_UNIT.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _DURATION_UNITS:
-        raise ValueError("expected seconds such as 30, 2.5, 15m, 2h or 7d")
-    return float(match.group(1)) * _DURATION_UNITS[unit]
-
-
-def parse_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-
-
-def check_url(text: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in schemes:
-        raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("the URL has no host")
-    return text.strip().rstrip("/")
-
-
-def check_api_key(text: str) -> str:
-    key = text.strip()
-    if not key:
-        raise ValueError("is empty")
-    if any(ch.isspace() or not ch.isprintable() for ch in key):
-        # Never echo the value: it is a secret.
-        raise ValueError("contains whitespace or control characters")
-    return key
-
-
-def parse_roots(text: str) -> tuple[Path, ...]:
-    roots = []
-    for entry in (part.strip() for part in text.split(os.pathsep)):
-        if not entry:
-            continue
-        path = Path(entry)
-        if not path.is_absolute():
-            raise ValueError(f"{entry!r} is not an absolute path")
-        resolved = path.resolve()
-        if not resolved.is_dir():
-            raise ValueError(f"{entry!r} is not an existing directory")
-        roots.append(resolved)
-    return tuple(roots)
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text.strip())
-    if not path.is_file():
-        raise ValueError(f"{text.strip()!r} is not an existing file")
-    return path
-
-
 OVERSIZE_POLICIES = ("refuse", "presign")
-DEFAULT_FSSPEC_PROTOCOLS = ("gs", "gcs", "az", "abfs", "abfss")
 
 
-def parse_buckets(text: str) -> tuple[str, ...]:
-    """``s3://bucket[/prefix]`` entries (a bare ``bucket[/prefix]`` means s3), comma-separated."""
-    entries = []
-    for entry in (part.strip() for part in text.split(",")):
-        if not entry:
-            continue
-        if "://" not in entry:
-            entry = "s3://" + entry
-        scheme, rest = entry.split("://", 1)
-        bucket = rest.split("/", 1)[0]
-        if not scheme or not bucket or "::" in entry:
-            raise ValueError(f"{entry!r} is not of the form s3://bucket or s3://bucket/prefix")
-        entries.append(entry.rstrip("/"))
-    return tuple(entries)
+def _is_queue_name(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_.:-]+", name) is not None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def parse_hosts(text: str) -> tuple[str, ...]:
-    """Host names, comma-separated; ``*.example.com`` stands for any subdomain of example.com."""
-    entries = []
-    for entry in (part.strip().lower() for part in text.split(",")):
-        if not entry:
-            continue
-        entry = entry.removeprefix("[").removesuffix("]")  # an IPv6 address as URLs write it
-        name = entry.removeprefix("*.")
-        if not (re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) or _is_ip(name)):
-            raise ValueError(f"{entry!r} is not a host name (no scheme, port or path; *.domain for subdomains)")
-        entries.append(entry)
-    return tuple(entries)
-
-
-def parse_protocols(text: str) -> tuple[str, ...]:
-    protocols = tuple(p.strip().lower() for p in text.split(",") if p.strip())
-    for protocol in protocols:
-        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol) or protocol in ("file", "local", "s3"):
-            raise ValueError(f"{protocol!r} cannot be an fsspec source protocol")
-    return protocols
+_QUEUE_RULE = "letters, digits and _ . : - only"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All configuration. Defaults follow the API page where it states a figure."""
+    """All configuration, in the README's order. Defaults follow the API page where it states a figure."""
 
-    api_key: str | None = field(default=None, repr=False)
-    base_url: str = "https://api.wavespeed.ai"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None
-    queue: str = "wsupload"
-    bulk_queue: str = "wsupload.bulk"
-    max_attempts: int = 5
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    retry_after_max: float = 120.0
-    max_bytes: int = 300 * MIB
-    allowed_roots: tuple[Path, ...] = ()
-    result_ttl: int = 7 * DAY
-    retention: int = 7 * DAY
-    visibility_timeout: int = 3600
-    concurrency: int = 16
-    connect_timeout: float = 10.0
-    read_timeout: float = 120.0
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_addressing_style: str = "auto"
-    allowed_buckets: tuple[str, ...] = ()
-    oversize_policy: str = "refuse"
-    presign_ttl: int = 3600
-    fsspec_protocols: tuple[str, ...] = DEFAULT_FSSPEC_PROTOCOLS
-    dedup_margin: int = DAY
-    schedules_path: Path | None = None
-    beat_state: Path = Path("celerybeat-schedule")
-    callback_secret: str | None = field(default=None, repr=False)
-    callback_attempts: int = 5
-    callback_hosts: tuple[str, ...] = ()
-    rate_limit: float = 0.0
-    max_concurrent_uploads: int = 0
+    api_key: str | None = setting(
+        "WAVESPEED_API_KEY",
+        check_api_key,
+        None,
+        "Bearer key. Worker environment only: never in messages, Redis, results or logs.",
+        shown="— (required by `wsupload worker`)",
+        secret=True,
+        required_by_worker=True,
+    )
+    base_url: str = setting(
+        "WAVESPEED_BASE_URL",
+        parse_http_url,
+        "https://api.wavespeed.ai",
+        "API origin; uploads go to `{base}/api/v3/media/upload/binary`.",
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        parse_redis_url,
+        "redis://127.0.0.1:6379/0",
+        "Results, and the broker unless overridden. `rediss://` verifies the server's certificate"
+        " (add `?ssl_cert_reqs=none` to opt out).",
+    )
+    broker_url: str | None = setting(
+        "WSUPLOAD_BROKER_URL",
+        parse_redis_url,
+        None,
+        "A separate Redis for the Celery broker.",
+        shown="`REDIS_URL`",
+    )
+    queue: str = setting(
+        "WSUPLOAD_QUEUE",
+        str.strip,
+        "wsupload",
+        "Celery queue (a Redis list of that name).",
+        check=_is_queue_name,
+        rule=_QUEUE_RULE,
+    )
+    max_attempts: int = setting(
+        "WSUPLOAD_MAX_ATTEMPTS",
+        parse_int,
+        "5",
+        "Total HTTP attempts per job, across redeliveries (1–100).",
+        check=lambda v: 1 <= v <= 100,
+        rule="from 1 to 100",
+    )
+    backoff_base: float = setting(
+        "WSUPLOAD_BACKOFF_BASE",
+        parse_duration,
+        "1",
+        "Exponential backoff base: attempt *n* waits `U(0, min(max, base·2ⁿ⁻¹))` (full jitter).",
+        shown="{} s",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
+    backoff_max: float = setting(
+        "WSUPLOAD_BACKOFF_MAX",
+        parse_duration,
+        "30",
+        "Backoff ceiling (not applied to `Retry-After`).",
+        shown="{} s",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
+    retry_after_max: float = setting(
+        "WSUPLOAD_RETRY_AFTER_MAX",
+        parse_duration,
+        "120",
+        "Cap on a server's `Retry-After` (seconds or HTTP date), honoured as asked up to this.",
+        shown="{} s",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
+    max_bytes: int = setting(
+        "WSUPLOAD_MAX_BYTES",
+        parse_size,
+        "300MiB",
+        "Larger files are refused (`too_large`) before sending; the API page recommends URL input above 300 MB.",
+        shown="{} (314572800)",
+        check=lambda v: v > 0,
+        rule="greater than 0",
+    )
+    allowed_roots: tuple[Path, ...] = setting(
+        "WSUPLOAD_ALLOWED_ROOTS",
+        parse_roots,
+        "",
+        "`:`-separated directories; when set, no file outside them is read (symlinks and `..` resolved first).",
+        shown="unset (any path)",
+    )
+    result_ttl: int = setting(
+        "WSUPLOAD_RESULT_TTL",
+        parse_seconds,
+        "7d",
+        "How long a result document is kept after its last update.",
+        check=lambda v: v >= 1,
+        rule="at least 1 second",
+    )
+    retention: int = setting(
+        "WSUPLOAD_RETENTION",
+        parse_seconds,
+        "7d",
+        "The API's retention, used for `expires_at` = upload time + this.",
+        check=lambda v: v >= 1,
+        rule="at least 1 second",
+    )
+    visibility_timeout: int = setting(
+        "WSUPLOAD_VISIBILITY_TIMEOUT",
+        parse_seconds,
+        "3600",
+        "The one delivery knob; time limits derive from it (below).",
+        shown="{} s (min 20)",
+        check=lambda v: v >= 20,
+        rule="at least 20 seconds (the task's time limits are derived from it)",
+    )
+    concurrency: int = setting(
+        "WSUPLOAD_CONCURRENCY",
+        parse_int,
+        "16",
+        "Prefork pool processes per worker (chosen from `make bench`: see `benchmarks/RESULTS.md`).",
+        check=lambda v: 1 <= v <= 512,
+        rule="from 1 to 512",
+    )
+    connect_timeout: float = setting(
+        "WSUPLOAD_CONNECT_TIMEOUT",
+        parse_duration,
+        "10",
+        "TCP connect; urllib3 also applies it to each stalled socket write while sending.",
+        shown="{} s",
+        check=lambda v: v > 0,
+        rule="greater than 0",
+    )
+    read_timeout: float = setting(
+        "WSUPLOAD_READ_TIMEOUT",
+        parse_duration,
+        "120",
+        "Longest silence waiting for the answer. There is no total deadline: a large upload that keeps"
+        " progressing is never cut off by these. Both timeouts apply to object stores too.",
+        shown="{} s",
+        check=lambda v: v > 0,
+        rule="greater than 0",
+    )
+    allowed_buckets: tuple[str, ...] = setting(
+        "WSUPLOAD_ALLOWED_BUCKETS",
+        parse_buckets,
+        "",
+        "Comma-separated `s3://bucket` or `s3://bucket/prefix` entries (a bare `bucket/prefix` means s3);"
+        " prefixes match whole path segments.",
+        shown="unset (any bucket the credentials reach)",
+    )
+    s3_endpoint_url: str | None = setting(
+        "WSUPLOAD_S3_ENDPOINT_URL",
+        parse_http_url,
+        None,
+        "S3-compatible endpoint: MinIO, Ceph, R2, …",
+        shown="unset (AWS; boto3 also honours `AWS_ENDPOINT_URL_S3`)",
+    )
+    s3_region: str | None = setting(
+        "WSUPLOAD_S3_REGION",
+        str.strip,
+        None,
+        "Region for signing.",
+        shown="unset (boto3's chain, e.g. `AWS_DEFAULT_REGION`)",
+    )
+    s3_addressing_style: str = setting(
+        "WSUPLOAD_S3_ADDRESSING_STYLE",
+        parse_lower,
+        "auto",
+        "`path` for most self-hosted stores, `virtual` or `auto` for AWS.",
+        check=lambda v: v in ("auto", "path", "virtual"),
+        rule="auto, path or virtual",
+    )
+    oversize_policy: str = setting(
+        "WSUPLOAD_OVERSIZE_POLICY",
+        parse_lower,
+        "refuse",
+        "For object-store sources over `WSUPLOAD_MAX_BYTES`: `refuse` (`too_large`) or `presign`"
+        " (answer with a presigned GET URL instead of uploading).",
+        check=lambda v: v in OVERSIZE_POLICIES,
+        rule=" or ".join(OVERSIZE_POLICIES),
+    )
+    presign_ttl: int = setting(
+        "WSUPLOAD_PRESIGN_TTL",
+        parse_seconds,
+        "1h",
+        "Lifetime of those URLs; the job's `expires_at` follows it.",
+        shown="{} (1 s – 7 d)",
+        check=lambda v: 1 <= v <= 7 * DAY,
+        rule="from 1 second to 7 days (the SigV4 maximum)",
+    )
+    bulk_queue: str = setting(
+        "WSUPLOAD_BULK_QUEUE",
+        str.strip,
+        "wsupload.bulk",
+        "The bulk queue (batches, scheduled runs); workers serve `WSUPLOAD_QUEUE` first.",
+        check=_is_queue_name,
+        rule=_QUEUE_RULE,
+    )
+    rate_limit: float = setting(
+        "WSUPLOAD_RATE_LIMIT",
+        float,
+        "0",
+        "Upload requests per second across every worker and host (spaced 1/rate apart, kept in Redis).",
+        shown="{} (none)",
+        check=lambda v: 0 <= v <= 10_000,
+        rule="0 to 10000",
+    )
+    max_concurrent_uploads: int = setting(
+        "WSUPLOAD_MAX_CONCURRENT_UPLOADS",
+        parse_int,
+        "0",
+        "Upload requests in flight across the fleet (leases expire with the task's hard time limit).",
+        shown="{} (none)",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
+    dedup_margin: int = setting(
+        "WSUPLOAD_DEDUP_MARGIN",
+        parse_seconds,
+        "1d",
+        "An earlier upload of the same bytes is reused only while it has more than this left before the API"
+        " deletes it.",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
+    callback_secret: str | None = setting(
+        "WSUPLOAD_CALLBACK_SECRET",
+        check_api_key,
+        None,
+        "HMAC key that signs result callbacks (worker environment only).",
+        shown="unset (no callbacks sent)",
+        secret=True,
+    )
+    callback_attempts: int = setting(
+        "WSUPLOAD_CALLBACK_ATTEMPTS",
+        parse_int,
+        "5",
+        "Delivery attempts per callback, with the backoff above.",
+        check=lambda v: 1 <= v <= 50,
+        rule="from 1 to 50",
+    )
+    callback_hosts: tuple[str, ...] = setting(
+        "WSUPLOAD_CALLBACK_HOSTS",
+        parse_hosts,
+        "",
+        "Comma-separated hosts callbacks may go to; `*.example.com` for its subdomains. Set it when producers"
+        " are less trusted than the worker's network.",
+        shown="unset (any host)",
+    )
+    schedules_path: Path | None = setting(  # noqa: RUF009 (setting() returns a dataclasses.field)
+        "WSUPLOAD_SCHEDULES",
+        parse_file,
+        None,
+        "TOML file of scheduled batch runs, for `wsupload beat` (see below).",
+        shown="unset",
+    )
+    beat_state: Path = setting(  # noqa: RUF009 (setting() returns a dataclasses.field)
+        "WSUPLOAD_BEAT_STATE",
+        parse_path,
+        "celerybeat-schedule",
+        "Where beat keeps its last-run times.",
+    )
+    fsspec_protocols: tuple[str, ...] = setting(
+        "WSUPLOAD_FSSPEC_PROTOCOLS",
+        parse_protocols,
+        "gs,gcs,az,abfs,abfss",
+        "Other stores read through fsspec, where `wsupload[fsspec]` and the store's package (gcsfs, adlfs)"
+        " are installed. Chained URLs (`a::b`) are refused.",
+    )
 
     @property
     def effective_broker_url(self) -> str:
@@ -237,145 +398,24 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, worker: bool = False) -> Settings:
         """Parse settings; ``worker=True`` also requires ``WAVESPEED_API_KEY``."""
-        return _Parser(os.environ if env is None else env).settings(worker=worker)
+        return _read(os.environ if env is None else env, worker=worker)
 
 
-T = TypeVar("T")
+VARIABLES = variables_of(Settings)
+"""The settings table, one row per ``Settings`` field, in declaration (and README) order."""
+
+DEFAULT_FSSPEC_PROTOCOLS = Settings().fsspec_protocols
 
 
-class _Parser:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.problems: list[str] = []
-
-    def get(
-        self,
-        name: str,
-        parse: Callable[[str], T],
-        default: T,
-        check: Callable[[T], bool] = lambda _: True,
-        rule: str = "",
-    ) -> T:
-        raw = self.env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            value = parse(raw)
-        except ValueError as exc:
-            self.problems.append(f"{name}: {exc} (got {raw.strip()!r})")
-            return default
-        if not check(value):
-            self.problems.append(f"{name}: must be {rule} (got {raw.strip()!r})")
-            return default
-        return value
-
-    def secret(self, name: str, required: bool) -> str | None:
-        raw = self.env.get(name)
-        if raw is None or raw.strip() == "":
-            if required:
-                self.problems.append(f"{name}: is required to run a worker (set it in the worker's environment)")
-            return None
-        try:
-            return check_api_key(raw)
-        except ValueError as exc:
-            self.problems.append(f"{name}: {exc}")
-            return None
-
-    def settings(self, *, worker: bool) -> Settings:
-        d = Settings()
-        redis_schemes = ("redis", "rediss", "unix")
-        http_schemes = ("http", "https")
-        positive = (lambda v: v > 0, "greater than 0")
-        non_negative = (lambda v: v >= 0, "0 or more")
-        queue_name = (lambda v: re.fullmatch(r"[A-Za-z0-9_.:-]+", v) is not None, "letters, digits and _ . : - only")
-        s = Settings(
-            api_key=self.secret("WAVESPEED_API_KEY", required=worker),
-            base_url=self.get("WAVESPEED_BASE_URL", lambda t: check_url(t, http_schemes), d.base_url),
-            redis_url=self.get("REDIS_URL", lambda t: check_url(t, redis_schemes), d.redis_url),
-            broker_url=self.get("WSUPLOAD_BROKER_URL", lambda t: check_url(t, redis_schemes), d.broker_url),
-            queue=self.get("WSUPLOAD_QUEUE", str.strip, d.queue, *queue_name),
-            bulk_queue=self.get("WSUPLOAD_BULK_QUEUE", str.strip, d.bulk_queue, *queue_name),
-            max_attempts=self.get(
-                "WSUPLOAD_MAX_ATTEMPTS", parse_int, d.max_attempts, lambda v: 1 <= v <= 100, "from 1 to 100"
-            ),
-            backoff_base=self.get("WSUPLOAD_BACKOFF_BASE", parse_duration, d.backoff_base, *non_negative),
-            backoff_max=self.get("WSUPLOAD_BACKOFF_MAX", parse_duration, d.backoff_max, *non_negative),
-            retry_after_max=self.get("WSUPLOAD_RETRY_AFTER_MAX", parse_duration, d.retry_after_max, *non_negative),
-            max_bytes=self.get("WSUPLOAD_MAX_BYTES", parse_size, d.max_bytes, *positive),
-            allowed_roots=self.get("WSUPLOAD_ALLOWED_ROOTS", parse_roots, d.allowed_roots),
-            result_ttl=int(
-                self.get(
-                    "WSUPLOAD_RESULT_TTL", parse_duration, float(d.result_ttl), lambda v: v >= 1, "at least 1 second"
-                )
-            ),
-            retention=int(
-                self.get(
-                    "WSUPLOAD_RETENTION", parse_duration, float(d.retention), lambda v: v >= 1, "at least 1 second"
-                )
-            ),
-            visibility_timeout=int(
-                self.get(
-                    "WSUPLOAD_VISIBILITY_TIMEOUT",
-                    parse_duration,
-                    float(d.visibility_timeout),
-                    lambda v: v >= 20,
-                    "at least 20 seconds (the task's time limits are derived from it)",
-                )
-            ),
-            concurrency=self.get(
-                "WSUPLOAD_CONCURRENCY", parse_int, d.concurrency, lambda v: 1 <= v <= 512, "from 1 to 512"
-            ),
-            connect_timeout=self.get("WSUPLOAD_CONNECT_TIMEOUT", parse_duration, d.connect_timeout, *positive),
-            read_timeout=self.get("WSUPLOAD_READ_TIMEOUT", parse_duration, d.read_timeout, *positive),
-            s3_endpoint_url=self.get("WSUPLOAD_S3_ENDPOINT_URL", lambda t: check_url(t, http_schemes), None),
-            s3_region=self.get("WSUPLOAD_S3_REGION", str.strip, None),
-            s3_addressing_style=self.get(
-                "WSUPLOAD_S3_ADDRESSING_STYLE",
-                lambda t: t.strip().lower(),
-                d.s3_addressing_style,
-                lambda v: v in ("auto", "path", "virtual"),
-                "auto, path or virtual",
-            ),
-            allowed_buckets=self.get("WSUPLOAD_ALLOWED_BUCKETS", parse_buckets, d.allowed_buckets),
-            oversize_policy=self.get(
-                "WSUPLOAD_OVERSIZE_POLICY",
-                lambda t: t.strip().lower(),
-                d.oversize_policy,
-                lambda v: v in OVERSIZE_POLICIES,
-                " or ".join(OVERSIZE_POLICIES),
-            ),
-            presign_ttl=int(
-                self.get(
-                    "WSUPLOAD_PRESIGN_TTL",
-                    parse_duration,
-                    float(d.presign_ttl),
-                    lambda v: 1 <= v <= 7 * DAY,
-                    "from 1 second to 7 days (the SigV4 maximum)",
-                )
-            ),
-            fsspec_protocols=self.get("WSUPLOAD_FSSPEC_PROTOCOLS", parse_protocols, d.fsspec_protocols),
-            schedules_path=self.get("WSUPLOAD_SCHEDULES", _existing_file, d.schedules_path),
-            beat_state=self.get("WSUPLOAD_BEAT_STATE", lambda t: Path(t.strip()), d.beat_state),
-            callback_secret=self.secret("WSUPLOAD_CALLBACK_SECRET", required=False),
-            callback_attempts=self.get(
-                "WSUPLOAD_CALLBACK_ATTEMPTS", parse_int, d.callback_attempts, lambda v: 1 <= v <= 50, "from 1 to 50"
-            ),
-            callback_hosts=self.get("WSUPLOAD_CALLBACK_HOSTS", parse_hosts, d.callback_hosts),
-            rate_limit=self.get("WSUPLOAD_RATE_LIMIT", float, d.rate_limit, lambda v: 0 <= v <= 10_000, "0 to 10000"),
-            max_concurrent_uploads=self.get(
-                "WSUPLOAD_MAX_CONCURRENT_UPLOADS", parse_int, d.max_concurrent_uploads, lambda v: v >= 0, "0 or more"
-            ),
-            dedup_margin=int(
-                self.get("WSUPLOAD_DEDUP_MARGIN", parse_duration, float(d.dedup_margin), lambda v: v >= 0, "0 or more")
-            ),
+def _read(env: Mapping[str, str], *, worker: bool) -> Settings:
+    values, problems = read_variables(VARIABLES, env, worker=worker)
+    s = Settings(**values)
+    if s.bulk_queue == s.queue:
+        problems.append(f"WSUPLOAD_BULK_QUEUE: must differ from WSUPLOAD_QUEUE (both {s.queue!r})")
+    if s.backoff_max < s.backoff_base:
+        problems.append(
+            f"WSUPLOAD_BACKOFF_MAX: must not be below WSUPLOAD_BACKOFF_BASE ({s.backoff_max:g} < {s.backoff_base:g})"
         )
-        if s.bulk_queue == s.queue:
-            self.problems.append(f"WSUPLOAD_BULK_QUEUE: must differ from WSUPLOAD_QUEUE (both {s.queue!r})")
-        if s.backoff_max < s.backoff_base:
-            self.problems.append(
-                "WSUPLOAD_BACKOFF_MAX: must not be below WSUPLOAD_BACKOFF_BASE "
-                f"({s.backoff_max:g} < {s.backoff_base:g})"
-            )
-        if self.problems:
-            raise ConfigError(self.problems)
-        return s
+    if problems:
+        raise ConfigError(problems)
+    return s

@@ -1,13 +1,16 @@
-"""Settings: defaults, parsing, one readable line per bad variable, derived limits."""
+"""Settings: the table of rows, defaults, parsing, one readable line per bad variable, derived limits."""
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config import ConfigError, Settings
-from config.settings import parse_duration, parse_size
+from config.settings import VARIABLES, Variable, parse_duration, parse_seconds, parse_size
 
 SECRET = "sk-unit-secret-value"
+CALLBACK_SECRET = "cb-unit-secret-value"
 
 
 def test_defaults_follow_the_api_page() -> None:
@@ -51,6 +54,66 @@ def test_every_variable_is_read() -> None:
     assert (s.queue, s.max_attempts, s.backoff_base, s.backoff_max, s.retry_after_max) == ("uploads", 3, 0.5, 60, 90)
     assert (s.max_bytes, s.result_ttl, s.retention, s.visibility_timeout) == (10 * 1024 * 1024, 86400, 172800, 600)
     assert (s.concurrency, s.connect_timeout, s.read_timeout) == (4, 3, 45)
+
+
+def test_the_other_variables_are_read(tmp_path: Path) -> None:
+    schedules = tmp_path / "schedules.toml"
+    schedules.write_text("")
+    env = {
+        "WSUPLOAD_ALLOWED_ROOTS": str(tmp_path),
+        "WSUPLOAD_ALLOWED_BUCKETS": "media/in",
+        "WSUPLOAD_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+        "WSUPLOAD_S3_REGION": " eu-west-1 ",
+        "WSUPLOAD_S3_ADDRESSING_STYLE": "PATH",
+        "WSUPLOAD_OVERSIZE_POLICY": "presign",
+        "WSUPLOAD_PRESIGN_TTL": "2h",
+        "WSUPLOAD_BULK_QUEUE": "uploads.bulk",
+        "WSUPLOAD_RATE_LIMIT": "2.5",
+        "WSUPLOAD_MAX_CONCURRENT_UPLOADS": "3",
+        "WSUPLOAD_DEDUP_MARGIN": "2h",
+        "WSUPLOAD_CALLBACK_SECRET": CALLBACK_SECRET,
+        "WSUPLOAD_CALLBACK_ATTEMPTS": "7",
+        "WSUPLOAD_CALLBACK_HOSTS": "*.Example.com, [::1]",
+        "WSUPLOAD_SCHEDULES": str(schedules),
+        "WSUPLOAD_BEAT_STATE": str(tmp_path / "beat"),
+        "WSUPLOAD_FSSPEC_PROTOCOLS": "GS",
+    }
+    s = Settings.from_env(env)
+    assert (s.allowed_roots, s.allowed_buckets) == ((tmp_path.resolve(),), ("s3://media/in",))
+    assert (s.s3_endpoint_url, s.s3_region, s.s3_addressing_style) == ("http://127.0.0.1:9000", "eu-west-1", "path")
+    assert (s.oversize_policy, s.presign_ttl, s.bulk_queue) == ("presign", 7200, "uploads.bulk")
+    assert (s.rate_limit, s.max_concurrent_uploads, s.dedup_margin) == (2.5, 3, 7200)
+    assert (s.callback_secret, s.callback_attempts, s.callback_hosts) == (CALLBACK_SECRET, 7, ("*.example.com", "::1"))
+    assert (s.schedules_path, s.beat_state, s.fsspec_protocols) == (schedules, tmp_path / "beat", ("gs",))
+
+
+def test_every_settings_field_has_exactly_one_row_and_every_row_a_field() -> None:
+    assert [v.field for v in VARIABLES] == [f.name for f in fields(Settings)]
+    names = [v.env for v in VARIABLES]
+    assert len(set(names)) == len(names), "two rows read the same variable"
+
+
+@pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.env)
+def test_each_default_is_what_its_variable_would_parse_to(variable: Variable[Any]) -> None:
+    """The default is written once, as the README shows it: unset and set-to-it give the same value."""
+    default = getattr(Settings.from_env({}), variable.field)
+    if variable.default is None:
+        assert default is None
+        assert "{}" not in variable.shown
+    else:
+        assert Settings.from_env({variable.env: variable.default}) == Settings.from_env({})
+        assert variable.read(variable.default) == default
+        if variable.default:
+            assert f"`{variable.default}`" in variable.default_cell()
+        else:  # an empty default (an empty tuple) is shown as unset
+            assert variable.default_cell().startswith("unset")
+
+
+@pytest.mark.parametrize("variable", [v for v in VARIABLES if v.secret], ids=lambda v: v.env)
+def test_a_bad_secret_is_reported_without_its_value(variable: Variable[Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable.env: SECRET + "\tleaked"})
+    assert str(caught.value) == f"{variable.env}: contains whitespace or control characters"
 
 
 @pytest.mark.parametrize(
@@ -106,6 +169,15 @@ def test_api_key_is_never_shown() -> None:
     assert SECRET not in str(caught.value)
 
 
+def test_no_secret_is_in_the_repr() -> None:
+    s = Settings.from_env({"WAVESPEED_API_KEY": SECRET, "WSUPLOAD_CALLBACK_SECRET": CALLBACK_SECRET})
+    assert (s.api_key, s.callback_secret) == (SECRET, CALLBACK_SECRET)
+    for shown in (repr(s), str(s), f"{s}"):
+        assert SECRET not in shown
+        assert CALLBACK_SECRET not in shown
+    assert {v.env for v in VARIABLES if v.secret} == {"WAVESPEED_API_KEY", "WSUPLOAD_CALLBACK_SECRET"}
+
+
 @pytest.mark.parametrize("vt", [20, 21, 30, 60, 300, 3600, 86400])
 def test_time_limits_always_stay_below_the_visibility_timeout(vt: int) -> None:
     s = Settings.from_env({"WSUPLOAD_VISIBILITY_TIMEOUT": str(vt)})
@@ -130,3 +202,9 @@ def test_parse_size(text: str, expected: int) -> None:
 @pytest.mark.parametrize(("text", "expected"), [("90", 90), ("1.5", 1.5), ("30s", 30), ("15m", 900), ("2h", 7200)])
 def test_parse_duration(text: str, expected: float) -> None:
     assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90", 90), ("1.5", 1), ("15m", 900), ("7d", 7 * 24 * 3600)])
+def test_parse_seconds_is_whole_seconds(text: str, expected: int) -> None:
+    assert parse_seconds(text) == expected
+    assert isinstance(parse_seconds(text), int)

@@ -1,0 +1,167 @@
+"""Parsers: environment text to typed values, each raising ``ValueError`` with a readable reason.
+
+Pure functions with no knowledge of which variable they read, so ``config.settings``
+(every setting) and ``config.schedules`` (the TOML file) share them. A reason never
+repeats a secret: ``check_api_key`` describes what is wrong without the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DAY = 24 * 60 * 60
+MIB = 1024 * 1024
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": float(DAY)}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"314572800"``, ``"300MiB"``, ``"300MB"`` (decimal) or ``"1GiB"``."""
+    match = _NUMBER_WITH_UNIT.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError("expected a byte count such as 314572800, 300MiB or 300MB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"1.5"``, ``"30s"``, ``"15m"``, ``"2h"`` or ``"7d"``."""
+    match = _NUMBER_WITH_UNIT.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _DURATION_UNITS:
+        raise ValueError("expected seconds such as 30, 2.5, 15m, 2h or 7d")
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_seconds(text: str) -> int:
+    """Whole seconds (a fraction is dropped) for settings Redis and Celery take as integers."""
+    return int(parse_duration(text))
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def parse_lower(text: str) -> str:
+    """A keyword such as ``auto`` or ``refuse``, compared case-insensitively."""
+    return text.strip().lower()
+
+
+def parse_path(text: str) -> Path:
+    return Path(text.strip())
+
+
+def check_url(text: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in schemes:
+        raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("the URL has no host")
+    return text.strip().rstrip("/")
+
+
+def parse_http_url(text: str) -> str:
+    return check_url(text, ("http", "https"))
+
+
+def parse_redis_url(text: str) -> str:
+    return check_url(text, ("redis", "rediss", "unix"))
+
+
+def check_api_key(text: str) -> str:
+    key = text.strip()
+    if not key:
+        raise ValueError("is empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        # Never echo the value: it is a secret.
+        raise ValueError("contains whitespace or control characters")
+    return key
+
+
+def parse_roots(text: str) -> tuple[Path, ...]:
+    roots = []
+    for entry in (part.strip() for part in text.split(os.pathsep)):
+        if not entry:
+            continue
+        path = Path(entry)
+        if not path.is_absolute():
+            raise ValueError(f"{entry!r} is not an absolute path")
+        resolved = path.resolve()
+        if not resolved.is_dir():
+            raise ValueError(f"{entry!r} is not an existing directory")
+        roots.append(resolved)
+    return tuple(roots)
+
+
+def parse_file(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_file():
+        raise ValueError(f"{text.strip()!r} is not an existing file")
+    return path
+
+
+def parse_buckets(text: str) -> tuple[str, ...]:
+    """``s3://bucket[/prefix]`` entries (a bare ``bucket[/prefix]`` means s3), comma-separated."""
+    entries = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        if "://" not in entry:
+            entry = "s3://" + entry
+        scheme, rest = entry.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if not scheme or not bucket or "::" in entry:
+            raise ValueError(f"{entry!r} is not of the form s3://bucket or s3://bucket/prefix")
+        entries.append(entry.rstrip("/"))
+    return tuple(entries)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Host names, comma-separated; ``*.example.com`` stands for any subdomain of example.com."""
+    entries = []
+    for entry in (part.strip().lower() for part in text.split(",")):
+        if not entry:
+            continue
+        entry = entry.removeprefix("[").removesuffix("]")  # an IPv6 address as URLs write it
+        name = entry.removeprefix("*.")
+        if not (re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) or _is_ip(name)):
+            raise ValueError(f"{entry!r} is not a host name (no scheme, port or path; *.domain for subdomains)")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def parse_protocols(text: str) -> tuple[str, ...]:
+    protocols = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    for protocol in protocols:
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol) or protocol in ("file", "local", "s3"):
+            raise ValueError(f"{protocol!r} cannot be an fsspec source protocol")
+    return protocols
