@@ -85,6 +85,14 @@ def parse_http_url(text: str) -> str:
     return check_url(text, ("http", "https"))
 
 
+def check_callback_url(value: object) -> str:
+    """``value`` unchanged if it is an http(s) URL with a host (the settings' own URL check)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string, got {type(value).__name__}")
+    parse_http_url(value)
+    return value
+
+
 def parse_redis_url(text: str) -> str:
     return check_url(text, ("redis", "rediss", "unix"))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
-from config.settings import parse_duration
+from config.parsers import check_callback_url, parse_duration
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FIELDS = {"name", "source", "manifest", "every", "cron", "glob", "dedup", "callback_url"}
@@ -121,8 +121,11 @@ def parse_schedule(entry: dict[str, Any], where: str) -> Schedule:
     if not isinstance(dedup, bool):
         own.append(f"{where}: 'dedup' must be true or false")
     callback = entry.get("callback_url")
-    if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
-        own.append(f"{where}: 'callback_url' must be an http(s) URL")
+    if callback is not None:
+        try:
+            check_callback_url(callback)
+        except ValueError as exc:
+            own.append(f"{where}: 'callback_url' must be an http(s) URL ({exc})")
     if own:
         raise ConfigError(own)
     return Schedule(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from config.parsers import check_callback_url
 from tasks.errors import InvalidInput
 
 KNOWN = ("dedup", "callback_url")
@@ -29,8 +30,11 @@ class JobOptions:
         if not isinstance(dedup, bool):
             raise InvalidInput("option 'dedup' must be true or false")
         url = raw.get("callback_url")
-        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-            raise InvalidInput("option 'callback_url' must be an http(s) URL")
+        if url is not None:
+            try:
+                check_callback_url(url)
+            except ValueError as exc:
+                raise InvalidInput(f"option 'callback_url' must be an http(s) URL ({exc})") from None
         return cls(dedup=dedup, callback_url=url)
 
     def to_message(self) -> dict[str, object]:

@@ -105,6 +105,8 @@ def test_options_parse(raw: object, expected: JobOptions) -> None:
         ({"dedupe": True}, "unknown options"),
         ({"dedup": "yes"}, "true or false"),
         ({"callback_url": "ftp://x"}, "http"),
+        ({"callback_url": "https://"}, "has no host"),  # the settings' own URL check
+        ({"callback_url": 5}, "got int"),
     ],
 )
 def test_bad_options_are_invalid_input(raw: object, needle: str) -> None:

@@ -98,3 +98,10 @@ def test_a_scan_outside_the_allowed_roots_records_an_error(tmp_path: Path) -> No
     record = run_scan(settings, client, Schedule(name="s", source="/etc", every=60))
     assert "outside WSUPLOAD_ALLOWED_ROOTS" in str(record["last_error"])
     assert client.llen(settings.bulk_queue) == 0
+
+
+def test_a_callback_url_without_a_host_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[[schedule]]\nname = "a"\nsource = "/srv"\nevery = "1h"\ncallback_url = "https://"\n')
+    with pytest.raises(ConfigError, match="has no host"):
+        load_schedules(path)
