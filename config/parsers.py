@@ -129,6 +129,19 @@ def parse_file(text: str) -> Path:
     return path
 
 
+def split_store_url(text: str) -> tuple[str, str, str]:
+    """``scheme://bucket/path`` → (scheme in lower case, bucket, path): the one place such URLs are taken apart.
+
+    Used for sources (``s3://bucket/key``), listings (``s3://bucket/prefix/``) and the
+    allow-list (``s3://bucket[/prefix]``); each caller judges what it needs of the parts.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise ValueError(f"{text!r} is not of the form scheme://bucket/path")
+    bucket, _, path = rest.partition("/")
+    return scheme.lower(), bucket, path
+
+
 def parse_buckets(text: str) -> tuple[str, ...]:
     """``s3://bucket[/prefix]`` entries (a bare ``bucket[/prefix]`` means s3), comma-separated."""
     entries = []
@@ -137,8 +150,7 @@ def parse_buckets(text: str) -> tuple[str, ...]:
             continue
         if "://" not in entry:
             entry = "s3://" + entry
-        scheme, rest = entry.split("://", 1)
-        bucket = rest.split("/", 1)[0]
+        scheme, bucket, _ = split_store_url(entry)
         if not scheme or not bucket or "::" in entry:
             raise ValueError(f"{entry!r} is not of the form s3://bucket or s3://bucket/prefix")
         entries.append(entry.rstrip("/"))

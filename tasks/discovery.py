@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.parsers import split_store_url
 from config.settings import Settings
 from tasks import formats
 from tasks.errors import InvalidInput
@@ -85,7 +86,7 @@ def read_manifest(path: Path) -> Iterator[str]:
 def discover(spec: str, settings: Settings, patterns: Sequence[str] = ()) -> Iterator[Found]:
     """Expand one command-line source: a directory, an ``s3://bucket/prefix/``, or a single source."""
     if spec.startswith("s3://"):
-        bucket, _, prefix = spec[5:].partition("/")
+        _, bucket, prefix = split_store_url(spec)
         if not prefix or prefix.endswith("/"):
             for key, size, etag in S3Store(settings).list_objects(bucket, prefix):
                 if matches(key, patterns):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from config.parsers import split_store_url
 from config.settings import Settings
 from tasks import formats
 from tasks.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
@@ -44,13 +45,12 @@ def parse_object_url(source: str) -> ObjectURL:
     if "::" in source:
         # fsspec chains ("simplecache::s3://…", "zip://…::file://…") could reach local files.
         raise InvalidInput(f"{source!r}: chained URLs are not accepted")
-    scheme, _, rest = source.partition("://")
-    bucket, _, key = rest.partition("/")
+    scheme, bucket, key = split_store_url(source)
     if not _BUCKET.match(bucket):
         raise InvalidInput(f"{source!r} does not name a valid bucket (expected {scheme}://bucket/key)")
     if not key or key.endswith("/"):
         raise InvalidInput(f"{source!r} does not name an object (expected {scheme}://bucket/key)")
-    return ObjectURL(scheme.lower(), bucket, key)
+    return ObjectURL(scheme, bucket, key)
 
 
 def bucket_allowed(url: ObjectURL, allowed: Sequence[str]) -> bool:
@@ -62,8 +62,7 @@ def bucket_allowed(url: ObjectURL, allowed: Sequence[str]) -> bool:
     if not allowed:
         return True
     for entry in allowed:
-        scheme, _, rest = entry.partition("://")
-        bucket, _, prefix = rest.partition("/")
+        scheme, bucket, prefix = split_store_url(entry)
         if scheme != url.scheme or bucket != url.bucket:
             continue
         if not prefix or url.key == prefix or url.key.startswith(prefix + "/"):
