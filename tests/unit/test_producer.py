@@ -8,15 +8,13 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis
 
 from config import Settings
-from tasks import enqueue as enqueue_module
 from tasks import results
 from tasks.discovery import Found
 from tasks.errors import Rejected
 from tasks.results import ResultStore
-from worker.producer import EnqueueError, Producer
+from worker.producer import Producer
 
 
 @pytest.fixture
@@ -67,30 +65,6 @@ def test_a_batch_records_its_members_and_totals(producer: Producer, redis_client
     docs = producer.status([j.job_id for j in batch.jobs])
     assert all(d is not None and d["batch_id"] == batch.batch_id for d in docs)
     assert all(m["kwargs"] == {"options": {"dedup": True}} for m in messages(redis_client, "q1.bulk"))
-
-
-def test_a_redis_failure_keeps_whole_chunks_only(
-    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(enqueue_module, "CHUNK", 1)
-    real_pipeline = redis_client.pipeline
-    calls = [0]
-
-    def failing_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = real_pipeline(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == 2:
-            pipe.execute = lambda *a, **k: (_ for _ in ()).throw(redis.ConnectionError("gone"))  # type: ignore[method-assign]
-        return pipe
-
-    monkeypatch.setattr(redis_client, "pipeline", failing_pipeline)
-    with pytest.raises(EnqueueError, match="sent 1 of 3") as caught:
-        producer.enqueue_batch(["/a.png", "/b.png", "/c.png"])
-    (sent,) = caught.value.sent
-    assert len(redis_client.keys("wsupload:result:*")) == 1
-    assert redis_client.llen("q1.bulk") == 1
-    batch_id = producer.status([sent.job_id])[0]["batch_id"]  # type: ignore[index]
-    assert producer.batches.get(batch_id)["total"] == 1  # type: ignore[index]
 
 
 def test_wait_returns_when_the_last_job_finishes(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
