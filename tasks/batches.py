@@ -3,15 +3,17 @@
 A batch is a hash ``wsupload:batch:<id>`` (name, total, bytes_total, done,
 succeeded, failed, bytes_done, created_at, started_at, finished_at), the list of
 its job ids ``wsupload:batch:<id>:jobs`` and, for lookup by name,
-``wsupload:batch-name:<name>`` → the newest batch of that name. Workers keep
-the counters (``ResultStore.save``); this module creates batches and reads them.
+``wsupload:batch-name:<name>`` → the newest batch of that name. All three are
+written by ``tasks.enqueue`` in the one atomic step that queues the batch, so a
+batch that exists is a batch whose every job is queued. Workers keep the
+counters (``ResultStore.save``); this module describes new batches and reads them.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import redis
@@ -44,32 +46,26 @@ def name_key(name: str) -> str:
     return f"{KEY_PREFIX}:batch-name:{name}"
 
 
+def batch_fields(batch_id: str, name: str | None, total: int, bytes_total: int) -> dict[str, Any]:
+    """A new batch's hash, counters at zero. ``tasks.enqueue`` writes it in the same
+    atomic step that puts the batch's messages on the queue, never before."""
+    return {
+        "batch_id": batch_id,
+        "name": name or "",
+        "total": total,
+        "bytes_total": bytes_total,
+        "done": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "bytes_done": 0,
+        "created_at": results.isoformat(results.utcnow()),
+    }
+
+
 class BatchStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
         self.ttl = ttl
-
-    def create(self, pipe: Any, batch_id: str, name: str | None, job_ids: Sequence[str], bytes_total: int) -> None:
-        """Queue the batch's records on ``pipe`` (the producer's enqueue pipeline)."""
-        key = results.batch_key(batch_id)
-        fields = {
-            "batch_id": batch_id,
-            "name": name or "",
-            "total": len(job_ids),
-            "bytes_total": bytes_total,
-            "done": 0,
-            "succeeded": 0,
-            "failed": 0,
-            "bytes_done": 0,
-            "created_at": results.isoformat(results.utcnow()),
-        }
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.ttl)
-        for chunk in results.chunks(job_ids, CHUNK):
-            pipe.rpush(members_key(batch_id), *chunk)
-        pipe.expire(members_key(batch_id), self.ttl)
-        if name:
-            pipe.set(name_key(name), batch_id, ex=self.ttl)
 
     def resolve(self, name_or_id: str) -> str | None:
         if self.redis.exists(results.batch_key(name_or_id)):

@@ -1,40 +1,122 @@
-"""Putting jobs on the queue: documents and messages, written together.
+"""Putting jobs on the queue: documents and messages, all of a call or none of it.
 
-Each job's ``queued`` document is written before its message, in the same
-transaction, so a poller never sees "unknown" for a real job. Messages are
-built by ``tasks.wire`` and pipelined, a chunk of jobs per transaction, so
-10,000 jobs cost a handful of round trips. Interactive jobs go to
-``WSUPLOAD_QUEUE``, bulk ones to ``WSUPLOAD_BULK_QUEUE``. Used by the producer
-API and by scheduled scans, which run inside workers.
+Each job's ``queued`` document is written with its message, so a poller never
+sees "unknown" for a real job. Messages are built by ``tasks.wire``. A call's
+jobs go to Redis a chunk at a time, but nothing reaches the queue until the
+last chunk: every chunk but the last is *staged* (documents, and the messages
+in a staging list, both expiring after ``STAGING_TTL``), and one Lua script
+writes the last chunk, moves the staged messages onto the queue, makes the
+documents permanent and writes the batch's records, atomically. So 10,000
+jobs still cost a handful of round trips, a single job costs one, and a Redis
+that refuses writes (``maxmemory``) or drops the connection leaves nothing on
+a queue: the caller gets one ``EnqueueError`` line and the staged records are
+removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
+cannot be reached. Interactive jobs go to ``WSUPLOAD_QUEUE``, bulk ones to
+``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans,
+which run inside workers.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from config.errors import WsuploadError
-from config.settings import Settings
+from config.settings import KEY_PREFIX, Settings
 from tasks import results, wire
-from tasks.batches import BatchStore
+from tasks.batches import BatchStore, batch_fields, members_key, name_key
 from tasks.discovery import Found
+from tasks.errors import InvalidInput
+from tasks.limits import MAX_SOURCE_CHARS, clip
 from tasks.results import ResultStore
 
 CHUNK = 2000
-"""Jobs per Redis transaction when enqueueing."""
+"""Jobs per Redis round trip when enqueueing."""
+STAGING_TTL = 900
+"""Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
+REASON_CHARS = 160
+"""How much of Redis's own error an ``EnqueueError`` line shows."""
+
+# The commit. Atomic, so workers see all of a call's jobs or none of them.
+# KEYS: queue, marker (a key only this script creates: the first document it writes,
+#       or the batch hash), nstage staging lists, the documents of every job in order
+#       (staged ones first), then for a batch its hash, member list and, if named, name key.
+# ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
+#       ttl, nfields (0: no batch), batch id, then nnow documents, nnow messages,
+#       nfields field/value pairs and, for a batch, every job id.
+# Returns 1, or 0 when the marker shows it already ran (redis-py resends a command
+# whose reply was lost). Every check comes before the first write, and that write is
+# a SET or HSET: under maxmemory Redis refuses it before anything is written, and
+# lets a script that has written go on, so no error can leave half a commit.
+_COMMIT = """
+local nstage, nstaged, nnow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, nfields = ARGV[4], tonumber(ARGV[5])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'list' and kind ~= 'none' then
+  return redis.error_reply('ERR the queue key holds a ' .. kind .. ', not a list')
+end
+for i = 3, 2 + nstage do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('ERR the staged messages expired before the commit')
+  end
+end
+local function push(command, key, list, first, last)
+  for i = first, last, 1000 do  -- unpack is bounded by the Lua stack: a slice at a time
+    redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
+  end
+end
+local docs, arg = 2 + nstage + nstaged, 6
+for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
+local batch = docs + nnow
+if nfields > 0 then
+  local fields = arg + 2 * nnow
+  redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
+  redis.call('EXPIRE', KEYS[batch + 1], ttl)
+  local ids = fields + 2 * nfields
+  if nstaged + nnow > 0 then
+    push('RPUSH', KEYS[batch + 2], ARGV, ids + 1, ids + nstaged + nnow)
+    redis.call('EXPIRE', KEYS[batch + 2], ttl)
+  end
+end
+for i = 3, 2 + nstage do
+  local staged = redis.call('LRANGE', KEYS[i], 0, -1)
+  push('LPUSH', KEYS[1], staged, 1, #staged)
+  redis.call('DEL', KEYS[i])
+end
+push('LPUSH', KEYS[1], ARGV, arg + nnow + 1, arg + 2 * nnow)
+for i = 3 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
+if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[6], 'EX', ttl) end
+return 1
+"""
 
 
 class EnqueueError(WsuploadError):
-    """Some jobs could not be sent; ``sent`` lists those that were."""
+    """Jobs were not enqueued, all of them: a call is queued whole or not at all.
 
-    def __init__(self, message: str, sent: list[Job]) -> None:
-        super().__init__(message, sent)
-        self.sent = sent
+    ``str()`` is one readable line. ``jobs`` are the jobs the call would have
+    queued. ``in_doubt`` is true only when the connection failed during the
+    commit and Redis could not be asked afterwards: then either every one of
+    ``jobs`` is queued or none is (``status`` tells which once Redis answers).
+    """
+
+    def __init__(self, message: str, jobs: list[Job], in_doubt: bool = False, batch_id: str | None = None) -> None:
+        super().__init__(message, jobs, in_doubt, batch_id)
+        self.message = message
+        self.jobs = jobs
+        self.in_doubt = in_doubt
+        self.batch_id = batch_id
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -58,19 +140,70 @@ def normalize_source(source: str) -> str:
     return source
 
 
+def checked_sources(sources: Sequence[str]) -> list[str]:
+    """Normalized sources; the first one a worker would refuse as too long stops the call before anything is sent."""
+    normalized = [normalize_source(source) for source in sources]
+    for number, source in enumerate(normalized, 1):
+        if len(source) > MAX_SOURCE_CHARS:
+            raise InvalidInput(
+                f"source {number} of {len(normalized)} is {len(source)} characters long, "
+                f"over the limit of {MAX_SOURCE_CHARS}: {clip(source)!r}"
+            )
+    return normalized
+
+
+def staging_key(token: str, chunk: int) -> str:
+    return f"{KEY_PREFIX}:staging:{token}:{chunk}"
+
+
+def redis_reason(exc: BaseException) -> str:
+    """Redis's own words for ``exc``, on one short line (never the command's arguments)."""
+    text = str(exc).split("caused error: ", 1)[-1]  # redis-py quotes the failed command before this
+    text = re.sub(r"\s*script: [0-9a-f]{40}\b.*", "", text, flags=re.DOTALL)
+    text = " ".join(text.split()).rstrip(".")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        text = f"OOM {text}"
+    return clip(text or type(exc).__name__, REASON_CHARS)
+
+
+def _doc(job: Job, now: datetime, batch: _BatchRecords | None) -> str:
+    return json.dumps(results.new_doc(job.job_id, job.source, now, batch.batch_id if batch else None))
+
+
+def _count(jobs: Sequence[Job]) -> str:
+    return "1 job" if len(jobs) == 1 else f"{len(jobs)} jobs"
+
+
+def _happened(exc: BaseException) -> str:
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "Redis refused writes"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return "the connection to Redis failed"
+    return "Redis answered an error"
+
+
+@dataclass(frozen=True)
+class _BatchRecords:
+    batch_id: str
+    name: str | None
+    bytes_total: int
+
+
 class Enqueuer:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.redis = client
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
+        self._commit = client.register_script(_COMMIT)
 
     def enqueue(
         self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
     ) -> list[Job]:
-        """One job per source, on the interactive queue unless ``bulk``."""
-        jobs = [Job(uuid.uuid4().hex, normalize_source(source)) for source in sources]
-        self._push(jobs, bulk=bulk, options=options)
+        """One job per source, on the interactive queue unless ``bulk``; all of them or none."""
+        jobs = [Job(uuid.uuid4().hex, source) for source in checked_sources(sources)]
+        if jobs:
+            self._push(jobs, bulk=bulk, options=options)
         return jobs
 
     def enqueue_batch(
@@ -83,37 +216,112 @@ class Enqueuer:
     ) -> Batch:
         """Many jobs under one batch id; bulk queue and deduplication unless told otherwise."""
         found = [item if isinstance(item, Found) else Found(item) for item in sources]
-        jobs = [Job(uuid.uuid4().hex, normalize_source(item.source)) for item in found]
-        batch_id = uuid.uuid4().hex
-        total = sum(item.size or 0 for item in found)
-        self._push(jobs, bulk=bulk, options={"dedup": True, **(options or {})}, batch=(batch_id, name, total))
-        return Batch(batch_id, name, jobs)
+        jobs = [Job(uuid.uuid4().hex, source) for source in checked_sources([item.source for item in found])]
+        records = _BatchRecords(uuid.uuid4().hex, name, sum(item.size or 0 for item in found))
+        self._push(jobs, bulk=bulk, options={"dedup": True, **(options or {})}, batch=records)
+        return Batch(records.batch_id, name, jobs)
 
     def _push(
-        self,
-        jobs: list[Job],
-        *,
-        bulk: bool,
-        options: dict[str, Any] | None,
-        batch: tuple[str, str | None, int] | None = None,
+        self, jobs: list[Job], *, bulk: bool, options: dict[str, Any] | None, batch: _BatchRecords | None = None
     ) -> None:
-        """Documents, then messages, a chunk per transaction: each chunk is sent whole or not at all."""
+        """Stage every chunk but the last, then commit: see the module docstring."""
         queue = self.settings.bulk_queue if bulk else self.settings.queue
         now = results.utcnow()
-        batch_id = batch[0] if batch else None
-        sent: list[Job] = []
+        token = batch.batch_id if batch else uuid.uuid4().hex
+        *staged, last = list(results.chunks(jobs, CHUNK)) or [[]]
+        stages: list[str] = []
         try:
-            for start in range(0, max(len(jobs), 1), CHUNK):
-                chunk = jobs[start : start + CHUNK]
-                pipe = self.redis.pipeline(transaction=True)
-                if batch and start == 0:
-                    self.batches.create(pipe, batch[0], batch[1], [j.job_id for j in jobs], batch[2])
-                self.store.create((results.new_doc(j.job_id, j.source, now, batch_id) for j in chunk), pipe)
-                for job in chunk:
-                    pipe.lpush(queue, wire.upload_message(job.job_id, job.source, queue, options))
-                pipe.execute()
-                sent.extend(chunk)
+            for chunk in staged:
+                stages.append(staging_key(token, len(stages)))
+                self._stage(stages[-1], chunk, queue, options, now, batch)
         except redis.RedisError as exc:
-            if batch_id and sent:
-                self.redis.hset(results.batch_key(batch_id), "total", len(sent))
-            raise EnqueueError(f"sent {len(sent)} of {len(jobs)} jobs before Redis failed: {exc}", sent) from exc
+            done = CHUNK * (len(stages) - 1)
+            raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
+        keys, args = self._commit_arguments(jobs, last, stages, queue, options, now, batch)
+        try:
+            self._commit(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The reply was lost: the commit may have run. Its marker (keys[1]) says whether.
+            try:
+                committed = bool(self.redis.exists(keys[1]))
+            except redis.RedisError:
+                raise self._in_doubt(jobs, batch, exc) from exc
+            if not committed:
+                raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
+        except redis.RedisError as exc:
+            raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
+
+    def _stage(
+        self,
+        key: str,
+        chunk: Sequence[Job],
+        queue: str,
+        options: dict[str, Any] | None,
+        now: datetime,
+        batch: _BatchRecords | None,
+    ) -> None:
+        """Documents and messages of ``chunk``, invisible to workers, expiring unless committed."""
+        pipe = self.redis.pipeline(transaction=True)
+        for job in chunk:
+            pipe.set(results.result_key(job.job_id), _doc(job, now, batch), ex=STAGING_TTL)
+        # DEL first: a pipeline redis-py resends after a lost reply stages the chunk once, not twice.
+        pipe.delete(key)
+        pipe.rpush(key, *(wire.upload_message(job.job_id, job.source, queue, options) for job in chunk))
+        pipe.expire(key, STAGING_TTL)
+        pipe.execute()
+
+    def _commit_arguments(
+        self,
+        jobs: list[Job],
+        last: Sequence[Job],
+        stages: list[str],
+        queue: str,
+        options: dict[str, Any] | None,
+        now: datetime,
+        batch: _BatchRecords | None,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``_COMMIT`` (laid out in its comment)."""
+        marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
+        keys = [queue, marker, *stages, *(results.result_key(job.job_id) for job in jobs)]
+        fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
+        args: list[Any] = [len(stages), len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
+        args.append(batch.batch_id if batch else "")
+        args += [_doc(job, now, batch) for job in last]
+        args += [wire.upload_message(job.job_id, job.source, queue, options) for job in last]
+        if batch:
+            keys += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
+            keys += [name_key(batch.name)] if batch.name else []
+            args += [item for pair in fields.items() for item in pair]
+            args += [job.job_id for job in jobs]
+        return keys, args
+
+    def _abandon(
+        self, jobs: list[Job], stages: list[str], batch: _BatchRecords | None, exc: BaseException, when: str
+    ) -> EnqueueError:
+        """Nothing was committed: remove what was staged (or let it expire) and say so."""
+        keys = [results.result_key(job.job_id) for job in jobs] + stages
+        if batch:
+            keys += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for chunk in results.chunks(keys, 1000):
+                pipe.unlink(*chunk)
+            pipe.execute()
+            left = ""
+        except redis.RedisError:
+            left = f"; what was staged expires within {STAGING_TTL // 60} min" if stages else ""
+        subject = "batch" if batch else ("job" if len(jobs) == 1 else "jobs")
+        message = f"{subject} not enqueued: {_happened(exc)} {when} ({redis_reason(exc)}); nothing was queued{left}"
+        return EnqueueError(message, jobs, batch_id=batch.batch_id if batch else None)
+
+    def _in_doubt(self, jobs: list[Job], batch: _BatchRecords | None, exc: BaseException) -> EnqueueError:
+        """The commit was sent, its answer lost, and Redis cannot be asked whether it ran."""
+        if batch:
+            subject, check = "batch", f"`wsupload batch status {batch.batch_id}`"
+        else:
+            subject, check = ("job" if len(jobs) == 1 else "jobs"), f"`wsupload status {jobs[-1].job_id}`"
+        message = (
+            f"{subject} in doubt: the connection to Redis failed while committing {_count(jobs)} "
+            f"({redis_reason(exc)}); either all were queued or none was, {check} tells which"
+        )
+        return EnqueueError(message, jobs, in_doubt=True, batch_id=batch.batch_id if batch else None)

@@ -3,7 +3,9 @@
 Needs Redis only, never the API key. Enqueueing itself is ``tasks.enqueue``.
 Waiting listens on ``wsupload:ended``, which carries each job's final document,
 instead of polling; it re-reads the unfinished documents once a second for
-progress and as a safety net in case a notification was missed.
+progress and as a safety net in case a notification was missed. Both waits
+ride out a Redis restart (``worker.outage``): they reconnect, re-subscribe and
+re-read, so nothing that ended while Redis was away is missed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tasks import results
 from tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
 from tasks.results import JobDoc
 from worker.app import create_app
+from worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 
@@ -50,6 +53,9 @@ def is_finished(doc: JobDoc | None) -> bool:
 class Producer(Enqueuer):
     """Enqueue (see ``tasks.enqueue``), then read status and wait."""
 
+    outage_limit = OUTAGE_LIMIT
+    """With no timeout, how long (seconds) a wait keeps trying while Redis is unreachable."""
+
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None) -> None:
         super().__init__(settings, client or redis.Redis.from_url(settings.redis_url))
         self._app = app
@@ -70,16 +76,49 @@ class Producer(Enqueuer):
         timeout: float | None = None,
         on_update: Callable[[list[JobDoc | None]], None] | None = None,
     ) -> WaitOutcome:
-        """Block until every job is terminal (or unknown), or ``timeout`` passes."""
+        """Block until every job is terminal (or unknown), or ``timeout`` passes.
+
+        Rides out a Redis outage (see ``worker.outage``): a timeout that passes
+        meanwhile returns the documents last read, marked timed out.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        wanted = set(job_ids)
+        docs: dict[str, JobDoc | None] = {}
+        outage = Outage(deadline, self.outage_limit)
+        while True:
+            try:
+                return self._wait_jobs(job_ids, docs, deadline, on_update, outage)
+            except REDIS_DOWN:
+                delay = outage.failed(time.monotonic())
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                if deadline is not None and time.monotonic() >= deadline:
+                    ordered = [docs[job_id] for job_id in job_ids]
+                    if on_update:
+                        on_update(ordered)
+                    return WaitOutcome(ordered, timed_out=True)
+
+    def _wait_jobs(
+        self,
+        job_ids: Sequence[str],
+        docs: dict[str, JobDoc | None],
+        deadline: float | None,
+        on_update: Callable[[list[JobDoc | None]], None] | None,
+        outage: Outage,
+    ) -> WaitOutcome:
+        """One connection's worth of ``wait``: ``docs`` keeps what was read for the next one."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        # Subscribe before the first read: an event between the two is not lost.
-        pubsub.subscribe(results.ENDED_CHANNEL)
         try:
-            docs = dict(zip(job_ids, self.status(job_ids), strict=True))
+            # Subscribe before reading: an event between the two is not lost, and
+            # after a reconnect the read finds what ended while Redis was away.
+            pubsub.subscribe(results.ENDED_CHANNEL)
+            unread = [
+                job_id for job_id in dict.fromkeys(job_ids) if job_id not in docs or not is_finished(docs[job_id])
+            ]
+            docs.update(zip(unread, self.status(unread), strict=True))
+            outage.recovered()
             # Kept up to date as reads come in: each loop costs what changed, not every job.
-            pending = {job_id for job_id in wanted if not is_finished(docs[job_id])}
+            pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
             last_full_read, last_update = time.monotonic(), float("-inf")
             while True:
                 now = time.monotonic()
@@ -117,11 +156,35 @@ class Producer(Enqueuer):
 
         Reads the batch's counters, not its members, so it costs the same for
         ten jobs as for ten thousand; woken by job events, at most every 0.2 s.
+        Rides out a Redis outage like ``wait``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        known: dict[str, Any] = {}
+        outage = Outage(deadline, self.outage_limit)
+        while True:
+            try:
+                return self._wait_batch(batch_id, known, deadline, on_update, outage)
+            except REDIS_DOWN:
+                delay = outage.failed(time.monotonic())
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return dict(known), True
+
+    def _wait_batch(
+        self,
+        batch_id: str,
+        known: dict[str, Any],
+        deadline: float | None,
+        on_update: Callable[[dict[str, Any]], None] | None,
+        outage: Outage,
+    ) -> tuple[dict[str, Any], bool]:
+        """One connection's worth of ``wait_batch``: ``known`` keeps the counters last read."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(results.ENDED_CHANNEL)
         try:
+            # Counters are read after (re)subscribing, so nothing that ended meanwhile is missed.
+            pubsub.subscribe(results.ENDED_CHANNEL)
             last_read = 0.0
             while True:
                 # At most one read per BATCH_REFRESH: a burst of events costs one read.
@@ -130,6 +193,9 @@ class Producer(Enqueuer):
                 info = self.batches.get(batch_id)
                 if info is None:
                     raise WsuploadError(f"no batch {batch_id!r} (never created, or expired)")
+                known.clear()
+                known.update(info)
+                outage.recovered()
                 if on_update:
                     on_update(info)
                 if info["done"] >= info["total"]:

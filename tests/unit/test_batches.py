@@ -11,7 +11,7 @@ import pytest
 
 from config import Settings
 from tasks import results
-from tasks.batches import BatchStore, export_row, write_export
+from tasks.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export
 from tasks.discovery import discover, matches, read_manifest
 from tasks.errors import InvalidInput, Rejected
 from tasks.results import ResultStore
@@ -62,7 +62,11 @@ def batch(redis_client: fakeredis.FakeRedis) -> tuple[BatchStore, str, list[str]
     store = BatchStore(redis_client, ttl=3600)
     pipe = redis_client.pipeline()
     ids = ["j1", "j2", "j3"]
-    store.create(pipe, "b1", "nightly", ids, bytes_total=300)
+    # What tasks.enqueue's commit writes for a batch (tests/unit/test_enqueue.py covers the commit itself).
+    fields: dict[Any, Any] = batch_fields("b1", "nightly", len(ids), 300)
+    pipe.hset(results.batch_key("b1"), mapping=fields)
+    pipe.rpush(members_key("b1"), *ids)
+    pipe.set(name_key("nightly"), "b1")
     ResultStore(redis_client, 3600).create((results.new_doc(j, f"/m/{j}.png", NOW, "b1") for j in ids), pipe)
     pipe.execute()
     return store, "b1", ids

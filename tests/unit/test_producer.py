@@ -4,19 +4,20 @@ import base64
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
 import redis
 
 from config import Settings
-from tasks import enqueue as enqueue_module
 from tasks import results
 from tasks.discovery import Found
 from tasks.errors import Rejected
 from tasks.results import ResultStore
-from worker.producer import EnqueueError, Producer
+from worker import producer as producer_module
+from worker.outage import Outage, reconnect_delay
+from worker.producer import Producer
 
 
 @pytest.fixture
@@ -67,30 +68,6 @@ def test_a_batch_records_its_members_and_totals(producer: Producer, redis_client
     docs = producer.status([j.job_id for j in batch.jobs])
     assert all(d is not None and d["batch_id"] == batch.batch_id for d in docs)
     assert all(m["kwargs"] == {"options": {"dedup": True}} for m in messages(redis_client, "q1.bulk"))
-
-
-def test_a_redis_failure_keeps_whole_chunks_only(
-    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(enqueue_module, "CHUNK", 1)
-    real_pipeline = redis_client.pipeline
-    calls = [0]
-
-    def failing_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = real_pipeline(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == 2:
-            pipe.execute = lambda *a, **k: (_ for _ in ()).throw(redis.ConnectionError("gone"))  # type: ignore[method-assign]
-        return pipe
-
-    monkeypatch.setattr(redis_client, "pipeline", failing_pipeline)
-    with pytest.raises(EnqueueError, match="sent 1 of 3") as caught:
-        producer.enqueue_batch(["/a.png", "/b.png", "/c.png"])
-    (sent,) = caught.value.sent
-    assert len(redis_client.keys("wsupload:result:*")) == 1
-    assert redis_client.llen("q1.bulk") == 1
-    batch_id = producer.status([sent.job_id])[0]["batch_id"]  # type: ignore[index]
-    assert producer.batches.get(batch_id)["total"] == 1  # type: ignore[index]
 
 
 def test_wait_returns_when_the_last_job_finishes(producer: Producer, redis_client: fakeredis.FakeRedis) -> None:
@@ -154,3 +131,176 @@ def test_wait_times_out(producer: Producer) -> None:
 def test_unknown_jobs_do_not_block_wait(producer: Producer) -> None:
     outcome = producer.wait(["never-enqueued"], timeout=30)
     assert (outcome.timed_out, outcome.docs, outcome.all_succeeded) == (False, [None], False)
+
+
+class Flaky:
+    """A client whose Redis can go away: while ``down`` is above zero, each command
+    (subscribing and reading the subscription too) fails with ``error`` and counts
+    ``down`` one lower, so Redis is back after that many failed calls."""
+
+    def __init__(self, real: fakeredis.FakeRedis) -> None:
+        self.real = real
+        self.down = 0
+        self.failures = 0
+        self.error: Exception = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    def check(self) -> None:
+        if self.down > 0:
+            self.down -= 1
+            self.failures += 1
+            raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.real, name)
+        if name == "pubsub":
+            return lambda *a, **k: FlakyPubSub(attr(*a, **k), self)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.check()
+            return attr(*args, **kwargs)
+
+        return call
+
+
+class FlakyPubSub:
+    def __init__(self, real: Any, client: Flaky) -> None:
+        self.real, self.client = real, client
+
+    def subscribe(self, *channels: str) -> None:
+        self.client.check()
+        self.real.subscribe(*channels)
+
+    def get_message(self, timeout: float = 0.0) -> Any:
+        self.client.check()
+        return self.real.get_message(timeout=timeout)
+
+    def close(self) -> None:
+        self.real.close()  # the messages it held are lost with it, as with a dropped connection
+
+
+@pytest.fixture
+def flaky(redis_client: fakeredis.FakeRedis) -> Flaky:
+    return Flaky(redis_client)
+
+
+@pytest.fixture
+def waiter(flaky: Flaky, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Producer:
+    """A producer on the flaky client whose only way to learn of an end it missed is the
+    read after reconnecting: the once-a-second safety read is pushed out of the way."""
+    monkeypatch.setattr(producer_module, "RECHECK_SECONDS", 60.0)
+    return Producer(settings, client=cast(redis.Redis, flaky))
+
+
+def fail_all(client: fakeredis.FakeRedis, job_ids: list[str]) -> None:
+    """The worker's part: each job ends, its document written and announced."""
+    store = ResultStore(client, ttl=60)
+    for job_id in job_ids:
+        doc = store.get(job_id)
+        assert doc is not None
+        store.save(results.failed(doc, Rejected("no", 400), results.utcnow()))
+
+
+def test_reconnect_delay_doubles_up_to_a_second() -> None:
+    assert [reconnect_delay(n) for n in range(1, 8)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
+def test_an_outage_gives_up_only_after_its_limit_without_a_deadline() -> None:
+    outage = Outage(deadline=None, limit=60)
+    assert outage.failed(now=0) is None  # never reached Redis: a wrong address, not a blip
+    outage.recovered()
+    assert [outage.failed(now=t) for t in (100, 100.1, 130, 159.9)] == [0.1, 0.2, 0.4, 0.8]
+    assert outage.failed(now=160) is None
+    outage.recovered()  # Redis answered: the next outage counts from its own start
+    assert outage.failed(now=500) == 0.1
+
+
+def test_an_outage_with_a_deadline_pauses_no_later_than_the_deadline() -> None:
+    outage = Outage(deadline=1000.5, limit=60)
+    outage.recovered()
+    assert [outage.failed(now=t) for t in (900, 1000, 1000.4, 1001)] == [0.1, 0.2, pytest.approx(0.1), 0.0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("Connection closed by server."),
+        redis.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+    ],
+    ids=["connection", "timeout", "loading"],
+)
+def test_wait_rides_out_an_outage_and_misses_no_end(
+    producer: Producer, waiter: Producer, flaky: Flaky, redis_client: fakeredis.FakeRedis, error: Exception
+) -> None:
+    jobs = [j.job_id for j in producer.enqueue(["/a.png", "/b.png"])]
+
+    def on_update(docs: list[Any]) -> None:
+        if flaky.failures == 0 and flaky.down == 0:
+            flaky.error, flaky.down = error, 3
+            fail_all(redis_client, jobs)  # announced while the waiter cannot hear it
+
+    outcome = waiter.wait(jobs, timeout=30, on_update=on_update)
+    assert (outcome.timed_out, [d["status"] for d in outcome.docs if d]) == (False, ["failed", "failed"])
+    assert flaky.failures == 3
+
+
+def test_wait_with_a_timeout_returns_what_it_last_read_when_redis_stays_down(waiter: Producer, flaky: Flaky) -> None:
+    jobs = [j.job_id for j in waiter.enqueue(["/a.png"])]
+    updates: list[list[Any]] = []
+
+    def on_update(docs: list[Any]) -> None:
+        updates.append(docs)
+        flaky.down = 10**6
+
+    outcome = waiter.wait(jobs, timeout=0.5, on_update=on_update)
+    assert outcome.timed_out
+    assert [d["status"] for d in outcome.docs if d] == ["queued"]
+    assert flaky.failures > 1  # it kept trying until its own timeout
+    assert updates[-1] == outcome.docs
+
+
+def test_wait_without_a_timeout_gives_up_after_the_outage_limit(waiter: Producer, flaky: Flaky) -> None:
+    jobs = [j.job_id for j in waiter.enqueue(["/a.png"])]
+    waiter.outage_limit = 0.5
+
+    def on_update(docs: list[Any]) -> None:
+        flaky.down = 10**6
+
+    with pytest.raises(redis.ConnectionError, match="Connection refused"):
+        waiter.wait(jobs, on_update=on_update)
+    assert flaky.failures > 1
+
+
+def test_wait_fails_at_once_when_redis_never_answered(waiter: Producer, flaky: Flaky) -> None:
+    flaky.down = 10**6
+    with pytest.raises(redis.ConnectionError):
+        waiter.wait(["j1"])
+    assert flaky.failures == 1
+
+
+def test_wait_batch_rides_out_an_outage_and_reads_the_counters_again(
+    producer: Producer, waiter: Producer, flaky: Flaky, redis_client: fakeredis.FakeRedis
+) -> None:
+    batch = producer.enqueue_batch(["/a.png", "/b.png", "/c.png"])
+
+    def on_update(info: dict[str, Any]) -> None:
+        if flaky.failures == 0 and flaky.down == 0:
+            flaky.error, flaky.down = redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), 2
+            fail_all(redis_client, [j.job_id for j in batch.jobs])
+
+    info, timed_out = waiter.wait_batch(batch.batch_id, timeout=30, on_update=on_update)
+    assert (timed_out, info["done"], info["failed"], info["total"]) == (False, 3, 3, 3)
+    assert flaky.failures == 2
+
+
+def test_wait_batch_times_out_with_the_counters_last_read(waiter: Producer, flaky: Flaky) -> None:
+    batch = waiter.enqueue_batch(["/a.png"])
+
+    def on_update(info: dict[str, Any]) -> None:
+        flaky.down = 10**6
+
+    info, timed_out = waiter.wait_batch(batch.batch_id, timeout=0.5, on_update=on_update)
+    assert (timed_out, info["done"], info["total"]) == (True, 0, 1)
+    assert flaky.failures > 1
