@@ -83,7 +83,9 @@ def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dic
         fresh = fresh_sources(client, schedule.name, found)
         record.update(last_found=len(found), last_enqueued=len(fresh), last_batch="")
         if fresh:
-            options = JobOptions(dedup=schedule.dedup, callback_url=schedule.callback_url).to_message()
+            options = JobOptions(callback_url=schedule.callback_url).to_message()
+            # Explicit either way: a batch deduplicates unless told not to.
+            options["dedup"] = schedule.dedup
             batch = Enqueuer(settings, client).enqueue_batch(fresh, name=schedule.name, options=options)
             record["last_batch"] = batch.batch_id
             for chunk in results.chunks(fresh, CHUNK):

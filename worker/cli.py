@@ -167,7 +167,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not found:
         raise WsuploadError("nothing to ingest: no matching files, objects or manifest lines")
     producer = _producer(settings)
-    options = _job_options(args, dedup=not args.no_dedup)
+    # Explicit either way: a batch deduplicates unless told not to, and to_message() leaves False out.
+    options = {**_job_options(args, dedup=not args.no_dedup), "dedup": not args.no_dedup}
     batch = producer.enqueue_batch(found, name=args.batch, bulk=not args.interactive, options=options)
     total_bytes = sum(item.size or 0 for item in found)
     print(

@@ -1,11 +1,14 @@
 """The `wsupload` command against the real worker: enqueue, status, wait, exit codes, errors."""
 
+import base64
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.integration.conftest import clean_env, producer_env
 from worker.local_services import free_port
@@ -86,3 +89,21 @@ def test_an_unreachable_redis_is_a_readable_error() -> None:
     assert "cannot reach Redis at redis://:***@127.0.0.1" in result.stderr
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("flag", "dedup"), [(None, True), ("--no-dedup", False)])
+def test_ingest_says_whether_to_deduplicate(
+    env: dict[str, str], media_root: Path, flag: str | None, dedup: bool
+) -> None:
+
+    queue = "nodedup-" + uuid.uuid4().hex[:8]
+    own = {**env, "WSUPLOAD_BULK_QUEUE": queue}  # no worker serves it: the message stays to be read
+    png = media_root / "cli-dedup.png"
+    png.write_bytes(png_bytes())
+    done = wsupload(own, "ingest", *([flag] if flag else []), str(png))
+    assert done.returncode == 0, done.stderr
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    (raw,) = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    assert kwargs["options"]["dedup"] is dedup
