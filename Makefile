@@ -32,7 +32,7 @@ unit: $(STAMP)
 
 # README.md's configuration table is generated from config/settings.py; a unit test fails while it is stale.
 readme: $(STAMP)
-	$(BIN)/python -m config.readme
+	$(BIN)/python -m wsupload.config.readme
 
 # Every benchmark beside its baselines in one run; writes benchmarks/RESULTS.md and results.png.
 bench: $(STAMP)

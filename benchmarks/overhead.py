@@ -36,8 +36,8 @@ from pathlib import Path
 import psutil
 import redis
 
-from tasks.wire import upload_message
-from worker.local_services import LocalRedis, start_redis, wait_until
+from wsupload.tasks.wire import upload_message
+from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,7 +52,7 @@ FIRST_MEASURED = "d3f35f6"
 class Version:
     label: str
     python: str
-    worker_args: tuple[str, ...] = ("-m", "worker.cli", "worker", "--concurrency", str(CONCURRENCY))
+    worker_args: tuple[str, ...] = ("worker", "--concurrency", str(CONCURRENCY))
     redis: LocalRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     samples: list[float] = field(default_factory=list)
@@ -96,7 +96,8 @@ def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterato
     log = open(work / f"worker-{version.label}.log", "ab")  # noqa: SIM115
     # cwd outside the checkout: each interpreter imports only its own installed copy.
     version.worker = subprocess.Popen(
-        [version.python, *version.worker_args],
+        # The console script every version installs, whatever its import names.
+        [str(Path(version.python).parent / "wsupload"), *version.worker_args],
         env=env,
         cwd=work,
         stdout=log,
@@ -148,11 +149,11 @@ def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], roun
     attempt before and the outcome after, the retry wrapper). One thread, no
     other load: the parts' shares, not the fleet's absolute figures.
     """
-    from config import Settings
-    from tasks.client import UploadClient
-    from tasks.job import JobRunner
-    from tasks.local_files import open_local
-    from tasks.results import ResultStore
+    from wsupload.config import Settings
+    from wsupload.tasks.client import UploadClient
+    from wsupload.tasks.job import JobRunner
+    from wsupload.tasks.local_files import open_local
+    from wsupload.tasks.results import ResultStore
 
     env = {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
     settings = Settings.from_env(env, worker=True)

@@ -11,8 +11,11 @@ import json
 import sys
 import time
 
-from config import Settings
-from worker.producer import Producer
+try:
+    from wsupload import Producer, Settings
+except ImportError:  # a version from before the wsupload namespace
+    from config import Settings  # type: ignore[import-not-found,no-redef,assignment,unused-ignore]
+    from worker.producer import Producer  # type: ignore[import-not-found,no-redef,assignment,unused-ignore]
 
 
 def main(files: list[str]) -> None:

@@ -28,10 +28,10 @@ import psutil
 
 from benchmarks import overhead
 from benchmarks.baselines import curl
-from config import Settings
-from config.settings import UPLOAD_TASK_NAME
-from worker.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
-from worker.producer import Producer
+from wsupload.config import Settings
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
+from wsupload.worker.producer import Producer
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-key"
@@ -77,7 +77,7 @@ def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subp
 def sandbox(latency: float = 0.0) -> Iterator[str]:
     port = free_port()
     # No hashing: it would make the sandbox, not the client, the bottleneck on large files.
-    args = [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port), "--api-key", KEY, "--no-hash"]
+    args = [sys.executable, "-m", "wsupload.worker.cli", "sandbox", "--port", str(port), "--api-key", KEY, "--no-hash"]
     with process([*args, "--latency", str(latency)]):
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url), 20, what="the sandbox")

@@ -1,6 +1,6 @@
 """The README's configuration table, rendered from the settings rows (``config.settings.VARIABLES``).
 
-Documentation tooling, never imported at run time: ``python -m config.readme``
+Documentation tooling, never imported at run time: ``python -m wsupload.config.readme``
 (``make readme``) rewrites the table in README.md in place, ``--check`` only reports
 whether it is current, and a unit test fails while it is not.
 """
@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from config.settings import VARIABLES, Variable
+from wsupload.config.settings import VARIABLES, Variable
 
 HEADER = "| variable | default | meaning |"
 README = Path(__file__).resolve().parent.parent / "README.md"
 REGENERATE = "make readme"
-"""The command that brings the README's table up to date (it runs ``python -m config.readme``)."""
+"""The command that brings the README's table up to date (it runs ``python -m wsupload.config.readme``)."""
 
 
 def render_table(variables: Iterable[Variable[Any]] = VARIABLES) -> str:
@@ -49,7 +49,7 @@ def with_table(readme: str, table: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m config.readme", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m wsupload.config.readme", description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if the table is stale; change nothing")
     parser.add_argument("readme", nargs="?", type=Path, default=README)
     args = parser.parse_args(argv)

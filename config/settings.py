@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.errors import ConfigError
-from config.parsers import (
+from wsupload.config.errors import ConfigError
+from wsupload.config.parsers import (
     DAY,
     MIB,
     check_api_key,
@@ -47,7 +47,7 @@ from config.parsers import (
     parse_seconds,
     parse_size,
 )
-from config.variables import Variable, read_variables, setting, variables_of
+from wsupload.config.variables import Variable, read_variables, setting, variables_of
 
 __all__ = [
     "CALLBACK_TASK_NAME",

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 
 import redis
 
-from config.settings import KEY_PREFIX
-from tasks import results
-from tasks.results import JobDoc
+from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks import results
+from wsupload.tasks.results import JobDoc
 
 CHUNK = 1000
 EXPORT_FIELDS = (

@@ -29,9 +29,9 @@ import requests
 from celery import shared_task
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from config.settings import CALLBACK_TASK_NAME, KEY_PREFIX, Settings
-from tasks import runtime
-from tasks.results import ResultStore, isoformat, utcnow
+from wsupload.config.settings import CALLBACK_TASK_NAME, KEY_PREFIX, Settings
+from wsupload.tasks import runtime
+from wsupload.tasks.results import ResultStore, isoformat, utcnow
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Wsupload-Signature"

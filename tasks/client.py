@@ -20,10 +20,10 @@ import requests.utils
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
 
-from tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
-from tasks.media_source import OpenedSource
-from tasks.multipart import MultipartBody
-from tasks.retry_policy import error_for_status, parse_retry_after
+from wsupload.tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.multipart import MultipartBody
+from wsupload.tasks.retry_policy import error_for_status, parse_retry_after
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
 FIELD_NAME = "file"

@@ -22,10 +22,10 @@ from typing import Any
 
 import redis
 
-from config.settings import KEY_PREFIX
-from tasks import results
-from tasks.limits import MAX_DEAD_MESSAGE_BYTES, clip
-from tasks.redaction import redact
+from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks import results
+from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES, clip
+from wsupload.tasks.redaction import redact
 
 DEAD_KEY = f"{KEY_PREFIX}:dead"
 MAX_ENTRIES = 10_000

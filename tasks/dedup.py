@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from config.settings import KEY_PREFIX
-from tasks.media_source import OpenedSource
+from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks.media_source import OpenedSource
 
 BLOCK = 1024 * 1024
 

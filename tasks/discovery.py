@@ -16,11 +16,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.parsers import split_store_url
-from config.settings import Settings
-from tasks import formats
-from tasks.errors import InvalidInput
-from tasks.object_store import S3Store
+from wsupload.config.parsers import split_store_url
+from wsupload.config.settings import Settings
+from wsupload.tasks import formats
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.object_store import S3Store
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,14 @@ from typing import Any
 
 import redis
 
-from config.errors import WsuploadError
-from config.settings import KEY_PREFIX, Settings
-from tasks import results, wire
-from tasks.batches import BatchStore, batch_fields, members_key, name_key
-from tasks.discovery import Found
-from tasks.errors import InvalidInput
-from tasks.limits import MAX_SOURCE_CHARS, clip
-from tasks.results import ResultStore
+from wsupload.config.errors import WsuploadError
+from wsupload.config.settings import KEY_PREFIX, Settings
+from wsupload.tasks import results, wire
+from wsupload.tasks.batches import BatchStore, batch_fields, members_key, name_key
+from wsupload.tasks.discovery import Found
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
+from wsupload.tasks.results import ResultStore
 
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""

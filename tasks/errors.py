@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from config.errors import WsuploadError
+from wsupload.config.errors import WsuploadError
 
 
 class UploadError(WsuploadError):

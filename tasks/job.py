@@ -28,15 +28,15 @@ from typing import Any, Protocol, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
 from tenacity.stop import stop_base
 
-from config.settings import Settings
-from tasks import redaction, results
-from tasks.dedup import DedupStore, content_digest
-from tasks.errors import RateLimited, RetriesExhausted, SourceChanged, TooLarge, TransientError, UploadError
-from tasks.media_source import OpenedSource
-from tasks.options import JobOptions
-from tasks.rate_limit import FleetLimiter, RateLimitTimeout
-from tasks.retry_policy import RetryPolicy, is_transient, next_delay
-from tasks.sources import SourceOpener, scheme_of
+from wsupload.config.settings import Settings
+from wsupload.tasks import redaction, results
+from wsupload.tasks.dedup import DedupStore, content_digest
+from wsupload.tasks.errors import RateLimited, RetriesExhausted, SourceChanged, TooLarge, TransientError, UploadError
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.options import JobOptions
+from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
+from wsupload.tasks.retry_policy import RetryPolicy, is_transient, next_delay
+from wsupload.tasks.sources import SourceOpener, scheme_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

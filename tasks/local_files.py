@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from tasks import formats
-from tasks.errors import InvalidInput, SourceChanged
-from tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
+from wsupload.tasks import formats
+from wsupload.tasks.errors import InvalidInput, SourceChanged
+from wsupload.tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
 
 
 def local_path(source: str) -> Path:

@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.errors import InvalidInput, InvalidMessage
-from tasks.limits import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
-from tasks.options import JobOptions
+from wsupload.tasks.errors import InvalidInput, InvalidMessage
+from wsupload.tasks.limits import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
+from wsupload.tasks.options import JobOptions
 
 PARAMETERS = ("job_id", "source", "options")
 _JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_JOB_ID_CHARS - 1}}}")

@@ -19,8 +19,8 @@ import secrets
 from collections.abc import Callable
 from typing import NoReturn
 
-from tasks.errors import SourceChanged
-from tasks.media_source import OpenedSource, Readable
+from wsupload.tasks.errors import SourceChanged
+from wsupload.tasks.media_source import OpenedSource, Readable
 
 
 def _quote(value: str) -> str:

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.parsers import split_store_url
-from config.settings import Settings
-from tasks import formats
-from tasks.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
-from tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
+from wsupload.config.parsers import split_store_url
+from wsupload.config.settings import Settings
+from wsupload.tasks import formats
+from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
+from wsupload.tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$", re.IGNORECASE)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.parsers import check_callback_url
-from tasks.errors import InvalidInput
+from wsupload.config.parsers import check_callback_url
+from wsupload.tasks.errors import InvalidInput
 
 KNOWN = ("dedup", "callback_url")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from config.settings import KEY_PREFIX
+from wsupload.config.settings import KEY_PREFIX
 
 TAT_KEY = f"{KEY_PREFIX}:ratelimit:tat"
 ACTIVE_KEY = f"{KEY_PREFIX}:ratelimit:active"

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from config.settings import KEY_PREFIX
-from tasks.errors import UploadError
-from tasks.limits import MAX_SOURCE_CHARS, clip
-from tasks.media_source import OpenedSource
-from tasks.redaction import redact
+from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks.errors import UploadError
+from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.redaction import redact
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})

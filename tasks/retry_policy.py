@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from config.settings import Settings
-from tasks.errors import (
+from wsupload.config.settings import Settings
+from wsupload.tasks.errors import (
     ClientError,
     RateLimited,
     Rejected,

@@ -14,10 +14,10 @@ from functools import cache, cached_property
 
 import redis
 
-from config.settings import Settings
-from tasks.client import UploadClient
-from tasks.job import JobRunner
-from tasks.results import ResultStore
+from wsupload.config.settings import Settings
+from wsupload.tasks.client import UploadClient
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.results import ResultStore
 
 
 @dataclass

@@ -24,15 +24,15 @@ import redis
 from celery import shared_task
 from redis.exceptions import LockError
 
-from config.errors import WsuploadError
-from config.schedules import Schedule
-from config.settings import KEY_PREFIX, SCAN_TASK_NAME, Settings
-from tasks import results, runtime
-from tasks.discovery import Found, discover, read_manifest
-from tasks.enqueue import Enqueuer
-from tasks.errors import InvalidInput
-from tasks.local_files import inside_roots
-from tasks.options import JobOptions
+from wsupload.config.errors import WsuploadError
+from wsupload.config.schedules import Schedule
+from wsupload.config.settings import KEY_PREFIX, SCAN_TASK_NAME, Settings
+from wsupload.tasks import results, runtime
+from wsupload.tasks.discovery import Found, discover, read_manifest
+from wsupload.tasks.enqueue import Enqueuer
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.local_files import inside_roots
+from wsupload.tasks.options import JobOptions
 
 log = logging.getLogger(__name__)
 CHUNK = 2000

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from config.settings import Settings
-from tasks.errors import InvalidInput
-from tasks.local_files import open_local
-from tasks.media_source import OpenedSource
-from tasks.object_store import FsspecStore, S3Store, bucket_allowed, parse_object_url
+from wsupload.config.settings import Settings
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.local_files import open_local
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.object_store import FsspecStore, S3Store, bucket_allowed, parse_object_url
 
 
 def scheme_of(source: str) -> str:

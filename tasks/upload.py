@@ -16,12 +16,12 @@ from celery import Task, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
-from config.settings import UPLOAD_TASK_NAME, Settings
-from tasks import runtime
-from tasks.callbacks import callback
-from tasks.errors import InternalError, TimeLimitExceeded, UploadError
-from tasks.job import JobRunner
-from tasks.messages import NoJobId, job_id_of, read_upload_call, shown
+from wsupload.config.settings import UPLOAD_TASK_NAME, Settings
+from wsupload.tasks import runtime
+from wsupload.tasks.callbacks import callback
+from wsupload.tasks.errors import InternalError, TimeLimitExceeded, UploadError
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.messages import NoJobId, job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import socket
 import uuid
 from typing import Any
 
-from config.settings import UPLOAD_TASK_NAME
+from wsupload.config.settings import UPLOAD_TASK_NAME
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

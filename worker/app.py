@@ -39,12 +39,12 @@ from celery import Celery
 from celery.schedules import crontab
 from celery.signals import after_setup_logger
 
-from config.schedules import Schedule
-from config.settings import SCAN_TASK_NAME, Settings
-from tasks import redaction
-from worker import redis_transport
-from worker.poison import PoisonGuard
-from worker.quarantine import Quarantine
+from wsupload.config.schedules import Schedule
+from wsupload.config.settings import SCAN_TASK_NAME, Settings
+from wsupload.tasks import redaction
+from wsupload.worker import redis_transport
+from wsupload.worker.poison import PoisonGuard
+from wsupload.worker.quarantine import Quarantine
 
 
 class WsuploadApp(Celery):
@@ -59,7 +59,9 @@ def create_app(settings: Settings) -> WsuploadApp:
     redaction.protect(settings.api_key, settings.callback_secret)
     redis_transport.install()
     app = WsuploadApp(
-        "wsupload", broker=settings.effective_broker_url, include=["tasks.upload", "tasks.scan", "tasks.callbacks"]
+        "wsupload",
+        broker=settings.effective_broker_url,
+        include=[f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")],
     )
     app.settings = settings
     app.quarantine = Quarantine(settings)
@@ -93,7 +95,7 @@ def create_app(settings: Settings) -> WsuploadApp:
         worker_send_task_events=False,
         worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
         # Messages it cannot run go to the dead-letter list instead of the log (worker.consumer).
-        worker_consumer="worker.consumer:Consumer",
+        worker_consumer="wsupload.worker.consumer:Consumer",
         enable_utc=True,
     )
     tls = broker_tls(settings.effective_broker_url)

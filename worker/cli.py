@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -19,15 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from config.errors import ConfigError, WsuploadError
-from config.schedules import load_schedules
-from config.settings import Settings, parse_duration, parse_size
-from tasks import results
-from tasks.batches import export_row, write_export
-from tasks.discovery import Found, discover, read_manifest, single
-from tasks.options import JobOptions
-from tasks.results import JobDoc
-from worker.progress import BatchProgress, JobProgress
+from wsupload.config.errors import ConfigError, WsuploadError
+from wsupload.config.schedules import load_schedules
+from wsupload.config.settings import Settings, parse_duration, parse_size
+from wsupload.tasks.batches import export_row, write_export
+from wsupload.tasks.discovery import Found, discover, read_manifest, single
+from wsupload.tasks.options import JobOptions
+from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
 
@@ -42,29 +41,15 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def describe(doc: JobDoc | None, job_id: str) -> str:
-    if doc is None:
-        return f"{job_id}  unknown (never enqueued, or its result expired)"
-    line = f"{job_id}  {doc['status']:<9}  attempts={doc['attempts']}  {doc['source']}"
-    if doc["status"] == results.SUCCEEDED:
-        line += f"\n    -> {doc['result']['download_url']} (expires {doc['expires_at']})"
-    elif doc["status"] == results.FAILED:
-        error = doc["error"]
-        line += f"\n    !! {error['kind']}: {error['message']}"
-    elif doc.get("last_error"):
-        line += f"\n    .. last error {doc['last_error']['kind']}: {doc['last_error']['message']}"
-    return line
-
-
 def _producer(settings: Settings) -> Any:
-    from worker.producer import Producer
+    from wsupload.worker.producer import Producer
 
     return Producer(settings)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(worker=True)
-    from worker.app import create_app
+    from wsupload.worker.app import create_app
 
     app = create_app(settings)
     concurrency = args.concurrency or settings.concurrency
@@ -97,7 +82,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
     schedules = load_schedules(settings.schedules_path)
     if not schedules:
         raise ConfigError(f"WSUPLOAD_SCHEDULES: {settings.schedules_path} defines no [[schedule]]")
-    from worker.app import beat_schedule, create_app
+    from wsupload.worker.app import beat_schedule, create_app
 
     app = create_app(settings)
     app.conf.beat_schedule = beat_schedule(schedules, settings)
@@ -227,7 +212,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    from tasks.dead_letters import DEAD_KEY, DeadLetterStore
+    from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
 
     settings = Settings.from_env()
     store = DeadLetterStore(redis.Redis.from_url(settings.redis_url))
@@ -255,8 +240,18 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dev_tool(name: str) -> Any:
+    """A module of ``wsupload.worker.dev``, which production images leave out."""
+    try:
+        return importlib.import_module(f"wsupload.worker.dev.{name}")
+    except ModuleNotFoundError:
+        raise WsuploadError(
+            f"`wsupload {name}` is a development tool, and this installation leaves them out (wsupload.worker.dev)"
+        ) from None
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from worker.sandbox import SandboxServer
+    SandboxServer = _dev_tool("sandbox").SandboxServer
 
     server = SandboxServer(
         api_key=args.api_key,
@@ -274,9 +269,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
-
-    return run_demo(real=args.real)
+    return int(_dev_tool("demo").run_demo(real=args.real))
 
 
 def _positive_duration(text: str) -> float:

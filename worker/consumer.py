@@ -22,11 +22,11 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
-from config.settings import UPLOAD_TASK_NAME
-from tasks.errors import InvalidMessage
-from tasks.limits import clip
-from tasks.messages import job_id_of, read_upload_call, valid_job_id
-from worker.quarantine import Quarantine
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.tasks.errors import InvalidMessage
+from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import job_id_of, read_upload_call, valid_job_id
+from wsupload.worker.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 Problem = tuple[str, str | None]

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from config.settings import UPLOAD_TASK_NAME
-from tasks.limits import clip
-from tasks.messages import valid_job_id
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import valid_job_id
 
 log = logging.getLogger(__name__)
 Quarantine = Callable[..., None]

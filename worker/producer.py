@@ -19,13 +19,13 @@ from typing import Any
 import redis
 from celery import Celery
 
-from config.errors import WsuploadError
-from config.settings import Settings
-from tasks import results
-from tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
-from tasks.results import JobDoc
-from worker.app import create_app
-from worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
+from wsupload.config.errors import WsuploadError
+from wsupload.config.settings import Settings
+from wsupload.tasks import results
+from wsupload.tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
+from wsupload.tasks.results import JobDoc
+from wsupload.worker.app import create_app
+from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 

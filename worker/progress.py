@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from tasks import results
-from tasks.results import JobDoc
+from wsupload.tasks import results
+from wsupload.tasks.results import JobDoc
 
 FINISHED = (*results.TERMINAL, "unknown")
 LOG_EVERY = 5.0
@@ -87,3 +87,18 @@ class BatchProgress:
     def close(self) -> None:
         if self.tty:
             print(file=self.stream)
+
+
+def describe(doc: JobDoc | None, job_id: str) -> str:
+    """A job as `wsupload status` and `wait` print it: one line, and its outcome or last error below."""
+    if doc is None:
+        return f"{job_id}  unknown (never enqueued, or its result expired)"
+    line = f"{job_id}  {doc['status']:<9}  attempts={doc['attempts']}  {doc['source']}"
+    if doc["status"] == results.SUCCEEDED:
+        line += f"\n    -> {doc['result']['download_url']} (expires {doc['expires_at']})"
+    elif doc["status"] == results.FAILED:
+        error = doc["error"]
+        line += f"\n    !! {error['kind']}: {error['message']}"
+    elif doc.get("last_error"):
+        line += f"\n    .. last error {doc['last_error']['kind']}: {doc['last_error']['message']}"
+    return line

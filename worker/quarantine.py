@@ -16,11 +16,11 @@ from functools import cached_property
 
 import redis
 
-from config.settings import Settings
-from tasks.dead_letters import DEAD_KEY, DeadLetterStore
-from tasks.errors import InvalidMessage
-from tasks.limits import clip
-from tasks.results import ResultStore
+from wsupload.config.settings import Settings
+from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
+from wsupload.tasks.errors import InvalidMessage
+from wsupload.tasks.limits import clip
+from wsupload.tasks.results import ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 from kombu import transport
 from kombu.transport import redis as kombu_redis
 
-from worker.poison import PoisonGuard
+from wsupload.worker.poison import PoisonGuard
 
 
 class Channel(PoisonGuard, kombu_redis.Channel):

@@ -22,11 +22,18 @@ from typing import Any
 
 import pytest
 
-from config import Settings
-from tasks.results import JobDoc
-from worker.local_services import LocalRedis, WorkerProcess, free_port, redis_answers, start_redis, wait_until
-from worker.producer import Job, Producer
-from worker.sandbox import SandboxServer
+from wsupload.config import Settings
+from wsupload.tasks.results import JobDoc
+from wsupload.worker.dev.local_services import (
+    LocalRedis,
+    WorkerProcess,
+    free_port,
+    redis_answers,
+    start_redis,
+    wait_until,
+)
+from wsupload.worker.dev.sandbox import SandboxServer
+from wsupload.worker.producer import Job, Producer
 
 API_KEY = "sk-integration-" + uuid.uuid4().hex
 WORKER_MAX_BYTES = 1024 * 1024

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from config import UPLOAD_TASK_NAME
-from tasks.results import TERMINAL, JobDoc
 from tests.integration.conftest import WORKER_MAX_BYTES, run_one
-from worker.local_services import wait_until
-from worker.producer import Producer
-from worker.samples import mp4_bytes, png_bytes
-from worker.sandbox import SandboxServer
+from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes
+from wsupload.worker.dev.sandbox import SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tasks.callbacks import SIGNATURE_HEADER, callback_key, verify_signature
 from tests.integration.conftest import Fleet
-from worker.local_services import wait_until
-from worker.samples import png_bytes
+from wsupload.tasks.callbacks import SIGNATURE_HEADER, callback_key, verify_signature
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import png_bytes
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-integration"

@@ -11,15 +11,20 @@ import pytest
 import redis
 
 from tests.integration.conftest import clean_env, producer_env
-from worker.local_services import free_port
-from worker.samples import png_bytes
+from wsupload.worker.dev.local_services import free_port
+from wsupload.worker.dev.samples import png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
 
 def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True, timeout=90, check=False
+        [sys.executable, "-m", "wsupload.worker.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.usefixtures("redis_url")  # fails in CI / skips locally without redis-server, like the rest
 def test_demo_runs_end_to_end_with_embedded_services() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo"],
+        [sys.executable, "-m", "wsupload.worker.cli", "demo"],
         env=clean_env(),
         capture_output=True,
         text=True,

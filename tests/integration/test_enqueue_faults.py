@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from tasks import results
-from tasks.batches import members_key
-from tasks.enqueue import STAGING_TTL, EnqueueError
 from tests.integration.conftest import clean_env
-from worker.local_services import LocalRedis, start_redis
-from worker.producer import Producer
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.batches import members_key
+from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError
+from wsupload.worker.dev.local_services import LocalRedis, start_redis
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration]
 
@@ -54,7 +54,7 @@ def producer_for(server: LocalRedis) -> Producer:
 def ingest(server: LocalRedis, manifest: Path) -> subprocess.CompletedProcess[str]:
     env = {**clean_env(), "REDIS_URL": server.url, **QUEUES}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "ingest", "--manifest", str(manifest), "--batch", "incoming"],
+        [sys.executable, "-m", "wsupload.worker.cli", "ingest", "--manifest", str(manifest), "--batch", "incoming"],
         env=env,
         capture_output=True,
         text=True,

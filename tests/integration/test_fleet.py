@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.results import TERMINAL
 from tests.integration.conftest import Fleet
-from worker.local_services import wait_until
-from worker.samples import png_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.tasks.results import TERMINAL
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def unique_pngs(directory: Path, count: int) -> list[Path]:
 
 
 def ingest(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "worker.cli", "ingest", *args]
+    command = [sys.executable, "-m", "wsupload.worker.cli", "ingest", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 

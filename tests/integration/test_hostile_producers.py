@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from config import UPLOAD_TASK_NAME
-from tasks.results import ENDED_CHANNEL, JobDoc, result_key
-from worker.local_services import WorkerProcess, wait_until
-from worker.producer import Producer
-from worker.samples import png_bytes
+from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.tasks.results import ENDED_CHANNEL, JobDoc, result_key
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from config import UPLOAD_TASK_NAME
-from tasks import wire
-from tasks.dead_letters import DEAD_KEY, DeadLetter, DeadLetterStore
-from tasks.results import TERMINAL, JobDoc, new_doc, utcnow
 from tests.integration.conftest import Fleet
-from worker.cli import main as cli_main
-from worker.local_services import wait_until
-from worker.producer import Producer
-from worker.samples import png_bytes
+from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.tasks import wire
+from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetter, DeadLetterStore
+from wsupload.tasks.results import TERMINAL, JobDoc, new_doc, utcnow
+from wsupload.worker.cli import main as cli_main
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from config import Settings
-from tasks.results import TERMINAL, JobDoc
 from tests.integration.conftest import producer_env, unacked_messages
-from worker.local_services import WorkerProcess, wait_until
-from worker.producer import Producer
-from worker.samples import png_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.config import Settings
+from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

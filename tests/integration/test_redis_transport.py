@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from config import Settings
-from worker import redis_transport
-from worker.app import create_app
+from wsupload.config import Settings
+from wsupload.worker import redis_transport
+from wsupload.worker.app import create_app
 
 
 def test_the_app_uses_it_and_reuses_one_client_per_pool(redis_url: str) -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from tasks.errors import SourceUnavailable
-from tasks.object_store import ObjectURL, S3Store
 from tests.integration.conftest import S3, WORKER_MAX_BYTES, Fleet, producer_env, run_one
-from worker.local_services import WorkerProcess
-from worker.producer import Producer
-from worker.samples import mp4_bytes, png_bytes
-from worker.sandbox import SandboxServer
+from wsupload.config import Settings
+from wsupload.tasks.errors import SourceUnavailable
+from wsupload.tasks.object_store import ObjectURL, S3Store
+from wsupload.worker.dev.local_services import WorkerProcess
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes
+from wsupload.worker.dev.sandbox import SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_an_s3_key_enqueued_by_the_cli_arrives_intact(
     env = producer_env(worker_env)
 
     def wsupload(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "worker.cli", *args]
+        command = [sys.executable, "-m", "wsupload.worker.cli", *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
 
     (job,) = json.loads(wsupload("enqueue", "--json", f"s3://media/{name}").stdout)
@@ -174,7 +174,7 @@ def test_ingest_of_an_s3_prefix_uploads_every_object_under_it(
     # The producer lists the prefix with its own credentials (here, the worker's).
     env = {**workers.env, **s3.worker_env}
     output = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "worker.cli", "ingest", f"s3://media/{prefix}/", "--output", str(output)]
+    command = [sys.executable, "-m", "wsupload.worker.cli", "ingest", f"s3://media/{prefix}/", "--output", str(output)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.scan import state_key
 from tests.integration.conftest import Fleet
-from worker.local_services import wait_until
-from worker.samples import mp4_bytes
-from worker.sandbox import SandboxServer
+from wsupload.tasks.scan import state_key
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import mp4_bytes
+from wsupload.worker.dev.sandbox import SandboxServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ def beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], None]]:
     with open(tmp_path / "beat.log", "wb") as log:
 
         def start(env: dict[str, str]) -> None:
-            command = [sys.executable, "-m", "worker.cli", "beat"]
+            command = [sys.executable, "-m", "wsupload.worker.cli", "beat"]
             started.append(
                 subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )

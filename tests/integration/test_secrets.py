@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import redis
 
-from config import Settings
 from tests.integration.conftest import API_KEY, producer_env, run_one
-from worker.local_services import WorkerProcess, wait_until
-from worker.producer import Producer
-from worker.samples import png_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.config import Settings
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.client import UploadClient
-from tasks.errors import SourceChanged
-from tasks.local_files import open_local
 from tests.integration.conftest import API_KEY, Fleet
-from worker.local_services import wait_until
-from worker.samples import mp4_bytes
-from worker.sandbox import SandboxServer
+from wsupload.tasks.client import UploadClient
+from wsupload.tasks.errors import SourceChanged
+from wsupload.tasks.local_files import open_local
+from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.samples import mp4_bytes
+from wsupload.worker.dev.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

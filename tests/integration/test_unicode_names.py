@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.results import JobDoc
 from tests.integration.conftest import run_jobs, run_one
-from worker.producer import Producer
-from worker.samples import png_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.tasks.results import JobDoc
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 

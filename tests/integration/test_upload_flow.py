@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import results
 from tests.integration.conftest import SANDBOX_MAX_BYTES, run_jobs, run_one, unacked_messages
-from worker.local_services import WorkerProcess, wait_until
-from worker.producer import Producer
-from worker.samples import mp4_bytes, png_bytes, wav_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.tasks import results
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes, wav_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 

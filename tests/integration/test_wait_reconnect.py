@@ -23,15 +23,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from config import Settings
-from tasks import results
-from tasks.errors import InternalError
-from tasks.results import ResultStore
 from tests.integration.conftest import producer_env
-from worker.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
-from worker.producer import Producer
-from worker.samples import png_bytes
-from worker.sandbox import Fault, SandboxServer
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.errors import InternalError
+from wsupload.tasks.results import ResultStore
+from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,7 +89,11 @@ class Waiter(threading.Thread):
 
 def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "wsupload.worker.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

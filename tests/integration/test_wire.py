@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from config import UPLOAD_TASK_NAME
-from tasks import wire
-from worker.producer import Producer
+from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.tasks import wire
+from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
 from tests.integration.conftest import producer_env
-from worker.local_services import WorkerProcess
-from worker.producer import Producer
+from wsupload.config import Settings
+from wsupload.worker.dev.local_services import WorkerProcess
+from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
 

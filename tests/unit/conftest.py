@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from tasks.results import ResultStore
+from wsupload.tasks.results import ResultStore
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from config import Settings
-from worker.app import create_app
+from wsupload.config import Settings
+from wsupload.worker.app import create_app
 
 
 def broker_ssl(url: str) -> Any:

@@ -9,13 +9,13 @@ from typing import Any
 import fakeredis
 import pytest
 
-from config import Settings
-from tasks import results
-from tasks.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export
-from tasks.discovery import discover, matches, read_manifest
-from tasks.errors import InvalidInput, Rejected
-from tasks.results import ResultStore
-from worker.samples import png_bytes
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export
+from wsupload.tasks.discovery import discover, matches, read_manifest
+from wsupload.tasks.errors import InvalidInput, Rejected
+from wsupload.tasks.results import ResultStore
+from wsupload.worker.dev.samples import png_bytes
 
 NOW = results.utcnow()
 

@@ -8,11 +8,11 @@ import fakeredis
 import pytest
 import requests
 
-from config import Settings
-from tasks import results
-from tasks.callbacks import SIGNATURE_HEADER, callback_key, deliver, sign, verify_signature
-from tasks.errors import Rejected
-from tasks.results import ResultStore
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.callbacks import SIGNATURE_HEADER, callback_key, deliver, sign, verify_signature
+from wsupload.tasks.errors import Rejected
+from wsupload.tasks.results import ResultStore
 
 SECRET = "whsec-unit"
 

@@ -8,8 +8,8 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from tasks.client import UPLOAD_PATH, UploadClient, interpret_response
-from tasks.errors import (
+from wsupload.tasks.client import UPLOAD_PATH, UploadClient, interpret_response
+from wsupload.tasks.errors import (
     ClientError,
     ConnectionFailed,
     RateLimited,
@@ -22,9 +22,9 @@ from tasks.errors import (
     UploadError,
     UploadTimeout,
 )
-from tasks.local_files import open_local
-from tasks.multipart import MultipartBody
-from worker.samples import png_bytes
+from wsupload.tasks.local_files import open_local
+from wsupload.tasks.multipart import MultipartBody
+from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn.example/x.png", "filename": "x.png", "size": 10}
 

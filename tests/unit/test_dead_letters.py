@@ -2,8 +2,8 @@
 
 import fakeredis
 
-from tasks.dead_letters import DEAD_KEY, DeadLetterStore
-from tasks.limits import MAX_DEAD_MESSAGE_BYTES
+from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
+from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES
 
 
 def test_text_and_binary_messages_are_kept_as_they_were(redis_client: fakeredis.FakeRedis) -> None:

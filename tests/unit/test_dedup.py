@@ -7,15 +7,15 @@ from typing import Any
 import fakeredis
 import pytest
 
-from config import Settings
-from tasks import results
-from tasks.dedup import DedupStore, dedup_key
-from tasks.errors import InvalidInput
-from tasks.job import JobRunner
-from tasks.media_source import OpenedSource
-from tasks.options import JobOptions
-from tasks.results import ResultStore
-from worker.samples import png_bytes
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.dedup import DedupStore, dedup_key
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.options import JobOptions
+from wsupload.tasks.results import ResultStore
+from wsupload.worker.dev.samples import png_bytes
 
 NOW = results.utcnow()
 

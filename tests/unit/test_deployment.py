@@ -1,5 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked by parsing (no Docker engine runs here)."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +39,37 @@ def test_worker_is_wired_to_redis_and_takes_the_key_from_the_environment(compose
 
 def test_the_dockerfile_builds_what_compose_runs(compose: dict[str, Any]) -> None:
     assert compose["services"]["worker"]["build"] == "."
-    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line and line[0] != "#"]
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")  # continuation lines joined
+    lines = [line.split() for line in text.splitlines() if line and line[0] != "#"]
     copied = [part for line in lines if line[0] == "COPY" for part in line[1:-1]]
-    assert {"config", "tasks", "worker", "pyproject.toml"} <= set(copied)
+    assert {"wsupload", "config", "tasks", "worker", "pyproject.toml"} <= set(copied)
     assert all((ROOT / path).exists() for path in copied)
+    runs = " ".join(" ".join(line) for line in lines if line[0] == "RUN")
+    assert "rm -r /src" in runs
+    assert "wsupload.worker.dev" in runs  # the development tools stay out of the image
     assert ["CMD", '["wsupload",', '"worker"]'] in lines
     assert any(line[0] == "USER" and line[1] != "root" for line in lines)
 
 
+def test_the_runtime_never_imports_the_development_tools() -> None:
+    # What the image keeps must work without wsupload.worker.dev, which it deletes.
+    runtime = [
+        "wsupload",
+        "wsupload.worker.cli",
+        "wsupload.worker.app",
+        "wsupload.worker.producer",
+        "wsupload.worker.consumer",
+        "wsupload.tasks.upload",
+        "wsupload.tasks.scan",
+        "wsupload.tasks.callbacks",
+    ]
+    probe = f"import sys, {', '.join(runtime)}; print([m for m in sys.modules if m.startswith('wsupload.worker.dev')])"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/")
+    assert found.stdout.strip() == "[]"
+
+
 def test_beat_runs_the_example_schedules(compose: dict[str, Any]) -> None:
-    from config.schedules import load_schedules
+    from wsupload.config.schedules import load_schedules
 
     beat = compose["services"]["beat"]
     assert beat["command"] == ["wsupload", "beat"]

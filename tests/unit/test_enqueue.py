@@ -14,12 +14,12 @@ import fakeredis
 import pytest
 import redis
 
-from config import Settings
-from tasks import enqueue as enqueue_module
-from tasks import results
-from tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
-from tasks.errors import InvalidInput
-from tasks.limits import MAX_SOURCE_CHARS
+from wsupload.config import Settings
+from wsupload.tasks import enqueue as enqueue_module
+from wsupload.tasks import results
+from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
+from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.limits import MAX_SOURCE_CHARS
 
 QUEUE, BULK = "q1", "q1.bulk"
 RESULT_TTL = 3600

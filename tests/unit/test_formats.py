@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks import formats
-from worker.samples import mp4_bytes, png_bytes, wav_bytes
+from wsupload.tasks import formats
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes, wav_bytes
 
 HEADS = {
     "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF",

@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from config import Settings
-from tasks import results
-from tasks.dedup import dedup_key
-from tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
-from tasks.job import JobRunner, Uploader
-from tasks.media_source import OpenedSource
-from tasks.multipart import MultipartBody
-from tasks.options import JobOptions
-from tasks.rate_limit import FleetLimiter
-from tasks.results import ResultStore
-from worker.samples import png_bytes
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.dedup import dedup_key
+from wsupload.tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
+from wsupload.tasks.job import JobRunner, Uploader
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.multipart import MultipartBody
+from wsupload.tasks.options import JobOptions
+from wsupload.tasks.rate_limit import FleetLimiter
+from wsupload.tasks.results import ResultStore
+from wsupload.worker.dev.samples import png_bytes
 
 SECRET = "sk-job-secret"
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "ok.png", "size": 1}

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import results
-from tasks.errors import InvalidInput, InvalidMessage, UploadError
-from tasks.errors import RetriesExhausted as SomeError
-from tasks.messages import NoJobId, UploadCall, job_id_of, read_upload_call, valid_job_id
+from wsupload.tasks import results
+from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
+from wsupload.tasks.errors import RetriesExhausted as SomeError
+from wsupload.tasks.messages import NoJobId, UploadCall, job_id_of, read_upload_call, valid_job_id
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 JSON = st.recursive(

@@ -5,8 +5,8 @@ import io
 import pytest
 from python_multipart.multipart import MultipartParser
 
-from tasks.errors import SourceChanged
-from tasks.multipart import MultipartBody
+from wsupload.tasks.errors import SourceChanged
+from wsupload.tasks.multipart import MultipartBody
 
 
 def parse(body: bytes, boundary: str) -> tuple[dict[str, str], bytes]:

@@ -8,14 +8,14 @@ from typing import Any
 import fsspec
 import pytest
 
-from config import Settings
-from tasks.errors import InvalidInput, SourceUnavailable, StoreError
-from tasks.job import JobRunner
-from tasks.media_source import OpenedSource
-from tasks.object_store import FsspecStore, ObjectURL, bucket_allowed, parse_object_url
-from tasks.results import ResultStore
-from tasks.sources import SourceOpener
-from worker.samples import png_bytes
+from wsupload.config import Settings
+from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.object_store import FsspecStore, ObjectURL, bucket_allowed, parse_object_url
+from wsupload.tasks.results import ResultStore
+from wsupload.tasks.sources import SourceOpener
+from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "x.png", "size": 1}
 

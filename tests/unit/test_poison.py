@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from kombu.message import Message
 from kombu.transport import virtual
 
-from config import UPLOAD_TASK_NAME
-from tasks import wire
-from worker.consumer import message_problem
-from worker.poison import PoisonGuard
+from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.tasks import wire
+from wsupload.worker.consumer import message_problem
+from wsupload.worker.poison import PoisonGuard
 
 
 class Recorder:

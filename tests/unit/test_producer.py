@@ -10,14 +10,14 @@ import fakeredis
 import pytest
 import redis
 
-from config import Settings
-from tasks import results
-from tasks.discovery import Found
-from tasks.errors import Rejected
-from tasks.results import ResultStore
-from worker import producer as producer_module
-from worker.outage import Outage, reconnect_delay
-from worker.producer import Producer
+from wsupload.config import Settings
+from wsupload.tasks import results
+from wsupload.tasks.discovery import Found
+from wsupload.tasks.errors import Rejected
+from wsupload.tasks.results import ResultStore
+from wsupload.worker import producer as producer_module
+from wsupload.worker.outage import Outage, reconnect_delay
+from wsupload.worker.producer import Producer
 
 
 @pytest.fixture

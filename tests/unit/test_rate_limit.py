@@ -3,8 +3,8 @@
 import fakeredis
 import pytest
 
-from tasks.rate_limit import FleetLimiter, RateLimitTimeout
-from worker.local_services import wait_until
+from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
+from wsupload.worker.dev.local_services import wait_until
 
 
 def test_requests_per_second_are_spaced(redis_client: fakeredis.FakeRedis) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from config import readme
-from config.settings import VARIABLES
+from wsupload.config import readme
+from wsupload.config.settings import VARIABLES
 
 
 def test_the_readme_table_is_current() -> None:

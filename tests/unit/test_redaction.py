@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks import redaction
-from tasks.errors import ServerError
-from tasks.results import ResultStore, failed, new_doc, utcnow
+from wsupload.tasks import redaction
+from wsupload.tasks.errors import ServerError
+from wsupload.tasks.results import ResultStore, failed, new_doc, utcnow
 
 SECRET = "sk-redaction-test-0123456789"
 QUOTED = 'sk-"quoted\\secret'

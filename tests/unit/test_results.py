@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 
 import fakeredis
 
-from tasks import results
-from tasks.errors import RateLimited, Rejected
-from tasks.results import ResultStore
+from wsupload.tasks import results
+from wsupload.tasks.errors import RateLimited, Rejected
+from wsupload.tasks.results import ResultStore
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 FIELDS = {

@@ -6,8 +6,15 @@ from email.utils import format_datetime
 import pytest
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
-from tasks.errors import ConnectionFailed, PermanentError, RateLimited, ServerError, TransientError, UploadTimeout
-from tasks.retry_policy import (
+from wsupload.tasks.errors import (
+    ConnectionFailed,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    TransientError,
+    UploadTimeout,
+)
+from wsupload.tasks.retry_policy import (
     RetryPolicy,
     compute_backoff,
     error_for_status,

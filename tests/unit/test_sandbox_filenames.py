@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.multipart import MultipartBody
-from worker.disposition import Disposition, parse_disposition
-from worker.samples import png_bytes
-from worker.sandbox import UPLOAD_PATH, SandboxServer
+from wsupload.tasks.multipart import MultipartBody
+from wsupload.worker.dev.disposition import Disposition, parse_disposition
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import UPLOAD_PATH, SandboxServer
 
 NAMES = ["café photo 日本.png", "café.png", "my photo.png", 'a"b.png', "line\r\nbreak.png", "x;y=z.png", "50%.png"]
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from config import ConfigError, Settings
-from config.schedules import Schedule, load_schedules
-from tasks.scan import run_scan, seen_key
-from worker.app import beat_schedule
-from worker.samples import png_bytes
+from wsupload.config import ConfigError, Settings
+from wsupload.config.schedules import Schedule, load_schedules
+from wsupload.tasks.scan import run_scan, seen_key
+from wsupload.worker.app import beat_schedule
+from wsupload.worker.dev.samples import png_bytes
 
 
 def write(tmp_path: Path, text: str) -> Path:

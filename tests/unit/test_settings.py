@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from config import ConfigError, Settings
-from config.settings import VARIABLES, Variable, parse_duration, parse_seconds, parse_size
+from wsupload.config import ConfigError, Settings
+from wsupload.config.settings import VARIABLES, Variable, parse_duration, parse_seconds, parse_size
 
 SECRET = "sk-unit-secret-value"
 CALLBACK_SECRET = "cb-unit-secret-value"

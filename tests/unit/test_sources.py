@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from tasks.errors import InvalidInput, SourceChanged
-from tasks.local_files import open_local
-from tasks.media_source import OpenedSource
-from tasks.multipart import MultipartBody
-from tasks.sources import SourceOpener
-from worker.samples import png_bytes
+from wsupload.config import Settings
+from wsupload.tasks.errors import InvalidInput, SourceChanged
+from wsupload.tasks.local_files import open_local
+from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.multipart import MultipartBody
+from wsupload.tasks.sources import SourceOpener
+from wsupload.worker.dev.samples import png_bytes
 
 
 @pytest.fixture

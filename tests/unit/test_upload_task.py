@@ -7,11 +7,11 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
 
-from config import Settings
-from tasks import runtime
-from tasks import upload as upload_module
-from tasks.job import JobRunner
-from tasks.results import ResultStore
+from wsupload.config import Settings
+from wsupload.tasks import runtime
+from wsupload.tasks import upload as upload_module
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.results import ResultStore
 
 
 class NoClient:

@@ -32,8 +32,8 @@ from urllib.parse import quote, unquote
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from tasks import formats
-from worker.disposition import parse_disposition
+from wsupload.tasks import formats
+from wsupload.worker.dev.disposition import parse_disposition
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
 READ_BLOCK = 1024 * 1024

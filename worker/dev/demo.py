@@ -17,14 +17,13 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from config.settings import Settings
-from tasks import results
-from worker.cli import describe
-from worker.local_services import LocalRedis, WorkerProcess, start_redis, start_s3
-from worker.producer import Producer
-from worker.progress import JobProgress
-from worker.samples import write_samples
-from worker.sandbox import Fault, SandboxServer
+from wsupload.config.settings import Settings
+from wsupload.tasks import results
+from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, start_redis, start_s3
+from wsupload.worker.dev.samples import write_samples
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
+from wsupload.worker.progress import JobProgress, describe
 
 EXPECTED_FAILURES = {"notes.txt": "invalid_input", "fake.png": "invalid_input"}
 

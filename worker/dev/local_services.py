@@ -194,7 +194,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
-        args = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(self.concurrency)]
+        args = [sys.executable, "-m", "wsupload.worker.cli", "worker", "--concurrency", str(self.concurrency)]
         args += ["--loglevel", self.loglevel]
         self.process = subprocess.Popen(
             args, env=dict(self.env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True

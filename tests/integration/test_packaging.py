@@ -1,0 +1,111 @@
+"""The wheel installs one import name, ``wsupload``, and works beside an application's own ``config`` and ``tasks``.
+
+A Django or Flask backend very likely has packages called ``config`` or
+``tasks``. The wheel is built from this checkout and installed into a fresh
+venv (its dependencies reached through a path entry, offline), next to an
+application with both; the application enqueues through ``wsupload.Producer``
+and waits for a real worker to finish the job.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import producer_env
+from wsupload.worker.dev.local_services import WorkerProcess
+from wsupload.worker.dev.samples import png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+APP = """
+import json, os, sys
+import config, tasks                       # the application's own packages
+from wsupload import Producer, Settings    # the façade
+
+producer = Producer(Settings.from_env())
+jobs = producer.enqueue([sys.argv[1]])
+outcome = producer.wait([job.job_id for job in jobs], timeout=60)
+import wsupload
+print(json.dumps({
+    "config": config.OWNER, "tasks": tasks.OWNER, "wsupload": wsupload.__file__,
+    "status": [doc["status"] for doc in outcome.docs],
+}))
+"""
+
+
+def build_wheel(out: Path) -> Path:
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(out),
+        ".",
+    ]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    (wheel,) = out.glob("wsupload-*.whl")
+    return wheel
+
+
+def fresh_venv(where: Path, wheel: Path) -> Path:
+    """A venv with only the wheel installed; dependencies come from this venv's site-packages, by path."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    target = Path(purelib)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)]
+    subprocess.run(pip, check=True, capture_output=True)
+    # A plain path line: this venv's packages become importable, but not its .pth files,
+    # so the checkout's editable install of wsupload stays out.
+    ours = sysconfig.get_paths()["purelib"]
+    (target / "deps.pth").write_text(ours + "\n")
+    return python
+
+
+def test_the_wheel_works_beside_an_application_named_config_and_tasks(
+    worker: WorkerProcess, worker_env: dict[str, str], media_root: Path, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path / "dist")
+    python = fresh_venv(tmp_path / "venv", wheel)
+    app = tmp_path / "app"
+    for name in ("config", "tasks"):
+        (app / name).mkdir(parents=True)
+        (app / name / "__init__.py").write_text(f'OWNER = "the application\'s {name}"\n')
+    (app / "main.py").write_text(textwrap.dedent(APP))
+    png = media_root / f"wheel-{uuid.uuid4().hex[:6]}.png"
+    png.write_bytes(png_bytes())
+
+    # cwd=app: the application's packages come first on sys.path, as in a real project.
+    done = subprocess.run(
+        [str(python), "main.py", str(png)],
+        cwd=app,
+        env=producer_env(worker_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout)
+    assert seen["config"] == "the application's config"
+    assert seen["tasks"] == "the application's tasks"
+    assert seen["wsupload"].startswith(str(tmp_path / "venv"))  # the wheel's copy, not the checkout
+    assert seen["status"] == ["succeeded"]

@@ -1,0 +1,65 @@
+"""wsupload: upload media to WaveSpeedAI through a Celery queue.
+
+The producer's public face, one import away::
+
+    from wsupload import Producer, Settings
+
+    producer = Producer(Settings.from_env())  # REDIS_URL; never the API key
+    jobs = producer.enqueue(["/srv/media/cat.png"])
+    outcome = producer.wait([job.job_id for job in jobs], timeout=60)
+
+The subpackages (``wsupload.config``, ``wsupload.tasks``, ``wsupload.worker``) are the
+repository's ``config/``, ``tasks/`` and ``worker/`` folders; their layout is not part
+of the public face. Names load on first use, so ``import wsupload`` stays cheap for a
+web backend that only needs the errors or the settings.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsupload.config.errors import ConfigError, WsuploadError
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.enqueue import Batch, EnqueueError, Job
+    from wsupload.tasks.errors import InvalidInput, PermanentError, TransientError, UploadError
+    from wsupload.worker.producer import Producer, WaitOutcome
+
+_WHERE = {
+    "Producer": "wsupload.worker.producer",
+    "WaitOutcome": "wsupload.worker.producer",
+    "Job": "wsupload.tasks.enqueue",
+    "Batch": "wsupload.tasks.enqueue",
+    "EnqueueError": "wsupload.tasks.enqueue",
+    "Settings": "wsupload.config.settings",
+    "WsuploadError": "wsupload.config.errors",
+    "ConfigError": "wsupload.config.errors",
+    "UploadError": "wsupload.tasks.errors",
+    "PermanentError": "wsupload.tasks.errors",
+    "TransientError": "wsupload.tasks.errors",
+    "InvalidInput": "wsupload.tasks.errors",
+}
+
+__all__ = [
+    "Batch",
+    "ConfigError",
+    "EnqueueError",
+    "InvalidInput",
+    "Job",
+    "PermanentError",
+    "Producer",
+    "Settings",
+    "TransientError",
+    "UploadError",
+    "WaitOutcome",
+    "WsuploadError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wsupload' has no attribute {name!r}")
