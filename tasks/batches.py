@@ -18,8 +18,7 @@ from typing import Any, TextIO
 
 import redis
 
-from wsupload.config.settings import KEY_PREFIX
-from wsupload.tasks import results
+from wsupload.tasks import keys, results
 from wsupload.tasks.results import JobDoc
 
 CHUNK = 1000
@@ -38,12 +37,10 @@ EXPORT_FIELDS = (
 )
 
 
-def members_key(batch_id: str) -> str:
-    return f"{results.batch_key(batch_id)}:jobs"
+members_key = keys.batch_members
 
 
-def name_key(name: str) -> str:
-    return f"{KEY_PREFIX}:batch-name:{name}"
+name_key = keys.batch_name
 
 
 def batch_fields(batch_id: str, name: str | None, total: int, bytes_total: int) -> dict[str, Any]:

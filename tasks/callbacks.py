@@ -29,16 +29,15 @@ import requests
 from celery import shared_task
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from wsupload.config.settings import CALLBACK_TASK_NAME, KEY_PREFIX, Settings
-from wsupload.tasks import runtime
+from wsupload.config.settings import CALLBACK_TASK_NAME, Settings
+from wsupload.tasks import keys, runtime
 from wsupload.tasks.results import ResultStore, isoformat, utcnow
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Wsupload-Signature"
 
 
-def callback_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}:callback:{job_id}"
+callback_key = keys.callback
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

@@ -22,12 +22,11 @@ from typing import Any
 
 import redis
 
-from wsupload.config.settings import KEY_PREFIX
-from wsupload.tasks import results
+from wsupload.tasks import keys, results
 from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES, clip
 from wsupload.tasks.redaction import redact
 
-DEAD_KEY = f"{KEY_PREFIX}:dead"
+DEAD_KEY = keys.DEAD
 MAX_ENTRIES = 10_000
 """The oldest entries beyond this are dropped: a flood of bad messages cannot fill Redis."""
 

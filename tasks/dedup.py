@@ -15,14 +15,13 @@ from typing import Any
 
 import redis
 
-from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks import keys
 from wsupload.tasks.media_source import OpenedSource
 
 BLOCK = 1024 * 1024
 
 
-def dedup_key(digest: str) -> str:
-    return f"{KEY_PREFIX}:dedup:{digest}"
+dedup_key = keys.dedup
 
 
 def content_digest(source: OpenedSource) -> str:

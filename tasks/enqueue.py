@@ -30,8 +30,8 @@ from typing import Any
 import redis
 
 from wsupload.config.errors import WsuploadError
-from wsupload.config.settings import KEY_PREFIX, Settings
-from wsupload.tasks import results, wire
+from wsupload.config.settings import Settings
+from wsupload.tasks import keys, results, wire
 from wsupload.tasks.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.discovery import Found
 from wsupload.tasks.errors import InvalidInput
@@ -152,8 +152,7 @@ def checked_sources(sources: Sequence[str]) -> list[str]:
     return normalized
 
 
-def staging_key(token: str, chunk: int) -> str:
-    return f"{KEY_PREFIX}:staging:{token}:{chunk}"
+staging_key = keys.staging
 
 
 def redis_reason(exc: BaseException) -> str:

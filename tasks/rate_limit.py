@@ -21,11 +21,9 @@ from typing import Any
 
 import redis
 
-from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks import keys
 
-TAT_KEY = f"{KEY_PREFIX}:ratelimit:tat"
-ACTIVE_KEY = f"{KEY_PREFIX}:ratelimit:active"
-PAUSE_KEY = f"{KEY_PREFIX}:ratelimit:pause_until"
+TAT_KEY, ACTIVE_KEY, PAUSE_KEY = keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE
 
 # KEYS: tat, active, pause. ARGV: interval_ms (0 = no rate), max_active (0 = none), lease_ms, token.
 # Returns 0 when the request may go now (and takes its place), else milliseconds to wait.

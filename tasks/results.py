@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from wsupload.config.settings import KEY_PREFIX
+from wsupload.tasks import keys
 from wsupload.tasks.errors import UploadError
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.media_source import OpenedSource
@@ -28,9 +28,9 @@ QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", 
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 STATUSES = frozenset({QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED})
 _TIMES = ("started_at", "finished_at", "expires_at")
-EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
-ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
-"""Carries each job's final document once, when it ends: a waiter wakes once per job, not per change."""
+# Where documents live and are announced (built in tasks.keys, named here for the store's users).
+EVENTS_CHANNEL, ENDED_CHANNEL = keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL
+result_key, batch_key = keys.result, keys.batch
 
 JobDoc = dict[str, Any]
 T = TypeVar("T")
@@ -45,15 +45,6 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """``items`` in slices of ``size``: how many keys go to Redis in one command or pipeline."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def result_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}:result:{job_id}"
-
-
-def batch_key(batch_id: str) -> str:
-    """A hash of the batch's counters: total, done, succeeded, failed, bytes_total, bytes_done, …"""
-    return f"{KEY_PREFIX}:batch:{batch_id}"
 
 
 def utcnow() -> datetime:

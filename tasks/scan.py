@@ -26,8 +26,8 @@ from redis.exceptions import LockError
 
 from wsupload.config.errors import WsuploadError
 from wsupload.config.schedules import Schedule
-from wsupload.config.settings import KEY_PREFIX, SCAN_TASK_NAME, Settings
-from wsupload.tasks import results, runtime
+from wsupload.config.settings import SCAN_TASK_NAME, Settings
+from wsupload.tasks import keys, results, runtime
 from wsupload.tasks.discovery import Found, discover, read_manifest
 from wsupload.tasks.enqueue import Enqueuer
 from wsupload.tasks.errors import InvalidInput
@@ -38,12 +38,10 @@ log = logging.getLogger(__name__)
 CHUNK = 2000
 
 
-def state_key(name: str) -> str:
-    return f"{KEY_PREFIX}:scan:{name}"
+state_key = keys.scan_state
 
 
-def seen_key(name: str) -> str:
-    return f"{state_key(name)}:seen"
+seen_key = keys.scan_seen
 
 
 def list_sources(schedule: Schedule, settings: Settings) -> list[Found]:
@@ -73,7 +71,7 @@ def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> lis
 def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dict[str, str | int]:
     """One run; returns what it recorded in the schedule's state."""
     # redis-py's Lock: released only by its holder's token, in one script.
-    lock = client.lock(f"{state_key(schedule.name)}:lock", timeout=max(60, settings.hard_time_limit))
+    lock = client.lock(keys.scan_lock(schedule.name), timeout=max(60, settings.hard_time_limit))
     if not lock.acquire(blocking=False):
         log.info("scan %s: the previous run is still going; skipping this one", schedule.name)
         return {"skipped": 1}

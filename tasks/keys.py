@@ -1,0 +1,71 @@
+"""Every Redis key and pub/sub channel wsupload owns, built here and nowhere else.
+
+All start with ``KEY_PREFIX`` (``wsupload``), so producers in other languages and
+operators can rely on them; the README's wire contract lists the public ones
+(results, batches, channels, the dead-letter list). kombu's own keys (the queue
+lists, ``unacked``, ``unacked_index``) are kombu's.
+"""
+
+from __future__ import annotations
+
+from wsupload.config.settings import KEY_PREFIX
+
+EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
+"""``{"job_id", "status"}`` on every status change."""
+ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
+"""Each job's final document, once, when it ends: a waiter wakes once per job, not per change."""
+DEAD = f"{KEY_PREFIX}:dead"
+"""The dead-letter list (``tasks.dead_letters``)."""
+RATE_TAT = f"{KEY_PREFIX}:ratelimit:tat"
+RATE_ACTIVE = f"{KEY_PREFIX}:ratelimit:active"
+RATE_PAUSE = f"{KEY_PREFIX}:ratelimit:pause_until"
+
+
+def result(job_id: str) -> str:
+    """A job's document (JSON)."""
+    return f"{KEY_PREFIX}:result:{job_id}"
+
+
+def batch(batch_id: str) -> str:
+    """A batch's counters (hash)."""
+    return f"{KEY_PREFIX}:batch:{batch_id}"
+
+
+def batch_members(batch_id: str) -> str:
+    """A batch's job ids, in order (list)."""
+    return f"{batch(batch_id)}:jobs"
+
+
+def batch_name(name: str) -> str:
+    """The newest batch of that name (its id)."""
+    return f"{KEY_PREFIX}:batch-name:{name}"
+
+
+def staging(token: str, chunk: int) -> str:
+    """Messages of a batch being enqueued, not yet on a queue (``tasks.enqueue``)."""
+    return f"{KEY_PREFIX}:staging:{token}:{chunk}"
+
+
+def callback(job_id: str) -> str:
+    """The record of a job's callback delivery."""
+    return f"{KEY_PREFIX}:callback:{job_id}"
+
+
+def dedup(digest: str) -> str:
+    """The upload that holds these bytes (by SHA-256)."""
+    return f"{KEY_PREFIX}:dedup:{digest}"
+
+
+def scan_state(name: str) -> str:
+    """A schedule's last run (hash)."""
+    return f"{KEY_PREFIX}:scan:{name}"
+
+
+def scan_seen(name: str) -> str:
+    """What a schedule has enqueued before: source → version (hash)."""
+    return f"{scan_state(name)}:seen"
+
+
+def scan_lock(name: str) -> str:
+    """Held while one run of a schedule goes on."""
+    return f"{scan_state(name)}:lock"

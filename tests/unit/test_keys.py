@@ -1,0 +1,27 @@
+"""Every Redis key is built in tasks/keys.py, under the one prefix."""
+
+import re
+from pathlib import Path
+
+from wsupload.tasks import keys
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_other_module_builds_a_key() -> None:
+    builders = re.compile(r"""f["']\{KEY_PREFIX\}|["']wsupload:[a-z]""")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("config", "tasks", "worker")
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "keys.py" and builders.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_every_key_is_under_the_prefix() -> None:
+    built = [keys.result("j"), keys.batch("b"), keys.batch_members("b"), keys.batch_name("n"), keys.staging("t", 0)]
+    built += [keys.callback("j"), keys.dedup("d"), keys.scan_state("s"), keys.scan_seen("s"), keys.scan_lock("s")]
+    built += [keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL, keys.DEAD, keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE]
+    assert all(key.startswith("wsupload:") for key in built)
+    assert len(set(built)) == len(built)
