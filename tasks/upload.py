@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 FINAL_SAVE_MARGIN = 1.0
 """Seconds kept free before the soft time limit to write the final document."""
+REDIS_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # full, under maxmemory-policy noeviction
+    redis.exceptions.ReadOnlyError,  # a replica, after a failover
+)
+"""Redis cannot record the outcome now: the job must run again, not end."""
 
 
 def runner() -> JobRunner:
@@ -96,10 +103,10 @@ def upload(self: UploadTask, /, *args: object, **kwargs: object) -> None:
     except SoftTimeLimitExceeded:
         message = time_limit_message(job.settings, "soft", job.settings.soft_time_limit)
         job.fail(job_id, source, TimeLimitExceeded(message))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        # Without Redis the outcome cannot be recorded: hand the message back so
-        # the job runs again rather than vanish.
-        log.error("job %s: Redis unreachable (%s); requeueing", job_id, exc)
+    except REDIS_UNAVAILABLE as exc:
+        # Without a Redis that takes writes the outcome cannot be recorded: hand the
+        # message back so the job runs again, rather than vanish or end "failed".
+        log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
         raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
         log.exception("job %s: internal error", job_id)

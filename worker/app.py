@@ -79,6 +79,12 @@ def create_app(settings: Settings) -> WsuploadApp:
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A Redis that is down, full or a replica (see worker.redis_transport) is waited
+        # out: the default gives up after 100 reconnects (about 45 minutes) and the worker exits.
+        broker_connection_max_retries=None,
+        # Any other refusal in the consumer's loop (MISCONF, NOREPLICAS: redis-py has no
+        # class for them) reconnects too, rather than ending the worker.
+        broker_channel_error_retry=True,
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",

@@ -1,13 +1,33 @@
-"""kombu's Redis transport, reusing one Redis client per channel.
+"""kombu's Redis transport: one Redis client per channel, and a worker that outlives Redis faults.
 
-kombu builds a new ``redis.Redis`` object for every operation that has no
-client at hand (``Channel.conn_or_acquire``), which includes the two that
-happen for every message: recording it as unacked on delivery and removing
-it on ack. A ``redis.Redis`` costs a dict of response callbacks to build; in a
-profile of a worker's main process running no-op tasks that was a tenth of its
-CPU. The client is only a handle on the channel's connection pool (thread-safe,
-shared already), so one per pool does the same work. kombu replaces the pool
-after a fork; the client is rebuilt when that happens.
+One client per channel: kombu builds a new ``redis.Redis`` object for every
+operation that has no client at hand (``Channel.conn_or_acquire``), which
+includes the two that happen for every message: recording it as unacked on
+delivery and removing it on ack. A ``redis.Redis`` costs a dict of response
+callbacks to build; in a profile of a worker's main process running no-op tasks
+that was a tenth of its CPU. The client is only a handle on the channel's
+connection pool (thread-safe, shared already), so one per pool does the same
+work. kombu replaces the pool after a fork; the client is rebuilt when that happens.
+
+Redis faults (a restart, a failover, a full server) must cost the worker a
+reconnect or a pause, never its life or a message:
+
+- A Redis that refuses writes (``OOM command not allowed`` under ``noeviction``,
+  ``READONLY`` from a replica after a failover) is treated like one that is
+  gone: the consumer reconnects with backoff instead of dying, and connecting
+  counts only once a (no-op) write is accepted, so a worker started on a full
+  Redis waits for memory instead of spinning.
+- A message BRPOP took that cannot be recorded as unacked is never run and
+  never dropped: it is pushed back onto its queue (allowed even on a full
+  Redis: BRPOP just freed its bytes) and the channel takes no message for a
+  while, doubling up to ``PAUSE_MAX``; if Redis went away in between, it is held
+  in memory and pushed back as soon as the worker connects again.
+- An ack or requeue that cannot be written logs one warning; the message stays
+  in kombu's unacked set and is redelivered after the visibility timeout (the
+  job's finished document stops a second upload).
+- A channel whose connection Celery already collected after a connection loss
+  cannot reach Redis: it says so with a connection error, which kombu and
+  Celery expect, not kombu's ``AttributeError`` on the transport's cleared client.
 
 ``install()`` points kombu's ``redis`` and ``rediss`` scheme names at it (kombu
 derives TLS from the scheme name, so naming the class in ``broker_transport``
@@ -17,18 +37,144 @@ not read aside; everything else about the transport is kombu's.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
+from queue import Empty
 from typing import Any
 
+import redis
 from kombu import transport
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
 
+from wsupload.tasks import keys
+from wsupload.tasks.limits import clip
 from wsupload.worker.poison import PoisonGuard
+
+log = logging.getLogger(__name__)
+
+REFUSED_WRITES: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+"""Redis answered, but will not write: full under ``noeviction``, or a replica."""
+
+WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
+"""Never created: ``LPUSHX`` on it changes nothing, yet is refused exactly like any write."""
+
+PUT_BACK = "#!lua flags=allow-oom\nreturn redis.call('RPUSH', KEYS[1], ARGV[1])"
+"""RPUSH even on a full Redis (``allow-oom``, Redis ≥ 7): the tail is where BRPOP took the message from."""
+
+PAUSE_BASE = 1.0
+PAUSE_MAX = 16.0
+
+
+def pause_after(refusals: int) -> float:
+    """Seconds to take no message after the ``refusals``-th refused delivery in a row."""
+    return min(PAUSE_MAX, PAUSE_BASE * 2.0 ** max(0, refusals - 1))
+
+
+def describe(exc: BaseException) -> str:
+    # redis-py names a failed pipeline command with its arguments: a message payload at worst.
+    return clip(f"{type(exc).__name__}: {exc}")
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's ack emulation, with writes Redis refuses handled instead of raised."""
+
+    channel: Channel
+    _paused_until = 0.0
+    _refusals = 0
+
+    def can_consume(self) -> bool:
+        return time.monotonic() >= self._paused_until and bool(super().can_consume())
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.refused_errors as exc:
+            self._hand_back(message, exc)
+        self._refusals = 0
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except self.channel.refused_errors as exc:
+            self._leave_unacked(delivery_tag, "acknowledge", exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except self.channel.refused_errors as exc:
+            self._leave_unacked(delivery_tag, "requeue" if requeue else "reject", exc)
+
+    def _leave_unacked(self, delivery_tag: str, what: str, exc: BaseException) -> None:
+        log.warning(
+            "could not %s message %s (%s); it stays unacked in Redis and is delivered again "
+            "after the visibility timeout",
+            what,
+            delivery_tag,
+            describe(exc),
+        )
+        # Done with locally all the same: a tag left in ``_delivered`` holds a prefetch
+        # slot for good, and enough of them would stop this worker taking jobs.
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _hand_back(self, message: Any, exc: BaseException) -> None:
+        """BRPOP took ``message`` but Redis did not record it: never run it, never drop it.
+
+        Put it back and pause taking messages; if Redis cannot take it back now
+        (gone, or not writable), hold it until the next connection and let the
+        consumer reconnect, with Celery's backoff.
+        """
+        channel = self.channel
+        task = (message.headers or {}).get("id")
+        try:
+            channel.put_back(message._raw)
+        except channel.connection_errors as failed:
+            _held.setdefault(channel.connection.broker, []).append(message._raw)
+            log.warning(
+                "Redis did not record a delivered message (%s) nor take it back (%s); task %s goes "
+                "back on its queue once Redis answers again",
+                describe(exc),
+                describe(failed),
+                task,
+            )
+            raise exc from None
+        except Exception as failed:
+            log.error("task %s was taken off its queue and could not be put back (%s): it is lost", task, failed)
+            raise exc from None
+        self._refusals += 1
+        pause = pause_after(self._refusals)
+        self._paused_until = time.monotonic() + pause
+        log.warning(
+            "Redis did not record a delivered message (%s); task %s is back on its queue and this "
+            "worker takes no message for %g s",
+            describe(exc),
+            task,
+            pause,
+        )
+        # kombu's poller and event loop read Empty as "nothing delivered".
+        raise Empty()
+
+
+_held: dict[str, list[dict[str, Any]]] = {}
+"""Per broker, in this process: messages taken off a queue that Redis could not take back yet."""
+# Only the process that took them puts them back: a pool child would push copies.
+os.register_at_fork(after_in_child=_held.clear)
 
 
 class Channel(PoisonGuard, kombu_redis.Channel):
+    QoS = QoS
     _shared_client: Any = None
+
+    @property
+    def refused_errors(self) -> tuple[type[BaseException], ...]:
+        """Redis could not be reached or would not write: unreachable, full, a replica, or another refusal."""
+        return (*self.connection_errors, redis.exceptions.ResponseError)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -40,9 +186,69 @@ class Channel(PoisonGuard, kombu_redis.Channel):
             self._shared_client = self._create_client()  # type: ignore[attr-defined]
         yield self._shared_client
 
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # After a connection loss Celery collects the connection, which clears the
+        # transport's client, and then closes its channels; closing one restores its
+        # unacked messages through a new pool built from that client. Say "no
+        # connection" the way kombu and Celery handle, rather than AttributeError.
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+    def put_back(self, payload: dict[str, Any]) -> None:
+        """Push a delivered message back onto its queue, next in line (where kombu's restore puts it)."""
+        info = payload["properties"]["delivery_info"]
+        priority = self._get_message_priority(payload, reverse=False)
+        with self.conn_or_acquire() as client:
+            for queue in self._lookup(info["exchange"], info["routing_key"]):
+                key = self._q_for_pri(queue, priority)  # type: ignore[attr-defined]
+                self._put_back(keys=[key], args=[dumps(payload)], client=client)
+
+    @cached_property
+    def _put_back(self) -> Any:
+        return self._create_client().register_script(PUT_BACK)  # type: ignore[attr-defined]
+
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    connection_errors = (*kombu_redis.Transport.connection_errors, *REFUSED_WRITES)
+
+    broker = ""
+    """The broker's URL, which names held messages' Redis; kept: Celery clears ``client`` on a collect."""
+
+    def establish_connection(self) -> Any:
+        """Connected once Redis answers and accepts a write, so Celery's reconnect backoff covers both.
+
+        Then messages held back while Redis was away go back on their queues.
+        """
+        self.broker = self.client.as_uri(include_password=True)  # type: ignore[union-attr]
+        connection = super().establish_connection()
+        channel = self._avail_channels[-1]  # type: ignore[attr-defined]  # just made; kombu's PING was answered
+        try:
+            with channel.conn_or_acquire() as client:
+                client.lpushx(WRITE_PROBE_KEY, "")
+            _return_held(channel, _held.get(self.broker, []))
+        except BaseException:
+            self._avail_channels.remove(channel)  # type: ignore[attr-defined]
+            with contextlib.suppress(*channel.refused_errors):
+                channel.close()
+            raise
+        return connection
+
+
+def _return_held(channel: Channel, held: list[dict[str, Any]]) -> None:
+    """Put held messages back in order; what Redis cannot take now stays held (and this raises)."""
+    while held:
+        task = (held[0].get("headers") or {}).get("id")
+        try:
+            channel.put_back(held[0])
+        except channel.connection_errors:
+            raise
+        except Exception as failed:
+            log.error("task %s was taken off its queue and could not be put back (%s): it is lost", task, failed)
+        else:
+            log.warning("task %s, held while Redis was away, is back on its queue", task)
+        held.pop(0)
 
 
 def install() -> None:

@@ -99,9 +99,19 @@ def test_an_over_long_source_is_refused_and_not_stored_whole(runner: JobRunner, 
     assert "10000005 characters long, over the limit of 4096" in doc["error"]["message"]
 
 
-def test_losing_redis_hands_the_message_back(runner: JobRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("connection refused"),
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    ],
+)
+def test_losing_redis_hands_the_message_back(
+    runner: JobRunner, monkeypatch: pytest.MonkeyPatch, error: redis.RedisError
+) -> None:
     def down(*args: Any, **kwargs: Any) -> None:
-        raise redis.ConnectionError("connection refused")
+        raise error
 
     monkeypatch.setattr(runner, "run", down)
     with pytest.raises(Reject) as caught:
