@@ -18,6 +18,9 @@ SHOWN_CHARS = 200
 """How much of an over-long value a message, document or log line shows."""
 MAX_DEAD_MESSAGE_BYTES = 64 * 1024
 """How much of an undecodable message the dead-letter list keeps."""
+MAX_LOG_CHARS = 16_000
+"""The longest log message a worker writes: whatever a header or argument carried (Celery logs a
+message's ``argsrepr`` at debug level as the producer wrote it), a line stays readable."""
 
 
 def clip(text: str, limit: int = SHOWN_CHARS) -> str:

@@ -5,8 +5,9 @@ text can still carry them by accident — a server's error message that echoes
 the key, an exception from a library, a traceback — so call sites are not
 trusted to remember: ``protect`` registers the secrets once per process,
 ``install_log_redaction`` cleans every log record as it is made (message,
-arguments, traceback, stack), and the result store passes every document it
-writes through ``redact``.
+arguments, traceback, stack; the message also clipped to ``MAX_LOG_CHARS``, so
+no producer's input makes a huge line), and the result store passes every
+document it writes through ``redact``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from wsupload.tasks.limits import MAX_LOG_CHARS, clip
 
 MASK = "[redacted]"
 
@@ -81,7 +84,7 @@ def redacted_record(record: logging.LogRecord, redactor: Redactor = REDACTOR) ->
         message = record.getMessage()
     except Exception:  # a bad format string: logging would report it; keep what we can
         message = f"{record.msg!r} % {record.args!r}"
-    record.msg, record.args = redactor(message), ()
+    record.msg, record.args = clip(redactor(message), MAX_LOG_CHARS), ()
     if record.exc_info:
         record.exc_text = redactor(_formatter.formatException(record.exc_info))
         record.exc_info = None

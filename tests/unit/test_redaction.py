@@ -69,3 +69,10 @@ def test_nothing_is_masked_before_a_secret_is_registered() -> None:
     assert fresh("nothing to hide") == "nothing to hide"
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "a %s", ("b",), None)
     assert redaction.redacted_record(record, fresh).getMessage() == "a b"
+
+
+def test_a_huge_log_message_is_clipped(captured: io.StringIO) -> None:
+    logging.getLogger("wsupload.test.redaction").debug("argsrepr: %s", "x" * 10_000_000)
+    line = captured.getvalue()
+    assert len(line) < 20_000
+    assert "more characters]" in line
