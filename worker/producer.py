@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
@@ -27,6 +27,7 @@ from wsupload.tasks.results import JobDoc
 from wsupload.worker.app import create_app
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
+T = TypeVar("T")
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 
 RECHECK_SECONDS = 1.0
@@ -83,20 +84,16 @@ class Producer(Enqueuer):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         docs: dict[str, JobDoc | None] = {}
-        outage = Outage(deadline, self.outage_limit)
-        while True:
-            try:
-                return self._wait_jobs(job_ids, docs, deadline, on_update, outage)
-            except REDIS_DOWN:
-                delay = outage.failed(time.monotonic())
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
-                    ordered = [docs[job_id] for job_id in job_ids]
-                    if on_update:
-                        on_update(ordered)
-                    return WaitOutcome(ordered, timed_out=True)
+
+        def timed_out() -> WaitOutcome:
+            ordered = [docs[job_id] for job_id in job_ids]
+            if on_update:
+                on_update(ordered)
+            return WaitOutcome(ordered, timed_out=True)
+
+        return self._riding_out(
+            deadline, lambda outage: self._wait_jobs(job_ids, docs, deadline, on_update, outage), timed_out
+        )
 
     def _wait_jobs(
         self,
@@ -160,17 +157,25 @@ class Producer(Enqueuer):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         known: dict[str, Any] = {}
+        return self._riding_out(
+            deadline,
+            lambda outage: self._wait_batch(batch_id, known, deadline, on_update, outage),
+            lambda: (dict(known), True),
+        )
+
+    def _riding_out(self, deadline: float | None, attempt: Callable[[Outage], T], timed_out: Callable[[], T]) -> T:
+        """``attempt`` again after each Redis outage (backing off), until it returns or ``deadline`` passes."""
         outage = Outage(deadline, self.outage_limit)
         while True:
             try:
-                return self._wait_batch(batch_id, known, deadline, on_update, outage)
+                return attempt(outage)
             except REDIS_DOWN:
                 delay = outage.failed(time.monotonic())
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(delay)  # the outage's backoff
                 if deadline is not None and time.monotonic() >= deadline:
-                    return dict(known), True
+                    return timed_out()
 
     def _wait_batch(
         self,
