@@ -21,6 +21,8 @@ BROKER_WRITE_PROBE = f"{KEY_PREFIX}:broker-write-probe"
 RATE_TAT = f"{KEY_PREFIX}:ratelimit:tat"
 RATE_ACTIVE = f"{KEY_PREFIX}:ratelimit:active"
 RATE_PAUSE = f"{KEY_PREFIX}:ratelimit:pause_until"
+WORKERS = f"{KEY_PREFIX}:workers"
+"""Names of workers that beat lately (sorted set, score: the unix time of the last beat); records in ``worker``."""
 
 
 def result(job_id: str) -> str:
@@ -71,3 +73,8 @@ def scan_seen(name: str) -> str:
 def scan_lock(name: str) -> str:
     """Held while one run of a schedule goes on."""
     return f"{scan_state(name)}:lock"
+
+
+def worker(name: str) -> str:
+    """A worker's heartbeat record (JSON), gone by itself when the worker stops beating (``worker.heartbeat``)."""
+    return f"{KEY_PREFIX}:worker:{name}"

@@ -1,7 +1,8 @@
-"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, sandbox, demo.
+"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, workers, health, sandbox, demo.
 
-Exit codes: 0 success; 1 a job failed; 2 bad configuration, usage or an
-unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
+Exit codes: 0 success; 1 a job failed (``health``: no fresh heartbeat); 2 bad
+configuration, usage or an unreachable service (one readable line, no traceback);
+3 ``wait`` timed out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import importlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -26,6 +28,8 @@ from wsupload.config.settings import Settings, parse_duration, parse_size
 from wsupload.tasks.batches import export_row, write_export
 from wsupload.tasks.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.options import JobOptions
+from wsupload.tasks.results import utcnow
+from wsupload.worker import liveness
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -240,6 +244,36 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PROBE_TIMEOUT = 2.0
+"""Seconds ``workers`` and ``health`` wait for Redis: a probe answers well inside a container's healthcheck timeout."""
+
+
+def _heartbeats() -> list[liveness.WorkerRecord]:
+    client = liveness.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
+    try:
+        return liveness.read_records(client)
+    except redis.ResponseError as exc:  # unreachable is main()'s to say; this is a refusal (ACL, wrong type)
+        raise WsuploadError(f"Redis refused to read the heartbeats: {exc}") from None
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    records = _heartbeats()
+    if args.json:
+        print(json.dumps([record.to_json() for record in records]))
+    else:
+        print("\n".join(liveness.render(records, utcnow())))
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    verdict = liveness.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
+    if verdict.healthy:
+        print(verdict.message)
+        return EXIT_OK
+    print(f"wsupload: unhealthy: {verdict.message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _dev_tool(name: str) -> Any:
     """A module of ``wsupload.worker.dev``, which production images leave out."""
     try:
@@ -351,6 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, help="list: the newest N only")
     dead.add_argument("--json", action="store_true", help="list as JSON")
     dead.set_defaults(handler=cmd_dead)
+
+    workers = commands.add_parser("workers", help="list the live workers and the jobs each one runs")
+    workers.add_argument("--json", action="store_true", help="print their heartbeat records")
+    workers.set_defaults(handler=cmd_workers)
+
+    health = commands.add_parser(
+        "health", help="exit 0 if a worker on this host beats and Redis answers, else 1 (2: Redis unreachable)"
+    )
+    health.add_argument("--name", help="this worker only (its Celery node name, see `wsupload workers`)")
+    health.add_argument(
+        "--max-age",
+        type=_positive_duration,
+        default=liveness.RECORD_TTL,
+        help=f"the newest beat may be this old (default {liveness.RECORD_TTL:g} s: {liveness.MISSED_BEATS} beats)",
+    )
+    health.set_defaults(handler=cmd_health)
 
     sandbox = commands.add_parser("sandbox", help="run a local WaveSpeed-compatible upload server")
     sandbox.add_argument("--host", default="127.0.0.1")

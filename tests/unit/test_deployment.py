@@ -37,6 +37,20 @@ def test_worker_is_wired_to_redis_and_takes_the_key_from_the_environment(compose
     assert env["WSUPLOAD_ALLOWED_ROOTS"] == "/media"
 
 
+def test_the_worker_is_healthy_while_its_heartbeat_is_fresh(compose: dict[str, Any]) -> None:
+    from wsupload.config.parsers import parse_duration
+    from wsupload.worker.cli import PROBE_TIMEOUT
+    from wsupload.worker.liveness import BEAT_INTERVAL, RECORD_TTL
+
+    check = compose["services"]["worker"]["healthcheck"]
+    assert check["test"] == ["CMD", "wsupload", "health"]  # no API key needed, no host port: runs as is
+    interval, timeout, start = (parse_duration(check[key]) for key in ("interval", "timeout", "start_period"))
+    assert timeout > PROBE_TIMEOUT  # an unreachable Redis answers "unreachable" (exit 2), not a killed probe
+    assert interval >= BEAT_INTERVAL  # probing faster than the worker beats learns nothing new
+    assert check["retries"] * interval > RECORD_TTL  # a missed beat or a short Redis blip is not "unhealthy"
+    assert start >= 10  # a starting worker imports and connects before its first beat
+
+
 def test_the_dockerfile_builds_what_compose_runs(compose: dict[str, Any]) -> None:
     assert compose["services"]["worker"]["build"] == "."
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")  # continuation lines joined
@@ -59,6 +73,7 @@ def test_the_runtime_never_imports_the_development_tools() -> None:
         "wsupload.worker.app",
         "wsupload.worker.producer",
         "wsupload.worker.consumer",
+        "wsupload.worker.heartbeat",  # the healthcheck's `wsupload health` reads what it writes
         "wsupload.tasks.upload",
         "wsupload.tasks.scan",
         "wsupload.tasks.callbacks",

@@ -1,0 +1,276 @@
+"""The worker's heartbeat: a record in Redis of who it is and which jobs it runs, renewed every few seconds.
+
+A daemon thread in the worker's main process writes it, whatever the pool:
+Celery's worker state (``celery.worker.state``) lives there for prefork (the parent
+hears of each task a child accepts) and for threads alike. It starts once the
+worker consumes (``worker_ready``), says ``stopping`` from the shutdown signal on,
+and is deleted after a warm shutdown has let the running jobs finish
+(``worker_shutdown``). A worker that dies (SIGKILL, OOM, a lost host) leaves a
+record that expires ``liveness.RECORD_TTL`` after its last beat. The record's
+shape and its readers are in ``worker.liveness``.
+
+It must never stop or block the worker: its Redis calls time out within a beat and
+never retry by themselves (the next beat is the retry), every error is caught, and
+a failing Redis is logged once per outage, not once per beat.
+
+The worker loads this module through the app's ``include`` (``worker.app``); the
+signal receivers ignore workers of any other app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import celery.concurrency
+import redis
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker import state
+
+from wsupload.config.settings import UPLOAD_TASK_NAME, Settings
+from wsupload.tasks import keys
+from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import job_id_of
+from wsupload.tasks.results import isoformat, utcnow
+from wsupload.worker.liveness import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a worker's record says of it that does not change while it runs."""
+
+    name: str
+    host: str
+    pid: int
+    pool: str
+    concurrency: int
+    version: str
+    queues: tuple[str, ...]
+    started_at: str
+
+
+@dataclass(frozen=True)
+class Running:
+    jobs: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    other_tasks: tuple[str, ...] = ()
+
+
+def package_version() -> str:
+    try:
+        return version("wsupload")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def pool_name(pool_cls: object) -> str:
+    """Celery's name for a pool class (``prefork``, ``threads``, …), else its dotted path."""
+    if isinstance(pool_cls, str):
+        return pool_cls
+    path = f"{getattr(pool_cls, '__module__', '?')}:{getattr(pool_cls, '__qualname__', '?')}"
+    aliases: dict[str, str] = getattr(celery.concurrency, "ALIASES", {})  # untyped in celery-types
+    return next((alias for alias, target in aliases.items() if target == path), path)
+
+
+def running(active: Iterable[Any], reserved: Iterable[Any]) -> Running:
+    """The jobs among Celery's requests: executing (``active``) and taken but not started (reserved, not active).
+
+    A job is named by its ``job_id`` argument (else its task id, as the consumer
+    does); a request of another task is listed by its task name.
+    """
+    active = list(active)
+    started = {id(request) for request in active}
+    return Running(
+        jobs=tuple(_job_ids(r for r in active if _is_upload(r))),
+        waiting=tuple(_job_ids(r for r in reserved if _is_upload(r) and id(r) not in started)),
+        other_tasks=tuple(clip(str(getattr(r, "name", "?"))) for r in active if not _is_upload(r)),
+    )
+
+
+def _is_upload(request: Any) -> bool:
+    return getattr(request, "name", None) == UPLOAD_TASK_NAME
+
+
+def _job_ids(requests: Iterable[Any]) -> list[str]:
+    found = (job_id_of(getattr(r, "args", None), getattr(r, "kwargs", None), getattr(r, "id", None)) for r in requests)
+    return [job_id for job_id in found if job_id is not None]
+
+
+def _copy(requests: Iterable[Any], attempts: int = 5) -> list[Any] | None:
+    """A list of a WeakSet other threads may change meanwhile (pool threads do), or None if it kept changing."""
+    for _ in range(attempts):
+        try:
+            return list(requests)
+        except RuntimeError:  # "Set changed size during iteration"
+            continue
+    return None
+
+
+def worker_requests() -> Running | None:
+    """What this process's Celery worker runs now (None: its state changed too fast to read, try next beat)."""
+    active, reserved = _copy(state.active_requests), _copy(state.reserved_requests)
+    if active is None or reserved is None:
+        return None
+    return running(active, reserved)
+
+
+class Heartbeat:
+    """Writes one worker's record every ``interval`` seconds from a daemon thread; ``stop`` deletes it."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        identity: Identity,
+        read_running: Callable[[], Running | None] = worker_requests,
+        clock: Callable[[], datetime] = utcnow,
+        interval: float = BEAT_INTERVAL,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.read_running = read_running
+        self.clock = clock
+        self.interval = interval
+        self.stopping = False
+        """Set from the shutdown signal handler: a plain attribute, no lock, so it is safe there."""
+        self._last = Running()
+        self._failing = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self, now: datetime) -> WorkerRecord:
+        current = self.read_running()
+        if current is not None:
+            self._last = current
+        i = self.identity
+        return WorkerRecord(
+            name=i.name,
+            host=i.host,
+            pid=i.pid,
+            pool=i.pool,
+            concurrency=i.concurrency,
+            version=i.version,
+            queues=i.queues,
+            state=STOPPING if self.stopping else RUNNING,
+            jobs=self._last.jobs,
+            waiting=self._last.waiting,
+            other_tasks=self._last.other_tasks,
+            started_at=i.started_at,
+            last_beat=isoformat(now),
+            beat_interval=self.interval,
+        )
+
+    def beat(self) -> bool:
+        """Write the record once; False (logged once per outage) if that failed."""
+        try:
+            now = self.clock()
+            record = self.record(now)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(keys.worker(record.name), json.dumps(record.to_json()), px=int(RECORD_TTL * 1000))
+            pipe.zadd(keys.WORKERS, {record.name: now.timestamp()})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", now.timestamp() - INDEX_HORIZON)
+            pipe.execute()
+        except Exception as exc:  # whatever it is, the worker carries on: the next beat tries again
+            if not self._failing:
+                self._failing = True
+                expected = isinstance(exc, redis.RedisError | OSError)
+                log.warning(
+                    "heartbeat: cannot write this worker's record (%s: %s); trying again every %g s",
+                    type(exc).__name__,
+                    clip(str(exc)),
+                    self.interval,
+                    exc_info=not expected,
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("heartbeat: writing this worker's record again")
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wsupload-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.beat()
+        while not self._done.wait(self.interval):
+            self.beat()
+
+    def stop(self) -> None:
+        """Stop beating, then delete the record (after the last beat: a beat in flight must not bring it back)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval * 2)
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(keys.worker(self.identity.name))
+            pipe.zrem(keys.WORKERS, self.identity.name)
+            pipe.execute()
+        except Exception as exc:
+            log.warning(
+                "heartbeat: could not delete this worker's record (%s: %s); it expires in %g s",
+                type(exc).__name__,
+                clip(str(exc)),
+                RECORD_TTL,
+            )
+
+
+def identity_of(consumer: Any, now: datetime) -> Identity:
+    """The identity of the worker whose consumer ``worker_ready`` came from."""
+    controller = consumer.controller
+    queues = consumer.app.amqp.queues
+    return Identity(
+        name=str(consumer.hostname),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        pool=pool_name(controller.pool_cls),
+        concurrency=int(controller.concurrency),
+        version=package_version(),
+        queues=tuple(queues.consume_from or queues),
+        started_at=isoformat(now),
+    )
+
+
+_current: Heartbeat | None = None
+"""This process's heartbeat, while its worker runs."""
+
+
+@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:ready")
+def _start(sender: Any = None, **_: Any) -> None:
+    global _current
+    settings = getattr(getattr(sender, "app", None), "settings", None)
+    if not isinstance(settings, Settings) or _current is not None:
+        return  # another app's worker, or already beating
+    try:
+        heartbeat = Heartbeat(connect(settings.redis_url, timeout=BEAT_INTERVAL), identity_of(sender, utcnow()))
+        heartbeat.start()
+    except Exception:
+        log.exception("heartbeat: not started; the worker runs without a heartbeat record")
+        return
+    _current = heartbeat
+    log.info("heartbeat: %s every %g s", keys.worker(heartbeat.identity.name), heartbeat.interval)
+
+
+@worker_shutting_down.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:shutting-down")
+def _mark_stopping(**_: Any) -> None:
+    # Runs inside the signal handler: no I/O, no lock; the next beat says it.
+    if _current is not None:
+        _current.stopping = True
+
+
+@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:shutdown")
+def _stop(**_: Any) -> None:
+    # Sent after a warm shutdown has drained the pool, so the record listed the jobs to the end.
+    global _current
+    heartbeat, _current = _current, None
+    if heartbeat is not None:
+        heartbeat.stop()

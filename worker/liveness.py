@@ -1,0 +1,189 @@
+"""Workers' heartbeat records, as their readers see them: which workers are live, what they run, is one healthy.
+
+``worker.heartbeat`` writes one record per worker (``keys.worker(name)``, JSON) every
+``BEAT_INTERVAL`` with a TTL of ``MISSED_BEATS`` beats, and its name in the index
+``keys.WORKERS``; ``wsupload workers`` and ``wsupload health`` read them here (a
+ZRANGE and one MGET). The policy, ``is_fresh`` and ``judge``, is pure: it tests
+without Redis or a clock.
+
+Two clocks, on purpose: whether a record exists is Redis's to say (its TTL), so a
+listing across hosts never hides a live worker because of clock skew; the age of
+``last_beat`` is read with the reader's clock, which is the worker's own only on its
+host, where ``health`` runs and may hold it to ``--max-age``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from wsupload.tasks import keys
+
+BEAT_INTERVAL = 2.0
+"""Seconds between two beats of a worker."""
+MISSED_BEATS = 3
+RECORD_TTL = BEAT_INTERVAL * MISSED_BEATS
+"""A record outlives its last beat by this much: a worker that died is gone from the listing within it."""
+INDEX_HORIZON = 3600.0
+"""Names in the index silent this long are pruned by the beating workers (their records expired long before)."""
+RUNNING, STOPPING = "running", "stopping"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One worker's heartbeat: who it is and what it runs (the stored JSON has exactly these fields)."""
+
+    name: str
+    """Celery's node name (``wsupload-<pid>@<host>``)."""
+    host: str
+    pid: int
+    pool: str
+    concurrency: int
+    version: str
+    queues: tuple[str, ...]
+    state: str
+    """``running``, or ``stopping`` once asked to shut down (running jobs may still finish)."""
+    jobs: tuple[str, ...]
+    """Job ids it is uploading now."""
+    waiting: tuple[str, ...]
+    """Job ids it has taken from the queue and not started yet."""
+    other_tasks: tuple[str, ...]
+    """Names of other tasks it runs now (``wsupload.scan``, ``wsupload.callback``)."""
+    started_at: str
+    last_beat: str
+    beat_interval: float = BEAT_INTERVAL
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for field in ("queues", "jobs", "waiting", "other_tasks"):
+            doc[field] = list(doc[field])
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: object) -> WorkerRecord | None:
+        """The record ``doc`` holds, or None if it is not one (fields are only ever added: extras are ignored)."""
+        if not isinstance(doc, dict):
+            return None
+        texts = [doc.get(f) for f in ("name", "host", "pool", "version", "state", "started_at", "last_beat")]
+        lists = [doc.get(f) for f in ("queues", "jobs", "waiting", "other_tasks")]
+        pid, concurrency, interval = doc.get("pid"), doc.get("concurrency"), doc.get("beat_interval", BEAT_INTERVAL)
+        if not all(isinstance(v, str) for v in texts):
+            return None
+        if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in lists):
+            return None
+        if type(pid) is not int or type(concurrency) is not int or not isinstance(interval, int | float):
+            return None
+        name, host, pool, version, state, started_at, last_beat = (str(v) for v in texts)
+        queues, jobs, waiting, other_tasks = (tuple(v) for v in lists if isinstance(v, list))
+        return cls(
+            name=name,
+            host=host,
+            pid=pid,
+            pool=pool,
+            concurrency=concurrency,
+            version=version,
+            queues=queues,
+            state=state,
+            jobs=jobs,
+            waiting=waiting,
+            other_tasks=other_tasks,
+            started_at=started_at,
+            last_beat=last_beat,
+            beat_interval=float(interval),
+        )
+
+
+def beat_age(record: WorkerRecord, now: datetime) -> float | None:
+    """Seconds since the record's last beat by ``now``'s clock (never below 0); None if unreadable."""
+    try:
+        last = datetime.fromisoformat(record.last_beat)
+    except ValueError:
+        return None
+    if last.tzinfo is None:
+        return None
+    return max(0.0, (now - last).total_seconds())
+
+
+def is_fresh(record: WorkerRecord, now: datetime, max_age: float) -> bool:
+    """Whether the worker beat within ``max_age`` seconds of ``now``."""
+    age = beat_age(record, now)
+    return age is not None and age <= max_age
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    message: str
+
+
+def judge(
+    records: Iterable[WorkerRecord], now: datetime, max_age: float, *, host: str, name: str | None = None
+) -> Verdict:
+    """``wsupload health``: healthy when a worker on ``host`` (or the one named) beat within ``max_age`` and runs."""
+    which = f"worker {name}" if name else f"a worker on host {host}"
+    mine = [r for r in records if (r.name == name if name else r.host == host)]
+    if not mine:
+        return Verdict(False, f"no heartbeat from {which}: none is running, or it stopped or died")
+    fresh = [r for r in mine if is_fresh(r, now, max_age)]
+    running = [r for r in fresh if r.state == RUNNING]
+    if running:
+        best = min(running, key=lambda r: beat_age(r, now) or 0.0)
+        return Verdict(True, f"ok: {best.name} beat {beat_age(best, now):.1f} s ago, {len(best.jobs)} job(s) running")
+    if fresh:
+        return Verdict(False, f"{fresh[0].name} is shutting down")
+    newest = min(mine, key=lambda r: beat_age(r, now) or float("inf"))
+    age = beat_age(newest, now)
+    when = "at an unreadable time" if age is None else f"{age:.1f} s ago"
+    return Verdict(False, f"the last heartbeat of {newest.name} was {when} (--max-age {max_age:g} s)")
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    """A client that gives up after ``timeout`` and never retries by itself: probes and beats must not hang."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def read_records(client: redis.Redis, chunk: int = 1000) -> list[WorkerRecord]:
+    """Every record still in Redis (live workers), by name; names whose record expired are skipped."""
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in client.zrange(keys.WORKERS, 0, -1)]
+    records = []
+    for start in range(0, len(names), chunk):
+        for raw in client.mget([keys.worker(n) for n in names[start : start + chunk]]):
+            record = _parse(raw)
+            if record is not None:
+                records.append(record)
+    return sorted(records, key=lambda r: r.name)
+
+
+def _parse(raw: object) -> WorkerRecord | None:
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        return WorkerRecord.from_json(json.loads(raw))
+    except ValueError:  # not JSON (UnicodeDecodeError is one too)
+        return None
+
+
+def render(records: Sequence[WorkerRecord], now: datetime) -> list[str]:
+    """``wsupload workers``: a line per worker, then the jobs it holds, one per line."""
+    if not records:
+        return ["no live workers"]
+    lines = []
+    for r in records:
+        age = beat_age(r, now)
+        beat = "beat at an unreadable time" if age is None else f"beat {age:.1f} s ago"
+        counts = f"{len(r.jobs)} running" + (f", {len(r.waiting)} waiting" if r.waiting else "")
+        stopping = "  stopping" if r.state == STOPPING else ""
+        lines.append(f"{r.name}  {r.host}/{r.pid}  {r.pool}×{r.concurrency}  {counts}  {beat}  v{r.version}{stopping}")
+        lines += [f"    running  {job}" for job in r.jobs]
+        lines += [f"    waiting  {job}" for job in r.waiting]
+        lines += [f"    task     {task}" for task in r.other_tasks]
+    return lines
