@@ -61,7 +61,8 @@ def create_app(settings: Settings) -> WsuploadApp:
     app = WsuploadApp(
         "wsupload",
         broker=settings.effective_broker_url,
-        include=[f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")],
+        # The tasks, and the worker's heartbeat (worker.heartbeat hooks itself to the worker's signals).
+        include=[*(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")), "wsupload.worker.heartbeat"],
     )
     app.settings = settings
     app.quarantine = Quarantine(settings)

@@ -29,7 +29,7 @@ from wsupload.tasks.batches import export_row, write_export
 from wsupload.tasks.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.options import JobOptions
 from wsupload.tasks.results import utcnow
-from wsupload.worker import liveness
+from wsupload.worker import roster
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -248,10 +248,10 @@ PROBE_TIMEOUT = 2.0
 """Seconds ``workers`` and ``health`` wait for Redis: a probe answers well inside a container's healthcheck timeout."""
 
 
-def _heartbeats() -> list[liveness.WorkerRecord]:
-    client = liveness.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
+def _heartbeats() -> list[roster.WorkerRecord]:
+    client = roster.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
     try:
-        return liveness.read_records(client)
+        return roster.read_records(client)
     except redis.ResponseError as exc:  # unreachable is main()'s to say; this is a refusal (ACL, wrong type)
         raise WsuploadError(f"Redis refused to read the heartbeats: {exc}") from None
 
@@ -261,12 +261,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
     else:
-        print("\n".join(liveness.render(records, utcnow())))
+        print("\n".join(roster.render(records, utcnow())))
     return EXIT_OK
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    verdict = liveness.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
+    verdict = roster.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
     if verdict.healthy:
         print(verdict.message)
         return EXIT_OK
@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_positive_duration,
-        default=liveness.RECORD_TTL,
-        help=f"the newest beat may be this old (default {liveness.RECORD_TTL:g} s: {liveness.MISSED_BEATS} beats)",
+        default=roster.RECORD_TTL,
+        help=f"the newest beat may be this old (default {roster.RECORD_TTL:g} s: {roster.MISSED_BEATS} beats)",
     )
     health.set_defaults(handler=cmd_health)
 

@@ -6,8 +6,8 @@ hears of each task a child accepts) and for threads alike. It starts once the
 worker consumes (``worker_ready``), says ``stopping`` from the shutdown signal on,
 and is deleted after a warm shutdown has let the running jobs finish
 (``worker_shutdown``). A worker that dies (SIGKILL, OOM, a lost host) leaves a
-record that expires ``liveness.RECORD_TTL`` after its last beat. The record's
-shape and its readers are in ``worker.liveness``.
+record that expires ``roster.RECORD_TTL`` after its last beat. The record's
+shape and its readers are in ``worker.roster``.
 
 It must never stop or block the worker: its Redis calls time out within a beat and
 never retry by themselves (the next beat is the retry), every error is caught, and
@@ -40,7 +40,7 @@ from wsupload.tasks import keys
 from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import job_id_of
 from wsupload.tasks.results import isoformat, utcnow
-from wsupload.worker.liveness import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
+from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from wsupload.tasks import keys
 from wsupload.worker import heartbeat
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.heartbeat import Heartbeat, Identity, Running, pool_name, running
-from wsupload.worker.liveness import INDEX_HORIZON, RECORD_TTL, read_records
+from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, read_records
 
 NOW = datetime(2026, 11, 24, 15, 0, 0, tzinfo=UTC)
 IDENTITY = Identity(
