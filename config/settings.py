@@ -201,20 +201,52 @@ class Settings:
         check=lambda v: v >= 1,
         rule="at least 1 second",
     )
-    visibility_timeout: int = setting(
-        "WSUPLOAD_VISIBILITY_TIMEOUT",
+    lease: float = setting(
+        "WSUPLOAD_LEASE",
+        parse_duration,
+        "6",
+        "How long a delivered job stays leased to its worker without renewal. A worker renews its"
+        " jobs' leases every third of it while they make progress; a job whose worker died, hung or"
+        " was paused is handed to another worker about this long after its last renewal (kombu's"
+        " visibility timeout, now a lease). Upload length is not bounded by it.",
+        shown="{} s",
+        check=lambda v: 2 <= v <= 600,
+        rule="from 2 to 600 seconds",
+    )
+    max_deliveries: int = setting(
+        "WSUPLOAD_MAX_DELIVERIES",
+        parse_int,
+        "5",
+        "A job taken by this many workers without ending (each died, hung or was stopped with it) ends"
+        " `failed`, kind `too_many_deliveries`.",
+        check=lambda v: 1 <= v <= 100,
+        rule="from 1 to 100",
+    )
+    job_timeout: int = setting(
+        "WSUPLOAD_JOB_TIMEOUT",
         parse_seconds,
-        "3600",
-        "The one delivery knob; time limits derive from it (below).",
-        shown="{} s (min 20)",
-        check=lambda v: v >= 20,
-        rule="at least 20 seconds (the task's time limits are derived from it)",
+        "6h",
+        "Total time one delivery of a job may take, retry waits included; checked between chunks and"
+        " before each wait (`time_limit`). Stalls are the connect and read timeouts' to catch.",
+        shown="{} s",
+        check=lambda v: v >= 10,
+        rule="at least 10 seconds",
+    )
+    stop_grace: float = setting(
+        "WSUPLOAD_STOP_GRACE",
+        parse_duration,
+        "25",
+        "On SIGTERM, running jobs get this long to finish (Celery's soft shutdown); what is still"
+        " running then goes back on its queue at once. Keep it below the orchestrator's kill timeout.",
+        shown="{} s",
+        check=lambda v: v >= 0,
+        rule="0 or more",
     )
     concurrency: int = setting(
         "WSUPLOAD_CONCURRENCY",
         parse_int,
-        "16",
-        "Prefork pool processes per worker (chosen from `make bench`: see `benchmarks/RESULTS.md`).",
+        "32",
+        "Upload threads per worker (Celery's threads pool; chosen from `make bench`: see `benchmarks/RESULTS.md`).",
         check=lambda v: 1 <= v <= 512,
         rule="from 1 to 512",
     )
@@ -370,30 +402,19 @@ class Settings:
         return self.broker_url or self.redis_url
 
     @property
-    def hard_time_limit(self) -> int:
-        """Hard per-task limit, always below the visibility timeout.
-
-        kombu redelivers an unacked message once it is older than the visibility
-        timeout, even while the first copy still runs. Killing the task before
-        then is what guarantees one upload never runs twice in parallel.
-        """
-        margin = max(5, self.visibility_timeout // 10)
-        return self.visibility_timeout - margin
-
-    @property
-    def soft_time_limit(self) -> int:
-        """Soft limit: leaves the task time to record a readable failure."""
-        return self.hard_time_limit - max(2, self.hard_time_limit // 20)
+    def renew_interval(self) -> float:
+        """Seconds between lease renewals: three chances to renew before a lease runs out."""
+        return self.lease / 3
 
     @property
     def restore_interval(self) -> int:
-        """Seconds between kombu's sweeps for abandoned messages.
+        """Seconds between kombu's scans for expired leases (each one ZRANGE); a job comes back within lease + this."""
+        return 1
 
-        kombu's default cadence (10 s x throttle 10) recovers a job orphaned by
-        a dead worker only ~100 s after its visibility timeout; a tenth of the
-        timeout keeps recovery close to the one number a user set.
-        """
-        return max(1, min(60, self.visibility_timeout // 10))
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between sweeps for jobs whose message was lost (``tasks.sweep``)."""
+        return max(1.0, self.lease / 2)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, worker: bool = False) -> Settings:
@@ -405,6 +426,19 @@ VARIABLES = variables_of(Settings)
 """The settings table, one row per ``Settings`` field, in declaration (and README) order."""
 
 DEFAULT_FSSPEC_PROTOCOLS = Settings().fsspec_protocols
+
+
+DEPRECATED = {
+    "WSUPLOAD_VISIBILITY_TIMEOUT": "ignored since leases replaced the visibility timeout: a job's message is"
+    " leased for WSUPLOAD_LEASE and renewed while it runs, and WSUPLOAD_JOB_TIMEOUT bounds one delivery",
+}
+"""Variables that are still accepted, and what a worker says about each at start-up."""
+
+
+def deprecations(env: Mapping[str, str] | None = None) -> list[str]:
+    """One line for each deprecated variable set in ``env``."""
+    env = os.environ if env is None else env
+    return [f"{name} is deprecated: {why}" for name, why in DEPRECATED.items() if env.get(name, "").strip()]
 
 
 def _read(env: Mapping[str, str], *, worker: bool) -> Settings:

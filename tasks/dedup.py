@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys
+from wsupload.tasks import keys, lease
 from wsupload.tasks.media_source import OpenedSource
 
 BLOCK = 1024 * 1024
@@ -30,6 +30,7 @@ def content_digest(source: OpenedSource) -> str:
     stream = source.open_stream()
     while block := stream.read(BLOCK):
         digest.update(block)
+        lease.tick()  # bytes moving: the job is alive
     return digest.hexdigest()
 
 

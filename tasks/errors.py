@@ -13,7 +13,8 @@
         │   ├── ClientError            client_error         any other 4xx but 408/429
         │   ├── UnexpectedResponse     unexpected_response  3xx, or a body not of the documented shape
         │   ├── RetriesExhausted       retries_exhausted    the last transient error, out of attempts
-        │   ├── TimeLimitExceeded      time_limit           the task's time limit ran out
+        │   ├── TimeLimitExceeded      time_limit           WSUPLOAD_JOB_TIMEOUT ran out
+        │   ├── TooManyDeliveries      too_many_deliveries  WSUPLOAD_MAX_DELIVERIES workers took it and none ended it
         │   └── InternalError          internal_error       a bug in wsupload, logged with its traceback
         └── TransientError             retried with backoff
             ├── ConnectionFailed       connection_error     refused, reset, DNS, broken pipe
@@ -22,6 +23,10 @@
             ├── StoreError             store_error          object store: timeout, 5xx, throttling
             ├── SourceChanged          source_changed       the file changed while it was sent
             └── ServerError            server_error         HTTP 5xx and 408
+
+Outside ``UploadError``, a delivery that may no longer act for its job stops with
+``LeaseLost`` (``tasks.lease``) or ``Superseded`` (``tasks.fencing``): they end the
+delivery, never the job.
 
 Celery pickles exceptions across processes, so every constructor passes all of
 its arguments to ``super().__init__``. Messages never contain the API key.
@@ -103,6 +108,10 @@ class RetriesExhausted(PermanentError):
 
 class TimeLimitExceeded(PermanentError):
     kind = "time_limit"
+
+
+class TooManyDeliveries(PermanentError):
+    kind = "too_many_deliveries"
 
 
 class InternalError(PermanentError):

@@ -25,13 +25,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
 from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import redaction, results
+from wsupload.tasks import lease, redaction, results
 from wsupload.tasks.dedup import DedupStore, content_digest
-from wsupload.tasks.errors import RateLimited, RetriesExhausted, SourceChanged, TooLarge, TransientError, UploadError
+from wsupload.tasks.errors import (
+    InternalError,
+    RateLimited,
+    RetriesExhausted,
+    SourceChanged,
+    TooLarge,
+    TooManyDeliveries,
+    TransientError,
+    UploadError,
+)
+from wsupload.tasks.fencing import Superseded
+from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.options import JobOptions
 from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
@@ -70,6 +82,7 @@ class _stop_when(stop_base):
 class _State:
     doc: results.JobDoc
     deadline: float | None
+    generation: int | None = None
 
 
 @dataclass
@@ -92,7 +105,7 @@ class JobRunner:
                 self.store.redis,
                 per_second=self.settings.rate_limit,
                 max_concurrent=self.settings.max_concurrent_uploads,
-                lease_seconds=self.settings.hard_time_limit,
+                lease_seconds=self.settings.job_timeout,
             )
         self.policy = RetryPolicy.from_settings(self.settings)
         self.opener = SourceOpener(self.settings)
@@ -105,38 +118,73 @@ class JobRunner:
         options: JobOptions = NO_OPTIONS,
         *,
         time_budget: float | None = None,
+        worker: str | None = None,
+        tag: str | None = None,
     ) -> results.JobDoc:
-        """Run the job to a terminal document. ``time_budget`` bounds retry waits."""
-        doc = self.store.get(job_id) or results.new_doc(job_id, source, results.utcnow())
-        if doc["status"] in results.TERMINAL:
+        """Run one delivery of the job to a terminal document.
+
+        The delivery first claims the job (``tasks.fencing``): every write it makes
+        holds that generation, and it stops with ``Superseded`` or ``LeaseLost``
+        (nothing more written) once another delivery holds the job. ``time_budget``
+        (default ``WSUPLOAD_JOB_TIMEOUT``) bounds the delivery, waits included;
+        ``worker`` is shown in the document; ``tag`` is the message's delivery tag,
+        whose lease the worker renews while the job shows signs of life.
+        """
+        claim = self.store.claim(job_id)
+        doc = results.decode_doc(claim.stored, job_id, results.utcnow()) or results.new_doc(
+            job_id, source, results.utcnow()
+        )
+        if claim.ended or doc["status"] in results.TERMINAL:
             # A redelivered message for a job that already finished (its ack was
             # lost): uploading again would only waste the bytes.
-            log.info("job %s is already %s; not running it again", job_id, doc["status"])
+            log.info("job %s has already ended (%s); not running it again", job_id, doc["status"])
             return doc
-        deadline = None if time_budget is None else time.monotonic() + time_budget
-        state = _State(results.started(doc, results.utcnow()), deadline)
-        if options.dedup or scheme_of(source) not in ("", "file"):
-            # Opening may take a while (a store's HEAD and GET, hashing): say "running" now.
-            # A local file opens in microseconds: its first attempt's write says it instead,
-            # one Redis round trip fewer per job.
-            self.store.save(state.doc)
-        try:
-            # The loop for SourceChanged only: every other error is retried (or not) inside,
-            # where the opened source stays the same. Both spend the document's attempts.
-            doc = self._retrying(state, lambda: self._open_and_deliver(state, source, options), retry=_changed)
-        except UploadError as error:
-            doc = results.failed(state.doc, self._redacted(error), results.utcnow())
-        self.store.save(doc)
+        budget = self.settings.job_timeout if time_budget is None else time_budget
+        deadline = time.monotonic() + budget
+        state = _State(results.started(doc, results.utcnow(), claim.generation, worker), deadline, claim.generation)
+        if claim.too_many(self.settings.max_deliveries):
+            error = TooManyDeliveries(
+                f"delivered {claim.generation} times without ending: each worker that took it died, hung "
+                f"or stopped with it (WSUPLOAD_MAX_DELIVERIES={self.settings.max_deliveries})"
+            )
+            return self._end(state, results.failed(state.doc, error, results.utcnow()))
+        grace = self.settings.connect_timeout + self.settings.read_timeout + self.settings.lease
+        with lease.holding(lease.JobLease(job_id, tag, grace, deadline)):
+            if options.dedup or scheme_of(source) not in ("", "file"):
+                # Opening may take a while (a store's HEAD and GET, hashing): say "running" now.
+                # A local file opens in microseconds: its first attempt's write says it instead,
+                # one Redis round trip fewer per job.
+                self._save(state)
+            try:
+                # The loop for SourceChanged only: every other error is retried (or not) inside,
+                # where the opened source stays the same. Both spend the document's attempts.
+                doc = self._retrying(state, lambda: self._open_and_deliver(state, source, options), retry=_changed)
+            except UploadError as error:
+                doc = results.failed(state.doc, self._redacted(error), results.utcnow())
+            except (LeaseLost, Superseded, redis.RedisError):
+                raise  # this delivery stops (or, Redis away, its message goes back): nothing to record
+            except Exception as exc:
+                log.exception("job %s: internal error", job_id)
+                internal = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+                doc = results.failed(state.doc, self._redacted(internal), results.utcnow())
+        return self._end(state, doc)
+
+    def _save(self, state: _State) -> None:
+        self.store.save(state.doc, state.generation)
+
+    def _end(self, state: _State, doc: results.JobDoc) -> results.JobDoc:
+        state.doc = doc
+        self._save(state)
         self._log_outcome(doc)
         return doc
 
     def fail(self, job_id: str, source: str, error: UploadError) -> results.JobDoc:
-        """Record a failure raised outside ``run`` (a time limit, an internal error)."""
+        """Record a failure raised outside ``run`` (a message that cannot run, an internal error)."""
         doc = self.store.get(job_id) or results.new_doc(job_id, source, results.utcnow())
         if doc["status"] not in results.TERMINAL:
             doc = results.failed(doc, self._redacted(error), results.utcnow())
-            self.store.save(doc)
-            self._log_outcome(doc)
+            if self.store.save(doc):
+                self._log_outcome(doc)
         return doc
 
     def _open_and_deliver(self, state: _State, source: str, options: JobOptions) -> results.JobDoc:
@@ -176,10 +224,13 @@ class JobRunner:
 
         def attempt() -> dict[str, Any]:
             assert self.limiter is not None
+            if state.deadline is not None:
+                lease.allow(state.deadline - time.monotonic())  # a fleet slot's wait is bounded by it
             try:
                 with self.limiter.slot(state.deadline):
+                    lease.tick()
                     state.doc = results.attempting(state.doc)
-                    self.store.save(state.doc)
+                    self._save(state)
                     return self.client.upload(opened)
             except RateLimitTimeout as exc:
                 raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
@@ -230,8 +281,9 @@ class JobRunner:
             if isinstance(error, RateLimited) and self.limiter is not None:
                 self.limiter.pause(delay)  # the whole fleet backs off, not just this job
             log.warning("job %s: %s (%s); retrying in %.2f s", state.doc["job_id"], error.message, error.kind, delay)
+            lease.allow(delay + self.settings.lease)
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
-            self.store.save(state.doc)
+            self._save(state)
 
         stop: stop_base = _stop_when(spent)
         if state.deadline is not None:

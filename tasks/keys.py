@@ -30,6 +30,11 @@ def result(job_id: str) -> str:
     return f"{KEY_PREFIX}:result:{job_id}"
 
 
+def generation(job_id: str) -> str:
+    """A job's current delivery, or ``done`` once it ended (``tasks.fencing``)."""
+    return f"{result(job_id)}:generation"
+
+
 def batch(batch_id: str) -> str:
     """A batch's counters (hash)."""
     return f"{KEY_PREFIX}:batch:{batch_id}"

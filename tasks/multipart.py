@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable
 from typing import NoReturn
 
+from wsupload.tasks import lease
 from wsupload.tasks.errors import SourceChanged
 from wsupload.tasks.media_source import OpenedSource, Readable
 
@@ -82,6 +83,7 @@ class MultipartBody:
         Filling across the parts matters for small files: the whole body goes to
         the socket in one send, not three (each one a wake-up of the server).
         """
+        lease.tick()  # bytes moving: the job is alive (and stops here if its delivery must)
         want = self._length if size is None or size < 0 else size
         parts = []
         if self._head:

@@ -20,6 +20,7 @@ import redis
 
 from wsupload.tasks import keys
 from wsupload.tasks.errors import UploadError
+from wsupload.tasks.fencing import Claim, Fencing, Superseded
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.redaction import redact
@@ -110,9 +111,11 @@ def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = Non
     for name in _TIMES:
         if not isinstance(doc.get(name), str):
             doc[name] = None
-    for name in ("batch_id", "next_attempt_at"):
+    for name in ("batch_id", "next_attempt_at", "worker"):
         if name in doc and not isinstance(doc[name], str):
             del doc[name]
+    if "generation" in doc and not (type(doc["generation"]) is int and doc["generation"] > 0):
+        del doc["generation"]
     if "last_error" in doc and not isinstance(doc["last_error"], dict):
         del doc["last_error"]
     return doc
@@ -129,8 +132,10 @@ def decode_doc(raw: bytes | str | None, job_id: str, now: datetime) -> JobDoc | 
     return coerce_doc(value, job_id, now)
 
 
-def started(doc: JobDoc, now: datetime) -> JobDoc:
-    return {**doc, "status": RUNNING, "started_at": doc["started_at"] or isoformat(now)}
+def started(doc: JobDoc, now: datetime, generation: int | None = None, worker: str | None = None) -> JobDoc:
+    """Running, held by delivery ``generation`` on ``worker`` (both shown in the document)."""
+    held = {} if generation is None else {"generation": generation, "worker": worker or "unknown"}
+    return {**doc, "status": RUNNING, "started_at": doc["started_at"] or isoformat(now), **held}
 
 
 def attempting(doc: JobDoc) -> JobDoc:
@@ -187,6 +192,7 @@ class ResultStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
         self.ttl = ttl
+        self.fencing = Fencing(client)
 
     def create(self, docs: Iterable[JobDoc], pipe: Any = None) -> None:
         """Write ``queued`` documents: on ``pipe`` if given, else in one round trip now."""
@@ -197,38 +203,44 @@ class ResultStore:
         if own:
             pipe.execute()
 
-    def save(self, doc: JobDoc) -> None:
-        """Write the document, announce it and, for a batch member, count it.
+    def save(self, doc: JobDoc, generation: int | None = None) -> bool:
+        """Write the document, announce it and, for a batch member, count it; one Lua call.
 
-        Counting happens in the same transaction as the write, so a batch's
-        counters never disagree with its members' documents. A job reaches a
-        terminal status once (the runner never leaves one), so it is counted once.
+        Fenced (``tasks.fencing``): with a ``generation`` the write happens only while
+        that delivery still holds the job, else ``Superseded`` is raised; without one
+        it happens unless the job has ended. Either way nothing is written after the
+        job's first terminal write, so a batch counts each job once, and its counters
+        change in the same step as the member's document. Returns whether it wrote.
         """
-        event = json.dumps({"job_id": doc["job_id"], "status": doc["status"]})
         # The one place documents are written: no secret leaves in one, whatever an error echoed.
         encoded = redact(json.dumps(doc))
+        status = doc["status"]
         batch_id = doc.get("batch_id")
-        finished = doc["status"] in TERMINAL
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(result_key(doc["job_id"]), encoded, ex=self.ttl)
-        pipe.publish(EVENTS_CHANNEL, event)
-        if finished:
-            pipe.publish(ENDED_CHANNEL, encoded)
-        if batch_id and doc["status"] == RUNNING:
-            pipe.hsetnx(batch_key(batch_id), "started_at", doc["started_at"])
-        if batch_id and finished:
-            key = batch_key(str(batch_id))
-            pipe.hincrby(key, "done", 1)
-            done_at = len(pipe) - 1
-            pipe.hincrby(key, doc["status"], 1)
-            if doc["status"] == SUCCEEDED:
-                pipe.hincrby(key, "bytes_done", int(doc["result"].get("size") or 0))
-            pipe.hget(key, "total")
-            replies = pipe.execute()
-            if int(replies[-1] or 0) <= int(replies[done_at]):
-                self.redis.hsetnx(key, "finished_at", doc["finished_at"])
-        else:
-            pipe.execute()
+        size = int(doc["result"].get("size") or 0) if status == SUCCEEDED else 0
+        job_keys = [keys.generation(doc["job_id"]), result_key(doc["job_id"]), EVENTS_CHANNEL, ENDED_CHANNEL]
+        written = self.fencing.save(
+            [*job_keys, batch_key(str(batch_id)) if batch_id else ""],
+            [
+                "" if generation is None else str(generation),
+                encoded,
+                self.ttl,
+                json.dumps({"job_id": doc["job_id"], "status": status}),
+                status,
+                size,
+                doc.get("started_at") or "",
+                doc.get("finished_at") or "",
+            ],
+        )
+        if written == 1:
+            return True
+        if generation is None:
+            return False
+        why = "it has ended" if written == 0 else "another delivery of it holds it now"
+        raise Superseded(f"job {doc['job_id']}: delivery {generation} may no longer write: {why}")
+
+    def claim(self, job_id: str) -> Claim:
+        """Take the job for one delivery: its next generation (``Claim.ended`` if it has ended)."""
+        return self.fencing.claim(keys.generation(job_id), result_key(job_id), self.ttl)
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]

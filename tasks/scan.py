@@ -57,6 +57,10 @@ def list_sources(schedule: Schedule, settings: Settings) -> list[Found]:
     return list(discover(schedule.source, settings, schedule.glob))
 
 
+SCAN_LOCK_TIMEOUT = 3600
+"""Seconds a run holds its schedule's lock at most: a worker that dies mid-scan blocks that schedule this long."""
+
+
 def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> list[Found]:
     """Those not seen before, or seen with another version."""
     fresh = []
@@ -71,7 +75,7 @@ def fresh_sources(client: redis.Redis, name: str, found: Sequence[Found]) -> lis
 def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dict[str, str | int]:
     """One run; returns what it recorded in the schedule's state."""
     # redis-py's Lock: released only by its holder's token, in one script.
-    lock = client.lock(keys.scan_lock(schedule.name), timeout=max(60, settings.hard_time_limit))
+    lock = client.lock(keys.scan_lock(schedule.name), timeout=SCAN_LOCK_TIMEOUT)
     if not lock.acquire(blocking=False):
         log.info("scan %s: the previous run is still going; skipping this one", schedule.name)
         return {"skipped": 1}

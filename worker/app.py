@@ -1,25 +1,31 @@
 """The Celery application: every broker and delivery setting, derived from ``Settings``.
 
-Why these settings (see kombu's Redis transport): a message is "unacked" from
-delivery until ack, and kombu redelivers it once it is older than the visibility
-timeout, even while the first copy still runs. So:
+Why these settings (see kombu's Redis transport and ``tasks.lease``): a message is
+"unacked" from delivery until ack, and kombu hands it to another worker once its
+entry in ``unacked_index`` is older than the visibility timeout. wsupload makes
+that timeout a short lease (``WSUPLOAD_LEASE``) that the worker renews while a job
+shows signs of life (``worker.renewer``). So:
 
-- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job is acknowledged only
-  after its outcome is recorded; a worker that dies mid-upload leaves the
-  message to be redelivered, never lost.
-- ``task_time_limit`` < visibility timeout (both from WSUPLOAD_VISIBILITY_TIMEOUT):
-  no upload outlives its lease, so a redelivery never runs beside the original.
-- ``worker_prefetch_multiplier=1``: a worker holds no more messages than it runs,
-  so a reserved-but-waiting message cannot age past the timeout.
+- ``task_acks_late``: a job is acknowledged only after its outcome is recorded; a
+  worker that dies mid-upload leaves the message to come back within a lease.
+- no Celery time limits: an upload of any length keeps its lease while it makes
+  progress; ``WSUPLOAD_JOB_TIMEOUT`` bounds a delivery inside the job, and fencing
+  (``tasks.fencing``) keeps a delivery that lost its lease from writing.
+- the threads pool: jobs wait on the network, and a thread costs kilobytes where a
+  prefork child costs ~50 MB; the renewer sees each job's signs of life in-process.
+  Measured in ``benchmarks/RESULTS.md``.
+- ``worker_prefetch_multiplier=1``: a worker holds no more messages than it runs.
 - retries happen inside the task (tenacity), never as Celery countdowns: an ETA
-  longer than the visibility timeout would be redelivered in a loop.
-- ``unacked_restore_interval``/``throttle``: kombu's default sweep runs ~every
-  100 s; a tenth of the timeout recovers a dead worker's job soon after it expires.
-  ``unacked_mutex_expire`` the same, so a worker that dies mid-sweep holds the
-  sweep's lock for one interval, not kombu's 300 s.
-- prefork pool: the only pool that enforces time limits and notices a lost child.
+  longer than the lease would be redelivered in a loop.
+- ``unacked_restore_interval=1``/``throttle=1``: each worker looks for expired
+  leases every second (one ZRANGE), so a dead worker's job is back within a lease
+  and a second; ``unacked_mutex_expire`` one lease, so a worker that dies mid-scan
+  holds the scan's lock that long, not kombu's 300 s.
+- ``worker_cancel_long_running_tasks_on_connection_loss`` off: a thread cannot be
+  cancelled, and needs not be: a job keeps running while its lease holds, and stops
+  at its next block once the renewer finds the lease gone (``tasks.lease``).
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
-  every message's unacked bookkeeping.
+  every message's unacked bookkeeping, and with Redis faults survived.
 - ``rediss://`` brokers verify the server's certificate, as the result store does.
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
@@ -30,12 +36,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from celery.schedules import crontab
 from celery.signals import after_setup_logger
 
@@ -62,21 +70,27 @@ def create_app(settings: Settings) -> WsuploadApp:
         "wsupload",
         broker=settings.effective_broker_url,
         # The tasks, and the worker's heartbeat (worker.heartbeat hooks itself to the worker's signals).
-        include=[*(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")), "wsupload.worker.heartbeat"],
+        include=[
+            *(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")),
+            # Hooked to the worker's signals: its heartbeat, and its jobs' lease renewal and stop.
+            "wsupload.worker.heartbeat",
+            "wsupload.worker.renewer",
+        ],
     )
     app.settings = settings
     app.quarantine = Quarantine(settings)
     PoisonGuard.quarantine = app.quarantine
     transport_options: dict[str, Any] = {
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": settings.lease,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
-        # The sweep's lock outlives a worker that dies mid-sweep by this much (kombu: 300 s).
-        # Sweeps are safe side by side (each restore is a WATCH transaction), so it
-        # need not outlast more than one sweep interval.
-        "unacked_mutex_expire": settings.restore_interval,
+        # The restore scan's lock outlives a worker that dies mid-scan by this much (kombu:
+        # 300 s). Scans are safe side by side (each restore is a WATCH transaction).
+        "unacked_mutex_expire": max(1, round(settings.lease)),
         "queue_order_strategy": "priority",
     }
+    # Said on every connection loss while jobs run, about the setting turned off below on purpose.
+    warnings.filterwarnings("ignore", r"\s*In Celery 5.1 we introduced", CPendingDeprecationWarning)
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -93,12 +107,10 @@ def create_app(settings: Settings) -> WsuploadApp:
         task_default_queue=settings.queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_time_limit=settings.hard_time_limit,
-        task_soft_time_limit=settings.soft_time_limit,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.concurrency,
-        worker_pool="prefork",
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_pool="threads",
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=False,
         worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
         # Messages it cannot run go to the dead-letter list instead of the log (worker.consumer).

@@ -24,7 +24,7 @@ import redis
 
 from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.schedules import load_schedules
-from wsupload.config.settings import Settings, parse_duration, parse_size
+from wsupload.config.settings import Settings, deprecations, parse_duration, parse_size
 from wsupload.tasks.batches import export_row, write_export
 from wsupload.tasks.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.options import JobOptions
@@ -53,6 +53,8 @@ def _producer(settings: Settings) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(worker=True)
+    for line in deprecations():
+        print(f"wsupload: warning: {line}", file=sys.stderr)
     from wsupload.worker.app import create_app
 
     app = create_app(settings)
@@ -69,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"--loglevel={args.loglevel}",
             f"--queues={','.join(queues)}",
             f"--concurrency={concurrency}",
-            "--pool=prefork",
+            "--pool=threads",
             f"--hostname=wsupload-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",

@@ -98,7 +98,9 @@ def worker_env(redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3)
         "WSUPLOAD_RETRY_AFTER_MAX": "5",
         "WSUPLOAD_MAX_BYTES": str(WORKER_MAX_BYTES),
         "WSUPLOAD_ALLOWED_ROOTS": str(media_root),
-        "WSUPLOAD_VISIBILITY_TIMEOUT": "20",
+        # Short, so the recovery tests are quick; each test that depends on it says so.
+        "WSUPLOAD_LEASE": "3",
+        "WSUPLOAD_STOP_GRACE": "2",
         "WSUPLOAD_CONNECT_TIMEOUT": "2",
         "WSUPLOAD_READ_TIMEOUT": "1.5",
     }

@@ -120,7 +120,7 @@ def test_workers_shows_the_job_a_worker_runs_and_health_fails_once_a_killed_work
         "name": worker.hostname,
         "host": HOST,
         "pid": worker.process.pid,
-        "pool": "prefork",
+        "pool": "threads",
         "concurrency": 2,
         "state": "running",
         "waiting": [],
@@ -128,7 +128,7 @@ def test_workers_shows_the_job_a_worker_runs_and_health_fails_once_a_killed_work
     assert record["jobs"] == [job.job_id]
     assert record["queues"] == [env["WSUPLOAD_QUEUE"], env["WSUPLOAD_BULK_QUEUE"]]
     lines = wsupload(env, "workers").stdout.splitlines()
-    assert lines[0].startswith(f"{worker.hostname}  {HOST}/{worker.process.pid}  prefork×2  1 running  beat ")
+    assert lines[0].startswith(f"{worker.hostname}  {HOST}/{worker.process.pid}  threads×2  1 running  beat ")
     assert lines[1:] == [f"    running  {job.job_id}"]
     assert healthy(env)
     assert healthy(env, "--name", worker.hostname)

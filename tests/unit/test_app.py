@@ -30,11 +30,14 @@ def test_a_plain_redis_broker_has_no_tls() -> None:
     assert not broker_ssl("redis://redis.test:6379/0")
 
 
-@pytest.mark.parametrize("visibility_timeout", [20, 3600])
-def test_recovery_sweeps_follow_the_visibility_timeout(visibility_timeout: int) -> None:
-    settings = Settings.from_env({"WSUPLOAD_VISIBILITY_TIMEOUT": str(visibility_timeout)})
-    options = create_app(settings).conf.broker_transport_options
-    assert options["visibility_timeout"] == visibility_timeout
-    assert options["unacked_restore_interval"] == settings.restore_interval
-    # A worker that dies holding the sweep's lock delays recovery by one interval, not kombu's 300 s.
-    assert options["unacked_mutex_expire"] == settings.restore_interval < visibility_timeout
+@pytest.mark.parametrize("lease", ["2", "6", "60"])
+def test_the_visibility_timeout_is_the_lease(lease: str) -> None:
+    settings = Settings.from_env({"WSUPLOAD_LEASE": lease})
+    app = create_app(settings)
+    options = app.conf.broker_transport_options
+    assert options["visibility_timeout"] == settings.lease
+    assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (1, 1)
+    # A worker that dies holding the restore scan's lock delays recovery by a lease, not kombu's 300 s.
+    assert options["unacked_mutex_expire"] <= settings.lease
+    assert app.conf.worker_pool == "threads"
+    assert (app.conf.task_time_limit, app.conf.task_soft_time_limit) == (None, None)

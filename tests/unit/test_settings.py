@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from wsupload.config import ConfigError, Settings
-from wsupload.config.settings import VARIABLES, Variable, parse_duration, parse_seconds, parse_size
+from wsupload.config.settings import VARIABLES, Variable, deprecations, parse_duration, parse_seconds, parse_size
 
 SECRET = "sk-unit-secret-value"
 CALLBACK_SECRET = "cb-unit-secret-value"
@@ -39,7 +39,10 @@ def test_every_variable_is_read() -> None:
             "WSUPLOAD_MAX_BYTES": "10MiB",
             "WSUPLOAD_RESULT_TTL": "1d",
             "WSUPLOAD_RETENTION": "2d",
-            "WSUPLOAD_VISIBILITY_TIMEOUT": "600",
+            "WSUPLOAD_LEASE": "10s",
+            "WSUPLOAD_MAX_DELIVERIES": "3",
+            "WSUPLOAD_JOB_TIMEOUT": "2h",
+            "WSUPLOAD_STOP_GRACE": "1m",
             "WSUPLOAD_CONCURRENCY": "4",
             "WSUPLOAD_CONNECT_TIMEOUT": "3",
             "WSUPLOAD_READ_TIMEOUT": "45s",
@@ -52,7 +55,8 @@ def test_every_variable_is_read() -> None:
         "redis://b:3/4",
     )
     assert (s.queue, s.max_attempts, s.backoff_base, s.backoff_max, s.retry_after_max) == ("uploads", 3, 0.5, 60, 90)
-    assert (s.max_bytes, s.result_ttl, s.retention, s.visibility_timeout) == (10 * 1024 * 1024, 86400, 172800, 600)
+    assert (s.max_bytes, s.result_ttl, s.retention) == (10 * 1024 * 1024, 86400, 172800)
+    assert (s.lease, s.max_deliveries, s.job_timeout, s.stop_grace) == (10, 3, 7200, 60)
     assert (s.concurrency, s.connect_timeout, s.read_timeout) == (4, 3, 45)
 
 
@@ -124,7 +128,11 @@ def test_a_bad_secret_is_reported_without_its_value(variable: Variable[Any]) -> 
         ("WSUPLOAD_BACKOFF_BASE", "-1"),
         ("WSUPLOAD_MAX_BYTES", "lots"),
         ("WSUPLOAD_MAX_BYTES", "0"),
-        ("WSUPLOAD_VISIBILITY_TIMEOUT", "5"),
+        ("WSUPLOAD_LEASE", "1"),
+        ("WSUPLOAD_LEASE", "1h"),
+        ("WSUPLOAD_MAX_DELIVERIES", "0"),
+        ("WSUPLOAD_JOB_TIMEOUT", "5"),
+        ("WSUPLOAD_STOP_GRACE", "-1"),
         ("WSUPLOAD_CONCURRENCY", "0"),
         ("WSUPLOAD_READ_TIMEOUT", "0"),
         ("WSUPLOAD_QUEUE", "has space"),
@@ -178,11 +186,20 @@ def test_no_secret_is_in_the_repr() -> None:
     assert {v.env for v in VARIABLES if v.secret} == {"WAVESPEED_API_KEY", "WSUPLOAD_CALLBACK_SECRET"}
 
 
-@pytest.mark.parametrize("vt", [20, 21, 30, 60, 300, 3600, 86400])
-def test_time_limits_always_stay_below_the_visibility_timeout(vt: int) -> None:
-    s = Settings.from_env({"WSUPLOAD_VISIBILITY_TIMEOUT": str(vt)})
-    assert 0 < s.soft_time_limit < s.hard_time_limit < s.visibility_timeout
-    assert 1 <= s.restore_interval < s.visibility_timeout
+@pytest.mark.parametrize("lease", ["2", "6", "30", "600"])
+def test_a_lease_is_renewed_three_times_and_restored_within_it(lease: str) -> None:
+    s = Settings.from_env({"WSUPLOAD_LEASE": lease})
+    assert s.renew_interval * 3 == pytest.approx(s.lease)
+    assert 1 <= s.restore_interval < s.lease
+    assert 1 <= s.sweep_interval <= s.lease
+
+
+def test_the_visibility_timeout_is_accepted_and_said_to_be_deprecated() -> None:
+    env = {"WSUPLOAD_VISIBILITY_TIMEOUT": "3600"}
+    assert Settings.from_env(env) == Settings()
+    (line,) = deprecations(env)
+    assert line.startswith("WSUPLOAD_VISIBILITY_TIMEOUT is deprecated: ignored since leases")
+    assert deprecations({}) == []
 
 
 def test_allowed_roots_are_resolved(tmp_path: Path) -> None:

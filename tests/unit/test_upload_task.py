@@ -1,16 +1,17 @@
-"""The Celery task shell: argument checks, Redis loss, time limits (called directly)."""
+"""The Celery task shell: argument checks, Redis loss, deliveries that must stop (called directly)."""
 
 from typing import Any
 
 import pytest
 import redis
-from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.exceptions import TimeLimitExceeded as HardTimeLimitExceeded
+from celery.exceptions import Reject
 
 from wsupload.config import Settings
 from wsupload.tasks import runtime
 from wsupload.tasks import upload as upload_module
+from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner
+from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.results import ResultStore
 
 
@@ -21,7 +22,7 @@ class NoClient:
 
 @pytest.fixture
 def runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunner:
-    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_VISIBILITY_TIMEOUT": "20"})
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key"})
     job = JobRunner(settings=settings, store=store, client=NoClient())
     here = runtime.Runtime(settings)
     here.store, here.runner = store, job  # what the cached properties would build, made here
@@ -119,45 +120,35 @@ def test_losing_redis_hands_the_message_back(
     assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
 
 
-def test_the_soft_time_limit_is_recorded(
-    runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch
+STOPS = [LeaseLost("job j1: handed back"), Superseded("job j1: delivery 1 may no longer write")]
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_delivery_that_may_no_longer_act_writes_nothing(
+    runner: JobRunner,
+    store: ResultStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stop: Exception,
 ) -> None:
-    def slow(*args: Any, **kwargs: Any) -> None:
-        raise SoftTimeLimitExceeded()
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise stop
 
-    monkeypatch.setattr(runner, "run", slow)
-    upload_module.upload.run("j1", "/a.png")
-    doc = store.get("j1")
-    assert doc is not None
-    assert doc["error"]["kind"] == "time_limit"
-    assert "soft time limit (13 s" in doc["error"]["message"]
-
-
-def test_the_hard_time_limit_is_recorded_by_the_parent(runner: JobRunner, store: ResultStore) -> None:
-    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j1", ["j1", "/a.png"], {}, None)
-    doc = store.get("j1")
-    assert doc is not None
-    assert doc["error"]["kind"] == "time_limit"
-    assert "hard time limit (15 s, derived from WSUPLOAD_VISIBILITY_TIMEOUT=20)" in doc["error"]["message"]
-
-
-def test_the_parent_sends_the_callback_of_a_job_killed_at_the_hard_limit(
-    runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sent: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(upload_module, "send_callback", lambda *a: sent.append(a))
-    options = {"options": {"callback_url": "https://hooks.test/done"}}
-    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j1", ["j1", "/a.png"], options, None)
-    upload_module.upload.on_failure(HardTimeLimitExceeded(15), "j2", ["j2", "/b.png"], {}, None)
-    assert sent == [("j1", "https://hooks.test/done", runner.settings.queue)]
-    doc = store.get("j1")
-    assert doc is not None
-    assert doc["status"] == "failed"
-
-
-def test_other_failures_are_left_alone(runner: JobRunner, store: ResultStore) -> None:
-    upload_module.upload.on_failure(ValueError("x"), "j1", ["j1", "/a.png"], {}, None)
+    monkeypatch.setattr(runner, "run", stopped)
+    upload_module.upload.run("j1", "/a.png", {"callback_url": "https://hooks.test/done"})
     assert store.get("j1") is None
+    assert f"{stop}; this delivery stops" in caplog.text
+
+
+def test_the_delivery_tag_and_worker_reach_the_runner(runner: JobRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(runner, "run", lambda *args, **kwargs: seen.update(kwargs))
+    upload_module.upload.push_request(properties={"delivery_tag": "tag-1"}, hostname="w1@host")
+    try:
+        upload_module.upload.run("j1", "/a.png")
+    finally:
+        upload_module.upload.pop_request()
+    assert (seen["tag"], seen["worker"]) == ("tag-1", "w1@host")
 
 
 def test_an_internal_error_is_recorded(runner: JobRunner, store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:

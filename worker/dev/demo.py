@@ -64,7 +64,6 @@ def run_demo(*, real: bool = False) -> int:
         else:
             say("S3: moto is not installed; skipping the s3:// sample")
         env.setdefault("WSUPLOAD_BACKOFF_BASE", "0.5")
-        env.setdefault("WSUPLOAD_VISIBILITY_TIMEOUT", "300")
 
         settings = Settings.from_env(env)
         producer = Producer(settings)

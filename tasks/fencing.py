@@ -1,0 +1,102 @@
+"""Fencing: each delivery of a job gets a generation, and only the current one writes.
+
+A worker claims a job when it starts running it: ``INCR`` on the job's
+generation key (``keys.generation``), one Lua call. Every later write of the
+job's document and its batch's counters (``ResultStore.save``) is one Lua call
+that first checks the key still holds the writer's generation. So a worker that
+was paused past its lease (SIGSTOP, a long GC, a partition) and wakes up after
+another worker claimed the job cannot overwrite that worker's outcome, and a
+batch never counts a job twice: the first terminal write also sets the key to
+``done``, after which nothing writes and no one claims.
+
+The generation counts deliveries that reached the job: one that reaches
+``WSUPLOAD_MAX_DELIVERIES`` more than the limit ends the job ``failed`` with
+``too_many_deliveries`` (its workers keep dying, hanging or being stopped with it).
+Writes outside a delivery (a message that names a job but cannot run) pass no
+generation: they write unless the job has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from wsupload.config.errors import WsuploadError
+
+DONE = "done"
+"""The generation key's value once the job has ended."""
+
+# KEYS: generation key, document. ARGV: ttl. Returns {the new generation, or 0 if the
+# job ended; the stored document}: the claim and the read are one round trip.
+CLAIM = """
+local doc = redis.call('GET', KEYS[2])
+if redis.call('GET', KEYS[1]) == 'done' then return {0, doc} end
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {generation, doc}
+"""
+
+# The one write of a job's document. KEYS: generation key, document, events channel,
+# ended channel, batch hash ('' for none). ARGV: generation ('' for none), document
+# JSON, ttl, event JSON, status, batch size to add (succeeded), started_at, finished_at.
+# Returns 1 (written), 0 (the job had ended: nothing written), -1 (another generation holds it).
+SAVE = """
+local current = redis.call('GET', KEYS[1])
+if current == 'done' then return 0 end
+if ARGV[1] ~= '' and current ~= ARGV[1] then return -1 end
+local status = ARGV[5]
+local finished = status == 'succeeded' or status == 'failed'
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+if finished then
+  redis.call('PUBLISH', KEYS[4], ARGV[2])
+  redis.call('SET', KEYS[1], 'done', 'EX', ARGV[3])
+end
+if KEYS[5] ~= '' then
+  if status == 'running' and ARGV[7] ~= '' then redis.call('HSETNX', KEYS[5], 'started_at', ARGV[7]) end
+  if finished then
+    local done = redis.call('HINCRBY', KEYS[5], 'done', 1)
+    redis.call('HINCRBY', KEYS[5], status, 1)
+    if status == 'succeeded' then redis.call('HINCRBY', KEYS[5], 'bytes_done', ARGV[6]) end
+    if tonumber(redis.call('HGET', KEYS[5], 'total') or '0') <= done then
+      redis.call('HSETNX', KEYS[5], 'finished_at', ARGV[8])
+    end
+  end
+end
+return 1
+"""
+
+
+class Superseded(WsuploadError):
+    """A write was refused: another delivery holds the job now, or it has ended."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    generation: int
+    """0: the job has already ended (nothing to run)."""
+    stored: bytes | str | None
+    """The job's document as stored when it was claimed."""
+
+    @property
+    def ended(self) -> bool:
+        return self.generation == 0
+
+    def too_many(self, max_deliveries: int) -> bool:
+        return self.generation > max_deliveries
+
+
+class Fencing:
+    """The claim and save scripts, registered once on a client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._claim = client.register_script(CLAIM)
+        self._save = client.register_script(SAVE)
+
+    def claim(self, generation_key: str, document_key: str, ttl: int) -> Claim:
+        generation, stored = self._claim(keys=[generation_key, document_key], args=[ttl])
+        return Claim(int(generation), stored)
+
+    def save(self, save_keys: list[str], args: list[str | int]) -> int:
+        return int(self._save(keys=save_keys, args=args))

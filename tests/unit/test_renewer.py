@@ -1,0 +1,108 @@
+"""The worker's lease renewal and stop hand-back, with fakeredis and stand-ins for Celery's requests."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+
+from wsupload.tasks.lease import JobLease, LeaseBook
+from wsupload.worker.renewer import Held, Renewer, held_messages, to_renew
+
+INDEX = "unacked_index"
+
+
+@dataclass
+class Message:
+    delivery_tag: str
+    channel: Any = None
+
+
+@dataclass
+class Request:
+    message: Message
+    acknowledged: bool = False
+
+
+@dataclass
+class FakeQoS:
+    restored: list[str] = field(default_factory=list)
+
+    def restore_by_tag(self, tag: str, leftmost: bool = False) -> None:
+        assert leftmost is False  # the front of the queue: next in line
+        self.restored.append(tag)
+
+
+@dataclass
+class FakeChannel:
+    qos: FakeQoS = field(default_factory=FakeQoS)
+    unacked_index_key: str = INDEX
+
+
+def test_held_messages_are_those_received_and_not_acknowledged() -> None:
+    requests = [Request(Message("a")), Request(Message("b"), acknowledged=True), Request(Message(None))]  # type: ignore[arg-type]
+    assert [h.tag for h in held_messages(requests)] == ["a"]
+
+
+def test_waiting_messages_and_live_jobs_are_renewed_silent_jobs_are_not() -> None:
+    book = LeaseBook()
+    live, silent = JobLease("j1", "live", grace=10), JobLease("j2", "silent", grace=10)
+    silent.alive_until = time.monotonic() - 1
+    book.add(live)
+    book.add(silent)
+    held = [Held(tag, None) for tag in ("waiting", "live", "silent")]
+    assert to_renew(held, book, time.monotonic()) == ["waiting", "live"]
+
+
+def renewer_for(client: fakeredis.FakeRedis, book: LeaseBook, tags: list[str]) -> Renewer:
+    channel = FakeChannel()
+    return Renewer(client, interval=2.0, book=book, held=lambda: [Held(tag, channel) for tag in tags])
+
+
+def test_renewal_moves_held_entries_forward_and_never_creates_one(
+    redis_client: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.zadd(INDEX, {"live": 1.0, "other-worker": 1.0})
+    book = LeaseBook()
+    gone = JobLease("j-gone", "gone", grace=10)  # kombu restored it to the queue: another worker has it
+    book.add(gone)
+    book.add(JobLease("j-live", "live", grace=10))
+    renewed = renewer_for(redis_client, book, ["live", "gone"]).renew()
+    assert renewed == 1
+    assert redis_client.zscore(INDEX, "live") > time.time() - 60  # type: ignore[operator]
+    assert redis_client.zscore(INDEX, "other-worker") == 1.0
+    assert redis_client.zscore(INDEX, "gone") is None
+    assert gone.lost
+    assert "job j-gone: its lease is gone from Redis" in caplog.text
+
+
+def test_a_renewal_failure_is_logged_once_and_the_renewer_carries_on(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    renewer = renewer_for(client, LeaseBook(), ["t"])
+    server.connected = False
+    assert (renewer.renew(), renewer.renew()) == (0, 0)
+    assert caplog.text.count("leases: cannot renew") == 1
+    server.connected = True
+    client.zadd(INDEX, {"t": 1.0})
+    assert renewer.renew() == 1
+    assert "leases: renewing again" in caplog.text
+
+
+def test_on_stop_jobs_still_running_after_the_grace_are_handed_back(redis_client: fakeredis.FakeRedis) -> None:
+    book = LeaseBook()
+    running = JobLease("j1", "t1", grace=10)
+    book.add(running)
+    channel = FakeChannel()
+    renewer = Renewer(redis_client, interval=2.0, book=book, held=lambda: [Held("t1", channel), Held("t2", channel)])
+    assert renewer.hand_back(grace=0.01) == 1
+    assert channel.qos.restored == ["t1"]  # the waiting message (t2) goes back with the channel, as kombu does
+    assert running.handed_back
+
+
+def test_on_stop_nothing_is_handed_back_when_the_jobs_end_within_the_grace(redis_client: fakeredis.FakeRedis) -> None:
+    renewer = Renewer(redis_client, interval=2.0, book=LeaseBook(), held=lambda: [])
+    assert renewer.hand_back(grace=5) == 0
