@@ -228,7 +228,6 @@ class Settings:
         "6h",
         "Total time one delivery of a job may take, retry waits included; checked between chunks and"
         " before each wait (`time_limit`). Stalls are the connect and read timeouts' to catch.",
-        shown="{} s",
         check=lambda v: v >= 10,
         rule="at least 10 seconds",
     )
@@ -236,8 +235,8 @@ class Settings:
         "WSUPLOAD_STOP_GRACE",
         parse_duration,
         "25",
-        "On SIGTERM, running jobs get this long to finish (Celery's soft shutdown); what is still"
-        " running then goes back on its queue at once. Keep it below the orchestrator's kill timeout.",
+        "On SIGTERM, running jobs get this long to finish; what is still running then goes back to the"
+        " front of its queue at once. Keep it below the orchestrator's kill timeout.",
         shown="{} s",
         check=lambda v: v >= 0,
         rule="0 or more",
@@ -338,7 +337,7 @@ class Settings:
         "WSUPLOAD_MAX_CONCURRENT_UPLOADS",
         parse_int,
         "0",
-        "Upload requests in flight across the fleet (leases expire with the task's hard time limit).",
+        "Upload requests in flight across the fleet (a dead worker's slots expire after `WSUPLOAD_JOB_TIMEOUT`).",
         shown="{} (none)",
         check=lambda v: v >= 0,
         rule="0 or more",

@@ -112,13 +112,16 @@ def _reason(exc: BaseException) -> str:
 
 
 class UploadClient:
-    """One requests session, reused for every upload this process makes."""
+    """One requests session, reused for every upload this process makes, from any of its threads."""
 
-    def __init__(self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float, connections: int = 10
+    ) -> None:
         self.url = base_url.rstrip("/") + UPLOAD_PATH
         self._timeout = (connect_timeout, read_timeout)
         self._session = requests.Session()
-        adapter = _BlockAdapter(max_retries=0)
+        # One session serves every upload thread of the worker: keep a connection per thread.
+        adapter = _BlockAdapter(max_retries=0, pool_maxsize=connections)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["Authorization"] = f"Bearer {api_key}"

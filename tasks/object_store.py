@@ -125,7 +125,7 @@ def _opened(
 
 
 class S3Store:
-    """One boto3 client per worker process."""
+    """One boto3 client per worker process, shared by its upload threads (boto3 clients are thread-safe)."""
 
     def __init__(self, settings: Settings) -> None:
         import boto3
@@ -138,6 +138,8 @@ class S3Store:
             retries={"total_max_attempts": 1},
             s3={"addressing_style": settings.s3_addressing_style},
             signature_version="s3v4",
+            # One client serves every upload thread: a connection each, not botocore's 10 shared.
+            max_pool_connections=settings.concurrency,
         )
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config

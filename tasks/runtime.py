@@ -1,8 +1,10 @@
 """What a worker process builds once and every task uses: settings, Redis, the HTTP client, the runner.
 
 Built lazily on first use in each process and keyed by its pid, so a forked
-pool child never reuses its parent's sockets and no task rebuilds settings or
-a connection pool per message. Tests replace ``current`` (or a task module's
+process never reuses its parent's sockets and no task rebuilds settings or a
+connection pool per message. The worker's upload threads share one runtime: the
+Redis client, the requests session and boto3's client are thread-safe, with a
+connection per thread (``WSUPLOAD_CONCURRENCY``). Tests replace ``current`` (or a task module's
 use of it) with their own.
 """
 
@@ -42,6 +44,7 @@ class Runtime:
             api_key=settings.api_key,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            connections=settings.concurrency,
         )
         return JobRunner(settings=settings, store=self.store, client=client)
 
