@@ -440,16 +440,9 @@ def machine() -> str:
     )
 
 
-def report(rows: list[Row], seconds: float, quick: bool) -> str:
+def table(rows: list[Row]) -> list[str]:
+    """The rows as a Markdown table: benchmark, result, baseline, baseline result, ratio, target, met."""
     lines = [
-        "# Benchmark results",
-        "",
-        f"Produced by `make bench` on {datetime.now().strftime('%Y-%m-%d %H:%M')} in {seconds:.0f} s"
-        + (" (**quick mode: sizes shrunk, not for quoting**)" if quick else "")
-        + ".",
-        "",
-        f"Machine: {machine()}.",
-        "",
         "| benchmark | result | baseline | baseline result | ratio | target | met |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -461,6 +454,21 @@ def report(rows: list[Row], seconds: float, quick: bool) -> str:
         lines.append(
             f"| {row.name} | {row.value:.3g} {row.unit} | {row.baseline} | {base} | {ratio} | {row.target} | {met} |"
         )
+    return lines
+
+
+def report(rows: list[Row], seconds: float, quick: bool) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `make bench` on {datetime.now().strftime('%Y-%m-%d %H:%M')} in {seconds:.0f} s"
+        + (" (**quick mode: sizes shrunk, not for quoting**)" if quick else "")
+        + ".",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        *table(rows),
+    ]
     lines += ["", "Individual runs (for the medians above):", ""]
     for row in rows:
         if len(row.runs) > 1:
