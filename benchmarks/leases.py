@@ -1,7 +1,9 @@
 """Leases against the visibility timeout: recovery, memory and throughput, two versions side by side (issue 11).
 
-"Now" is this checkout, whatever it holds when run; "before" is a git commit
-installed into a venv of its own (``overhead.install``). Every run of a version
+"Now" is this checkout, whatever it holds when run (uncommitted files too);
+"before" is a git commit. Both are installed the same way, each into a venv of
+its own with its own pinned dependencies (``overhead.install``), not run from
+this checkout's .venv, whose dev extras change what a worker imports. Every run of a version
 gets its own redis-server and real workers started from that version's console
 script and configured by environment variables only (``WSUPLOAD_CONCURRENCY``,
 ``WSUPLOAD_VISIBILITY_TIMEOUT``), so any version understands them; jobs are
@@ -21,12 +23,16 @@ Rows, each selectable with ``--only``:
 - ``rss``: memory of one worker's whole process tree at concurrency 32 ("now" in
   its default pool; "before" as prefork, and with ``celery -A wsupload.worker.app
   worker --pool threads``): after a warm-up and while idle, and the peak sampled
-  every 0.2 s during the uploads of ``throughput``. RSS summed over the tree (what
+  every 0.2 s during one round of ``--jobs`` uploads (untimed: sampling costs the
+  worker CPU, so the ``throughput`` rounds go unwatched). RSS summed over the tree (what
   the issue's figures count; it counts pages prefork children share once per
   child), USS summed (pages private to each process) in the note.
 - ``throughput``: ``--jobs`` × 200 KB, 50 ms sandbox latency, concurrency 32:
   jobs/s from the first enqueue to the last success, against a direct thread pool
-  of 32 requests sessions (``baselines.py direct``), rounds alternating in one run.
+  of 32 requests sessions (``baselines.py direct``), rounds alternating in one run,
+  each version taking each place in turn. Prefork 32 on 2 cores is erratic: the
+  same code has measured from 110 to 300 jobs/s between rounds of one run; quote
+  medians of full runs, and ratios taken in one run.
 
 The failover scenarios run side by side (each has its own Redis and sandbox:
 faults are first come, first served), the pool runs afterwards on a quiet machine.
@@ -384,8 +390,16 @@ class PoolRun:
     cores: list[float] = field(default_factory=list)
 
 
-def pool_runs(setups: list[Setup], work: Path, count: int, rounds: int) -> tuple[list[PoolRun], list[float]]:
-    """Each setup's worker at concurrency 32 against one 50 ms sandbox; rounds alternate with the direct pool."""
+def pool_runs(
+    setups: list[Setup], work: Path, count: int, rounds: int, *, memory: bool
+) -> tuple[list[PoolRun], list[float]]:
+    """Each setup's worker at concurrency 32 against one 50 ms sandbox.
+
+    ``rounds`` timed rounds alternate with the direct pool, each setup taking
+    each place in turn; with ``memory``, one more round each, untimed, is sampled
+    for the peak (reading every process's smaps_rollup five times a second costs
+    the worker CPU, so the timed rounds go unwatched).
+    """
     folder = work / "files"
     folder.mkdir(parents=True)
     files = [str(make_media(folder / f"f{n:04d}.mp4", SIZE)) for n in range(count)]
@@ -401,21 +415,24 @@ def pool_runs(setups: list[Setup], work: Path, count: int, rounds: int) -> tuple
         for run in runs:
             run.idle = run.stage.workers[0].memory()
             run.processes = len(run.stage.workers[0].tree())
-        for _ in range(rounds):
+        for n in range(rounds):
             direct.append(count / baseline("direct", url, str(POOL_CONCURRENCY), *files)["seconds"])
-            for run in runs:
-                with MemoryPeak(run.stage.workers[0]) as peak:
-                    rate, cores = busy_cores(lambda r=run: count / r.stage.round(files))  # type: ignore[misc]
+            for run in runs[n % len(runs) :] + runs[: n % len(runs)]:
+                rate, cores = busy_cores(lambda r=run: count / r.stage.round(files))  # type: ignore[misc]
                 run.rates.append(rate)
                 run.cores.append(cores)
-                run.peak = max(run.peak[0], peak.rss), max(run.peak[1], peak.uss)
+        for run in runs if memory else []:
+            with MemoryPeak(run.stage.workers[0]) as peak:
+                run.stage.round(files)
+            run.peak = peak.rss, peak.uss
     return runs, direct
 
 
 def pool_rows(now: Setup, before: Setup, work: Path, count: int, rounds: int, only: set[str]) -> list[Row]:
     threads = Setup(f"{before.label} --pool threads", before.python, celery_pool="threads")
     prefork = Setup(f"{before.label} prefork", before.python)
-    runs, direct = pool_runs([prefork, threads, now], work, count, rounds)
+    timed = rounds if "throughput" in only else 0
+    runs, direct = pool_runs([prefork, threads, now], work, count, timed, memory="rss" in only)
     by = {run.setup.label: run for run in runs}
     mine = by[now.label]
     rows: list[Row] = []
@@ -509,7 +526,7 @@ def bench(
     now, before = install_both(before_ref, work)
     rows: list[Row] = []
     if only & {"kill", "grace"}:
-        rows += failover_rows(now, before, work / "failover", cap or (60 if quick else 120), only)
+        rows += failover_rows(now, before, work / "failover", cap or (45 if quick else 120), only)
     if only & {"rss", "throughput"}:
         count, repeats = jobs or (300 if quick else 1000), rounds or 3
         rows += pool_rows(now, before, work / "pools", count, repeats, only)
@@ -521,9 +538,9 @@ def main() -> None:
     parser.add_argument(
         "--before", default=PREVIOUS_DESIGN, help=f"git commit to compare with (default {PREVIOUS_DESIGN})"
     )
-    parser.add_argument("--quick", action="store_true", help="300 jobs a round, waits capped at 60 s")
+    parser.add_argument("--quick", action="store_true", help="300 jobs a round, waits capped at 45 s")
     parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows among {', '.join(ROWS)}")
-    parser.add_argument("--cap", type=float, help="longest wait for a failed-over job (default 120 s, quick 60 s)")
+    parser.add_argument("--cap", type=float, help="longest wait for a failed-over job (default 120 s, quick 45 s)")
     parser.add_argument("--jobs", type=int, help="files per throughput round (default 1000, quick 300)")
     parser.add_argument("--rounds", type=int, help="throughput rounds (default 3)")
     args = parser.parse_args()
@@ -538,6 +555,9 @@ def main() -> None:
             Path(tmp), args.before, quick=args.quick, only=only, cap=args.cap, jobs=args.jobs, rounds=args.rounds
         )
     print("\n".join(table(rows)))
+    for row in rows:
+        if len(row.runs) > 1:
+            print(f"- {row.name}: " + ", ".join(f"{v:.3g}" for v in row.runs))
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
