@@ -430,6 +430,16 @@ def bench_overhead(work: Path, count: int, rounds: int) -> list[Row]:
     ]
 
 
+def bench_leases(work: Path, quick: bool) -> list[Row]:
+    """Failover, memory and throughput against the visibility-timeout design, side by side (``leases.py``)."""
+    from benchmarks import leases
+
+    ref = leases.PREVIOUS_DESIGN
+    if not overhead.commit_exists(ref):
+        return [Row("leases vs visibility timeout", float("nan"), "", note=f"commit {ref} is not in this clone")]
+    return leases.bench(work, ref, quick=quick)
+
+
 def machine() -> str:
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
@@ -438,6 +448,23 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, redis-server (private, no persistence), loopback only"
     )
+
+
+def table(rows: list[Row]) -> list[str]:
+    """The rows as a Markdown table: benchmark, result, baseline, baseline result, ratio, target, met."""
+    lines = [
+        "| benchmark | result | baseline | baseline result | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        base = f"{row.baseline_value:.3g} {row.unit}" if row.baseline_value is not None else ""
+        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[row.met]
+        met = f"{met} ({row.note})" if met and row.note else met or row.note
+        lines.append(
+            f"| {row.name} | {row.value:.3g} {row.unit} | {row.baseline} | {base} | {ratio} | {row.target} | {met} |"
+        )
+    return lines
 
 
 def report(rows: list[Row], seconds: float, quick: bool) -> str:
@@ -450,17 +477,8 @@ def report(rows: list[Row], seconds: float, quick: bool) -> str:
         "",
         f"Machine: {machine()}.",
         "",
-        "| benchmark | result | baseline | baseline result | ratio | target | met |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *table(rows),
     ]
-    for row in rows:
-        base = f"{row.baseline_value:.3g} {row.unit}" if row.baseline_value is not None else ""
-        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
-        met = {True: "yes", False: "**no**", None: ""}[row.met]
-        met = f"{met} ({row.note})" if met and row.note else met or row.note
-        lines.append(
-            f"| {row.name} | {row.value:.3g} {row.unit} | {row.baseline} | {base} | {ratio} | {row.target} | {met} |"
-        )
     lines += ["", "Individual runs (for the medians above):", ""]
     for row in rows:
         if len(row.runs) > 1:
@@ -498,6 +516,7 @@ def main() -> None:
         ("enqueue", lambda w: bench_enqueue(redis, 1000 if quick else 10_000, 1 if quick else 3)),
         ("completion latency", lambda w: bench_latency(redis, w)),
         ("CPU per job", lambda w: bench_overhead(w, 100 if quick else 1000, 1 if quick else 5)),
+        ("leases vs visibility timeout", lambda w: bench_leases(w, quick)),
     ]
     rows: list[Row] = []
     try:
@@ -545,6 +564,16 @@ NOTES = """
   moved from 1.4 to 2.4 ms between two sessions of the same day), so only a same-run
   comparison can tell a cut from the drift. `python -m benchmarks.overhead --before
   REF` runs it alone against any commit.
+- The failover, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM mid-upload",
+  "worker memory", "concurrency 32") come from `benchmarks/leases.py`: this checkout
+  and the last commit of the visibility-timeout design, each installed into a venv of
+  its own with its own pinned dependencies, each with its own Redis and workers. A
+  failover case runs two workers (concurrency 2) and kills the one whose upload the
+  sandbox is holding; waits stop at a cap ("> 120 s"). Memory is RSS summed over the
+  worker's whole process tree (which counts pages prefork children share once per
+  child; USS, the private pages, in the note), idle after a warm-up and peak while
+  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,rss,throughput]`
+  runs them alone.
 - "a message whose task returns at once" sends `wsupload.upload` messages without a
   job id (dropped by the task after one log line): the worker's CPU for the
   message's whole trip through Celery and kombu, with no job work in it.
