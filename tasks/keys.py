@@ -78,3 +78,26 @@ def scan_lock(name: str) -> str:
 def worker(name: str) -> str:
     """A worker's heartbeat record (JSON), gone by itself when the worker stops beating (``worker.heartbeat``)."""
     return f"{KEY_PREFIX}:worker:{name}"
+
+
+# The lost-message sweep (tasks.sweep)
+
+SUSPECTS = f"{KEY_PREFIX}:sweep:suspects"
+"""Jobs the sweep found in no queue, lease or outcome: job id → the unix time (Redis's clock) it first did (hash)."""
+SWEEP_LOCK = f"{KEY_PREFIX}:sweep:lock"
+"""Held for a sweep interval by the worker that sweeps: one sweep at a time across the fleet."""
+
+
+def pending(queue: str) -> str:
+    """Jobs put on the queue list ``queue`` and not taken yet: job id → its place in the line (sorted set)."""
+    return f"{KEY_PREFIX}:sweep:pending:{queue}"
+
+
+def place_counter(queue: str) -> str:
+    """The last place given at the back of ``queue``'s line (a counter)."""
+    return f"{KEY_PREFIX}:sweep:counter:{queue}"
+
+
+def last_taken(queue: str) -> str:
+    """The highest place a worker has taken from ``queue``: jobs placed below it and not taken nor waiting were lost."""
+    return f"{KEY_PREFIX}:sweep:taken:{queue}"
