@@ -1,0 +1,250 @@
+"""The lost-message sweep: a job that is in no queue, no worker's hands and has no outcome is queued again.
+
+A job's place in its queue's line (``tasks.places``) says where it stands: placed
+below the highest place a worker has taken, it was either pushed to the front of
+the line since (a restore or a put-back: it waits at the front, where the sweep
+looks for it) or taken by a BRPOP whose record Redis never got — lost. The sweep,
+per queue list (``Settings.queue`` and ``bulk_queue``):
+
+1. reads, in one script, the highest place taken, the list's length and the jobs
+   placed below it (all placed jobs when the list is empty), at most ``LIMIT``;
+2. if there are any and the list is not empty, reads the front of the line to
+   find those still waiting there;
+3. reads their documents and lets ``plan`` decide: a job without a document, or
+   finished, leaves the line's records; one still waiting is accounted for; any
+   other is a *suspect* from the first time it is seen (Redis's clock), and a
+   suspect for ``grace`` seconds or more is put back at the back of its line with
+   its message built again from its document (``tasks.wire``) — by one script that
+   first checks its place is the one the sweep read, so a job taken, pushed or
+   put back meanwhile is left alone.
+
+Cheap at any backlog: with nothing lost the sweep reads a few keys per queue
+(the sorted set answers "below the highest place taken" without reading the jobs
+behind it), and each sweep handles at most ``LIMIT`` jobs per queue. One sweeper at
+a time: ``keys.SWEEP_LOCK`` is taken with ``SET NX PX`` for one interval and left to
+expire, so a fleet sweeps once per interval; the place check keeps two sweeps that
+overlap anyway from both putting a job back. The sweep never waits for anything:
+the worker's thread (``worker.sweeper``) runs it and carries on, whatever it raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.tasks import keys, wire
+from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import valid_job_id
+from wsupload.tasks.results import TERMINAL, JobDoc, ResultStore, text
+
+log = logging.getLogger(__name__)
+
+LIMIT = 1000
+"""Jobs placed below the highest place taken that one sweep looks at, per queue."""
+FRONT_READS = (16, 1024)
+"""How much of the front of a line the sweep reads to find jobs waiting there: a little, then more if needed."""
+
+# KEYS: the queue list, its pending set, its highest place taken. ARGV: LIMIT.
+# Returns {highest place taken or nil, the list's length, {job, place, …}}.
+_SNAPSHOT = """
+local w = redis.call('GET', KEYS[3])
+local n = redis.call('LLEN', KEYS[1])
+local below
+if n == 0 then below = '+inf' elseif w then below = '(' .. w else return {false, n, {}} end
+return {w or false, n, redis.call('ZRANGE', KEYS[2], '-inf', below, 'BYSCORE', 'LIMIT', 0, ARGV[1], 'WITHSCORES')}
+"""
+
+# KEYS: the queue list, its pending set, its place counter, the suspects.
+# ARGV: the job, the place the sweep read, its message. Returns 1 if it put the message back.
+_REDELIVER = """
+local p = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not p or tonumber(p) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], string.format('%d', redis.call('INCR', KEYS[3])), ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A job placed below the highest place taken from its queue."""
+
+    job_id: str
+    queue: str
+    place: float
+    doc: JobDoc | None
+    waiting: bool | None
+    """Seen waiting at the front of its line; None: the front was too long to tell."""
+
+
+@dataclass
+class Plan:
+    drop: list[Candidate] = field(default_factory=list)
+    """No document or finished: out of the line's records (and of the suspects)."""
+    suspect: list[str] = field(default_factory=list)
+    """Seen unaccounted for the first time."""
+    redeliver: list[tuple[Candidate, float]] = field(default_factory=list)
+    """Suspects for ``grace`` or more, with how long they have been."""
+    forget: list[str] = field(default_factory=list)
+    """Suspects accounted for after all."""
+
+
+def plan(
+    candidates: Sequence[Candidate], suspects: Mapping[str, float], now: float, grace: float, complete: bool
+) -> Plan:
+    """What one sweep does. Pure: ``suspects`` maps job → when first seen; ``complete``: no queue hit ``LIMIT``.
+
+    Only a complete sweep forgets suspects it did not meet: one that looked at the
+    first ``LIMIT`` jobs of a queue cannot tell the rest are accounted for.
+    """
+    out = Plan()
+    met: set[str] = set()
+    for c in candidates:
+        met.add(c.job_id)
+        if c.doc is None or c.doc["status"] in TERMINAL or not c.doc.get("source"):
+            out.drop.append(c)
+        elif c.waiting:
+            if c.job_id in suspects:
+                out.forget.append(c.job_id)
+        elif c.waiting is None:
+            continue
+        elif c.job_id not in suspects:
+            out.suspect.append(c.job_id)
+        elif now - suspects[c.job_id] >= grace:
+            out.redeliver.append((c, now - suspects[c.job_id]))
+    if complete:
+        out.forget += [job for job in suspects if job not in met]
+    return out
+
+
+@dataclass(frozen=True)
+class Report:
+    candidates: int = 0
+    dropped: int = 0
+    suspected: int = 0
+    redelivered: tuple[str, ...] = ()
+
+
+def job_of(raw: bytes | str) -> str | None:
+    """The job a queued message is for, if it is a ``wsupload.upload`` message naming one."""
+    try:
+        headers = json.loads(raw).get("headers")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(headers, dict) or headers.get("task") != UPLOAD_TASK_NAME:
+        return None
+    job = headers.get("id")
+    return job if valid_job_id(job) else None
+
+
+class Sweep:
+    """Sweeps ``queues`` (list keys in ``client``'s Redis); documents are read through ``store``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: ResultStore,
+        queues: Sequence[str],
+        *,
+        grace: float,
+        interval: float,
+        owner: str = "",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.queues = tuple(queues)
+        self.grace = grace
+        self.interval = interval
+        self.owner = owner
+        """Written in the lock: which worker sweeps."""
+        self.clock = clock
+        """Seconds; None: Redis's clock, the same for every worker whatever their own say."""
+
+    def sweep(self) -> Report | None:
+        """One sweep of every queue, or None when another sweeper holds the lock."""
+        lock_ms = max(1, int(self.interval * 1000))
+        if not self.client.set(keys.SWEEP_LOCK, self.owner or "sweeper", nx=True, px=lock_ms):
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for queue in self.queues:
+            pipe.eval(_SNAPSHOT, 3, queue, keys.pending(queue), keys.last_taken(queue), LIMIT)
+        pipe.hgetall(keys.SUSPECTS)
+        (seconds, micros), *snapshots, raw_suspects = pipe.execute()
+        now = self.clock() if self.clock else seconds + micros / 1e6
+        found: list[tuple[str, str, float, bool | None]] = []
+        complete = True
+        for queue, (taken, length, flat) in zip(self.queues, snapshots, strict=True):
+            placed = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+            complete = complete and len(placed) < LIMIT
+            waiting: set[str] | None = set()
+            if placed and length > 0:
+                waiting = self.waiting_at_front(queue, float(taken))
+            found += [(job, queue, place, None if waiting is None else job in waiting) for job, place in placed]
+        if not found and not raw_suspects:
+            return Report()
+        docs = self.store.get_many([job for job, *_ in found])
+        candidates = [Candidate(j, q, p, doc, w) for (j, q, p, w), doc in zip(found, docs, strict=True)]
+        suspects = {text(job): float(since) for job, since in raw_suspects.items()}
+        return self._carry_out(plan(candidates, suspects, now, self.grace, complete), now, len(candidates))
+
+    def waiting_at_front(self, queue: str, taken: float) -> set[str] | None:
+        """Jobs placed below ``taken`` that wait at the front of ``queue``; None if more of them than we read.
+
+        The line is in place order from the front, so they are all ahead of the
+        first job placed at ``taken`` or above. Each read is one LRANGE, a snapshot.
+        """
+        for size in FRONT_READS:
+            raw = self.client.lrange(queue, -size, -1)
+            jobs = [job_of(item) for item in reversed(raw)]  # front first
+            named = [job for job in jobs if job is not None]
+            places = dict(zip(named, self.client.zmscore(keys.pending(queue), named), strict=True)) if named else {}
+            waiting: set[str] = set()
+            for job in jobs:
+                place = places.get(job) if job is not None else None
+                if job is None or place is None:
+                    continue
+                if place >= taken:
+                    return waiting
+                waiting.add(job)
+            if len(raw) < size:
+                return waiting
+        return None
+
+    def _carry_out(self, decided: Plan, now: float, seen: int) -> Report:
+        pipe = self.client.pipeline(transaction=False)
+        for c in decided.drop:
+            pipe.zrem(keys.pending(c.queue), c.job_id)
+        gone = [c.job_id for c in decided.drop] + decided.forget
+        if gone:
+            pipe.hdel(keys.SUSPECTS, *gone)
+        for job in decided.suspect:
+            pipe.hsetnx(keys.SUSPECTS, job, repr(now))
+        pipe.execute()
+        redelivered = [c.job_id for c, lost_for in decided.redeliver if self._redeliver(c, lost_for)]
+        return Report(seen, len(decided.drop), len(decided.suspect), tuple(redelivered))
+
+    def _redeliver(self, c: Candidate, lost_for: float) -> bool:
+        assert c.doc is not None
+        options = c.doc.get("options")
+        message = wire.upload_message(
+            c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None
+        )
+        line = (c.queue, keys.pending(c.queue), keys.place_counter(c.queue), keys.SUSPECTS)
+        if not self.client.eval(_REDELIVER, 4, *line, c.job_id, repr(c.place), message):
+            return False  # taken, pushed or put back since the sweep read its place
+        log.warning(
+            "sweep: job %s was in no queue, no worker's hands and had no outcome for %.0f s or more; "
+            "it is back on queue %s",
+            clip(c.job_id),
+            lost_for,
+            clip(c.queue),
+        )
+        return True
