@@ -274,3 +274,8 @@ def _stop(**_: Any) -> None:
     heartbeat, _current = _current, None
     if heartbeat is not None:
         heartbeat.stop()
+
+
+# The lost-message sweeper hooks itself to the same signals. It is loaded from here only until
+# worker/app.py's ``include`` names "wsupload.worker.sweeper" (then this import goes).
+from wsupload.worker import sweeper as _sweeper  # noqa: E402, F401
