@@ -82,11 +82,6 @@ def worker(name: str) -> str:
 
 # The lost-message sweep (tasks.sweep)
 
-SUSPECTS = f"{KEY_PREFIX}:sweep:suspects"
-"""Jobs the sweep found in no queue, lease or outcome: job id → the unix time (Redis's clock) it first did (hash)."""
-SWEEP_LOCK = f"{KEY_PREFIX}:sweep:lock"
-"""Held for a sweep interval by the worker that sweeps: one sweep at a time across the fleet."""
-
 
 def pending(queue: str) -> str:
     """Jobs put on the queue list ``queue`` and not taken yet: job id → its place in the line (sorted set)."""
@@ -101,3 +96,13 @@ def place_counter(queue: str) -> str:
 def last_taken(queue: str) -> str:
     """The highest place a worker has taken from ``queue``: jobs placed below it and not taken nor waiting were lost."""
     return f"{KEY_PREFIX}:sweep:taken:{queue}"
+
+
+def suspects(queue: str) -> str:
+    """Jobs of ``queue`` the sweep found unaccounted for: job id → since when (unix time, Redis's clock; hash)."""
+    return f"{KEY_PREFIX}:sweep:suspects:{queue}"
+
+
+def sweep_lock(queue: str) -> str:
+    """Held for a sweep interval by the worker sweeping ``queue``: one sweep of a queue at a time across the fleet."""
+    return f"{KEY_PREFIX}:sweep:lock:{queue}"

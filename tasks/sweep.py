@@ -20,10 +20,11 @@ per queue list (``Settings.queue`` and ``bulk_queue``):
 
 Cheap at any backlog: with nothing lost the sweep reads a few keys per queue
 (the sorted set answers "below the highest place taken" without reading the jobs
-behind it), and each sweep handles at most ``LIMIT`` jobs per queue. One sweeper at
-a time: ``keys.SWEEP_LOCK`` is taken with ``SET NX PX`` for one interval and left to
-expire, so a fleet sweeps once per interval; the place check keeps two sweeps that
-overlap anyway from both putting a job back. The sweep never waits for anything:
+behind it), and each sweep handles at most ``LIMIT`` jobs per queue. One sweeper of
+a queue at a time: ``keys.sweep_lock(queue)`` is taken with ``SET NX PX`` for one
+interval and left to expire, so a fleet sweeps each queue once per interval (per
+queue, so workers serving other queues never starve it); the place check keeps two
+sweeps that overlap anyway from both putting a job back. The sweep never waits for anything:
 the worker's thread (``worker.sweeper``) runs it and carries on, whatever it raises.
 """
 
@@ -59,7 +60,7 @@ if n == 0 then below = '+inf' elseif w then below = '(' .. w else return {false,
 return {w or false, n, redis.call('ZRANGE', KEYS[2], '-inf', below, 'BYSCORE', 'LIMIT', 0, ARGV[1], 'WITHSCORES')}
 """
 
-# KEYS: the queue list, its pending set, its place counter, the suspects.
+# KEYS: the queue list, its pending set, its place counter, its suspects.
 # ARGV: the job, the place the sweep read, its message. Returns 1 if it put the message back.
 _REDELIVER = """
 local p = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -98,7 +99,7 @@ class Plan:
 def plan(
     candidates: Sequence[Candidate], suspects: Mapping[str, float], now: float, grace: float, complete: bool
 ) -> Plan:
-    """What one sweep does. Pure: ``suspects`` maps job → when first seen; ``complete``: no queue hit ``LIMIT``.
+    """What one sweep of a queue does. Pure: ``suspects`` maps job → when first seen; ``complete``: under ``LIMIT``.
 
     Only a complete sweep forgets suspects it did not meet: one that looked at the
     first ``LIMIT`` jobs of a queue cannot tell the rest are accounted for.
@@ -125,10 +126,20 @@ def plan(
 
 @dataclass(frozen=True)
 class Report:
+    """What a sweep did: jobs it looked at, dropped from the lines' records, suspected, put back."""
+
     candidates: int = 0
     dropped: int = 0
     suspected: int = 0
     redelivered: tuple[str, ...] = ()
+
+    def __add__(self, other: Report) -> Report:
+        return Report(
+            self.candidates + other.candidates,
+            self.dropped + other.dropped,
+            self.suspected + other.suspected,
+            self.redelivered + other.redelivered,
+        )
 
 
 def job_of(raw: bytes | str) -> str | None:
@@ -168,32 +179,50 @@ class Sweep:
         """Seconds; None: Redis's clock, the same for every worker whatever their own say."""
 
     def sweep(self) -> Report | None:
-        """One sweep of every queue, or None when another sweeper holds the lock."""
+        """One sweep of each queue no other sweeper holds; None when others held them all."""
         lock_ms = max(1, int(self.interval * 1000))
-        if not self.client.set(keys.SWEEP_LOCK, self.owner or "sweeper", nx=True, px=lock_ms):
-            return None
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
         for queue in self.queues:
-            pipe.eval(_SNAPSHOT, 3, queue, keys.pending(queue), keys.last_taken(queue), LIMIT)
-        pipe.hgetall(keys.SUSPECTS)
-        (seconds, micros), *snapshots, raw_suspects = pipe.execute()
+            pipe.set(keys.sweep_lock(queue), self.owner or "sweeper", nx=True, px=lock_ms)
+        (seconds, micros), *locked = pipe.execute()
+        mine = [queue for queue, got in zip(self.queues, locked, strict=True) if got]
+        if not mine:
+            return None
         now = self.clock() if self.clock else seconds + micros / 1e6
-        found: list[tuple[str, str, float, bool | None]] = []
-        complete = True
-        for queue, (taken, length, flat) in zip(self.queues, snapshots, strict=True):
+        pipe = self.client.pipeline(transaction=False)
+        for queue in mine:
+            pipe.eval(_SNAPSHOT, 3, queue, keys.pending(queue), keys.last_taken(queue), LIMIT)
+            pipe.hgetall(keys.suspects(queue))
+        replies = pipe.execute()
+        report = Report()
+        for queue, (taken, length, flat), suspects in zip(mine, replies[::2], replies[1::2], strict=True):
             placed = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-            complete = complete and len(placed) < LIMIT
-            waiting: set[str] | None = set()
-            if placed and length > 0:
-                waiting = self.waiting_at_front(queue, float(taken))
-            found += [(job, queue, place, None if waiting is None else job in waiting) for job, place in placed]
-        if not found and not raw_suspects:
-            return Report()
-        docs = self.store.get_many([job for job, *_ in found])
-        candidates = [Candidate(j, q, p, doc, w) for (j, q, p, w), doc in zip(found, docs, strict=True)]
+            if placed or suspects:
+                report += self._sweep_queue(queue, taken, length, placed, suspects, now)
+        return report
+
+    def _sweep_queue(
+        self,
+        queue: str,
+        taken: bytes | None,
+        length: int,
+        placed: list[tuple[str, float]],
+        raw_suspects: Mapping[bytes, bytes],
+        now: float,
+    ) -> Report:
+        waiting: set[str] | None = set()
+        if placed and length > 0:
+            assert taken is not None  # the snapshot returns jobs of a non-empty list only below it
+            waiting = self.waiting_at_front(queue, float(taken))
+        docs = self.store.get_many([job for job, _ in placed])
+        candidates = [
+            Candidate(job, queue, place, doc, None if waiting is None else job in waiting)
+            for (job, place), doc in zip(placed, docs, strict=True)
+        ]
         suspects = {text(job): float(since) for job, since in raw_suspects.items()}
-        return self._carry_out(plan(candidates, suspects, now, self.grace, complete), now, len(candidates))
+        decided = plan(candidates, suspects, now, self.grace, complete=len(placed) < LIMIT)
+        return self._carry_out(queue, decided, now, len(candidates))
 
     def waiting_at_front(self, queue: str, taken: float) -> set[str] | None:
         """Jobs placed below ``taken`` that wait at the front of ``queue``; None if more of them than we read.
@@ -218,15 +247,15 @@ class Sweep:
                 return waiting
         return None
 
-    def _carry_out(self, decided: Plan, now: float, seen: int) -> Report:
+    def _carry_out(self, queue: str, decided: Plan, now: float, seen: int) -> Report:
         pipe = self.client.pipeline(transaction=False)
-        for c in decided.drop:
-            pipe.zrem(keys.pending(c.queue), c.job_id)
+        if decided.drop:
+            pipe.zrem(keys.pending(queue), *(c.job_id for c in decided.drop))
         gone = [c.job_id for c in decided.drop] + decided.forget
         if gone:
-            pipe.hdel(keys.SUSPECTS, *gone)
+            pipe.hdel(keys.suspects(queue), *gone)
         for job in decided.suspect:
-            pipe.hsetnx(keys.SUSPECTS, job, repr(now))
+            pipe.hsetnx(keys.suspects(queue), job, repr(now))
         pipe.execute()
         redelivered = [c.job_id for c, lost_for in decided.redeliver if self._redeliver(c, lost_for)]
         return Report(seen, len(decided.drop), len(decided.suspect), tuple(redelivered))
@@ -237,7 +266,7 @@ class Sweep:
         message = wire.upload_message(
             c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None
         )
-        line = (c.queue, keys.pending(c.queue), keys.place_counter(c.queue), keys.SUSPECTS)
+        line = (c.queue, keys.pending(c.queue), keys.place_counter(c.queue), keys.suspects(c.queue))
         if not self.client.eval(_REDELIVER, 4, *line, c.job_id, repr(c.place), message):
             return False  # taken, pushed or put back since the sweep read its place
         log.warning(

@@ -100,7 +100,8 @@ def test_a_batch_is_written_with_its_last_chunk(enqueuer: Enqueuer, redis_client
 
 
 def places(client: fakeredis.FakeRedis, queue: str) -> dict[str, float]:
-    return {member.decode(): score for member, score in client.zrange(keys.pending(queue), 0, -1, withscores=True)}
+    scored: Any = client.zrange(keys.pending(queue), 0, -1, withscores=True)
+    return {member.decode(): score for member, score in scored}
 
 
 def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(

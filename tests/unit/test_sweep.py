@@ -116,7 +116,7 @@ class World:
 
     def sweep(self, at: float | None = None, owner: str = "w1") -> Report | None:
         """One sweep at ``at`` seconds past the start; the lock of the previous one is let go first."""
-        self.redis.delete(keys.SWEEP_LOCK)
+        self.redis.delete(keys.sweep_lock(QUEUE), keys.sweep_lock(BULK))
         return self.sweeper(owner, at).sweep()
 
     def sweeper(self, owner: str = "w1", at: float | None = None) -> Sweep:
@@ -161,7 +161,7 @@ class World:
         return None if value is None else float(value)
 
     def suspects(self) -> set[str]:
-        return {results.text(job) for job in self.redis.hkeys(keys.SUSPECTS)}
+        return {results.text(job) for job in self.redis.hkeys(keys.suspects(QUEUE))}
 
     def finish(self, job_id: str) -> None:
         document = self.store.get(job_id)
@@ -373,11 +373,11 @@ def test_two_sweepers_never_both_put_a_job_back(world: World) -> None:
     world.sweep(at=0)
 
     first, second = world.sweeper("w1", at=GRACE), world.sweeper("w2", at=GRACE)
-    world.redis.delete(keys.SWEEP_LOCK)  # the last sweep's interval is over
+    world.redis.delete(keys.sweep_lock(QUEUE), keys.sweep_lock(BULK))  # the last sweep's interval is over
     assert first.sweep() == Report(candidates=1, redelivered=(a,))
     assert second.sweep() is None  # the lock: one sweep per interval across the fleet
-    assert world.redis.get(keys.SWEEP_LOCK) == b"w1"
-    assert 0 < world.redis.pttl(keys.SWEEP_LOCK) <= INTERVAL * 1000
+    assert world.redis.get(keys.sweep_lock(QUEUE)) == b"w1"
+    assert 0 < world.redis.pttl(keys.sweep_lock(QUEUE)) <= INTERVAL * 1000
 
     # Sweeps that overlap anyway (the lock expired mid-sweep): the one that read the old place does nothing.
     stale = Candidate(a, QUEUE, 1.0, world.store.get(a), waiting=False)

@@ -59,7 +59,7 @@ def test_a_bug_in_a_sweep_never_stops_the_sweeper(
 def test_the_thread_sweeps_every_interval_until_stopped(redis_client: fakeredis.FakeRedis) -> None:
     runner = Sweeper(sweep_on(redis_client, interval=0.01))
     runner.start()
-    wait_until(lambda: redis_client.exists(keys.SWEEP_LOCK), 10, what="a sweep")
+    wait_until(lambda: redis_client.exists(keys.sweep_lock("q")), 10, what="a sweep")
     runner.stop()
     assert runner._thread is not None
     assert not runner._thread.is_alive()
@@ -102,10 +102,10 @@ def test_the_signals_start_and_stop_the_sweeper(
     assert current() is None
 
     sweeper._start(sender=consumer(SimpleNamespace(settings=Settings.from_env({}))))
-    wait_until(lambda: redis_client.exists(keys.SWEEP_LOCK), 10, what="the first sweep")
+    wait_until(lambda: redis_client.exists(keys.sweep_lock("wsupload")), 10, what="the first sweep")
     started = current()
     assert started is not None
-    assert redis_client.get(keys.SWEEP_LOCK) == f"wsupload-9@here (pid {os.getpid()})".encode()
+    assert redis_client.get(keys.sweep_lock("wsupload.bulk")) == f"wsupload-9@here (pid {os.getpid()})".encode()
     sweeper._stop(sender=None)
     assert current() is None
     assert started._thread is not None
