@@ -248,6 +248,7 @@ class Sweep:
         return None
 
     def _carry_out(self, queue: str, decided: Plan, now: float, seen: int) -> Report:
+        """One round trip: the records, then each redelivery (a script that checks the job's place first)."""
         pipe = self.client.pipeline(transaction=False)
         if decided.drop:
             pipe.zrem(keys.pending(queue), *(c.job_id for c in decided.drop))
@@ -256,24 +257,29 @@ class Sweep:
             pipe.hdel(keys.suspects(queue), *gone)
         for job in decided.suspect:
             pipe.hsetnx(keys.suspects(queue), job, repr(now))
-        pipe.execute()
-        redelivered = [c.job_id for c, lost_for in decided.redeliver if self._redeliver(c, lost_for)]
+        line = (queue, keys.pending(queue), keys.place_counter(queue), keys.suspects(queue))
+        for c, _ in decided.redeliver:
+            pipe.eval(_REDELIVER, 4, *line, c.job_id, repr(c.place), message_of(c))
+        replies = pipe.execute()
+        redelivered = []
+        # 0: taken, pushed or put back since the sweep read its place; left alone.
+        for (c, lost_for), pushed in zip(
+            decided.redeliver, replies[len(replies) - len(decided.redeliver) :], strict=True
+        ):
+            if pushed:
+                redelivered.append(c.job_id)
+                log.warning(
+                    "sweep: job %s was in no queue, no worker's hands and had no outcome for %.0f s or more; "
+                    "it is back on queue %s",
+                    clip(c.job_id),
+                    lost_for,
+                    clip(queue),
+                )
         return Report(seen, len(decided.drop), len(decided.suspect), tuple(redelivered))
 
-    def _redeliver(self, c: Candidate, lost_for: float) -> bool:
-        assert c.doc is not None
-        options = c.doc.get("options")
-        message = wire.upload_message(
-            c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None
-        )
-        line = (c.queue, keys.pending(c.queue), keys.place_counter(c.queue), keys.suspects(c.queue))
-        if not self.client.eval(_REDELIVER, 4, *line, c.job_id, repr(c.place), message):
-            return False  # taken, pushed or put back since the sweep read its place
-        log.warning(
-            "sweep: job %s was in no queue, no worker's hands and had no outcome for %.0f s or more; "
-            "it is back on queue %s",
-            clip(c.job_id),
-            lost_for,
-            clip(c.queue),
-        )
-        return True
+
+def message_of(c: Candidate) -> str:
+    """The job's message, built again from its document as the producer built it."""
+    assert c.doc is not None
+    options = c.doc.get("options")
+    return wire.upload_message(c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None)

@@ -26,7 +26,7 @@ from wsupload.config import Settings
 from wsupload.tasks import keys, places, results
 from wsupload.tasks.enqueue import Enqueuer
 from wsupload.tasks.results import JobDoc, ResultStore
-from wsupload.tasks.sweep import Candidate, Report, Sweep, job_of, plan
+from wsupload.tasks.sweep import Candidate, Plan, Report, Sweep, job_of, plan
 from wsupload.worker import redis_transport
 
 QUEUE, BULK = "q", "q.bulk"
@@ -381,7 +381,7 @@ def test_two_sweepers_never_both_put_a_job_back(world: World) -> None:
 
     # Sweeps that overlap anyway (the lock expired mid-sweep): the one that read the old place does nothing.
     stale = Candidate(a, QUEUE, 1.0, world.store.get(a), waiting=False)
-    assert not second._redeliver(stale, GRACE)
+    assert second._carry_out(QUEUE, Plan(redeliver=[(stale, GRACE)]), world.now, 1) == Report(candidates=1)
     assert [job for job, _ in world.line()] == [a]
 
 
