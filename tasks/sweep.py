@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 LIMIT = 1000
 """Jobs placed below the highest place taken that one sweep looks at, per queue."""
-FRONT_READS = (16, 1024)
+FRONT_READS = (16, 128, 1024)
 """How much of the front of a line the sweep reads to find jobs waiting there: a little, then more if needed."""
 
 # KEYS: the queue list, its pending set, its highest place taken. ARGV: LIMIT.
