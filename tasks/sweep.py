@@ -24,8 +24,9 @@ behind it), and each sweep handles at most ``LIMIT`` jobs per queue. One sweeper
 a queue at a time: ``keys.sweep_lock(queue)`` is taken with ``SET NX PX`` for one
 interval and left to expire, so a fleet sweeps each queue once per interval (per
 queue, so workers serving other queues never starve it); the place check keeps two
-sweeps that overlap anyway from both putting a job back. The sweep never waits for anything:
-the worker's thread (``worker.sweeper``) runs it and carries on, whatever it raises.
+sweeps that overlap anyway from both putting a job back. The sweep never waits for
+anything: the worker's thread (``worker.sweeper``) runs it and carries on, whatever
+it raises.
 """
 
 from __future__ import annotations
