@@ -14,6 +14,10 @@ removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
 cannot be reached. Interactive jobs go to ``WSUPLOAD_QUEUE``, bulk ones to
 ``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans,
 which run inside workers.
+
+The commit also gives each job its place in its queue's line, and the ``queued``
+document carries the job's options: with both, the worker's sweep
+(``tasks.sweep``) finds a message Redis lost and puts it back on the queue.
 """
 
 from __future__ import annotations
@@ -47,24 +51,29 @@ REASON_CHARS = 160
 
 # The commit. Atomic, so workers see all of a call's jobs or none of them.
 # KEYS: queue, marker (a key only this script creates: the first document it writes,
-#       or the batch hash), nstage staging lists, the documents of every job in order
-#       (staged ones first), then for a batch its hash, member list and, if named, name key.
+#       or the batch hash), the queue's pending set and place counter (tasks.sweep),
+#       nstage staging lists, the documents of every job in order (staged ones first),
+#       then for a batch its hash, member list and, if named, name key.
 # ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
 #       ttl, nfields (0: no batch), batch id, then nnow documents, nnow messages,
-#       nfields field/value pairs and, for a batch, every job id.
+#       every job id in order, and nfields field/value pairs.
 # Returns 1, or 0 when the marker shows it already ran (redis-py resends a command
 # whose reply was lost). Every check comes before the first write, and that write is
 # a SET or HSET: under maxmemory Redis refuses it before anything is written, and
 # lets a script that has written go on, so no error can leave half a commit.
+# Each job gets its place in the queue's line (see tasks.sweep): LPUSH puts its first
+# argument nearest the front, so the jobs are taken in order, and their places ascend
+# in that order from the counter.
 _COMMIT = """
 local nstage, nstaged, nnow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, nfields = ARGV[4], tonumber(ARGV[5])
+local njobs = nstaged + nnow
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('ERR the queue key holds a ' .. kind .. ', not a list')
 end
-for i = 3, 2 + nstage do
+for i = 5, 4 + nstage do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     return redis.error_reply('ERR the staged messages expired before the commit')
   end
@@ -74,26 +83,37 @@ local function push(command, key, list, first, last)
     redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
   end
 end
-local docs, arg = 2 + nstage + nstaged, 6
+local docs, arg = 4 + nstage + nstaged, 6
+local ids = arg + 2 * nnow
 for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
 local batch = docs + nnow
 if nfields > 0 then
-  local fields = arg + 2 * nnow
+  local fields = ids + njobs
   redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
   redis.call('EXPIRE', KEYS[batch + 1], ttl)
-  local ids = fields + 2 * nfields
-  if nstaged + nnow > 0 then
-    push('RPUSH', KEYS[batch + 2], ARGV, ids + 1, ids + nstaged + nnow)
+  if njobs > 0 then
+    push('RPUSH', KEYS[batch + 2], ARGV, ids + 1, ids + njobs)
     redis.call('EXPIRE', KEYS[batch + 2], ttl)
   end
 end
-for i = 3, 2 + nstage do
+for i = 5, 4 + nstage do
   local staged = redis.call('LRANGE', KEYS[i], 0, -1)
   push('LPUSH', KEYS[1], staged, 1, #staged)
   redis.call('DEL', KEYS[i])
 end
-push('LPUSH', KEYS[1], ARGV, arg + nnow + 1, arg + 2 * nnow)
-for i = 3 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
+push('LPUSH', KEYS[1], ARGV, arg + nnow + 1, ids)
+if njobs > 0 then
+  local first = redis.call('INCRBY', KEYS[4], njobs) - njobs
+  for i = 1, njobs, 500 do
+    local places = {}
+    for j = i, math.min(i + 499, njobs) do
+      places[#places + 1] = first + j
+      places[#places + 1] = ARGV[ids + j]
+    end
+    redis.call('ZADD', KEYS[3], unpack(places))
+  end
+end
+for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[6], 'EX', ttl) end
 return 1
 """
@@ -165,8 +185,8 @@ def redis_reason(exc: BaseException) -> str:
     return clip(text or type(exc).__name__, REASON_CHARS)
 
 
-def _doc(job: Job, now: datetime, batch: _BatchRecords | None) -> str:
-    return json.dumps(results.new_doc(job.job_id, job.source, now, batch.batch_id if batch else None))
+def _doc(job: Job, now: datetime, batch: _BatchRecords | None, options: dict[str, Any] | None) -> str:
+    return json.dumps(results.new_doc(job.job_id, job.source, now, batch.batch_id if batch else None, options))
 
 
 def _count(jobs: Sequence[Job]) -> str:
@@ -262,7 +282,7 @@ class Enqueuer:
         """Documents and messages of ``chunk``, invisible to workers, expiring unless committed."""
         pipe = self.redis.pipeline(transaction=True)
         for job in chunk:
-            pipe.set(results.result_key(job.job_id), _doc(job, now, batch), ex=STAGING_TTL)
+            pipe.set(results.result_key(job.job_id), _doc(job, now, batch, options), ex=STAGING_TTL)
         # DEL first: a pipeline redis-py resends after a lost reply stages the chunk once, not twice.
         pipe.delete(key)
         pipe.rpush(key, *(wire.upload_message(job.job_id, job.source, queue, options) for job in chunk))
@@ -281,18 +301,19 @@ class Enqueuer:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``_COMMIT`` (laid out in its comment)."""
         marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
-        keys = [queue, marker, *stages, *(results.result_key(job.job_id) for job in jobs)]
+        names = [queue, marker, keys.pending(queue), keys.place_counter(queue), *stages]
+        names += [results.result_key(job.job_id) for job in jobs]
         fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
         args: list[Any] = [len(stages), len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
         args.append(batch.batch_id if batch else "")
-        args += [_doc(job, now, batch) for job in last]
+        args += [_doc(job, now, batch, options) for job in last]
         args += [wire.upload_message(job.job_id, job.source, queue, options) for job in last]
+        args += [job.job_id for job in jobs]
         if batch:
-            keys += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
-            keys += [name_key(batch.name)] if batch.name else []
+            names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
+            names += [name_key(batch.name)] if batch.name else []
             args += [item for pair in fields.items() for item in pair]
-            args += [job.job_id for job in jobs]
-        return keys, args
+        return names, args
 
     def _abandon(
         self, jobs: list[Job], stages: list[str], batch: _BatchRecords | None, exc: BaseException, when: str

@@ -83,3 +83,31 @@ def scan_lock(name: str) -> str:
 def worker(name: str) -> str:
     """A worker's heartbeat record (JSON), gone by itself when the worker stops beating (``worker.heartbeat``)."""
     return f"{KEY_PREFIX}:worker:{name}"
+
+
+# The lost-message sweep (tasks.sweep)
+
+
+def pending(queue: str) -> str:
+    """Jobs put on the queue list ``queue`` and not taken yet: job id → its place in the line (sorted set)."""
+    return f"{KEY_PREFIX}:sweep:pending:{queue}"
+
+
+def place_counter(queue: str) -> str:
+    """The last place given at the back of ``queue``'s line (a counter)."""
+    return f"{KEY_PREFIX}:sweep:counter:{queue}"
+
+
+def last_taken(queue: str) -> str:
+    """The highest place a worker has taken from ``queue``: jobs placed below it and not taken nor waiting were lost."""
+    return f"{KEY_PREFIX}:sweep:taken:{queue}"
+
+
+def suspects(queue: str) -> str:
+    """Jobs of ``queue`` the sweep found unaccounted for: job id → since when (unix time, Redis's clock; hash)."""
+    return f"{KEY_PREFIX}:sweep:suspects:{queue}"
+
+
+def sweep_lock(queue: str) -> str:
+    """Held for a sweep interval by the worker sweeping ``queue``: one sweep of a queue at a time across the fleet."""
+    return f"{KEY_PREFIX}:sweep:lock:{queue}"

@@ -60,7 +60,10 @@ def _without(doc: JobDoc, key: str) -> JobDoc:
     return {name: value for name, value in doc.items() if name != key}
 
 
-def new_doc(job_id: str, source: str, now: datetime, batch_id: str | None = None) -> JobDoc:
+def new_doc(
+    job_id: str, source: str, now: datetime, batch_id: str | None = None, options: dict[str, Any] | None = None
+) -> JobDoc:
+    """A ``queued`` document; ``options`` (the message's, if any) let the sweep build a lost message again."""
     doc: JobDoc = {
         "job_id": job_id,
         "status": QUEUED,
@@ -75,6 +78,8 @@ def new_doc(job_id: str, source: str, now: datetime, batch_id: str | None = None
     }
     if batch_id:
         doc["batch_id"] = batch_id
+    if options:
+        doc["options"] = options
     return doc
 
 
@@ -116,8 +121,9 @@ def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = Non
             del doc[name]
     if "generation" in doc and not (type(doc["generation"]) is int and doc["generation"] > 0):
         del doc["generation"]
-    if "last_error" in doc and not isinstance(doc["last_error"], dict):
-        del doc["last_error"]
+    for name in ("last_error", "options"):
+        if name in doc and not isinstance(doc[name], dict):
+            del doc[name]
     return doc
 
 

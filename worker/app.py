@@ -72,9 +72,11 @@ def create_app(settings: Settings) -> WsuploadApp:
         # The tasks, and the worker's heartbeat (worker.heartbeat hooks itself to the worker's signals).
         include=[
             *(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")),
-            # Hooked to the worker's signals: its heartbeat, and its jobs' lease renewal and stop.
+            # Hooked to the worker's signals: its heartbeat, its jobs' lease renewal and stop,
+            # and the sweep for lost messages.
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
+            "wsupload.worker.sweeper",
         ],
     )
     app.settings = settings

@@ -29,6 +29,12 @@ reconnect or a pause, never its life or a message:
   cannot reach Redis: it says so with a connection error, which kombu and
   Celery expect, not kombu's ``AttributeError`` on the transport's cleared client.
 
+Every ``wsupload.upload`` message pushed onto a queue or taken from one keeps its
+job's place in the queue's line (``tasks.places``) in the same transaction, so the
+sweep (``tasks.sweep``) can tell a message BRPOP took and nobody recorded. A
+message pushed again (a restore, a put-back) gets a new delivery tag: a copy never
+shares one with the delivery it replaces.
+
 ``install()`` points kombu's ``redis`` and ``rediss`` scheme names at it (kombu
 derives TLS from the scheme name, so naming the class in ``broker_transport``
 would lose it). ``PoisonGuard`` (``worker.poison``) moves messages kombu could
@@ -41,6 +47,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -53,9 +60,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
-from wsupload.tasks import keys
+from wsupload.tasks import keys, places
 from wsupload.tasks.limits import clip
-from wsupload.worker.poison import PoisonGuard
+from wsupload.worker.poison import PoisonGuard, envelope_job
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +72,8 @@ REFUSED_WRITES: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError
 WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
 """Never created: ``LPUSHX`` on it changes nothing, yet is refused exactly like any write."""
 
-PUT_BACK = "#!lua flags=allow-oom\nreturn redis.call('RPUSH', KEYS[1], ARGV[1])"
-"""RPUSH even on a full Redis (``allow-oom``, Redis ≥ 7): the tail is where BRPOP took the message from."""
+PUT_BACK = "#!lua flags=allow-oom\n" + places.PUSH
+"""``places.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
 PAUSE_BASE = 1.0
 PAUSE_MAX = 16.0
@@ -94,10 +101,24 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         try:
-            super().append(message, delivery_tag)
+            self._record(message, delivery_tag)
         except self.channel.refused_errors as exc:
             self._hand_back(message, exc)
         self._refusals = 0
+
+    def _record(self, message: Any, delivery_tag: str) -> None:
+        """kombu's ``QoS.append`` (5.7), with the job taken out of its line in the same transaction."""
+        delivery = message.delivery_info
+        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
+            job = upload_job(message._raw)
+            if job is not None:
+                lines = self.channel.lines_of(message._raw, exchange, routing_key)
+                pipe.eval(places.TAKE, 2 * len(lines), *places.taken_keys(lines), job)
+            pipe.execute()
+            virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         try:
@@ -161,6 +182,12 @@ class QoS(kombu_redis.QoS):
         raise Empty()
 
 
+def upload_job(payload: Any) -> str | None:
+    """The job a ``wsupload.upload`` message is for (its task id, by the wire contract); None for other messages."""
+    job, is_upload = envelope_job(payload)
+    return job if is_upload else None
+
+
 _held: dict[str, list[dict[str, Any]]] = {}
 """Per broker, in this process: messages taken off a queue that Redis could not take back yet."""
 # Only the process that took them puts them back: a pool child would push copies.
@@ -195,14 +222,42 @@ class Channel(PoisonGuard, kombu_redis.Channel):
             raise redis.ConnectionError("the broker connection is closed")
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
+    def lines_of(self, payload: dict[str, Any], exchange: str, routing_key: str) -> list[str]:
+        """The queue lists a message routed so goes to, as kombu's restore finds them."""
+        priority = self._get_message_priority(payload, reverse=False)
+        return [self._q_for_pri(queue, priority) for queue in self._lookup(exchange, routing_key)]  # type: ignore[attr-defined]
+
     def put_back(self, payload: dict[str, Any]) -> None:
         """Push a delivered message back onto its queue, next in line (where kombu's restore puts it)."""
         info = payload["properties"]["delivery_info"]
-        priority = self._get_message_priority(payload, reverse=False)
+        payload["properties"]["delivery_tag"] = str(uuid.uuid4())
+        job = upload_job(payload) or ""
         with self.conn_or_acquire() as client:
-            for queue in self._lookup(info["exchange"], info["routing_key"]):
-                key = self._q_for_pri(queue, priority)  # type: ignore[attr-defined]
-                self._put_back(keys=[key], args=[dumps(payload)], client=client)
+            for line in self.lines_of(payload, info["exchange"], info["routing_key"]):
+                self._put_back(keys=places.line_keys(line), args=[dumps(payload), "front", job], client=client)
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        """kombu's (5.7), run inside its MULTI, with a new delivery tag and the job placed where it goes back.
+
+        ``leftmost``: a requeue (reject, shutdown) to the back of the line; else an
+        expired delivery, to the front.
+        """
+        try:
+            with contextlib.suppress(KeyError, TypeError):
+                payload["headers"]["redelivered"] = True
+                payload["properties"]["delivery_info"]["redelivered"] = True
+            with contextlib.suppress(KeyError, TypeError):
+                payload["properties"]["delivery_tag"] = str(uuid.uuid4())
+            side, job = ("back" if leftmost else "front"), upload_job(payload) or ""
+            for line in self.lines_of(payload, exchange, routing_key):
+                pipe.eval(places.PUSH, 4, *places.line_keys(line), dumps(payload), side, job)
+        except self.connection_errors:
+            # Abort the transaction: it would otherwise remove the message from the unacked hash without requeueing it.
+            raise
+        except Exception:
+            log.critical("Could not restore message: %r", payload, exc_info=True)
 
     @cached_property
     def _put_back(self) -> Any:

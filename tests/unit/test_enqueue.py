@@ -16,7 +16,7 @@ import redis
 
 from wsupload.config import Settings
 from wsupload.tasks import enqueue as enqueue_module
-from wsupload.tasks import results
+from wsupload.tasks import keys, results
 from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
 from wsupload.tasks.errors import InvalidInput
 from wsupload.tasks.limits import MAX_SOURCE_CHARS
@@ -97,6 +97,35 @@ def test_a_batch_is_written_with_its_last_chunk(enqueuer: Enqueuer, redis_client
         "wsupload:batch-name:nightly",
     ):
         assert 3500 < redis_client.ttl(key) <= RESULT_TTL
+
+
+def places(client: fakeredis.FakeRedis, queue: str) -> dict[str, float]:
+    scored: Any = client.zrange(keys.pending(queue), 0, -1, withscores=True)
+    return {member.decode(): score for member, score in scored}
+
+
+def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(
+    enqueuer: Enqueuer, redis_client: fakeredis.FakeRedis
+) -> None:
+    # tasks.sweep reads these places: a job placed below one a worker took, and not waiting, was lost.
+    first = enqueuer.enqueue([f"/m/{n}.png" for n in range(5)])  # two staged chunks and a last one
+    second = enqueuer.enqueue(["/m/late.png"])
+    jobs = first + second
+    assert queued_ids(redis_client, QUEUE) == [j.job_id for j in jobs]
+    assert places(redis_client, QUEUE) == {j.job_id: n for n, j in enumerate(jobs, 1)}
+    assert redis_client.get(keys.place_counter(QUEUE)) == b"6"
+    assert places(redis_client, BULK) == {}
+
+
+def test_documents_carry_the_options_their_messages_carry(enqueuer: Enqueuer) -> None:
+    sources = [f"/m/{n}.png" for n in range(5)]  # staged and committed alike
+    batch = enqueuer.enqueue_batch(sources, options={"callback_url": "https://hooks.example/x"})
+    for job in batch.jobs:
+        doc = enqueuer.store.get(job.job_id)
+        assert doc is not None
+        assert doc["options"] == {"dedup": True, "callback_url": "https://hooks.example/x"}
+    (plain,) = enqueuer.enqueue(["/m/c.png"])
+    assert "options" not in (enqueuer.store.get(plain.job_id) or {})
 
 
 def test_an_empty_batch_still_exists(enqueuer: Enqueuer) -> None:
@@ -194,13 +223,15 @@ def test_a_resent_commit_queues_nothing_twice(enqueuer: Enqueuer, redis_client: 
     jobs = enqueuer.enqueue_batch([f"/m/{n}.png" for n in range(5)]).jobs
     assert real(**sent[0]) == 0  # what redis-py does when a reply is lost: send it again
     assert queued_ids(redis_client, BULK) == [j.job_id for j in jobs]
+    assert places(redis_client, BULK) == {j.job_id: n for n, j in enumerate(jobs, 1)}
 
 
 def test_staging_that_expired_is_never_committed(enqueuer: Enqueuer, redis_client: fakeredis.FakeRedis) -> None:
     real = enqueuer._commit
 
     def commit(**kwargs: Any) -> Any:
-        redis_client.delete(kwargs["keys"][2])  # the first staging list, expired
+        first = next(key for key in kwargs["keys"] if key.startswith("wsupload:staging:"))
+        redis_client.delete(first)  # the first staging list, expired
         return real(**kwargs)
 
     enqueuer._commit = commit  # type: ignore[assignment]

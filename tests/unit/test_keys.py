@@ -24,5 +24,17 @@ def test_every_key_is_under_the_prefix() -> None:
     built += [keys.callback("j"), keys.dedup("d"), keys.scan_state("s"), keys.scan_seen("s"), keys.scan_lock("s")]
     built += [keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL, keys.DEAD, keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE]
     built += [keys.BROKER_WRITE_PROBE, keys.worker("w"), keys.WORKERS]
+    built += [
+        keys.pending("q"),
+        keys.place_counter("q"),
+        keys.last_taken("q"),
+        keys.suspects("q"),
+        keys.sweep_lock("q"),
+    ]
     assert all(key.startswith("wsupload:") for key in built)
     assert len(set(built)) == len(built)
+
+
+def test_each_queue_has_its_own_sweep_keys() -> None:
+    per_queue = (keys.pending, keys.place_counter, keys.last_taken, keys.suspects, keys.sweep_lock)
+    assert len({build(queue) for build in per_queue for queue in ("wsupload", "wsupload.bulk")}) == 10

@@ -30,6 +30,18 @@ def test_a_new_document_is_queued_with_every_field() -> None:
     assert (doc["status"], doc["attempts"], doc["created_at"]) == ("queued", 0, "2026-11-24T12:00:00.000Z")
 
 
+def test_a_new_document_keeps_the_jobs_options_when_it_has_some() -> None:
+    # The sweep (tasks.sweep) builds a lost job's message again from its document.
+    assert results.new_doc("j1", "/m/a.png", NOW, options={"dedup": True})["options"] == {"dedup": True}
+    assert "options" not in results.new_doc("j1", "/m/a.png", NOW, options={})
+
+
+def test_stored_options_are_kept_only_as_an_object() -> None:
+    kept = results.coerce_doc({"options": {"callback_url": "https://x/y"}}, "j1", NOW)
+    assert kept["options"] == {"callback_url": "https://x/y"}
+    assert "options" not in results.coerce_doc({"options": "dedup"}, "j1", NOW)
+
+
 def test_transitions_to_success() -> None:
     doc = results.started(results.new_doc("j1", "/m/a.png", NOW), NOW)
     doc = results.attempting(doc)

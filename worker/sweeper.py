@@ -1,0 +1,135 @@
+"""The worker's sweeper: a daemon thread that runs the lost-message sweep (``tasks.sweep``) every few seconds.
+
+Like the heartbeat (``worker.heartbeat``) it lives in the worker's main process,
+whatever the pool, starts once the worker consumes (``worker_ready``) and stops at
+``worker_shutdown``. Every worker runs one; the sweep's lock lets one of them sweep
+per interval, so a fleet sweeps about once per interval whatever its size.
+
+Its grace (how long a job may be unaccounted for before it is queued again) is the
+lease, its cadence half a lease: a job lost between a worker's BRPOP and its record
+is back in its line within about a lease and a half of the sweep first missing it.
+
+It must never stop or block the worker: its Redis calls time out within an interval
+and never retry by themselves (the next sweep is the retry), every error is caught,
+and a failing sweep is logged once per streak, not once per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+
+from wsupload.config.settings import Settings
+from wsupload.tasks.limits import clip
+from wsupload.tasks.results import ResultStore
+from wsupload.tasks.sweep import Sweep
+from wsupload.worker.roster import connect
+
+log = logging.getLogger(__name__)
+
+
+def grace_of(settings: Settings) -> float:
+    """The lease: how long a job may be in no queue, no worker's hands and without an outcome."""
+    return settings.lease
+
+
+def interval_of(settings: Settings) -> float:
+    return settings.sweep_interval
+
+
+def sweep_for(settings: Settings, owner: str) -> Sweep:
+    """The sweep of this worker's queues: lines on the broker, documents on ``REDIS_URL`` (by default the same)."""
+    interval = interval_of(settings)
+    timeout = max(1.0, interval)
+    broker = connect(settings.effective_broker_url, timeout=timeout)
+    results = broker if settings.effective_broker_url == settings.redis_url else connect(settings.redis_url, timeout)
+    return Sweep(
+        broker,
+        ResultStore(results, settings.result_ttl),
+        (settings.queue, settings.bulk_queue),
+        grace=grace_of(settings),
+        interval=interval,
+        owner=owner,
+    )
+
+
+class Sweeper:
+    """Runs ``sweep`` every ``sweep.interval`` seconds from a daemon thread until ``stop``."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self._failing = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> bool:
+        """One sweep (or none, if another worker holds the lock); False (logged once per streak) if it failed."""
+        try:
+            self.sweep.sweep()
+        except Exception as exc:  # whatever it is, the worker carries on: the next sweep tries again
+            if not self._failing:
+                self._failing = True
+                expected = isinstance(exc, redis.RedisError | OSError)
+                log.warning(
+                    "sweep: failed (%s: %s); trying again every %g s",
+                    type(exc).__name__,
+                    clip(str(exc)),
+                    self.sweep.interval,
+                    exc_info=not expected,
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("sweep: sweeping again")
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wsupload-sweeper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.sweep.interval):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.sweep.interval * 2)
+
+
+_current: Sweeper | None = None
+"""This process's sweeper, while its worker runs."""
+
+
+@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.sweeper:ready")
+def _start(sender: Any = None, **_: Any) -> None:
+    global _current
+    settings = getattr(getattr(sender, "app", None), "settings", None)
+    if not isinstance(settings, Settings) or _current is not None:
+        return  # another app's worker, or already sweeping
+    try:
+        owner = f"{getattr(sender, 'hostname', '?')} (pid {os.getpid()})"
+        sweeper = Sweeper(sweep_for(settings, owner))
+        sweeper.start()
+    except Exception:
+        log.exception("sweep: not started; messages lost between a worker and Redis are not looked for")
+        return
+    _current = sweeper
+    log.info(
+        "sweep: every %g s, jobs unaccounted for %g s go back on their queue",
+        sweeper.sweep.interval,
+        sweeper.sweep.grace,
+    )
+
+
+@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.sweeper:shutdown")
+def _stop(**_: Any) -> None:
+    global _current
+    sweeper, _current = _current, None
+    if sweeper is not None:
+        sweeper.stop()
