@@ -75,6 +75,8 @@ def create_app(settings: Settings) -> WsuploadApp:
             # Hooked to the worker's signals: its heartbeat, and its jobs' lease renewal and stop.
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
+            # Its metrics endpoint, when WSUPLOAD_METRICS_PORT is set.
+            "wsupload.worker.metrics",
         ],
     )
     app.settings = settings
