@@ -11,6 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v redis-server >/dev/null || ./scripts/install-redis
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ./scripts/install-prometheus
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'

@@ -179,6 +179,14 @@ def parse_hosts(text: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def parse_listen_address(text: str) -> str:
+    """One local address to listen on: an IP address (``0.0.0.0``, ``::``) or a host name."""
+    entry = text.strip().lower().removeprefix("[").removesuffix("]")
+    if not (_is_ip(entry) or re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", entry)):
+        raise ValueError("expected one IP address or host name (no scheme, port or path)")
+    return entry
+
+
 def parse_protocols(text: str) -> tuple[str, ...]:
     protocols = tuple(p.strip().lower() for p in text.split(",") if p.strip())
     for protocol in protocols:

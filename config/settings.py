@@ -39,6 +39,7 @@ from wsupload.config.parsers import (
     parse_hosts,
     parse_http_url,
     parse_int,
+    parse_listen_address,
     parse_lower,
     parse_path,
     parse_protocols,
@@ -240,6 +241,21 @@ class Settings:
         shown="{} s",
         check=lambda v: v >= 0,
         rule="0 or more",
+    )
+    metrics_port: int | None = setting(
+        "WSUPLOAD_METRICS_PORT",
+        parse_int,
+        None,
+        'Serve Prometheus metrics at `http://<host>:<port>/metrics` from each worker (see "Metrics" below).',
+        shown="unset (off)",
+        check=lambda v: 1 <= v <= 65535,
+        rule="a port from 1 to 65535",
+    )
+    metrics_addr: str = setting(
+        "WSUPLOAD_METRICS_ADDR",
+        parse_listen_address,
+        "0.0.0.0",  # noqa: S104 (a scrape target must be reachable from the Prometheus host)
+        "The address the metrics port listens on (`127.0.0.1`: this host only).",
     )
     concurrency: int = setting(
         "WSUPLOAD_CONCURRENCY",

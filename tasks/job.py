@@ -30,7 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import lease, redaction, results
+from wsupload.tasks import lease, redaction, results, telemetry
 from wsupload.tasks.dedup import DedupStore, content_digest
 from wsupload.tasks.errors import (
     InternalError,
@@ -83,6 +83,7 @@ class _State:
     doc: results.JobDoc
     deadline: float | None
     generation: int | None = None
+    began: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -148,8 +149,10 @@ class JobRunner:
                 f"or stopped with it (WSUPLOAD_MAX_DELIVERIES={self.settings.max_deliveries})"
             )
             return self._end(state, results.failed(state.doc, error, results.utcnow()))
+        if claim.generation > 1:
+            telemetry.resumed()
         grace = self.settings.connect_timeout + self.settings.read_timeout + self.settings.lease
-        with lease.holding(lease.JobLease(job_id, tag, grace, deadline)):
+        with lease.holding(lease.JobLease(job_id, tag, grace, deadline)), telemetry.running():
             if options.dedup or scheme_of(source) not in ("", "file"):
                 # Opening may take a while (a store's HEAD and GET, hashing): say "running" now.
                 # A local file opens in microseconds: its first attempt's write says it instead,
@@ -175,6 +178,7 @@ class JobRunner:
     def _end(self, state: _State, doc: results.JobDoc) -> results.JobDoc:
         state.doc = doc
         self._save(state)
+        telemetry.job_ended(doc, time.monotonic() - state.began)
         self._log_outcome(doc)
         return doc
 
@@ -184,6 +188,7 @@ class JobRunner:
         if doc["status"] not in results.TERMINAL:
             doc = results.failed(doc, self._redacted(error), results.utcnow())
             if self.store.save(doc):
+                telemetry.job_ended(doc)
                 self._log_outcome(doc)
         return doc
 
@@ -213,6 +218,7 @@ class JobRunner:
             digest = self._retrying(state, lambda: content_digest(opened), self.policy.max_attempts)
             earlier = self.dedup.find(digest, results.utcnow())
             if earlier is not None:
+                telemetry.dedup_hit()
                 return results.reused(state.doc, earlier, results.utcnow())
 
         made = state.doc["attempts"]
@@ -231,12 +237,14 @@ class JobRunner:
                     lease.tick()
                     state.doc = results.attempting(state.doc)
                     self._save(state)
+                    telemetry.attempt()
                     return self.client.upload(opened)
             except RateLimitTimeout as exc:
                 raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
 
         # SourceChanged passes through to run()'s loop, which opens the source again.
         result = self._retrying(state, attempt, retry=_retried_in_place)
+        telemetry.uploaded(opened.size)
         now = results.utcnow()
         doc = results.succeeded(state.doc, result, now, self.settings.retention)
         if digest is not None:
@@ -281,6 +289,7 @@ class JobRunner:
             if isinstance(error, RateLimited) and self.limiter is not None:
                 self.limiter.pause(delay)  # the whole fleet backs off, not just this job
             log.warning("job %s: %s (%s); retrying in %.2f s", state.doc["job_id"], error.message, error.kind, delay)
+            telemetry.retry(error.kind)
             lease.allow(delay + self.settings.lease)
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
             self._save(state)

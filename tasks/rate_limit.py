@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys
+from wsupload.tasks import keys, telemetry
 
 TAT_KEY, ACTIVE_KEY, PAUSE_KEY = keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE
 
@@ -105,10 +105,12 @@ class FleetLimiter:
             yield
             return
         token = uuid.uuid4().hex
+        began = time.monotonic()
         while (wait := self.try_acquire(token)) > 0:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise RateLimitTimeout(f"no upload slot within the time left ({wait:.1f} s more needed)")
             self.sleep(wait)
+        telemetry.limiter_wait(time.monotonic() - began)
         try:
             yield
         finally:

@@ -69,7 +69,6 @@ def create_app(settings: Settings) -> WsuploadApp:
     app = WsuploadApp(
         "wsupload",
         broker=settings.effective_broker_url,
-        # The tasks, and the worker's heartbeat (worker.heartbeat hooks itself to the worker's signals).
         include=[
             *(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")),
             # Hooked to the worker's signals: its heartbeat, its jobs' lease renewal and stop,
@@ -77,6 +76,8 @@ def create_app(settings: Settings) -> WsuploadApp:
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
             "wsupload.worker.sweeper",
+            # Its metrics endpoint, when WSUPLOAD_METRICS_PORT is set.
+            "wsupload.worker.metrics",
         ],
     )
     app.settings = settings

@@ -12,8 +12,10 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -276,6 +278,43 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    port = args.port or settings.metrics_port
+    if port is None:
+        raise WsuploadError("metrics: give --port, or set WSUPLOAD_METRICS_PORT")
+    addr = args.addr or settings.metrics_addr
+    from prometheus_client import CollectorRegistry
+
+    from wsupload.worker import metrics
+
+    registry = CollectorRegistry()
+    registry.register(metrics.queue_depth(settings))
+    try:
+        endpoint = metrics.serve(registry, port, addr)
+    except OSError as exc:
+        raise WsuploadError(f"metrics: cannot listen on {addr}:{port}: {exc.strerror or exc}") from None
+    queues = f"{settings.queue}, {settings.bulk_queue}"
+    where = safe_url(settings.effective_broker_url)
+    print(f"serving the depths of {queues} (Redis {where}) at http://{addr}:{endpoint.port}/metrics", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    endpoint.stop()
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535 (got {port})")
+    return port
+
+
 def _dev_tool(name: str) -> Any:
     """A module of ``wsupload.worker.dev``, which production images leave out."""
     try:
@@ -403,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the newest beat may be this old (default {roster.RECORD_TTL:g} s: {roster.MISSED_BEATS} beats)",
     )
     health.set_defaults(handler=cmd_health)
+
+    metrics = commands.add_parser(
+        "metrics", help="serve the queue depths to Prometheus (needs REDIS_URL only, never the API key)"
+    )
+    metrics.add_argument("--port", type=_port, help="listen here (default WSUPLOAD_METRICS_PORT)")
+    metrics.add_argument("--addr", help="listen on this address (default WSUPLOAD_METRICS_ADDR, 0.0.0.0)")
+    metrics.set_defaults(handler=cmd_metrics)
 
     sandbox = commands.add_parser("sandbox", help="run a local WaveSpeed-compatible upload server")
     sandbox.add_argument("--host", default="127.0.0.1")

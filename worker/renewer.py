@@ -36,6 +36,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from wsupload.config.settings import Settings
+from wsupload.tasks import telemetry
 from wsupload.tasks.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.limits import clip
 from wsupload.worker.roster import connect
@@ -124,6 +125,7 @@ class Renewer:
             lease = self.book.get(tag)
             if not changed and lease is not None and not lease.lost:
                 lease.lost = True
+                telemetry.lease_lost()
                 log.warning("job %s: its lease is gone from Redis; it stops at its next block", lease.job_id)
         return sum(1 for changed in replies if changed)
 
@@ -160,6 +162,7 @@ class Renewer:
                 )
                 continue
             handed += 1
+            telemetry.handed_back()
             log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
         return handed
 

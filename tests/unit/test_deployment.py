@@ -1,5 +1,6 @@
 """docker-compose.yml and the Dockerfile, checked by parsing (no Docker engine runs here)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_the_runtime_never_imports_the_development_tools() -> None:
         "wsupload.worker.producer",
         "wsupload.worker.consumer",
         "wsupload.worker.heartbeat",  # the healthcheck's `wsupload health` reads what it writes
+        "wsupload.worker.metrics",  # the metrics endpoint and `wsupload metrics`
         "wsupload.tasks.upload",
         "wsupload.tasks.scan",
         "wsupload.tasks.callbacks",
@@ -95,3 +97,55 @@ def test_beat_runs_the_example_schedules(compose: dict[str, Any]) -> None:
         "incoming",
         "nightly-archive",
     ]
+
+
+def test_the_monitoring_profile_runs_prometheus_on_the_shipped_config_scraping_each_workers_metrics_port(
+    compose: dict[str, Any],
+) -> None:
+    from wsupload.config.settings import Settings
+
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]  # optional: `docker compose up` alone does not start it
+    assert "depends_on" not in prometheus  # it keeps running (and alerting) with no worker up
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in prometheus["volumes"]}
+    command = prometheus["command"]
+    config_path = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--config.file="))
+    assert mounts[config_path] == "./deploy/prometheus.yml"
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file, so mounted beside it
+        assert mounts[str(Path(config_path).parent / rule_file)] == f"./deploy/{rule_file}"
+    assert any(volume.startswith("prometheus-data:") for volume in prometheus["volumes"])
+    assert "prometheus-data" in compose["volumes"]
+    assert all(port.startswith("127.0.0.1:") for port in prometheus["ports"])  # the UI is not published wider
+
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert job["job_name"] == "wsupload"  # the name the alert rules select on
+    assert discovery["names"] == ["worker"]  # every replica of the worker service
+    worker_env = compose["services"]["worker"]["environment"]
+    assert int(worker_env["WSUPLOAD_METRICS_PORT"]) == discovery["port"]
+    assert Settings.from_env({"WSUPLOAD_METRICS_PORT": worker_env["WSUPLOAD_METRICS_PORT"]}).metrics_port == 9100
+    assert "WSUPLOAD_METRICS_ADDR" not in worker_env  # 0.0.0.0: reachable from the prometheus container
+
+
+def test_the_alert_rules_select_the_scrape_job_and_metrics_the_workers_export() -> None:
+    import fakeredis
+    from prometheus_client import CollectorRegistry
+
+    from wsupload.worker.metrics import QueueDepth, WorkerMetrics
+
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    registry.register(QueueDepth(fakeredis.FakeRedis(), ["q"]))
+    exported = {sample.name for metric in registry.collect() for sample in metric.samples}
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} == {
+        "WsuploadNoLiveWorkers",
+        "WsuploadQueueGrowing",
+        "WsuploadFailureRatio",
+        "WsuploadQueueDepthUnreadable",
+    }
+    for rule in rules:
+        for name in re.findall(r"\b(wsupload_[a-z_]+)\b", rule["expr"]):
+            assert name in exported, f"{rule['alert']} uses {name}, which no worker exports"
+    assert 'up{job="wsupload"}' in next(r["expr"] for r in rules if r["alert"] == "WsuploadNoLiveWorkers")

@@ -1,0 +1,276 @@
+"""Prometheus metrics: the worker's (``WSUPLOAD_METRICS_PORT``) and the queue-depth exporter (``wsupload metrics``).
+
+``WorkerMetrics`` is the ``tasks.telemetry`` sink that turns what the job code
+reports into counters, histograms and a gauge; ``QueueDepth`` is a collector
+that reads the length of the interactive and bulk queues from the broker at
+scrape time. A worker serves both, with its process's own metrics, from a
+daemon thread started on ``worker_ready`` and stopped on ``worker_shutdown``;
+``wsupload metrics`` serves the queue depths alone, for a monitoring host that
+holds no API key.
+
+One process, one registry: the worker runs Celery's threads pool, so every job
+reports into this process's metrics and prometheus_client's multi-process mode
+(``PROMETHEUS_MULTIPROC_DIR``, for forking pools) is not needed.
+
+Labels are bounded: an outcome, an error kind (``tasks.telemetry`` maps anything
+else to ``other``), a queue name from the settings, a lease event. Never a job id,
+path, URL or secret. Serving metrics must never stop or block the worker: a
+port that cannot be bound is logged and the worker runs without metrics, and a
+Redis that does not answer within ``QUEUE_DEPTH_TIMEOUT`` leaves the queue depth
+out of that scrape (``wsupload_queue_depth_up`` 0) instead of failing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from wsupload.config.settings import Settings
+from wsupload.tasks import telemetry
+from wsupload.tasks.limits import clip
+from wsupload.tasks.results import FAILED, SUCCEEDED
+from wsupload.worker.roster import connect
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH_TIMEOUT = 1.0
+"""Seconds a scrape waits for Redis to give the queue lengths (Prometheus's own scrape timeout is 10 s)."""
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+"""One delivery of a job: from a refused file (milliseconds) to a large upload (minutes)."""
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 24 * 3600)
+"""Enqueued to finished: queueing included, so a bulk backlog's hours fit."""
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+"""A fleet slot: nothing when the fleet is idle, a Retry-After when it was throttled."""
+
+
+class WorkerMetrics:
+    """The worker's metrics, in ``registry`` (the ``tasks.telemetry.Sink`` the worker installs)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jobs = Counter(
+            "wsupload_jobs",
+            "Jobs ended by this worker, by outcome and error kind (kind=none for succeeded).",
+            ["outcome", "kind"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "wsupload_http_attempts", "Upload requests sent to the API (each attempt).", registry=registry
+        )
+        self.retries = Counter(
+            "wsupload_retries",
+            "Transient errors waited out before trying again, by error kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.bytes = Counter("wsupload_bytes_uploaded", "Bytes of the files uploaded successfully.", registry=registry)
+        self.lease_events = Counter(
+            "wsupload_lease_recoveries",
+            "Jobs moved between deliveries: lease_lost (this worker found a job's lease gone), handed_back"
+            " (still running after the stop grace, back to its queue), resumed (this worker took up a job an"
+            " earlier delivery left unfinished).",
+            ["event"],
+            registry=registry,
+        )
+        self.dedup_hits = Counter(
+            "wsupload_dedup_hits", "Jobs that reused an earlier upload of the same bytes.", registry=registry
+        )
+        self.duration = Histogram(
+            "wsupload_upload_duration_seconds",
+            "Time one delivery of a job took on this worker (opening, retries and waits included), by outcome.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "wsupload_job_latency_seconds",
+            "From the job's created_at (enqueued) to its finished_at, by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.limiter_waits = Histogram(
+            "wsupload_fleet_limiter_wait_seconds",
+            "Time an upload request waited for a slot under the fleet's rate or concurrency limit.",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.running = Gauge("wsupload_jobs_in_flight", "Jobs this worker is running now.", registry=registry)
+        # Every known series from the start at 0, so increase() sees a kind's first job.
+        self.jobs.labels(SUCCEEDED, telemetry.NONE)
+        for kind in sorted(telemetry.FAILURE_KINDS):
+            self.jobs.labels(FAILED, kind)
+        for kind in sorted(telemetry.TRANSIENT_KINDS):
+            self.retries.labels(kind)
+        for event in telemetry.LEASE_EVENTS:
+            self.lease_events.labels(event)
+        for outcome in telemetry.OUTCOMES:
+            self.duration.labels(outcome)
+            self.latency.labels(outcome)
+
+    def job_ended(self, outcome: str, kind: str, duration_s: float | None, latency_s: float | None) -> None:
+        self.jobs.labels(outcome, kind).inc()
+        if duration_s is not None:
+            self.duration.labels(outcome).observe(duration_s)
+        if latency_s is not None:
+            self.latency.labels(outcome).observe(latency_s)
+
+    def attempt(self) -> None:
+        self.attempts.inc()
+
+    def retry(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+
+    def uploaded(self, nbytes: int) -> None:
+        self.bytes.inc(max(0, nbytes))
+
+    def dedup_hit(self) -> None:
+        self.dedup_hits.inc()
+
+    def limiter_wait(self, seconds: float) -> None:
+        self.limiter_waits.observe(max(0.0, seconds))
+
+    def lease_event(self, event: str) -> None:
+        self.lease_events.labels(event).inc()
+
+    def in_flight(self, delta: int) -> None:
+        self.running.inc(delta)
+
+
+class QueueDepth:
+    """``wsupload_queue_depth{queue}``: LLEN of each queue, read from the broker at scrape time.
+
+    One pipelined round trip per scrape, with a short timeout and no retry; a
+    failure gives no depth sample (and ``wsupload_queue_depth_up`` 0), never an
+    exception, and is logged once per streak.
+    """
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str]) -> None:
+        self.client = client
+        self.queues = tuple(queues)
+        self._failing = False
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared without samples, so registering does not read Redis.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        depth, up = self._families()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for queue in self.queues:
+                pipe.llen(queue)
+            lengths = pipe.execute()
+        except Exception as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "metrics: cannot read the queue depths (%s: %s); left out until Redis answers",
+                    type(exc).__name__,
+                    clip(str(exc)),
+                )
+            up.add_metric([], 0)
+            return [depth, up]
+        if self._failing:
+            self._failing = False
+            log.info("metrics: reading the queue depths again")
+        for queue, length in zip(self.queues, lengths, strict=True):
+            depth.add_metric([queue], int(length))
+        up.add_metric([], 1)
+        return [depth, up]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("wsupload_queue_depth", "Messages waiting on each queue (LLEN).", labels=["queue"]),
+            GaugeMetricFamily("wsupload_queue_depth_up", "1 if the last scrape could read the queue depths."),
+        )
+
+
+def queue_depth(settings: Settings) -> QueueDepth:
+    """The collector for this deployment's queues (interactive first), on the broker's Redis."""
+    client = connect(settings.effective_broker_url, timeout=QUEUE_DEPTH_TIMEOUT)
+    return QueueDepth(client, [settings.queue, settings.bulk_queue])
+
+
+def process_collectors(registry: CollectorRegistry) -> None:
+    """The process's CPU, memory, file descriptors, GC and Python version, as prometheus_client names them."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+@dataclass
+class Endpoint:
+    """A ``/metrics`` HTTP server running in a daemon thread."""
+
+    server: Any
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str) -> Endpoint:
+    """Serve ``registry`` at ``http://addr:port/metrics``; ``OSError`` if the port cannot be bound."""
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return Endpoint(server, thread)
+
+
+@dataclass
+class _Running:
+    endpoint: Endpoint
+    sink: WorkerMetrics
+
+
+_current: _Running | None = None
+
+
+@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.metrics:ready")
+def _start(sender: Any = None, **_: Any) -> None:
+    global _current
+    settings = getattr(getattr(sender, "app", None), "settings", None)
+    if not isinstance(settings, Settings) or settings.metrics_port is None or _current is not None:
+        return  # another app's worker, metrics off, or already serving
+    registry = CollectorRegistry()
+    sink = WorkerMetrics(registry)
+    registry.register(queue_depth(settings))
+    process_collectors(registry)
+    try:
+        endpoint = serve(registry, settings.metrics_port, settings.metrics_addr)
+    except OSError as exc:
+        log.error(
+            "metrics: cannot listen on %s:%d (%s); this worker runs without metrics",
+            settings.metrics_addr,
+            settings.metrics_port,
+            exc.strerror or exc,
+        )
+        return
+    telemetry.install(sink)
+    _current = _Running(endpoint, sink)
+    log.info("metrics: http://%s:%d/metrics", settings.metrics_addr, endpoint.port)
+
+
+@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.metrics:shutdown")
+def _stop(**_: Any) -> None:
+    global _current
+    running, _current = _current, None
+    if running is not None:
+        telemetry.install(None)
+        running.endpoint.stop()
