@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +53,8 @@ def _producer(settings: Settings) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(worker=True)
+    if args.events:
+        settings = replace(settings, task_events=True)
     for line in deprecations():
         print(f"wsupload: warning: {line}", file=sys.stderr)
     from wsupload.worker.app import create_app
@@ -331,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.add_argument(
         "--only", choices=["interactive", "bulk"], help="serve one queue (default: both, interactive first)"
+    )
+    worker.add_argument(
+        "--events", action="store_true", help="send task events for Flower (default WSUPLOAD_TASK_EVENTS)"
     )
     worker.set_defaults(handler=cmd_worker)
 
