@@ -178,10 +178,18 @@ def _refuse_without_key(instance: Any = None, **_: Any) -> None:
     any host; a worker's tasks read it from the environment (``tasks.runtime``), so
     the environment is what is checked, before the worker takes any message.
     """
-    if not isinstance(getattr(instance, "app", None), WsuploadApp):
-        return
+    if isinstance(getattr(instance, "app", None), WsuploadApp):
+        _settings_or_exit(worker=True)
+
+
+def _settings_or_exit(*, worker: bool) -> Settings:
+    """The settings; bad ones as the ``wsupload`` command says them (one line each, exit 2).
+
+    Celery's command prints any exception that loading the app raises with its
+    traceback, and goes on after one a signal handler raises; SystemExit it lets through.
+    """
     try:
-        Settings.from_env(worker=True)
+        return Settings.from_env(worker=worker)
     except ConfigError as exc:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -192,5 +200,5 @@ def __getattr__(name: str) -> WsuploadApp:
     # keeps ``import worker.app`` free of environment parsing. Without the API key:
     # ``inspect``/``control`` need only the broker, and a worker refuses to start above.
     if name == "app":
-        return create_app(Settings.from_env())
+        return create_app(_settings_or_exit(worker=False))
     raise AttributeError(name)
