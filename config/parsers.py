@@ -63,6 +63,18 @@ def parse_int(text: str) -> int:
         raise ValueError("expected a whole number") from None
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false``, ``yes``/``no``, ``on``/``off`` or ``1``/``0``, in any case."""
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
+    return word in _TRUE
+
+
 def parse_lower(text: str) -> str:
     """A keyword such as ``auto`` or ``refuse``, compared case-insensitively."""
     return text.strip().lower()

@@ -33,6 +33,7 @@ from wsupload.config.parsers import (
     MIB,
     check_api_key,
     check_url,
+    parse_bool,
     parse_buckets,
     parse_duration,
     parse_file,
@@ -264,6 +265,14 @@ class Settings:
         "Upload threads per worker (Celery's threads pool; chosen from `make bench`: see `benchmarks/RESULTS.md`).",
         check=lambda v: 1 <= v <= 512,
         rule="from 1 to 512",
+    )
+    task_events: bool = setting(
+        "WSUPLOAD_TASK_EVENTS",
+        parse_bool,
+        "off",
+        "`on` (or `true`, `yes`, `1`): send Celery task events (received, started, succeeded, failed) for"
+        " Flower and `celery events`; `wsupload worker --events` turns them on too. See \"Flower and Celery's"
+        ' commands".',
     )
     connect_timeout: float = setting(
         "WSUPLOAD_CONNECT_TIMEOUT",

@@ -2,6 +2,7 @@
 
     WsuploadError                      (config.errors)
     ├── ConfigError                    bad setting, refused at startup
+    ├── JobFailed                      a job ended failed in this delivery: Celery's FAILURE, after the fact
     └── UploadError                    ends up in a job's ``error`` field
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
@@ -148,3 +149,26 @@ class SourceChanged(TransientError):
 
 class ServerError(TransientError):
     kind = "server_error"
+
+
+class JobFailed(WsuploadError):
+    """Raised by ``wsupload.upload`` once the job it ran has ended ``failed``, outcome recorded.
+
+    Not a job error but Celery's view of one: the task ends in FAILURE (Flower,
+    ``celery events``) with the job's readable, already redacted error as its text,
+    while its message is acknowledged (``task_acks_on_failure_or_timeout``) and never
+    retried. Declared in the task's ``throws``, so Celery logs it as one line, no traceback.
+    """
+
+    def __init__(self, job_id: str, kind: str, message: str) -> None:
+        super().__init__(job_id, kind, message)
+        self.job_id = job_id
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    def __repr__(self) -> str:
+        # What Celery puts in the task-failed event (Flower's "exception"): the readable error.
+        return f"{type(self).__name__}({str(self)!r})"

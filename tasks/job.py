@@ -86,6 +86,19 @@ class _State:
     began: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery left its job: the document, and whether this delivery ended the job."""
+
+    doc: results.JobDoc
+    ended_here: bool
+    """This delivery wrote the terminal document (False: the job had ended before it)."""
+
+    @property
+    def failed_here(self) -> bool:
+        return self.ended_here and self.doc["status"] == results.FAILED
+
+
 @dataclass
 class JobRunner:
     settings: Settings
@@ -122,6 +135,19 @@ class JobRunner:
         worker: str | None = None,
         tag: str | None = None,
     ) -> results.JobDoc:
+        """``run_delivery``, for callers that need only the terminal document."""
+        return self.run_delivery(job_id, source, options, time_budget=time_budget, worker=worker, tag=tag).doc
+
+    def run_delivery(
+        self,
+        job_id: str,
+        source: str,
+        options: JobOptions = NO_OPTIONS,
+        *,
+        time_budget: float | None = None,
+        worker: str | None = None,
+        tag: str | None = None,
+    ) -> Outcome:
         """Run one delivery of the job to a terminal document.
 
         The delivery first claims the job (``tasks.fencing``): every write it makes
@@ -139,7 +165,7 @@ class JobRunner:
             # A redelivered message for a job that already finished (its ack was
             # lost): uploading again would only waste the bytes.
             log.info("job %s has already ended (%s); not running it again", job_id, doc["status"])
-            return doc
+            return Outcome(doc, ended_here=False)
         budget = self.settings.job_timeout if time_budget is None else time_budget
         deadline = time.monotonic() + budget
         state = _State(results.started(doc, results.utcnow(), claim.generation, worker), deadline, claim.generation)
@@ -148,7 +174,7 @@ class JobRunner:
                 f"delivered {claim.generation} times without ending: each worker that took it died, hung "
                 f"or stopped with it (WSUPLOAD_MAX_DELIVERIES={self.settings.max_deliveries})"
             )
-            return self._end(state, results.failed(state.doc, error, results.utcnow()))
+            return Outcome(self._end(state, results.failed(state.doc, error, results.utcnow())), ended_here=True)
         if claim.generation > 1:
             telemetry.resumed()
         grace = self.settings.connect_timeout + self.settings.read_timeout + self.settings.lease
@@ -170,7 +196,7 @@ class JobRunner:
                 log.exception("job %s: internal error", job_id)
                 internal = InternalError(f"internal error: {type(exc).__name__}: {exc}")
                 doc = results.failed(state.doc, self._redacted(internal), results.utcnow())
-        return self._end(state, doc)
+        return Outcome(self._end(state, doc), ended_here=True)
 
     def _save(self, state: _State) -> None:
         self.store.save(state.doc, state.generation)
@@ -182,15 +208,17 @@ class JobRunner:
         self._log_outcome(doc)
         return doc
 
-    def fail(self, job_id: str, source: str, error: UploadError) -> results.JobDoc:
+    def fail(self, job_id: str, source: str, error: UploadError) -> Outcome:
         """Record a failure raised outside ``run`` (a message that cannot run, an internal error)."""
         doc = self.store.get(job_id) or results.new_doc(job_id, source, results.utcnow())
-        if doc["status"] not in results.TERMINAL:
-            doc = results.failed(doc, self._redacted(error), results.utcnow())
-            if self.store.save(doc):
-                telemetry.job_ended(doc)
-                self._log_outcome(doc)
-        return doc
+        if doc["status"] in results.TERMINAL:
+            return Outcome(doc, ended_here=False)
+        doc = results.failed(doc, self._redacted(error), results.utcnow())
+        if not self.store.save(doc):  # it ended meanwhile: that ending stands
+            return Outcome(self.store.get(job_id) or doc, ended_here=False)
+        telemetry.job_ended(doc)
+        self._log_outcome(doc)
+        return Outcome(doc, ended_here=True)
 
     def _open_and_deliver(self, state: _State, source: str, options: JobOptions) -> results.JobDoc:
         """Open (and validate) the source, then deliver it; called again after ``SourceChanged``."""

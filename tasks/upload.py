@@ -6,6 +6,12 @@ settings are the process's own (``tasks.runtime``). The job runs under its
 message's lease (``tasks.lease``) and its delivery's generation
 (``tasks.fencing``); there are no Celery time limits: ``WSUPLOAD_JOB_TIMEOUT``
 is enforced inside the job.
+
+A job that ends ``failed`` in this delivery raises ``JobFailed`` once its outcome is
+recorded and its callback queued, so Celery's own tools (events, Flower) see a
+FAILURE with the job's readable error; the message is still acknowledged and the
+task never retried by Celery. A delivery that stops, or finds its job already
+ended, raises nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import runtime
+from wsupload.tasks import redaction, runtime
 from wsupload.tasks.callbacks import callback
-from wsupload.tasks.errors import InternalError, UploadError
+from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.fencing import Superseded
-from wsupload.tasks.job import JobRunner
+from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.messages import NoJobId, job_id_of, read_upload_call, shown
 
@@ -41,7 +47,15 @@ def runner() -> JobRunner:
     return runtime.current().runner
 
 
-@shared_task(bind=True, name=UPLOAD_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(
+    bind=True,
+    name=UPLOAD_TASK_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    # Expected: logged by Celery as one line ("raised expected"), no traceback; the job's own line says more.
+    throws=(JobFailed,),
+)
 def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     """``upload(job_id, source, options=None)``, taking whatever a producer sent.
 
@@ -59,13 +73,13 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     except UploadError as exc:  # InvalidMessage or InvalidInput, with a job to record it in
         job_id = job_id_of(args, kwargs, self.request.id)
         assert job_id is not None
-        job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc)
+        raise_if_failed_here(job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc))
         return
     job_id, source = call.job_id, call.source
     properties = self.request.properties or {}
     tag = properties.get("delivery_tag")
     try:
-        job.run(
+        outcome = job.run_delivery(
             job_id,
             source,
             call.options,
@@ -84,9 +98,19 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         raise Reject(str(exc), requeue=True) from None
     except Exception as exc:  # before the job ran (run() records its own internal errors)
         log.exception("job %s: internal error", job_id)
-        job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+        outcome = job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
     if call.options.callback_url:
         send_callback(job_id, call.options.callback_url, job.settings.queue)
+    raise_if_failed_here(outcome)
+
+
+def raise_if_failed_here(outcome: Outcome) -> None:
+    """``JobFailed`` when this delivery ended the job ``failed``: Celery's FAILURE, after the fact."""
+    if not outcome.failed_here:
+        return
+    error = outcome.doc.get("error") or {}
+    message = redaction.redact(str(error.get("message", "")))  # redacted when recorded; events are not logs
+    raise JobFailed(outcome.doc["job_id"], str(error.get("kind", "failed")), message) from None
 
 
 def send_callback(job_id: str, url: str, queue: str) -> None:

@@ -30,12 +30,18 @@ shows signs of life (``worker.renewer``). So:
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
   web request's upload never waits behind a bulk backlog.
+- task events (``WSUPLOAD_TASK_EVENTS``) for Flower and ``celery events``; a job that
+  ends ``failed`` raises ``JobFailed`` after its outcome is recorded, so they show it as
+  FAILURE, and ``task_acks_on_failure_or_timeout`` still acknowledges its message.
+- the module-level ``app`` (``celery -A wsupload.worker.app inspect|control …``) needs
+  no API key; only starting a worker does (``_refuse_without_key``).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -45,8 +51,9 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.schedules import crontab
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, celeryd_init
 
+from wsupload.config.errors import ConfigError
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings
 from wsupload.tasks import redaction
@@ -109,12 +116,15 @@ def create_app(settings: Settings) -> WsuploadApp:
         accept_content=["json"],
         task_default_queue=settings.queue,
         task_acks_late=True,
+        # Celery's default, said here because wsupload relies on it: a job that ended
+        # `failed` raises JobFailed, and its message must be acknowledged, never redelivered.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.concurrency,
         worker_pool="threads",
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,
         worker_disable_rate_limits=True,  # Celery's per-task rate limits: unused, the fleet limiter is ours
         # Messages it cannot run go to the dead-letter list instead of the log (worker.consumer).
         worker_consumer="wsupload.worker.consumer:Consumer",
@@ -163,9 +173,35 @@ def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str
     return entries
 
 
+@celeryd_init.connect(weak=False, dispatch_uid="wsupload.worker.app:refuse-without-key")
+def _refuse_without_key(instance: Any = None, **_: Any) -> None:
+    """``celery -A wsupload.worker.app worker`` without ``WAVESPEED_API_KEY``: one line, exit 2.
+
+    The module-level app is built without the key so that inspect/control work on
+    any host; a worker's tasks read it from the environment (``tasks.runtime``), so
+    the environment is what is checked, before the worker takes any message.
+    """
+    if isinstance(getattr(instance, "app", None), WsuploadApp):
+        _settings_or_exit(worker=True)
+
+
+def _settings_or_exit(*, worker: bool) -> Settings:
+    """The settings; bad ones as the ``wsupload`` command says them (one line each, exit 2).
+
+    Celery's command prints any exception that loading the app raises with its
+    traceback, and goes on after one a signal handler raises; SystemExit it lets through.
+    """
+    try:
+        return Settings.from_env(worker=worker)
+    except ConfigError as exc:
+        print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def __getattr__(name: str) -> WsuploadApp:
-    # ``celery -A worker.app worker`` looks up ``app`` here; building it on
-    # demand keeps ``import worker.app`` free of environment parsing.
+    # ``celery -A wsupload.worker.app …`` looks up ``app`` here; building it on demand
+    # keeps ``import worker.app`` free of environment parsing. Without the API key:
+    # ``inspect``/``control`` need only the broker, and a worker refuses to start above.
     if name == "app":
-        return create_app(Settings.from_env(worker=True))
+        return create_app(_settings_or_exit(worker=False))
     raise AttributeError(name)

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -55,6 +55,8 @@ def _producer(settings: Settings) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(worker=True)
+    if args.events:
+        settings = replace(settings, task_events=True)
     for line in deprecations():
         print(f"wsupload: warning: {line}", file=sys.stderr)
     from wsupload.worker.app import create_app
@@ -370,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.add_argument(
         "--only", choices=["interactive", "bulk"], help="serve one queue (default: both, interactive first)"
+    )
+    worker.add_argument(
+        "--events", action="store_true", help="send task events for Flower (default WSUPLOAD_TASK_EVENTS)"
     )
     worker.set_defaults(handler=cmd_worker)
 

@@ -188,7 +188,7 @@ def test_fail_records_an_outside_failure_once(store: ResultStore, png: str) -> N
     runner.run("j", png)
     runner.fail("j", png, Rejected("late", 400))
     assert store.get("j")["status"] == "succeeded"  # type: ignore[index]
-    doc = runner.fail("k", png, Rejected("early", 400))
+    doc = runner.fail("k", png, Rejected("early", 400)).doc
     assert (doc["status"], doc["error"]["message"]) == ("failed", "early")
 
 
