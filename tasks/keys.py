@@ -83,3 +83,14 @@ def scan_lock(name: str) -> str:
 def worker(name: str) -> str:
     """A worker's heartbeat record (JSON), gone by itself when the worker stops beating (``worker.heartbeat``)."""
     return f"{KEY_PREFIX}:worker:{name}"
+
+
+# Statistics (worker.stats)
+
+STATS_TTL = 7200
+"""Seconds a minute's counters are kept: the longest window ``wsupload stats`` shows (an hour), and as much again."""
+
+
+def stats(minute: int) -> str:
+    """Jobs that ended in that minute (unix time // 60): hash ``<status>:<second of the minute>`` → count."""
+    return f"{KEY_PREFIX}:stats:{minute}"
