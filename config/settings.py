@@ -402,7 +402,7 @@ class Settings:
         parse_lower,
         "text",
         "`text`: Celery's lines, for people; `json`: one JSON object per line with the job's fields"
-        " (`job_id`, `kind`, …), for log collectors (see \"Logs\").",
+        ' (`job_id`, `kind`, …), for log collectors (see "Logs").',
         check=lambda v: v in LOG_FORMATS,
         rule=" or ".join(LOG_FORMATS),
     )

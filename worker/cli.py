@@ -34,6 +34,7 @@ from wsupload.worker import logs, roster
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
+log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
 
 
 def safe_url(url: str) -> str:
@@ -57,7 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     json_logs = settings.log_format == logs.JSON
     for line in deprecations():
         if json_logs:
-            logging.getLogger(__name__).warning(line)  # a JSON line (main's setup_cli)
+            log.warning(line)  # a JSON line (main's setup_cli)
         else:
             print(f"wsupload: warning: {line}", file=sys.stderr)
     from wsupload.worker.app import create_app
@@ -99,10 +100,16 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     app.conf.beat_schedule = beat_schedule(schedules, settings)
+    json_logs = settings.log_format == logs.JSON
     for schedule in schedules:
         when = f"every {schedule.every:g} s" if schedule.every else f"cron {schedule.cron!r} (UTC)"
-        print(f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}", flush=True)
-    app.Beat(loglevel=args.loglevel, schedule=str(settings.beat_state)).run()
+        line = f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}"
+        if json_logs:
+            log.info(line)  # a JSON line (main's setup_cli)
+        else:
+            print(line, flush=True)
+    # JSON logs: no banner (text printed outside logging).
+    app.Beat(loglevel=args.loglevel, schedule=str(settings.beat_state), quiet=json_logs).run()
     return EXIT_OK
 
 

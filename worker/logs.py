@@ -40,6 +40,8 @@ TEXT, JSON = LOG_FORMATS
 MAX_EXC_CHARS = 8000
 """The longest traceback a line carries: its last lines (where it was raised, and what) are kept."""
 HOST = socket.gethostname()
+CLI_LOGGER = "wsupload.worker.cli"
+"""The commands' own notices (``worker.cli``): in JSON mode, shown from info up; other loggers from warning up."""
 _JOB_TASKS = frozenset({UPLOAD_TASK_NAME, CALLBACK_TASK_NAME})
 """Tasks whose first argument is a job id."""
 
@@ -146,7 +148,7 @@ def use_json(*loggers: logging.Logger | None) -> None:
 
 def setup_cli(env: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> None:
     """For every command, until (for a worker) Celery sets up its logging: in JSON mode, warnings and
-    errors as JSON lines on stderr.
+    errors (and the commands' own notices) as JSON lines on stderr.
 
     The text format keeps Python's own fallback (the bare message of a warning or
     worse). Commands' output and their one-line errors are not logs: they stay text.
@@ -154,9 +156,8 @@ def setup_cli(env: Mapping[str, str] | None = None, stream: IO[str] | None = Non
     root = logging.getLogger()
     if log_format(env) != JSON or root.handlers:
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setLevel(logging.WARNING)
-    root.addHandler(handler)
+    root.addHandler(logging.StreamHandler(stream or sys.stderr))
+    logging.getLogger(CLI_LOGGER).setLevel(logging.INFO)
     use_json(root)
     # Python's warnings too (Celery's SecurityWarning comes before the worker's logging is set up).
     logging.captureWarnings(True)

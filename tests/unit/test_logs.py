@@ -198,18 +198,33 @@ def test_log_format_is_read_as_its_settings_row_reads_it() -> None:
         Settings.from_env({"WSUPLOAD_LOG_FORMAT": "xml"})
 
 
-def test_commands_log_json_to_stderr_in_json_mode_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [])  # as a command starts (pytest's own are put back after)
+@pytest.fixture
+def command_start() -> Iterator[logging.Logger]:
+    """Levels as a command finds them (Python's defaults); put back afterwards."""
+    root, cli = logging.getLogger(), logging.getLogger(logs.CLI_LOGGER)
+    levels = root.level, cli.level
+    root.setLevel(logging.WARNING)
+    cli.setLevel(logging.NOTSET)
+    yield root
+    root.setLevel(levels[0])
+    cli.setLevel(levels[1])
+    logging.captureWarnings(False)
+
+
+def test_commands_log_json_to_stderr_in_json_mode_only(
+    command_start: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(command_start, "handlers", [])  # no handler yet (pytest adds its own once the test runs)
     out = io.StringIO()
     logs.setup_cli({}, stream=out)
-    assert root.handlers == [], "text mode keeps Python's own fallback"
+    assert command_start.handlers == [], "text mode keeps Python's own fallback"
     logs.setup_cli({"WSUPLOAD_LOG_FORMAT": "json"}, stream=out)
-    logging.captureWarnings(False)
     logging.getLogger("wsupload.test.cli").warning("Redis went away")
-    logging.getLogger("wsupload.test.cli").info("not shown: commands show warnings and worse")
-    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
-    assert (line["level"], line["event"]) == ("warning", "Redis went away")
+    logging.getLogger("wsupload.test.cli").info("not shown: a library's info")
+    logging.getLogger(logs.CLI_LOGGER).info("schedule nightly: s3://media/, every 3600 s")
+    warning, notice = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert (warning["level"], warning["event"]) == ("warning", "Redis went away")
+    assert (notice["level"], notice["logger"]) == ("info", logs.CLI_LOGGER)
 
 
 def test_celerys_signal_handler_notices_are_json_lines(tmp_path: Path) -> None:
