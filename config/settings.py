@@ -56,6 +56,7 @@ __all__ = [
     "DAY",
     "DEFAULT_FSSPEC_PROTOCOLS",
     "KEY_PREFIX",
+    "LOG_FORMATS",
     "MIB",
     "OVERSIZE_POLICIES",
     "SCAN_TASK_NAME",
@@ -86,6 +87,7 @@ SCAN_TASK_NAME = "wsupload.scan"
 """The task Celery beat sends for a scheduled batch run."""
 
 OVERSIZE_POLICIES = ("refuse", "presign")
+LOG_FORMATS = ("text", "json")
 
 
 def _is_queue_name(name: str) -> bool:
@@ -419,6 +421,15 @@ class Settings:
         "gs,gcs,az,abfs,abfss",
         "Other stores read through fsspec, where `wsupload[fsspec]` and the store's package (gcsfs, adlfs)"
         " are installed. Chained URLs (`a::b`) are refused.",
+    )
+    log_format: str = setting(
+        "WSUPLOAD_LOG_FORMAT",
+        parse_lower,
+        "text",
+        "`text`: Celery's lines, for people; `json`: one JSON object per line with the job's fields"
+        ' (`job_id`, `kind`, …), for log collectors (see "Logs").',
+        check=lambda v: v in LOG_FORMATS,
+        rule=" or ".join(LOG_FORMATS),
     )
 
     @property

@@ -38,9 +38,11 @@ return {generation, doc}
 """
 
 # The one write of a job's document. KEYS: generation key, document, events channel,
-# ended channel, batch hash ('' for none). ARGV: generation ('' for none), document
-# JSON, ttl, event JSON, status, batch size to add (succeeded), started_at, finished_at.
+# ended channel, batch hash ('' for none), this minute's statistics hash (keys.stats).
+# ARGV: generation ('' for none), document JSON, ttl, event JSON, status, batch size to
+# add (succeeded), started_at, finished_at, second of the minute, statistics ttl.
 # Returns 1 (written), 0 (the job had ended: nothing written), -1 (another generation holds it).
+# The terminal write also counts the job in its minute (worker.stats): once, like the batch.
 SAVE = """
 local current = redis.call('GET', KEYS[1])
 if current == 'done' then return 0 end
@@ -52,6 +54,8 @@ redis.call('PUBLISH', KEYS[3], ARGV[4])
 if finished then
   redis.call('PUBLISH', KEYS[4], ARGV[2])
   redis.call('SET', KEYS[1], 'done', 'EX', ARGV[3])
+  redis.call('HINCRBY', KEYS[6], status .. ':' .. ARGV[9], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
 end
 if KEYS[5] ~= '' then
   if status == 'running' and ARGV[7] ~= '' then redis.call('HSETNX', KEYS[5], 'started_at', ARGV[7]) end

@@ -44,6 +44,7 @@ from wsupload.tasks.errors import (
 )
 from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.lease import LeaseLost
+from wsupload.tasks.log_fields import outcome_fields, retry_fields
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.options import JobOptions
 from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
@@ -316,7 +317,14 @@ class JobRunner:
             delay = retry_state.upcoming_sleep
             if isinstance(error, RateLimited) and self.limiter is not None:
                 self.limiter.pause(delay)  # the whole fleet backs off, not just this job
-            log.warning("job %s: %s (%s); retrying in %.2f s", state.doc["job_id"], error.message, error.kind, delay)
+            log.warning(
+                "job %s: %s (%s); retrying in %.2f s",
+                state.doc["job_id"],
+                error.message,
+                error.kind,
+                delay,
+                extra=retry_fields(state.doc, error, delay),
+            )
             telemetry.retry(error.kind)
             lease.allow(delay + self.settings.lease)
             state.doc = results.retrying(state.doc, self._redacted(error), delay, results.utcnow())
@@ -354,13 +362,15 @@ class JobRunner:
 
     @staticmethod
     def _log_outcome(doc: results.JobDoc) -> None:
+        fields = outcome_fields(doc)  # for machines (WSUPLOAD_LOG_FORMAT=json); the text shows none
         if doc["status"] == results.SUCCEEDED:
             log.info(
                 "job %s succeeded after %d attempt(s): %s",
                 doc["job_id"],
                 doc["attempts"],
                 doc["result"]["download_url"],
+                extra=fields,
             )
         else:
             error = doc["error"]
-            log.warning("job %s failed (%s): %s", doc["job_id"], error["kind"], error["message"])
+            log.warning("job %s failed (%s): %s", doc["job_id"], error["kind"], error["message"], extra=fields)

@@ -111,3 +111,14 @@ def suspects(queue: str) -> str:
 def sweep_lock(queue: str) -> str:
     """Held for a sweep interval by the worker sweeping ``queue``: one sweep of a queue at a time across the fleet."""
     return f"{KEY_PREFIX}:sweep:lock:{queue}"
+
+
+# Statistics (worker.stats)
+
+STATS_TTL = 7200
+"""Seconds a minute's counters are kept: the longest window ``wsupload stats`` shows (an hour), and as much again."""
+
+
+def stats(minute: int) -> str:
+    """Jobs that ended in that minute (unix time // 60): hash ``<status>:<second of the minute>`` → count."""
+    return f"{KEY_PREFIX}:stats:{minute}"

@@ -12,7 +12,8 @@ only added.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -195,9 +196,11 @@ def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
 class ResultStore:
     """Reads and writes result documents; publishes each status change."""
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, ttl: int, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.ttl = ttl
+        self.clock = clock
+        """Unix time, for the minute a job that ends is counted in (``keys.stats``)."""
         self.fencing = Fencing(client)
 
     def create(self, docs: Iterable[JobDoc], pipe: Any = None) -> None:
@@ -210,7 +213,8 @@ class ResultStore:
             pipe.execute()
 
     def save(self, doc: JobDoc, generation: int | None = None) -> bool:
-        """Write the document, announce it and, for a batch member, count it; one Lua call.
+        """Write the document, announce it and count it (a batch member in its batch, a job that ends in
+        its minute's statistics, ``keys.stats``); one Lua call.
 
         Fenced (``tasks.fencing``): with a ``generation`` the write happens only while
         that delivery still holds the job, else ``Superseded`` is raised; without one
@@ -224,8 +228,9 @@ class ResultStore:
         batch_id = doc.get("batch_id")
         size = int(doc["result"].get("size") or 0) if status == SUCCEEDED else 0
         job_keys = [keys.generation(doc["job_id"]), result_key(doc["job_id"]), EVENTS_CHANNEL, ENDED_CHANNEL]
+        minute, second = divmod(int(self.clock()), 60)
         written = self.fencing.save(
-            [*job_keys, batch_key(str(batch_id)) if batch_id else ""],
+            [*job_keys, batch_key(str(batch_id)) if batch_id else "", keys.stats(minute)],
             [
                 "" if generation is None else str(generation),
                 encoded,
@@ -235,6 +240,8 @@ class ResultStore:
                 size,
                 doc.get("started_at") or "",
                 doc.get("finished_at") or "",
+                second,
+                keys.STATS_TTL,
             ],
         )
         if written == 1:

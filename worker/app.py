@@ -48,16 +48,17 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.exceptions import CPendingDeprecationWarning
 from celery.schedules import crontab
-from celery.signals import after_setup_logger, celeryd_init
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
+from celery.utils.log import get_multiprocessing_logger
 
 from wsupload.config.errors import ConfigError
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings
 from wsupload.tasks import redaction
-from wsupload.worker import redis_transport
+from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard
 from wsupload.worker.quarantine import Quarantine
 
@@ -157,6 +158,24 @@ def _one_line_per_job(logger: logging.Logger, loglevel: int | str, **_: Any) -> 
     if logging.getLevelName(loglevel) != "DEBUG" and loglevel != logging.DEBUG:
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@after_setup_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    # WSUPLOAD_LOG_FORMAT=json: the handlers Celery just made write JSON lines (worker.logs).
+    if _json_logs():
+        logs.use_json(logger, get_multiprocessing_logger())
+
+
+@after_setup_task_logger.connect
+def _task_log_format(logger: logging.Logger, **_: Any) -> None:
+    if _json_logs():
+        logs.use_json(logger)
+
+
+def _json_logs() -> bool:
+    settings = getattr(current_app, "settings", None)
+    return isinstance(settings, Settings) and settings.log_format == logs.JSON
 
 
 def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str, dict[str, Any]]:

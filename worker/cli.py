@@ -1,4 +1,4 @@
-"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, workers, health, sandbox, demo.
+"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, workers, stats, health, dev tools.
 
 Exit codes: 0 success; 1 a job failed (``health``: no fresh heartbeat); 2 bad
 configuration, usage or an unreachable service (one readable line, no traceback);
@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,10 +32,11 @@ from wsupload.tasks.batches import export_row, write_export
 from wsupload.tasks.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.options import JobOptions
 from wsupload.tasks.results import utcnow
-from wsupload.worker import roster
+from wsupload.worker import logs, roster
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
+log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
 
 
 def safe_url(url: str) -> str:
@@ -57,8 +59,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(worker=True)
     if args.events:
         settings = replace(settings, task_events=True)
+    json_logs = settings.log_format == logs.JSON
     for line in deprecations():
-        print(f"wsupload: warning: {line}", file=sys.stderr)
+        if json_logs:
+            log.warning(line)  # a JSON line (main's setup_cli)
+        else:
+            print(f"wsupload: warning: {line}", file=sys.stderr)
     from wsupload.worker.app import create_app
 
     app = create_app(settings)
@@ -71,6 +77,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     start = cast(Callable[[list[str]], int | None], app.start)
     code = start(
         [
+            # JSON logs: no banner, the one block of text Celery prints outside logging at start.
+            *(["--quiet"] if json_logs else []),
             "worker",
             f"--loglevel={args.loglevel}",
             f"--queues={','.join(queues)}",
@@ -96,10 +104,16 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     app.conf.beat_schedule = beat_schedule(schedules, settings)
+    json_logs = settings.log_format == logs.JSON
     for schedule in schedules:
         when = f"every {schedule.every:g} s" if schedule.every else f"cron {schedule.cron!r} (UTC)"
-        print(f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}", flush=True)
-    app.Beat(loglevel=args.loglevel, schedule=str(settings.beat_state)).run()
+        line = f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}"
+        if json_logs:
+            log.info(line)  # a JSON line (main's setup_cli)
+        else:
+            print(line, flush=True)
+    # JSON logs: no banner (text printed outside logging).
+    app.Beat(loglevel=args.loglevel, schedule=str(settings.beat_state), quiet=json_logs).run()
     return EXIT_OK
 
 
@@ -317,6 +331,35 @@ def _port(text: str) -> int:
     return port
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from wsupload.worker import stats
+
+    settings = Settings.from_env()
+    results = roster.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
+    broker = results
+    if settings.effective_broker_url != settings.redis_url:
+        broker = roster.connect(settings.effective_broker_url, timeout=PROBE_TIMEOUT)
+
+    def lines() -> list[str]:
+        return stats.as_lines(stats.read(settings, results, broker, utcnow()), args.json)
+
+    if args.watch is None:
+        try:
+            print("\n".join(lines()))
+        except redis.ResponseError as exc:  # unreachable is main()'s to say; this is a refusal (ACL, wrong type)
+            raise WsuploadError(f"Redis refused to read the statistics: {exc}") from None
+        return EXIT_OK
+
+    def frame() -> list[str]:
+        try:
+            return lines()
+        except redis.RedisError as exc:  # a watch outlives an outage: it says so, and tries again
+            return stats.unreachable(exc, utcnow(), args.json, args.watch)
+
+    stats.watch(frame, sys.stdout, args.watch, as_json=args.json)
+    return EXIT_OK
+
+
 def _dev_tool(name: str) -> Any:
     """A module of ``wsupload.worker.dev``, which production images leave out."""
     try:
@@ -354,6 +397,13 @@ def _positive_duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _interval(text: str) -> float:
+    seconds = _positive_duration(text)
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"must be at least 0.1 s (got {text!r})")
+    return seconds
 
 
 def _size(text: str) -> int:
@@ -436,6 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--json", action="store_true", help="print their heartbeat records")
     workers.set_defaults(handler=cmd_workers)
 
+    stats = commands.add_parser(
+        "stats", help="queue depths, jobs in flight, jobs ended in the last minute and hour, live workers"
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object (with --watch: one per line)")
+    stats.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_interval,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    stats.set_defaults(handler=cmd_stats)
+
     health = commands.add_parser(
         "health", help="exit 0 if a worker on this host beats and Redis answers, else 1 (2: Redis unreachable)"
     )
@@ -473,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
     try:
         return int(args.handler(args))
     except ConfigError as exc:

@@ -23,7 +23,7 @@ def test_every_key_is_under_the_prefix() -> None:
     built = [keys.result("j"), keys.batch("b"), keys.batch_members("b"), keys.batch_name("n"), keys.staging("t", 0)]
     built += [keys.callback("j"), keys.dedup("d"), keys.scan_state("s"), keys.scan_seen("s"), keys.scan_lock("s")]
     built += [keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL, keys.DEAD, keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE]
-    built += [keys.BROKER_WRITE_PROBE, keys.worker("w"), keys.WORKERS]
+    built += [keys.BROKER_WRITE_PROBE, keys.worker("w"), keys.WORKERS, keys.stats(29_000_000)]
     built += [
         keys.pending("q"),
         keys.place_counter("q"),

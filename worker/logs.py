@@ -1,0 +1,188 @@
+"""Log lines for machines (``WSUPLOAD_LOG_FORMAT=json``): one JSON object per line, with the job's fields.
+
+Each line has ``ts``, ``level``, ``event`` (the message), ``logger``, ``host`` and
+``pid``; ``exc`` (the traceback) when there is one; and the job's fields
+(``tasks.log_fields.FIELDS``) when the line is about a job. The job code passes its
+outcome's and retries' fields as ``extra=``; ``JobContext``, a filter on the
+handlers, gives every other line that a job's thread logs (urllib3's requests,
+Celery's task lines, tracebacks) the ``job_id`` of the job that thread runs.
+
+The worker switches its handlers to JSON from Celery's logging set-up
+(``after_setup_logger``/``after_setup_task_logger``, hooked in ``worker.app``);
+other commands from ``setup_cli``. The text format is Celery's own, unchanged.
+
+Secrets: ``tasks.redaction``'s record factory masks the API key and the callback
+secret in each record's message and traceback as it is made, before any
+formatter; ``extra=`` fields are set on the record after the factory ran, so this
+formatter passes every value it writes through the same redaction, and bounds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from wsupload.config.settings import CALLBACK_TASK_NAME, LOG_FORMATS, UPLOAD_TASK_NAME, VARIABLES
+from wsupload.tasks import lease
+from wsupload.tasks.limits import MAX_LOG_CHARS, SHOWN_CHARS, clip
+from wsupload.tasks.log_fields import FIELDS
+from wsupload.tasks.messages import job_id_of
+from wsupload.tasks.redaction import redact
+
+TEXT, JSON = LOG_FORMATS
+MAX_EXC_CHARS = 8000
+"""The longest traceback a line carries: its last lines (where it was raised, and what) are kept."""
+HOST = socket.gethostname()
+CLI_LOGGER = "wsupload.worker.cli"
+"""The commands' own notices (``worker.cli``): in JSON mode, shown from info up; other loggers from warning up."""
+_JOB_TASKS = frozenset({UPLOAD_TASK_NAME, CALLBACK_TASK_NAME})
+"""Tasks whose first argument is a job id."""
+
+
+def log_format(env: Mapping[str, str] | None = None) -> str:
+    """``WSUPLOAD_LOG_FORMAT`` as its settings row reads it; ``text`` when unset or invalid.
+
+    For logging that starts before (or without) ``Settings.from_env``, which
+    reports an invalid value with every other problem.
+    """
+    env = os.environ if env is None else env
+    row = next(v for v in VARIABLES if v.env == "WSUPLOAD_LOG_FORMAT")
+    raw = env.get(row.env, "")
+    try:
+        return str(row.read(raw)) if raw.strip() else TEXT
+    except ValueError:
+        return TEXT
+
+
+def current_job_id() -> str | None:
+    """The job this thread runs: its lease's (``tasks.lease``), else the Celery task's it executes, if any."""
+    held = lease.current()
+    if held is not None:
+        return held.job_id
+    celery = sys.modules.get("celery")  # not loaded (a command that logs a warning): no task runs here
+    task = getattr(celery, "current_task", None)
+    if not task or task.name not in _JOB_TASKS:  # the proxy is false outside a task
+        return None
+    request = task.request
+    return job_id_of(getattr(request, "args", None), getattr(request, "kwargs", None), getattr(request, "id", None))
+
+
+class JobContext(logging.Filter):
+    """Gives a record that names no job the ``job_id`` of the job its thread runs (never drops one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "job_id", None) is None:
+            try:
+                job_id = current_job_id()
+            except Exception:  # a log line must never fail for want of its context
+                job_id = None
+            if job_id is not None:
+                record.job_id = job_id
+        return True
+
+
+def timestamp(created: float) -> str:
+    """A record's time as the documents write times: ISO 8601, UTC, milliseconds, ``Z``."""
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clip_end(text: str, limit: int = MAX_EXC_CHARS) -> str:
+    """``text`` itself when short; else how much was left out and its end."""
+    if len(text) <= limit:
+        return text
+    return f"…[{len(text) - limit} characters before]{text[-limit:]}"
+
+
+def _value(value: Any) -> Any:
+    """A field's value fit to write: numbers as they are, anything else as redacted, bounded text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return clip(redact(str(value)), SHOWN_CHARS)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (``json.dumps`` escapes every newline and control character)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what there is rather than lose the line
+            message = f"{record.msg!r} % {record.args!r}"
+        line: dict[str, Any] = {
+            "ts": timestamp(record.created),
+            "level": record.levelname.lower(),
+            "event": clip(redact(message), MAX_LOG_CHARS),
+            "logger": record.name,
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = _value(value)
+        line["host"], line["pid"] = HOST, record.process
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = clip_end(redact(record.exc_text))
+        if record.stack_info:
+            line["stack"] = clip_end(redact(record.stack_info))
+        return json.dumps(line)
+
+
+def use_json(*loggers: logging.Logger | None) -> None:
+    """Write these loggers' handlers' lines as JSON, each with its job's context."""
+    for logger in loggers:
+        for handler in logger.handlers if logger is not None else ():
+            handler.setFormatter(JsonFormatter())
+            if not any(isinstance(f, JobContext) for f in handler.filters):
+                handler.addFilter(JobContext())
+    _json_celery_notices()
+
+
+def setup_cli(env: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> None:
+    """For every command, until (for a worker) Celery sets up its logging: in JSON mode, warnings and
+    errors (and the commands' own notices) as JSON lines on stderr.
+
+    The text format keeps Python's own fallback (the bare message of a warning or
+    worse). Commands' output and their one-line errors are not logs: they stay text.
+    """
+    root = logging.getLogger()
+    if log_format(env) != JSON or root.handlers:
+        return
+    root.addHandler(logging.StreamHandler(stream or sys.stderr))
+    logging.getLogger(CLI_LOGGER).setLevel(logging.INFO)
+    use_json(root)
+    # Python's warnings too (Celery's SecurityWarning comes before the worker's logging is set up).
+    logging.captureWarnings(True)
+
+
+def _say(msg: str, f: Any = sys.__stderr__) -> None:
+    """Celery's notices from its signal handlers ("worker: Warm shutdown"), as JSON lines.
+
+    Celery writes them with ``os.write`` from the handler, bypassing logging, whose
+    locks a signal handler must not take: so does this.
+    """
+    now = timestamp(datetime.now(UTC).timestamp())
+    line: dict[str, Any] = {"ts": now, "level": "info", "event": str(msg).strip(), "logger": "celery.apps.worker"}
+    line |= {"host": HOST, "pid": os.getpid()}
+    # No such stream: a notice is not worth failing a stop for.
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        os.write(f.fileno(), (json.dumps(line) + "\n").encode())
+
+
+def _json_celery_notices() -> None:
+    """Route ``celery.apps.worker.safe_say``, the one text Celery prints past logging while a worker runs, to ``_say``.
+
+    (Its banner is the other: ``wsupload worker`` passes ``--quiet`` in JSON mode.) Only where a
+    Celery worker is loaded: other commands need not pay for importing one.
+    """
+    worker = sys.modules.get("celery.apps.worker")
+    if worker is not None and hasattr(worker, "safe_say"):
+        worker.safe_say = _say  # type: ignore[attr-defined]  # untyped in celery-types
