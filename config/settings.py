@@ -364,7 +364,8 @@ class Settings:
         "WSUPLOAD_MAX_CONCURRENT_UPLOADS",
         parse_int,
         "0",
-        "Upload requests in flight across the fleet (a dead worker's slots expire after `WSUPLOAD_JOB_TIMEOUT`).",
+        "Upload requests in flight across the fleet (a slot is renewed with its job's lease: a dead"
+        " worker's slots come free within five leases).",
         shown="{} (none)",
         check=lambda v: v >= 0,
         rule="0 or more",

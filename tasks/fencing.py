@@ -46,7 +46,12 @@ return {generation, doc}
 SAVE = """
 local current = redis.call('GET', KEYS[1])
 if current == 'done' then return 0 end
-if ARGV[1] ~= '' and current ~= ARGV[1] then return -1 end
+if ARGV[1] ~= '' then
+  -- Only a later delivery outranks this one. A generation that is missing (expired with a
+  -- long job, or lost in a failover) or lower is this delivery's again.
+  if (tonumber(current or '0') or 0) > tonumber(ARGV[1]) then return -1 end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+end
 local status = ARGV[5]
 local finished = status == 'succeeded' or status == 'failed'
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])

@@ -47,7 +47,7 @@ from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.log_fields import outcome_fields, retry_fields
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.options import JobOptions
-from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
+from wsupload.tasks.rate_limit import SLOT_LEASES, FleetLimiter, RateLimitTimeout
 from wsupload.tasks.retry_policy import RetryPolicy, is_transient, next_delay
 from wsupload.tasks.sources import SourceOpener, scheme_of
 
@@ -120,7 +120,8 @@ class JobRunner:
                 self.store.redis,
                 per_second=self.settings.rate_limit,
                 max_concurrent=self.settings.max_concurrent_uploads,
-                lease_seconds=self.settings.job_timeout,
+                # Renewed with the job's lease (worker.renewer): a dead worker's slots come free soon.
+                lease_seconds=SLOT_LEASES * self.settings.lease,
             )
         self.policy = RetryPolicy.from_settings(self.settings)
         self.opener = SourceOpener(self.settings)
@@ -259,8 +260,6 @@ class JobRunner:
 
         def attempt() -> dict[str, Any]:
             assert self.limiter is not None
-            if state.deadline is not None:
-                lease.allow(state.deadline - time.monotonic())  # a fleet slot's wait is bounded by it
             try:
                 with self.limiter.slot(state.deadline):
                     lease.tick()

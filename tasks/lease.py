@@ -50,6 +50,8 @@ class JobLease:
     alive_until: float = field(init=False)
     lost: bool = False
     handed_back: bool = False
+    slot: str | None = None
+    """The fleet limiter's token while the job holds an upload slot (renewed with its lease)."""
 
     def __post_init__(self) -> None:
         self.alive_until = self.clock() + self.grace

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys, telemetry
+from wsupload.tasks import keys, lease, telemetry
 
 TAT_KEY, ACTIVE_KEY, PAUSE_KEY = keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE
 
@@ -52,6 +52,19 @@ if max_active > 0 then
 end
 return 0
 """
+
+# KEYS: active. ARGV: lease_ms, tokens. Moves the expiry of the slots still held forward.
+RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + ms, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ms + 1000)
+return #ARGV - 1
+"""
+
+SLOT_LEASES = 5
+"""A slot expires this many job leases after its last renewal: a dead worker's slots free up within it."""
 
 # KEYS: pause. ARGV: milliseconds. Extends the pause, never shortens it.
 _PAUSE = """
@@ -109,11 +122,17 @@ class FleetLimiter:
         while (wait := self.try_acquire(token)) > 0:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise RateLimitTimeout(f"no upload slot within the time left ({wait:.1f} s more needed)")
+            lease.allow(wait + 1.0)  # the job is alive while it waits its turn, for this wait only
             self.sleep(wait)
         telemetry.limiter_wait(time.monotonic() - began)
+        holder = lease.current()
+        if holder is not None and self.max_concurrent:
+            holder.slot = token  # the worker's renewer keeps the slot while the job keeps its lease
         try:
             yield
         finally:
+            if holder is not None:
+                holder.slot = None
             if self.max_concurrent:
                 self.redis.zrem(ACTIVE_KEY, token)
 

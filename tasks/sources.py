@@ -7,6 +7,7 @@ clients are built once per worker process, on first use.
 
 from __future__ import annotations
 
+import threading
 from urllib.parse import urlsplit
 
 from wsupload.config.settings import Settings
@@ -25,6 +26,8 @@ class SourceOpener:
         self.settings = settings
         self._s3: S3Store | None = None
         self._fsspec: dict[str, FsspecStore] = {}
+        # The upload threads share this opener: each store's client is built once, by one of them.
+        self._building = threading.Lock()
 
     def open(self, source: object) -> OpenedSource:
         if not isinstance(source, str) or not source.strip():
@@ -43,9 +46,21 @@ class SourceOpener:
         if not bucket_allowed(url, self.settings.allowed_buckets):
             raise InvalidInput(f"{source!r} is outside WSUPLOAD_ALLOWED_BUCKETS")
         if scheme == "s3":
-            if self._s3 is None:
-                self._s3 = S3Store(self.settings)
-            return self._s3.open(url)
-        if scheme not in self._fsspec:
-            self._fsspec[scheme] = FsspecStore(scheme)
-        return self._fsspec[scheme].open(url)
+            return self._s3_store().open(url)
+        return self._fsspec_store(scheme).open(url)
+
+    def _s3_store(self) -> S3Store:
+        if self._s3 is None:
+            with self._building:
+                if self._s3 is None:
+                    self._s3 = S3Store(self.settings)
+        return self._s3
+
+    def _fsspec_store(self, scheme: str) -> FsspecStore:
+        store = self._fsspec.get(scheme)
+        if store is None:
+            with self._building:
+                store = self._fsspec.get(scheme)
+                if store is None:
+                    store = self._fsspec[scheme] = FsspecStore(scheme)
+        return store

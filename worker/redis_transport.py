@@ -48,6 +48,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -73,6 +74,20 @@ WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
 """Never created: ``LPUSHX`` on it changes nothing, yet is refused exactly like any write."""
 
 PUT_BACK = "#!lua flags=allow-oom\n" + places.PUSH
+
+STAMP = """
+local now = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], now[1] + now[2] / 1000000, ARGV[1])
+"""
+"""kombu's delivery stamp in ``unacked_index``, by Redis's clock: leases never depend on a worker host's clock."""
+
+
+def redis_now(client: Any) -> float:
+    """Redis's clock, in unix seconds."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
+
+
 """``places.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
 PAUSE_BASE = 1.0
@@ -93,6 +108,7 @@ class QoS(kombu_redis.QoS):
     """kombu's ack emulation, with writes Redis refuses handled instead of raised."""
 
     channel: Channel
+    _vrestore_count: int
     _paused_until = 0.0
     _refusals = 0
 
@@ -100,6 +116,7 @@ class QoS(kombu_redis.QoS):
         return time.monotonic() >= self._paused_until and bool(super().can_consume())
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        _open.add(self)
         try:
             self._record(message, delivery_tag)
         except self.channel.refused_errors as exc:
@@ -111,7 +128,7 @@ class QoS(kombu_redis.QoS):
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.eval(STAMP, 1, self.unacked_index_key, delivery_tag)
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
             job = upload_job(message._raw)
             if job is not None:
@@ -119,6 +136,34 @@ class QoS(kombu_redis.QoS):
                 pipe.eval(places.TAKE, 2 * len(lines), *places.taken_keys(lines), job)
             pipe.execute()
             virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's scan for expired leases (5.7), with "expired" judged by Redis's clock.
+
+        kombu compares each entry with the scanning worker's own clock: one host whose
+        clock runs a lease ahead would hand out every other worker's running jobs.
+        """
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    ceil = redis_now(client) - self.visibility_timeout
+                    visible = client.zrange(
+                        self.unacked_index_key,
+                        ceil,
+                        0,
+                        desc=True,
+                        byscore=True,
+                        offset=num and start,
+                        num=num,
+                        withscores=True,
+                    )
+                    for tag, _score in visible or []:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
 
     def ack(self, delivery_tag: str) -> None:
         try:
@@ -186,6 +231,30 @@ def upload_job(payload: Any) -> str | None:
     """The job a ``wsupload.upload`` message is for (its task id, by the wire contract); None for other messages."""
     job, is_upload = envelope_job(payload)
     return job if is_upload else None
+
+
+_open: weakref.WeakSet[QoS] = weakref.WeakSet()
+"""Every QoS of this process that has taken a message: whose leases the renewer keeps."""
+
+
+def held_tags() -> list[tuple[str, QoS]]:
+    """Messages this process holds unacknowledged, running or not (``worker.renewer`` renews them).
+
+    From kombu's own books, not Celery's requests: a job that finished still holds its
+    message until Celery's (possibly deferred) ack reaches Redis, and must keep its
+    lease until then. The event loop changes these while the renewer reads them: a
+    reading that meets a change is taken again.
+    """
+    for _ in range(10):
+        try:
+            held = []
+            for qos in list(_open):
+                acked = set(qos._dirty or ())
+                held += [(tag, qos) for tag in list(qos._delivered or ()) if tag not in acked]
+            return held
+        except RuntimeError:  # changed size during iteration: take it again
+            continue
+    raise RuntimeError("the delivered messages kept changing while being read")
 
 
 _held: dict[str, list[dict[str, Any]]] = {}

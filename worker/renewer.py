@@ -33,12 +33,13 @@ from typing import Any
 
 import redis
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
-from celery.worker import state
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import telemetry
+from wsupload.tasks import keys, telemetry
 from wsupload.tasks.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.limits import clip
+from wsupload.tasks.rate_limit import RENEW_SLOTS, SLOT_LEASES
+from wsupload.worker import redis_transport
 from wsupload.worker.roster import connect
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,20 @@ class Held:
     channel: Any
 
 
-def held_messages(requests: Iterable[Any] | None = None) -> list[Held]:
-    """Every message this worker has received and not acknowledged (running or waiting)."""
-    held = []
-    for request in tuple(state.reserved_requests if requests is None else requests):
-        message = getattr(request, "message", None)
-        tag = getattr(message, "delivery_tag", None)
-        if isinstance(tag, str) and not getattr(request, "acknowledged", False):
-            held.append(Held(tag, getattr(message, "channel", None)))
-    return held
+def held_messages() -> list[Held]:
+    """Every message this worker has received and not acknowledged (running, waiting or just finished)."""
+    return [Held(tag, qos.channel) for tag, qos in redis_transport.held_tags()]
+
+
+RENEW = """
+local now = redis.call('TIME')
+local at = now[1] + now[2] / 1000000
+local renewed = {}
+for i, tag in ipairs(ARGV) do renewed[i] = redis.call('ZADD', KEYS[1], 'XX', 'CH', at, tag) end
+return renewed
+"""
+"""Move each held entry of ``unacked_index`` to now, by Redis's clock (the clock kombu's scan reads, see
+``worker.redis_transport``); entries that are gone stay gone (``XX``)."""
 
 
 def to_renew(held: Iterable[Held], book: LeaseBook, now: float) -> list[str]:
@@ -83,8 +89,12 @@ class Renewer:
         interval: float,
         book: LeaseBook = BOOK,
         held: Callable[[], list[Held]] = held_messages,
+        slots: redis.Redis | None = None,
+        slot_lease: float = 30.0,
     ) -> None:
         self.client = client
+        self.slots = slots
+        self.slot_lease = slot_lease
         self.interval = interval
         self.book = book
         self.held = held
@@ -92,6 +102,8 @@ class Renewer:
         self._thread: threading.Thread | None = None
         self._failing = False
         self._silent: set[str] = set()
+        self._renew = client.register_script(RENEW)
+        self._slots = (slots or client).register_script(RENEW_SLOTS)
 
     def renew(self) -> int:
         """Renew once; how many leases were renewed (0 after a failure, logged once per streak)."""
@@ -102,11 +114,7 @@ class Renewer:
             if not tags:
                 return 0
             index = getattr(held[0].channel, "unacked_index_key", UNACKED_INDEX)
-            now = time.time()
-            pipe = self.client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.zadd(index, {tag: now}, xx=True, ch=True)
-            replies = pipe.execute()
+            replies = self._renew(keys=[index], args=tags)
         except Exception as exc:  # the worker carries on; the next round tries again
             if not self._failing:
                 self._failing = True
@@ -121,6 +129,7 @@ class Renewer:
         if self._failing:
             self._failing = False
             log.info("leases: renewing again")
+        self._renew_slots(tags)
         for tag, changed in zip(tags, replies, strict=True):
             lease = self.book.get(tag)
             if not changed and lease is not None and not lease.lost:
@@ -128,6 +137,16 @@ class Renewer:
                 telemetry.lease_lost()
                 log.warning("job %s: its lease is gone from Redis; it stops at its next block", lease.job_id)
         return sum(1 for changed in replies if changed)
+
+    def _renew_slots(self, renewed: list[str]) -> None:
+        """Keep the fleet-limiter slots of the jobs whose leases were renewed (they live in the results Redis)."""
+        tokens = [lease.slot for tag in renewed if (lease := self.book.get(tag)) is not None and lease.slot]
+        if not tokens or self.slots is None:
+            return
+        try:
+            self._slots(keys=[keys.RATE_ACTIVE], args=[int(self.slot_lease * 1000), *tokens])
+        except Exception as exc:  # a slot not renewed now is renewed next round, or expires: never fatal
+            log.warning("leases: cannot renew upload slots (%s: %s)", type(exc).__name__, clip(str(exc)))
 
     def _say_silent(self, held: list[Held], renewed: list[str]) -> None:
         kept = set(renewed)
@@ -142,27 +161,35 @@ class Renewer:
         self._silent &= {message.tag for message in held}
 
     def hand_back(self, grace: float) -> int:
-        """Wait up to ``grace`` for running jobs to end; put the rest back on their queues now."""
+        """Wait up to ``grace`` for running jobs to end; put the rest back on their queues now.
+
+        A job is told to stop only once its message is back on its queue: one that
+        cannot be handed back (Redis away) runs on, and its lease decides.
+        """
         if self.book.wait_empty(grace):
             return 0
-        channels = {message.tag: message.channel for message in self.held()}
+        try:
+            channels = {message.tag: message.channel for message in self.held()}
+        except Exception as exc:
+            log.warning("stop: cannot read the held messages (%s); running jobs finish or their leases expire", exc)
+            return 0
         handed = 0
         for lease in self.book.all():
             channel = channels.get(lease.tag or "")
-            lease.handed_back = True  # the job stops at its next block, writing nothing more
             if channel is None or lease.tag is None:
                 continue
             try:
                 channel.qos.restore_by_tag(lease.tag, leftmost=False)  # the front of its queue
             except Exception as exc:
                 log.warning(
-                    "job %s: could not hand it back (%s); it returns once its lease expires",
+                    "job %s: could not hand it back (%s); it runs on, and returns once its lease expires",
                     lease.job_id,
                     clip(str(exc)),
                 )
                 continue
-            handed += 1
+            lease.handed_back = True  # back on its queue: the job stops at its next block, writing nothing more
             telemetry.handed_back()
+            handed += 1
             log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
         return handed
 
@@ -171,8 +198,14 @@ class Renewer:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._done.wait(self.interval):
+        # At a fixed rate: a slow round does not push the next one later (three chances per lease).
+        due = time.monotonic()
+        while True:
+            due += self.interval
+            if self._done.wait(max(0.0, due - time.monotonic())):
+                return
             self.renew()
+            due = max(due, time.monotonic() - self.interval)  # after a stall, no burst of catch-up rounds
 
     def stop(self) -> None:
         self._done.set()
@@ -190,7 +223,12 @@ def _start(sender: Any = None, **_: Any) -> None:
     settings = getattr(getattr(sender, "app", None), "settings", None)
     if not isinstance(settings, Settings) or _current is not None:
         return  # another app's worker, or already renewing
-    renewer = Renewer(connect(settings.effective_broker_url, timeout=settings.renew_interval), settings.renew_interval)
+    # A renewal gives up well within its interval: the next one still comes in time.
+    client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
+    slots = None
+    if settings.max_concurrent_uploads:  # fleet-limiter slots, held by running uploads, in the results Redis
+        slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
+    renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
     renewer.start()
     _current, _settings = renewer, settings
     log.info("leases: %g s, renewed every %.3g s", settings.lease, settings.renew_interval)

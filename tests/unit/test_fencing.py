@@ -101,3 +101,16 @@ def test_the_document_shows_the_delivery_and_its_worker(store: ResultStore, tmp_
     assert (doc["status"], doc["generation"], doc["worker"]) == ("succeeded", 1, "wsupload-1@host")
     assert runner.run("j", str(png), worker="another@host") == doc  # a redelivery of a finished job: nothing runs
     assert store.redis.get(keys.generation("j")) == b"done"
+
+
+def test_a_generation_that_expired_or_was_lost_does_not_silence_its_delivery(store: ResultStore) -> None:
+    doc = batch_of_one(store)
+    generation = store.claim("j").generation
+    store.redis.delete(keys.generation("j"))  # expired during a long upload, or lost in a failover
+    assert store.save(results.started(doc, NOW, generation, "w1"), generation)
+    assert store.redis.get(keys.generation("j")) == str(generation).encode()
+    assert store.redis.ttl(keys.generation("j")) > 0  # kept alive with the document
+    assert store.save(results.succeeded(doc, DATA, NOW, 60), generation)
+    final = store.get("j")
+    assert final is not None
+    assert final["status"] == "succeeded"

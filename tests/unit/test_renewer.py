@@ -2,13 +2,17 @@
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
+from wsupload.tasks import keys
 from wsupload.tasks.lease import JobLease, LeaseBook
+from wsupload.worker import redis_transport
 from wsupload.worker.renewer import Held, Renewer, held_messages, to_renew
 
 INDEX = "unacked_index"
@@ -41,9 +45,20 @@ class FakeChannel:
     unacked_index_key: str = INDEX
 
 
-def test_held_messages_are_those_received_and_not_acknowledged() -> None:
-    requests = [Request(Message("a")), Request(Message("b"), acknowledged=True), Request(Message(None))]  # type: ignore[arg-type]
-    assert [h.tag for h in held_messages(requests)] == ["a"]
+def test_held_messages_are_those_delivered_and_not_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Books:
+        """kombu's QoS books: ``_delivered`` by tag, ``_dirty`` the tags acknowledged since."""
+
+        def __init__(self) -> None:
+            self._delivered = {"running": 1, "finished-ack-deferred": 2, "acked": 3}
+            self._dirty = {"acked"}
+            self.channel = FakeChannel()
+
+    books = Books()
+    monkeypatch.setattr(redis_transport, "_open", weakref.WeakSet([books]))
+    held = held_messages()
+    assert [h.tag for h in held] == ["running", "finished-ack-deferred"]
+    assert all(h.channel is books.channel for h in held)
 
 
 def test_waiting_messages_and_live_jobs_are_renewed_silent_jobs_are_not() -> None:
@@ -106,3 +121,37 @@ def test_on_stop_jobs_still_running_after_the_grace_are_handed_back(redis_client
 def test_on_stop_nothing_is_handed_back_when_the_jobs_end_within_the_grace(redis_client: fakeredis.FakeRedis) -> None:
     renewer = Renewer(redis_client, interval=2.0, book=LeaseBook(), held=lambda: [])
     assert renewer.hand_back(grace=5) == 0
+
+
+def test_the_upload_slots_of_renewed_jobs_are_renewed_in_the_results_redis(redis_client: fakeredis.FakeRedis) -> None:
+    results = fakeredis.FakeRedis()
+    results.zadd(keys.RATE_ACTIVE, {"slot-live": 1, "slot-silent": 1, "slot-of-a-dead-worker": 1})
+    redis_client.zadd(INDEX, {"live": 1.0, "silent": 1.0})
+    book = LeaseBook()
+    live, silent = JobLease("j1", "live", grace=10), JobLease("j2", "silent", grace=10)
+    live.slot, silent.slot = "slot-live", "slot-silent"
+    silent.alive_until = time.monotonic() - 1
+    book.add(live)
+    book.add(silent)
+    channel = FakeChannel()
+    renewer = Renewer(
+        redis_client, 2.0, book=book, held=lambda: [Held("live", channel), Held("silent", channel)], slots=results
+    )
+    assert renewer.renew() == 1
+    scores = dict(results.zrange(keys.RATE_ACTIVE, 0, -1, withscores=True))  # type: ignore[arg-type]
+    assert scores[b"slot-live"] > time.time() * 1000  # expires a slot lease from now
+    assert scores[b"slot-silent"] == scores[b"slot-of-a-dead-worker"] == 1  # left to expire
+
+
+def test_on_stop_a_job_that_cannot_be_handed_back_runs_on(redis_client: fakeredis.FakeRedis) -> None:
+    class RefusingQoS:
+        def restore_by_tag(self, tag: str, leftmost: bool = False) -> None:
+            raise redis.ConnectionError("Redis is away")
+
+    book = LeaseBook()
+    running = JobLease("j1", "t1", grace=10)
+    book.add(running)
+    channel = FakeChannel(qos=RefusingQoS())  # type: ignore[arg-type]
+    renewer = Renewer(redis_client, interval=2.0, book=book, held=lambda: [Held("t1", channel)])
+    assert renewer.hand_back(grace=0.01) == 0
+    assert not running.handed_back  # it was not put back: stopping it would lose it

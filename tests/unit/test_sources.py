@@ -1,11 +1,15 @@
 """Source validation: every bad input refused, with a readable message, before sending."""
 
+import concurrent.futures
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from wsupload.config import Settings
+from wsupload.tasks import sources
 from wsupload.tasks.errors import InvalidInput, SourceChanged
 from wsupload.tasks.local_files import open_local
 from wsupload.tasks.media_source import OpenedSource
@@ -180,3 +184,28 @@ def test_the_check_is_of_the_open_file_not_whatever_has_its_path_now(png: Path, 
         replacement.write_bytes(original + b"longer")
         replacement.rename(png)
         assert original in send(opened)
+
+
+def test_threads_opening_s3_sources_at_once_build_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[object] = []
+    started = threading.Barrier(8)
+
+    class SlowStore:
+        def __init__(self, settings: Settings) -> None:
+            time.sleep(0.05)  # building a boto3 client takes a while: the race's window
+            built.append(self)
+
+        def open(self, url: object) -> str:
+            return "opened"
+
+    monkeypatch.setattr(sources, "S3Store", SlowStore)
+    opener = sources.SourceOpener(Settings())
+
+    def open_one() -> object:
+        started.wait()
+        return opener.open("s3://media/a.png")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: open_one(), range(8)))
+    assert opened == ["opened"] * 8
+    assert len(built) == 1

@@ -21,6 +21,7 @@ import fakeredis
 import pytest
 import redis
 from kombu import Connection
+from kombu.transport import redis as kombu_redis
 
 from wsupload.config import Settings
 from wsupload.tasks import keys, places, results
@@ -391,3 +392,24 @@ def test_a_sweep_handles_at_most_its_limit_per_queue(world: World, monkeypatch: 
     for _ in jobs:
         world.redis.rpop(QUEUE)
     assert world.sweep(at=0) == Report(candidates=2, suspected=2)
+
+
+def test_leases_are_stamped_and_judged_by_redis_clock_not_the_workers(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.enqueue("a")
+    message = world.take()
+    stamped = world.redis.zscore("unacked_index", message.delivery_tag)
+    assert stamped is not None
+    assert abs(stamped - redis_transport.redis_now(world.redis)) < 60
+    # A worker whose clock runs an hour ahead scans for expired leases: kombu would judge by
+    # its clock and hand the running job out; the scan reads Redis's clock instead.
+    monkeypatch.setattr(kombu_redis, "time", lambda: stamped + 7200)
+    world.channel.qos.restore_visible(num=10, interval=1)
+    assert world.redis.zscore("unacked_index", message.delivery_tag) == stamped
+    assert world.tags() == []  # nothing went back on the queue
+    # By Redis's clock the lease does run out: then it is restored.
+    monkeypatch.setattr(redis_transport, "redis_now", lambda client: stamped + 7200)  # past its lease (3600 s here)
+    world.channel.qos.restore_visible(num=10, interval=1)
+    assert world.redis.zscore("unacked_index", message.delivery_tag) is None
+    assert len(world.tags()) == 1
