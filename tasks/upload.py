@@ -41,6 +41,15 @@ REDIS_UNAVAILABLE = (
     redis.exceptions.ReadOnlyError,  # a replica, after a failover
 )
 """Redis cannot record the outcome now: the job must run again, not end."""
+REFUSING_FOR_NOW = ("MISCONF", "NOREPLICAS", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+"""Redis's own words for a refusal that passes (a failed RDB save, too few replicas, a long script, a restart)."""
+
+
+def cannot_record_now(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis will not take the job's writes for now (rather than that they are wrong)."""
+    if isinstance(exc, REDIS_UNAVAILABLE):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(REFUSING_FOR_NOW)
 
 
 def runner() -> JobRunner:
@@ -91,12 +100,13 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         # lease), or the worker is stopping and handed it back: nothing of ours is written.
         log.warning("%s; this delivery stops", exc)
         return
-    except REDIS_UNAVAILABLE as exc:
-        # Without a Redis that takes writes the outcome cannot be recorded: hand the
-        # message back so the job runs again, rather than vanish or end "failed".
-        log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
-        raise Reject(str(exc), requeue=True) from None
-    except Exception as exc:  # before the job ran (run() records its own internal errors)
+    except Exception as exc:
+        if isinstance(exc, redis.RedisError) and cannot_record_now(exc):
+            # Without a Redis that takes writes the outcome cannot be recorded: hand the
+            # message back so the job runs again, rather than vanish or end "failed".
+            log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
+            raise Reject(str(exc), requeue=True) from None
+        # Before the job ran (run() records its own internal errors), or Redis refused it for good.
         log.exception("job %s: internal error", job_id)
         outcome = job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
     if call.options.callback_url:

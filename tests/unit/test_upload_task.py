@@ -118,6 +118,9 @@ def test_an_over_long_source_is_refused_and_not_stored_whole(runner: JobRunner, 
         redis.ConnectionError("connection refused"),
         redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
         redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"),
+        redis.ResponseError("NOREPLICAS Not enough good replicas to write."),
+        redis.exceptions.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
     ],
 )
 def test_losing_redis_hands_the_message_back(
