@@ -3,7 +3,7 @@
 "Before" is a git commit, installed with its own pinned dependencies into a
 venv of its own (``git archive`` + ``pip install -c constraints.txt``); "now"
 is this checkout. Each version gets its own redis-server and ``wsupload worker``
-(prefork); one zero-latency sandbox serves both. Rounds alternate between the
+(with its own default pool); one zero-latency sandbox serves both. Rounds alternate between the
 versions, so both meet the same machine conditions: CPU time on a shared
 virtual machine drifts by ±15 % within minutes, which a before/after taken in
 separate runs cannot tell from a real change.
@@ -130,7 +130,7 @@ def dispatch_floor(version: Version, count: int) -> float:
 
     Sends ``wsupload.upload`` messages without a job id, which the task drops
     after one log line: the message still makes the whole trip (fetch, unacked
-    bookkeeping, hand-over to a pool child, result back, ack).
+    bookkeeping, hand-over to a pool thread (a child process before the threads pool), ack).
     """
     assert version.redis is not None
     client = redis.Redis.from_url(version.redis.url)

@@ -35,7 +35,7 @@ from wsupload.worker.producer import Producer
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-key"
-CONCURRENCY = (16, 24)
+CONCURRENCY = (32,)
 """Workers' pool sizes (and the direct baseline's threads) for the many-files runs."""
 MIB = 1024 * 1024
 
@@ -108,8 +108,14 @@ class Fleet:
         for worker in self.workers:
             worker.wait_ready(self.producer.app)
 
-    def children(self) -> list[psutil.Process]:
-        return [c for w in self.workers if w.process for c in psutil.Process(w.process.pid).children(recursive=True)]
+    def processes(self) -> list[psutil.Process]:
+        """Every process of the workers: one each with the threads pool (its children, if any, too)."""
+        found = []
+        for worker in self.workers:
+            if worker.process:
+                main = psutil.Process(worker.process.pid)
+                found += [main, *main.children(recursive=True)]
+        return found
 
     def run(self, sources: list[str]) -> float:
         """Seconds from the first enqueue to the last job's success."""
@@ -161,7 +167,7 @@ def bench_large(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[
     with sandbox() as url:
         fleet = Fleet(redis, url, work, count=1, concurrency=1)
         try:
-            (child,) = fleet.children()
+            (child,) = fleet.processes()  # the worker's one process: its upload threads are in it
             fleet.run([str(make_media(work / "warm.mp4", MIB))])  # the child's session and imports are warm
             idle_peak = vm_hwm(child.pid)
             # Interleaved, so curl and the queue meet the same machine conditions.
@@ -541,7 +547,7 @@ NOTES = """
 
 - Every figure comes from servers on this machine's loopback started by the run: a
   private redis-server, the sandbox (`wsupload sandbox --no-hash`) in its own process,
-  and real `wsupload worker` processes (prefork). Baselines run in their own processes.
+  and real `wsupload worker` processes (threads pool). Baselines run in their own processes.
   Medians over the repeats listed under the table; the 1 GiB queue and curl runs are
   interleaved so both meet the same machine conditions.
 - **The sandbox is not the bottleneck**: "curl to the sandbox vs curl to a drain-only
@@ -549,13 +555,13 @@ NOTES = """
   body; a ratio near 1 means the sandbox costs the upload nothing. (With SHA-256 of
   every upload switched on, as in the tests, it was ~1.9x slower than the drain on a
   64 MiB file in this session: hence `--no-hash` here.)
-- "Peak RSS growth" is the pool child's `VmHWM` after the uploads minus its `VmHWM`
+- "Peak RSS growth" is the worker process's `VmHWM` after the uploads minus its `VmHWM`
   after a warm-up job; the API page's example is its whole process's peak RSS.
 - "Completion → caller" runs from a job's `finished_at` (written by the worker) to
   the moment `Producer.wait` returns in the caller, on one clock.
 - "CPU per job" sums user+system time of every worker process and the producer over
   1,000 jobs against a zero-latency sandbox, divided by the jobs (median of the five
-  "now" rounds below; the worker runs 4 pool processes, the direct uploader 4 threads).
+  "now" rounds below; the worker runs 4 threads, the direct uploader 4 threads).
 - "now vs commit d3f35f6" is the before/after for that figure, measured in this run:
   `benchmarks/overhead.py` installs the commit the benchmarks first reported (with
   its own pinned dependencies) into a venv of its own, gives it its own Redis and
@@ -596,13 +602,17 @@ NOTES = """
   in an earlier run on this machine kind where a direct upload cost 1.4 ms of CPU,
   against about 2.5 ms in the run above. Ratios taken in one run are comparable;
   absolute figures across runs are not.
-- **Pool and concurrency defaults:** prefork, because it is the only Celery pool that
-  enforces the time limits the no-parallel-redelivery guarantee rests on and notices
-  a lost child (the threads pool measured 0.94x its CPU per job, below);
-  `WSUPLOAD_CONCURRENCY=16`: uploads wait on the network, so the pool must hold many
-  requests in flight per core; 16 was the level that kept ≥ 0.8x the direct
-  uploader in the faster earlier run, and past it the 2 cores saturate. Raise it on
-  bigger hosts or slower links.
+- **Pool and concurrency defaults: the threads pool, 32 threads.** With leases and
+  fencing carrying the no-duplicate guarantee, no Celery time limit is needed, and
+  prefork's only remaining argument went with them. Measured side by side with the
+  prefork design (the "worker memory" rows): one process of ~70 MB RSS at 32 threads
+  against ~1.7 GB for 33 prefork processes, idle and during uploads; the failover rows
+  show a killed or stopped worker's job back in about a lease. Throughput against the
+  direct thread pool ("concurrency 32" rows) is CPU-bound on these 2 cores for both
+  pools (see above), within noise of each other. gevent was not taken: it needs
+  monkey-patching before anything is imported and would stall every upload while one
+  hashes a file for dedup. Raise `WSUPLOAD_CONCURRENCY` on bigger hosts or slower links:
+  a thread costs kilobytes; the HTTP and S3 connection pools are sized to it.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
   first-measured code across three full runs), not halved; the cause is measured.** Cuts,
   each found with a profiler (py-spy on the worker, cProfile on the task body
@@ -616,21 +626,19 @@ NOTES = """
   producer waking twice per job and reading each document back, now once from
   `wsupload:ended` (the three together: 0.79x against the commit before them).
   Tried and dropped: hiredis (1.00x in a same-run comparison: replies here are a few
-  bytes), Celery's threads pool (0.94x against prefork in a same-run comparison: the
-  GIL hand-offs cost most of what the pool's pipes did, and it enforces no time
-  limit), gevent (needs monkey-patching before anything is imported and
+  bytes), gevent (needs monkey-patching before anything is imported and
   would stall every upload while one hashes a file for dedup), and one Lua call in
   place of the MULTI/EXEC for each document write (1.06x: no gain). Why it does not
   halve, from the last three rows: a job's CPU is Celery's and kombu's trip for the
   message (the "returns at once" row: fetch, unacked bookkeeping, hand-over to a pool
-  child and back, ack; about ten process wake-ups, each dear on this VM), plus the
+  thread and back, ack; several thread wake-ups, each dear on this VM), plus the
   upload, plus the job's own bookkeeping, which in one process without other load
   costs about as much as the upload itself: its document read, the write that
   records the attempt before the upload and the one that records the outcome, each
   a Redis round trip. Those writes are what the guarantees rest on (a file that
   kills workers stops after WSUPLOAD_MAX_ATTEMPTS because the attempt is recorded
-  first; the outcome is recorded before the ack), and Celery's prefork dispatch is
-  what enforces the time limits (see the pool paragraph). Under the fleet's load
+  first; the outcome is recorded before the ack; fencing adds the claim, one round
+  trip that also reads the document). Under the fleet's load
   every one of those round trips costs more than alone, which is why the queue
   path's figure is well above the sum of the rows. Halving would mean giving up one
   of those guarantees, not trimming code.
