@@ -34,10 +34,34 @@ Rows, each selectable with ``--only``:
   same code has measured from 110 to 300 jobs/s between rounds of one run; quote
   medians of full runs, and ratios taken in one run.
 
-The failover scenarios run side by side (each has its own Redis and sandbox:
-faults are first come, first served), the pool runs afterwards on a quiet machine.
+- ``redis-kill``: a batch of 300 small files (the sandbox answers after 20 ms,
+  so uploads are in flight), one worker (concurrency 4), its Redis with
+  ``appendonly yes``, ``appendfsync everysec`` on its own port and directory,
+  ``kill -9``ed once 30, 110 and 190 jobs have ended and restarted on the same
+  port and directory each time (as tests/integration/test_sweep.py does). A run
+  fails when a job has not ended ``LOST_AFTER`` (60) s after Redis answers again
+  after the last kill, or the worker exits (nothing restarts it; "before" may
+  die there, celery#9250); where the unfinished jobs' messages were then (a
+  queue, kombu's unacked hash, nowhere) is in the note. Also the median seconds
+  from Redis answering again to the batch's last job ended ("> 60" for a failed
+  run). 20 runs per version (``--quick``: 3, ``--runs N``), each with a fresh
+  Redis and worker, the versions alternating run by run.
+- ``long`` (only with ``--long`` or ``--only long``: never in ``--quick`` nor
+  ``make bench``, it lasts over ten minutes): a healthy upload lasting 10
+  minutes at default delivery settings, two workers (concurrency 2): 150 MiB
+  whose body a proxy lets through to the sandbox at 256 KiB/s (``Trickle``),
+  so bytes keep moving and no timeout fires (a held answer would meet the
+  120 s read timeout in every version). Reports the requests the sandbox saw,
+  the job's status and attempts: "now", "before" at its default VT (3600 s: its
+  hard time limit, 3240 s, lets 10 minutes pass) and "before" at VT 300 s (hard
+  limit 270 s: the bound its design puts on an upload's length), side by side.
 
-Run alone: ``python -m benchmarks.leases --before REF [--quick] [--only kill,grace,rss,throughput]``.
+The failover scenarios run side by side (each has its own Redis and sandbox:
+faults are first come, first served); the Redis kills one run at a time; the
+pool runs afterwards on a quiet machine.
+
+Run alone: ``python -m benchmarks.leases --before REF [--quick] [--long]
+[--only kill,grace,redis-kill,rss,throughput,long]``.
 """
 
 from __future__ import annotations
@@ -46,13 +70,15 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -61,13 +87,19 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+import redis
 from celery import Celery
 
 from benchmarks import overhead
-from benchmarks.run import KEY, Row, baseline, busy_cores, cpu_note, make_media, sandbox, table
-from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
+from benchmarks.run import KEY, MIB, Row, baseline, busy_cores, cpu_note, make_media, sandbox, table
+from wsupload.tasks import keys
+from wsupload.tasks.results import FAILED, TERMINAL, decode_doc, utcnow
+from wsupload.tasks.sweep import job_of
+from wsupload.worker.dev.local_services import LocalRedis, free_port, start_redis, wait_until
 
-ROWS = ("kill", "grace", "rss", "throughput")
+ROWS = ("kill", "grace", "redis-kill", "rss", "throughput")
+LONG = "long"
+"""The 10-minute upload: run only when asked (``--long`` or ``--only long``), never by ``--quick`` or ``make bench``."""
 PREVIOUS_DESIGN = "576b295"
 """The last commit of the visibility-timeout design (prefork, VT 1 h): what ``run.py`` compares with."""
 STALL = 30.0
@@ -112,6 +144,15 @@ class BoundRow(Row):
         if isinstance(self.value, AtLeast) and isinstance(self.baseline_value, AtLeast):
             return None
         return super().ratio
+
+
+@dataclass
+class CountRow(Row):
+    """A row of counts (runs, requests): no ratio between two of them."""
+
+    @property
+    def ratio(self) -> float | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -244,6 +285,18 @@ class Stage:
             raise RuntimeError(f"{' '.join(command[:3])} failed ({done.returncode}): {done.stderr[-2000:]}")
         return json.loads(done.stdout)
 
+    def enqueue_batch(self, files: list[str]) -> list[str]:
+        """Job ids of one batch of ``files``, enqueued by the version's own producer (bulk queue, as ``ingest``)."""
+        done = subprocess.run(
+            [self.setup.python, "-c", ENQUEUE_BATCH, *files],
+            env=self.env(),
+            cwd=self.work,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return [str(job_id) for job_id in json.loads(done.stdout)]
+
     def round(self, files: list[str]) -> float:
         """Seconds from the first enqueue to the last success, by the version's own producer."""
         done = subprocess.run(
@@ -258,9 +311,10 @@ class Stage:
 
 
 @contextmanager
-def stage(setup: Setup, sandbox_url: str, work: Path) -> Iterator[Stage]:
+def stage(setup: Setup, sandbox_url: str, work: Path, redis_server: LocalRedis | None = None) -> Iterator[Stage]:
+    """The version's stage; it stops its workers and ``redis_server`` (or a private one it starts) on exit."""
     work.mkdir(parents=True)
-    on = Stage(setup, start_redis(), sandbox_url, work)
+    on = Stage(setup, redis_server or start_redis(), sandbox_url, work)
     try:
         yield on
     finally:
@@ -475,6 +529,387 @@ def pool_rows(now: Setup, before: Setup, work: Path, count: int, rounds: int, on
     return rows
 
 
+# -- Redis killed under a batch ----------------------------------------------
+
+ENQUEUE_BATCH = """\
+import json, sys
+from wsupload import Producer, Settings
+batch = Producer(Settings.from_env()).enqueue_batch(sys.argv[1:])
+print(json.dumps([job.job_id for job in batch.jobs]))
+"""
+"""Run by a version's own interpreter: its own producer, bulk queue and batch records, as ``wsupload ingest``."""
+EVERYSEC = ("--appendonly", "yes", "--appendfsync", "everysec")
+"""Redis as the issue's report ran it: a ``kill -9`` can lose the writes of about the last second."""
+KILL_FILES = 300
+KILL_SIZE = 10 * 1000
+KILL_LATENCY = 0.02
+"""The sandbox's answer delay in the ``redis-kill`` rows: uploads are in flight whenever Redis goes."""
+KILL_AT = (30, 110, 190)
+"""Jobs ended before each ``kill -9``, as tests/integration/test_sweep.py kills."""
+KILL_CONCURRENCY = 4
+LOST_AFTER = 60.0
+"""A job not ended this long after Redis answers again after the last kill counts as lost."""
+
+
+@dataclass
+class KillRun:
+    """One batch under three Redis kills: how it ended, and where its unfinished jobs were when the wait stopped."""
+
+    ended_at_kills: list[int] = field(default_factory=list)
+    complete: float | None = None
+    """Seconds from Redis answering after the last kill to every job ended; None: not within ``LOST_AFTER``."""
+    worker_exited: bool = False
+    unfinished: int = 0
+    queued: int = 0
+    """Unfinished jobs whose message waits in a queue list."""
+    unacked: int = 0
+    """Unfinished jobs whose message is in kombu's unacked hash: held, or waiting out its lease (or VT)."""
+    failed_jobs: int = 0
+
+    @property
+    def nowhere(self) -> int:
+        """Unfinished jobs with no message in any queue nor in unacked: lost for good unless swept back."""
+        return self.unfinished - self.queued - self.unacked
+
+    @property
+    def failed(self) -> bool:
+        return self.worker_exited or self.complete is None
+
+    @property
+    def seconds(self) -> float:
+        return AtLeast(LOST_AFTER) if self.complete is None else self.complete
+
+    def __str__(self) -> str:
+        if self.worker_exited:
+            return "the worker exited"
+        if self.complete is None:
+            return (
+                f"{self.unfinished} unfinished ({self.unacked} unacked, {self.queued} queued,"
+                f" {self.nowhere} in no queue) {LOST_AFTER:g} s after the last restart"
+            )
+        return f"complete {self.complete:.1f} s after the last restart"
+
+
+def within(predicate: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Whether ``predicate`` held before ``timeout`` s passed (polled every ``interval``)."""
+    try:
+        return bool(wait_until(predicate, timeout, interval=interval))
+    except TimeoutError:
+        return False
+
+
+def job_statuses(client: redis.Redis, job_ids: list[str]) -> list[str | None] | None:
+    """Each job's status as its document says (the same key and JSON in both versions); None while Redis is away."""
+    try:
+        raws = client.mget([keys.result(job_id) for job_id in job_ids])
+    except (redis.ConnectionError, redis.TimeoutError):  # down, or loading its AOF
+        return None
+    now = utcnow()
+    docs = [decode_doc(raw, job_id, now) for raw, job_id in zip(raws, job_ids, strict=True)]
+    return [doc["status"] if doc else None for doc in docs]
+
+
+def messages_in(client: redis.Redis) -> tuple[set[str], set[str]]:
+    """(jobs whose message waits in a queue list, jobs whose message is in kombu's unacked hash)."""
+    queued: set[str] = set()
+    for key in client.scan_iter(_type="list"):  # every queue, and its priority lists
+        queued.update(job for job in map(job_of, client.lrange(key, 0, -1)) if job)
+    # kombu keeps [message, exchange, routing key] there, the message as a decoded dict.
+    held = (job_of(json.dumps(json.loads(raw)[0])) for raw in client.hvals("unacked"))
+    return queued, {job for job in held if job}
+
+
+def redis_kill_run(setup: Setup, sandbox_url: str, work: Path, files: list[str]) -> KillRun:
+    """One batch of ``files`` through one worker while its Redis is SIGKILLed and restarted three times."""
+    directory = work.with_name(work.name + "-redis")
+    directory.mkdir(parents=True)
+    port = free_port()
+
+    def start() -> LocalRedis:
+        # The same port and directory: the new server replays the AOF, and every client finds it again.
+        return start_redis(port=port, directory=directory, extra_args=EVERYSEC)
+
+    run = KillRun()
+    with stage(setup, sandbox_url, work, start()) as on:
+        worker = on.start_worker(KILL_CONCURRENCY)
+        on.wait_ready()
+        client = redis.Redis.from_url(on.redis.url, socket_timeout=2, socket_connect_timeout=1)
+        try:
+            job_ids = on.enqueue_batch(files)
+            ended = [0]
+
+            def gone() -> bool:
+                return worker.process.poll() is not None
+
+            def reached(count: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    statuses = job_statuses(client, job_ids)
+                    if statuses is not None:
+                        ended[0] = sum(status in TERMINAL for status in statuses)
+                    return gone() or ended[0] >= count
+
+                return check
+
+            back = 0.0
+            for count in KILL_AT:
+                if not within(reached(count), LOST_AFTER, 0.02) or gone():
+                    break  # stalled before this kill, or the worker is gone: the run failed
+                run.ended_at_kills.append(ended[0])
+                on.redis.kill()
+                on.redis = start()  # returns once the server answers, its AOF loaded
+                back = time.monotonic()
+            else:
+                if within(reached(len(job_ids)), LOST_AFTER, 0.05) and not gone():
+                    run.complete = time.monotonic() - back
+            run.worker_exited = gone()
+            statuses = job_statuses(client, job_ids) or [None] * len(job_ids)
+            run.failed_jobs = sum(status == FAILED for status in statuses)
+            unfinished = {job for job, status in zip(job_ids, statuses, strict=True) if status not in TERMINAL}
+            if run.complete is None and unfinished:
+                queued, held = messages_in(client)
+                run.unfinished, run.queued = len(unfinished), len(unfinished & queued)
+                run.unacked = len((unfinished - queued) & held)
+        finally:
+            client.close()
+        if run.worker_exited:
+            print(f"{setup.label}: the worker exited:\n{worker.log_tail(8)}", file=sys.stderr, flush=True)
+    return run
+
+
+def bounded_median(values: list[float]) -> float:
+    """The median; a bound ("> 60") when one of the middle values is."""
+    ordered = sorted(values, key=float)
+    mid = len(ordered) // 2
+    middle = ordered[mid : mid + 1] if len(ordered) % 2 else ordered[mid - 1 : mid + 1]
+    value = sum(map(float, middle)) / len(middle)
+    return AtLeast(value) if any(isinstance(v, AtLeast) for v in middle) else value
+
+
+def kill_note(runs: list[KillRun]) -> str:
+    unfinished = [r for r in runs if r.complete is None and not r.worker_exited]
+    parts = []
+    if unfinished:
+        parts.append(
+            f"{len(unfinished)} run(s) unfinished at the cap, their jobs: {sum(r.unacked for r in unfinished)}"
+            f" unacked (held, or waiting out a lease or VT), {sum(r.queued for r in unfinished)} queued,"
+            f" {sum(r.nowhere for r in unfinished)} in no queue nor unacked (lost for good)"
+        )
+    if exited := sum(r.worker_exited for r in runs):
+        parts.append(f"the worker exited in {exited} run(s)")
+    if failed := sum(r.failed_jobs for r in runs):
+        parts.append(f"{failed} job(s) ended failed")
+    return ", ".join(parts) or "every run complete, the worker up"
+
+
+def redis_kill_rows(now: Setup, before: Setup, work: Path, runs: int) -> list[Row]:
+    """``runs`` batches per version, alternating versions run by run, each run with its own Redis and worker."""
+    folder = work / "files"
+    folder.mkdir(parents=True)
+    files = [str(make_media(folder / f"k{n:03d}.mp4", KILL_SIZE)) for n in range(KILL_FILES)]
+    results: dict[str, list[KillRun]] = {now.label: [], before.label: []}
+    with sandbox(latency=KILL_LATENCY) as url:
+        for n in range(runs):
+            for name, setup in (("now", now), ("before", before))[:: 1 if n % 2 == 0 else -1]:
+                run = redis_kill_run(setup, url, work / f"{name}-{n}", files)
+                results[setup.label].append(run)
+                at = "/".join(map(str, run.ended_at_kills))
+                print(f"redis-kill {name} run {n + 1}: killed at {at} jobs ended, {run}", file=sys.stderr, flush=True)
+    mine, theirs = results[now.label], results[before.label]
+    lost = sum(r.failed for r in mine)
+    seconds = bounded_median([r.seconds for r in mine])
+    kills = [statistics.median(at) for at in zip(*(r.ended_at_kills for r in mine + theirs), strict=False)]
+    vt = f"{before.label}, its default VT 3600 s"
+    return [
+        CountRow(
+            f"Redis (AOF everysec) kill -9ed 3 times during a {KILL_FILES}-file batch, restarted on its port and"
+            f" directory, one worker (concurrency {KILL_CONCURRENCY}): runs with a job lost (not ended"
+            f" {LOST_AFTER:g} s after Redis is back) or the worker gone",
+            float(lost),
+            f"of {runs} runs",
+            vt,
+            float(sum(r.failed for r in theirs)),
+            f"0 of {runs}",
+            lost == 0,
+            note=f"now: {kill_note(mine)}; before: {kill_note(theirs)}",
+        ),
+        BoundRow(
+            "same: seconds from Redis answering after the last kill until every job of the batch has ended (median)",
+            seconds,
+            "s",
+            vt,
+            bounded_median([r.seconds for r in theirs]),
+            f"≤ {TARGET_SECONDS:g} s",
+            not isinstance(seconds, AtLeast) and seconds <= TARGET_SECONDS,
+            note=f"kills after a median {'/'.join(f'{k:g}' for k in kills)} jobs had ended;"
+            f" before's runs: {', '.join(f'{r.seconds:.3g}' for r in theirs)}",
+            runs=[r.seconds for r in mine],
+        ),
+    ]
+
+
+# -- a long healthy upload ---------------------------------------------------
+
+LONG_SECONDS = 600.0
+"""How long the healthy upload of the ``long`` rows lasts."""
+TRICKLE = 256 * 1024
+"""Bytes per second the proxy lets through to the sandbox in the ``long`` rows."""
+LONG_VT = 300
+"""The visibility timeout "before" also runs the long upload at: its hard time limit (270 s) is below 10 minutes."""
+
+
+class Trickle:
+    """A TCP proxy to the sandbox letting requests through at ``rate`` bytes/s; answers come back at once.
+
+    A slow server that stays healthy: the body keeps moving (a 1 MiB block
+    leaves the worker every few seconds, within the 10 s write timeout), so no
+    timeout ends it and the upload lasts its size over the rate. Holding the
+    answer instead (the sandbox's stall) is not healthy at default settings:
+    the read timeout (120 s) ends it, in every version.
+    """
+
+    def __init__(self, upstream: str, rate: float) -> None:
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream, self.rate = (host, int(port)), rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.5)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            server = socket.create_connection(self.upstream)
+            open_pumps = [2]
+            lock = threading.Lock()
+            for source, sink, rate in ((client, server, self.rate), (server, client, None)):
+                args = (source, sink, rate, (client, server), open_pumps, lock)
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    @staticmethod
+    def _pump(
+        source: socket.socket,
+        sink: socket.socket,
+        rate: float | None,
+        pair: tuple[socket.socket, socket.socket],
+        open_pumps: list[int],
+        lock: threading.Lock,
+    ) -> None:
+        try:
+            while block := source.recv(16 * 1024):
+                sink.sendall(block)
+                if rate:
+                    time.sleep(len(block) / rate)  # the throttle itself
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+            with lock:
+                open_pumps[0] -= 1
+                if open_pumps[0] == 0:
+                    for end in pair:
+                        end.close()
+
+
+@dataclass
+class LongOutcome:
+    status: str
+    kind: str | None
+    attempts: object
+    requests: int
+    seconds: float
+    workers_exited: int
+
+    @property
+    def once(self) -> bool:
+        """Ran once: one request, succeeded at the first attempt, every worker still up."""
+        return (self.status, self.attempts, self.requests, self.workers_exited) == ("succeeded", 1, 1, 0)
+
+    def __str__(self) -> str:
+        kind = f" ({self.kind})" if self.kind else ""
+        exited = f", {self.workers_exited} worker(s) exited" if self.workers_exited else ""
+        took = f"after {self.seconds:.0f} s, attempts {self.attempts}, {self.requests} request(s)"
+        return f"{self.status}{kind} {took}{exited}"
+
+
+def long_upload(setup: Setup, path: Path, work: Path, cap: float) -> LongOutcome:
+    """One upload of ``path`` through the throttling proxy, two workers running; what came of it."""
+    with sandbox() as url, Trickle(url, TRICKLE) as proxy, stage(setup, proxy.url, work) as on:
+        for _ in range(2):
+            on.start_worker(FAILOVER_CONCURRENCY)
+        on.wait_ready()
+        enqueued = time.time()
+        (job,) = on.cli("enqueue", str(path))
+        (doc,) = on.cli("wait", "--timeout", str(cap), job["job_id"], timeout=cap + 60)
+        with urllib.request.urlopen(url + "/_sandbox/uploads", timeout=10) as answer:
+            requests = len(json.load(answer))
+        exited = sum(worker.process.poll() is not None for worker in on.workers)
+    if doc is None or doc["status"] not in ("succeeded", "failed"):
+        status = doc["status"] if doc else "missing"
+        return LongOutcome(f"still {status}", None, doc and doc.get("attempts"), requests, AtLeast(cap), exited)
+    error = doc.get("error") or {}
+    seconds = datetime.fromisoformat(doc["finished_at"]).timestamp() - enqueued
+    return LongOutcome(doc["status"], error.get("kind"), doc.get("attempts"), requests, seconds, exited)
+
+
+def long_rows(now: Setup, before: Setup, work: Path, seconds: float) -> list[Row]:
+    """Now, before at its defaults and before at VT 300, side by side, each with its own sandbox and proxy."""
+    work.mkdir(parents=True)
+    size = int(seconds * TRICKLE)
+    path = make_media(work / "long.mp4", size)
+    vt = Setup(
+        f"{before.label}, WSUPLOAD_VISIBILITY_TIMEOUT={LONG_VT}",
+        before.python,
+        {"WSUPLOAD_VISIBILITY_TIMEOUT": str(LONG_VT)},
+    )
+    cap = 2 * seconds + 120
+    with ThreadPoolExecutor(3) as pool:
+        futures = {
+            s.label: pool.submit(long_upload, s, path, work / f"case-{n}", cap) for n, s in enumerate((now, before, vt))
+        }
+        outcomes = {label: future.result() for label, future in futures.items()}
+    mine = outcomes[now.label]
+    target = "1, succeeded, attempts 1"
+    return [
+        CountRow(
+            f"a healthy upload lasting {seconds / 60:g} minutes ({size / MIB:.0f} MiB, its body let through at"
+            f" {TRICKLE // 1024} KiB/s), default settings, two workers (concurrency {FAILOVER_CONCURRENCY}):"
+            " upload requests the API saw",
+            float(mine.requests),
+            "requests",
+            f"{before.label}, its default VT 3600 s",
+            float(outcomes[before.label].requests),
+            target,
+            mine.once,
+            note=f"now: {mine}; before: {outcomes[before.label]}",
+        ),
+        CountRow(
+            f"same upload, against before at VT {LONG_VT} s",
+            float(mine.requests),
+            "requests",
+            vt.label,
+            float(outcomes[vt.label].requests),
+            target,
+            mine.once,
+            note=f"before at VT {LONG_VT} s (hard time limit {LONG_VT - LONG_VT // 10} s): {outcomes[vt.label]}",
+        ),
+    ]
+
+
 # -- the whole ----------------------------------------------------------------
 
 
@@ -520,16 +955,25 @@ def bench(
     cap: float | None = None,
     jobs: int | None = None,
     rounds: int | None = None,
+    runs: int | None = None,
+    long_seconds: float = LONG_SECONDS,
 ) -> list[Row]:
-    """Every selected row, "now" against commit ``before_ref`` (installed under ``work``)."""
+    """Every selected row, "now" against commit ``before_ref`` (installed under ``work``).
+
+    ``only`` defaults to ``ROWS``: the ``long`` row runs only when named.
+    """
     only = set(ROWS) if only is None else only
     now, before = install_both(before_ref, work)
     rows: list[Row] = []
     if only & {"kill", "grace"}:
         rows += failover_rows(now, before, work / "failover", cap or (45 if quick else 120), only)
+    if "redis-kill" in only:
+        rows += redis_kill_rows(now, before, work / "redis-kill", runs or (3 if quick else 20))
     if only & {"rss", "throughput"}:
         count, repeats = jobs or (300 if quick else 1000), rounds or 3
         rows += pool_rows(now, before, work / "pools", count, repeats, only)
+    if LONG in only:
+        rows += long_rows(now, before, work / "long", long_seconds)
     return rows
 
 
@@ -538,21 +982,34 @@ def main() -> None:
     parser.add_argument(
         "--before", default=PREVIOUS_DESIGN, help=f"git commit to compare with (default {PREVIOUS_DESIGN})"
     )
-    parser.add_argument("--quick", action="store_true", help="300 jobs a round, waits capped at 45 s")
-    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows among {', '.join(ROWS)}")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 jobs a round, 3 redis-kill runs, waits capped at 45 s"
+    )
+    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows among {', '.join((*ROWS, LONG))}")
+    parser.add_argument("--long", action="store_true", help=f"add the {LONG_SECONDS / 60:g}-minute upload (row long)")
     parser.add_argument("--cap", type=float, help="longest wait for a failed-over job (default 120 s, quick 45 s)")
     parser.add_argument("--jobs", type=int, help="files per throughput round (default 1000, quick 300)")
     parser.add_argument("--rounds", type=int, help="throughput rounds (default 3)")
+    parser.add_argument("--runs", type=int, help="redis-kill batches per version (default 20, quick 3)")
     args = parser.parse_args()
-    only = {name.strip() for name in args.only.split(",") if name.strip()}
-    if unknown := only - set(ROWS):
-        parser.error(f"--only: unknown rows {', '.join(sorted(unknown))} (choose among {', '.join(ROWS)})")
+    only = {name.strip() for name in args.only.split(",") if name.strip()} | ({LONG} if args.long else set())
+    if unknown := only - {*ROWS, LONG}:
+        parser.error(f"--only: unknown rows {', '.join(sorted(unknown))} (choose among {', '.join((*ROWS, LONG))})")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs: at least 1")
     if not overhead.commit_exists(args.before):
         parser.error(f"--before: no commit {args.before!r} in this clone")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wsupload-leases-") as tmp:
         rows = bench(
-            Path(tmp), args.before, quick=args.quick, only=only, cap=args.cap, jobs=args.jobs, rounds=args.rounds
+            Path(tmp),
+            args.before,
+            quick=args.quick,
+            only=only,
+            cap=args.cap,
+            jobs=args.jobs,
+            rounds=args.rounds,
+            runs=args.runs,
         )
     print("\n".join(table(rows)))
     for row in rows:

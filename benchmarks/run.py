@@ -570,16 +570,39 @@ NOTES = """
   moved from 1.4 to 2.4 ms between two sessions of the same day), so only a same-run
   comparison can tell a cut from the drift. `python -m benchmarks.overhead --before
   REF` runs it alone against any commit.
-- The failover, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM mid-upload",
-  "worker memory", "concurrency 32") come from `benchmarks/leases.py`: this checkout
+- The failover, Redis-kill, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM
+  mid-upload", "Redis (AOF everysec) kill -9ed", "worker memory", "concurrency 32") come
+  from `benchmarks/leases.py`: this checkout
   and the last commit of the visibility-timeout design, each installed into a venv of
   its own with its own pinned dependencies, each with its own Redis and workers. A
   failover case runs two workers (concurrency 2) and kills the one whose upload the
   sandbox is holding; waits stop at a cap ("> 120 s"). Memory is RSS summed over the
   worker's whole process tree (which counts pages prefork children share once per
   child; USS, the private pages, in the note), idle after a warm-up and peak while
-  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,rss,throughput]`
+  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,redis-kill,rss,throughput]`
   runs them alone.
+- "Redis (AOF everysec) kill -9ed 3 times": each run is one 300-file batch (small
+  files, the sandbox answering after 20 ms so uploads are in flight) through one
+  worker (concurrency 4), with a fresh Redis (`appendonly yes`, `appendfsync
+  everysec`) that is SIGKILLed once 30, 110 and 190 jobs have ended and restarted
+  on the same port and directory; 20 runs per version (3 in quick mode), the
+  versions alternating run by run. A run fails when a job has not ended 60 s after
+  Redis answers again after the last kill (counted "lost", although the note says
+  where those jobs' messages were: a job in kombu's unacked hash comes back after
+  the visibility timeout, one in no queue nor unacked never does), or when the
+  worker exits (nothing restarts it; the note says how often). The seconds row is
+  the median from Redis answering again to the batch's last job ended, "> 60" for
+  a failed run.
+- The 10-minute upload (`python -m benchmarks.leases --only long`, or `--long`
+  beside other rows) is **not** in `make bench` nor in `--quick`: it lasts over ten
+  minutes. A healthy slow upload keeps bytes moving: a proxy lets its 150 MiB body
+  through to the sandbox at 256 KiB/s, so neither the write timeout (10 s a block)
+  nor the read timeout (120 s) ends it; a held answer (the sandbox's stall) would
+  meet the read timeout in every version. Two workers, default delivery settings;
+  it reports the requests the sandbox saw, the job's status and attempts, for this
+  checkout, the previous design at its default VT (3600 s, hard time limit 3240 s:
+  10 minutes pass there too) and at VT 300 s (hard limit 270 s: the bound that
+  design puts on an upload's length).
 - "a message whose task returns at once" sends `wsupload.upload` messages without a
   job id (dropped by the task after one log line): the worker's CPU for the
   message's whole trip through Celery and kombu, with no job work in it.
