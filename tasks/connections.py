@@ -1,0 +1,53 @@
+"""The one place a Redis URL becomes a redis-py client, for results and broker alike.
+
+``redis://``, ``rediss://`` and ``unix://`` URLs go to ``redis.Redis.from_url``.
+A Sentinel URL (``config.redis_urls``) gives a client of the master the sentinels
+name now: ``Sentinel(...).master_for(name, ...)``, whose connections ask the
+sentinels for the master's address each time they connect, and drop a connection
+that finds itself on a replica (``READONLY``, an old master demoted). So a client
+built once follows a failover: calls fail with a ``ConnectionError`` while there is
+no master (``MasterNotFoundError`` is one), which every caller already rides out
+as it does a Redis restart, and reach the promoted replica after.
+
+The caller's options (timeouts, ``retry``) apply to the master's connections; the
+connections to the sentinels get the same socket timeouts and retry, capped at
+``SENTINEL_TIMEOUT`` so that one sentinel host that does not answer cannot hold up
+asking the next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, parse_sentinel_url
+
+SENTINEL_TIMEOUT = 2.0
+"""Seconds to connect to, or hear from, one sentinel before asking the next."""
+
+
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url``; ``options`` are redis-py's (``socket_timeout``, ``retry``, …)."""
+    if is_sentinel_url(url):
+        return master_client(parse_sentinel_url(url), **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def master_client(url: SentinelUrl, **options: Any) -> redis.Redis:
+    """A client of ``url.master`` wherever the sentinels say it is, at each (re)connect."""
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_options(url, options))  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(url.master, **url.master_kwargs(), **options)  # type: ignore[no-untyped-call]
+    return client
+
+
+def sentinel_options(url: SentinelUrl, options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for the connections to the sentinels: their login, bounded timeouts, the caller's retry."""
+    kwargs: dict[str, Any] = dict(url.sentinel_kwargs())
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        given = options.get(name)
+        kwargs[name] = SENTINEL_TIMEOUT if given is None else min(float(given), SENTINEL_TIMEOUT)
+    if "retry" in options:
+        kwargs["retry"] = options["retry"]
+    return kwargs
