@@ -33,7 +33,7 @@ class Runtime:
 
     @cached_property
     def store(self) -> ResultStore:
-        return ResultStore(self.redis, self.settings.result_ttl)
+        return ResultStore(self.redis, self.settings.result_ttl, replica_wait=self.settings.replica_wait)
 
     @cached_property
     def runner(self) -> JobRunner:

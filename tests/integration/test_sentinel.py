@@ -13,6 +13,11 @@ never have reached the replica. A job whose outcome was lost so runs again (the 
 and the lease restore find it, fencing keeps one final document); an upload it had
 sent is then sent again. The test counts those duplicates from the sandbox's records
 and bounds them by the jobs a worker could hold when the master died.
+
+With ``WSUPLOAD_REPLICA_WAIT`` the worker waits for the replica to have each outcome
+before acknowledging the message (``WAIT 1``): then no outcome is lost, and once the
+replica is the master, with no replica of its own, the worker says so (once) and
+every job waits the whole time.
 """
 
 from __future__ import annotations
@@ -108,7 +113,9 @@ class Waiter(threading.Thread):
             self.error = exc
 
 
+@pytest.mark.parametrize("replica_wait", ["0", "0.2"], ids=["no-replica-wait", "replica-wait"])
 def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
+    replica_wait: str,
     group: SentinelGroup,
     worker_env: dict[str, str],
     slow_sandbox: SandboxServer,
@@ -119,7 +126,13 @@ def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
     assert group.replica is not None
     queue = "sentinel-" + uuid.uuid4().hex[:8]
     # One URL for results and broker alike, as REDIS_URL: nothing here names the master's address.
-    env = {**worker_env, "REDIS_URL": group.url, "WSUPLOAD_QUEUE": queue, "WSUPLOAD_BULK_QUEUE": f"{queue}.bulk"}
+    env = {
+        **worker_env,
+        "REDIS_URL": group.url,
+        "WSUPLOAD_QUEUE": queue,
+        "WSUPLOAD_BULK_QUEUE": f"{queue}.bulk",
+        "WSUPLOAD_REPLICA_WAIT": replica_wait,
+    }
     penv = producer_env(env)
     producer = Producer(Settings.from_env(penv))
     files = pngs(media_root / queue, JOBS)
@@ -197,13 +210,21 @@ def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
     log = worker.log_path.read_text(errors="replace")
     lost = sorted(job for job, n in Counter(re.findall(r"job (\w+) succeeded after", log)).items() if n > 1)
     print(
-        f"\nfailover: master killed at {done_at_kill}/{JOBS} jobs done; {duplicates} upload(s) sent again;"
-        f" {len(lost)} outcome(s) lost with the master"
+        f"\nfailover (WSUPLOAD_REPLICA_WAIT={replica_wait}): master killed at {done_at_kill}/{JOBS} jobs done;"
+        f" {duplicates} upload(s) sent again; {len(lost)} outcome(s) lost with the master"
     )
     # Sent again: an upload in flight when the master died (its outcome could not be written, so the
     # job ran again), at most what the worker held (CONCURRENCY running, one prefetched), or one whose
     # written outcome replication lost.
     assert duplicates <= CONCURRENCY + 1 + len(lost), uploads.most_common(CONCURRENCY + 2)
+    unconfirmed = re.findall(r"no replica confirmed its outcome", log)
+    if replica_wait != "0":
+        # Every acknowledged outcome was on the replica that became the master.
+        assert lost == []
+        # The new master has no replica: said once, not once per job.
+        assert len(unconfirmed) == 1, unconfirmed
+    else:
+        assert unconfirmed == []
 
     # Neither password is ever shown: not in the worker's log nor in any command's output.
     shown = log + out + err + status.stdout + status.stderr + stats.stdout
