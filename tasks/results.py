@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -210,6 +211,7 @@ class ResultStore:
         self.replica_wait = replica_wait
         """Seconds a terminal write waits for one replica to have it (``WSUPLOAD_REPLICA_WAIT``); 0: not at all."""
         self._unconfirmed = False
+        self._streak = threading.Lock()
 
     def create(self, docs: Iterable[JobDoc], pipe: Any = None) -> None:
         """Write ``queued`` documents: on ``pipe`` if given, else in one round trip now."""
@@ -267,15 +269,18 @@ class ResultStore:
         if not (terminal and self.replica_wait > 0):
             return self.fencing.save(save_keys, args)
         written, replicas = self.fencing.save_replicated(save_keys, args, self.replica_wait)
-        if written == 1 and replicas < 1 and not self._unconfirmed:
+        if written != 1:
+            return written
+        with self._streak:  # the worker's threads end jobs side by side: one of them says it
+            say = replicas < 1 and not self._unconfirmed
+            self._unconfirmed = replicas < 1
+        if say:
             log.warning(
                 "job %s: no replica confirmed its outcome within %g s (WSUPLOAD_REPLICA_WAIT); a failover now"
                 " could lose it. Said once until a replica confirms one again",
                 job_id,
                 self.replica_wait,
             )
-        if written == 1:
-            self._unconfirmed = replicas < 1
         return written
 
     def claim(self, job_id: str) -> Claim:

@@ -9,10 +9,12 @@ once, ``Producer.wait_batch`` and ``wsupload batch wait`` returning normally, an
 other commands reading the new master.
 
 Replication is asynchronous: writes the master acknowledged in its last moments may
-never have reached the replica. A job whose outcome was lost so runs again (the sweep
-and the lease restore find it, fencing keeps one final document); an upload it had
-sent is then sent again. The test counts those duplicates from the sandbox's records
-and bounds them by the jobs a worker could hold when the master died.
+never have reached the replica. The test makes that window real: the replica is
+stopped (SIGSTOP) and its link cut while a few jobs end on the master alone, then the
+master dies and the replica resumes. A job whose outcome was lost so runs again (the
+lease restore and the sweep find it, fencing keeps one final document); an upload it
+had sent is then sent again. The test counts those duplicates from the sandbox's
+records and bounds them by the outcomes lost and the jobs the worker held.
 
 With ``WSUPLOAD_REPLICA_WAIT`` the worker waits for the replica to have each outcome
 before acknowledging the message (``WAIT 1``): then no outcome is lost, and once the
@@ -23,6 +25,8 @@ every job waits the whole time.
 from __future__ import annotations
 
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -50,7 +54,7 @@ CONCURRENCY = 4
 LATENCY = 0.02
 """Seconds the sandbox takes to answer each upload."""
 KILL_AFTER = 20
-"""Jobs done before the master is killed: the batch is well under way, most of it still to run."""
+"""Jobs done before replication stops and the master dies: the batch well under way, most of it to run."""
 PROMOTION = 30.0
 """Seconds the sentinels may take to promote the replica (about 2-3 here: down after 1 s, then a vote)."""
 SETTLE = 90.0
@@ -60,8 +64,6 @@ within a lease (3 s here) and a sweep."""
 
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    import shutil
-
     if shutil.which("redis-server") is None:
         unavailable("no redis-server binary: a Sentinel group needs one (scripts/install-redis)")
     group = SentinelGroup(tmp_path / "sentinel", "master-" + uuid.uuid4().hex, "sentinel-" + uuid.uuid4().hex)
@@ -113,7 +115,7 @@ class Waiter(threading.Thread):
             self.error = exc
 
 
-@pytest.mark.parametrize("replica_wait", ["0", "0.2"], ids=["no-replica-wait", "replica-wait"])
+@pytest.mark.parametrize("replica_wait", ["0", "0.5"], ids=["no-replica-wait", "replica-wait"])
 def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
     replica_wait: str,
     group: SentinelGroup,
@@ -159,13 +161,23 @@ def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
             info = producer.batches.get(batch.batch_id)
             return int(info["done"]) if info else 0
 
-        done_at_kill = wait_until(
-            lambda: done() if done() >= KILL_AFTER else 0,
-            60,
-            interval=0.01,  # the whole batch takes about a second once the worker is up
-            what=f"{KILL_AFTER} jobs to end before the kill",
-        )
-        group.master.kill()
+        # The whole batch takes about a second once the worker is up: poll often.
+        wait_until(lambda: done() >= KILL_AFTER, 60, interval=0.01, what=f"{KILL_AFTER} jobs to end")
+        # Replication falls behind (a slow link, a busy replica): what the master takes from now on,
+        # the replica never gets. Stopped, the replica cannot reconnect; its link is cut, so nothing
+        # more reaches even its socket buffer. The master dies once outcomes were written on it
+        # alone: as many as the worker runs at once; or, when each waits for the replica, the first
+        # one (killed while it waits, well within its WAIT's timeout).
+        unreplicated = CONCURRENCY if replica_wait == "0" else 1
+        group.replica.process.send_signal(signal.SIGSTOP)
+        try:
+            group.data_client(group.master).client_kill_filter(_type="replica")
+            lagging_from = done()
+            wait_until(lambda: done() >= lagging_from + unreplicated, 30, interval=0.01, what="unreplicated outcomes")
+            done_at_kill = done()
+            group.master.kill()
+        finally:
+            group.replica.process.send_signal(signal.SIGCONT)
         assert done_at_kill < JOBS, "the batch ended before the master died: the test proves nothing"
 
         wait_until(lambda: group.master_port() == group.replica.port, PROMOTION, what="the replica's promotion")
@@ -224,6 +236,8 @@ def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
         # The new master has no replica: said once, not once per job.
         assert len(unconfirmed) == 1, unconfirmed
     else:
+        # The window was real: outcomes the worker had acknowledged were lost, and those jobs ran again.
+        assert lost, "no outcome was lost with the master: the window of loss was not exercised"
         assert unconfirmed == []
 
     # Neither password is ever shown: not in the worker's log nor in any command's output.
