@@ -137,7 +137,9 @@ class Settings:
         "WSUPLOAD_BROKER_URL",
         parse_redis_url,
         None,
-        "A separate Redis for the Celery broker; any form `REDIS_URL` takes, Sentinel URLs included.",
+        "A separate Redis for the Celery broker; any form `REDIS_URL` takes, Sentinel URLs included."
+        " wsupload's own enqueue (producer, CLI, scans) refuses one apart from `REDIS_URL`: it writes a job's"
+        " document and message in one transaction.",
         shown="`REDIS_URL`",
         display=_masked_url,
     )
