@@ -13,6 +13,10 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wsupload.config.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
+
+SENTINEL_STARTS = tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)
+
 DAY = 24 * 60 * 60
 MIB = 1024 * 1024
 
@@ -106,6 +110,15 @@ def check_callback_url(value: object) -> str:
 
 
 def parse_redis_url(text: str) -> str:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL, or a Sentinel URL (``config.redis_urls``), checked whole."""
+    scheme = text.strip().partition("://")[0].lower()
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(text)
+        return text.strip()
+    if scheme in ("rediss+sentinel", "sentinels"):
+        raise ValueError("TLS through Sentinel is not supported: use redis+sentinel:// on a trusted network")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"expected a URL starting with redis://, rediss://, unix://, {' or '.join(SENTINEL_STARTS)}")
     return check_url(text, ("redis", "rediss", "unix"))
 
 

@@ -35,6 +35,8 @@ class Variable(Generic[T]):
     secret: bool = False
     """Never shown: not in ``repr``, and a bad value is described without quoting it."""
     required_by_worker: bool = False
+    display: Callable[[str], str] | None = None
+    """How a refused value is shown in its error line (a URL with its password masked); default: quoted."""
     field: str = ""
     """The field it sets, filled in by ``variables_of`` once the class exists."""
 
@@ -60,6 +62,7 @@ def setting(
     rule: str = ...,
     shown: str = ...,
     secret: bool = ...,
+    display: Callable[[str], str] | None = ...,
 ) -> T: ...
 
 
@@ -75,6 +78,7 @@ def setting(
     rule: str = ...,
     secret: bool = ...,
     required_by_worker: bool = ...,
+    display: Callable[[str], str] | None = ...,
 ) -> T | None: ...
 
 
@@ -89,13 +93,14 @@ def setting(
     shown: str = "{}",
     secret: bool = False,
     required_by_worker: bool = False,
+    display: Callable[[str], str] | None = None,
 ) -> Any:
     """Declare a dataclass field from its row; typed as the parsed value, like ``dataclasses.field``.
 
     The default is parsed and checked here, at import, so a default that its own
     variable would refuse cannot ship.
     """
-    variable = Variable(env, parse, default, meaning, check, rule, shown, secret, required_by_worker)
+    variable = Variable(env, parse, default, meaning, check, rule, shown, secret, required_by_worker, display)
     value = None if default is None else variable.read(default)
     return field(default=value, repr=not secret, metadata={_VARIABLE: variable})
 
@@ -126,5 +131,6 @@ def read_variables(
             values[variable.field] = variable.read(raw)
         except ValueError as exc:
             # A secret's reason already says what is wrong; quoting the value would leak it.
-            problems.append(f"{variable.env}: {exc}" + ("" if variable.secret else f" (got {raw.strip()!r})"))
+            shown = "" if variable.secret else f" (got {(variable.display or repr)(raw.strip())})"
+            problems.append(f"{variable.env}: {exc}{shown}")
     return values, problems

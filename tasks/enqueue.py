@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from wsupload.config.errors import WsuploadError
+from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.settings import Settings
 from wsupload.tasks import keys, results, wire
 from wsupload.tasks.batches import BatchStore, batch_fields, members_key, name_key
@@ -244,6 +244,14 @@ class Enqueuer:
         self, jobs: list[Job], *, bulk: bool, options: dict[str, Any] | None, batch: _BatchRecords | None = None
     ) -> None:
         """Stage every chunk but the last, then commit: see the module docstring."""
+        apart = self.settings.broker_url
+        if apart and apart != self.settings.redis_url:
+            # The commit writes documents and messages in one Redis transaction; messages
+            # written to REDIS_URL would never reach workers that consume another Redis.
+            raise ConfigError(
+                "WSUPLOAD_BROKER_URL: enqueueing needs the broker and the results in one Redis (a job's"
+                " document and its message are written in one transaction); unset it, or set it to REDIS_URL"
+            )
         queue = self.settings.bulk_queue if bulk else self.settings.queue
         now = results.utcnow()
         token = batch.batch_id if batch else uuid.uuid4().hex

@@ -100,6 +100,7 @@ class Fencing:
     """The claim and save scripts, registered once on a client."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self._client = client
         self._claim = client.register_script(CLAIM)
         self._save = client.register_script(SAVE)
 
@@ -109,3 +110,23 @@ class Fencing:
 
     def save(self, save_keys: list[str], args: list[str | int]) -> int:
         return int(self._save(keys=save_keys, args=args))
+
+    def save_replicated(self, save_keys: list[str], args: list[str | int], timeout: float) -> tuple[int, int]:
+        """``save``, then ``WAIT 1`` up to ``timeout`` s: (the save's answer, how many replicas have the write).
+
+        One pipeline, so the WAIT runs on the connection that wrote: WAIT waits for
+        its own connection's last write, and a pooled client may hand another one out.
+        """
+        for first in (True, False):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.evalsha(self._save.sha, len(save_keys), *save_keys, *args)
+            pipe.wait(1, max(1, round(timeout * 1000)))
+            written, replicas = pipe.execute(raise_on_error=False)
+            if first and isinstance(written, redis.exceptions.NoScriptError):
+                self._client.script_load(SAVE)  # a new master (a failover), or SCRIPT FLUSH
+                continue
+            for answer in (written, replicas):
+                if isinstance(answer, Exception):
+                    raise answer
+            break
+        return int(written), int(replicas)

@@ -12,6 +12,8 @@ only added.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,6 +27,8 @@ from wsupload.tasks.fencing import Claim, Fencing, Superseded
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.redaction import redact
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
@@ -196,12 +200,18 @@ def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
 class ResultStore:
     """Reads and writes result documents; publishes each status change."""
 
-    def __init__(self, client: redis.Redis, ttl: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl: int, clock: Callable[[], float] = time.time, replica_wait: float = 0.0
+    ) -> None:
         self.redis = client
         self.ttl = ttl
         self.clock = clock
         """Unix time, for the minute a job that ends is counted in (``keys.stats``)."""
         self.fencing = Fencing(client)
+        self.replica_wait = replica_wait
+        """Seconds a terminal write waits for one replica to have it (``WSUPLOAD_REPLICA_WAIT``); 0: not at all."""
+        self._unconfirmed = False
+        self._streak = threading.Lock()
 
     def create(self, docs: Iterable[JobDoc], pipe: Any = None) -> None:
         """Write ``queued`` documents: on ``pipe`` if given, else in one round trip now."""
@@ -229,8 +239,11 @@ class ResultStore:
         size = int(doc["result"].get("size") or 0) if status == SUCCEEDED else 0
         job_keys = [keys.generation(doc["job_id"]), result_key(doc["job_id"]), EVENTS_CHANNEL, ENDED_CHANNEL]
         minute, second = divmod(int(self.clock()), 60)
-        written = self.fencing.save(
-            [*job_keys, batch_key(str(batch_id)) if batch_id else "", keys.stats(minute)],
+        save_keys = [*job_keys, batch_key(str(batch_id)) if batch_id else "", keys.stats(minute)]
+        written = self._save(
+            doc["job_id"],
+            status in TERMINAL,
+            save_keys,
             [
                 "" if generation is None else str(generation),
                 encoded,
@@ -250,6 +263,25 @@ class ResultStore:
             return False
         why = "it has ended" if written == 0 else "another delivery of it holds it now"
         raise Superseded(f"job {doc['job_id']}: delivery {generation} may no longer write: {why}")
+
+    def _save(self, job_id: str, terminal: bool, save_keys: list[str], args: list[str | int]) -> int:
+        """The fenced write; a terminal one then waits for a replica, if asked to (and says once when none answers)."""
+        if not (terminal and self.replica_wait > 0):
+            return self.fencing.save(save_keys, args)
+        written, replicas = self.fencing.save_replicated(save_keys, args, self.replica_wait)
+        if written != 1:
+            return written
+        with self._streak:  # the worker's threads end jobs side by side: one of them says it
+            say = replicas < 1 and not self._unconfirmed
+            self._unconfirmed = replicas < 1
+        if say:
+            log.warning(
+                "job %s: no replica confirmed its outcome within %g s (WSUPLOAD_REPLICA_WAIT); a failover now"
+                " could lose it. Said once until a replica confirms one again",
+                job_id,
+                self.replica_wait,
+            )
+        return written
 
     def claim(self, job_id: str) -> Claim:
         """Take the job for one delivery: its next generation (``Claim.ended`` if it has ended)."""

@@ -18,6 +18,7 @@ import redis
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.client import UploadClient
+from wsupload.tasks.connections import redis_client
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.results import ResultStore
 
@@ -28,11 +29,11 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url)
+        return redis_client(self.settings.redis_url)
 
     @cached_property
     def store(self) -> ResultStore:
-        return ResultStore(self.redis, self.settings.result_ttl)
+        return ResultStore(self.redis, self.settings.result_ttl, replica_wait=self.settings.replica_wait)
 
     @cached_property
     def runner(self) -> JobRunner:

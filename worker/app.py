@@ -27,6 +27,8 @@ shows signs of life (``worker.renewer``). So:
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping, and with Redis faults survived.
 - ``rediss://`` brokers verify the server's certificate, as the result store does.
+- a Sentinel broker URL (``config.redis_urls``) becomes kombu's ``sentinel://`` list
+  and the transport options ``master_name``/``sentinel_kwargs`` (``broker_for``).
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
   web request's upload never waits behind a bulk backlog.
@@ -55,6 +57,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_
 from celery.utils.log import get_multiprocessing_logger
 
 from wsupload.config.errors import ConfigError
+from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings
 from wsupload.tasks import redaction
@@ -74,9 +77,10 @@ def create_app(settings: Settings) -> WsuploadApp:
     # Before anything logs: the secrets this process holds are masked in every record.
     redaction.protect(settings.api_key, settings.callback_secret)
     redis_transport.install()
+    broker_url, sentinel_options = broker_for(settings.effective_broker_url)
     app = WsuploadApp(
         "wsupload",
-        broker=settings.effective_broker_url,
+        broker=broker_url,
         include=[
             *(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")),
             # Hooked to the worker's signals: its heartbeat, its jobs' lease renewal and stop,
@@ -99,6 +103,7 @@ def create_app(settings: Settings) -> WsuploadApp:
         # 300 s). Scans are safe side by side (each restore is a WATCH transaction).
         "unacked_mutex_expire": max(1, round(settings.lease)),
         "queue_order_strategy": "priority",
+        **sentinel_options,
     }
     # Said on every connection loss while jobs run, about the setting turned off below on purpose.
     warnings.filterwarnings("ignore", r"\s*In Celery 5.1 we introduced", CPendingDeprecationWarning)
@@ -135,6 +140,19 @@ def create_app(settings: Settings) -> WsuploadApp:
     if tls is not None:
         app.conf.broker_use_ssl = tls
     return app
+
+
+def broker_for(url: str) -> tuple[str, dict[str, Any]]:
+    """The broker URL kombu is given, and the transport options it implies (only a Sentinel URL has any).
+
+    Both Sentinel spellings reach kombu as its own: one ``sentinel://`` URL per
+    sentinel, ``;``-joined, with the master's name and the sentinels' login as
+    transport options (kombu reads neither from the URL).
+    """
+    if not is_sentinel_url(url):
+        return url, {}
+    sentinel = parse_sentinel_url(url)
+    return sentinel.kombu_url(), sentinel.kombu_transport_options()
 
 
 def broker_tls(url: str) -> dict[str, Any] | None:

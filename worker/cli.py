@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from wsupload.config.errors import ConfigError, WsuploadError
+from wsupload.config.redis_urls import masked
 from wsupload.config.schedules import load_schedules
 from wsupload.config.settings import Settings, deprecations, parse_duration, parse_size
 from wsupload.tasks.batches import export_row, write_export
@@ -40,13 +40,8 @@ log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name_
 
 
 def safe_url(url: str) -> str:
-    """A URL fit to print: any password replaced."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    """A URL fit to print: any password replaced (every one of a Sentinel URL's, its options' too)."""
+    return masked(url)
 
 
 def _producer(settings: Settings) -> Any:
@@ -236,10 +231,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
+    from wsupload.tasks.connections import redis_client
     from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
 
     settings = Settings.from_env()
-    store = DeadLetterStore(redis.Redis.from_url(settings.redis_url))
+    store = DeadLetterStore(redis_client(settings.redis_url))
     ids = None if args.all else args.ids
     if args.action in ("requeue", "purge") and not (args.all or args.ids):
         raise WsuploadError(f"dead {args.action}: name entry ids, or --all")

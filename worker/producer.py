@@ -22,6 +22,7 @@ from celery import Celery
 from wsupload.config.errors import WsuploadError
 from wsupload.config.settings import Settings
 from wsupload.tasks import results
+from wsupload.tasks.connections import redis_client
 from wsupload.tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.app import create_app
@@ -58,7 +59,7 @@ class Producer(Enqueuer):
     """With no timeout, how long (seconds) a wait keeps trying while Redis is unreachable."""
 
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None) -> None:
-        super().__init__(settings, client or redis.Redis.from_url(settings.redis_url))
+        super().__init__(settings, client or redis_client(settings.redis_url))
         self._app = app
 
     @property

@@ -17,6 +17,7 @@ from functools import cached_property
 import redis
 
 from wsupload.config.settings import Settings
+from wsupload.tasks.connections import redis_client
 from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
 from wsupload.tasks.errors import InvalidMessage
 from wsupload.tasks.limits import clip
@@ -31,7 +32,7 @@ class Quarantine:
 
     @cached_property
     def _redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url)
+        return redis_client(self.settings.redis_url)
 
     def __call__(
         self,

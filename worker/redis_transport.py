@@ -35,10 +35,17 @@ sweep (``tasks.sweep``) can tell a message BRPOP took and nobody recorded. A
 message pushed again (a restore, a put-back) gets a new delivery tag: a copy never
 shares one with the delivery it replaces.
 
-``install()`` points kombu's ``redis`` and ``rediss`` scheme names at it (kombu
-derives TLS from the scheme name, so naming the class in ``broker_transport``
-would lose it). ``PoisonGuard`` (``worker.poison``) moves messages kombu could
-not read aside; everything else about the transport is kombu's.
+The same transport exists for Redis Sentinel (``SentinelChannel``,
+``SentinelTransport``: kombu's Sentinel classes under the same overrides), whose
+channels reach the master the sentinels name at each connect; a failover is, to
+the worker, a connection loss followed by a reconnect (to the promoted replica).
+
+``install()`` points kombu's ``redis``, ``rediss`` and ``sentinel`` scheme names at
+them (kombu derives TLS from the scheme name, so naming the class in
+``broker_transport`` would lose it); ``redis+sentinel://`` URLs reach kombu
+rewritten as ``sentinel://`` ones by ``worker.app``. ``PoisonGuard``
+(``worker.poison``) moves messages kombu could not read aside; everything else
+about the transport is kombu's.
 """
 
 from __future__ import annotations
@@ -338,14 +345,19 @@ class Transport(kombu_redis.Transport):
     connection_errors = (*kombu_redis.Transport.connection_errors, *REFUSED_WRITES)
 
     broker = ""
-    """The broker's URL, which names held messages' Redis; kept: Celery clears ``client`` on a collect."""
+    """The broker's URL, which names held messages' Redis; kept: Celery clears ``client`` on a collect.
+
+    Every URL of a list (``sentinel://…;sentinel://…``): kombu moves its connection
+    from one to the next as connects fail, and they all name one Redis.
+    """
 
     def establish_connection(self) -> Any:
         """Connected once Redis answers and accepts a write, so Celery's reconnect backoff covers both.
 
         Then messages held back while Redis was away go back on their queues.
         """
-        self.broker = self.client.as_uri(include_password=True)  # type: ignore[union-attr]
+        client: Any = self.client
+        self.broker = ";".join(client.alt) or client.as_uri(include_password=True)
         connection = super().establish_connection()
         channel = self._avail_channels[-1]  # type: ignore[attr-defined]  # just made; kombu's PING was answered
         try:
@@ -375,7 +387,18 @@ def _return_held(channel: Channel, held: list[dict[str, Any]]) -> None:
         held.pop(0)
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """``Channel`` on kombu's Sentinel channel: its pools ask the sentinels where the master is."""
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """``Transport`` on kombu's Sentinel transport (default port 26379, ``master_name`` required)."""
+
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """Make ``redis://`` and ``rediss://`` broker URLs use this transport in this process."""
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use these transports in this process."""
     for scheme in ("redis", "rediss"):
         transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    transport.TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from wsupload.tasks import keys
+from wsupload.tasks.connections import redis_client
 
 BEAT_INTERVAL = 2.0
 """Seconds between two beats of a worker."""
@@ -146,9 +147,7 @@ def judge(
 
 def connect(url: str, timeout: float) -> redis.Redis:
     """A client that gives up after ``timeout`` and never retries by itself: probes and beats must not hang."""
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
-    )
+    return redis_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 
 def read_records(client: redis.Redis, chunk: int = 1000) -> list[WorkerRecord]:

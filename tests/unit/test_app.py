@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from wsupload.config import Settings
-from wsupload.worker.app import create_app
+from wsupload.worker import redis_transport
+from wsupload.worker.app import broker_for, create_app
 
 
 def broker_ssl(url: str) -> Any:
@@ -41,3 +42,31 @@ def test_the_visibility_timeout_is_the_lease(lease: str) -> None:
     assert options["unacked_mutex_expire"] <= settings.lease
     assert app.conf.worker_pool == "threads"
     assert (app.conf.task_time_limit, app.conf.task_soft_time_limit) == (None, None)
+
+
+SENTINEL_URL = "redis+sentinel://:pw@s1,s2:26380/mymaster/3?sentinel_password=spw"
+
+
+def test_a_sentinel_broker_reaches_kombu_as_its_own_url_list_and_options() -> None:
+    app = create_app(Settings.from_env({"REDIS_URL": SENTINEL_URL}))
+    options = app.conf.broker_transport_options
+    assert (options["master_name"], options["sentinel_kwargs"]) == ("mymaster", {"password": "spw"})
+    assert options["visibility_timeout"] == app.settings.lease  # the lease settings still apply
+    with app.connection_for_write() as connection:  # no I/O until a channel is opened
+        assert connection.alt == ["sentinel://:pw@s1:26379/3", "sentinel://:pw@s2:26380/3"]
+        assert connection.transport_cls == "sentinel"
+        assert isinstance(connection.transport, redis_transport.SentinelTransport)
+        assert (connection.hostname, connection.port, connection.virtual_host) == ("s1", 26379, "3")
+
+
+def test_a_separate_sentinel_broker_leaves_the_result_store_alone() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://results:6379/0", "WSUPLOAD_BROKER_URL": SENTINEL_URL})
+    app = create_app(settings)
+    assert app.conf.broker_transport_options["master_name"] == "mymaster"
+    assert broker_for(settings.redis_url) == ("redis://results:6379/0", {})
+
+
+def test_a_plain_broker_gets_no_sentinel_options() -> None:
+    options = create_app(Settings.from_env({"REDIS_URL": "redis://h:6379/0"})).conf.broker_transport_options
+    assert "master_name" not in options
+    assert "sentinel_kwargs" not in options

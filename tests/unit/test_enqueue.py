@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 import redis
 
-from wsupload.config import Settings
+from wsupload.config import ConfigError, Settings
 from wsupload.tasks import enqueue as enqueue_module
 from wsupload.tasks import keys, results
 from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
@@ -321,3 +321,12 @@ def test_enqueue_error_keeps_its_fields() -> None:
     jobs = [Job("j1", "/a.png")]
     error = EnqueueError("jobs not enqueued: …", jobs, in_doubt=True, batch_id="b1")
     assert (str(error), error.jobs, error.in_doubt, error.batch_id) == ("jobs not enqueued: …", jobs, True, "b1")
+
+
+def test_enqueueing_with_a_broker_apart_from_the_results_is_refused_not_lost(redis_client: Any) -> None:
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://results:6379/0", "WSUPLOAD_BROKER_URL": "redis://broker:6379/0"}
+    )
+    with pytest.raises(ConfigError, match="WSUPLOAD_BROKER_URL: enqueueing needs the broker and the results in one"):
+        Enqueuer(settings, redis_client).enqueue(["/m/a.png"])
+    assert redis_client.keys("*") == []

@@ -26,6 +26,8 @@ from typing import IO, Any
 import redis
 from celery import Celery
 
+from wsupload.tasks.connections import redis_client
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -47,7 +49,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 def redis_answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+        return bool(redis_client(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
 

@@ -1,0 +1,112 @@
+"""One factory turns every Redis URL into a client; a Sentinel URL gives a client of the master it names.
+
+No I/O: redis-py connects lazily, so what is checked is what each client would connect with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
+
+from wsupload.tasks.connections import SENTINEL_TIMEOUT, Sentinels, redis_client
+from wsupload.worker.roster import connect
+
+URL = "redis+sentinel://app:pw@s1:26379,s2:26380/mymaster/4?sentinel_password=spw"
+
+
+def sentinel_connections(client: redis.Redis) -> list[dict[str, Any]]:
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    return [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+
+
+def test_a_plain_url_is_redis_pys_own() -> None:
+    client = redis_client("redis://h:6380/3", socket_timeout=4)
+    kwargs = client.connection_pool.connection_kwargs
+    assert not isinstance(client.connection_pool, SentinelConnectionPool)
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["socket_timeout"]) == ("h", 6380, 3, 4)
+
+
+def test_a_sentinel_url_gives_a_client_of_the_named_master() -> None:
+    client = redis_client(URL, socket_timeout=7)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert (pool.service_name, pool.is_master) == ("mymaster", True)
+    master = pool.connection_kwargs
+    assert (master["db"], master["username"], master["password"], master["socket_timeout"]) == (4, "app", "pw", 7)
+    sentinels = sentinel_connections(client)
+    assert [(s["host"], s["port"]) for s in sentinels] == [("s1", 26379), ("s2", 26380)]
+    # The sentinels' own password, never the master's; timeouts capped so a silent one cannot stall the next.
+    assert {(s.get("password"), s["socket_timeout"], s["socket_connect_timeout"]) for s in sentinels} == {
+        ("spw", SENTINEL_TIMEOUT, SENTINEL_TIMEOUT)
+    }
+
+
+def test_probes_through_sentinel_keep_their_short_timeouts_and_no_retry() -> None:
+    """``roster.connect`` (heartbeat, renewer, sweeper, health): bounded, and never retried by redis-py."""
+    client = connect(URL, timeout=0.5)
+    master = client.connection_pool.connection_kwargs
+    assert (master["socket_timeout"], master["socket_connect_timeout"]) == (0.5, 0.5)
+    retry = master["retry"]
+    assert isinstance(retry, Retry)
+    assert retry.get_retries() == 0
+    for sentinel in sentinel_connections(client):
+        assert (sentinel["socket_timeout"], sentinel["socket_connect_timeout"]) == (0.5, 0.5)
+        assert sentinel["retry"].get_retries() == 0
+
+
+def test_a_sentinel_without_a_password_is_asked_without_one() -> None:
+    client = redis_client("sentinel://s1;sentinel://s2/0?master_name=m", retry=Retry(NoBackoff(), 1))
+    assert all(s.get("password") is None for s in sentinel_connections(client))
+    assert client.connection_pool.connection_kwargs.get("password") is None
+
+
+class FakeSentinel:
+    """A sentinel's client as ``discover_master`` uses it: where it is, and its answer to SENTINEL MASTERS."""
+
+    def __init__(self, port: int, answer: dict[str, Any] | Exception) -> None:
+        self.connection_pool = type("Pool", (), {"connection_kwargs": {"host": "10.0.0.9", "port": port}})()
+        self.answer = answer
+
+    def sentinel_masters(self) -> dict[str, Any]:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def master_state(**overrides: Any) -> dict[str, Any]:
+    state = {"ip": "10.0.0.5", "port": 6380, "is_master": True, "is_sdown": False, "is_odown": False}
+    return {"mymaster": {**state, "num-other-sentinels": 2, **overrides}}
+
+
+def asking(*fakes: FakeSentinel) -> Sentinels:
+    sentinels = Sentinels([("10.0.0.9", 1)], sentinel_kwargs={})
+    sentinels.sentinels = cast(Any, list(fakes))
+    return sentinels
+
+
+def test_the_master_is_the_one_a_sentinel_vouches_for_and_that_sentinel_is_asked_first_next() -> None:
+    down, up = FakeSentinel(1, redis.ConnectionError("refused")), FakeSentinel(2, master_state())
+    sentinels = asking(down, up)
+    assert sentinels.discover_master("mymaster") == ("10.0.0.5", 6380)
+    assert cast(list[Any], sentinels.sentinels) == [up, down]
+
+
+def test_no_master_is_one_short_line_naming_each_sentinel_and_its_answer() -> None:
+    sentinels = asking(
+        FakeSentinel(1, redis.ConnectionError("Error 111 connecting to 10.0.0.9:1. Connection refused.")),
+        FakeSentinel(2, {}),
+        FakeSentinel(3, master_state(is_odown=True)),
+    )
+    with pytest.raises(MasterNotFoundError) as missing:
+        sentinels.discover_master("mymaster")
+    assert str(missing.value) == (
+        "no sentinel names a master 'mymaster' (10.0.0.9:1: Error 111 connecting to 10.0.0.9:1. Connection refused.;"
+        " 10.0.0.9:2: monitors no master of that name; 10.0.0.9:3: holds the master down)"
+    )
+    assert isinstance(missing.value, redis.ConnectionError)  # what every caller rides out
