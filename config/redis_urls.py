@@ -104,6 +104,12 @@ def is_sentinel_url(text: str) -> bool:
 def parse_sentinel_url(text: str) -> SentinelUrl:
     """The ``SentinelUrl`` either spelling describes, or ``ValueError`` saying what is wrong (no secret in it)."""
     scheme = _scheme(text)
+    for part in text.split(";"):
+        after_scheme = part.split("://", 1)[-1]
+        end_of_hosts = min((i for i in (after_scheme.find(c) for c in "/?#") if i >= 0), default=len(after_scheme))
+        if "@" in after_scheme[end_of_hosts:]:
+            # Most likely a password holding '/', '?' or '#' unencoded: quoting what follows would show it.
+            raise ValueError("holds '@' after its hosts: percent-encode '/', '?', '#' and '@' in a password")
     if scheme == WSUPLOAD_SCHEME:
         return _parse_wsupload(text.strip())
     if scheme == KOMBU_SCHEME:

@@ -18,6 +18,7 @@ line, each sentinel and what it answered (redis-py's own repeats every client's 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import redis
@@ -60,20 +61,23 @@ class Sentinels(Sentinel):
 
     def __init__(self, sentinels: list[tuple[str, int]], sentinel_kwargs: dict[str, Any]) -> None:
         super().__init__(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        self._order = threading.Lock()
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         """redis-py's (8.x) search: the first sentinel that vouches for the master is asked first next time."""
         said = []
-        for index, sentinel in enumerate(self.sentinels):
+        for sentinel in list(self.sentinels):
             where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
             try:
                 masters: Any = sentinel.sentinel_masters()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                # Unreachable, or answering as something else (a plain Redis, an ACL refusal): ask the next.
                 said.append(f"{where}: {clip(str(exc), 120)}")
                 continue
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
-                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                with self._order:  # threads finding the master at once must not lose a sentinel
+                    self.sentinels = [sentinel, *(other for other in self.sentinels if other is not sentinel)]
                 return str(state["ip"]), int(state["port"])
             said.append(f"{where}: " + ("monitors no master of that name" if not state else "holds the master down"))
         raise MasterNotFoundError(f"no sentinel names a master {service_name!r} ({'; '.join(said)})")

@@ -95,7 +95,7 @@ def count_ended(buckets: Mapping[int, Mapping[Any, Any]], now: float, window: in
     for minute, fields in buckets.items():
         for field, value in fields.items():
             status, _, second = _text(field).partition(":")
-            if status not in counts or not second.isdigit():
+            if status not in counts or not (second.isascii() and second.isdigit()):
                 continue
             moment = minute * 60 + int(second)
             if end - window < moment <= end:

@@ -11,21 +11,10 @@ import pytest
 from tests.integration.conftest import Fleet
 from wsupload.tasks.results import TERMINAL
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.integration
-
-
-def unique_pngs(directory: Path, count: int) -> list[Path]:
-    """``count`` small PNGs, no two with the same bytes (so dedup leaves them alone)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = directory / f"img-{n:05d}.png"
-        path.write_bytes(png_bytes(4 + n % 60, 4 + n // 60))
-        paths.append(path)
-    return paths
 
 
 def ingest(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +27,7 @@ def test_a_2000_file_batch_through_two_workers_accounts_for_every_job(
     fleet: Fleet, sandbox: SandboxServer, media_root: Path, tmp_path: Path
 ) -> None:
     folder = media_root / "bulk-2000"
-    unique_pngs(folder, 2000)
+    distinct_pngs(folder, 2000)
     # More attempts than injected 503s: no job can run out, whichever answers it meets.
     workers = fleet(count=2, concurrency=4, WSUPLOAD_MAX_ATTEMPTS="31")
     sandbox.add_fault(Fault(status=400, times=20))  # 20 permanent failures
@@ -67,7 +56,7 @@ def test_a_2000_file_batch_through_two_workers_accounts_for_every_job(
 
 
 def test_an_interactive_upload_overtakes_a_bulk_backlog(fleet: Fleet, sandbox: SandboxServer, media_root: Path) -> None:
-    paths = unique_pngs(media_root / "backlog", 200)
+    paths = distinct_pngs(media_root / "backlog", 200)
     urgent = media_root / "urgent.png"
     urgent.write_bytes(png_bytes(3, 3))
     workers = fleet(count=1, concurrency=1)
@@ -87,7 +76,7 @@ def test_an_interactive_upload_overtakes_a_bulk_backlog(fleet: Fleet, sandbox: S
 
 
 def test_the_rate_limit_holds_across_workers(fleet: Fleet, sandbox: SandboxServer, media_root: Path) -> None:
-    paths = unique_pngs(media_root / "limited", 16)
+    paths = distinct_pngs(media_root / "limited", 16)
     workers = fleet(count=2, concurrency=3, WSUPLOAD_RATE_LIMIT="8", WSUPLOAD_MAX_CONCURRENT_UPLOADS="2")
     sandbox.latency = 0.05
     try:
@@ -109,7 +98,7 @@ def test_the_rate_limit_holds_across_workers(fleet: Fleet, sandbox: SandboxServe
 
 
 def test_a_429_pauses_the_whole_fleet(fleet: Fleet, sandbox: SandboxServer, media_root: Path) -> None:
-    paths = unique_pngs(media_root / "paused", 6)
+    paths = distinct_pngs(media_root / "paused", 6)
     # The pause is part of the fleet limiter, active once any limit is set.
     workers = fleet(count=2, concurrency=2, WSUPLOAD_MAX_CONCURRENT_UPLOADS="100")
     sandbox.add_fault(Fault(status=429, retry_after="2"))

@@ -28,7 +28,7 @@ from wsupload.config import Settings
 from wsupload.tasks.results import SUCCEEDED, TERMINAL, JobDoc
 from wsupload.worker.app import create_app
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer
 from wsupload.worker.producer import Producer
 
@@ -129,17 +129,6 @@ def slow_sandbox(sandbox: SandboxServer) -> Iterator[SandboxServer]:
         sandbox.latency = 0.0
 
 
-def pngs(directory: Path, count: int) -> list[Path]:
-    """``count`` PNGs with distinct names and bytes, so each upload names its job."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = directory / f"{uuid.uuid4().hex[:8]}-{n}.png"
-        path.write_bytes(png_bytes(8 + n, 8))
-        paths.append(path)
-    return paths
-
-
 def docs_now(producer: Producer, job_ids: Sequence[str]) -> list[JobDoc | None] | None:
     """The documents, or None while Redis is down (the producer's client reconnects by itself)."""
     try:
@@ -193,7 +182,7 @@ def test_redis_restarted_under_a_run_kills_no_worker_and_loses_no_job(
 ) -> None:
     worker = start_worker()
     worker.wait_ready(producer.app)
-    files = pngs(media_root / "restarts", 30)
+    files = distinct_pngs(media_root / "restarts", 30)
     job_ids = [job.job_id for job in producer.enqueue([str(p) for p in files])]
 
     for n, stop in enumerate([private_redis.kill, private_redis.shutdown] * 3):
@@ -217,7 +206,7 @@ def test_a_full_redis_under_a_run_kills_no_worker_and_loses_no_job(
 ) -> None:
     worker = start_worker()
     worker.wait_ready(producer.app)
-    files = pngs(media_root / "full", 12)
+    files = distinct_pngs(media_root / "full", 12)
     job_ids = [job.job_id for job in producer.enqueue([str(p) for p in files])]
     wait_until(ended(producer, job_ids, at_least=2), 30, what="the first jobs to end")
 
@@ -242,7 +231,7 @@ def test_a_worker_started_on_a_full_redis_waits_and_then_serves(
     sandbox: SandboxServer,
     media_root: Path,
 ) -> None:
-    files = pngs(media_root / "start-full", 4)
+    files = distinct_pngs(media_root / "start-full", 4)
     job_ids = [job.job_id for job in producer.enqueue([str(p) for p in files])]
     private_redis.fill()
 
@@ -275,7 +264,7 @@ def test_a_worker_rides_out_redis_turning_replica_and_back(
     assert alive(worker), worker.log_tail()
     client.replicaof("NO", "ONE")
 
-    files = pngs(media_root / "replica", 3)
+    files = distinct_pngs(media_root / "replica", 3)
     job_ids = [job.job_id for job in producer.enqueue([str(p) for p in files])]
     wait_until(ended(producer, job_ids), 30, interval=0.2, what="every job to end")
     assert alive(worker), worker.log_tail()

@@ -43,7 +43,7 @@ from tests.integration.sentinels import SentinelGroup
 from wsupload.config import Settings
 from wsupload.tasks import results
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer
 from wsupload.worker.producer import Producer
 
@@ -80,17 +80,6 @@ def slow_sandbox(sandbox: SandboxServer) -> Iterator[SandboxServer]:
         yield sandbox
     finally:
         sandbox.latency = 0.0
-
-
-def pngs(directory: Path, count: int) -> list[Path]:
-    """Distinct names and bytes: each upload names its job, and no job is answered by deduplication."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = directory / f"{uuid.uuid4().hex[:8]}-{n}.png"
-        path.write_bytes(png_bytes(4 + n % 32, 4 + n // 32))
-        paths.append(path)
-    return paths
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -137,7 +126,7 @@ def test_a_batch_completes_across_a_failover_with_every_job_accounted_for(
     }
     penv = producer_env(env)
     producer = Producer(Settings.from_env(penv))
-    files = pngs(media_root / queue, JOBS)
+    files = distinct_pngs(media_root / queue, JOBS)
     worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", concurrency=CONCURRENCY)
     batch_wait: subprocess.Popen[str] | None = None
     try:

@@ -23,7 +23,7 @@ from wsupload.tasks import keys
 from wsupload.tasks.results import SUCCEEDED, TERMINAL
 from wsupload.tasks.sweep import job_of
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer
 from wsupload.worker.producer import Producer
 
@@ -31,17 +31,6 @@ pytestmark = [pytest.mark.integration]
 
 REDELIVERED = "sweep: job "
 """How the worker's log starts the line of a job the sweep put back."""
-
-
-def pngs(directory: Path, count: int) -> list[Path]:
-    """``count`` small PNGs with distinct names and bytes, so each upload names its job."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        path = directory / f"{uuid.uuid4().hex[:8]}-{n}.png"
-        path.write_bytes(png_bytes(4 + n % 32, 4 + n // 32))
-        paths.append(path)
-    return paths
 
 
 def queues_of(worker_env: dict[str, str], redis_url: str | None = None) -> dict[str, str]:
@@ -80,7 +69,7 @@ def test_a_message_lost_before_the_worker_started_is_uploaded_once(
 ) -> None:
     env = queues_of(worker_env)
     producer = Producer(Settings.from_env(producer_env(env)))
-    files = pngs(media_root / "lost", 6)
+    files = distinct_pngs(media_root / "lost", 6)
     job_ids = [job.job_id for job in producer.enqueue([str(p) for p in files])]
     # The first in line, taken as BRPOP takes it, and never recorded: in no queue, not unacked.
     raw = producer.redis.rpop(env["WSUPLOAD_QUEUE"])
@@ -154,7 +143,7 @@ def test_redis_killed_three_times_under_a_batch_loses_no_job(
     producer = Producer(Settings.from_env(producer_env(env)))
     supervisor = Supervisor(start_worker, env)
     supervisor.worker.wait_ready(producer.app)
-    files = pngs(media_root / "everysec", 300)
+    files = distinct_pngs(media_root / "everysec", 300)
 
     def ended(job_ids: Sequence[str], at_least: int) -> Callable[[], bool]:
         def check() -> bool:

@@ -5,6 +5,8 @@ No I/O: redis-py connects lazily, so what is checked is what each client would c
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Any, cast
 
 import pytest
@@ -110,3 +112,24 @@ def test_no_master_is_one_short_line_naming_each_sentinel_and_its_answer() -> No
         " 10.0.0.9:2: monitors no master of that name; 10.0.0.9:3: holds the master down)"
     )
     assert isinstance(missing.value, redis.ConnectionError)  # what every caller rides out
+
+
+def test_a_sentinel_that_answers_as_something_else_is_passed_over() -> None:
+    plain = FakeSentinel(1, redis.ResponseError("unknown command 'SENTINEL'"))  # a plain Redis in the list
+    up = FakeSentinel(2, master_state())
+    sentinels = asking(plain, up)
+    assert sentinels.discover_master("mymaster") == ("10.0.0.5", 6380)
+
+
+def test_threads_finding_the_master_at_once_keep_every_sentinel() -> None:
+    fakes = [FakeSentinel(port, master_state()) for port in range(1, 4)]
+    sentinels = asking(*fakes)
+    barrier = threading.Barrier(8)
+
+    def find() -> tuple[str, int]:
+        barrier.wait()
+        return sentinels.discover_master("mymaster")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: find(), range(8))) == {("10.0.0.5", 6380)}
+    assert sorted(id(s) for s in sentinels.sentinels) == sorted(id(s) for s in fakes)

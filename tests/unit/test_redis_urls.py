@@ -156,3 +156,17 @@ def test_masked_urls_show_no_password(url: str, shown: str) -> None:
 def test_plain_redis_urls_are_still_accepted(url: str) -> None:
     assert parse_redis_url(url) == url
     assert not is_sentinel_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://admin:2024?Secr3tTail@h1/m",
+        "redis+sentinel://admin:2024/Secr3tTail@h1",
+        "sentinel://:2024#Secr3tTail@h1:26379/0?master_name=m",
+    ],
+)
+def test_a_password_with_an_unencoded_delimiter_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as refused:
+        parse_sentinel_url(url)
+    assert "Secr3tTail" not in str(refused.value)

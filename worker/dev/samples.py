@@ -6,6 +6,7 @@ import io
 import math
 import os
 import struct
+import uuid
 import wave
 import zlib
 from pathlib import Path
@@ -58,4 +59,16 @@ def write_samples(directory: Path) -> dict[str, Path]:
         path = directory / name
         path.write_bytes(data)
         paths[name] = path
+    return paths
+
+
+def distinct_pngs(directory: Path, count: int) -> list[Path]:
+    """``count`` small PNGs with distinct names and bytes: each upload names its job, and no
+    job is answered by deduplication."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(count):
+        path = directory / f"{uuid.uuid4().hex[:8]}-{n:05d}.png"
+        path.write_bytes(png_bytes(4 + n % 60, 4 + n // 60))
+        paths.append(path)
     return paths
