@@ -625,17 +625,23 @@ NOTES = """
   in an earlier run on this machine kind where a direct upload cost 1.4 ms of CPU,
   against about 2.5 ms in the run above. Ratios taken in one run are comparable;
   absolute figures across runs are not.
-- **Pool and concurrency defaults: the threads pool, 32 threads.** With leases and
-  fencing carrying the no-duplicate guarantee, no Celery time limit is needed, and
-  prefork's only remaining argument went with them. Measured side by side with the
-  prefork design (the "worker memory" rows): one process of ~70 MB RSS at 32 threads
-  against ~1.7 GB for 33 prefork processes, idle and during uploads; the failover rows
-  show a killed or stopped worker's job back in about a lease. Throughput against the
-  direct thread pool ("concurrency 32" rows) is CPU-bound on these 2 cores for both
-  pools (see above), within noise of each other. gevent was not taken: it needs
-  monkey-patching before anything is imported and would stall every upload while one
-  hashes a file for dedup. Raise `WSUPLOAD_CONCURRENCY` on bigger hosts or slower links:
-  a thread costs kilobytes; the HTTP and S3 connection pools are sized to it.
+- **Pool and concurrency defaults: the threads pool, 32 threads, one worker process
+  per core.** With leases and fencing carrying the no-duplicate guarantee, no Celery
+  time limit is needed, and prefork's only remaining argument went with them. Measured
+  side by side with the prefork design: one process of ~70-80 MB RSS at 32 threads
+  against ~1.7 GB for 33 prefork processes, idle and during uploads (the "worker
+  memory" rows); a killed or stopped worker's job back in about a lease (the failover
+  rows). The price is the GIL: one threads-pool process keeps ~1.3 of 2 cores busy, so
+  on this machine it moves 0.65x what prefork 32 moved (157 vs 240 jobs/s in the
+  "concurrency 32" rows), and two worker processes of 32 threads (the "two worker
+  processes" row, 247 jobs/s) match prefork's rate at a twelfth of its memory. Hence:
+  run one `wsupload worker` per core (compose: scale the worker service), each with
+  `WSUPLOAD_CONCURRENCY` threads. Neither design reaches 0.8x the direct thread pool
+  here: the queue path's CPU per job (3.4x a direct upload, the "CPU per job" rows) is
+  the limit on 2 cores; cutting it below 1.5x, e.g. with bulk messages carrying several
+  jobs, is not done. gevent was not taken: it needs monkey-patching before anything is
+  imported and would stall every upload while one hashes a file for dedup. A thread
+  costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
   first-measured code across three full runs), not halved; the cause is measured.** Cuts,
   each found with a profiler (py-spy on the worker, cProfile on the task body
