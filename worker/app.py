@@ -59,7 +59,7 @@ from celery.utils.log import get_multiprocessing_logger
 from wsupload.config.errors import ConfigError
 from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
-from wsupload.config.settings import SCAN_TASK_NAME, Settings
+from wsupload.config.settings import SCAN_TASK_NAME, Settings, deprecations
 from wsupload.tasks import redaction
 from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard
@@ -219,7 +219,17 @@ def _refuse_without_key(instance: Any = None, **_: Any) -> None:
     the environment is what is checked, before the worker takes any message.
     """
     if isinstance(getattr(instance, "app", None), WsuploadApp):
-        _settings_or_exit(worker=True)
+        settings = _settings_or_exit(worker=True)
+        say_deprecations(settings)
+
+
+def say_deprecations(settings: Settings) -> None:
+    """One line per deprecated variable set, as a worker starts (either entry point)."""
+    for line in deprecations():
+        if settings.log_format == logs.JSON:
+            logging.getLogger(__name__).warning(line)
+        else:
+            print(f"wsupload: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _settings_or_exit(*, worker: bool) -> Settings:

@@ -27,7 +27,7 @@ import redis
 from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.redis_urls import masked
 from wsupload.config.schedules import load_schedules
-from wsupload.config.settings import Settings, deprecations, parse_duration, parse_size
+from wsupload.config.settings import Settings, parse_duration, parse_size
 from wsupload.tasks.batches import export_row, write_export
 from wsupload.tasks.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.options import JobOptions
@@ -55,11 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.events:
         settings = replace(settings, task_events=True)
     json_logs = settings.log_format == logs.JSON
-    for line in deprecations():
-        if json_logs:
-            log.warning(line)  # a JSON line (main's setup_cli)
-        else:
-            print(f"wsupload: warning: {line}", file=sys.stderr)
+    # Deprecated variables are named as the worker starts (worker.app, for either entry point).
     from wsupload.worker.app import create_app
 
     app = create_app(settings)

@@ -116,3 +116,14 @@ def test_another_apps_worker_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
     other: Any = SimpleNamespace(app=Celery("someone-else", set_as_current=False))
     app_module._refuse_without_key(sender="w@host", instance=other)
+
+
+def test_a_worker_started_either_way_names_a_deprecated_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WAVESPEED_API_KEY", KEY)
+    monkeypatch.setenv("WSUPLOAD_VISIBILITY_TIMEOUT", "3600")
+    worker = SimpleNamespace(app=create_app(Settings.from_env({})))
+    app_module._refuse_without_key(sender="w@host", instance=worker)  # celeryd_init, for both entry points
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("wsupload: warning: WSUPLOAD_VISIBILITY_TIMEOUT is deprecated: ignored since leases")
