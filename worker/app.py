@@ -171,8 +171,8 @@ def broker_tls(url: str) -> dict[str, Any] | None:
 
 @after_setup_logger.connect
 def _one_line_per_job(logger: logging.Logger, loglevel: int | str, **_: Any) -> None:
-    # Celery logs "received" and "succeeded" for every task, in the pool's parent
-    # (which dispatches every job) and child; the job's own line says more. Kept at debug.
+    # Celery logs "received" and "succeeded" for every task (the consumer and the
+    # pool's thread); the job's own line says more. Kept at debug.
     if logging.getLevelName(loglevel) != "DEBUG" and loglevel != logging.DEBUG:
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -23,8 +23,8 @@ reconnect or a pause, never its life or a message:
   while, doubling up to ``PAUSE_MAX``; if Redis went away in between, it is held
   in memory and pushed back as soon as the worker connects again.
 - An ack or requeue that cannot be written logs one warning; the message stays
-  in kombu's unacked set and is redelivered after the visibility timeout (the
-  job's finished document stops a second upload).
+  in kombu's unacked set and is redelivered once its lease expires (the job's
+  finished document stops a second upload).
 - A channel whose connection Celery already collected after a connection loss
   cannot reach Redis: it says so with a connection error, which kombu and
   Celery expect, not kombu's ``AttributeError`` on the transport's cleared client.
@@ -186,8 +186,7 @@ class QoS(kombu_redis.QoS):
 
     def _leave_unacked(self, delivery_tag: str, what: str, exc: BaseException) -> None:
         log.warning(
-            "could not %s message %s (%s); it stays unacked in Redis and is delivered again "
-            "after the visibility timeout",
+            "could not %s message %s (%s); it stays unacked in Redis and is delivered again once its lease expires",
             what,
             delivery_tag,
             describe(exc),

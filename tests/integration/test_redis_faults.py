@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REDELIVERY = 45
 """Seconds to wait for every job to end: jobs whose ack or last write Redis refused come
-back after the visibility timeout (20 s) and kombu's next sweep (every 2 s)."""
+back once their lease expires (3 s here) and kombu's next scan (every 1 s)."""
 
 
 @dataclass
