@@ -61,6 +61,14 @@ def redis_url() -> Iterator[str]:
     unavailable("no redis-server binary (run scripts/install-redis) and WSUPLOAD_TEST_REDIS_URL is not reachable")
 
 
+@pytest.fixture(scope="module")
+def own_redis(worker_env: dict[str, str]) -> Iterator[LocalRedis]:
+    """A redis-server for one module's tests alone (after ``worker_env``: the session's services first)."""
+    local = start_redis()
+    yield local
+    local.stop()
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
     storage = tmp_path_factory.mktemp("sandbox-storage")

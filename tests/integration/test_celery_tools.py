@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import producer_env, run_one
 from wsupload.config import Settings
-from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.local_services import WorkerProcess, stop_group, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.producer import Producer
 
@@ -101,13 +99,7 @@ def celery_started(worker_env: dict[str, str], tmp_path: Path) -> Iterator[tuple
         wait_until(ready, 60, interval=0.1, what="the celery-started worker to answer a ping")
         yield producer, node
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)
 
 
 def test_celery_worker_with_the_key_runs_jobs(celery_started: tuple[Producer, str], media_root: Path) -> None:

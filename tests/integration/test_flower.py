@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -24,7 +22,7 @@ import pytest
 
 from tests.integration.conftest import API_KEY, FleetHandle, unavailable
 from wsupload.tasks.results import JobDoc, text
-from wsupload.worker.dev.local_services import free_port, wait_until
+from wsupload.worker.dev.local_services import free_port, stop_group, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 
@@ -87,13 +85,7 @@ def watched(fleet: Any, tmp_path: Path) -> Iterator[tuple[FleetHandle, Flower]]:
         )
         yield handle, flower
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, timeout=10)
 
 
 def expected_exception(doc: JobDoc) -> str:

@@ -23,7 +23,7 @@ import redis
 
 from tests.integration.conftest import Fleet
 from wsupload.tasks import keys
-from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
+from wsupload.worker.dev.local_services import LocalRedis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.roster import RECORD_TTL
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.integration
 HOST = socket.gethostname()
 STALL = 60.0
 """The sandbox holds the upload this long: the job runs for as long as the test looks at it."""
-
-
-@pytest.fixture(scope="module")
-def own_redis(worker_env: dict[str, str]) -> Iterator[LocalRedis]:
-    local = start_redis()
-    yield local
-    local.stop()
 
 
 @pytest.fixture

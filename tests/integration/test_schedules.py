@@ -1,7 +1,5 @@
 """Celery beat drives scheduled scans: new files go up once, and only once, across runs."""
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import Fleet
 from wsupload.tasks.scan import state_key
-from wsupload.worker.dev.local_services import wait_until
+from wsupload.worker.dev.local_services import stop_group, wait_until
 from wsupload.worker.dev.samples import mp4_bytes
 from wsupload.worker.dev.sandbox import SandboxServer
 
@@ -32,8 +30,7 @@ def beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], None]]:
 
         yield start
         for process in started:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
+            stop_group(process)
 
 
 def test_a_scheduled_scan_uploads_new_files_once(

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,13 @@ import pytest
 
 from tests.integration.conftest import Fleet
 from wsupload.worker import stats
-from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
+from wsupload.worker.dev.local_services import LocalRedis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.integration
 STALL = 60.0
 """The sandbox holds one upload this long: it runs for as long as the test looks at it."""
-
-
-@pytest.fixture(scope="module")
-def own_redis(worker_env: dict[str, str]) -> Iterator[LocalRedis]:
-    local = start_redis()
-    yield local
-    local.stop()
 
 
 def command(env: dict[str, str]) -> list[str]:
