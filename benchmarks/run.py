@@ -570,8 +570,9 @@ NOTES = """
   moved from 1.4 to 2.4 ms between two sessions of the same day), so only a same-run
   comparison can tell a cut from the drift. `python -m benchmarks.overhead --before
   REF` runs it alone against any commit.
-- The failover, Redis-kill, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM
-  mid-upload", "Redis (AOF everysec) kill -9ed", "worker memory", "concurrency 32") come
+- The failover, pause, Redis-kill, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM
+  mid-upload", "worker paused (SIGSTOP)", "Redis (AOF everysec) kill -9ed", "worker memory",
+  "concurrency 32") come
   from `benchmarks/leases.py`: this checkout
   and the last commit of the visibility-timeout design, each installed into a venv of
   its own with its own pinned dependencies, each with its own Redis and workers. A
@@ -579,8 +580,17 @@ NOTES = """
   sandbox is holding; waits stop at a cap ("> 120 s"). Memory is RSS summed over the
   worker's whole process tree (which counts pages prefork children share once per
   child; USS, the private pages, in the note), idle after a warm-up and peak while
-  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,redis-kill,rss,throughput]`
+  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,pause,redis-kill,rss,throughput]`
   runs them alone.
+- "worker paused (SIGSTOP)": a 20-file batch through one worker (concurrency 2) whose
+  first upload the sandbox holds 30 s; once the other 19 jobs have ended a second worker
+  starts and the first's process group is SIGSTOPped, then SIGCONTed once the second
+  worker has ended the held job and the held answer is back, so the paused worker wakes
+  holding an answer for a job it lost. It counts the uploads the sandbox saw, the final
+  documents published on `wsupload:ended` (one per job is right), the batch's counters
+  and the refused writes the paused worker logs (`…; this delivery stops`). Before runs
+  at VT 20 s (at its default VT the job would wait an hour); its paused worker, woken,
+  publishes a second final document and counts the job twice.
 - "Redis (AOF everysec) kill -9ed 3 times": each run is one 300-file batch (small
   files, the sandbox answering after 20 ms so uploads are in flight) through one
   worker (concurrency 4), with a fresh Redis (`appendonly yes`, `appendfsync
