@@ -648,9 +648,12 @@ NOTES = """
   run one `wsupload worker` per core (compose: scale the worker service), each with
   `WSUPLOAD_CONCURRENCY` threads. Neither design reaches 0.8x the direct thread pool
   here: the queue path's CPU per job (3.4x a direct upload, the "CPU per job" rows) is
-  the limit on 2 cores; cutting it below 1.5x, e.g. with bulk messages carrying several
-  jobs, is not done. gevent was not taken: it needs monkey-patching before anything is
-  imported and would stall every upload while one hashes a file for dedup. A thread
+  the limit on 2 cores. Bulk messages carrying 8 or 32 jobs each were measured
+  (`benchmarks/BULK.md`, with a profile of where a job's CPU goes): they cut CPU per job
+  by a quarter to two fifths, reached ≤ 1.5x once (k = 32) and ≥ 0.8x direct never
+  (best 0.76x), and are not built in: the job's own work (the HTTP request, three Lua
+  round trips) is what remains. gevent was not taken: it needs monkey-patching before
+  anything is imported and would stall every upload while one hashes a file for dedup. A thread
   costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
   first-measured code across three full runs), not halved; the cause is measured.** Cuts,
