@@ -21,32 +21,41 @@ and CPU time (user + system) of the worker's process plus the producer's,
 divided by the jobs; the direct pool's CPU is its own process's. Medians over
 ``--rounds``.
 
-What a production version still needs (not built): the producer grouping a
-batch's jobs into messages in its atomic commit, with the sweep's places for
-every job of a message (a message Redis loses is found by its jobs); the
-consumer's check of the message's arguments; ``wsupload workers`` listing each
-job of a message. Run: ``python -m benchmarks.bulk [--jobs N] [--rounds N]``.
+The ``kill`` check (``--only kill``): one message of 16 jobs, two workers, the one
+running it SIGKILLed once 5 jobs have ended; says whether every job ended once.
+
+Figures, the profile beside them, and what a production version still needs:
+``benchmarks/BULK.md``. Run: ``python -m benchmarks.bulk [--jobs N] [--rounds N]
+[--only throughput,zero,kill]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from celery import Celery
 
+from benchmarks.bulk_round import enqueue_many
+from benchmarks.leases import EndedCounter, within
 from benchmarks.overhead import clean_env
 from benchmarks.run import KEY, Row, baseline, make_media, sandbox, table
-from wsupload.worker.dev.local_services import start_redis
+from wsupload import Producer, Settings
+from wsupload.worker.dev.local_services import start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROUND_SCRIPT = HERE / "bulk_round.py"
@@ -88,6 +97,7 @@ def tree_cpu(pid: int) -> float:
 @contextmanager
 def worker(redis_url: str, sandbox_url: str, concurrency: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = clean_env() | {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": KEY}
+    work.mkdir(parents=True, exist_ok=True)
     with open(work / "worker.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", WORKER, "worker", "--concurrency", str(concurrency)],
@@ -191,22 +201,75 @@ def rows(load: Workload, count: int, samples: dict[str, Samples]) -> list[Row]:
     return out
 
 
+KILL_JOBS = 16
+KILL_AFTER = 5
+"""The ``kill`` check: one message of ``KILL_JOBS`` jobs, its worker SIGKILLed once this many have ended."""
+
+
+def kill_check(work: Path, cap: float = 60.0) -> str:
+    """One ``wsupload.upload_many`` message, two workers; the one running it SIGKILLed mid-message. What came of it.
+
+    Says how many final documents each job got (published on ``wsupload:ended``:
+    one each is right), the uploads the sandbox saw, and the jobs delivered twice
+    (generation 2: the one in flight at the kill; the ended ones must not be).
+    """
+    work.mkdir(parents=True)
+    files = [str(make_media(work / f"k{n:02d}.mp4", 10 * 1000)) for n in range(KILL_JOBS)]
+    redis_server = start_redis()
+    try:
+        with ExitStack() as stack:
+            url = stack.enter_context(sandbox(latency=0.2))
+            workers = [stack.enter_context(worker(redis_server.url, url, 2, work / f"w{n}")) for n in range(2)]
+            app = Celery(broker=redis_server.url)
+            wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= 2, 60, what="both workers to answer")
+            app.close()
+            producer = Producer(Settings.from_env({"REDIS_URL": redis_server.url}))
+            ended = stack.enter_context(EndedCounter(redis_server.url))
+            job_ids = enqueue_many(producer, files, KILL_JOBS)
+            wait_until(lambda: len(ended.counts) >= KILL_AFTER, cap, interval=0.02, what="jobs to end")
+            docs = [doc for doc in producer.status(job_ids) if doc and doc["status"] == "running"]
+            holder = [w for w in workers if docs and f"wsupload-{w.pid}@" in str(docs[0].get("worker"))]
+            if len(holder) != 1:
+                return f"could not tell which worker runs the message (running: {len(docs)})"
+            at_kill = len(ended.counts)
+            os.killpg(holder[0].pid, signal.SIGKILL)
+            holder[0].wait()
+            finished = within(lambda: len(ended.counts) >= KILL_JOBS, cap, 0.1)
+            with urllib.request.urlopen(url + "/_sandbox/uploads", timeout=10) as answer:
+                uploads = len(json.load(answer))
+            final = producer.status(job_ids)
+    finally:
+        redis_server.stop()
+    statuses = Counter(doc["status"] if doc else "missing" for doc in final)
+    twice = [doc["job_id"] for doc in final if doc and int(doc.get("generation") or 0) > 1]
+    return (
+        f"one message of {KILL_JOBS} jobs, its worker SIGKILLed after {at_kill} had ended:"
+        f" {'all ended' if finished else 'NOT all ended'} within {cap:g} s ({dict(statuses)}),"
+        f" {sum(ended.counts.values())} final documents, {sum(n > 1 for n in ended.counts.values())} job(s) ended"
+        f" twice, {uploads} uploads, {len(twice)} job(s) delivered twice (generation 2)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"among {', '.join(WORKLOADS)}")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"among {', '.join((*WORKLOADS, 'kill'))}")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    if unknown := set(chosen) - set(WORKLOADS):
+    if unknown := set(chosen) - {*WORKLOADS, "kill"}:
         parser.error(f"--only: unknown workloads {', '.join(sorted(unknown))}")
     started = time.perf_counter()
     out: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="wsupload-bulk-") as tmp:
         for name in chosen:
+            if name == "kill":
+                print(f"kill: {kill_check(Path(tmp) / name)}", file=sys.stderr, flush=True)
+                continue
             load = WORKLOADS[name]
             out += rows(load, args.jobs, run_workload(load, args.jobs, args.rounds, Path(tmp) / name))
-    print("\n".join(table(out)))
+    if out:
+        print("\n".join(table(out)))
     for row in out:
         print(f"- {row.name}: " + ", ".join(f"{v:.3g}" for v in row.runs))
     print(f"\n({time.perf_counter() - started:.0f} s)")

@@ -5,8 +5,7 @@ to measure against one message per job how much of Celery's and kombu's work
 per message (fetch, unacked bookkeeping, request, hand-over, ack) the jobs of
 a message share. It is not in the shipped worker: what it still lacks (the
 sweep's places for each job of a message, the consumer's check of its
-arguments, a lease lost between two jobs while the next one runs) is listed
-in that benchmark's docstring.
+arguments, a lease lost between two jobs) is listed in ``benchmarks/BULK.md``.
 
 The message carries ``[[job_id, source], …]`` (a third item, the job's options,
 is optional). Each job is still a job of its own: ``JobRunner.run_delivery``
