@@ -20,6 +20,15 @@ Rows, each selectable with ``--only``:
   A wait that reaches ``--cap`` reports "> cap".
 - ``grace``: the same, but the holder's main process gets SIGTERM (as docker
   stop sends it) and its group SIGKILL ``GRACE`` s later; seconds from the SIGKILL.
+- ``pause``: a batch of ``PAUSE_FILES`` files through one worker (concurrency 2)
+  whose first upload the sandbox holds ``STALL`` s; once the others have ended,
+  a second worker starts and the first's whole process group gets SIGSTOP,
+  then SIGCONT once the second has ended the held job and the held answer is
+  back (the paused worker wakes holding an answer for a job it lost). Counts
+  the uploads the sandbox saw, the final documents published on
+  ``wsupload:ended`` (one per job is right), the batch's counters and the
+  writes the paused worker's log says were refused. "Now" at its defaults
+  beside "before" at VT 20 s (at its default VT the job would wait an hour).
 - ``rss``: memory of one worker's whole process tree at concurrency 32 ("now" in
   its default pool; "before" as prefork, and with ``celery -A wsupload.worker.app
   worker --pool threads``): after a warm-up and while idle, and the peak sampled
@@ -61,7 +70,7 @@ faults are first come, first served); the Redis kills one run at a time; the
 pool runs afterwards on a quiet machine.
 
 Run alone: ``python -m benchmarks.leases --before REF [--quick] [--long]
-[--only kill,grace,redis-kill,rss,throughput,long]``.
+[--only kill,grace,pause,redis-kill,rss,throughput,long]``.
 """
 
 from __future__ import annotations
@@ -97,7 +106,7 @@ from wsupload.tasks.results import FAILED, TERMINAL, decode_doc, utcnow
 from wsupload.tasks.sweep import job_of
 from wsupload.worker.dev.local_services import LocalRedis, free_port, start_redis, wait_until
 
-ROWS = ("kill", "grace", "redis-kill", "rss", "throughput")
+ROWS = ("kill", "grace", "pause", "redis-kill", "rss", "throughput")
 LONG = "long"
 """The 10-minute upload: run only when asked (``--long`` or ``--only long``), never by ``--quick`` or ``make bench``."""
 PREVIOUS_DESIGN = "576b295"
@@ -287,6 +296,10 @@ class Stage:
 
     def enqueue_batch(self, files: list[str]) -> list[str]:
         """Job ids of one batch of ``files``, enqueued by the version's own producer (bulk queue, as ``ingest``)."""
+        return self.batch(files)[1]
+
+    def batch(self, files: list[str]) -> tuple[str, list[str]]:
+        """(batch id, job ids) of one batch of ``files``, enqueued as ``enqueue_batch`` does."""
         done = subprocess.run(
             [self.setup.python, "-c", ENQUEUE_BATCH, *files],
             env=self.env(),
@@ -295,7 +308,8 @@ class Stage:
             capture_output=True,
             text=True,
         )
-        return [str(job_id) for job_id in json.loads(done.stdout)]
+        enqueued = json.loads(done.stdout)
+        return str(enqueued["batch_id"]), [str(job_id) for job_id in enqueued["jobs"]]
 
     def round(self, files: list[str]) -> float:
         """Seconds from the first enqueue to the last success, by the version's own producer."""
@@ -405,6 +419,151 @@ def failover_rows(now: Setup, before: Setup, work: Path, cap: float, only: set[s
                 )
             )
     return rows
+
+
+# -- a worker paused past its lease -------------------------------------------
+
+PAUSE_FILES = 20
+"""Jobs in the ``pause`` rows' batch: one is held (and paused) at the sandbox, the others end around it."""
+REFUSED = "this delivery stops"
+"""What a worker logs when fencing refuses its write (``tasks.upload``); the previous design has no such line."""
+
+
+@dataclass
+class PauseOutcome:
+    """What one SIGSTOP/SIGCONT run left behind: uploads, final documents and batch counters."""
+
+    jobs: int
+    uploads: int
+    ended: dict[str, int]
+    """Final documents published (``wsupload:ended``) per job: more than one is a job whose outcome was overwritten."""
+    counters: dict[str, int]
+    refused: int
+    """Writes the paused worker logged as refused after it resumed."""
+    paused: float
+    """Seconds the worker stayed stopped."""
+    taken_over: bool
+    """Another worker ended the paused job while it was stopped."""
+
+    @property
+    def finals(self) -> int:
+        return sum(self.ended.values())
+
+    @property
+    def exact(self) -> bool:
+        """One final document per job, the batch's counters saying each job once, and the paused write refused."""
+        counted = tuple(self.counters.get(name, 0) for name in ("total", "done", "succeeded", "failed"))
+        once = self.finals == self.jobs and all(count == 1 for count in self.ended.values())
+        return once and counted == (self.jobs, self.jobs, self.jobs, 0) and self.refused >= 1 and self.taken_over
+
+    def __str__(self) -> str:
+        twice = sum(count > 1 for count in self.ended.values())
+        counted = "/".join(str(self.counters.get(name, 0)) for name in ("total", "done", "succeeded", "failed"))
+        return (
+            f"paused {self.paused:.0f} s, {'taken over' if self.taken_over else 'NOT taken over'};"
+            f" {self.uploads} uploads for {self.jobs} jobs, {self.finals} final documents ({twice} job(s) twice),"
+            f" batch total/done/succeeded/failed {counted}, {self.refused} write(s) refused in the paused worker's log"
+        )
+
+
+class EndedCounter:
+    """Counts the final documents published on ``wsupload:ended``, per job, from a thread of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub.subscribe(keys.ENDED_CHANNEL)
+        self.counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self.pubsub.get_message(timeout=0.2)
+            if message is not None:
+                job = str(json.loads(message["data"]).get("job_id"))
+                self.counts[job] = self.counts.get(job, 0) + 1
+
+    def __enter__(self) -> EndedCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.pubsub.close()
+        self.client.close()
+
+
+def pause_run(setup: Setup, work: Path, cap: float) -> PauseOutcome:
+    """A batch through one worker; the worker holding its last job is SIGSTOPped, a second takes the job over.
+
+    The sandbox holds the first upload's answer ``STALL`` s. Once every other
+    job of the batch has ended, a second worker starts and the first's whole
+    process group gets SIGSTOP; SIGCONT once the job has ended on the second
+    worker and the held answer has come back (the paused worker wakes holding
+    an answer for a job it lost). Then what each version made of it.
+    """
+    folder = work / "files"
+    folder.mkdir(parents=True)
+    files = [str(make_media(folder / f"p{n:02d}.mp4", SIZE)) for n in range(PAUSE_FILES)]
+    with sandbox() as url, stage(setup, url, work / "stage") as on:
+        first = on.start_worker(FAILOVER_CONCURRENCY)
+        on.wait_ready()
+        add_fault(url, {"stall": STALL, "times": 1})
+        client = redis.Redis.from_url(on.redis.url, decode_responses=True)
+        with EndedCounter(on.redis.url) as ended:
+            held_from = time.monotonic()
+            batch_id, job_ids = on.batch(files)
+            wait_until(
+                lambda: sum(ended.counts.values()) >= len(job_ids) - 1, 60, interval=0.05, what="the other jobs to end"
+            )
+            (held,) = set(job_ids) - set(ended.counts)
+            on.start_worker(FAILOVER_CONCURRENCY)
+            on.wait_ready()
+            os.killpg(first.process.pid, signal.SIGSTOP)
+            paused = time.monotonic()
+            try:
+                taken_over = within(lambda: held in ended.counts, cap, 0.1)
+                wait_until(lambda: time.monotonic() - held_from > STALL + 1, STALL + 5, interval=0.1)
+            finally:
+                os.killpg(first.process.pid, signal.SIGCONT)
+            stopped_for = time.monotonic() - paused
+
+            def settled() -> bool:
+                return REFUSED in first.log_path.read_text(errors="replace") or ended.counts.get(held, 0) > 1
+
+            within(settled, 30, 0.1)
+        with urllib.request.urlopen(url + "/_sandbox/uploads", timeout=10) as answer:
+            uploads = len(json.load(answer))
+        stored = client.hgetall(keys.batch(batch_id))
+        counters = {str(k): int(v) for k, v in stored.items() if str(v).isdigit()}
+        client.close()
+        refused = first.log_path.read_text(errors="replace").count(REFUSED)
+    return PauseOutcome(len(job_ids), uploads, dict(ended.counts), counters, refused, stopped_for, taken_over)
+
+
+def pause_rows(now: Setup, before: Setup, work: Path, cap: float) -> list[Row]:
+    """Now at its defaults and before at VT 20 s, side by side: before at its default VT would hold the job an hour."""
+    vt20 = Setup(
+        f"{before.label}, WSUPLOAD_VISIBILITY_TIMEOUT=20", before.python, {"WSUPLOAD_VISIBILITY_TIMEOUT": "20"}
+    )
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(pause_run, setup, work / f"pause-{n}", cap) for n, setup in enumerate((now, vt20))]
+        mine, theirs = (future.result() for future in futures)
+    return [
+        CountRow(
+            f"worker paused (SIGSTOP) mid-upload past its lease, a second worker taking the job over, then resumed"
+            f" (SIGCONT): final documents published for a {PAUSE_FILES}-job batch",
+            float(mine.finals),
+            "documents",
+            vt20.label,
+            float(theirs.finals),
+            f"{PAUSE_FILES}: one per job; the paused worker's write refused; batch counters exact",
+            mine.exact,
+            note=f"now: {mine}; before: {theirs}",
+        )
+    ]
 
 
 # -- memory and throughput ---------------------------------------------------
@@ -535,7 +694,7 @@ ENQUEUE_BATCH = """\
 import json, sys
 from wsupload import Producer, Settings
 batch = Producer(Settings.from_env()).enqueue_batch(sys.argv[1:])
-print(json.dumps([job.job_id for job in batch.jobs]))
+print(json.dumps({"batch_id": batch.batch_id, "jobs": [job.job_id for job in batch.jobs]}))
 """
 """Run by a version's own interpreter: its own producer, bulk queue and batch records, as ``wsupload ingest``."""
 EVERYSEC = ("--appendonly", "yes", "--appendfsync", "everysec")
@@ -967,6 +1126,8 @@ def bench(
     rows: list[Row] = []
     if only & {"kill", "grace"}:
         rows += failover_rows(now, before, work / "failover", cap or (45 if quick else 120), only)
+    if "pause" in only:
+        rows += pause_rows(now, before, work / "pause", cap or (45 if quick else 120))
     if "redis-kill" in only:
         rows += redis_kill_rows(now, before, work / "redis-kill", runs or (3 if quick else 20))
     if only & {"rss", "throughput"}:

@@ -570,8 +570,9 @@ NOTES = """
   moved from 1.4 to 2.4 ms between two sessions of the same day), so only a same-run
   comparison can tell a cut from the drift. `python -m benchmarks.overhead --before
   REF` runs it alone against any commit.
-- The failover, Redis-kill, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM
-  mid-upload", "Redis (AOF everysec) kill -9ed", "worker memory", "concurrency 32") come
+- The failover, pause, Redis-kill, memory and pool rows ("SIGKILLed mid-upload", "SIGTERM
+  mid-upload", "worker paused (SIGSTOP)", "Redis (AOF everysec) kill -9ed", "worker memory",
+  "concurrency 32") come
   from `benchmarks/leases.py`: this checkout
   and the last commit of the visibility-timeout design, each installed into a venv of
   its own with its own pinned dependencies, each with its own Redis and workers. A
@@ -579,8 +580,17 @@ NOTES = """
   sandbox is holding; waits stop at a cap ("> 120 s"). Memory is RSS summed over the
   worker's whole process tree (which counts pages prefork children share once per
   child; USS, the private pages, in the note), idle after a warm-up and peak while
-  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,redis-kill,rss,throughput]`
+  the files upload. `python -m benchmarks.leases --before REF [--only kill,grace,pause,redis-kill,rss,throughput]`
   runs them alone.
+- "worker paused (SIGSTOP)": a 20-file batch through one worker (concurrency 2) whose
+  first upload the sandbox holds 30 s; once the other 19 jobs have ended a second worker
+  starts and the first's process group is SIGSTOPped, then SIGCONTed once the second
+  worker has ended the held job and the held answer is back, so the paused worker wakes
+  holding an answer for a job it lost. It counts the uploads the sandbox saw, the final
+  documents published on `wsupload:ended` (one per job is right), the batch's counters
+  and the refused writes the paused worker logs (`…; this delivery stops`). Before runs
+  at VT 20 s (at its default VT the job would wait an hour); its paused worker, woken,
+  publishes a second final document and counts the job twice.
 - "Redis (AOF everysec) kill -9ed 3 times": each run is one 300-file batch (small
   files, the sandbox answering after 20 ms so uploads are in flight) through one
   worker (concurrency 4), with a fresh Redis (`appendonly yes`, `appendfsync
@@ -638,9 +648,12 @@ NOTES = """
   run one `wsupload worker` per core (compose: scale the worker service), each with
   `WSUPLOAD_CONCURRENCY` threads. Neither design reaches 0.8x the direct thread pool
   here: the queue path's CPU per job (3.4x a direct upload, the "CPU per job" rows) is
-  the limit on 2 cores; cutting it below 1.5x, e.g. with bulk messages carrying several
-  jobs, is not done. gevent was not taken: it needs monkey-patching before anything is
-  imported and would stall every upload while one hashes a file for dedup. A thread
+  the limit on 2 cores. Bulk messages carrying 8 or 32 jobs each were measured
+  (`benchmarks/BULK.md`, with a profile of where a job's CPU goes): they cut CPU per job
+  by a quarter to two fifths, reached ≤ 1.5x once (k = 32) and ≥ 0.8x direct never
+  (best 0.76x), and are not built in: the job's own work (the HTTP request, three Lua
+  round trips) is what remains. gevent was not taken: it needs monkey-patching before
+  anything is imported and would stall every upload while one hashes a file for dedup. A thread
   costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
   first-measured code across three full runs), not halved; the cause is measured.** Cuts,
