@@ -24,7 +24,7 @@ deadline has passed and whose document is not terminal; fencing
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -141,7 +141,7 @@ class OwedSet:
         self._claim = client.register_script(_CLAIM_DUE)
         self._remove_if = client.register_script(_REMOVE_IF)
 
-    def owe(self, by_queue: dict[str, Sequence[str]], seconds: float, *, mode: str = "") -> None:
+    def owe(self, by_queue: Mapping[str, Sequence[str]], seconds: float, *, mode: str = "") -> None:
         """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only."""
         names = [queue for queue, jobs in by_queue.items() if jobs]
         if not names:
@@ -174,6 +174,14 @@ class OwedSet:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def amqp_tag(task_id: str | None, delivery_tag: object) -> str | None:
+    """A RabbitMQ delivery's key in this worker's books: its channel's tag (a counter that starts
+    again on each connection) with the task id."""
+    if delivery_tag is None or not task_id:
+        return None
+    return f"{delivery_tag}:{task_id}"
 
 
 @dataclass(frozen=True)

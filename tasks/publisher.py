@@ -150,3 +150,21 @@ class _Confirms:
             raise PublishError("RabbitMQ refused (nacked) a message")
         if self.returned:
             raise PublishError("RabbitMQ routed a message to no queue")
+
+
+def ready_messages(url: str, queues: Sequence[str], *, timeout: float = CONNECT_TIMEOUT) -> list[int]:
+    """How many messages wait on each of ``queues`` (0 for one not declared yet)."""
+    counts = []
+    with Connection(url, connect_timeout=timeout) as connection:
+        connection.connect()
+        raw: amqp.Connection = connection.connection
+        for queue in queues:
+            channel = raw.channel()  # a passive declare of a missing queue closes its channel
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+                counts.append(int(declared[1]) if declared else 0)  # (queue, message_count, consumer_count)
+            except amqp.exceptions.NotFound:
+                counts.append(0)
+            else:
+                channel.close()
+    return counts
