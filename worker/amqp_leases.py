@@ -17,9 +17,9 @@ touched here. What replaces ``worker.renewer``'s round, every third of a lease:
   renewed for a lease while the job is renewable (or waits for a thread); the
   task removes the entry once the job has ended (``tasks.upload``).
 - **fleet-limiter slots** of renewable jobs are renewed as on Redis.
-- **stop.** After ``WSUPLOAD_STOP_GRACE`` the jobs still running are marked
-  handed back; each stops at its next block and its delivery is rejected with
-  requeue (or, acknowledged early, its owed entry falls due now).
+- **stop.** After ``WSUPLOAD_STOP_GRACE`` the message of each job still running
+  is rejected with requeue at once (acknowledged early: its owed entry falls due
+  now, for the sweep), and the job stops at its next block.
 
 Acknowledgements come from pool threads (Celery) and from this thread:
 ``Request`` takes one lock around each, so a message is never acknowledged twice
@@ -169,12 +169,33 @@ class AmqpLeases(Renewer):
         return sum(len(jobs) for jobs in by_queue.values())
 
     def hand_back(self, grace: float) -> int:
-        """Wait up to ``grace`` for running jobs to end; tell the rest to stop and hand their jobs back."""
+        """Wait up to ``grace`` for running jobs to end; hand the rest back now and tell them to stop.
+
+        Each message still held is rejected with requeue (RabbitMQ puts it back at the
+        front of its queue); a job acknowledged early is made due now, for the sweep.
+        The job stops at its next block, writing nothing more.
+        """
         if self.book.wait_empty(grace):
             return 0
+        requests = {tag_of(request): request for request in self.requests()}
         handed = 0
         for lease in self.book.all():
-            lease.handed_back = True  # it stops at its next block; the task rejects with requeue
+            request = requests.get(lease.tag)
+            try:
+                with ACKS:
+                    early = self.early.pop(lease.tag)
+                    if early is not None:
+                        self.owed.owe({early.queue: [early.job_id]}, 0, mode="XX")
+                    elif request is not None and not request.acknowledged:
+                        request.reject(requeue=True)
+                    lease.handed_back = True
+            except Exception as exc:
+                log.warning(
+                    "job %s: could not hand it back (%s); it runs on, or returns when its connection closes",
+                    lease.job_id,
+                    clip(str(exc)),
+                )
+                continue
             telemetry.handed_back()
             handed += 1
             log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
