@@ -176,12 +176,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def amqp_tag(task_id: str | None, delivery_tag: object) -> str | None:
-    """A RabbitMQ delivery's key in this worker's books: its channel's tag (a counter that starts
-    again on each connection) with the task id."""
-    if delivery_tag is None or not task_id:
-        return None
-    return f"{delivery_tag}:{task_id}"
+def amqp_tag(task_id: str | None) -> str | None:
+    """A RabbitMQ delivery's key in this worker's books. Celery hands a task no delivery tag on AMQP
+    (and RabbitMQ's are per-channel counters), so the task id, which is the job id by the wire contract;
+    two deliveries of one job at once on one worker share it, and fencing settles between them."""
+    return f"amqp:{task_id}" if task_id else None
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,9 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
 
 
 def delivery_tag(request: Any, *, amqp: bool) -> str | None:
-    """The key of this delivery's lease: kombu's tag on Redis; on RabbitMQ (whose tags are per-channel
-    counters) the channel's tag and the task id (``tasks.owed.amqp_tag``)."""
+    """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
     if amqp:
-        info = request.delivery_info or {}
-        return owed.amqp_tag(request.id, info.get("delivery_tag"))
+        return owed.amqp_tag(request.id)
     tag = (request.properties or {}).get("delivery_tag")
     return tag if isinstance(tag, str) else None
 

@@ -77,7 +77,7 @@ def held_requests() -> list[Any]:
 
 
 def tag_of(request: Any) -> str | None:
-    return owed.amqp_tag(request.id, (request.delivery_info or {}).get("delivery_tag"))
+    return owed.amqp_tag(request.id)
 
 
 class AmqpLeases(Renewer):

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration import rabbit
 from wsupload.config import Settings
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import (
@@ -34,8 +35,6 @@ from wsupload.worker.dev.local_services import (
 )
 from wsupload.worker.dev.sandbox import SandboxServer
 from wsupload.worker.producer import Job, Producer
-
-from tests.integration import rabbit
 
 API_KEY = "sk-integration-" + uuid.uuid4().hex
 WORKER_MAX_BYTES = 1024 * 1024

@@ -33,7 +33,8 @@ def unavailable_reason() -> str | None:
 
 
 def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False)
+    ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {(done.stderr or done.stdout).strip()[-300:]}")
     return done.stdout
