@@ -17,13 +17,17 @@ touched here. What replaces ``worker.renewer``'s round, every third of a lease:
   renewed for a lease while the job is renewable (or waits for a thread); the
   task removes the entry once the job has ended (``tasks.upload``).
 - **fleet-limiter slots** of renewable jobs are renewed as on Redis.
-- **stop.** After ``WSUPLOAD_STOP_GRACE`` the message of each job still running
-  is rejected with requeue at once (acknowledged early: its owed entry falls due
-  now, for the sweep), and the job stops at its next block.
+- **stop.** The consumers are cancelled and the connection's heartbeats go on
+  (``stop_consuming``). After
+  ``WSUPLOAD_STOP_GRACE`` the message of each job still running is rejected with
+  requeue at once (acknowledged early: its owed entry falls due now, for the
+  sweep), and the job stops at its next block.
 
-Acknowledgements come from pool threads (Celery) and from this thread:
-``Request`` takes one lock around each, so a message is never acknowledged twice
-(RabbitMQ would close the channel for it).
+Celery hands acknowledgements to its event loop (the consumer's thread), whichever
+thread asks; ``Request`` takes one lock around each request for one, so a message
+is never acknowledged twice (RabbitMQ would close the channel for it). Once a warm
+shutdown has stopped that loop, the stop's own frames (cancel, reject, heartbeats)
+are written from this module's thread, the only one then using the connection.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from wsupload.config.settings import UPLOAD_TASK_NAME
 from wsupload.tasks import owed, telemetry
 from wsupload.tasks.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.limits import clip
+from wsupload.worker.app import HEARTBEAT
 from wsupload.worker.renewer import Renewer
 
 log = logging.getLogger(__name__)
@@ -95,8 +100,11 @@ class AmqpLeases(Renewer):
         early: owed.EarlyAcks = owed.EARLY,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
+        consumer: Any = None,
     ) -> None:
         super().__init__(client, interval, book, slots=slots, slot_lease=slot_lease)
+        self.consumer = consumer
+        """Celery's consumer, whose connection the stop keeps alive (``keep_alive``)."""
         self.owed = owed.OwedSet(client)
         self.lease = lease
         self.early_after = early_after
@@ -168,6 +176,48 @@ class AmqpLeases(Renewer):
             self.owed.owe(by_queue, self.lease, mode="XX")
         return sum(len(jobs) for jobs in by_queue.values())
 
+    def on_stop_signal(self, grace: float) -> None:
+        threading.Thread(target=self.stop_consuming, name="wsupload-amqp-stop", daemon=True).start()
+        super().on_stop_signal(grace)
+
+    def stop_consuming(self) -> None:
+        """Cancel this worker's consumers, then keep its connection alive until the process ends.
+
+        Celery's warm shutdown stops reading from RabbitMQ but does not cancel the
+        consumers: RabbitMQ would go on delivering to this worker (as acks free its
+        prefetch), a handed-back message first among them, and those messages would sit
+        unread until the connection closes. Cancelled (``nowait``: the frames on a
+        channel are handled in order), they go to the other workers.
+        """
+        try:
+            consumer = self.consumer.task_consumer
+            with ACKS:
+                for tag in list(getattr(consumer, "_active_tags", {}).values()):
+                    consumer.channel.basic_cancel(tag, nowait=True)
+        except Exception as exc:
+            log.warning("stop: could not cancel the consumers (%s: %s)", type(exc).__name__, clip(str(exc)))
+        self.keep_alive()
+
+    def keep_alive(self, every: float = HEARTBEAT / 4) -> None:
+        """Send the consumer connection's heartbeats while the worker stops, until its process ends.
+
+        Celery's consumer stops its event loop, and with it the heartbeats, as soon as a
+        warm shutdown begins, but keeps the connection for the acknowledgements of the
+        jobs finishing within the stop grace: two heartbeats later RabbitMQ would close
+        it, requeue those messages and refuse their acks ("Couldn't ack").
+        """
+        while True:
+            try:
+                connection = self.consumer.connection.connection  # kombu's, then py-amqp's: None once closed
+                if connection is None:
+                    return
+                with ACKS:
+                    connection.send_heartbeat()
+            except Exception as exc:
+                log.info("stop: no more heartbeats to RabbitMQ (%s: %s)", type(exc).__name__, clip(str(exc)))
+                return
+            time.sleep(every)
+
     def hand_back(self, grace: float) -> int:
         """Wait up to ``grace`` for running jobs to end; hand the rest back now and tell them to stop.
 
@@ -187,7 +237,10 @@ class AmqpLeases(Renewer):
                     if early is not None:
                         self.owed.owe({early.queue: [early.job_id]}, 0, mode="XX")
                     elif request is not None and not request.acknowledged:
-                        request.reject(requeue=True)
+                        # On the socket now: Celery's own reject would wait for its event loop,
+                        # which a warm shutdown has stopped, until the job ends.
+                        request.message.reject(requeue=True)
+                        request.acknowledged = True
                     lease.handed_back = True
             except Exception as exc:
                 log.warning(

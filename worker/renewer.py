@@ -195,6 +195,10 @@ class Renewer:
             log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
         return handed
 
+    def on_stop_signal(self, grace: float) -> None:
+        """The worker was told to stop: hand back, in a thread of its own, what still runs after ``grace``."""
+        threading.Thread(target=self.hand_back, args=(grace,), name="wsupload-stop-grace", daemon=True).start()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wsupload-leases", daemon=True)
         self._thread.start()
@@ -241,6 +245,7 @@ def _start(sender: Any = None, **_: Any) -> None:
             early_after=early_ack_after(settings.amqp_consumer_timeout),
             slots=slots,
             slot_lease=SLOT_LEASES * settings.lease,
+            consumer=sender,
         )
     else:
         client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
@@ -256,9 +261,7 @@ def _on_stop_signal(**_: Any) -> None:
     renewer, settings = _current, _settings
     if renewer is None or settings is None:
         return
-    threading.Thread(
-        target=renewer.hand_back, args=(settings.stop_grace,), name="wsupload-stop-grace", daemon=True
-    ).start()
+    renewer.on_stop_signal(settings.stop_grace)
 
 
 @worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.renewer:shutdown")
