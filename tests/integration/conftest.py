@@ -184,7 +184,11 @@ def run_one(producer: Producer, source: str | Path, timeout: float = 60) -> JobD
 
 
 def unacked_messages(producer: Producer) -> list[Any]:
-    """kombu's in-flight messages (delivered, not yet acknowledged)."""
+    """kombu's in-flight messages (delivered, not yet acknowledged); on RabbitMQ, each channel's count
+    of them as ``rabbitmqctl`` reports it (its statistics are a few seconds old)."""
+    url = producer.settings.broker_url
+    if producer.settings.broker_is_amqp and url:
+        return rabbit.unacknowledged(url)
     return list(producer.redis.hvals("unacked"))
 
 

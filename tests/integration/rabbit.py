@@ -56,13 +56,10 @@ def vhost() -> Iterator[str]:
         rabbitmqctl("delete_vhost", name)
 
 
-def revoke(url: str) -> None:
-    """guest may no longer write to the vhost of ``url`` (publishing there is refused)."""
-    rabbitmqctl("set_permissions", "-p", url.rsplit("/", 1)[1], USER, ".*", "", ".*")
-
-
-def grant(url: str) -> None:
-    rabbitmqctl("set_permissions", "-p", url.rsplit("/", 1)[1], USER, ".*", ".*", ".*")
+def unacknowledged(url: str) -> list[int]:
+    """The unacknowledged message count of every channel in the vhost of ``url`` that holds any."""
+    out = rabbitmqctl("list_channels", "-p", url.rsplit("/", 1)[1], "-q", "messages_unacknowledged")
+    return [int(line) for line in out.split() if line.isdigit() and int(line)]
 
 
 def server_env(key: str) -> str:
