@@ -170,7 +170,9 @@ class AmqpLeases(Renewer):
         holding = {tag_of(request) for request in held}
         for tag, early in self.early.all().items():
             lease = self.book.get(tag)
-            if tag in holding and (lease is None or renewable(lease, now)):
+            if tag not in holding:
+                self.early.pop(tag)  # its task has returned; an entry left owed is the sweep's to drop
+            elif lease is None or renewable(lease, now):
                 by_queue.setdefault(early.queue, []).append(early.job_id)
         if by_queue:
             self.owed.owe(by_queue, self.lease, mode="XX")

@@ -8,8 +8,11 @@ lease (``worker_env``); waits poll conditions with deadlines, nothing is timed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -289,3 +292,14 @@ def test_a_job_finishing_within_the_stop_grace_is_acknowledged_though_the_stop_o
     settings = amqp_producer.settings
     # Acknowledged: nothing went back to the queue for a worker to take again.
     assert ready_messages(str(settings.broker_url), [settings.queue, settings.bulk_queue]) == [0, 0]
+
+
+def test_stats_reads_the_queue_depths_from_rabbitmq(amqp_producer: Producer, amqp_env: dict[str, str]) -> None:
+    amqp_producer.enqueue(["/m/a.png", "/m/b.png", "/m/c.png"])  # no worker: they wait
+    amqp_producer.enqueue(["/m/d.png"], bulk=True)
+    env = producer_env(amqp_env)
+    command = [sys.executable, "-m", "wsupload.worker.cli", "stats", "--json"]
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert answer.returncode == 0, answer.stderr
+    queues = {queue["name"]: queue["depth"] for queue in json.loads(answer.stdout)["queues"]}
+    assert queues == {amqp_env["WSUPLOAD_QUEUE"]: 3, amqp_env["WSUPLOAD_BULK_QUEUE"]: 1}
