@@ -240,6 +240,7 @@ class Enqueuer:
         self._commit = client.register_script(_COMMIT)
         self._commit_owed = client.register_script(owed.COMMIT)
         self.owed = owed.OwedSet(client)
+        self._publisher: Publisher | None = None
 
     def enqueue(
         self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
@@ -363,9 +364,17 @@ class Enqueuer:
         with contextlib.suppress(redis.RedisError):
             self.owed.remove(queue, [job.job_id for job in jobs])
 
+    def close(self) -> None:
+        """Close the connection to RabbitMQ, if one was opened (Redis's pool is the client's own)."""
+        if self._publisher is not None:
+            self._publisher.close()
+
     def publisher(self) -> Publisher:
-        assert self.settings.broker_url is not None
-        return Publisher(self.settings.broker_url)
+        """This enqueuer's connection to RabbitMQ, opened on first use and kept."""
+        if self._publisher is None:
+            assert self.settings.broker_url is not None
+            self._publisher = Publisher(self.settings.broker_url)
+        return self._publisher
 
     def _stage(
         self,

@@ -1,5 +1,8 @@
 """Publishing upload messages to RabbitMQ: many at a time, with publisher confirms, waited for once per batch.
 
+The connection is kept between calls (``Publisher``): a single job costs one queue
+declaration and one confirmed publish, not a connection handshake.
+
 Celery's own ``confirm_publish`` waits for RabbitMQ's confirm after every message
 (one round trip each). Here a channel in confirm mode publishes ``BATCH`` messages
 (``tasks.wire.amqp_message``) and then waits until RabbitMQ has confirmed every one
@@ -16,6 +19,7 @@ exist yet, and refuses a declaration whose arguments differ.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -47,28 +51,67 @@ def declare(channel: Any, queues: Iterable[str]) -> None:
 
 
 class Publisher:
-    """One connection to RabbitMQ, opened for a call and closed after it."""
+    """A connection to RabbitMQ kept between calls (thread-safe: one call at a time), opened on first use.
+
+    A call first declares its queues (one round trip), which also finds a connection
+    that went stale meanwhile (a broker restart): that one is replaced and the call
+    goes on, before anything was published. Any failure after that closes the
+    connection and raises ``PublishError``; the next call opens a new one.
+    """
 
     def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._open: tuple[Connection, _Confirms] | None = None
 
     def publish(self, messages: Sequence[AmqpMessage], *, batch: int = BATCH) -> None:
         """Publish ``messages``; return once RabbitMQ has confirmed each one (``PublishError`` otherwise)."""
         if not messages:
             return
-        try:
-            with Connection(self.url, connect_timeout=self.connect_timeout) as connection:
-                connection.connect()
-                raw: amqp.Connection = connection.connection
-                channel = raw.channel()
-                declare(channel, sorted({m.routing_key for m in messages}))
-                _Confirms(raw, channel).publish_all(messages, batch)
-        except PublishError:
-            raise
-        except (OSError, amqp.exceptions.AMQPError) as exc:
-            reason = masked(" ".join(str(exc).split())) or type(exc).__name__
-            raise PublishError(f"RabbitMQ: {type(exc).__name__}: {reason[:160]}") from exc
+        queues = sorted({m.routing_key for m in messages})
+        with self._lock:
+            try:
+                confirms = self._declared(queues)
+                confirms.publish_all(messages, batch)
+            except Exception as exc:
+                self._close()
+                if isinstance(exc, PublishError):
+                    raise
+                if isinstance(exc, OSError | amqp.exceptions.AMQPError):
+                    raise PublishError(f"RabbitMQ: {type(exc).__name__}: {_reason(exc)}") from exc
+                raise
+
+    def _declared(self, queues: Sequence[str]) -> _Confirms:
+        if self._open is not None:
+            try:
+                declare(self._open[1].channel, queues)
+                return self._open[1]
+            except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError):
+                self._close()  # stale: a new connection below
+        connection = Connection(self.url, connect_timeout=self.connect_timeout)
+        connection.connect()
+        raw: amqp.Connection = connection.connection
+        confirms = _Confirms(raw, raw.channel())
+        self._open = (connection, confirms)
+        declare(confirms.channel, queues)
+        return confirms
+
+    def _close(self) -> None:
+        opened, self._open = self._open, None
+        if opened is not None:
+            with contextlib.suppress(Exception):
+                opened[0].close()
+            with contextlib.suppress(Exception):
+                opened[0].collect()  # the socket of a connection the broker already dropped
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+def _reason(exc: BaseException) -> str:
+    return (masked(" ".join(str(exc).split())) or type(exc).__name__)[:160]
 
 
 class _Frames:

@@ -58,11 +58,12 @@ def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
         url = settings.broker_url
         assert url is not None
         results = connect(settings.redis_url, timeout)
+        publisher = Publisher(url)  # one connection, kept between sweeps
         return OwedSweep(
             results,
             ResultStore(results, settings.result_ttl),
             (settings.queue, settings.bulk_queue),
-            lambda: Publisher(url),
+            lambda: publisher,
             retry=grace_of(settings),
             interval=interval,
             owner=owner,

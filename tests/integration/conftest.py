@@ -153,8 +153,10 @@ def producer_env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def producer(worker_env: dict[str, str]) -> Producer:
-    return Producer(Settings.from_env(producer_env(worker_env)))
+def producer(worker_env: dict[str, str]) -> Iterator[Producer]:
+    made = Producer(Settings.from_env(producer_env(worker_env)))
+    yield made
+    made.close()  # its RabbitMQ connection, when it has one
 
 
 @pytest.fixture(scope="session")
@@ -315,11 +317,13 @@ Fleet = Callable[..., FleetHandle]
 def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     """Start workers on fresh queues with extra settings (``count=0``: just the producer)."""
     started: list[WorkerProcess] = []
+    producers: list[Producer] = []
 
     def start(count: int = 1, concurrency: int = 2, **env: str) -> FleetHandle:
         suffix = uuid.uuid4().hex[:6]
         full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
         producer = Producer(Settings.from_env(producer_env(full)))
+        producers.append(producer)
         mine = [
             WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
             for n in range(count)
@@ -332,3 +336,5 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     yield start
     for process in started:
         process.stop()
+    for producer in producers:
+        producer.close()

@@ -51,8 +51,10 @@ def amqp_env(worker_env: dict[str, str], rabbit_vhost: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def amqp_producer(amqp_env: dict[str, str]) -> Producer:
-    return Producer(Settings.from_env(producer_env(amqp_env)))
+def amqp_producer(amqp_env: dict[str, str]) -> Iterator[Producer]:
+    producer = Producer(Settings.from_env(producer_env(amqp_env)))
+    yield producer
+    producer.close()
 
 
 @pytest.fixture
@@ -303,3 +305,17 @@ def test_stats_reads_the_queue_depths_from_rabbitmq(amqp_producer: Producer, amq
     assert answer.returncode == 0, answer.stderr
     queues = {queue["name"]: queue["depth"] for queue in json.loads(answer.stdout)["queues"]}
     assert queues == {amqp_env["WSUPLOAD_QUEUE"]: 3, amqp_env["WSUPLOAD_BULK_QUEUE"]: 1}
+
+
+def test_a_producer_whose_connection_rabbitmq_closed_reconnects_before_publishing(
+    amqp_producer: Producer, amqp_env: dict[str, str]
+) -> None:
+    amqp_producer.enqueue(["/m/a.png"])  # opens the connection the producer keeps
+    vhost = amqp_env["WSUPLOAD_BROKER_URL"].rsplit("/", 1)[1]
+    rabbit.rabbitmqctl("close_all_connections", "-p", vhost, "test: the broker restarted")
+    wait_until(lambda: "test: the broker restarted" not in rabbit.rabbitmqctl("list_connections", "-p", vhost), 10)
+    jobs = amqp_producer.enqueue(["/m/b.png", "/m/c.png"])
+    assert len(jobs) == 2
+    assert owed_jobs(amqp_producer) == []
+    settings = amqp_producer.settings
+    assert ready_messages(str(settings.broker_url), [settings.queue]) == [3]

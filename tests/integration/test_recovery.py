@@ -36,8 +36,10 @@ def own_env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def own_producer(own_env: dict[str, str]) -> Producer:
-    return Producer(Settings.from_env(producer_env(own_env)))
+def own_producer(own_env: dict[str, str]) -> Iterator[Producer]:
+    producer = Producer(Settings.from_env(producer_env(own_env)))
+    yield producer
+    producer.close()
 
 
 @pytest.fixture
