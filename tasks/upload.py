@@ -11,7 +11,9 @@ A job that ends ``failed`` in this delivery raises ``JobFailed`` once its outcom
 recorded and its callback queued, so Celery's own tools (events, Flower) see a
 FAILURE with the job's readable error; the message is still acknowledged and the
 task never retried by Celery. A delivery that stops, or finds its job already
-ended, raises nothing.
+ended, raises nothing, except on RabbitMQ a job handed back as its worker stops:
+its message is rejected with requeue (acknowledged, it would be lost), or, if it
+was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
 """
 
 from __future__ import annotations
