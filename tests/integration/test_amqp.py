@@ -126,7 +126,9 @@ def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) ->
     app.send_task(
         "wsupload.upload", args=[job_id, "/m/a.png"], kwargs={"options": options}, task_id=job_id, queue=queue
     )
-    Publisher(str(amqp_producer.settings.broker_url)).publish([wire.amqp_message(job_id, "/m/a.png", queue, options)])
+    publisher = Publisher(str(amqp_producer.settings.broker_url))
+    publisher.publish([wire.amqp_message(job_id, "/m/a.png", queue, options)])
+    publisher.close()
     with Connection(str(amqp_producer.settings.broker_url)) as connection:
         channel: Any = connection.default_channel
         celerys, ours = channel.basic_get(queue, no_ack=True), channel.basic_get(queue, no_ack=True)
