@@ -155,8 +155,8 @@ def create_app(settings: Settings) -> WsuploadApp:
 
 
 HEARTBEAT = 10
-"""Seconds: RabbitMQ closes the connection of a worker silent for two of them (SIGSTOP, a partition,
-a hung host) and requeues every message it held; the worker sends one every ``HEARTBEAT / 2``."""
+"""Seconds: RabbitMQ closes the connection of a worker silent for two or three of them (SIGSTOP, a
+partition, a hung host; 29 s measured after a SIGSTOP) and requeues every message it held."""
 
 
 def amqp_options(settings: Settings) -> dict[str, Any]:
