@@ -25,8 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The whole suite on Redis, then the broker-agnostic core once more with RabbitMQ as the broker.
 test: lint
 	$(BIN)/pytest
+	WSUPLOAD_TEST_BROKER=amqp $(BIN)/pytest -m core tests/integration
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

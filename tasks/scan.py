@@ -88,7 +88,11 @@ def run_scan(settings: Settings, client: redis.Redis, schedule: Schedule) -> dic
             options = JobOptions(callback_url=schedule.callback_url).to_message()
             # Explicit either way: a batch deduplicates unless told not to.
             options["dedup"] = schedule.dedup
-            batch = Enqueuer(settings, client).enqueue_batch(fresh, name=schedule.name, options=options)
+            enqueuer = Enqueuer(settings, client)
+            try:
+                batch = enqueuer.enqueue_batch(fresh, name=schedule.name, options=options)
+            finally:
+                enqueuer.close()
             record["last_batch"] = batch.batch_id
             for chunk in results.chunks(fresh, CHUNK):
                 client.hset(seen_key(schedule.name), mapping={f.source: f.version or "" for f in chunk})

@@ -329,11 +329,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     results = roster.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
     broker = results
-    if settings.effective_broker_url != settings.redis_url:
+    depths = None
+    if settings.broker_is_amqp and settings.broker_url:
+        depths = _rabbitmq_depths(settings.broker_url)
+    elif settings.effective_broker_url != settings.redis_url:
         broker = roster.connect(settings.effective_broker_url, timeout=PROBE_TIMEOUT)
 
     def lines() -> list[str]:
-        return stats.as_lines(stats.read(settings, results, broker, utcnow()), args.json)
+        return stats.as_lines(stats.read(settings, results, broker, utcnow(), depths), args.json)
 
     if args.watch is None:
         try:
@@ -350,6 +353,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     stats.watch(frame, sys.stdout, args.watch, as_json=args.json)
     return EXIT_OK
+
+
+def _rabbitmq_depths(url: str) -> Callable[[list[str]], list[int]]:
+    """Reads the messages waiting on RabbitMQ queues; a failure is one line."""
+
+    def depths(queues: list[str]) -> list[int]:
+        import amqp
+
+        from wsupload.tasks.publisher import ready_messages
+
+        try:
+            return ready_messages(url, queues, timeout=PROBE_TIMEOUT)
+        except (OSError, amqp.exceptions.AMQPError) as exc:
+            raise WsuploadError(f"cannot read the queue depths from RabbitMQ {safe_url(url)}: {exc}") from None
+
+    return depths
 
 
 def _dev_tool(name: str) -> Any:

@@ -69,6 +69,12 @@ class Producer(Enqueuer):
             self._app = create_app(self.settings)
         return self._app
 
+    def close(self) -> None:
+        """Close the broker connections this producer opened (RabbitMQ's, and the control app's pool)."""
+        super().close()
+        if self._app is not None:
+            self._app.close()
+
     def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         return self.store.get_many(job_ids)
 

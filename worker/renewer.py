@@ -10,6 +10,8 @@ renewed while the worker lives; an upload only while it shows signs of life
 An entry that is gone (kombu restored it, or Redis lost it) marks the job's
 lease lost: the job stops at its next block and writes nothing more.
 
+On RabbitMQ the round is ``worker.amqp_leases``'s: nothing to renew on the broker.
+
 **Stop.** On SIGTERM (Celery's warm shutdown) running jobs get
 ``WSUPLOAD_STOP_GRACE`` to finish. Those still running then are handed back at
 once: each message goes back to the front of its queue (kombu's own restore, one
@@ -193,6 +195,10 @@ class Renewer:
             log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
         return handed
 
+    def on_stop_signal(self, grace: float) -> None:
+        """The worker was told to stop: hand back, in a thread of its own, what still runs after ``grace``."""
+        threading.Thread(target=self.hand_back, args=(grace,), name="wsupload-stop-grace", daemon=True).start()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wsupload-leases", daemon=True)
         self._thread.start()
@@ -224,11 +230,26 @@ def _start(sender: Any = None, **_: Any) -> None:
     if not isinstance(settings, Settings) or _current is not None:
         return  # another app's worker, or already renewing
     # A renewal gives up well within its interval: the next one still comes in time.
-    client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
     slots = None
     if settings.max_concurrent_uploads:  # fleet-limiter slots, held by running uploads, in the results Redis
         slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
-    renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
+    renewer: Renewer
+    if settings.broker_is_amqp:
+        from wsupload.tasks.owed import early_ack_after
+        from wsupload.worker.amqp_leases import AmqpLeases
+
+        renewer = AmqpLeases(
+            connect(settings.redis_url, timeout=settings.renew_interval / 3),
+            settings.renew_interval,
+            lease=settings.lease,
+            early_after=early_ack_after(settings.amqp_consumer_timeout),
+            slots=slots,
+            slot_lease=SLOT_LEASES * settings.lease,
+            consumer=sender,
+        )
+    else:
+        client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
+        renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
     renewer.start()
     _current, _settings = renewer, settings
     log.info("leases: %g s, renewed every %.3g s", settings.lease, settings.renew_interval)
@@ -240,9 +261,7 @@ def _on_stop_signal(**_: Any) -> None:
     renewer, settings = _current, _settings
     if renewer is None or settings is None:
         return
-    threading.Thread(
-        target=renewer.hand_back, args=(settings.stop_grace,), name="wsupload-stop-grace", daemon=True
-    ).start()
+    renewer.on_stop_signal(settings.stop_grace)
 
 
 @worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.renewer:shutdown")

@@ -115,15 +115,23 @@ def read(
     results: redis.Redis,
     broker: redis.Redis,
     now: datetime,
+    depths: Callable[[list[str]], list[int]] | None = None,
 ) -> Snapshot:
-    """What ``stats`` shows, as of ``now``: one pipeline on the broker, one on the results' Redis, and the roster."""
+    """What ``stats`` shows, as of ``now``: one pipeline on the broker, one on the results' Redis, and the roster.
+
+    ``depths``: how the queue depths are read when the broker is not Redis (RabbitMQ).
+    """
     roles = (("interactive", settings.queue), ("bulk", settings.bulk_queue))
-    pipe = broker.pipeline(transaction=False)
-    for _, name in roles:
-        for key in queue_keys(name):
-            pipe.llen(key)
-    lengths = iter(pipe.execute())
-    queues = tuple(Queue(role, name, sum(next(lengths) for _ in PRIORITY_STEPS)) for role, name in roles)
+    if depths is not None:
+        counted = depths([name for _, name in roles])
+        queues = tuple(Queue(role, name, count) for (role, name), count in zip(roles, counted, strict=True))
+    else:
+        pipe = broker.pipeline(transaction=False)
+        for _, name in roles:
+            for key in queue_keys(name):
+                pipe.llen(key)
+        lengths = iter(pipe.execute())
+        queues = tuple(Queue(role, name, sum(next(lengths) for _ in PRIORITY_STEPS)) for role, name in roles)
 
     unix = now.timestamp()
     wanted = minutes(unix, max(seconds for _, seconds in WINDOWS))

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration import rabbit
 from wsupload.config import Settings
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import (
@@ -90,10 +91,42 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL", "AWS_"))}
 
 
+TEST_BROKER = os.environ.get("WSUPLOAD_TEST_BROKER", "redis").strip().lower()
+"""``amqp``: the shared workers and fleets use RabbitMQ (a vhost of the run's own) as their broker."""
+
+
+def rabbit_url_or_skip() -> None:
+    reason = rabbit.unavailable_reason()
+    if reason is not None:
+        unavailable(reason)
+
+
 @pytest.fixture(scope="session")
-def worker_env(redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3) -> dict[str, str]:
+def broker_env() -> Iterator[dict[str, str]]:
+    """Nothing (Redis, the default), or ``WSUPLOAD_BROKER_URL`` for a vhost of this run's own."""
+    if TEST_BROKER != "amqp":
+        yield {}
+        return
+    rabbit_url_or_skip()
+    with rabbit.vhost() as url:
+        yield {"WSUPLOAD_BROKER_URL": url}
+
+
+@pytest.fixture(scope="module")
+def rabbit_vhost() -> Iterator[str]:
+    """The AMQP URL of a vhost for one module's tests alone."""
+    rabbit_url_or_skip()
+    with rabbit.vhost() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3, broker_env: dict[str, str]
+) -> dict[str, str]:
     return {
         **clean_env(),
+        **broker_env,
         **s3.worker_env,
         "WSUPLOAD_ALLOWED_BUCKETS": "s3://media,s3://private,s3://vanished",
         "REDIS_URL": redis_url,
@@ -120,8 +153,10 @@ def producer_env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def producer(worker_env: dict[str, str]) -> Producer:
-    return Producer(Settings.from_env(producer_env(worker_env)))
+def producer(worker_env: dict[str, str]) -> Iterator[Producer]:
+    made = Producer(Settings.from_env(producer_env(worker_env)))
+    yield made
+    made.close()  # its RabbitMQ connection, when it has one
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +186,11 @@ def run_one(producer: Producer, source: str | Path, timeout: float = 60) -> JobD
 
 
 def unacked_messages(producer: Producer) -> list[Any]:
-    """kombu's in-flight messages (delivered, not yet acknowledged)."""
+    """kombu's in-flight messages (delivered, not yet acknowledged); on RabbitMQ, each channel's count
+    of them as ``rabbitmqctl`` reports it (its statistics are a few seconds old)."""
+    url = producer.settings.broker_url
+    if producer.settings.broker_is_amqp and url:
+        return rabbit.unacknowledged(url)
     return list(producer.redis.hvals("unacked"))
 
 
@@ -278,11 +317,13 @@ Fleet = Callable[..., FleetHandle]
 def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     """Start workers on fresh queues with extra settings (``count=0``: just the producer)."""
     started: list[WorkerProcess] = []
+    producers: list[Producer] = []
 
     def start(count: int = 1, concurrency: int = 2, **env: str) -> FleetHandle:
         suffix = uuid.uuid4().hex[:6]
         full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
         producer = Producer(Settings.from_env(producer_env(full)))
+        producers.append(producer)
         mine = [
             WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
             for n in range(count)
@@ -295,3 +336,5 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     yield start
     for process in started:
         process.stop()
+    for producer in producers:
+        producer.close()

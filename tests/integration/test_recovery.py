@@ -24,7 +24,7 @@ from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.core]
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -36,8 +36,10 @@ def own_env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def own_producer(own_env: dict[str, str]) -> Producer:
-    return Producer(Settings.from_env(producer_env(own_env)))
+def own_producer(own_env: dict[str, str]) -> Iterator[Producer]:
+    producer = Producer(Settings.from_env(producer_env(own_env)))
+    yield producer
+    producer.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from wsupload.worker.dev.samples import mp4_bytes, png_bytes, wav_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+pytestmark = [pytest.mark.integration, pytest.mark.core, pytest.mark.usefixtures("worker")]
 
 
 @pytest.fixture

@@ -1,0 +1,329 @@
+"""RabbitMQ as the broker, without a RabbitMQ: the app's settings, the wire, owed jobs, confirms, leases, sweep."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+
+from wsupload.config import Settings
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.tasks import keys, owed, wire
+from wsupload.tasks.enqueue import EnqueueError, Enqueuer
+from wsupload.tasks.lease import JobLease, LeaseBook
+from wsupload.tasks.owed_sweep import OwedSweep, split
+from wsupload.tasks.publisher import PublishError, _Confirms
+from wsupload.tasks.results import ResultStore
+from wsupload.worker import redis_transport
+from wsupload.worker.amqp_leases import AmqpLeases
+from wsupload.worker.app import HEARTBEAT, create_app
+
+URL = "amqp://guest:pw@rabbit:5672/vh"
+SETTINGS = Settings.from_env({"REDIS_URL": "redis://r:6379/0", "WSUPLOAD_BROKER_URL": URL})
+
+
+# The app
+
+
+def test_the_app_uses_quorum_queues_confirms_a_heartbeat_and_no_redis_transport_options() -> None:
+    app = create_app(SETTINGS)
+    conf = app.conf
+    queues = {queue.name: queue.queue_arguments for queue in conf.task_queues}
+    assert queues == {SETTINGS.queue: {"x-queue-type": "quorum"}, SETTINGS.bulk_queue: {"x-queue-type": "quorum"}}
+    assert all(queue.durable for queue in conf.task_queues)
+    assert conf.broker_transport_options == {"confirm_publish": True}
+    assert conf.broker_heartbeat == HEARTBEAT
+    assert conf.worker_detect_quorum_queues is True
+    assert (conf.task_acks_late, conf.worker_prefetch_multiplier) == (True, 1)
+    with app.connection_for_write() as connection:  # no I/O until a channel is opened
+        assert connection.transport_cls in ("amqp", "pyamqp")
+        assert not isinstance(connection.transport, redis_transport.Transport)
+
+
+def test_the_worker_consumer_leaves_out_celerys_native_delayed_delivery() -> None:
+    from wsupload.worker.consumer import Consumer
+
+    assert not any(step.endswith(":DelayedDelivery") for step in Consumer.Blueprint.default_steps)
+    assert any(step.endswith(":Tasks") for step in Consumer.Blueprint.default_steps)
+
+
+# The wire
+
+
+@pytest.mark.parametrize("options", [None, {"dedup": True, "callback_url": "https://hooks.test/x"}])
+def test_the_amqp_message_is_what_send_task_publishes(options: dict[str, Any] | None) -> None:
+    app = create_app(SETTINGS)
+    published: list[tuple[Any, dict[str, Any]]] = []
+
+    class Recorder:  # stands in for kombu's Producer: what Celery asks it to publish
+        connection = app.connection_for_write()
+        channel = serializer = exchange = None
+
+        def publish(self, body: Any, **kwargs: Any) -> None:
+            published.append((body, kwargs))
+
+    kwargs = {"options": options} if options else {}
+    recorder: Any = Recorder()
+    app.send_task(UPLOAD_TASK_NAME, args=["j1", "/m/a.png"], kwargs=kwargs, task_id="j1", queue="q", producer=recorder)
+    ((body, sent),) = published
+    ours = wire.amqp_message("j1", "/m/a.png", "q", options)
+
+    assert json.loads(ours.body) == json.loads(json.dumps(body))
+    assert (sent["exchange"], sent["routing_key"], sent["serializer"]) == ("", ours.routing_key, "json")
+    assert ours.properties["content_type"] == "application/json"
+    assert sent["delivery_mode"] == ours.properties["delivery_mode"] == 2
+    assert sent["correlation_id"] == ours.properties["correlation_id"] == "j1"
+    assert set(ours.properties) >= {"reply_to"}
+    for key, value in ours.headers.items():
+        assert key in sent["headers"], key
+        if key not in {"origin", "argsrepr", "kwargsrepr"}:
+            assert value == sent["headers"][key], key
+
+
+# Owed jobs
+
+
+def test_early_acknowledgement_comes_at_half_the_consumer_timeout() -> None:
+    assert owed.early_ack_after(1800) == 900
+    assert owed.early_ack_after(10) == 5
+
+
+def test_owed_entries_are_added_renewed_only_while_present_and_claimed_once_due(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    book = owed.OwedSet(redis_client)
+    book.owe({"q": ["a", "b"]}, 0)
+    book.owe({"q": ["c"]}, 100)
+    book.owe({"q": ["gone"]}, 100, mode="XX")  # renewing what is not owed adds nothing
+    assert redis_client.zcard(keys.owed("q")) == 3
+
+    due = book.claim_due("q", grace=50, limit=10)
+    assert sorted(due.jobs) == ["a", "b"]
+    assert book.claim_due("q", grace=50, limit=10).jobs == []  # moved on: a second sweep does not take them
+    book.owe({"q": ["b"]}, 200, mode="XX")  # b's worker renewed it meanwhile: it still runs there
+    assert book.remove_if(due, ["a", "b"]) == 1
+    assert sorted(redis_client.zrange(keys.owed("q"), 0, -1)) == [b"b", b"c"]
+
+
+def test_the_early_ack_registry_pops_once() -> None:
+    early = owed.EarlyAcks()
+    early.mark("amqp:j", "j", "q")
+    assert early.get("amqp:j") == owed.Early("j", "q")
+    assert early.pop("amqp:j") == owed.Early("j", "q")
+    assert early.pop("amqp:j") is None
+    assert early.pop(None) is None
+
+
+# Publisher confirms
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.events: dict[str, set[Any]] = {"basic_ack": set(), "basic_nack": set(), "basic_return": set()}
+        self.published: list[str] = []
+
+    def confirm_select(self) -> None:
+        pass
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, mandatory: bool) -> None:
+        assert (exchange, mandatory) == ("", True)
+        self.published.append(routing_key)
+
+
+@dataclass
+class FakeConnection:
+    """Confirms what was published when drained: each ack as RabbitMQ may send them (singles, or ``multiple``)."""
+
+    channel: FakeChannel
+    answers: list[tuple[str, int, bool]] = field(default_factory=list)
+    frame_writer: Any = None
+    transport: Any = None
+    frame_max: int = 131072
+
+    def drain_events(self, timeout: float) -> None:
+        if not self.answers:
+            raise TimeoutError
+        kind, tag, multiple = self.answers.pop(0)
+        for callback in list(self.channel.events[kind]):
+            callback(tag, multiple)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+
+def confirms(answers: list[tuple[str, int, bool]]) -> tuple[_Confirms, FakeChannel, Sink]:
+    channel, sink = FakeChannel(), Sink()
+    connection = FakeConnection(channel, answers, transport=sink)
+    return _Confirms(connection, channel), channel, sink  # type: ignore[arg-type]
+
+
+def messages(n: int) -> list[wire.AmqpMessage]:
+    return [wire.amqp_message(f"j{i}", f"/m/{i}.png", "q") for i in range(n)]
+
+
+def test_a_batch_waits_once_for_its_confirms_in_any_grouping() -> None:
+    confirmer, channel, sink = confirms([("basic_ack", 2, False), ("basic_ack", 3, True), ("basic_ack", 1, False)])
+    confirmer.publish_all(messages(3), batch=3)
+    assert channel.published == ["q", "q", "q"]
+    assert confirmer.confirmed == 3
+    assert sink.writes == 1  # the batch written at once (this fake channel writes no frames of its own)
+
+
+def test_a_nack_or_a_silent_broker_is_a_publish_error() -> None:
+    confirmer, _, _ = confirms([("basic_nack", 1, False)])
+    with pytest.raises(PublishError, match="refused"):
+        confirmer.publish_all(messages(1), batch=10)
+    confirmer, _, _ = confirms([("basic_ack", 1, False)])
+    with pytest.raises(PublishError, match="confirmed 1 of 2 messages"):
+        confirmer.publish_all(messages(2), batch=10)
+
+
+# Enqueue
+
+
+class FakePublisher:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.sent: list[wire.AmqpMessage] = []
+
+    def publish(self, sent: list[wire.AmqpMessage]) -> None:
+        if self.fail:
+            raise PublishError("RabbitMQ: ConnectionRefusedError: [Errno 111] Connection refused")
+        self.sent += sent
+
+
+def owed_in(client: fakeredis.FakeRedis, queue: str) -> list[str]:
+    return [job.decode() for job in client.zrange(keys.owed(queue), 0, -1) if isinstance(job, bytes)]
+
+
+def enqueuer(client: fakeredis.FakeRedis, publisher: FakePublisher) -> Enqueuer:
+    made = Enqueuer(SETTINGS, client)
+    made.publisher = lambda: publisher  # type: ignore[method-assign,assignment,return-value]
+    return made
+
+
+def test_enqueue_on_rabbitmq_commits_publishes_and_leaves_nothing_owed(redis_client: fakeredis.FakeRedis) -> None:
+    publisher = FakePublisher()
+    batch = enqueuer(redis_client, publisher).enqueue_batch([f"/m/{i}.png" for i in range(2500)])  # two chunks
+    assert [m.headers["id"] for m in publisher.sent] == [job.job_id for job in batch.jobs]
+    assert {m.routing_key for m in publisher.sent} == {SETTINGS.bulk_queue}
+    assert redis_client.zcard(keys.owed(SETTINGS.bulk_queue)) == 0
+    assert redis_client.llen(SETTINGS.bulk_queue) == 0  # no Redis message
+    store = ResultStore(redis_client, 3600)
+    docs = store.get_many([job.job_id for job in batch.jobs])
+    assert all(doc is not None and doc["status"] == "queued" for doc in docs)
+    assert redis_client.ttl(keys.result(batch.jobs[0].job_id)) > 900  # the staged chunk made permanent
+    assert redis_client.hget(keys.batch(batch.batch_id), "total") == b"2500"
+
+
+def test_a_failed_publish_leaves_the_jobs_queued_and_owed_and_says_so(redis_client: fakeredis.FakeRedis) -> None:
+    with pytest.raises(EnqueueError) as caught:
+        enqueuer(redis_client, FakePublisher(fail=True)).enqueue(["/m/a.png", "/m/b.png"])
+    error = caught.value
+    assert error.queued
+    assert not error.in_doubt
+    assert str(error) == (
+        "jobs queued but not published: RabbitMQ: ConnectionRefusedError: [Errno 111] Connection refused; the"
+        " workers' sweep publishes 2 jobs within WSUPLOAD_AMQP_PUBLISH_GRACE (60 s) of now"
+    )
+    assert set(owed_in(redis_client, SETTINGS.queue)) == {job.job_id for job in error.jobs}
+
+
+# The owed sweep
+
+
+def test_split_forgets_ended_and_missing_jobs() -> None:
+    docs: list[Any] = [None, {"status": "succeeded", "source": "/a"}, {"status": "running", "source": "/b"}]
+    ended, live = split(["gone", "done", "live"], docs)
+    assert ended == ["gone", "done"]
+    assert [job for job, _ in live] == ["live"]
+
+
+def test_the_sweep_publishes_due_jobs_from_their_documents_and_clears_them(redis_client: fakeredis.FakeRedis) -> None:
+    publisher = FakePublisher(fail=True)
+    with pytest.raises(EnqueueError):
+        enqueuer(redis_client, publisher).enqueue(["/m/a.png"], options={"dedup": True})
+    (job,) = owed_in(redis_client, SETTINGS.queue)
+    redis_client.zadd(keys.owed(SETTINGS.queue), {job: 0})  # its grace has passed
+    store = ResultStore(redis_client, 3600)
+    sweep = OwedSweep(redis_client, store, [SETTINGS.queue], lambda: publisher, retry=3, interval=1)  # type: ignore[arg-type,return-value]
+
+    with pytest.raises(PublishError):  # RabbitMQ still away: the job stays owed, due again later
+        sweep.sweep()
+    assert redis_client.zscore(keys.owed(SETTINGS.queue), job) is not None
+    redis_client.zadd(keys.owed(SETTINGS.queue), {job: 0})
+    redis_client.delete(keys.owed_lock(SETTINGS.queue))
+    publisher.fail = False
+    report = sweep.sweep()
+    assert report is not None
+    assert report.published == (job,)
+    ((message),) = publisher.sent
+    assert (message.headers["id"], json.loads(message.body)[1]) == (job, {"options": {"dedup": True}})
+    assert redis_client.zcard(keys.owed(SETTINGS.queue)) == 0
+
+
+# The worker's AMQP leases
+
+
+@dataclass
+class Req:
+    id: str
+    received_at: float
+    name: str = UPLOAD_TASK_NAME
+    acknowledged: bool = False
+    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "q"})
+
+    def acknowledge(self) -> None:
+        self.acknowledged = True
+
+
+def leases(client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float) -> AmqpLeases:
+    return AmqpLeases(
+        client,
+        1.0,
+        lease=6.0,
+        early_after=900,
+        book=book,
+        requests=lambda: requests,
+        early=owed.EarlyAcks(),
+    )
+
+
+def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    import time
+
+    now = time.monotonic()
+    old, young = Req("old", now - 901), Req("young", now - 10)
+    book = LeaseBook()
+    renewer = leases(redis_client, [old, young], book, now)
+    renewer.renew()
+    assert (old.acknowledged, young.acknowledged) == (True, False)
+    assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"old"]
+    assert renewer.early.get("amqp:old") == owed.Early("old", "q")
+    first = redis_client.zscore(keys.owed("q"), "old")
+    renewer.renew()  # still held and waiting (no lease yet): renewed
+    assert redis_client.zscore(keys.owed("q"), "old") >= first  # type: ignore[operator]
+
+
+def test_a_hung_job_is_acknowledged_and_its_owed_entry_left_to_expire(redis_client: fakeredis.FakeRedis) -> None:
+    import time
+
+    now = time.monotonic()
+    hung = Req("hung", now - 5)
+    book = LeaseBook()
+    book.add(JobLease("hung", "amqp:hung", grace=1.0, clock=lambda: now - 100))  # silent for ~100 s
+    renewer = leases(redis_client, [hung], book, now)
+    renewer.renew()
+    assert hung.acknowledged
+    first = redis_client.zscore(keys.owed("q"), "hung")
+    assert first is not None
+    renewer.renew()
+    assert redis_client.zscore(keys.owed("q"), "hung") == first  # not renewed: the sweep takes it a lease later
