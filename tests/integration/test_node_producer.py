@@ -1,0 +1,183 @@
+"""A producer in another language: celery-node (tests/node/produce.js) following README's wire contract.
+
+produce.js writes each job's queued document and sends ``wsupload.upload`` with celery-node's
+``sendTask``, over the Redis broker and over RabbitMQ (a vhost of each test's own); a real
+worker takes the job and the sandbox receives the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+
+from tests.integration.conftest import Fleet, FleetHandle, clean_env, unavailable
+from wsupload.config import ConfigError, Settings
+from wsupload.worker.dev.samples import distinct_pngs
+from wsupload.worker.dev.sandbox import SandboxServer
+
+pytestmark = pytest.mark.integration
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
+RABBITMQCTL = shutil.which("rabbitmqctl")
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    binary = shutil.which("node")
+    if binary is None:
+        unavailable("no node binary: the celery-node producer tests need Node.js 18+")
+    if not (NODE_DIR / "node_modules" / "celery-node").is_dir():
+        unavailable("celery-node is not installed: run make setup (npm ci --prefix tests/node)")
+    return str(binary)
+
+
+def produce(node: str, env: dict[str, str], jobs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """Run produce.js with a producer's environment (no API key) and these jobs on stdin."""
+    settings = Settings.from_env(env)
+    wanted = {"REDIS_URL", "WSUPLOAD_BROKER_URL", "WSUPLOAD_QUEUE"}
+    js_env = {
+        **clean_env(),
+        **{k: v for k, v in env.items() if k in wanted},
+        "WSUPLOAD_RESULT_TTL": str(settings.result_ttl),
+    }
+    return subprocess.run(
+        [node, str(NODE_DIR / "produce.js")],
+        input=json.dumps(jobs),
+        env=js_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_through_node(node: str, handle: FleetHandle, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sent = produce(node, handle.env, jobs)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.split() == [job["job_id"] for job in jobs]
+    outcome = handle.producer.wait([job["job_id"] for job in jobs], timeout=60)
+    assert not outcome.timed_out, outcome.docs
+    return [dict(doc or {}) for doc in outcome.docs]
+
+
+def test_a_celery_node_producer_over_redis_gets_its_jobs_uploaded_with_their_options(
+    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path
+) -> None:
+    handle = fleet()
+    (png,) = distinct_pngs(media_root / "node-redis", 1)
+    first = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
+    (doc,) = run_through_node(node, handle, [first])
+    assert doc["status"] == "succeeded", doc
+    assert doc["result"]["filename"] == png.name
+    assert [r.sha256 for r in sandbox.records] == [hashlib.sha256(png.read_bytes()).hexdigest()]
+
+    # kwargs arrived: the same bytes with {"dedup": true} reuse the first upload.
+    again = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
+    (doc,) = run_through_node(node, handle, [again])
+    assert doc["status"] == "succeeded", doc
+    assert doc["result"]["reused"] is True
+    assert len(sandbox.records) == 1
+
+
+# RabbitMQ: the same producer with WSUPLOAD_BROKER_URL=amqp://…, in a vhost of the test's own.
+
+
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    assert RABBITMQCTL is not None
+    return subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    if RABBITMQCTL is None:
+        unavailable("no rabbitmqctl: the AMQP tests need the RabbitMQ server on 127.0.0.1:5672")
+    try:
+        socket.create_connection((RABBIT_HOST, RABBIT_PORT), timeout=2).close()
+    except OSError as error:
+        unavailable(f"RabbitMQ does not answer on {RABBIT_HOST}:{RABBIT_PORT}: {error}")
+    name = "wsupload-node-" + uuid.uuid4().hex[:8]
+    made = rabbitmqctl("add_vhost", name)
+    if made.returncode != 0:
+        unavailable(f"rabbitmqctl add_vhost failed: {made.stderr.strip()}")
+    try:
+        allowed = rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        assert allowed.returncode == 0, allowed.stderr
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def amqp_url(vhost: str) -> str:
+    url = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}"
+    try:
+        Settings.from_env({"WSUPLOAD_BROKER_URL": url})
+    except ConfigError as error:
+        # Not a missing service: this checkout's worker has no AMQP broker (merge h/amqp).
+        pytest.skip(f"this worker does not take an amqp:// broker yet: {error}")
+    return url
+
+
+@contextlib.contextmanager
+def connection(vhost: str) -> Iterator[amqp.Connection]:
+    with amqp.Connection(
+        f"{RABBIT_HOST}:{RABBIT_PORT}", userid="guest", password="guest", virtual_host=vhost
+    ) as opened:
+        yield opened
+
+
+def test_a_celery_node_producer_over_rabbitmq_gets_its_job_uploaded(
+    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path, amqp_url: str
+) -> None:
+    handle = fleet(WSUPLOAD_BROKER_URL=amqp_url)
+    (png,) = distinct_pngs(media_root / "node-amqp", 1)
+    job = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
+    (doc,) = run_through_node(node, handle, [job])
+    assert doc["status"] == "succeeded", doc
+    assert doc["attempts"] == 1
+    assert [r.sha256 for r in sandbox.records] == [hashlib.sha256(png.read_bytes()).hexdigest()]
+
+
+def test_the_workers_quorum_queue_refuses_celery_nodes_own_declare_and_takes_the_contracts(
+    fleet: Fleet, vhost: str, amqp_url: str
+) -> None:
+    handle = fleet(WSUPLOAD_BROKER_URL=amqp_url)
+    queue = handle.env["WSUPLOAD_QUEUE"]
+    with connection(vhost) as broker:
+        # What celery-node 0.5.9 declares on connect and before every publish: a classic queue.
+        with pytest.raises(amqp.PreconditionFailed, match="inequivalent arg 'x-queue-type'"):
+            broker.channel().queue_declare(queue, durable=True, auto_delete=False, arguments=None)
+        # What the contract allows (each on a new channel: the refusal closed that one): nothing,
+        # with a passive check that the queue is there, or the quorum queue as the worker declares it.
+        there = broker.channel().queue_declare(queue, passive=True)
+        same = broker.channel().queue_declare(
+            queue, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"}
+        )
+    assert there is not None
+    assert there[0] == queue
+    assert same is not None
+    assert same[0] == queue
+
+
+def test_a_celery_node_producer_with_no_queue_to_send_to_says_so_and_leaves_no_document(
+    node: str, fleet: Fleet, vhost: str, amqp_url: str
+) -> None:
+    handle = fleet(count=0, WSUPLOAD_BROKER_URL=amqp_url)  # no worker has declared the queue
+    job_id = uuid.uuid4().hex
+    sent = produce(node, handle.env, [{"job_id": job_id, "source": "/media/a.png"}])
+    assert sent.returncode == 1
+    assert sent.stderr.count("\n") == 1, sent.stderr  # one line, no stack trace
+    assert f"no queue '{handle.env['WSUPLOAD_QUEUE']}'" in sent.stderr
+    assert handle.producer.redis.exists(f"wsupload:result:{job_id}") == 0
