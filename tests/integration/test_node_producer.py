@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import Fleet, FleetHandle, clean_env, unavailable
 from wsupload.config import ConfigError, Settings
-from wsupload.worker.dev.samples import distinct_pngs
+from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,14 @@ def produce(node: str, env: dict[str, str], jobs: list[dict[str, Any]]) -> subpr
     )
 
 
+def unique_png(directory: Path) -> Path:
+    """Bytes no other test uploads (the width), so deduplication answers only what this test sent."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex[:8]}.png"
+    path.write_bytes(png_bytes(width=300 + secrets.randbelow(3000), height=2))
+    return path
+
+
 def run_through_node(node: str, handle: FleetHandle, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     sent = produce(node, handle.env, jobs)
     assert sent.returncode == 0, sent.stderr
@@ -76,7 +85,7 @@ def test_a_celery_node_producer_over_redis_gets_its_jobs_uploaded_with_their_opt
     node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path
 ) -> None:
     handle = fleet()
-    (png,) = distinct_pngs(media_root / "node-redis", 1)
+    png = unique_png(media_root / "node-redis")
     first = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
     (doc,) = run_through_node(node, handle, [first])
     assert doc["status"] == "succeeded", doc
@@ -142,7 +151,7 @@ def test_a_celery_node_producer_over_rabbitmq_gets_its_job_uploaded(
     node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path, amqp_url: str
 ) -> None:
     handle = fleet(WSUPLOAD_BROKER_URL=amqp_url)
-    (png,) = distinct_pngs(media_root / "node-amqp", 1)
+    png = unique_png(media_root / "node-amqp")
     job = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
     (doc,) = run_through_node(node, handle, [job])
     assert doc["status"] == "succeeded", doc
