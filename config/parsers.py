@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wsupload.config.broker_urls import AMQP_SCHEMES, is_amqp_url, parse_amqp_url
 from wsupload.config.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
 
 SENTINEL_STARTS = tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)
@@ -120,6 +121,18 @@ def parse_redis_url(text: str) -> str:
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"expected a URL starting with redis://, rediss://, unix://, {' or '.join(SENTINEL_STARTS)}")
     return check_url(text, ("redis", "rediss", "unix"))
+
+
+def parse_broker_url(text: str) -> str:
+    """Any URL ``parse_redis_url`` takes, or an AMQP one (``config.broker_urls``): RabbitMQ as the broker."""
+    if is_amqp_url(text):
+        return parse_amqp_url(text)
+    try:
+        return parse_redis_url(text)
+    except ValueError as exc:
+        if str(exc).startswith("expected a URL starting with"):
+            raise ValueError(f"{exc}, or {' or '.join(s + '://' for s in AMQP_SCHEMES)} (RabbitMQ)") from None
+        raise
 
 
 def check_api_key(text: str) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsupload.config.broker_urls import is_amqp_url
 from wsupload.config.errors import ConfigError
 from wsupload.config.parsers import (
     DAY,
@@ -34,6 +35,7 @@ from wsupload.config.parsers import (
     check_api_key,
     check_url,
     parse_bool,
+    parse_broker_url,
     parse_buckets,
     parse_duration,
     parse_file,
@@ -135,11 +137,12 @@ class Settings:
     )
     broker_url: str | None = setting(
         "WSUPLOAD_BROKER_URL",
-        parse_redis_url,
+        parse_broker_url,
         None,
-        "A separate Redis for the Celery broker; any form `REDIS_URL` takes, Sentinel URLs included."
-        " wsupload's own enqueue (producer, CLI, scans) refuses one apart from `REDIS_URL`: it writes a job's"
-        " document and message in one transaction.",
+        "The Celery broker. RabbitMQ: `amqp://user:password@host:5672/vhost` (`amqps://` for TLS; quorum"
+        ' queues, publisher confirms: see "RabbitMQ as the broker"); results stay in `REDIS_URL`. Or a'
+        " separate Redis in any form `REDIS_URL` takes, which wsupload's own enqueue (producer, CLI, scans)"
+        " refuses: it writes a job's document and message in one transaction.",
         shown="`REDIS_URL`",
         display=_masked_url,
     )
@@ -269,6 +272,25 @@ class Settings:
         shown="{} s",
         check=lambda v: v >= 0,
         rule="0 or more",
+    )
+    amqp_consumer_timeout: int = setting(
+        "WSUPLOAD_AMQP_CONSUMER_TIMEOUT",
+        parse_seconds,
+        "30m",
+        "RabbitMQ only: the server's `consumer_timeout` (set it to the same value). A job still running at"
+        " half of it moves its safety to Redis and acknowledges its message early, so RabbitMQ never"
+        ' closes the channel under it (see "RabbitMQ as the broker").',
+        check=lambda v: v >= 10,
+        rule="at least 10 seconds",
+    )
+    amqp_publish_grace: int = setting(
+        "WSUPLOAD_AMQP_PUBLISH_GRACE",
+        parse_seconds,
+        "60",
+        "RabbitMQ only: enqueued jobs whose messages RabbitMQ has not confirmed this long after their"
+        " documents were written are published by the workers' sweep.",
+        check=lambda v: v >= 5,
+        rule="at least 5 seconds",
     )
     metrics_port: int | None = setting(
         "WSUPLOAD_METRICS_PORT",
@@ -461,6 +483,11 @@ class Settings:
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """RabbitMQ is the broker (``WSUPLOAD_BROKER_URL=amqp://…``); results stay in Redis either way."""
+        return is_amqp_url(self.broker_url)
 
     @property
     def renew_interval(self) -> float:

@@ -18,10 +18,22 @@ which run inside workers.
 The commit also gives each job its place in its queue's line, and the ``queued``
 document carries the job's options: with both, the worker's sweep
 (``tasks.sweep``) finds a message Redis lost and puts it back on the queue.
+
+On RabbitMQ (``WSUPLOAD_BROKER_URL=amqp://…``) the documents cannot share a
+transaction with the messages. The commit writes them as above but, instead of
+pushing messages, makes every job *owed* (``tasks.owed``) for
+``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the messages are published with publisher
+confirms (``tasks.publisher``); then the owed entries are removed. ``enqueue``
+returns only once RabbitMQ has confirmed every message. If publishing fails the
+jobs stay queued and owed, and the caller gets an ``EnqueueError`` (``queued``
+true) saying the workers' sweep publishes them: rolling back instead could
+not take back the messages RabbitMQ already has, whose jobs would then run
+without a document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,11 +47,12 @@ import redis
 
 from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.settings import Settings
-from wsupload.tasks import keys, results, wire
+from wsupload.tasks import keys, owed, results, wire
 from wsupload.tasks.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.discovery import Found
 from wsupload.tasks.errors import InvalidInput
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
+from wsupload.tasks.publisher import Publisher, PublishError
 from wsupload.tasks.results import ResultStore
 
 CHUNK = 2000
@@ -126,14 +139,24 @@ class EnqueueError(WsuploadError):
     queued. ``in_doubt`` is true only when the connection failed during the
     commit and Redis could not be asked afterwards: then either every one of
     ``jobs`` is queued or none is (``status`` tells which once Redis answers).
+    ``queued`` is true when, on RabbitMQ, the jobs were committed but not all
+    their messages confirmed: they are queued, and the workers' sweep publishes them.
     """
 
-    def __init__(self, message: str, jobs: list[Job], in_doubt: bool = False, batch_id: str | None = None) -> None:
-        super().__init__(message, jobs, in_doubt, batch_id)
+    def __init__(
+        self,
+        message: str,
+        jobs: list[Job],
+        in_doubt: bool = False,
+        batch_id: str | None = None,
+        queued: bool = False,
+    ) -> None:
+        super().__init__(message, jobs, in_doubt, batch_id, queued)
         self.message = message
         self.jobs = jobs
         self.in_doubt = in_doubt
         self.batch_id = batch_id
+        self.queued = queued
 
     def __str__(self) -> str:
         return self.message
@@ -215,6 +238,8 @@ class Enqueuer:
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
         self._commit = client.register_script(_COMMIT)
+        self._commit_owed = client.register_script(owed.COMMIT)
+        self.owed = owed.OwedSet(client)
 
     def enqueue(
         self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
@@ -244,6 +269,9 @@ class Enqueuer:
         self, jobs: list[Job], *, bulk: bool, options: dict[str, Any] | None, batch: _BatchRecords | None = None
     ) -> None:
         """Stage every chunk but the last, then commit: see the module docstring."""
+        if self.settings.broker_is_amqp:
+            self._push_owed(jobs, bulk=bulk, options=options, batch=batch)
+            return
         apart = self.settings.broker_url
         if apart and apart != self.settings.redis_url:
             # The commit writes documents and messages in one Redis transaction; messages
@@ -265,18 +293,79 @@ class Enqueuer:
             done = CHUNK * (len(stages) - 1)
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
         keys, args = self._commit_arguments(jobs, last, stages, queue, options, now, batch)
+        self._run_commit(self._commit, keys, args, keys[1], jobs, stages, batch)
+
+    def _run_commit(
+        self,
+        script: Any,
+        keys: list[str],
+        args: list[Any],
+        marker: str,
+        jobs: list[Job],
+        stages: list[str],
+        batch: _BatchRecords | None,
+    ) -> None:
+        """Run a commit script; a lost reply is settled by asking whether its ``marker`` exists."""
         try:
-            self._commit(keys=keys, args=args)
+            script(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The reply was lost: the commit may have run. Its marker (keys[1]) says whether.
+            # The reply was lost: the commit may have run. Its marker says whether.
             try:
-                committed = bool(self.redis.exists(keys[1]))
+                committed = bool(self.redis.exists(marker))
             except redis.RedisError:
                 raise self._in_doubt(jobs, batch, exc) from exc
             if not committed:
                 raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
         except redis.RedisError as exc:
             raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
+
+    def _push_owed(
+        self, jobs: list[Job], *, bulk: bool, options: dict[str, Any] | None, batch: _BatchRecords | None
+    ) -> None:
+        """On RabbitMQ: commit the documents with every job owed, publish with confirms, then clear the debt."""
+        queue = self.settings.bulk_queue if bulk else self.settings.queue
+        now = results.utcnow()
+        *staged, last = list(results.chunks(jobs, CHUNK)) or [[]]
+        done = 0
+        try:
+            for chunk in staged:
+                pipe = self.redis.pipeline(transaction=False)
+                for job in chunk:
+                    pipe.set(results.result_key(job.job_id), _doc(job, now, batch, options), ex=STAGING_TTL)
+                pipe.execute()
+                done += len(chunk)
+        except redis.RedisError as exc:
+            raise self._abandon(jobs, [], batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
+        marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
+        names = [marker, keys.owed(queue), *(results.result_key(job.job_id) for job in jobs)]
+        fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
+        args: list[Any] = [len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
+        args += [batch.batch_id if batch else "", self.settings.amqp_publish_grace]
+        args += [_doc(job, now, batch, options) for job in last]
+        args += [job.job_id for job in jobs]
+        if batch:
+            names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
+            names += [name_key(batch.name)] if batch.name else []
+            args += [item for pair in fields.items() for item in pair]
+        self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
+        try:
+            self.publisher().publish([wire.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
+        except PublishError as exc:
+            subject = "batch" if batch else ("job" if len(jobs) == 1 else "jobs")
+            raise EnqueueError(
+                f"{subject} queued but not published: {exc}; the workers' sweep publishes {_count(jobs)} within"
+                f" WSUPLOAD_AMQP_PUBLISH_GRACE ({self.settings.amqp_publish_grace} s) of now",
+                jobs,
+                batch_id=batch.batch_id if batch else None,
+                queued=True,
+            ) from exc
+        # Published and confirmed: left owed, the sweep publishes again only those not ended by then.
+        with contextlib.suppress(redis.RedisError):
+            self.owed.remove(queue, [job.job_id for job in jobs])
+
+    def publisher(self) -> Publisher:
+        assert self.settings.broker_url is not None
+        return Publisher(self.settings.broker_url)
 
     def _stage(
         self,

@@ -122,3 +122,17 @@ STATS_TTL = 7200
 def stats(minute: int) -> str:
     """Jobs that ended in that minute (unix time // 60): hash ``<status>:<second of the minute>`` → count."""
     return f"{KEY_PREFIX}:stats:{minute}"
+
+
+# RabbitMQ as the broker (tasks.owed)
+
+
+def owed(queue: str) -> str:
+    """Jobs of ``queue`` whose safety is in Redis rather than on RabbitMQ: job id → deadline (unix time,
+    Redis's clock) after which the sweep publishes the job again unless it has ended (sorted set)."""
+    return f"{KEY_PREFIX}:owed:{queue}"
+
+
+def owed_lock(queue: str) -> str:
+    """Held for a sweep interval by the worker sweeping ``queue``'s owed jobs."""
+    return f"{owed(queue)}:lock"

@@ -57,8 +57,8 @@ class Sink(Protocol):
     def in_flight(self, delta: int) -> None: ...
 
 
-LEASE_LOST, HANDED_BACK, RESUMED = "lease_lost", "handed_back", "resumed"
-LEASE_EVENTS = (LEASE_LOST, HANDED_BACK, RESUMED)
+LEASE_LOST, HANDED_BACK, RESUMED, ACKED_EARLY = "lease_lost", "handed_back", "resumed", "acked_early"
+LEASE_EVENTS = (LEASE_LOST, HANDED_BACK, RESUMED, ACKED_EARLY)
 
 _sink: Sink | None = None
 _failed = False
@@ -147,6 +147,11 @@ def lease_lost() -> None:
 def handed_back() -> None:
     """A job still running after the stop grace went back to its queue."""
     _tell("lease_event", HANDED_BACK)
+
+
+def acked_early() -> None:
+    """RabbitMQ: a job held half the consumer_timeout (or hung) was made owed in Redis, its message acknowledged."""
+    _tell("lease_event", ACKED_EARLY)
 
 
 def resumed() -> None:

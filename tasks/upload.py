@@ -24,7 +24,7 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import redaction, runtime
+from wsupload.tasks import owed, redaction, runtime
 from wsupload.tasks.callbacks import callback
 from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.fencing import Superseded
@@ -56,12 +56,18 @@ def runner() -> JobRunner:
     return runtime.current().runner
 
 
+class UploadTask(Task):  # type: ignore[type-arg]
+    # Acknowledged under one lock with the worker's early acks on RabbitMQ (worker.amqp_leases).
+    Request = "wsupload.worker.amqp_leases:Request"
+
+
 @shared_task(
     bind=True,
     name=UPLOAD_TASK_NAME,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    base=UploadTask,
     # Expected: logged by Celery as one line ("raised expected"), no traceback; the job's own line says more.
     throws=(JobFailed,),
 )
@@ -85,33 +91,68 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         raise_if_failed_here(job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc))
         return
     job_id, source = call.job_id, call.source
-    properties = self.request.properties or {}
-    tag = properties.get("delivery_tag")
+    amqp = job.settings.broker_is_amqp
+    tag = delivery_tag(self.request, amqp=amqp)
     try:
-        outcome = job.run_delivery(
-            job_id,
-            source,
-            call.options,
-            worker=self.request.hostname,
-            tag=tag if isinstance(tag, str) else None,
-        )
-    except (LeaseLost, Superseded) as exc:
+        outcome = job.run_delivery(job_id, source, call.options, worker=self.request.hostname, tag=tag)
+    except Superseded as exc:
         # Another delivery holds the job now (this one was paused or hung past its
-        # lease), or the worker is stopping and handed it back: nothing of ours is written.
+        # lease): nothing of ours is written, and its message is done with.
+        owed.EARLY.pop(tag)
         log.warning("%s; this delivery stops", exc)
+        return
+    except LeaseLost as exc:
+        # The worker is stopping and handed the job back (or, on Redis, the lease went to another worker).
+        log.warning("%s; this delivery stops", exc)
+        if amqp:
+            hand_back_on_rabbitmq(job_id, tag, job.store.redis)
         return
     except Exception as exc:
         if isinstance(exc, redis.RedisError) and cannot_record_now(exc):
             # Without a Redis that takes writes the outcome cannot be recorded: hand the
             # message back so the job runs again, rather than vanish or end "failed".
+            # (Acknowledged early on RabbitMQ: its owed entry, no longer renewed, brings it back.)
+            owed.EARLY.pop(tag)
             log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
             raise Reject(str(exc), requeue=True) from None
         # Before the job ran (run() records its own internal errors), or Redis refused it for good.
         log.exception("job %s: internal error", job_id)
         outcome = job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+    settle_early_ack(job_id, tag, job.store.redis)
     if call.options.callback_url:
         send_callback(job_id, call.options.callback_url, job.settings.queue)
     raise_if_failed_here(outcome)
+
+
+def delivery_tag(request: Any, *, amqp: bool) -> str | None:
+    """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
+    if amqp:
+        return owed.amqp_tag(request.id)
+    tag = (request.properties or {}).get("delivery_tag")
+    return tag if isinstance(tag, str) else None
+
+
+def hand_back_on_rabbitmq(job_id: str, tag: str | None, client: redis.Redis) -> None:
+    """A job handed back as its worker stops: its message goes back to its queue (``Reject``), or,
+    acknowledged early, its owed entry falls due now and the sweep publishes it."""
+    early = owed.EARLY.pop(tag)
+    if early is None:
+        raise Reject("handed back as the worker stops", requeue=True)
+    try:
+        owed.OwedSet(client).owe({early.queue: [job_id]}, 0, mode="XX")
+    except redis.RedisError as exc:
+        log.warning("job %s: could not mark it due now (%s); it returns once its owed entry expires", job_id, exc)
+
+
+def settle_early_ack(job_id: str, tag: str | None, client: redis.Redis) -> None:
+    """The job has ended: an early-acknowledged delivery removes its owed entry (else the sweep drops it later)."""
+    early = owed.EARLY.pop(tag)
+    if early is None:
+        return
+    try:
+        owed.OwedSet(client).remove(early.queue, [job_id])
+    except redis.RedisError as exc:
+        log.warning("job %s: could not clear its owed entry (%s); the sweep drops it", job_id, exc)
 
 
 def raise_if_failed_here(outcome: Outcome) -> None:

@@ -1,10 +1,11 @@
-"""The producer wire contract: a ``wsupload.upload`` message exactly as Redis holds it.
+"""The producer wire contract: a ``wsupload.upload`` message exactly as Redis holds it, or as RabbitMQ is sent it.
 
 Celery (message protocol v2) wrapped in kombu's Redis envelope, built here so a
 batch of 10,000 jobs goes to Redis in a few pipelined round trips instead of
 one ``send_task`` each. A producer in another language writes the same JSON with
 ``LPUSH <queue>``; ``tests/unit/test_wire.py`` checks it against what Celery
-itself sends.
+itself sends. On RabbitMQ (``amqp_message``) the same body and headers are published
+to the default exchange with the queue's name as routing key (``tasks.publisher``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import json
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_REPLY_TO = str(uuid.uuid4())
+"""Celery's ``reply_to`` is the sending app's id; wsupload's results never travel back over AMQP."""
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def upload_message(job_id: str, source: str, queue: str, options: dict[str, Any] | None = None) -> str:
-    """The JSON string to ``LPUSH`` onto ``queue`` for one job."""
+def upload_call(job_id: str, source: str, options: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The body (JSON bytes) and Celery headers of one job's message, whatever the broker."""
     args = [job_id, source]
     kwargs = {"options": options} if options else {}
     body = json.dumps([args, kwargs, _EMBED]).encode()
@@ -45,6 +49,12 @@ def upload_message(job_id: str, source: str, queue: str, options: dict[str, Any]
         "origin": _ORIGIN,
         "ignore_result": None,
     }
+    return body, headers
+
+
+def upload_message(job_id: str, source: str, queue: str, options: dict[str, Any] | None = None) -> str:
+    """The JSON string to ``LPUSH`` onto ``queue`` for one job."""
+    body, headers = upload_call(job_id, source, options)
     properties = {
         "correlation_id": job_id,
         "delivery_mode": 2,
@@ -61,3 +71,28 @@ def upload_message(job_id: str, source: str, queue: str, options: dict[str, Any]
         "properties": properties,
     }
     return json.dumps(envelope)
+
+
+@dataclass(frozen=True)
+class AmqpMessage:
+    """One job's message as Celery publishes it over AMQP 0-9-1: to the default exchange ``""``,
+    routing key = the queue's name, these body, headers (``application_headers``) and properties."""
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+
+def amqp_message(job_id: str, source: str, queue: str, options: dict[str, Any] | None = None) -> AmqpMessage:
+    """What ``send_task`` publishes for one job on RabbitMQ (checked in ``tests/integration/test_amqp_wire.py``)."""
+    body, headers = upload_call(job_id, source, options)
+    properties = {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "delivery_mode": 2,  # persistent (quorum queues keep every message on disk anyway)
+        "priority": 0,
+        "correlation_id": job_id,
+        "reply_to": _REPLY_TO,
+    }
+    return AmqpMessage(queue, body, headers, properties)

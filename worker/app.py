@@ -32,6 +32,10 @@ shows signs of life (``worker.renewer``). So:
 - ``queue_order_strategy="priority"``: a worker serving both queues always
   takes from the interactive queue first (kombu rotates them by default), so a
   web request's upload never waits behind a bulk backlog.
+- RabbitMQ (``WSUPLOAD_BROKER_URL=amqp://…``, see ``amqp_options``): both queues are
+  durable quorum queues, Celery's own sends wait for publisher confirms, a 10 s
+  heartbeat, and none of the Redis transport's options; leases there are
+  ``worker.amqp_leases``.
 - task events (``WSUPLOAD_TASK_EVENTS``) for Flower and ``celery events``; a job that
   ends ``failed`` raises ``JobFailed`` after its outcome is recorded, so they show it as
   FAILURE, and ``task_acks_on_failure_or_timeout`` still acknowledges its message.
@@ -76,7 +80,9 @@ class WsuploadApp(Celery):
 def create_app(settings: Settings) -> WsuploadApp:
     # Before anything logs: the secrets this process holds are masked in every record.
     redaction.protect(settings.api_key, settings.callback_secret)
-    redis_transport.install()
+    amqp = settings.broker_is_amqp
+    if not amqp:
+        redis_transport.install()
     broker_url, sentinel_options = broker_for(settings.effective_broker_url)
     app = WsuploadApp(
         "wsupload",
@@ -95,16 +101,20 @@ def create_app(settings: Settings) -> WsuploadApp:
     app.settings = settings
     app.quarantine = Quarantine(settings)
     PoisonGuard.quarantine = app.quarantine
-    transport_options: dict[str, Any] = {
-        "visibility_timeout": settings.lease,
-        "unacked_restore_interval": settings.restore_interval,
-        "unacked_restore_throttle": 1,
-        # The restore scan's lock outlives a worker that dies mid-scan by this much (kombu:
-        # 300 s). Scans are safe side by side (each restore is a WATCH transaction).
-        "unacked_mutex_expire": max(1, round(settings.lease)),
-        "queue_order_strategy": "priority",
-        **sentinel_options,
-    }
+    transport_options: dict[str, Any] = (
+        {}
+        if amqp
+        else {
+            "visibility_timeout": settings.lease,
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
+            # The restore scan's lock outlives a worker that dies mid-scan by this much (kombu:
+            # 300 s). Scans are safe side by side (each restore is a WATCH transaction).
+            "unacked_mutex_expire": max(1, round(settings.lease)),
+            "queue_order_strategy": "priority",
+            **sentinel_options,
+        }
+    )
     # Said on every connection loss while jobs run, about the setting turned off below on purpose.
     warnings.filterwarnings("ignore", r"\s*In Celery 5.1 we introduced", CPendingDeprecationWarning)
     app.conf.update(
@@ -139,7 +149,43 @@ def create_app(settings: Settings) -> WsuploadApp:
     tls = broker_tls(settings.effective_broker_url)
     if tls is not None:
         app.conf.broker_use_ssl = tls
+    if amqp:
+        app.conf.update(amqp_options(settings))
     return app
+
+
+HEARTBEAT = 10
+"""Seconds: RabbitMQ closes the connection of a worker silent for two of them (SIGSTOP, a partition,
+a hung host) and requeues every message it held; the worker sends one every ``HEARTBEAT / 2``."""
+
+
+def amqp_options(settings: Settings) -> dict[str, Any]:
+    """Celery's settings for RabbitMQ as the broker (replacing the Redis transport's).
+
+    - quorum queues (replicated, on disk) for the interactive and bulk queues;
+      Celery (``worker_detect_quorum_queues``, on by default) then uses a
+      per-consumer prefetch (global QoS is not supported on quorum queues). Their
+      arguments are the ones ``tasks.publisher`` declares them with: RabbitMQ refuses
+      a declaration that differs.
+    - ``confirm_publish``: every message Celery itself sends (callbacks, scans)
+      waits for RabbitMQ's confirm; wsupload's own enqueue confirms in batches.
+    - a short heartbeat (``HEARTBEAT``): a paused or cut-off worker's messages go
+      back to their queue within ~20 s instead of the kernel's TCP timeout.
+    - ``worker_prefetch_multiplier=1`` stays: with one consumer per queue a worker
+      holds at most ``concurrency`` messages of each queue; the threads pool runs
+      them in arrival order, so an interactive job waits for one free thread, not
+      behind a bulk backlog (RabbitMQ delivers from both consumers as threads free).
+    """
+    from kombu import Queue
+
+    from wsupload.tasks.publisher import QUORUM
+
+    return {
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_heartbeat": HEARTBEAT,
+        "task_queues": [Queue(name, queue_arguments=QUORUM) for name in (settings.queue, settings.bulk_queue)],
+        "worker_detect_quorum_queues": True,
+    }
 
 
 def broker_for(url: str) -> tuple[str, dict[str, Any]]:

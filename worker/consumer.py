@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
@@ -80,7 +80,21 @@ def raw_message(message: Message) -> str:
     )
 
 
+_CeleryBlueprint: Any = CeleryConsumer.Blueprint
+
+
+class _Blueprint(_CeleryBlueprint):  # type: ignore[misc]
+    # Celery turns on RabbitMQ "native delayed delivery" when it sees quorum queues: 28 topic
+    # exchanges and 28 quorum queues per vhost, for ETAs and countdowns, which wsupload never
+    # sends (retries run inside the task).
+    default_steps: ClassVar[list[str]] = [
+        step for step in _CeleryBlueprint.default_steps if not step.endswith(":DelayedDelivery")
+    ]
+
+
 class Consumer(CeleryConsumer):
+    Blueprint = _Blueprint
+
     @property
     def quarantine(self) -> Quarantine:
         found: Quarantine | None = getattr(self.app, "quarantine", None)

@@ -79,7 +79,8 @@ class WorkerMetrics:
             "wsupload_lease_recoveries",
             "Jobs moved between deliveries: lease_lost (this worker found a job's lease gone), handed_back"
             " (still running after the stop grace, back to its queue), resumed (this worker took up a job an"
-            " earlier delivery left unfinished).",
+            " earlier delivery left unfinished), acked_early (RabbitMQ: a job held half the consumer_timeout,"
+            " or hung, now owed in Redis).",
             ["event"],
             registry=registry,
         )
@@ -161,6 +162,12 @@ class QueueDepth:
         self.queues = tuple(queues)
         self._failing = False
 
+    def lengths(self) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.llen(queue)
+        return [int(n) for n in pipe.execute()]
+
     def describe(self) -> Iterable[Metric]:
         # Declared without samples, so registering does not read Redis.
         return self._families()
@@ -168,10 +175,7 @@ class QueueDepth:
     def collect(self) -> Iterable[Metric]:
         depth, up = self._families()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for queue in self.queues:
-                pipe.llen(queue)
-            lengths = pipe.execute()
+            lengths = self.lengths()
         except Exception as exc:
             if not self._failing:
                 self._failing = True
@@ -198,8 +202,24 @@ class QueueDepth:
         )
 
 
+class AmqpQueueDepth(QueueDepth):
+    """On RabbitMQ: the messages ready on each queue (a passive declare each, on a connection per scrape)."""
+
+    def __init__(self, url: str, queues: Sequence[str]) -> None:
+        self.url = url
+        self.queues = tuple(queues)
+        self._failing = False
+
+    def lengths(self) -> list[int]:
+        from wsupload.tasks.publisher import ready_messages
+
+        return ready_messages(self.url, self.queues, timeout=QUEUE_DEPTH_TIMEOUT)
+
+
 def queue_depth(settings: Settings) -> QueueDepth:
-    """The collector for this deployment's queues (interactive first), on the broker's Redis."""
+    """The collector for this deployment's queues (interactive first), on the broker's Redis (or RabbitMQ)."""
+    if settings.broker_is_amqp and settings.broker_url:
+        return AmqpQueueDepth(settings.broker_url, [settings.queue, settings.bulk_queue])
     client = connect(settings.effective_broker_url, timeout=QUEUE_DEPTH_TIMEOUT)
     return QueueDepth(client, [settings.queue, settings.bulk_queue])
 

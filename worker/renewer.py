@@ -10,6 +10,8 @@ renewed while the worker lives; an upload only while it shows signs of life
 An entry that is gone (kombu restored it, or Redis lost it) marks the job's
 lease lost: the job stops at its next block and writes nothing more.
 
+On RabbitMQ the round is ``worker.amqp_leases``'s: nothing to renew on the broker.
+
 **Stop.** On SIGTERM (Celery's warm shutdown) running jobs get
 ``WSUPLOAD_STOP_GRACE`` to finish. Those still running then are handed back at
 once: each message goes back to the front of its queue (kombu's own restore, one
@@ -224,11 +226,25 @@ def _start(sender: Any = None, **_: Any) -> None:
     if not isinstance(settings, Settings) or _current is not None:
         return  # another app's worker, or already renewing
     # A renewal gives up well within its interval: the next one still comes in time.
-    client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
     slots = None
     if settings.max_concurrent_uploads:  # fleet-limiter slots, held by running uploads, in the results Redis
         slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
-    renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
+    renewer: Renewer
+    if settings.broker_is_amqp:
+        from wsupload.tasks.owed import early_ack_after
+        from wsupload.worker.amqp_leases import AmqpLeases
+
+        renewer = AmqpLeases(
+            connect(settings.redis_url, timeout=settings.renew_interval / 3),
+            settings.renew_interval,
+            lease=settings.lease,
+            early_after=early_ack_after(settings.amqp_consumer_timeout),
+            slots=slots,
+            slot_lease=SLOT_LEASES * settings.lease,
+        )
+    else:
+        client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
+        renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
     renewer.start()
     _current, _settings = renewer, settings
     log.info("leases: %g s, renewed every %.3g s", settings.lease, settings.renew_interval)

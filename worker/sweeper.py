@@ -9,6 +9,9 @@ Its grace (how long a job may be unaccounted for before it is queued again) is t
 lease, its cadence half a lease: a job lost between a worker's BRPOP and its record
 is back in its line within about a lease and a half of the sweep first missing it.
 
+On RabbitMQ it runs the owed sweep (``tasks.owed_sweep``) instead, on the same
+cadence: owed jobs past their deadline are published again.
+
 It must never stop or block the worker: its Redis calls time out within an interval
 and never retry by themselves (the next sweep is the retry), every error is caught,
 and a failing sweep is logged once per streak, not once per interval.
@@ -26,6 +29,8 @@ from celery.signals import worker_ready, worker_shutdown
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.limits import clip
+from wsupload.tasks.owed_sweep import OwedSweep
+from wsupload.tasks.publisher import Publisher
 from wsupload.tasks.results import ResultStore
 from wsupload.tasks.sweep import Sweep
 from wsupload.worker.roster import connect
@@ -42,10 +47,26 @@ def interval_of(settings: Settings) -> float:
     return settings.sweep_interval
 
 
-def sweep_for(settings: Settings, owner: str) -> Sweep:
-    """The sweep of this worker's queues: lines on the broker, documents on ``REDIS_URL`` (by default the same)."""
+def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
+    """The sweep of this worker's queues: lines on the broker, documents on ``REDIS_URL`` (by default the same).
+
+    On RabbitMQ, the owed sweep (``tasks.owed_sweep``) instead: owed sets and documents on ``REDIS_URL``.
+    """
     interval = interval_of(settings)
     timeout = max(1.0, interval)
+    if settings.broker_is_amqp:
+        url = settings.broker_url
+        assert url is not None
+        results = connect(settings.redis_url, timeout)
+        return OwedSweep(
+            results,
+            ResultStore(results, settings.result_ttl),
+            (settings.queue, settings.bulk_queue),
+            lambda: Publisher(url),
+            retry=grace_of(settings),
+            interval=interval,
+            owner=owner,
+        )
     broker = connect(settings.effective_broker_url, timeout=timeout)
     results = broker if settings.effective_broker_url == settings.redis_url else connect(settings.redis_url, timeout)
     return Sweep(
@@ -61,7 +82,7 @@ def sweep_for(settings: Settings, owner: str) -> Sweep:
 class Sweeper:
     """Runs ``sweep`` every ``sweep.interval`` seconds from a daemon thread until ``stop``."""
 
-    def __init__(self, sweep: Sweep) -> None:
+    def __init__(self, sweep: Sweep | OwedSweep) -> None:
         self.sweep = sweep
         self._failing = False
         self._done = threading.Event()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration import rabbit
 from wsupload.config import Settings
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import (
@@ -90,10 +91,42 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL", "AWS_"))}
 
 
+TEST_BROKER = os.environ.get("WSUPLOAD_TEST_BROKER", "redis").strip().lower()
+"""``amqp``: the shared workers and fleets use RabbitMQ (a vhost of the run's own) as their broker."""
+
+
+def rabbit_url_or_skip() -> None:
+    reason = rabbit.unavailable_reason()
+    if reason is not None:
+        unavailable(reason)
+
+
 @pytest.fixture(scope="session")
-def worker_env(redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3) -> dict[str, str]:
+def broker_env() -> Iterator[dict[str, str]]:
+    """Nothing (Redis, the default), or ``WSUPLOAD_BROKER_URL`` for a vhost of this run's own."""
+    if TEST_BROKER != "amqp":
+        yield {}
+        return
+    rabbit_url_or_skip()
+    with rabbit.vhost() as url:
+        yield {"WSUPLOAD_BROKER_URL": url}
+
+
+@pytest.fixture(scope="module")
+def rabbit_vhost() -> Iterator[str]:
+    """The AMQP URL of a vhost for one module's tests alone."""
+    rabbit_url_or_skip()
+    with rabbit.vhost() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, media_root: Path, s3: S3, broker_env: dict[str, str]
+) -> dict[str, str]:
     return {
         **clean_env(),
+        **broker_env,
         **s3.worker_env,
         "WSUPLOAD_ALLOWED_BUCKETS": "s3://media,s3://private,s3://vanished",
         "REDIS_URL": redis_url,

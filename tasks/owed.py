@@ -1,0 +1,217 @@
+"""Owed jobs: on RabbitMQ, the jobs whose safety is held in Redis instead of by an unacknowledged message.
+
+RabbitMQ keeps a message until it is acknowledged, and requeues it when the
+consumer's channel or connection closes; it has no visibility timeout to renew.
+Two moments leave a job without that safety, and the owed set
+(``keys.owed(queue)``, job id → deadline by Redis's clock) covers both:
+
+- **enqueue** (``tasks.enqueue``): the documents are committed in Redis with
+  every job owed for ``WSUPLOAD_AMQP_PUBLISH_GRACE``, then the messages are
+  published with confirms, then the entries are removed. A producer that dies
+  or loses RabbitMQ in between leaves them owed.
+- **a long job** (``worker.amqp_leases``): RabbitMQ closes a channel whose
+  delivery stays unacknowledged longer than its ``consumer_timeout``, and
+  requeues every message of that channel. A job still held at half of it
+  (``early_ack_after``) is made owed for a lease, then its message is
+  acknowledged; the worker renews the entry every third of a lease while the job
+  is renewable (``tasks.lease``), and removes it once the job has ended.
+
+The workers' sweep (``tasks.owed_sweep``) publishes again every owed job whose
+deadline has passed and whose document is not terminal; fencing
+(``tasks.fencing``) drops a delivery of a job that has ended meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from wsupload.tasks import keys
+
+
+def early_ack_after(consumer_timeout: float) -> float:
+    """Seconds after delivery a held message is acknowledged early: half of RabbitMQ's ``consumer_timeout``.
+
+    RabbitMQ checks the timeout on its own cadence; half leaves the worker many
+    renewal rounds to act in, and the message is never closed under a job.
+    """
+    return consumer_timeout / 2
+
+
+# KEYS: owed sets. ARGV: seconds from now, then per key the count of its jobs, then the jobs.
+# XX only renews; NX only adds where the job is not owed yet; '' sets whatever is there.
+_SET = """
+local t = redis.call('TIME')
+local at = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[1]))
+local mode, arg = ARGV[2], 3
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[arg])
+  for i = arg + 1, arg + n do
+    if mode == '' then redis.call('ZADD', KEYS[k], at, ARGV[i]) else redis.call('ZADD', KEYS[k], mode, at, ARGV[i]) end
+  end
+  arg = arg + n + 1
+end
+return at
+"""
+
+# The enqueue commit on RabbitMQ (tasks.enqueue): tasks.enqueue's own commit without its queue,
+# each job owed instead. KEYS: marker (as there), the owed set, the documents of every job in
+# order (staged ones first), then for a batch its hash, member list and, if named, name key.
+# ARGV: nstaged, nnow, ttl, nfields, batch id, grace, then nnow documents, every job id in
+# order, and nfields field/value pairs. Returns 1, or 0 when the marker shows it already ran.
+COMMIT = """
+local nstaged, nnow, ttl, nfields = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local njobs = nstaged + nnow
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'zset' and kind ~= 'none' then
+  return redis.error_reply('ERR the owed key holds a ' .. kind .. ', not a sorted set')
+end
+local docs, ids = 2 + nstaged, 6 + nnow
+for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[6 + i], 'EX', ttl) end
+local batch = docs + nnow
+if nfields > 0 then
+  local fields = ids + njobs
+  redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
+  redis.call('EXPIRE', KEYS[batch + 1], ttl)
+  for i = ids + 1, ids + njobs, 1000 do
+    redis.call('RPUSH', KEYS[batch + 2], unpack(ARGV, i, math.min(i + 999, ids + njobs)))
+  end
+  if njobs > 0 then redis.call('EXPIRE', KEYS[batch + 2], ttl) end
+end
+local t = redis.call('TIME')
+local at = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[6]))
+for i = 1, njobs, 500 do
+  local owed = {}
+  for j = i, math.min(i + 499, njobs) do
+    owed[#owed + 1] = at
+    owed[#owed + 1] = ARGV[ids + j]
+  end
+  redis.call('ZADD', KEYS[2], unpack(owed))
+end
+for i = 3, 2 + nstaged do redis.call('EXPIRE', KEYS[i], ttl) end
+if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[5], 'EX', ttl) end
+return 1
+"""
+
+# KEYS: an owed set. ARGV: grace, limit. The jobs due now, each moved to now + grace in the
+# same call (a sweeper that dies before publishing them leaves them due again, not lost).
+# Returns {deadline given, job, job, …}.
+_CLAIM_DUE = """
+local t = redis.call('TIME')
+local now = t[1] + t[2] / 1000000
+local at = string.format('%.3f', now + tonumber(ARGV[1]))
+local due = redis.call('ZRANGE', KEYS[1], '-inf', string.format('%.3f', now), 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', at, job) end
+table.insert(due, 1, at)
+return due
+"""
+
+# KEYS: an owed set. ARGV: deadline, jobs. Removes each job still owed until exactly that deadline
+# (one renewed meanwhile by its worker is still running there: left alone).
+_REMOVE_IF = """
+local removed = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and string.format('%.3f', tonumber(score)) == ARGV[1] then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+
+@dataclass(frozen=True)
+class Due:
+    queue: str
+    deadline: str
+    """The deadline the claim gave them (``remove_if`` checks it)."""
+    jobs: list[str]
+
+
+class OwedSet:
+    """The owed sets of a deployment's queues, in the results Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._set = client.register_script(_SET)
+        self._claim = client.register_script(_CLAIM_DUE)
+        self._remove_if = client.register_script(_REMOVE_IF)
+
+    def owe(self, by_queue: Mapping[str, Sequence[str]], seconds: float, *, mode: str = "") -> None:
+        """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only."""
+        names = [queue for queue, jobs in by_queue.items() if jobs]
+        if not names:
+            return
+        args: list[str | float | int] = [seconds, mode]
+        for queue in names:
+            args += [len(by_queue[queue]), *by_queue[queue]]
+        self._set(keys=[keys.owed(queue) for queue in names], args=args)
+
+    def remove(self, queue: str, jobs: Iterable[str]) -> None:
+        jobs = list(jobs)
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(jobs), 1000):
+            pipe.zrem(keys.owed(queue), *jobs[start : start + 1000])
+        pipe.execute()
+
+    def claim_due(self, queue: str, grace: float, limit: int) -> Due:
+        at, *jobs = self._claim(keys=[keys.owed(queue)], args=[grace, limit])
+        return Due(queue, _text(at), [_text(job) for job in jobs])
+
+    def remove_if(self, due: Due, jobs: Sequence[str]) -> int:
+        if not jobs:
+            return 0
+        return int(self._remove_if(keys=[keys.owed(due.queue)], args=[due.deadline, *jobs]))
+
+    def deadline(self, queue: str, job: str) -> float | None:
+        score = self.client.zscore(keys.owed(queue), job)
+        return None if score is None else float(score)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def amqp_tag(task_id: str | None) -> str | None:
+    """A RabbitMQ delivery's key in this worker's books. Celery hands a task no delivery tag on AMQP
+    (and RabbitMQ's are per-channel counters), so the task id, which is the job id by the wire contract;
+    two deliveries of one job at once on one worker share it, and fencing settles between them."""
+    return f"amqp:{task_id}" if task_id else None
+
+
+@dataclass(frozen=True)
+class Early:
+    job_id: str
+    queue: str
+
+
+class EarlyAcks:
+    """The messages this worker acknowledged early, by delivery tag (thread-safe): their jobs are owed."""
+
+    def __init__(self) -> None:
+        self._acked: dict[str, Early] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, tag: str, job_id: str, queue: str) -> None:
+        with self._lock:
+            self._acked[tag] = Early(job_id, queue)
+
+    def get(self, tag: str | None) -> Early | None:
+        with self._lock:
+            return self._acked.get(tag or "")
+
+    def pop(self, tag: str | None) -> Early | None:
+        with self._lock:
+            return self._acked.pop(tag or "", None)
+
+    def all(self) -> dict[str, Early]:
+        with self._lock:
+            return dict(self._acked)
+
+
+EARLY = EarlyAcks()
+"""This process's early-acknowledged messages (the worker's AMQP leases and the upload task read it)."""

@@ -1,0 +1,271 @@
+"""RabbitMQ as the broker, against the RabbitMQ on 127.0.0.1:5672 in a vhost of this module's own.
+
+Results, documents and batch records stay in the session's Redis; messages go
+through quorum queues. Each test runs its own workers on fresh queues with a 3 s
+lease (``worker_env``); waits poll conditions with deadlines, nothing is timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration import rabbit
+from tests.integration.conftest import producer_env
+from wsupload.config import Settings
+from wsupload.tasks import keys
+from wsupload.tasks.enqueue import EnqueueError
+from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.samples import distinct_pngs, png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
+
+pytestmark = [pytest.mark.integration]
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def amqp_env(worker_env: dict[str, str], rabbit_vhost: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        **worker_env,
+        "WSUPLOAD_BROKER_URL": rabbit_vhost,
+        "WSUPLOAD_QUEUE": f"amqp-{suffix}",
+        "WSUPLOAD_BULK_QUEUE": f"amqp-{suffix}.bulk",
+        # The sandbox holds answers open while we kill and stall workers.
+        "WSUPLOAD_READ_TIMEOUT": "60",
+    }
+
+
+@pytest.fixture
+def amqp_producer(amqp_env: dict[str, str]) -> Producer:
+    return Producer(Settings.from_env(producer_env(amqp_env)))
+
+
+@pytest.fixture
+def start_worker(amqp_env: dict[str, str], amqp_producer: Producer, tmp_path: Path) -> Iterator[StartWorker]:
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        process = WorkerProcess(env={**amqp_env, **env}, log_path=log, concurrency=concurrency)
+        started.append(process.start())
+        process.wait_ready(amqp_producer.app)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            os.killpg(process.process.pid, signal.SIGCONT)
+        process.stop()
+
+
+@pytest.fixture
+def png(media_root: Path) -> Path:
+    path = media_root / f"amqp-{uuid.uuid4().hex[:6]}.png"
+    path.write_bytes(png_bytes(32, 32))
+    return path
+
+
+def finished(producer: Producer, job_id: str) -> Callable[[], JobDoc | None]:
+    def check() -> JobDoc | None:
+        doc = producer.status([job_id])[0]
+        return doc if doc and doc["status"] in TERMINAL else None
+
+    return check
+
+
+def owed_jobs(producer: Producer) -> list[bytes]:
+    settings = producer.settings
+    jobs: list[bytes] = []
+    for queue in (settings.queue, settings.bulk_queue):
+        jobs += [job for job in producer.redis.zrange(keys.owed(queue), 0, -1) if isinstance(job, bytes)]
+    return jobs
+
+
+def test_a_batch_on_rabbitmq_all_succeeds_with_one_document_each(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, media_root: Path
+) -> None:
+    start_worker(concurrency=4)
+    paths = distinct_pngs(media_root / "amqp-batch", 20)
+    batch = amqp_producer.enqueue_batch([str(p) for p in paths], options={"dedup": False})
+    assert owed_jobs(amqp_producer) == []  # published and confirmed before enqueue returned
+    outcome = amqp_producer.wait([job.job_id for job in batch.jobs], timeout=60)
+    assert outcome.all_succeeded, outcome.docs
+    assert {doc["generation"] for doc in outcome.docs if doc} == {1}
+    assert len(sandbox.records) == 20
+    info = amqp_producer.batches.get(batch.batch_id)
+    assert info is not None
+    assert (info["done"], info["succeeded"]) == (20, 20)
+
+
+def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) -> None:
+    from kombu import Connection
+
+    from wsupload.tasks import wire
+    from wsupload.tasks.publisher import Publisher
+
+    queue = amqp_producer.settings.queue
+    job_id, options = uuid.uuid4().hex, {"dedup": True, "callback_url": "https://hooks.test/x"}
+    app = amqp_producer.app
+    app.send_task(
+        "wsupload.upload", args=[job_id, "/m/a.png"], kwargs={"options": options}, task_id=job_id, queue=queue
+    )
+    Publisher(str(amqp_producer.settings.broker_url)).publish([wire.amqp_message(job_id, "/m/a.png", queue, options)])
+    with Connection(str(amqp_producer.settings.broker_url)) as connection:
+        channel: Any = connection.default_channel
+        celerys, ours = channel.basic_get(queue, no_ack=True), channel.basic_get(queue, no_ack=True)
+    assert celerys is not None
+    assert ours is not None
+    assert ours.body == celerys.body
+    assert ours.delivery_info["exchange"] == celerys.delivery_info["exchange"] == ""
+    assert ours.delivery_info["routing_key"] == celerys.delivery_info["routing_key"] == queue
+    theirs_props, our_props = dict(celerys.properties), dict(ours.properties)
+    theirs_headers, our_headers = theirs_props.pop("application_headers"), our_props.pop("application_headers")
+    assert set(our_props) == set(theirs_props)
+    for key in our_props:
+        if key != "reply_to":  # the sending app's id
+            assert our_props[key] == theirs_props[key], key
+    differ = {"origin", "argsrepr", "kwargsrepr"}  # descriptive only: the process, and repr details
+    for key, value in our_headers.items():
+        assert key in theirs_headers, key
+        if key not in differ:
+            assert value == theirs_headers[key], key
+
+
+def test_an_interactive_upload_overtakes_a_bulk_backlog_on_rabbitmq(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, media_root: Path
+) -> None:
+    paths = distinct_pngs(media_root / "amqp-backlog", 200)
+    urgent = media_root / "amqp-urgent.png"
+    urgent.write_bytes(png_bytes(3, 3))
+    start_worker(concurrency=1)
+    sandbox.latency = 0.02  # 200 bulk uploads take about 4 s one at a time
+    try:
+        batch = amqp_producer.enqueue_batch([str(p) for p in paths], options={"dedup": False})
+        wait_until(lambda: len(sandbox.records) >= 3, 30, what="the backlog to start")
+        (job,) = amqp_producer.enqueue([str(urgent)])
+        outcome = amqp_producer.wait([job.job_id], timeout=30)
+        info = amqp_producer.batches.get(batch.batch_id)
+    finally:
+        sandbox.latency = 0.0
+    assert outcome.all_succeeded
+    assert info is not None
+    # Taken next, not after the other ~195: at most the upload in hand and one more finished first.
+    assert info["done"] <= 3 + 2, info
+
+
+@pytest.mark.slow
+def test_worker_sigkilled_mid_upload_on_rabbitmq_its_job_completes_once_elsewhere(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker()
+    sandbox.add_fault(Fault(stall=30))  # the first upload hangs at the server
+    (job,) = amqp_producer.enqueue([str(png)])
+    wait_until(lambda: len(sandbox.records) == 1, 30, what="the upload to reach the sandbox")
+    second = start_worker()
+    first.kill()  # its connection drops: RabbitMQ requeues the message it held
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job.job_id), 30, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    assert len(sandbox.records) == 2
+    assert sandbox.records[-1].sha256 == hashlib.sha256(png.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_on_stop_a_job_still_running_after_the_grace_goes_back_to_rabbitmq_at_once(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    stopping = start_worker(WSUPLOAD_STOP_GRACE="1")
+    sandbox.add_fault(Fault(stall=40))  # cannot finish within the grace
+    (job,) = amqp_producer.enqueue([str(png)])
+    wait_until(lambda: len(sandbox.records) == 1, 30, what="the upload to reach the sandbox")
+    taker = start_worker()
+    assert stopping.process is not None
+    os.killpg(stopping.process.pid, signal.SIGTERM)
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job.job_id), 30, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", taker.hostname, 2)
+    log = stopping.log_path.read_text()
+    assert f"job {job.job_id}: still running after the stop grace; handed back to its queue" in log
+    assert stopping.process.poll() is None  # still waiting for its stalled answer: the reject came first
+
+
+@pytest.mark.slow
+def test_a_job_longer_than_the_consumer_timeout_runs_once_without_its_channel_closed(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    before = rabbit.consumer_timeout()
+    rabbit.set_consumer_timeout(10_000)
+    try:
+        runner = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")
+        idle = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # would take a requeued message
+        sandbox.add_fault(Fault(stall=25))  # the answer comes well after the timeout
+        (job,) = amqp_producer.enqueue([str(png)])
+        doc: JobDoc = wait_until(finished(amqp_producer, job.job_id), 60, interval=0.2, what="the job to finish")
+    finally:
+        rabbit.restore_consumer_timeout(before)
+    assert (doc["status"], doc["generation"]) == ("succeeded", 1)
+    assert len(sandbox.records) == 1
+    log = runner.log_path.read_text()
+    assert f"job {job.job_id}: held" in log
+    assert "acknowledged early" in log
+    for text in (log, idle.log_path.read_text()):
+        assert "PRECONDITION_FAILED" not in text
+        assert "consumer ack timed out" not in text.lower()
+        assert "Connection to broker lost" not in text
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry to be removed")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_after_an_early_ack_its_job_comes_back_through_the_sweep(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
+    sandbox.add_fault(Fault(stall=40))
+    (job,) = amqp_producer.enqueue([str(png)])
+    wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
+    assert owed_jobs(amqp_producer) == [job.job_id.encode()]
+    second = start_worker()
+    first.kill()  # nothing on RabbitMQ to requeue: the owed entry, no longer renewed, brings the job back
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job.job_id), 40, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    assert len(sandbox.records) == 2
+    assert "published again" in second.log_path.read_text()
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry to be removed")
+
+
+@pytest.mark.slow
+def test_a_batch_whose_publish_fails_after_the_commit_is_published_by_the_sweep(
+    amqp_producer: Producer, amqp_env: dict[str, str], start_worker: StartWorker, media_root: Path
+) -> None:
+    worker = start_worker()
+    broken = {**producer_env(amqp_env), "WSUPLOAD_AMQP_PUBLISH_GRACE": "5"}
+    broken["WSUPLOAD_BROKER_URL"] = rabbit.url_for(amqp_env["WSUPLOAD_BROKER_URL"].rsplit("/", 1)[1], port=1)
+    paths = distinct_pngs(media_root / "amqp-unpublished", 3)
+    with pytest.raises(EnqueueError) as caught:
+        Producer(Settings.from_env(broken)).enqueue_batch([str(p) for p in paths], options={"dedup": False})
+    error = caught.value
+    assert error.queued
+    assert error.batch_id is not None
+    assert "queued but not published" in str(error)
+    assert "\n" not in str(error)
+    assert sorted(owed_jobs(amqp_producer)) == sorted(job.job_id.encode() for job in error.jobs)
+
+    outcome = amqp_producer.wait([job.job_id for job in error.jobs], timeout=60)
+    assert outcome.all_succeeded, outcome.docs
+    assert "published again" in worker.log_path.read_text()
+    info = amqp_producer.batches.get(error.batch_id)
+    assert info is not None
+    assert (info["done"], info["succeeded"]) == (3, 3)
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entries to be removed")

@@ -1,0 +1,202 @@
+"""The worker's side of leases on RabbitMQ: early acknowledgement of long jobs, owed entries, hand-back.
+
+RabbitMQ has no visibility timeout: a delivered message stays with its consumer
+until acknowledged, and goes back to its queue when the consumer's channel or
+connection closes (a dead worker, or one silent for two heartbeats: ``worker.app``).
+So there is nothing to renew on the broker, and kombu's Redis books are never
+touched here. What replaces ``worker.renewer``'s round, every third of a lease:
+
+- **consumer_timeout.** RabbitMQ (3.10: server-wide, 30 min by default) closes a
+  channel whose delivery stays unacknowledged longer, requeueing every message on
+  it: every job the worker runs would be uploaded again. A message held
+  ``early_ack_after(WSUPLOAD_AMQP_CONSUMER_TIMEOUT)`` (half of it) is made owed in
+  Redis for a lease (``tasks.owed``) and then acknowledged. So is the message of a
+  job that shows no sign of life (``tasks.lease.renewable``): its entry is not
+  renewed, and the sweep gives the job to another worker a lease later, as on Redis.
+- **owed entries.** Those of early-acknowledged jobs this worker still holds are
+  renewed for a lease while the job is renewable (or waits for a thread); the
+  task removes the entry once the job has ended (``tasks.upload``).
+- **fleet-limiter slots** of renewable jobs are renewed as on Redis.
+- **stop.** After ``WSUPLOAD_STOP_GRACE`` the message of each job still running
+  is rejected with requeue at once (acknowledged early: its owed entry falls due
+  now, for the sweep), and the job stops at its next block.
+
+Acknowledgements come from pool threads (Celery) and from this thread:
+``Request`` takes one lock around each, so a message is never acknowledged twice
+(RabbitMQ would close the channel for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from celery.worker import state
+from celery.worker.request import Request as CeleryRequest
+
+from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.tasks import owed, telemetry
+from wsupload.tasks.lease import BOOK, LeaseBook, renewable
+from wsupload.tasks.limits import clip
+from wsupload.worker.renewer import Renewer
+
+log = logging.getLogger(__name__)
+
+ACKS = threading.RLock()
+"""Held around every acknowledgement or rejection of a message on this worker."""
+
+
+class Request(CeleryRequest):
+    """Celery's request, with the time it arrived and its acknowledgement under ``ACKS``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received_at = time.monotonic()
+
+    def acknowledge(self) -> None:
+        with ACKS:
+            super().acknowledge()
+
+    def reject(self, requeue: bool = False) -> None:
+        with ACKS:
+            super().reject(requeue)
+
+
+def held_requests() -> list[Any]:
+    """The upload requests this worker has received and not finished (running or waiting for a thread)."""
+    for _ in range(3):
+        try:
+            return [r for r in tuple(state.reserved_requests) if r.name == UPLOAD_TASK_NAME]
+        except RuntimeError:  # the set changed while being copied (another thread): read it again
+            continue
+    return []
+
+
+def tag_of(request: Any) -> str | None:
+    return owed.amqp_tag(request.id)
+
+
+class AmqpLeases(Renewer):
+    """``worker.renewer.Renewer``'s thread and stop, with the round above; ``client`` is the results Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        interval: float,
+        *,
+        lease: float,
+        early_after: float,
+        book: LeaseBook = BOOK,
+        requests: Callable[[], Sequence[Any]] = held_requests,
+        early: owed.EarlyAcks = owed.EARLY,
+        slots: redis.Redis | None = None,
+        slot_lease: float = 30.0,
+    ) -> None:
+        super().__init__(client, interval, book, slots=slots, slot_lease=slot_lease)
+        self.owed = owed.OwedSet(client)
+        self.lease = lease
+        self.early_after = early_after
+        self.requests = requests
+        self.early = early
+
+    def renew(self) -> int:
+        """One round; how many owed entries were renewed (0 after a failure, logged once per streak)."""
+        try:
+            now = time.monotonic()
+            held = list(self.requests())
+            for request in held:
+                if self._ack_due(request, now):
+                    self.ack_early(request)
+            renewed = self._renew_owed(held, now)
+        except Exception as exc:  # the worker carries on; the next round tries again
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "leases: cannot renew (%s: %s); trying again every %.3g s",
+                    type(exc).__name__,
+                    clip(str(exc)),
+                    self.interval,
+                    exc_info=not isinstance(exc, redis.RedisError | OSError),
+                )
+            return 0
+        if self._failing:
+            self._failing = False
+            log.info("leases: renewing again")
+        self._renew_slots([lease.tag for lease in self.book.all() if lease.tag and renewable(lease, now)])
+        return renewed
+
+    def _ack_due(self, request: Any, now: float) -> bool:
+        if request.acknowledged:
+            return False
+        lease = self.book.get(tag_of(request) or "")
+        if lease is not None and not renewable(lease, now):
+            return True  # hung: owed for a lease, not renewed, swept to another worker
+        return now - getattr(request, "received_at", now) >= self.early_after
+
+    def ack_early(self, request: Any) -> bool:
+        """Owe the job for a lease, then acknowledge its message; False if it was acknowledged already."""
+        tag, queue = tag_of(request), (request.delivery_info or {}).get("routing_key")
+        if tag is None or not isinstance(queue, str):
+            return False
+        with ACKS:
+            if request.acknowledged:
+                return False
+            self.owed.owe({queue: [request.id]}, self.lease)
+            self.early.mark(tag, request.id, queue)
+            request.acknowledge()
+        telemetry.acked_early()
+        log.warning(
+            "job %s: held %.0f s; its message is acknowledged early and the job kept owed in Redis"
+            " (RabbitMQ's consumer_timeout would otherwise close the channel under it)",
+            request.id,
+            time.monotonic() - getattr(request, "received_at", time.monotonic()),
+        )
+        return True
+
+    def _renew_owed(self, held: list[Any], now: float) -> int:
+        by_queue: dict[str, list[str]] = {}
+        holding = {tag_of(request) for request in held}
+        for tag, early in self.early.all().items():
+            lease = self.book.get(tag)
+            if tag in holding and (lease is None or renewable(lease, now)):
+                by_queue.setdefault(early.queue, []).append(early.job_id)
+        if by_queue:
+            self.owed.owe(by_queue, self.lease, mode="XX")
+        return sum(len(jobs) for jobs in by_queue.values())
+
+    def hand_back(self, grace: float) -> int:
+        """Wait up to ``grace`` for running jobs to end; hand the rest back now and tell them to stop.
+
+        Each message still held is rejected with requeue (RabbitMQ puts it back at the
+        front of its queue); a job acknowledged early is made due now, for the sweep.
+        The job stops at its next block, writing nothing more.
+        """
+        if self.book.wait_empty(grace):
+            return 0
+        requests = {tag_of(request): request for request in self.requests()}
+        handed = 0
+        for lease in self.book.all():
+            request = requests.get(lease.tag)
+            try:
+                with ACKS:
+                    early = self.early.pop(lease.tag)
+                    if early is not None:
+                        self.owed.owe({early.queue: [early.job_id]}, 0, mode="XX")
+                    elif request is not None and not request.acknowledged:
+                        request.reject(requeue=True)
+                    lease.handed_back = True
+            except Exception as exc:
+                log.warning(
+                    "job %s: could not hand it back (%s); it runs on, or returns when its connection closes",
+                    lease.job_id,
+                    clip(str(exc)),
+                )
+                continue
+            telemetry.handed_back()
+            handed += 1
+            log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
+        return handed
