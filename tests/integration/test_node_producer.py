@@ -1,7 +1,7 @@
 """A producer in another language: celery-node (tests/node/produce.js) following README's wire contract.
 
 produce.js writes each job's queued document and sends ``wsupload.upload`` with celery-node's
-``sendTask``, over the Redis broker and over RabbitMQ (a vhost of each test's own); a real
+``sendTask``, over the Redis broker and over RabbitMQ (a vhost of this module's own); a real
 worker takes the job and the sandbox receives the file.
 """
 
@@ -12,26 +12,25 @@ import hashlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import amqp
 import pytest
 
+from tests.integration import rabbit
 from tests.integration.conftest import Fleet, FleetHandle, clean_env, unavailable
-from wsupload.config import ConfigError, Settings
+from wsupload.config import Settings
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
-RABBITMQCTL = shutil.which("rabbitmqctl")
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +81,9 @@ def run_through_node(node: str, handle: FleetHandle, jobs: list[dict[str, Any]])
 
 
 def test_a_celery_node_producer_over_redis_gets_its_jobs_uploaded_with_their_options(
-    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path
+    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path, worker_env: dict[str, str]
 ) -> None:
-    handle = fleet()
+    handle = fleet(WSUPLOAD_BROKER_URL=worker_env["REDIS_URL"])  # Redis, whichever broker the run tests
     png = unique_png(media_root / "node-redis")
     first = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
     (doc,) = run_through_node(node, handle, [first])
@@ -100,57 +99,25 @@ def test_a_celery_node_producer_over_redis_gets_its_jobs_uploaded_with_their_opt
     assert len(sandbox.records) == 1
 
 
-# RabbitMQ: the same producer with WSUPLOAD_BROKER_URL=amqp://…, in a vhost of the test's own.
-
-
-def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
-    assert RABBITMQCTL is not None
-    return subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False)
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    if RABBITMQCTL is None:
-        unavailable("no rabbitmqctl: the AMQP tests need the RabbitMQ server on 127.0.0.1:5672")
-    try:
-        socket.create_connection((RABBIT_HOST, RABBIT_PORT), timeout=2).close()
-    except OSError as error:
-        unavailable(f"RabbitMQ does not answer on {RABBIT_HOST}:{RABBIT_PORT}: {error}")
-    name = "wsupload-node-" + uuid.uuid4().hex[:8]
-    made = rabbitmqctl("add_vhost", name)
-    if made.returncode != 0:
-        unavailable(f"rabbitmqctl add_vhost failed: {made.stderr.strip()}")
-    try:
-        allowed = rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        assert allowed.returncode == 0, allowed.stderr
-        yield name
-    finally:
-        rabbitmqctl("delete_vhost", name)
-
-
-@pytest.fixture
-def amqp_url(vhost: str) -> str:
-    url = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}"
-    try:
-        Settings.from_env({"WSUPLOAD_BROKER_URL": url})
-    except ConfigError as error:
-        # Not a missing service: this checkout's worker has no AMQP broker (merge h/amqp).
-        pytest.skip(f"this worker does not take an amqp:// broker yet: {error}")
-    return url
+# RabbitMQ: the same producer with WSUPLOAD_BROKER_URL=amqp://…, in this module's vhost
+# (``rabbit_vhost``); each fleet has queues of its own.
 
 
 @contextlib.contextmanager
-def connection(vhost: str) -> Iterator[amqp.Connection]:
+def connection(url: str) -> Iterator[amqp.Connection]:
     with amqp.Connection(
-        f"{RABBIT_HOST}:{RABBIT_PORT}", userid="guest", password="guest", virtual_host=vhost
+        f"{rabbit.HOST}:{rabbit.PORT}",
+        userid=rabbit.USER,
+        password=rabbit.PASSWORD,
+        virtual_host=urlsplit(url).path[1:],
     ) as opened:
         yield opened
 
 
 def test_a_celery_node_producer_over_rabbitmq_gets_its_job_uploaded(
-    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path, amqp_url: str
+    node: str, fleet: Fleet, sandbox: SandboxServer, media_root: Path, rabbit_vhost: str
 ) -> None:
-    handle = fleet(WSUPLOAD_BROKER_URL=amqp_url)
+    handle = fleet(WSUPLOAD_BROKER_URL=rabbit_vhost)
     png = unique_png(media_root / "node-amqp")
     job = {"job_id": uuid.uuid4().hex, "source": str(png), "options": {"dedup": True}}
     (doc,) = run_through_node(node, handle, [job])
@@ -160,11 +127,11 @@ def test_a_celery_node_producer_over_rabbitmq_gets_its_job_uploaded(
 
 
 def test_the_workers_quorum_queue_refuses_celery_nodes_own_declare_and_takes_the_contracts(
-    fleet: Fleet, vhost: str, amqp_url: str
+    fleet: Fleet, rabbit_vhost: str
 ) -> None:
-    handle = fleet(WSUPLOAD_BROKER_URL=amqp_url)
+    handle = fleet(WSUPLOAD_BROKER_URL=rabbit_vhost)
     queue = handle.env["WSUPLOAD_QUEUE"]
-    with connection(vhost) as broker:
+    with connection(rabbit_vhost) as broker:
         # What celery-node 0.5.9 declares on connect and before every publish: a classic queue.
         with pytest.raises(amqp.PreconditionFailed, match="inequivalent arg 'x-queue-type'"):
             broker.channel().queue_declare(queue, durable=True, auto_delete=False, arguments=None)
@@ -181,9 +148,9 @@ def test_the_workers_quorum_queue_refuses_celery_nodes_own_declare_and_takes_the
 
 
 def test_a_celery_node_producer_with_no_queue_to_send_to_says_so_and_leaves_no_document(
-    node: str, fleet: Fleet, vhost: str, amqp_url: str
+    node: str, fleet: Fleet, rabbit_vhost: str
 ) -> None:
-    handle = fleet(count=0, WSUPLOAD_BROKER_URL=amqp_url)  # no worker has declared the queue
+    handle = fleet(count=0, WSUPLOAD_BROKER_URL=rabbit_vhost)  # no worker has declared the queue
     job_id = uuid.uuid4().hex
     sent = produce(node, handle.env, [{"job_id": job_id, "source": "/media/a.png"}])
     assert sent.returncode == 1

@@ -214,7 +214,7 @@ def test_the_rabbitmq_variant_sends_messages_through_rabbitmq_and_keeps_redis_fo
 
     given = {"RABBITMQ_PASSWORD": "s3cret-Pass_1"}
     url = urlsplit(interpolated(env["WSUPLOAD_BROKER_URL"], **given))
-    assert (url.scheme, url.hostname, url.port, url.path) == ("amqp", "rabbitmq", 5672, "//")  # vhost "/"
+    assert (url.scheme, url.hostname, url.port, unquote(url.path[1:])) == ("amqp", "rabbitmq", 5672, "/")  # vhost
     # The user and password the broker is created with.
     assert url.username == interpolated(rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"], **given)
     assert unquote(url.password or "") == interpolated(rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"], **given)
@@ -226,7 +226,9 @@ def test_the_rabbitmq_variants_broker_url_is_one_the_settings_take(rabbit_compos
     from wsupload.config import ConfigError, Settings
 
     env = rabbit_compose["services"]["worker"]["environment"]
-    urls = {key: interpolated(env[key], RABBITMQ_PASSWORD="s3cret-Pass_1") for key in ("REDIS_URL", "WSUPLOAD_BROKER_URL")}
+    urls = {
+        key: interpolated(env[key], RABBITMQ_PASSWORD="s3cret-Pass_1") for key in ("REDIS_URL", "WSUPLOAD_BROKER_URL")
+    }
     try:
         settings = Settings.from_env(urls)
     except ConfigError as error:
@@ -235,3 +237,10 @@ def test_the_rabbitmq_variants_broker_url_is_one_the_settings_take(rabbit_compos
         pytest.skip(f"this checkout's settings take no amqp:// broker yet: {error}")
     assert settings.effective_broker_url == urls["WSUPLOAD_BROKER_URL"]
     assert settings.redis_url == "redis://redis:6379/0"
+    # The broker sets no consumer_timeout: RabbitMQ's default, 30 min, is what the worker must assume.
+    rabbitmq = rabbit_compose["services"]["rabbitmq"]
+    assert "command" not in rabbitmq
+    assert not any("rabbitmq.conf" in volume or "conf.d" in volume for volume in rabbitmq["volumes"])
+    assert "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS" not in rabbitmq["environment"]
+    assert "WSUPLOAD_AMQP_CONSUMER_TIMEOUT" not in env
+    assert settings.amqp_consumer_timeout == 30 * 60
