@@ -157,3 +157,28 @@ def test_a_celery_node_producer_with_no_queue_to_send_to_says_so_and_leaves_no_d
     assert sent.stderr.count("\n") == 1, sent.stderr  # one line, no stack trace
     assert f"no queue '{handle.env['WSUPLOAD_QUEUE']}'" in sent.stderr
     assert handle.producer.redis.exists(f"wsupload:result:{job_id}") == 0
+
+
+def test_a_celery_node_message_on_rabbitmq_is_what_the_contract_says(
+    node: str, fleet: Fleet, rabbit_vhost: str
+) -> None:
+    handle = fleet(count=0, WSUPLOAD_BROKER_URL=rabbit_vhost)
+    queue = handle.env["WSUPLOAD_QUEUE"]
+    job_id = uuid.uuid4().hex
+    with connection(rabbit_vhost) as broker:
+        broker.channel().queue_declare(queue, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
+        sent = produce(node, handle.env, [{"job_id": job_id, "source": "/media/a.png", "options": {"dedup": True}}])
+        assert sent.returncode == 0, sent.stderr
+        message = broker.channel().basic_get(queue, no_ack=True)
+    assert message is not None
+    assert (message.delivery_info["exchange"], message.delivery_info["routing_key"]) == ("", queue)
+    properties = message.properties
+    assert properties["content_type"] == "application/json"
+    assert properties["content_encoding"] == "utf-8"
+    assert properties["delivery_mode"] == 2
+    assert properties["correlation_id"] == job_id
+    headers = properties["application_headers"]
+    assert (headers["task"], headers["id"]) == ("wsupload.upload", job_id)
+    args, kwargs, _embed = json.loads(message.body)
+    assert args == [job_id, "/media/a.png"]
+    assert kwargs == {"options": {"dedup": True}}
