@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# celery-node, the other-language producer of the wire-contract tests (tests/node, pinned by its lock file).
+NODE_DEPS := tests/node/node_modules/.package-lock.json
 
 .PHONY: setup demo test lint unit readme bench bench-quick clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NODE_DEPS)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v redis-server >/dev/null || ./scripts/install-redis
@@ -16,6 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
+
+# Without npm the celery-node tests skip locally, saying why (and fail in CI).
+$(NODE_DEPS): tests/node/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/node --no-audit --no-fund --loglevel=error; \
+	else echo "no npm: tests/integration/test_node_producer.py will skip (install Node.js 18+ and npm)"; fi
 
 demo: $(STAMP)
 	$(BIN)/wsupload demo
@@ -26,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The whole suite on Redis, then the broker-agnostic core once more with RabbitMQ as the broker.
-test: lint
+test: lint $(NODE_DEPS)
 	$(BIN)/pytest
 	WSUPLOAD_TEST_BROKER=amqp $(BIN)/pytest -m core tests/integration
 

@@ -176,14 +176,19 @@ def amqp_options(settings: Settings) -> dict[str, Any]:
       them in arrival order, so an interactive job waits for one free thread, not
       behind a bulk backlog (RabbitMQ delivers from both consumers as threads free).
     """
-    from kombu import Queue
+    from kombu import Exchange, Queue
 
     from wsupload.tasks.publisher import QUORUM
 
     return {
         "broker_transport_options": {"confirm_publish": True},
         "broker_heartbeat": HEARTBEAT,
-        "task_queues": [Queue(name, queue_arguments=QUORUM) for name in (settings.queue, settings.bulk_queue)],
+        # Celery's own shape, an exchange per queue: a bare Queue(name) is bound to the default
+        # queue's exchange and routing key, so a message sent there would reach both queues.
+        "task_queues": [
+            Queue(name, Exchange(name, "direct"), routing_key=name, queue_arguments=QUORUM)
+            for name in (settings.queue, settings.bulk_queue)
+        ],
         "worker_detect_quorum_queues": True,
     }
 

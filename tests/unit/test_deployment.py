@@ -149,3 +149,98 @@ def test_the_alert_rules_select_the_scrape_job_and_metrics_the_workers_export() 
         for name in re.findall(r"\b(wsupload_[a-z_]+)\b", rule["expr"]):
             assert name in exported, f"{rule['alert']} uses {name}, which no worker exports"
     assert 'up{job="wsupload"}' in next(r["expr"] for r in rules if r["alert"] == "WsuploadNoLiveWorkers")
+
+
+# The RabbitMQ variant: docker-compose.rabbitmq.yml over docker-compose.yml, merged as compose merges them.
+
+
+def merged(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file for what these files use: mappings merge key by key
+    (environment, depends_on), anything else the override replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {key: merged(base[key], value) if key in base else value for key, value in override.items()} | {
+            key: value for key, value in base.items() if key not in override
+        }
+    return override
+
+
+def interpolated(text: str, **env: str) -> str:
+    """Compose's ${NAME}, ${NAME:-default} and ${NAME:?error}, from ``env`` (an unset required one fails)."""
+
+    def value(match: re.Match[str]) -> str:
+        name, operator, word = match.group(1), match.group(2), match.group(3)
+        if name in env:
+            return env[name]
+        assert operator != ":?", f"{name} is required: {word}"
+        return word or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
+@pytest.fixture(scope="module")
+def rabbit_compose(compose: dict[str, Any]) -> dict[str, Any]:
+    override = yaml.safe_load((ROOT / "docker-compose.rabbitmq.yml").read_text())
+    doc: dict[str, Any] = merged(compose, override)
+    return doc
+
+
+def test_the_rabbitmq_variant_runs_a_persistent_healthchecked_broker_with_per_queue_timeouts(
+    rabbit_compose: dict[str, Any],
+) -> None:
+    rabbitmq = rabbit_compose["services"]["rabbitmq"]
+    repository, tag = rabbitmq["image"].split(":")
+    assert repository == "rabbitmq"
+    major, minor = (int(part) for part in tag.split("-")[0].split(".")[:2])
+    assert (major, minor) >= (3, 12)  # a consumer timeout per queue, not only server-wide
+    assert rabbitmq["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "rabbitmq-data" in rabbit_compose["volumes"]
+    assert rabbitmq["hostname"] == "rabbitmq"  # the node's name, under which its data is kept
+    assert all(port.startswith("127.0.0.1:") for port in rabbitmq["ports"])  # the UI is not published wider
+    assert "redis-data" in rabbit_compose["volumes"]  # the base file's volumes stay
+
+
+@pytest.mark.parametrize("service", ["worker", "beat"])
+def test_the_rabbitmq_variant_sends_messages_through_rabbitmq_and_keeps_redis_for_the_documents(
+    rabbit_compose: dict[str, Any], service: str
+) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    rabbitmq, node = rabbit_compose["services"]["rabbitmq"], rabbit_compose["services"][service]
+    env = {key: str(value) for key, value in node["environment"].items()}
+    assert env["REDIS_URL"].startswith("redis://redis:")  # documents, leases, heartbeats stay in Redis
+    assert {"redis", "rabbitmq"} <= node["depends_on"].keys()
+    assert all(dependency["condition"] == "service_healthy" for dependency in node["depends_on"].values())
+
+    given = {"RABBITMQ_PASSWORD": "s3cret-Pass_1"}
+    url = urlsplit(interpolated(env["WSUPLOAD_BROKER_URL"], **given))
+    assert (url.scheme, url.hostname, url.port, unquote(url.path[1:])) == ("amqp", "rabbitmq", 5672, "/")  # vhost
+    # The user and password the broker is created with.
+    assert url.username == interpolated(rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"], **given)
+    assert unquote(url.password or "") == interpolated(rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"], **given)
+    with pytest.raises(AssertionError, match="RABBITMQ_PASSWORD is required"):
+        interpolated(env["WSUPLOAD_BROKER_URL"])  # no default password: compose refuses to start
+
+
+def test_the_rabbitmq_variants_broker_url_is_one_the_settings_take(rabbit_compose: dict[str, Any]) -> None:
+    from wsupload.config import ConfigError, Settings
+
+    env = rabbit_compose["services"]["worker"]["environment"]
+    urls = {
+        key: interpolated(env[key], RABBITMQ_PASSWORD="s3cret-Pass_1") for key in ("REDIS_URL", "WSUPLOAD_BROKER_URL")
+    }
+    try:
+        settings = Settings.from_env(urls)
+    except ConfigError as error:
+        if "WSUPLOAD_BROKER_URL: expected a URL starting with redis" not in str(error):
+            raise
+        pytest.skip(f"this checkout's settings take no amqp:// broker yet: {error}")
+    assert settings.effective_broker_url == urls["WSUPLOAD_BROKER_URL"]
+    assert settings.redis_url == "redis://redis:6379/0"
+    # The broker sets no consumer_timeout: RabbitMQ's default, 30 min, is what the worker must assume.
+    rabbitmq = rabbit_compose["services"]["rabbitmq"]
+    assert "command" not in rabbitmq
+    assert not any("rabbitmq.conf" in volume or "conf.d" in volume for volume in rabbitmq["volumes"])
+    assert "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS" not in rabbitmq["environment"]
+    assert "WSUPLOAD_AMQP_CONSUMER_TIMEOUT" not in env
+    assert settings.amqp_consumer_timeout == 30 * 60
