@@ -1,4 +1,4 @@
-"""The RabbitMQ on 127.0.0.1:5672 (guest/guest), in a vhost of a test's own, driven through ``rabbitmqctl``.
+"""The RabbitMQ on 127.0.0.1:5672 (guest/guest), in a vhost of a test's own (``worker.dev.rabbit``).
 
 Each vhost is ``wsupload-test-<uuid>``, made with ``add_vhost`` and ``set_permissions``
 and removed with ``delete_vhost`` (its queues and messages with it), so runs never
@@ -10,50 +10,23 @@ see each other's queues. ``short_consumer_timeout`` shortens the server-wide
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
-import uuid
 from collections.abc import Iterator
 
-HOST, PORT = "127.0.0.1", 5672
-USER = PASSWORD = "guest"
-CTL_TIMEOUT = 60
+from wsupload.worker.dev.rabbit import (
+    HOST,
+    PASSWORD,
+    PORT,
+    USER,
+    rabbit_vhost,
+    rabbitmqctl,
+    unavailable_reason,
+    url_for,
+)
 
+__all__ = ["HOST", "PASSWORD", "PORT", "USER", "rabbitmqctl", "unavailable_reason", "url_for", "vhost"]
 
-def unavailable_reason() -> str | None:
-    """Why RabbitMQ cannot be used here, or None."""
-    if shutil.which("rabbitmqctl") is None:
-        return "no rabbitmqctl on PATH (RabbitMQ is not installed)"
-    try:
-        socket.create_connection((HOST, PORT), timeout=2).close()
-    except OSError as exc:
-        return f"RabbitMQ does not answer on {HOST}:{PORT} ({exc})"
-    return None
-
-
-def rabbitmqctl(*args: str) -> str:
-    ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
-    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {(done.stderr or done.stdout).strip()[-300:]}")
-    return done.stdout
-
-
-def url_for(vhost: str, port: int = PORT) -> str:
-    return f"amqp://{USER}:{PASSWORD}@{HOST}:{port}/{vhost}"
-
-
-@contextlib.contextmanager
-def vhost() -> Iterator[str]:
-    """A fresh vhost's AMQP URL; the vhost is deleted afterwards."""
-    name = f"wsupload-test-{uuid.uuid4().hex[:12]}"
-    rabbitmqctl("add_vhost", name)
-    try:
-        rabbitmqctl("set_permissions", "-p", name, USER, ".*", ".*", ".*")
-        yield url_for(name)
-    finally:
-        rabbitmqctl("delete_vhost", name)
+vhost = rabbit_vhost
+"""A fresh vhost's AMQP URL; the vhost is deleted afterwards."""
 
 
 def unacknowledged(url: str) -> list[int]:

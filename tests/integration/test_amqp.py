@@ -114,6 +114,24 @@ def test_a_batch_on_rabbitmq_all_succeeds_with_one_document_each(
     assert (info["done"], info["succeeded"]) == (20, 20)
 
 
+def test_each_quorum_queue_is_bound_only_to_its_own_name(
+    amqp_producer: Producer, amqp_env: dict[str, str], start_worker: StartWorker
+) -> None:
+    # A message Celery sends to one queue's exchange and routing key must not reach the other queue.
+    start_worker()
+    vhost = amqp_env["WSUPLOAD_BROKER_URL"].rsplit("/", 1)[1]
+    listed = rabbit.rabbitmqctl("list_bindings", "-p", vhost, "source_name", "destination_name", "routing_key")
+    bindings = {tuple(line.split("\t")) for line in listed.splitlines() if line.strip()}
+    for queue in (amqp_producer.settings.queue, amqp_producer.settings.bulk_queue):
+        routes = {(source, key) for source, destination, key in bindings if destination == queue}
+        assert routes == {("", queue), (queue, queue)}, bindings
+    types = rabbit.rabbitmqctl("list_queues", "-p", vhost, "name", "type")
+    assert {tuple(line.split("\t")) for line in types.splitlines() if line.strip()} >= {
+        (amqp_producer.settings.queue, "quorum"),
+        (amqp_producer.settings.bulk_queue, "quorum"),
+    }
+
+
 def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) -> None:
     from kombu import Connection
 

@@ -16,38 +16,50 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 HOST, PORT = "127.0.0.1", 5672
+USER = PASSWORD = "guest"  # noqa: S105 - the machine's RabbitMQ login, for tests and benchmarks only
+CTL_TIMEOUT = 60
 
 
 class RabbitUnavailable(RuntimeError):
-    """No RabbitMQ here to make a vhost on (no rabbitmqctl, or nothing listening on the port)."""
+    """No RabbitMQ here to make a vhost on, or ``rabbitmqctl`` failed (the message says which)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why RabbitMQ cannot be used here, or None."""
+    if shutil.which("rabbitmqctl") is None:
+        return "no rabbitmqctl on PATH (RabbitMQ is not installed)"
+    try:
+        socket.create_connection((HOST, PORT), timeout=2).close()
+    except OSError as exc:
+        return f"RabbitMQ does not answer on {HOST}:{PORT} ({exc})"
+    return None
 
 
 def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl`` (quietly); its output, or ``RabbitUnavailable`` saying why it failed."""
+    """Run ``rabbitmqctl -q``; its output, or ``RabbitUnavailable`` with the end of what it said."""
     binary = shutil.which("rabbitmqctl")
     if binary is None:
         raise RabbitUnavailable("rabbitmqctl is not installed")
-    done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False)
     if done.returncode != 0:
-        raise RabbitUnavailable(f"rabbitmqctl {args[0]} failed: {' '.join((done.stderr or done.stdout).split())[:200]}")
+        raise RabbitUnavailable(f"rabbitmqctl {' '.join(args)}: {(done.stderr or done.stdout).strip()[-300:]}")
     return done.stdout
 
 
-def listening(host: str = HOST, port: int = PORT) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, port)) == 0
+def url_for(vhost: str, port: int = PORT) -> str:
+    return f"amqp://{USER}:{PASSWORD}@{HOST}:{port}/{vhost}"
 
 
 @contextmanager
 def rabbit_vhost(purpose: str = "test") -> Iterator[str]:
     """A fresh vhost for guest; yields its ``amqp://`` URL and deletes the vhost afterwards."""
-    if not listening():
-        raise RabbitUnavailable(f"nothing listens on {HOST}:{PORT}")
-    name = f"wsupload-{purpose}-{uuid.uuid4().hex[:8]}"
+    reason = unavailable_reason()
+    if reason:
+        raise RabbitUnavailable(reason)
+    name = f"wsupload-{purpose}-{uuid.uuid4().hex[:12]}"
     rabbitmqctl("add_vhost", name)
     try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@{HOST}:{PORT}/{name}"
+        rabbitmqctl("set_permissions", "-p", name, USER, ".*", ".*", ".*")
+        yield url_for(name)
     finally:
         rabbitmqctl("delete_vhost", name)
