@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration import rabbit
 from wsupload.config import Settings
+from wsupload.tasks.publisher import ready_messages
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import (
     LocalRedis,
@@ -192,6 +193,14 @@ def unacked_messages(producer: Producer) -> list[Any]:
     if producer.settings.broker_is_amqp and url:
         return rabbit.unacknowledged(url)
     return list(producer.redis.hvals("unacked"))
+
+
+def waiting_messages(producer: Producer, queue: str) -> int:
+    """Messages waiting on ``queue``: the Redis list's length, or RabbitMQ's ready count."""
+    url = producer.settings.broker_url
+    if producer.settings.broker_is_amqp and url:
+        return ready_messages(url, [queue])[0]
+    return int(producer.redis.llen(queue))
 
 
 @dataclass

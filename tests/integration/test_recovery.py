@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import producer_env, unacked_messages
+from tests.integration.conftest import producer_env, unacked_messages, waiting_messages
 from wsupload.config import Settings
 from wsupload.tasks import keys
 from wsupload.tasks.results import TERMINAL, JobDoc
@@ -114,7 +114,7 @@ def test_an_upload_lasting_many_leases_runs_once(
     assert (doc["generation"], doc["attempts"]) == (1, 1)
     assert len(sandbox.records) == 1
     wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
-    assert own_producer.redis.llen(own_producer.settings.queue) == 0
+    assert waiting_messages(own_producer, own_producer.settings.queue) == 0
 
 
 def test_a_worker_paused_past_its_lease_cannot_overwrite_the_outcome_or_count_it_twice(
