@@ -6,6 +6,8 @@ records stay in ``REDIS_URL``::
 
     amqp://[user[:password]@]host[:port][/vhost]     (amqps:// for TLS, pyamqp:// as kombu spells it)
 
+The vhost ``/`` is ``…:5672/%2F``, ``…:5672//`` (as Celery's examples write it) or no path.
+
 Pure: no I/O. A reason for refusing a URL never repeats its password or userinfo.
 """
 
@@ -46,6 +48,6 @@ def parse_amqp_url(text: str) -> str:
     if port == 0:
         raise ValueError("its port is not a number from 1 to 65535")
     vhost = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    if "/" in parts.path[1:]:
+    if "/" in parts.path[1:] and parts.path != "//":  # '//' is Celery's usual spelling of the vhost '/'
         raise ValueError(f"names more than a virtual host in its path (write '/' inside one as %2F): {vhost!r}")
     return text

@@ -53,6 +53,14 @@ def test_a_bad_amqp_url_is_one_line_without_the_password(url: str, reason: str) 
     assert SECRET not in text
 
 
+@pytest.mark.parametrize("url", ["amqp://u:p@rabbit:5672//", "amqp://u:p@rabbit:5672/%2F", "amqp://u:p@rabbit:5672"])
+def test_the_root_vhost_is_accepted_as_celery_and_rabbitmq_spell_it(url: str) -> None:
+    from kombu import Connection
+
+    assert parse_amqp_url(url) == url
+    assert Connection(url).virtual_host == "/"
+
+
 def test_an_unknown_scheme_names_both_brokers() -> None:
     with pytest.raises(ConfigError, match=r"redis://.*or amqp:// or amqps:// or pyamqp:// \(RabbitMQ\)"):
         Settings.from_env({"WSUPLOAD_BROKER_URL": "kafka://k:9092"})
