@@ -25,7 +25,7 @@ import pytest
 from tests.integration import rabbit
 from wsupload.config import Settings
 from wsupload.tasks.publisher import ready_messages
-from wsupload.tasks.results import JobDoc
+from wsupload.tasks.results import TERMINAL, JobDoc
 from wsupload.worker.dev.local_services import (
     LocalRedis,
     WorkerProcess,
@@ -184,6 +184,16 @@ def run_jobs(producer: Producer, sources: Sequence[str], timeout: float = 60) ->
 
 def run_one(producer: Producer, source: str | Path, timeout: float = 60) -> JobDoc:
     return run_jobs(producer, [str(source)], timeout)[1][0]
+
+
+def finished(producer: Producer, job_id: str) -> Callable[[], JobDoc | None]:
+    """A ``wait_until`` predicate: the job's document once it has ended, else None."""
+
+    def check() -> JobDoc | None:
+        doc = producer.status([job_id])[0]
+        return doc if doc and doc["status"] in TERMINAL else None
+
+    return check
 
 
 def unacked_messages(producer: Producer) -> list[Any]:

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from tests.integration import rabbit
-from tests.integration.conftest import producer_env
+from tests.integration.conftest import finished, producer_env
 from wsupload.config import Settings
 from wsupload.tasks import keys
 from wsupload.tasks.enqueue import EnqueueError
 from wsupload.tasks.publisher import ready_messages
-from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
@@ -80,14 +80,6 @@ def png(media_root: Path) -> Path:
     path = media_root / f"amqp-{uuid.uuid4().hex[:6]}.png"
     path.write_bytes(png_bytes(32, 32))
     return path
-
-
-def finished(producer: Producer, job_id: str) -> Callable[[], JobDoc | None]:
-    def check() -> JobDoc | None:
-        doc = producer.status([job_id])[0]
-        return doc if doc and doc["status"] in TERMINAL else None
-
-    return check
 
 
 def owed_jobs(producer: Producer) -> list[bytes]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import producer_env, unacked_messages, waiting_messages
+from tests.integration.conftest import finished, producer_env, unacked_messages, waiting_messages
 from wsupload.config import Settings
 from wsupload.tasks import keys
-from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
@@ -65,14 +65,6 @@ def png(media_root: Path) -> Path:
     path = media_root / f"recovery-{uuid.uuid4().hex[:6]}.png"
     path.write_bytes(png_bytes(32, 32))
     return path
-
-
-def finished(producer: Producer, job_id: str) -> Callable[[], JobDoc | None]:
-    def check() -> JobDoc | None:
-        doc = producer.status([job_id])[0]
-        return doc if doc and doc["status"] in TERMINAL else None
-
-    return check
 
 
 def held_by(producer: Producer, job_id: str, worker: WorkerProcess) -> Callable[[], bool]:
