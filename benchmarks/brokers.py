@@ -130,24 +130,17 @@ def bench(redis: LocalRedis, work: Path, *, enqueue_count: int, jobs: int, concu
 
 
 def main() -> None:
-    from benchmarks.run import table
+    import tempfile
+
+    from benchmarks.run import bench_brokers, table
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round: checks the harness")
     args = parser.parse_args()
     redis = start_redis()
     try:
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="wsupload-brokers-") as tmp:
-            rows = bench(
-                redis,
-                Path(tmp),
-                enqueue_count=1000 if args.quick else 10_000,
-                jobs=100 if args.quick else 1000,
-                concurrency=32,
-                rounds=1 if args.quick else 3,
-            )
+            rows = bench_brokers(redis, Path(tmp), args.quick)
     finally:
         redis.stop()
     print("\n".join(table(rows)))

@@ -446,6 +446,20 @@ def bench_leases(work: Path, quick: bool) -> list[Row]:
     return leases.bench(work, ref, quick=quick)
 
 
+def bench_brokers(redis: LocalRedis, work: Path, quick: bool) -> list[Row]:
+    """Enqueue and end-to-end small uploads on each broker, rounds alternating (``brokers.py``)."""
+    from benchmarks import brokers
+
+    return brokers.bench(
+        redis,
+        work,
+        enqueue_count=1000 if quick else 10_000,
+        jobs=100 if quick else 1000,
+        concurrency=32,
+        rounds=1 if quick else 3,
+    )
+
+
 def machine() -> str:
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
@@ -523,6 +537,7 @@ def main() -> None:
         ("completion latency", lambda w: bench_latency(redis, w)),
         ("CPU per job", lambda w: bench_overhead(w, 100 if quick else 1000, 1 if quick else 5)),
         ("leases vs visibility timeout", lambda w: bench_leases(w, quick)),
+        ("Redis broker vs RabbitMQ broker", lambda w: bench_brokers(redis, w, quick)),
     ]
     rows: list[Row] = []
     try:
@@ -613,6 +628,12 @@ NOTES = """
   checkout, the previous design at its default VT (3600 s, hard time limit 3240 s:
   10 minutes pass there too) and at VT 300 s (hard limit 270 s: the bound that
   design puts on an upload's length).
+- The broker rows ("RabbitMQ broker" against "Redis broker") come from
+  `benchmarks/brokers.py` (`python -m benchmarks.brokers` runs them alone): the run's
+  private Redis holds the results for both, RabbitMQ is the machine's server
+  (127.0.0.1:5672) in a vhost made for the run and deleted after; rounds alternate
+  between the brokers. Enqueue goes onto a queue nobody consumes; end to end is one
+  worker against the zero-latency sandbox, enqueue to the last job's success.
 - "a message whose task returns at once" sends `wsupload.upload` messages without a
   job id (dropped by the task after one log line): the worker's CPU for the
   message's whole trip through Celery and kombu, with no job work in it.
