@@ -40,8 +40,9 @@ DONE = "done"
 # The first attempt is written as SAVE would write it (document, event, the batch's
 # started_at) and only from a plain queued document: strings, booleans and null, the
 # attempts count, options of strings and booleans (what cjson writes back unchanged).
-# The batch key is built here from the document's batch_id, like kombu's keys one Redis
-# (or one Sentinel master): not for a Redis Cluster.
+# The batch key is built here from the document's batch_id, so the script touches a key
+# not passed in KEYS: fine on one Redis or a Sentinel master, as this project runs, not
+# on a Redis Cluster.
 CLAIM = """
 local doc = redis.call('GET', KEYS[2])
 if redis.call('GET', KEYS[1]) == 'done' then return {0, doc} end
