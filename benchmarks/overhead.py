@@ -144,8 +144,9 @@ def dispatch_floor(version: Version, count: int) -> float:
 def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], rounds: int) -> tuple[float, float]:
     """CPU per job (ms) in this process, no queue: (the upload alone, the whole job).
 
-    The whole job is ``JobRunner.run``: the upload plus the job's own
-    bookkeeping (reading its document, validating the file, recording the
+    The whole job is ``JobRunner.run`` on a job whose ``queued`` document is
+    stored, as a producer leaves it: the upload plus the job's own bookkeeping
+    (claiming it and reading its document, validating the file, recording the
     attempt before and the outcome after, the retry wrapper). One thread, no
     other load: the parts' shares, not the fleet's absolute figures.
     """
@@ -153,7 +154,7 @@ def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], roun
     from wsupload.tasks.client import UploadClient
     from wsupload.tasks.job import JobRunner
     from wsupload.tasks.local_files import open_local
-    from wsupload.tasks.results import ResultStore
+    from wsupload.tasks.results import ResultStore, new_doc, utcnow
 
     env = {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
     settings = Settings.from_env(env, worker=True)
@@ -167,15 +168,24 @@ def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], roun
             with open_local(path) as opened:
                 client.upload(opened)
 
+    queued: list[tuple[str, str]] = []
+
+    def enqueue() -> None:
+        """Each job's ``queued`` document, as a producer writes it before the message (not timed)."""
+        queued[:] = [(uuid.uuid4().hex, path) for path in files]
+        runner.store.create(new_doc(job_id, path, utcnow()) for job_id, path in queued)
+
     def jobs() -> None:
-        for path in files:
-            runner.run(uuid.uuid4().hex, path)
+        for job_id, path in queued:
+            runner.run(job_id, path)
 
     samples: dict[Callable[[], None], list[float]] = {uploads: [], jobs: []}
     for work in (uploads, jobs):
+        enqueue()
         work()  # warm: connections, imports
     for _ in range(rounds):
         for work, runs in samples.items():
+            enqueue()
             cpu = time.process_time()
             work()
             runs.append((time.process_time() - cpu) / len(files) * 1000)

@@ -14,6 +14,12 @@ The generation counts deliveries that reached the job: one that reaches
 ``too_many_deliveries`` (its workers keep dying, hanging or being stopped with it).
 Writes outside a delivery (a message that names a job but cannot run) pass no
 generation: they write unless the job has ended.
+
+A delivery that will start uploading at once (a local file, no fleet limit to wait
+for) asks its claim to write the first attempt's ``running`` document too
+(``FirstAttempt``): the claim and that write are then one round trip instead of two.
+The script does it only for a plain ``queued`` document it can rewrite faithfully;
+the caller checks what it wrote and writes its own document when it differs.
 """
 
 from __future__ import annotations
@@ -27,14 +33,52 @@ from wsupload.config.errors import WsuploadError
 DONE = "done"
 """The generation key's value once the job has ended."""
 
-# KEYS: generation key, document. ARGV: ttl. Returns {the new generation, or 0 if the
-# job ended; the stored document}: the claim and the read are one round trip.
+# KEYS: generation key, document, events channel. ARGV: ttl; then, to write the first
+# attempt too (FirstAttempt): max deliveries, max attempts, started_at, worker, event JSON,
+# the batch keys' prefix. Returns {the new generation, or 0 if the job ended; the stored
+# document; the document written, if any}: the claim and the read are one round trip.
+# The first attempt is written as SAVE would write it (document, event, the batch's
+# started_at) and only from a plain queued document: strings, booleans and null, the
+# attempts count, options of strings and booleans (what cjson writes back unchanged).
+# The batch key is built here from the document's batch_id, so the script touches a key
+# not passed in KEYS: fine on one Redis or a Sentinel master, as this project runs, not
+# on a Redis Cluster.
 CLAIM = """
 local doc = redis.call('GET', KEYS[2])
 if redis.call('GET', KEYS[1]) == 'done' then return {0, doc} end
 local generation = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {generation, doc}
+if not ARGV[2] or not doc or generation > tonumber(ARGV[2]) then return {generation, doc} end
+local ok, job = pcall(cjson.decode, doc)
+if not ok or type(job) ~= 'table' or job.status ~= 'queued' then return {generation, doc} end
+local attempts = job.attempts
+if type(attempts) ~= 'number' or attempts < 0 or attempts % 1 ~= 0 or attempts >= tonumber(ARGV[3]) then
+  return {generation, doc}
+end
+for name, value in pairs(job) do
+  local kind = type(value)
+  if kind == 'table' then
+    if name ~= 'options' then return {generation, doc} end
+    for _, option in pairs(value) do
+      if type(option) ~= 'string' and type(option) ~= 'boolean' then return {generation, doc} end
+    end
+  elseif kind == 'number' and name ~= 'attempts' then
+    return {generation, doc}
+  end
+end
+job.status = 'running'
+job.attempts = attempts + 1
+job.next_attempt_at = nil
+if type(job.started_at) ~= 'string' or job.started_at == '' then job.started_at = ARGV[4] end
+job.generation = generation
+job.worker = ARGV[5]
+local written = cjson.encode(job)
+redis.call('SET', KEYS[2], written, 'EX', ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[6])
+if type(job.batch_id) == 'string' and job.batch_id ~= '' then
+  redis.call('HSETNX', ARGV[7] .. job.batch_id, 'started_at', job.started_at)
+end
+return {generation, doc, written}
 """
 
 # The one write of a job's document. KEYS: generation key, document, events channel,
@@ -82,11 +126,26 @@ class Superseded(WsuploadError):
 
 
 @dataclass(frozen=True)
+class FirstAttempt:
+    """What a claim needs to write the first attempt's ``running`` document as well (see ``CLAIM``)."""
+
+    max_deliveries: int
+    """A generation above it is not started: the caller ends the job instead."""
+    max_attempts: int
+    """A document with this many attempts made is not started: none are left."""
+    started_at: str
+    """The document's ``started_at`` if it has none."""
+    worker: str
+
+
+@dataclass(frozen=True)
 class Claim:
     generation: int
     """0: the job has already ended (nothing to run)."""
     stored: bytes | str | None
     """The job's document as stored when it was claimed."""
+    written: bytes | str | None = None
+    """The first attempt's document, when the claim wrote one (``FirstAttempt``)."""
 
     @property
     def ended(self) -> bool:
@@ -104,9 +163,20 @@ class Fencing:
         self._claim = client.register_script(CLAIM)
         self._save = client.register_script(SAVE)
 
-    def claim(self, generation_key: str, document_key: str, ttl: int) -> Claim:
-        generation, stored = self._claim(keys=[generation_key, document_key], args=[ttl])
-        return Claim(int(generation), stored)
+    def claim(
+        self,
+        claim_keys: list[str],
+        ttl: int,
+        first: FirstAttempt | None = None,
+        event: str = "",
+        batch_prefix: str = "",
+    ) -> Claim:
+        """Claim the job; with ``first``, also write its first attempt (``event`` announces it)."""
+        args: list[str | int] = [ttl]
+        if first is not None:
+            args += [first.max_deliveries, first.max_attempts, first.started_at, first.worker, event, batch_prefix]
+        generation, stored, *written = self._claim(keys=claim_keys, args=args)
+        return Claim(int(generation), stored, written[0] if written else None)
 
     def save(self, save_keys: list[str], args: list[str | int]) -> int:
         return int(self._save(keys=save_keys, args=args))

@@ -23,7 +23,7 @@ import redis
 
 from wsupload.tasks import keys
 from wsupload.tasks.errors import UploadError
-from wsupload.tasks.fencing import Claim, Fencing, Superseded
+from wsupload.tasks.fencing import Claim, Fencing, FirstAttempt, Superseded
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.redaction import redact
@@ -151,6 +151,17 @@ def started(doc: JobDoc, now: datetime, generation: int | None = None, worker: s
 
 def attempting(doc: JobDoc) -> JobDoc:
     return {**_without(doc, "next_attempt_at"), "status": RUNNING, "attempts": doc["attempts"] + 1}
+
+
+def stored_as(raw: bytes | str, doc: JobDoc) -> bool:
+    """Whether a stored value is ``doc``, as ``ResultStore.save`` would have written it (any key order)."""
+    encoded = json.dumps(doc)
+    if redact(encoded) != encoded:
+        return False  # save would have masked a secret in it
+    try:
+        return bool(json.loads(raw) == doc)
+    except ValueError:
+        return False
 
 
 def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> JobDoc:
@@ -283,9 +294,16 @@ class ResultStore:
             )
         return written
 
-    def claim(self, job_id: str) -> Claim:
-        """Take the job for one delivery: its next generation (``Claim.ended`` if it has ended)."""
-        return self.fencing.claim(keys.generation(job_id), result_key(job_id), self.ttl)
+    def claim(self, job_id: str, first: FirstAttempt | None = None) -> Claim:
+        """Take the job for one delivery: its next generation (``Claim.ended`` if it has ended).
+
+        With ``first``, the claim may also write the first attempt's document (``Claim.written``).
+        """
+        claim_keys = [keys.generation(job_id), result_key(job_id), EVENTS_CHANNEL]
+        if first is None:
+            return self.fencing.claim(claim_keys, self.ttl)
+        event = json.dumps({"job_id": job_id, "status": RUNNING})
+        return self.fencing.claim(claim_keys, self.ttl, first, event, batch_key(""))
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]

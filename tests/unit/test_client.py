@@ -147,6 +147,26 @@ def test_the_request_matches_the_api_page(tmp_path: Path) -> None:
     assert path.read_bytes() in adapter.read
 
 
+def test_each_upload_is_its_own_request_with_the_session_cookies_of_the_moment(tmp_path: Path) -> None:
+    """The request is copied from one prepared once: nothing of an upload leaks into the next,
+    and cookies the session holds by then (a load balancer's, say) go out as Session.post sends them."""
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    adapter = Capture((200, body({"code": 200, "message": "success", "data": DATA})))
+    client = client_with(adapter)
+    with open_local(str(path)) as opened:
+        client.upload(opened)
+    client._session.cookies.set("lb", "node-2", domain="api.test", path="/")
+    with open_local(str(path)) as opened:
+        client.upload(opened)
+    first, second = adapter.requests
+    assert first is not second
+    assert first.headers["Content-Type"] != second.headers["Content-Type"]  # each body its own boundary
+    assert "Cookie" not in first.headers
+    assert second.headers["Cookie"] == "lb=node-2"
+    assert [r.headers["Authorization"] for r in (first, second)] == ["Bearer k-123"] * 2
+
+
 def upload_once(tmp_path: Path) -> Capture:
     path = tmp_path / "pic.png"
     path.write_bytes(png_bytes())

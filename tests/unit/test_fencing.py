@@ -1,17 +1,24 @@
 """Fencing with fakeredis (real Lua): each delivery's generation, stale writes refused, batches counted once."""
 
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from wsupload.config import Settings
 from wsupload.tasks import keys, results
 from wsupload.tasks.errors import Rejected
-from wsupload.tasks.fencing import Superseded
+from wsupload.tasks.fencing import FirstAttempt, Superseded
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.results import ResultStore
+from wsupload.worker.dev.local_services import start_redis
 from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "ok.png", "size": 7}
@@ -114,3 +121,132 @@ def test_a_generation_that_expired_or_was_lost_does_not_silence_its_delivery(sto
     final = store.get("j")
     assert final is not None
     assert final["status"] == "succeeded"
+
+
+# The claim that also writes the first attempt (fencing.FirstAttempt) rewrites the document
+# with Redis's cjson: checked on fakeredis's emulation and on a private redis-server, whose
+# cjson is the one that runs in production.
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no redis-server binary for the cjson checks (CI=true: a missing service is a failure)")
+        pytest.skip("no redis-server binary: the cjson checks ran on fakeredis only")
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def any_store(request: pytest.FixtureRequest, store: ResultStore) -> Iterator[ResultStore]:
+    if request.param == "fakeredis":
+        yield store
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("redis_server"))
+    yield ResultStore(client, ttl=3600)
+    client.flushdb()
+    client.close()
+
+
+FIRST = FirstAttempt(max_deliveries=3, max_attempts=3, started_at=results.isoformat(NOW), worker="w1")
+
+
+def queued(store: ResultStore, job_id: str, **fields: Any) -> results.JobDoc:
+    doc = {**results.new_doc(job_id, "/a/b.png", NOW, batch_id=f"{job_id}-batch", options={"dedup": False}), **fields}
+    store.redis.hset(keys.batch(f"{job_id}-batch"), mapping={"total": 1, "done": 0})
+    store.create([doc])
+    return doc
+
+
+def test_a_claim_writes_the_first_attempt_as_the_attempt_would(any_store: ResultStore) -> None:
+    job_id = "j"
+    doc = queued(any_store, job_id, source='/média/ü \\ "q" </a>.png')
+    events = any_store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    events.subscribe(results.EVENTS_CHANNEL)
+    claim = any_store.claim(job_id, FIRST)
+    expected = results.attempting(results.started(doc, NOW, 1, "w1"))
+    assert claim.generation == 1
+    assert claim.written is not None
+    assert results.stored_as(claim.written, expected)
+    assert any_store.get(job_id) == expected
+    assert any_store.redis.hget(keys.batch(f"{job_id}-batch"), "started_at") == expected["started_at"].encode()
+    deadline, message = time.monotonic() + 5, None
+    while message is None and time.monotonic() < deadline:  # pubsub reads on a connection of its own
+        message = events.get_message(timeout=0.1)
+    events.close()
+    assert message is not None
+    assert json.loads(message["data"]) == {"job_id": job_id, "status": "running"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"status": "running", "attempts": 1},  # a redelivery: the runner writes its own document
+        {"attempts": 3},  # no attempts left
+        {"options": {"dedup": False, "n": 0.1}},  # a number cjson might write back otherwise
+        {"extra": [1]},  # a field the script does not know how to keep
+        {"attempts": "0"},
+    ],
+)
+def test_the_claim_leaves_alone_a_document_it_cannot_rewrite_faithfully(
+    any_store: ResultStore, fields: dict[str, Any]
+) -> None:
+    job_id = "j"
+    doc = queued(any_store, job_id, **fields)
+    claim = any_store.claim(job_id, FIRST)
+    assert (claim.generation, claim.written) == (1, None)
+    assert json.loads(any_store.redis.get(results.result_key(job_id)) or b"") == doc
+
+
+def test_the_claim_does_not_start_a_job_delivered_past_the_bound(any_store: ResultStore) -> None:
+    job_id = "j"
+    doc = queued(any_store, job_id)
+    for _ in range(3):
+        any_store.claim(job_id)
+    claim = any_store.claim(job_id, FIRST)
+    assert (claim.generation, claim.written) == (4, None)
+    assert any_store.get(job_id) == doc
+
+
+def count_saves(store: ResultStore) -> list[str]:
+    """Each fenced write's status, in order (the claim's own write is not one)."""
+    statuses: list[str] = []
+    save = store.fencing.save
+
+    def counted(save_keys: list[str], args: list[str | int]) -> int:
+        statuses.append(str(args[4]))
+        return save(save_keys, args)
+
+    store.fencing.save = counted  # type: ignore[method-assign]
+    return statuses
+
+
+def test_a_local_file_costs_the_claim_and_the_outcome_only(store: ResultStore, tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes())
+    queued(store, "j")
+    saves = count_saves(store)
+    runner = JobRunner(settings=Settings.from_env({"WAVESPEED_API_KEY": "sk-f"}), store=store, client=CountingClient())
+    doc = runner.run("j", str(png), worker="w1")
+    assert (doc["status"], doc["attempts"], doc["generation"]) == ("succeeded", 1, 1)
+    assert saves == ["succeeded"]
+
+
+def test_an_odd_document_gets_the_first_attempt_written_by_the_runner(store: ResultStore, tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes())
+    queued(store, "j", extra=[1])  # a producer's field the claim's script leaves alone
+    saves = count_saves(store)
+    runner = JobRunner(settings=Settings.from_env({"WAVESPEED_API_KEY": "sk-f"}), store=store, client=CountingClient())
+    doc = runner.run("j", str(png), worker="w1")
+    assert (doc["status"], doc["attempts"], doc["extra"]) == ("succeeded", 1, [1])
+    assert saves == ["running", "succeeded"]
+
+
+def test_a_file_refused_before_any_attempt_ends_with_none_counted(store: ResultStore, tmp_path: Path) -> None:
+    queued(store, "j")
+    saves = count_saves(store)
+    runner = JobRunner(settings=Settings.from_env({"WAVESPEED_API_KEY": "sk-f"}), store=store, client=CountingClient())
+    doc = runner.run("j", str(tmp_path / "missing.png"), worker="w1")
+    assert (doc["status"], doc["attempts"]) == ("failed", 0)  # the claim's attempt was never made
+    assert saves == ["failed"]
