@@ -305,10 +305,10 @@ class Enqueuer:
         jobs: list[Job],
         stages: list[str],
         batch: _BatchRecords | None,
-    ) -> None:
-        """Run a commit script; a lost reply is settled by asking whether its ``marker`` exists."""
+    ) -> Any:
+        """Run a commit script, returning its reply (None when the reply was lost but the ``marker`` shows it ran)."""
         try:
-            script(keys=keys, args=args)
+            return script(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply was lost: the commit may have run. Its marker says whether.
             try:
@@ -317,6 +317,7 @@ class Enqueuer:
                 raise self._in_doubt(jobs, batch, exc) from exc
             if not committed:
                 raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
+            return None
         except redis.RedisError as exc:
             raise self._abandon(jobs, stages, batch, exc, f"while committing {_count(jobs)}") from exc
 
@@ -348,7 +349,7 @@ class Enqueuer:
             names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
             names += [name_key(batch.name)] if batch.name else []
             args += [item for pair in fields.items() for item in pair]
-        self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
+        owed_until = self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
         try:
             self.publisher().publish([wire.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
         except PublishError as exc:
@@ -360,9 +361,15 @@ class Enqueuer:
                 batch_id=batch.batch_id if batch else None,
                 queued=True,
             ) from exc
-        # Published and confirmed: left owed, the sweep publishes again only those not ended by then.
-        with contextlib.suppress(redis.RedisError):
-            self.owed.remove(queue, [job.job_id for job in jobs])
+        # Published and confirmed: the debt is cleared, but only where it is still this call's. A job a
+        # worker took meanwhile and acknowledged early is owed again by that worker (a later deadline):
+        # its entry stays. Left owed (a lost reply, Redis gone), the sweep publishes again only those
+        # not ended by then, and fencing drops a second delivery of one that has.
+        if isinstance(owed_until, bytes | str):
+            with contextlib.suppress(redis.RedisError):
+                due = owed.Due(queue, owed_until.decode() if isinstance(owed_until, bytes) else owed_until, [])
+                for chunk in results.chunks([job.job_id for job in jobs], 1000):
+                    self.owed.remove_if(due, chunk)
 
     def close(self) -> None:
         """Close the connection to RabbitMQ, if one was opened (Redis's pool is the client's own)."""

@@ -61,7 +61,8 @@ return at
 # each job owed instead. KEYS: marker (as there), the owed set, the documents of every job in
 # order (staged ones first), then for a batch its hash, member list and, if named, name key.
 # ARGV: nstaged, nnow, ttl, nfields, batch id, grace, then nnow documents, every job id in
-# order, and nfields field/value pairs. Returns 1, or 0 when the marker shows it already ran.
+# order, and nfields field/value pairs. Returns the deadline the jobs are owed until (as ``_REMOVE_IF``
+# compares it), or 0 when the marker shows it already ran.
 COMMIT = """
 local nstaged, nnow, ttl, nfields = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local njobs = nstaged + nnow
@@ -94,7 +95,7 @@ for i = 1, njobs, 500 do
 end
 for i = 3, 2 + nstaged do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[5], 'EX', ttl) end
-return 1
+return at
 """
 
 # KEYS: an owed set. ARGV: grace, limit. The jobs due now, each moved to now + grace in the

@@ -222,6 +222,23 @@ def test_enqueue_on_rabbitmq_commits_publishes_and_leaves_nothing_owed(redis_cli
     assert redis_client.hget(keys.batch(batch.batch_id), "total") == b"2500"
 
 
+class RenewingPublisher(FakePublisher):
+    """A worker takes the first job while the call still publishes, acknowledges it early and owes it anew."""
+
+    def __init__(self, client: fakeredis.FakeRedis) -> None:
+        super().__init__()
+        self.client = client
+
+    def publish(self, sent: list[wire.AmqpMessage]) -> None:
+        super().publish(sent)
+        owed.OwedSet(self.client).owe({sent[0].routing_key: [str(sent[0].headers["id"])]}, 300)
+
+
+def test_enqueue_clears_only_its_own_debt_not_a_workers_early_ack(redis_client: fakeredis.FakeRedis) -> None:
+    jobs = enqueuer(redis_client, RenewingPublisher(redis_client)).enqueue(["/m/a.png", "/m/b.png"])
+    assert owed_in(redis_client, SETTINGS.queue) == [jobs[0].job_id]
+
+
 def test_a_failed_publish_leaves_the_jobs_queued_and_owed_and_says_so(redis_client: fakeredis.FakeRedis) -> None:
     with pytest.raises(EnqueueError) as caught:
         enqueuer(redis_client, FakePublisher(fail=True)).enqueue(["/m/a.png", "/m/b.png"])
