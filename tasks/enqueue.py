@@ -368,8 +368,8 @@ class Enqueuer:
         if isinstance(owed_until, bytes | str):
             with contextlib.suppress(redis.RedisError):
                 due = owed.Due(queue, owed_until.decode() if isinstance(owed_until, bytes) else owed_until, [])
-                for chunk in results.chunks([job.job_id for job in jobs], 1000):
-                    self.owed.remove_if(due, chunk)
+                for ids in results.chunks([job.job_id for job in jobs], 1000):
+                    self.owed.remove_if(due, ids)
 
     def close(self) -> None:
         """Close the connection to RabbitMQ, if one was opened (Redis's pool is the client's own)."""
