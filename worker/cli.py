@@ -247,6 +247,12 @@ def cmd_dead(args: argparse.Namespace) -> int:
             print(f"    {entry.reason}")
         return EXIT_OK
     if args.action == "requeue":
+        if settings.broker_is_amqp:
+            # The entries hold Redis-broker messages' form; LPUSHed onto a list, no worker would read them.
+            raise WsuploadError(
+                "dead requeue: not available with RabbitMQ as the broker; the entries are kept"
+                " (`wsupload dead list --json` shows each message's job and source: enqueue those again)"
+            )
         done, refused = store.requeue(ids, default_queue=settings.queue)
         print(f"requeued {done} message(s)")
         for entry_id in refused:

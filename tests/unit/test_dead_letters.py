@@ -1,6 +1,7 @@
 """The dead-letter list: what is kept of a message, how much, and putting it back."""
 
 import fakeredis
+import pytest
 
 from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
 from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES
@@ -41,3 +42,16 @@ def test_purge_by_id_or_all(redis_client: fakeredis.FakeRedis) -> None:
     assert [e.message() for e in store.entries()] == [b"2"]
     assert store.purge(None) == 2
     assert store.count() == 0
+
+
+def test_requeue_on_rabbitmq_is_refused_in_one_line_and_keeps_the_entries(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsupload.worker.cli import main as cli_main
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: refused before any command
+    monkeypatch.setenv("WSUPLOAD_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/v")
+    assert cli_main(["dead", "requeue", "--all"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "not available with RabbitMQ as the broker; the entries are kept" in err
