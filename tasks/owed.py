@@ -176,11 +176,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def amqp_tag(task_id: str | None) -> str | None:
-    """A RabbitMQ delivery's key in this worker's books. Celery hands a task no delivery tag on AMQP
-    (and RabbitMQ's are per-channel counters), so the task id, which is the job id by the wire contract;
-    two deliveries of one job at once on one worker share it, and fencing settles between them."""
-    return f"amqp:{task_id}" if task_id else None
+def amqp_tag(job_id: str | None, request_id: str | None) -> str | None:
+    """A RabbitMQ delivery's key in this worker's books: its job and its Celery request id.
+
+    Celery hands a task no delivery tag on AMQP (and RabbitMQ's are per-channel
+    counters). The job id alone would let two deliveries of one job on one worker
+    pop each other's early-ack record; the task id alone is not the job's when a
+    producer (Celery's ``send_task`` without ``task_id``) gives its own. The same
+    message delivered twice at once to one worker still shares a key: fencing
+    settles between the two.
+    """
+    return f"amqp:{job_id}:{request_id}" if job_id and request_id else None
 
 
 @dataclass(frozen=True)

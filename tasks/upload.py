@@ -94,7 +94,7 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         return
     job_id, source = call.job_id, call.source
     amqp = job.settings.broker_is_amqp
-    tag = delivery_tag(self.request, amqp=amqp)
+    tag = delivery_tag(self.request, job_id, amqp=amqp)
     try:
         outcome = job.run_delivery(job_id, source, call.options, worker=self.request.hostname, tag=tag)
     except Superseded as exc:
@@ -126,10 +126,10 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     raise_if_failed_here(outcome)
 
 
-def delivery_tag(request: Any, *, amqp: bool) -> str | None:
+def delivery_tag(request: Any, job_id: str, *, amqp: bool) -> str | None:
     """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
     if amqp:
-        return owed.amqp_tag(request.id)
+        return owed.amqp_tag(job_id, request.id)
     tag = (request.properties or {}).get("delivery_tag")
     return tag if isinstance(tag, str) else None
 

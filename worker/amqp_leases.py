@@ -46,6 +46,7 @@ from wsupload.config.settings import UPLOAD_TASK_NAME
 from wsupload.tasks import owed, telemetry
 from wsupload.tasks.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import job_id_of
 from wsupload.worker.app import HEARTBEAT
 from wsupload.worker.renewer import Renewer
 
@@ -81,8 +82,14 @@ def held_requests() -> list[Any]:
     return []
 
 
+def job_of(request: Any) -> str | None:
+    """The job a request runs: its ``job_id`` argument (``tasks.messages``), else its task id."""
+    return job_id_of(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
+
+
 def tag_of(request: Any) -> str | None:
-    return owed.amqp_tag(request.id)
+    """The request's key in this worker's books, as the task computes it (``tasks.upload.delivery_tag``)."""
+    return owed.amqp_tag(job_of(request), request.id)
 
 
 class AmqpLeases(Renewer):
@@ -147,20 +154,22 @@ class AmqpLeases(Renewer):
 
     def ack_early(self, request: Any) -> bool:
         """Owe the job for a lease, then acknowledge its message; False if it was acknowledged already."""
-        tag, queue = tag_of(request), (request.delivery_info or {}).get("routing_key")
-        if tag is None or not isinstance(queue, str):
+        job, queue = job_of(request), (request.delivery_info or {}).get("routing_key")
+        tag = owed.amqp_tag(job, request.id)
+        if job is None or tag is None or not isinstance(queue, str):
             return False
         with ACKS:
             if request.acknowledged:
                 return False
-            self.owed.owe({queue: [request.id]}, self.lease)
-            self.early.mark(tag, request.id, queue)
+            # By the job id: the sweep reads the job's document under it, the task renews and clears it.
+            self.owed.owe({queue: [job]}, self.lease)
+            self.early.mark(tag, job, queue)
             request.acknowledge()
         telemetry.acked_early()
         log.warning(
             "job %s: held %.0f s; its message is acknowledged early and the job kept owed in Redis"
             " (RabbitMQ's consumer_timeout would otherwise close the channel under it)",
-            request.id,
+            clip(job),
             time.monotonic() - getattr(request, "received_at", time.monotonic()),
         )
         return True
@@ -247,11 +256,11 @@ class AmqpLeases(Renewer):
             except Exception as exc:
                 log.warning(
                     "job %s: could not hand it back (%s); it runs on, or returns when its connection closes",
-                    lease.job_id,
+                    clip(lease.job_id),
                     clip(str(exc)),
                 )
                 continue
             telemetry.handed_back()
             handed += 1
-            log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
+            log.warning("job %s: still running after the stop grace; handed back to its queue", clip(lease.job_id))
         return handed

@@ -331,3 +331,24 @@ def test_a_producer_whose_connection_rabbitmq_closed_reconnects_before_publishin
     assert owed_jobs(amqp_producer) == []
     settings = amqp_producer.settings
     assert ready_messages(str(settings.broker_url), [settings.queue]) == [3]
+
+
+@pytest.mark.slow
+def test_a_job_sent_with_a_task_id_of_its_own_comes_back_through_the_sweep_after_its_worker_dies(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
+    sandbox.add_fault(Fault(stall=40))
+    job_id = uuid.uuid4().hex
+    # Celery's send_task without task_id: the message's id is a uuid of Celery's, the job is args[0].
+    sent = amqp_producer.app.send_task("wsupload.upload", args=[job_id, str(png)], queue=amqp_producer.settings.queue)
+    assert sent.id != job_id
+    wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
+    assert owed_jobs(amqp_producer) == [job_id.encode()]
+    second = start_worker()
+    first.kill()
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job_id), 40, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    assert "published again" in second.log_path.read_text()
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry to be removed")

@@ -16,7 +16,7 @@ from wsupload.tasks.owed_sweep import OwedSweep, split
 from wsupload.tasks.publisher import PublishError, _Confirms
 from wsupload.tasks.results import ResultStore
 from wsupload.worker import redis_transport
-from wsupload.worker.amqp_leases import AmqpLeases
+from wsupload.worker.amqp_leases import AmqpLeases, tag_of
 from wsupload.worker.app import HEARTBEAT, create_app
 
 URL = "amqp://guest:pw@rabbit:5672/vh"
@@ -278,6 +278,9 @@ class Req:
     name: str = UPLOAD_TASK_NAME
     acknowledged: bool = False
     delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "q"})
+    args: list[Any] = field(default_factory=list)
+    """Empty: the job is the task id, as the wire contract has it."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def acknowledge(self) -> None:
         self.acknowledged = True
@@ -307,7 +310,7 @@ def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
     renewer.renew()
     assert (old.acknowledged, young.acknowledged) == (True, False)
     assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"old"]
-    assert renewer.early.get("amqp:old") == owed.Early("old", "q")
+    assert renewer.early.get(tag_of(old)) == owed.Early("old", "q")
     first = redis_client.zscore(keys.owed("q"), "old")
     renewer.renew()  # still held and waiting (no lease yet): renewed
     assert redis_client.zscore(keys.owed("q"), "old") >= first  # type: ignore[operator]
@@ -319,7 +322,7 @@ def test_a_hung_job_is_acknowledged_and_its_owed_entry_left_to_expire(redis_clie
     now = time.monotonic()
     hung = Req("hung", now - 5)
     book = LeaseBook()
-    book.add(JobLease("hung", "amqp:hung", grace=1.0, clock=lambda: now - 100))  # silent for ~100 s
+    book.add(JobLease("hung", tag_of(hung), grace=1.0, clock=lambda: now - 100))  # silent for ~100 s
     renewer = leases(redis_client, [hung], book, now)
     renewer.renew()
     assert hung.acknowledged
@@ -327,3 +330,39 @@ def test_a_hung_job_is_acknowledged_and_its_owed_entry_left_to_expire(redis_clie
     assert first is not None
     renewer.renew()
     assert redis_client.zscore(keys.owed("q"), "hung") == first  # not renewed: the sweep takes it a lease later
+
+
+def test_a_message_whose_task_id_is_not_its_job_id_is_owed_and_renewed_by_its_job_id(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    import time
+
+    from wsupload.tasks.upload import delivery_tag
+
+    now = time.monotonic()
+    # Celery's send_task without task_id: a uuid of its own, the job in args[0]
+    sent = Req("celery-uuid-1", now - 901, args=["job-1", "/m/a.png"])
+    book = LeaseBook()
+    book.add(JobLease("job-1", tag_of(sent), grace=6.0))  # running: the task's lease, under the task's key
+    renewer = leases(redis_client, [sent], book, now)
+    renewer.renew()
+    assert sent.acknowledged
+    assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"job-1"]  # the sweep looks the document up by it
+    assert renewer.early.get(tag_of(sent)) == owed.Early("job-1", "q")
+    # the task finds its delivery under the same key as the worker's books
+    context = type("Context", (), {"id": "celery-uuid-1", "properties": {}})()
+    assert delivery_tag(context, "job-1", amqp=True) == tag_of(sent)
+
+
+def test_two_deliveries_of_one_job_keep_their_own_early_ack_records(redis_client: fakeredis.FakeRedis) -> None:
+    import time
+
+    now = time.monotonic()
+    first = Req("task-a", now - 901, args=["job-1", "/m/a.png"])
+    second = Req("task-b", now - 901, args=["job-1", "/m/a.png"])
+    book = LeaseBook()
+    renewer = leases(redis_client, [first, second], book, now)
+    renewer.renew()
+    assert tag_of(first) != tag_of(second)
+    assert renewer.early.pop(tag_of(first)) == owed.Early("job-1", "q")
+    assert renewer.early.get(tag_of(second)) == owed.Early("job-1", "q")  # the first one's end left it alone
