@@ -24,6 +24,7 @@ deadline has passed and whose document is not terminal; fencing
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -221,3 +222,55 @@ class EarlyAcks:
 
 EARLY = EarlyAcks()
 """This process's early-acknowledged messages (the worker's AMQP leases and the upload task read it)."""
+
+
+class Starts:
+    """Deliveries a thread has started, and those handed back while still waiting for one (thread-safe).
+
+    Celery's threads pool takes every message prefetch lets in, and each early
+    acknowledgement frees a prefetch slot: only a running job may be acknowledged
+    early, or a worker would take on work without bound. A message due for early
+    acknowledgement while still waiting is rejected with requeue instead; when a
+    thread finally runs its request, the task finds it here and returns untouched.
+    Counted per key: the same message may be delivered to one worker again meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._started: Counter[str] = Counter()
+        self._handed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def begin(self, tag: str | None) -> bool:
+        """A thread starts the delivery: False if it was handed back meanwhile (then skip it)."""
+        if tag is None:
+            return True
+        with self._lock:
+            if self._handed[tag] > 0:
+                self._handed[tag] -= 1
+                if not self._handed[tag]:
+                    del self._handed[tag]
+                return False
+            self._started[tag] += 1
+            return True
+
+    def end(self, tag: str | None) -> None:
+        if tag is None:
+            return
+        with self._lock:
+            self._started[tag] -= 1
+            if self._started[tag] <= 0:
+                del self._started[tag]
+
+    def hand_back_if_waiting(self, tag: str | None) -> bool:
+        """Mark the delivery handed back unless a thread has started it; True if marked (reject it now)."""
+        if tag is None:
+            return False
+        with self._lock:
+            if self._started[tag] > 0:
+                return False
+            self._handed[tag] += 1
+            return True
+
+
+STARTS = Starts()
+"""This process's started and handed-back deliveries (the worker's AMQP leases and the upload task read it)."""

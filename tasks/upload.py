@@ -32,6 +32,7 @@ from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.lease import LeaseLost
+from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import NoJobId, job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,23 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     before they get here; this still ends every job it can name.
     """
     job = runner()
+    amqp = job.settings.broker_is_amqp
+    tag = delivery_tag(self.request, job_id_of(args, kwargs, self.request.id), amqp=amqp)
+    if amqp and not owed.STARTS.begin(tag):
+        # Handed back while it waited for a thread (worker.amqp_leases): another delivery runs it.
+        log.info("delivery %s: its message went back to its queue while it waited; skipped", clip(tag or ""))
+        return None
+    try:
+        return run_upload(self, job, tag, args, kwargs)
+    finally:
+        if amqp:
+            owed.STARTS.end(tag)
+
+
+def run_upload(
+    self: Task[Any, Any], job: JobRunner, tag: str | None, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    """The task's body, once this delivery may run."""
     try:
         call = read_upload_call(args, kwargs, self.request.id)
     except NoJobId as exc:
@@ -94,7 +112,6 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         return
     job_id, source = call.job_id, call.source
     amqp = job.settings.broker_is_amqp
-    tag = delivery_tag(self.request, job_id, amqp=amqp)
     try:
         outcome = job.run_delivery(job_id, source, call.options, worker=self.request.hostname, tag=tag)
     except Superseded as exc:
@@ -126,7 +143,7 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     raise_if_failed_here(outcome)
 
 
-def delivery_tag(request: Any, job_id: str, *, amqp: bool) -> str | None:
+def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
     """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
     if amqp:
         return owed.amqp_tag(job_id, request.id)

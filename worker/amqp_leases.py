@@ -10,11 +10,14 @@ touched here. What replaces ``worker.renewer``'s round, every third of a lease:
   channel whose delivery stays unacknowledged longer, requeueing every message on
   it: every job the worker runs would be uploaded again. A message held
   ``early_ack_after(WSUPLOAD_AMQP_CONSUMER_TIMEOUT)`` (half of it) is made owed in
-  Redis for a lease (``tasks.owed``) and then acknowledged. So is the message of a
+  Redis for a lease (``tasks.owed``) and then acknowledged if a thread runs its job;
+  one still waiting for a thread is rejected with requeue instead, and skipped when a
+  thread takes it (``tasks.owed.Starts``): an early ack frees a prefetch slot, and
+  the threads pool has no other bound on the work a worker takes. So is the message of a
   job that shows no sign of life (``tasks.lease.renewable``): its entry is not
   renewed, and the sweep gives the job to another worker a lease later, as on Redis.
 - **owed entries.** Those of early-acknowledged jobs this worker still holds are
-  renewed for a lease while the job is renewable (or waits for a thread); the
+  renewed for a lease while the job is renewable; the
   task removes the entry once the job has ended (``tasks.upload``).
 - **fleet-limiter slots** of renewable jobs are renewed as on Redis.
 - **stop.** The consumers are cancelled and the connection's heartbeats go on
@@ -105,6 +108,7 @@ class AmqpLeases(Renewer):
         book: LeaseBook = BOOK,
         requests: Callable[[], Sequence[Any]] = held_requests,
         early: owed.EarlyAcks = owed.EARLY,
+        starts: owed.Starts = owed.STARTS,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
         consumer: Any = None,
@@ -117,6 +121,7 @@ class AmqpLeases(Renewer):
         self.early_after = early_after
         self.requests = requests
         self.early = early
+        self.starts = starts
 
     def renew(self) -> int:
         """One round; how many owed entries were renewed (0 after a failure, logged once per streak)."""
@@ -124,7 +129,7 @@ class AmqpLeases(Renewer):
             now = time.monotonic()
             held = list(self.requests())
             for request in held:
-                if self._ack_due(request, now):
+                if self._ack_due(request, now) and not self.hand_back_waiting(request):
                     self.ack_early(request)
             renewed = self._renew_owed(held, now)
         except Exception as exc:  # the worker carries on; the next round tries again
@@ -151,6 +156,31 @@ class AmqpLeases(Renewer):
         if lease is not None and not renewable(lease, now):
             return True  # hung: owed for a lease, not renewed, swept to another worker
         return now - getattr(request, "received_at", now) >= self.early_after
+
+    def hand_back_waiting(self, request: Any) -> bool:
+        """Reject, with requeue, a request due for early acknowledgement that no thread has started.
+
+        Acknowledged early it would free a prefetch slot while it still waits, and the
+        worker would take on more work than its threads, without bound. The task skips
+        it when a thread finally runs it (``tasks.owed.Starts``). False if it runs.
+        """
+        tag = tag_of(request)
+        with ACKS:
+            if request.acknowledged or not self.starts.hand_back_if_waiting(tag):
+                return False
+            try:
+                request.reject(requeue=True)
+            except BaseException:
+                self.starts.begin(tag)  # not handed back after all: take the mark away again
+                self.starts.end(tag)
+                raise
+        log.warning(
+            "job %s: waited %.0f s for a thread; its message goes back to its queue"
+            " (only a running job is acknowledged early)",
+            clip(job_of(request) or "?"),
+            time.monotonic() - getattr(request, "received_at", time.monotonic()),
+        )
+        return True
 
     def ack_early(self, request: Any) -> bool:
         """Owe the job for a lease, then acknowledge its message; False if it was acknowledged already."""

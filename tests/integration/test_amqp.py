@@ -352,3 +352,22 @@ def test_a_job_sent_with_a_task_id_of_its_own_comes_back_through_the_sweep_after
     assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
     assert "published again" in second.log_path.read_text()
     wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry to be removed")
+
+
+@pytest.mark.slow
+def test_only_a_running_job_is_acknowledged_early_a_waiting_message_goes_back_to_its_queue(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, media_root: Path
+) -> None:
+    worker = start_worker(concurrency=1, WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # early acks at 5 s
+    sandbox.add_fault(Fault(stall=40))  # the one thread stays busy with the first job
+    paths = [str(path) for path in distinct_pngs(media_root / f"amqp-wait-{uuid.uuid4().hex[:6]}", 3)]
+    (first,) = amqp_producer.enqueue(paths[:1])
+    wait_until(lambda: "acknowledged early" in worker.log_path.read_text(), 30, what="the first job's early ack")
+    amqp_producer.enqueue(paths[1:])  # its freed prefetch slot lets one in, to wait for the thread
+
+    wait_until(
+        lambda: "goes back to its queue" in worker.log_path.read_text() or len(owed_jobs(amqp_producer)) > 1,
+        30,
+        what="the waiting message to fall due",
+    )
+    assert owed_jobs(amqp_producer) == [first.job_id.encode()]  # no waiting job was acknowledged early

@@ -282,11 +282,18 @@ class Req:
     """Empty: the job is the task id, as the wire contract has it."""
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    requeued: bool = False
+
     def acknowledge(self) -> None:
         self.acknowledged = True
 
+    def reject(self, requeue: bool = False) -> None:
+        self.acknowledged, self.requeued = True, requeue
 
-def leases(client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float) -> AmqpLeases:
+
+def leases(
+    client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float, starts: owed.Starts | None = None
+) -> AmqpLeases:
     return AmqpLeases(
         client,
         1.0,
@@ -295,7 +302,16 @@ def leases(client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, no
         book=book,
         requests=lambda: requests,
         early=owed.EarlyAcks(),
+        starts=starts or running(requests),
     )
+
+
+def running(requests: list[Req]) -> owed.Starts:
+    """Every request started by a thread (the case of a job running long)."""
+    starts = owed.Starts()
+    for request in requests:
+        starts.begin(tag_of(request))
+    return starts
 
 
 def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
@@ -366,3 +382,22 @@ def test_two_deliveries_of_one_job_keep_their_own_early_ack_records(redis_client
     assert tag_of(first) != tag_of(second)
     assert renewer.early.pop(tag_of(first)) == owed.Early("job-1", "q")
     assert renewer.early.get(tag_of(second)) == owed.Early("job-1", "q")  # the first one's end left it alone
+
+
+def test_a_message_still_waiting_for_a_thread_is_handed_back_not_acknowledged_early(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    import time
+
+    now = time.monotonic()
+    running, waiting = Req("running", now - 901), Req("waiting", now - 901)
+    starts = owed.Starts()
+    assert starts.begin(tag_of(running))  # a thread runs it
+    renewer = leases(redis_client, [running, waiting], LeaseBook(), now, starts)
+    renewer.renew()
+    assert (running.acknowledged, running.requeued) == (True, False)  # acknowledged early, owed
+    assert (waiting.acknowledged, waiting.requeued) == (True, True)  # back to its queue
+    assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"running"]
+    assert renewer.early.get(tag_of(waiting)) is None
+    assert not starts.begin(tag_of(waiting))  # when a thread finally takes it, the task skips it
+    assert starts.begin(tag_of(waiting))  # once: a later delivery of it runs

@@ -285,3 +285,27 @@ def test_celery_never_retries_the_upload_task_itself() -> None:
     assert task.throws == (JobFailed,)
     assert task.acks_late is True
     assert not getattr(task, "autoretry_for", ())
+
+
+def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touching_redis(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsupload.tasks import owed
+
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_BROKER_URL": "amqp://g:p@h/v"})
+    job = JobRunner(settings=settings, store=store, client=NoClient())
+    here = runtime.Runtime(settings)
+    here.store, here.runner = store, job
+    monkeypatch.setattr(runtime, "current", lambda: here)
+    starts = owed.Starts()
+    monkeypatch.setattr(owed, "STARTS", starts)
+    tag = owed.amqp_tag("j1", "task-1")
+    assert starts.hand_back_if_waiting(tag)  # the worker rejected its message with requeue
+
+    upload_module.upload.push_request(id="task-1", hostname="w1@host")
+    try:
+        upload_module.upload.run("j1", "relative.png")  # would fail the job if it ran
+    finally:
+        upload_module.upload.pop_request()
+    assert store.redis.keys("*") == []
+    assert starts.begin(tag)  # the skip used up the hand-back: the next delivery runs
