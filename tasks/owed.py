@@ -16,21 +16,28 @@ Two moments leave a job without that safety, and the owed set
   acknowledged; the worker renews the entry every third of a lease while the job
   is renewable (``tasks.lease``), and removes it once the job has ended.
 
-The workers' sweep (``tasks.owed_sweep``) publishes again every owed job whose
-deadline has passed and whose document is not terminal; fencing
+A long job's entry keeps its call beside it (``keys.owed_calls(queue)``: source
+and options as its message had them): a producer in another language may write
+no document, or one without options, and the sweep must not publish the job
+without its callback or dedup. The workers' sweep (``tasks.owed_sweep``)
+publishes again every owed job whose deadline has passed and whose document is
+not terminal; fencing
 (``tasks.fencing``) drops a delivery of a job that has ended meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from wsupload.tasks import keys
+from wsupload.tasks.messages import bind, read_upload_call
 
 
 def early_ack_after(consumer_timeout: float) -> float:
@@ -111,14 +118,15 @@ table.insert(due, 1, at)
 return due
 """
 
-# KEYS: an owed set. ARGV: deadline, jobs. Removes each job still owed until exactly that deadline
-# (one renewed meanwhile by its worker is still running there: left alone).
+# KEYS: an owed set, its calls. ARGV: deadline, jobs. Removes each job (and its call) still owed
+# until exactly that deadline (one renewed meanwhile by its worker is still running there: left alone).
 _REMOVE_IF = """
 local removed = 0
 for i = 2, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and string.format('%.3f', tonumber(score)) == ARGV[1] then
     removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
   end
 end
 return removed
@@ -142,22 +150,50 @@ class OwedSet:
         self._claim = client.register_script(_CLAIM_DUE)
         self._remove_if = client.register_script(_REMOVE_IF)
 
-    def owe(self, by_queue: Mapping[str, Sequence[str]], seconds: float, *, mode: str = "") -> None:
-        """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only."""
+    def owe(
+        self,
+        by_queue: Mapping[str, Sequence[str]],
+        seconds: float,
+        *,
+        mode: str = "",
+        calls: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only.
+
+        ``calls``: per queue, job → ``call_record``, stored with the entries in one transaction.
+        """
         names = [queue for queue, jobs in by_queue.items() if jobs]
         if not names:
             return
         args: list[str | float | int] = [seconds, mode]
         for queue in names:
             args += [len(by_queue[queue]), *by_queue[queue]]
-        self._set(keys=[keys.owed(queue) for queue in names], args=args)
+        owed_keys = [keys.owed(queue) for queue in names]
+        if not any(calls.values() if calls else ()):
+            self._set(keys=owed_keys, args=args)
+            return
+        assert calls is not None
+        pipe = self.client.pipeline(transaction=True)
+        self._set(keys=owed_keys, args=args, client=pipe)
+        for queue, records in calls.items():
+            for job, record in records.items():
+                pipe.hset(keys.owed_calls(queue), job, record)
+        pipe.execute()
 
     def remove(self, queue: str, jobs: Iterable[str]) -> None:
+        """Remove the jobs' entries and their calls."""
         jobs = list(jobs)
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(jobs), 1000):
             pipe.zrem(keys.owed(queue), *jobs[start : start + 1000])
+            pipe.hdel(keys.owed_calls(queue), *jobs[start : start + 1000])
         pipe.execute()
+
+    def calls(self, queue: str, jobs: Sequence[str]) -> list[Call | None]:
+        """The stored call of each job (None where none was stored, or it cannot be read)."""
+        if not jobs:
+            return []
+        return [read_call_record(raw) for raw in self.client.hmget(keys.owed_calls(queue), list(jobs))]
 
     def claim_due(self, queue: str, grace: float, limit: int) -> Due:
         at, *jobs = self._claim(keys=[keys.owed(queue)], args=[grace, limit])
@@ -166,7 +202,7 @@ class OwedSet:
     def remove_if(self, due: Due, jobs: Sequence[str]) -> int:
         if not jobs:
             return 0
-        return int(self._remove_if(keys=[keys.owed(due.queue)], args=[due.deadline, *jobs]))
+        return int(self._remove_if(keys=[keys.owed(due.queue), keys.owed_calls(due.queue)], args=[due.deadline, *jobs]))
 
     def deadline(self, queue: str, job: str) -> float | None:
         score = self.client.zscore(keys.owed(queue), job)
@@ -175,6 +211,41 @@ class OwedSet:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the sweep needs to publish an owed job again: its source and options, as its message had them."""
+
+    source: str
+    options: dict[str, Any] | None
+
+
+def call_record(args: object, kwargs: object, task_id: object = None) -> str | None:
+    """A message's call as stored beside its owed entry (JSON), or None if the message cannot run.
+
+    Bounded: ``read_upload_call`` refuses a source or options over their limits.
+    """
+    try:
+        read_upload_call(args, kwargs, task_id)
+        bound = bind(args, kwargs)
+    except Exception:  # a message the task fails at once: the document then has what the sweep needs
+        return None
+    options = bound.get("options")
+    return json.dumps({"source": bound["source"], "options": options if isinstance(options, dict) else None})
+
+
+def read_call_record(raw: bytes | str | None) -> Call | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
+        return None
+    options = record.get("options")
+    return Call(record["source"], options if isinstance(options, dict) else None)
 
 
 def amqp_tag(job_id: str | None, request_id: str | None) -> str | None:

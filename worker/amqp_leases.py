@@ -192,7 +192,9 @@ class AmqpLeases(Renewer):
             if request.acknowledged:
                 return False
             # By the job id: the sweep reads the job's document under it, the task renews and clears it.
-            self.owed.owe({queue: [job]}, self.lease)
+            # With the message's own call: the document may hold no options, or not exist at all.
+            record = owed.call_record(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
+            self.owed.owe({queue: [job]}, self.lease, calls={queue: {job: record}} if record else None)
             self.early.mark(tag, job, queue)
             request.acknowledge()
         telemetry.acked_early()

@@ -371,3 +371,32 @@ def test_only_a_running_job_is_acknowledged_early_a_waiting_message_goes_back_to
         what="the waiting message to fall due",
     )
     assert owed_jobs(amqp_producer) == [first.job_id.encode()]  # no waiting job was acknowledged early
+
+
+@pytest.mark.slow
+def test_a_job_without_a_queued_document_comes_back_through_the_sweep_with_its_callback(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
+    sandbox.add_fault(Fault(stall=40))
+    job_id = uuid.uuid4().hex
+    # A producer in another language: the message only, no queued document (optional in the wire contract).
+    options = {"callback_url": f"{sandbox.url}/hook"}
+    amqp_producer.app.send_task(
+        "wsupload.upload",
+        args=[job_id, str(png)],
+        kwargs={"options": options},
+        task_id=job_id,
+        queue=amqp_producer.settings.queue,
+    )
+    wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
+    second = start_worker()
+    first.kill()
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job_id), 40, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    # Published again with its options: the second delivery queues the job's callback.
+    wait_until(lambda: amqp_producer.redis.exists(keys.callback(job_id)), 30, what="the callback's record")
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry and its call to be removed")
+    settings = amqp_producer.settings
+    assert not amqp_producer.redis.exists(keys.owed_calls(settings.queue), keys.owed_calls(settings.bulk_queue))

@@ -401,3 +401,53 @@ def test_a_message_still_waiting_for_a_thread_is_handed_back_not_acknowledged_ea
     assert renewer.early.get(tag_of(waiting)) is None
     assert not starts.begin(tag_of(waiting))  # when a thread finally takes it, the task skips it
     assert starts.begin(tag_of(waiting))  # once: a later delivery of it runs
+
+
+CALLBACK = {"callback_url": "https://hooks.test/done", "dedup": True}
+
+
+def acked_early_then_due(client: fakeredis.FakeRedis, request: Req) -> AmqpLeases:
+    import time
+
+    renewer = leases(client, [request], LeaseBook(), time.monotonic())
+    renewer.renew()
+    assert request.acknowledged
+    client.zadd(keys.owed("q"), {request.args[0]: 0})  # its worker died: the entry is past its deadline
+    return renewer
+
+
+def swept(client: fakeredis.FakeRedis) -> tuple[Any, FakePublisher]:
+    publisher = FakePublisher()
+    sweep = OwedSweep(client, ResultStore(client, 3600), ["q"], lambda: publisher, retry=3, interval=1)  # type: ignore[arg-type,return-value]
+    return sweep.sweep(), publisher
+
+
+@pytest.mark.parametrize("doc", [None, {"job_id": "job-1", "status": "running", "source": "/m/a.png"}])
+def test_a_job_from_another_producer_is_swept_back_with_the_options_of_its_message(
+    redis_client: fakeredis.FakeRedis, doc: dict[str, Any] | None
+) -> None:
+    import time
+
+    # The queued document is optional in the wire contract, and holds no options when a producer
+    # in another language wrote it: the sweep must rebuild the message from the message itself.
+    if doc is not None:
+        redis_client.set(keys.result("job-1"), json.dumps(doc))
+    request = Req("job-1", time.monotonic() - 901, args=["job-1", "/m/a.png"], kwargs={"options": CALLBACK})
+    acked_early_then_due(redis_client, request)
+    report, publisher = swept(redis_client)
+    assert report is not None
+    assert report.published == ("job-1",)
+    ((message,),) = [publisher.sent]
+    assert json.loads(message.body)[:2] == [["job-1", "/m/a.png"], {"options": CALLBACK}]
+    assert redis_client.zcard(keys.owed("q")) == 0
+    assert redis_client.exists(keys.owed_calls("q")) == 0  # removed with its entry
+
+
+def test_the_stored_call_goes_with_its_owed_entry_when_the_job_ends(redis_client: fakeredis.FakeRedis) -> None:
+    import time
+
+    request = Req("job-1", time.monotonic() - 901, args=["job-1", "/m/a.png", CALLBACK])
+    acked_early_then_due(redis_client, request)
+    assert redis_client.hlen(keys.owed_calls("q")) == 1
+    owed.OwedSet(redis_client).remove("q", ["job-1"])  # tasks.upload.settle_early_ack
+    assert redis_client.exists(keys.owed("q"), keys.owed_calls("q")) == 0
