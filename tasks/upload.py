@@ -24,9 +24,10 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import owed, redaction, runtime
+from wsupload.tasks import owed, redaction, redis_wait, runtime
 from wsupload.tasks.callbacks import callback
 from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.fencing import Superseded
@@ -132,7 +133,22 @@ def run_upload(
             # message back so the job runs again, rather than vanish or end "failed".
             # (Acknowledged early on RabbitMQ: its owed entry, no longer renewed, brings it back.)
             owed.EARLY.pop(tag)
-            log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
+            if not amqp:
+                log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
+                raise Reject(str(exc), requeue=True) from None
+            budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
+            log.error(
+                "job %s: Redis unreachable or refusing writes (%s); requeueing once it takes writes"
+                " again, or in %.0f s",
+                job_id,
+                clip(str(exc)),
+                budget,
+            )
+            # RabbitMQ delivers a requeued message again at once: without this pause every
+            # worker would loop on it, and a quorum queue's delivery-limit would drop it.
+            redis_wait.wait_for_writes(
+                lambda: redis_wait.takes_writes(job.store.redis), budget=budget, stopping=worker_stopping
+            )
             raise Reject(str(exc), requeue=True) from None
         # Before the job ran (run() records its own internal errors), or Redis refused it for good.
         log.exception("job %s: internal error", job_id)
@@ -141,6 +157,11 @@ def run_upload(
     if call.options.callback_url:
         send_callback(job_id, call.options.callback_url, job.settings.queue)
     raise_if_failed_here(outcome)
+
+
+def worker_stopping() -> bool:
+    """Whether Celery has begun a warm or cold shutdown of this worker."""
+    return state.should_stop is not None or state.should_terminate is not None
 
 
 def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
