@@ -27,7 +27,7 @@ from wsupload.tasks import keys
 from wsupload.tasks.enqueue import EnqueueError
 from wsupload.tasks.publisher import ready_messages
 from wsupload.tasks.results import JobDoc
-from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
@@ -80,6 +80,11 @@ def png(media_root: Path) -> Path:
     path = media_root / f"amqp-{uuid.uuid4().hex[:6]}.png"
     path.write_bytes(png_bytes(32, 32))
     return path
+
+
+def status_of(producer: Producer, job_id: str) -> str | None:
+    (doc,) = producer.status([job_id])
+    return None if doc is None else doc["status"]
 
 
 def owed_jobs(producer: Producer) -> list[bytes]:
@@ -400,3 +405,31 @@ def test_a_job_without_a_queued_document_comes_back_through_the_sweep_with_its_c
     wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry and its call to be removed")
     settings = amqp_producer.settings
     assert not amqp_producer.redis.exists(keys.owed_calls(settings.queue), keys.owed_calls(settings.bulk_queue))
+
+
+@pytest.mark.slow
+def test_a_job_whose_redis_is_full_waits_for_it_once_then_goes_back_and_succeeds(
+    amqp_env: dict[str, str], start_worker: StartWorker, own_redis: LocalRedis, sandbox: SandboxServer, png: Path
+) -> None:
+    import redis
+
+    producer = Producer(Settings.from_env(producer_env({**amqp_env, "REDIS_URL": own_redis.url})))
+    store = redis.Redis.from_url(own_redis.url)
+    worker = start_worker(REDIS_URL=own_redis.url)
+    sandbox.add_fault(Fault(stall=10))  # the upload is in flight when Redis fills up
+    try:
+        (job,) = producer.enqueue([str(png)])
+        wait_until(lambda: status_of(producer, job.job_id) == "running", 30, interval=0.05, what="the job to run")
+        store.config_set("maxmemory-policy", "noeviction")
+        store.config_set("maxmemory", 1)  # every write is refused: OOM
+        refused = f"job {job.job_id}: Redis unreachable or refusing writes"
+        wait_until(lambda: "requeueing once it takes writes" in worker.log_path.read_text(), 30, what="the wait")
+        # Held, probing: RabbitMQ has not delivered it again (before, every delivery logged and requeued at once).
+        assert worker.log_path.read_text().count(refused) == 1
+        store.config_set("maxmemory", 0)
+        doc: JobDoc = wait_until(finished(producer, job.job_id), 60, interval=0.2, what="the job to finish")
+    finally:
+        store.config_set("maxmemory", 0)
+        producer.close()
+    assert doc["status"] == "succeeded"
+    assert worker.log_path.read_text().count(refused) == 1
