@@ -342,6 +342,16 @@ class Starts:
             self._handed[tag] += 1
             return True
 
+    def withdraw(self, tag: str | None) -> None:
+        """Take back a hand-back whose reject failed (the message is still held): the task runs it."""
+        if tag is None:
+            return
+        with self._lock:
+            if self._handed[tag] > 0:
+                self._handed[tag] -= 1
+            if not self._handed[tag]:
+                del self._handed[tag]
+
 
 STARTS = Starts()
 """This process's started and handed-back deliveries (the worker's AMQP leases and the upload task read it)."""

@@ -14,6 +14,9 @@ task never retried by Celery. A delivery that stops, or finds its job already
 ended, raises nothing, except on RabbitMQ a job handed back as its worker stops:
 its message is rejected with requeue (acknowledged, it would be lost), or, if it
 was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
+On RabbitMQ a delivery handed back while it waited for a thread returns at once,
+touching nothing, and one that cannot record its outcome in Redis waits for Redis
+(``tasks.redis_wait``, bounded) before its message goes back.
 """
 
 from __future__ import annotations

@@ -171,8 +171,7 @@ class AmqpLeases(Renewer):
             try:
                 request.reject(requeue=True)
             except BaseException:
-                self.starts.begin(tag)  # not handed back after all: take the mark away again
-                self.starts.end(tag)
+                self.starts.withdraw(tag)  # not handed back after all
                 raise
         log.warning(
             "job %s: waited %.0f s for a thread; its message goes back to its queue"
