@@ -7,6 +7,7 @@ lease (``worker_env``); waits poll conditions with deadlines, nothing is timed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,9 +24,9 @@ import pytest
 from tests.integration import rabbit
 from tests.integration.conftest import finished, producer_env
 from wsupload.config import Settings
-from wsupload.tasks import keys
+from wsupload.tasks import keys, wire
 from wsupload.tasks.enqueue import EnqueueError
-from wsupload.tasks.publisher import ready_messages
+from wsupload.tasks.publisher import Publisher, ready_messages
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
@@ -82,6 +83,15 @@ def png(media_root: Path) -> Path:
     return path
 
 
+def publish(producer: Producer, message: wire.AmqpMessage) -> None:
+    """Publish one hand-built message, as a producer in another language would (no document written)."""
+    publisher = Publisher(str(producer.settings.broker_url))
+    try:
+        publisher.publish([message])
+    finally:
+        publisher.close()
+
+
 def status_of(producer: Producer, job_id: str) -> str | None:
     (doc,) = producer.status([job_id])
     return None if doc is None else doc["status"]
@@ -131,9 +141,6 @@ def test_each_quorum_queue_is_bound_only_to_its_own_name(
 
 def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) -> None:
     from kombu import Connection
-
-    from wsupload.tasks import wire
-    from wsupload.tasks.publisher import Publisher
 
     queue = amqp_producer.settings.queue
     job_id, options = uuid.uuid4().hex, {"dedup": True, "callback_url": "https://hooks.test/x"}
@@ -327,9 +334,14 @@ def test_stats_reads_the_queue_depths_from_rabbitmq(amqp_producer: Producer, amq
 def test_a_producer_whose_connection_rabbitmq_closed_reconnects_before_publishing(
     amqp_producer: Producer, amqp_env: dict[str, str]
 ) -> None:
+    from kombu import pools
+
     amqp_producer.enqueue(["/m/a.png"])  # opens the connection the producer keeps
     vhost = amqp_env["WSUPLOAD_BROKER_URL"].rsplit("/", 1)[1]
     rabbit.rabbitmqctl("close_all_connections", "-p", vhost, "test: the broker restarted")
+    # kombu keeps Celery apps' connections in process-wide pools keyed by URL: the next test's
+    # readiness ping (app.control) would meet the one closed here. Drop them all.
+    pools.reset()
     wait_until(lambda: "test: the broker restarted" not in rabbit.rabbitmqctl("list_connections", "-p", vhost), 10)
     jobs = amqp_producer.enqueue(["/m/b.png", "/m/c.png"])
     assert len(jobs) == 2
@@ -345,9 +357,17 @@ def test_a_job_sent_with_a_task_id_of_its_own_comes_back_through_the_sweep_after
     first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
     sandbox.add_fault(Fault(stall=40))
     job_id = uuid.uuid4().hex
-    # Celery's send_task without task_id: the message's id is a uuid of Celery's, the job is args[0].
-    sent = amqp_producer.app.send_task("wsupload.upload", args=[job_id, str(png)], queue=amqp_producer.settings.queue)
-    assert sent.id != job_id
+    # As Celery's send_task without task_id publishes it: a task id of its own, the job in args[0].
+    message = wire.amqp_message(job_id, str(png), amqp_producer.settings.queue)
+    task_id = str(uuid.uuid4())
+    publish(
+        amqp_producer,
+        dataclasses.replace(
+            message,
+            headers={**message.headers, "id": task_id, "root_id": task_id},
+            properties={**message.properties, "correlation_id": task_id},
+        ),
+    )
     wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
     assert owed_jobs(amqp_producer) == [job_id.encode()]
     second = start_worker()
@@ -387,13 +407,7 @@ def test_a_job_without_a_queued_document_comes_back_through_the_sweep_with_its_c
     job_id = uuid.uuid4().hex
     # A producer in another language: the message only, no queued document (optional in the wire contract).
     options = {"callback_url": f"{sandbox.url}/hook"}
-    amqp_producer.app.send_task(
-        "wsupload.upload",
-        args=[job_id, str(png)],
-        kwargs={"options": options},
-        task_id=job_id,
-        queue=amqp_producer.settings.queue,
-    )
+    publish(amqp_producer, wire.amqp_message(job_id, str(png), amqp_producer.settings.queue, options))
     wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
     second = start_worker()
     first.kill()
