@@ -135,8 +135,8 @@ def run_upload(
             # Without a Redis that takes writes the outcome cannot be recorded: hand the
             # message back so the job runs again, rather than vanish or end "failed".
             # (Acknowledged early on RabbitMQ: its owed entry, no longer renewed, brings it back.)
-            owed.EARLY.pop(tag)
-            if not amqp:
+            acked_early = owed.EARLY.pop(tag) is not None
+            if not amqp or acked_early:  # (acknowledged early, the reject does nothing: no need to hold it)
                 log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
                 raise Reject(str(exc), requeue=True) from None
             budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
