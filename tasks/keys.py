@@ -133,6 +133,12 @@ def owed(queue: str) -> str:
     return f"{KEY_PREFIX}:owed:{queue}"
 
 
+def owed_calls(queue: str) -> str:
+    """The calls of ``queue``'s early-acknowledged jobs, as their messages had them: job id → JSON
+    ``{"source", "options"}`` (hash), removed with the job's owed entry; the sweep publishes from it."""
+    return f"{owed(queue)}:calls"
+
+
 def owed_lock(queue: str) -> str:
     """Held for a sweep interval by the worker sweeping ``queue``'s owed jobs."""
     return f"{owed(queue)}:lock"

@@ -16,20 +16,28 @@ Two moments leave a job without that safety, and the owed set
   acknowledged; the worker renews the entry every third of a lease while the job
   is renewable (``tasks.lease``), and removes it once the job has ended.
 
-The workers' sweep (``tasks.owed_sweep``) publishes again every owed job whose
-deadline has passed and whose document is not terminal; fencing
+A long job's entry keeps its call beside it (``keys.owed_calls(queue)``: source
+and options as its message had them): a producer in another language may write
+no document, or one without options, and the sweep must not publish the job
+without its callback or dedup. The workers' sweep (``tasks.owed_sweep``)
+publishes again every owed job whose deadline has passed and whose document is
+not terminal; fencing
 (``tasks.fencing``) drops a delivery of a job that has ended meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from wsupload.tasks import keys
+from wsupload.tasks.messages import bind, read_upload_call
 
 
 def early_ack_after(consumer_timeout: float) -> float:
@@ -111,14 +119,15 @@ table.insert(due, 1, at)
 return due
 """
 
-# KEYS: an owed set. ARGV: deadline, jobs. Removes each job still owed until exactly that deadline
-# (one renewed meanwhile by its worker is still running there: left alone).
+# KEYS: an owed set, its calls. ARGV: deadline, jobs. Removes each job (and its call) still owed
+# until exactly that deadline (one renewed meanwhile by its worker is still running there: left alone).
 _REMOVE_IF = """
 local removed = 0
 for i = 2, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and string.format('%.3f', tonumber(score)) == ARGV[1] then
     removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
   end
 end
 return removed
@@ -142,22 +151,50 @@ class OwedSet:
         self._claim = client.register_script(_CLAIM_DUE)
         self._remove_if = client.register_script(_REMOVE_IF)
 
-    def owe(self, by_queue: Mapping[str, Sequence[str]], seconds: float, *, mode: str = "") -> None:
-        """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only."""
+    def owe(
+        self,
+        by_queue: Mapping[str, Sequence[str]],
+        seconds: float,
+        *,
+        mode: str = "",
+        calls: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Owe each job for ``seconds`` from now (Redis's clock); ``mode="XX"``: renew only, ``"NX"``: add only.
+
+        ``calls``: per queue, job → ``call_record``, stored with the entries in one transaction.
+        """
         names = [queue for queue, jobs in by_queue.items() if jobs]
         if not names:
             return
         args: list[str | float | int] = [seconds, mode]
         for queue in names:
             args += [len(by_queue[queue]), *by_queue[queue]]
-        self._set(keys=[keys.owed(queue) for queue in names], args=args)
+        owed_keys = [keys.owed(queue) for queue in names]
+        if not any(calls.values() if calls else ()):
+            self._set(keys=owed_keys, args=args)
+            return
+        assert calls is not None
+        pipe = self.client.pipeline(transaction=True)
+        self._set(keys=owed_keys, args=args, client=pipe)
+        for queue, records in calls.items():
+            for job, record in records.items():
+                pipe.hset(keys.owed_calls(queue), job, record)
+        pipe.execute()
 
     def remove(self, queue: str, jobs: Iterable[str]) -> None:
+        """Remove the jobs' entries and their calls."""
         jobs = list(jobs)
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(jobs), 1000):
             pipe.zrem(keys.owed(queue), *jobs[start : start + 1000])
+            pipe.hdel(keys.owed_calls(queue), *jobs[start : start + 1000])
         pipe.execute()
+
+    def calls(self, queue: str, jobs: Sequence[str]) -> list[Call | None]:
+        """The stored call of each job (None where none was stored, or it cannot be read)."""
+        if not jobs:
+            return []
+        return [read_call_record(raw) for raw in self.client.hmget(keys.owed_calls(queue), list(jobs))]
 
     def claim_due(self, queue: str, grace: float, limit: int) -> Due:
         at, *jobs = self._claim(keys=[keys.owed(queue)], args=[grace, limit])
@@ -166,7 +203,7 @@ class OwedSet:
     def remove_if(self, due: Due, jobs: Sequence[str]) -> int:
         if not jobs:
             return 0
-        return int(self._remove_if(keys=[keys.owed(due.queue)], args=[due.deadline, *jobs]))
+        return int(self._remove_if(keys=[keys.owed(due.queue), keys.owed_calls(due.queue)], args=[due.deadline, *jobs]))
 
     def deadline(self, queue: str, job: str) -> float | None:
         score = self.client.zscore(keys.owed(queue), job)
@@ -177,11 +214,52 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def amqp_tag(task_id: str | None) -> str | None:
-    """A RabbitMQ delivery's key in this worker's books. Celery hands a task no delivery tag on AMQP
-    (and RabbitMQ's are per-channel counters), so the task id, which is the job id by the wire contract;
-    two deliveries of one job at once on one worker share it, and fencing settles between them."""
-    return f"amqp:{task_id}" if task_id else None
+@dataclass(frozen=True)
+class Call:
+    """What the sweep needs to publish an owed job again: its source and options, as its message had them."""
+
+    source: str
+    options: dict[str, Any] | None
+
+
+def call_record(args: object, kwargs: object, task_id: object = None) -> str | None:
+    """A message's call as stored beside its owed entry (JSON), or None if the message cannot run.
+
+    Bounded: ``read_upload_call`` refuses a source or options over their limits.
+    """
+    try:
+        read_upload_call(args, kwargs, task_id)
+        bound = bind(args, kwargs)
+    except Exception:  # a message the task fails at once: the document then has what the sweep needs
+        return None
+    options = bound.get("options")
+    return json.dumps({"source": bound["source"], "options": options if isinstance(options, dict) else None})
+
+
+def read_call_record(raw: bytes | str | None) -> Call | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
+        return None
+    options = record.get("options")
+    return Call(record["source"], options if isinstance(options, dict) else None)
+
+
+def amqp_tag(job_id: str | None, request_id: str | None) -> str | None:
+    """A RabbitMQ delivery's key in this worker's books: its job and its Celery request id.
+
+    Celery hands a task no delivery tag on AMQP (and RabbitMQ's are per-channel
+    counters). The job id alone would let two deliveries of one job on one worker
+    pop each other's early-ack record; the task id alone is not the job's when a
+    producer (Celery's ``send_task`` without ``task_id``) gives its own. The same
+    message delivered twice at once to one worker still shares a key: fencing
+    settles between the two.
+    """
+    return f"amqp:{job_id}:{request_id}" if job_id and request_id else None
 
 
 @dataclass(frozen=True)
@@ -216,3 +294,65 @@ class EarlyAcks:
 
 EARLY = EarlyAcks()
 """This process's early-acknowledged messages (the worker's AMQP leases and the upload task read it)."""
+
+
+class Starts:
+    """Deliveries a thread has started, and those handed back while still waiting for one (thread-safe).
+
+    Celery's threads pool takes every message prefetch lets in, and each early
+    acknowledgement frees a prefetch slot: only a running job may be acknowledged
+    early, or a worker would take on work without bound. A message due for early
+    acknowledgement while still waiting is rejected with requeue instead; when a
+    thread finally runs its request, the task finds it here and returns untouched.
+    Counted per key: the same message may be delivered to one worker again meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._started: Counter[str] = Counter()
+        self._handed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def begin(self, tag: str | None) -> bool:
+        """A thread starts the delivery: False if it was handed back meanwhile (then skip it)."""
+        if tag is None:
+            return True
+        with self._lock:
+            if self._handed[tag] > 0:
+                self._handed[tag] -= 1
+                if not self._handed[tag]:
+                    del self._handed[tag]
+                return False
+            self._started[tag] += 1
+            return True
+
+    def end(self, tag: str | None) -> None:
+        if tag is None:
+            return
+        with self._lock:
+            self._started[tag] -= 1
+            if self._started[tag] <= 0:
+                del self._started[tag]
+
+    def hand_back_if_waiting(self, tag: str | None) -> bool:
+        """Mark the delivery handed back unless a thread has started it; True if marked (reject it now)."""
+        if tag is None:
+            return False
+        with self._lock:
+            if self._started[tag] > 0:
+                return False
+            self._handed[tag] += 1
+            return True
+
+    def withdraw(self, tag: str | None) -> None:
+        """Take back a hand-back whose reject failed (the message is still held): the task runs it."""
+        if tag is None:
+            return
+        with self._lock:
+            if self._handed[tag] > 0:
+                self._handed[tag] -= 1
+            if not self._handed[tag]:
+                del self._handed[tag]
+
+
+STARTS = Starts()
+"""This process's started and handed-back deliveries (the worker's AMQP leases and the upload task read it)."""

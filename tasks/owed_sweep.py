@@ -6,10 +6,11 @@ NX PX`` for one interval, left to expire, as ``tasks.sweep`` does):
 1. one script takes the jobs whose deadline (Redis's clock) has passed, at most
    ``LIMIT``, and moves their deadline ``retry`` seconds on, so a sweeper that dies
    or cannot reach RabbitMQ leaves them due again, not lost;
-2. their documents decide: a job that has ended or has no document any more
-   leaves the set; any other is published again (``tasks.wire.amqp_message``,
-   built from its document as ``tasks.sweep`` builds Redis messages) with
-   publisher confirms;
+2. their documents decide: a job that has ended leaves the set; any other is
+   published again (``tasks.wire.amqp_message``) with publisher confirms, from
+   the call stored with its entry when it was acknowledged early (its message's
+   source and options: the document may have none), else from its document as
+   ``tasks.sweep`` builds Redis messages; a job with neither leaves the set;
 3. once confirmed, each entry still holding the deadline the sweep gave it is
    removed; one its worker renewed meanwhile stays (that job still runs, and
    fencing decides between the two deliveries).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -44,20 +46,43 @@ class Report:
     published: tuple[str, ...] = ()
 
 
-def split(jobs: Sequence[str], docs: Sequence[JobDoc | None]) -> tuple[list[str], list[tuple[str, JobDoc]]]:
-    """Due jobs into those to forget (ended, or no document) and those to publish again, with their documents."""
-    ended, live = [], []
-    for job, doc in zip(jobs, docs, strict=True):
-        if doc is None or doc["status"] in TERMINAL or not isinstance(doc.get("source"), str):
+@dataclass(frozen=True)
+class Resend:
+    """What one due job is published again with."""
+
+    source: str
+    options: dict[str, Any] | None
+    status: str
+    """Its document's status (for the log line), or ``"no document"``."""
+
+
+def split(
+    jobs: Sequence[str], docs: Sequence[JobDoc | None], calls: Sequence[owed.Call | None] | None = None
+) -> tuple[list[str], list[tuple[str, Resend]]]:
+    """Due jobs into those to forget and those to publish again.
+
+    A job whose document has ended is forgotten. Any other is published from the
+    call its message had (stored when it was acknowledged early), else from its
+    document; with neither (no document, no call) it is forgotten.
+    """
+    ended: list[str] = []
+    live: list[tuple[str, Resend]] = []
+    for job, doc, call in zip(jobs, docs, calls or [None] * len(jobs), strict=True):
+        status = doc["status"] if doc is not None else "no document"
+        if doc is not None and doc["status"] in TERMINAL:
             ended.append(job)
+        elif call is not None:
+            live.append((job, Resend(call.source, call.options, status)))
+        elif doc is not None and isinstance(doc.get("source"), str):
+            options = doc.get("options")
+            live.append((job, Resend(doc["source"], options if isinstance(options, dict) else None, status)))
         else:
-            live.append((job, doc))
+            ended.append(job)
     return ended, live
 
 
-def message_of(job_id: str, doc: JobDoc, queue: str) -> wire.AmqpMessage:
-    options = doc.get("options")
-    return wire.amqp_message(job_id, doc["source"], queue, options if isinstance(options, dict) else None)
+def message_of(job_id: str, resend: Resend, queue: str) -> wire.AmqpMessage:
+    return wire.amqp_message(job_id, resend.source, queue, resend.options)
 
 
 class OwedSweep:
@@ -99,18 +124,18 @@ class OwedSweep:
             due = self.owed.claim_due(queue, self.grace, LIMIT)
             if not due.jobs:
                 continue
-            ended, live = split(due.jobs, self.store.get_many(due.jobs))
+            ended, live = split(due.jobs, self.store.get_many(due.jobs), self.owed.calls(queue, due.jobs))
             if ended:
                 self.owed.remove(queue, ended)
                 dropped += ended
             if live:
-                self.publisher().publish([message_of(job, doc, queue) for job, doc in live])
+                self.publisher().publish([message_of(job, resend, queue) for job, resend in live])
                 self.owed.remove_if(due, [job for job, _ in live])
-                for job, doc in live:
+                for job, resend in live:
                     log.warning(
                         "sweep: job %s (%s) was owed and not ended by its deadline; published again on queue %s",
                         clip(job),
-                        doc["status"],
+                        resend.status,
                         clip(queue),
                     )
                 published += [job for job, _ in live]

@@ -14,6 +14,9 @@ task never retried by Celery. A delivery that stops, or finds its job already
 ended, raises nothing, except on RabbitMQ a job handed back as its worker stops:
 its message is rejected with requeue (acknowledged, it would be lost), or, if it
 was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
+On RabbitMQ a delivery handed back while it waited for a thread returns at once,
+touching nothing, and one that cannot record its outcome in Redis waits for Redis
+(``tasks.redis_wait``, bounded) before its message goes back.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import owed, redaction, runtime
+from wsupload.tasks import owed, redaction, redis_wait, runtime
 from wsupload.tasks.callbacks import callback
 from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.lease import LeaseLost
+from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import NoJobId, job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,23 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     before they get here; this still ends every job it can name.
     """
     job = runner()
+    amqp = job.settings.broker_is_amqp
+    tag = delivery_tag(self.request, job_id_of(args, kwargs, self.request.id), amqp=amqp)
+    if amqp and not owed.STARTS.begin(tag):
+        # Handed back while it waited for a thread (worker.amqp_leases): another delivery runs it.
+        log.info("delivery %s: its message went back to its queue while it waited; skipped", clip(tag or ""))
+        return None
+    try:
+        return run_upload(self, job, tag, args, kwargs)
+    finally:
+        if amqp:
+            owed.STARTS.end(tag)
+
+
+def run_upload(
+    self: Task[Any, Any], job: JobRunner, tag: str | None, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    """The task's body, once this delivery may run."""
     try:
         call = read_upload_call(args, kwargs, self.request.id)
     except NoJobId as exc:
@@ -94,7 +116,6 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         return
     job_id, source = call.job_id, call.source
     amqp = job.settings.broker_is_amqp
-    tag = delivery_tag(self.request, amqp=amqp)
     try:
         outcome = job.run_delivery(job_id, source, call.options, worker=self.request.hostname, tag=tag)
     except Superseded as exc:
@@ -114,8 +135,23 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
             # Without a Redis that takes writes the outcome cannot be recorded: hand the
             # message back so the job runs again, rather than vanish or end "failed".
             # (Acknowledged early on RabbitMQ: its owed entry, no longer renewed, brings it back.)
-            owed.EARLY.pop(tag)
-            log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, exc)
+            acked_early = owed.EARLY.pop(tag) is not None
+            if not amqp or acked_early:  # (acknowledged early, the reject does nothing: no need to hold it)
+                log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
+                raise Reject(str(exc), requeue=True) from None
+            budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
+            log.error(
+                "job %s: Redis unreachable or refusing writes (%s); requeueing once it takes writes"
+                " again, or in %.0f s",
+                job_id,
+                clip(str(exc)),
+                budget,
+            )
+            # RabbitMQ delivers a requeued message again at once: without this pause every
+            # worker would loop on it, and a quorum queue's delivery-limit would drop it.
+            redis_wait.wait_for_writes(
+                lambda: redis_wait.takes_writes(job.store.redis), budget=budget, stopping=worker_stopping
+            )
             raise Reject(str(exc), requeue=True) from None
         # Before the job ran (run() records its own internal errors), or Redis refused it for good.
         log.exception("job %s: internal error", job_id)
@@ -126,10 +162,15 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     raise_if_failed_here(outcome)
 
 
-def delivery_tag(request: Any, *, amqp: bool) -> str | None:
+def worker_stopping() -> bool:
+    """Whether Celery has begun a warm or cold shutdown of this worker."""
+    return state.should_stop is not None or state.should_terminate is not None
+
+
+def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
     """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
     if amqp:
-        return owed.amqp_tag(request.id)
+        return owed.amqp_tag(job_id, request.id)
     tag = (request.properties or {}).get("delivery_tag")
     return tag if isinstance(tag, str) else None
 

@@ -10,11 +10,14 @@ touched here. What replaces ``worker.renewer``'s round, every third of a lease:
   channel whose delivery stays unacknowledged longer, requeueing every message on
   it: every job the worker runs would be uploaded again. A message held
   ``early_ack_after(WSUPLOAD_AMQP_CONSUMER_TIMEOUT)`` (half of it) is made owed in
-  Redis for a lease (``tasks.owed``) and then acknowledged. So is the message of a
+  Redis for a lease (``tasks.owed``) and then acknowledged if a thread runs its job;
+  one still waiting for a thread is rejected with requeue instead, and skipped when a
+  thread takes it (``tasks.owed.Starts``): an early ack frees a prefetch slot, and
+  the threads pool has no other bound on the work a worker takes. So is the message of a
   job that shows no sign of life (``tasks.lease.renewable``): its entry is not
   renewed, and the sweep gives the job to another worker a lease later, as on Redis.
 - **owed entries.** Those of early-acknowledged jobs this worker still holds are
-  renewed for a lease while the job is renewable (or waits for a thread); the
+  renewed for a lease while the job is renewable; the
   task removes the entry once the job has ended (``tasks.upload``).
 - **fleet-limiter slots** of renewable jobs are renewed as on Redis.
 - **stop.** The consumers are cancelled and the connection's heartbeats go on
@@ -46,6 +49,7 @@ from wsupload.config.settings import UPLOAD_TASK_NAME
 from wsupload.tasks import owed, telemetry
 from wsupload.tasks.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.limits import clip
+from wsupload.tasks.messages import job_id_of
 from wsupload.worker.app import HEARTBEAT
 from wsupload.worker.renewer import Renewer
 
@@ -81,8 +85,14 @@ def held_requests() -> list[Any]:
     return []
 
 
+def job_of(request: Any) -> str | None:
+    """The job a request runs: its ``job_id`` argument (``tasks.messages``), else its task id."""
+    return job_id_of(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
+
+
 def tag_of(request: Any) -> str | None:
-    return owed.amqp_tag(request.id)
+    """The request's key in this worker's books, as the task computes it (``tasks.upload.delivery_tag``)."""
+    return owed.amqp_tag(job_of(request), request.id)
 
 
 class AmqpLeases(Renewer):
@@ -98,6 +108,7 @@ class AmqpLeases(Renewer):
         book: LeaseBook = BOOK,
         requests: Callable[[], Sequence[Any]] = held_requests,
         early: owed.EarlyAcks = owed.EARLY,
+        starts: owed.Starts = owed.STARTS,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
         consumer: Any = None,
@@ -110,6 +121,7 @@ class AmqpLeases(Renewer):
         self.early_after = early_after
         self.requests = requests
         self.early = early
+        self.starts = starts
 
     def renew(self) -> int:
         """One round; how many owed entries were renewed (0 after a failure, logged once per streak)."""
@@ -117,7 +129,7 @@ class AmqpLeases(Renewer):
             now = time.monotonic()
             held = list(self.requests())
             for request in held:
-                if self._ack_due(request, now):
+                if self._ack_due(request, now) and not self.hand_back_waiting(request):
                     self.ack_early(request)
             renewed = self._renew_owed(held, now)
         except Exception as exc:  # the worker carries on; the next round tries again
@@ -145,22 +157,50 @@ class AmqpLeases(Renewer):
             return True  # hung: owed for a lease, not renewed, swept to another worker
         return now - getattr(request, "received_at", now) >= self.early_after
 
+    def hand_back_waiting(self, request: Any) -> bool:
+        """Reject, with requeue, a request due for early acknowledgement that no thread has started.
+
+        Acknowledged early it would free a prefetch slot while it still waits, and the
+        worker would take on more work than its threads, without bound. The task skips
+        it when a thread finally runs it (``tasks.owed.Starts``). False if it runs.
+        """
+        tag = tag_of(request)
+        with ACKS:
+            if request.acknowledged or not self.starts.hand_back_if_waiting(tag):
+                return False
+            try:
+                request.reject(requeue=True)
+            except BaseException:
+                self.starts.withdraw(tag)  # not handed back after all
+                raise
+        log.warning(
+            "job %s: waited %.0f s for a thread; its message goes back to its queue"
+            " (only a running job is acknowledged early)",
+            clip(job_of(request) or "?"),
+            time.monotonic() - getattr(request, "received_at", time.monotonic()),
+        )
+        return True
+
     def ack_early(self, request: Any) -> bool:
         """Owe the job for a lease, then acknowledge its message; False if it was acknowledged already."""
-        tag, queue = tag_of(request), (request.delivery_info or {}).get("routing_key")
-        if tag is None or not isinstance(queue, str):
+        job, queue = job_of(request), (request.delivery_info or {}).get("routing_key")
+        tag = owed.amqp_tag(job, request.id)
+        if job is None or tag is None or not isinstance(queue, str):
             return False
         with ACKS:
             if request.acknowledged:
                 return False
-            self.owed.owe({queue: [request.id]}, self.lease)
-            self.early.mark(tag, request.id, queue)
+            # By the job id: the sweep reads the job's document under it, the task renews and clears it.
+            # With the message's own call: the document may hold no options, or not exist at all.
+            record = owed.call_record(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
+            self.owed.owe({queue: [job]}, self.lease, calls={queue: {job: record}} if record else None)
+            self.early.mark(tag, job, queue)
             request.acknowledge()
         telemetry.acked_early()
         log.warning(
             "job %s: held %.0f s; its message is acknowledged early and the job kept owed in Redis"
             " (RabbitMQ's consumer_timeout would otherwise close the channel under it)",
-            request.id,
+            clip(job),
             time.monotonic() - getattr(request, "received_at", time.monotonic()),
         )
         return True
@@ -247,11 +287,11 @@ class AmqpLeases(Renewer):
             except Exception as exc:
                 log.warning(
                     "job %s: could not hand it back (%s); it runs on, or returns when its connection closes",
-                    lease.job_id,
+                    clip(lease.job_id),
                     clip(str(exc)),
                 )
                 continue
             telemetry.handed_back()
             handed += 1
-            log.warning("job %s: still running after the stop grace; handed back to its queue", lease.job_id)
+            log.warning("job %s: still running after the stop grace; handed back to its queue", clip(lease.job_id))
         return handed

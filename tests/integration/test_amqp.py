@@ -7,6 +7,7 @@ lease (``worker_env``); waits poll conditions with deadlines, nothing is timed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,11 +24,11 @@ import pytest
 from tests.integration import rabbit
 from tests.integration.conftest import finished, producer_env
 from wsupload.config import Settings
-from wsupload.tasks import keys
+from wsupload.tasks import keys, wire
 from wsupload.tasks.enqueue import EnqueueError
-from wsupload.tasks.publisher import ready_messages
+from wsupload.tasks.publisher import Publisher, ready_messages
 from wsupload.tasks.results import JobDoc
-from wsupload.worker.dev.local_services import WorkerProcess, wait_until
+from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
@@ -82,6 +83,20 @@ def png(media_root: Path) -> Path:
     return path
 
 
+def publish(producer: Producer, message: wire.AmqpMessage) -> None:
+    """Publish one hand-built message, as a producer in another language would (no document written)."""
+    publisher = Publisher(str(producer.settings.broker_url))
+    try:
+        publisher.publish([message])
+    finally:
+        publisher.close()
+
+
+def status_of(producer: Producer, job_id: str) -> str | None:
+    (doc,) = producer.status([job_id])
+    return None if doc is None else doc["status"]
+
+
 def owed_jobs(producer: Producer) -> list[bytes]:
     settings = producer.settings
     jobs: list[bytes] = []
@@ -126,9 +141,6 @@ def test_each_quorum_queue_is_bound_only_to_its_own_name(
 
 def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) -> None:
     from kombu import Connection
-
-    from wsupload.tasks import wire
-    from wsupload.tasks.publisher import Publisher
 
     queue = amqp_producer.settings.queue
     job_id, options = uuid.uuid4().hex, {"dedup": True, "callback_url": "https://hooks.test/x"}
@@ -322,12 +334,116 @@ def test_stats_reads_the_queue_depths_from_rabbitmq(amqp_producer: Producer, amq
 def test_a_producer_whose_connection_rabbitmq_closed_reconnects_before_publishing(
     amqp_producer: Producer, amqp_env: dict[str, str]
 ) -> None:
+    from kombu import pools
+
     amqp_producer.enqueue(["/m/a.png"])  # opens the connection the producer keeps
     vhost = amqp_env["WSUPLOAD_BROKER_URL"].rsplit("/", 1)[1]
     rabbit.rabbitmqctl("close_all_connections", "-p", vhost, "test: the broker restarted")
+    # kombu keeps Celery apps' connections in process-wide pools keyed by URL: the next test's
+    # readiness ping (app.control) would meet the one closed here. Drop them all.
+    pools.reset()
     wait_until(lambda: "test: the broker restarted" not in rabbit.rabbitmqctl("list_connections", "-p", vhost), 10)
     jobs = amqp_producer.enqueue(["/m/b.png", "/m/c.png"])
     assert len(jobs) == 2
     assert owed_jobs(amqp_producer) == []
     settings = amqp_producer.settings
     assert ready_messages(str(settings.broker_url), [settings.queue]) == [3]
+
+
+@pytest.mark.slow
+def test_a_job_sent_with_a_task_id_of_its_own_comes_back_through_the_sweep_after_its_worker_dies(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
+    sandbox.add_fault(Fault(stall=40))
+    job_id = uuid.uuid4().hex
+    # As Celery's send_task without task_id publishes it: a task id of its own, the job in args[0].
+    message = wire.amqp_message(job_id, str(png), amqp_producer.settings.queue)
+    task_id = str(uuid.uuid4())
+    publish(
+        amqp_producer,
+        dataclasses.replace(
+            message,
+            headers={**message.headers, "id": task_id, "root_id": task_id},
+            properties={**message.properties, "correlation_id": task_id},
+        ),
+    )
+    wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
+    assert owed_jobs(amqp_producer) == [job_id.encode()]
+    second = start_worker()
+    first.kill()
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job_id), 40, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    assert "published again" in second.log_path.read_text()
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry to be removed")
+
+
+@pytest.mark.slow
+def test_only_a_running_job_is_acknowledged_early_a_waiting_message_goes_back_to_its_queue(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, media_root: Path
+) -> None:
+    worker = start_worker(concurrency=1, WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # early acks at 5 s
+    sandbox.add_fault(Fault(stall=40))  # the one thread stays busy with the first job
+    paths = [str(path) for path in distinct_pngs(media_root / f"amqp-wait-{uuid.uuid4().hex[:6]}", 3)]
+    (first,) = amqp_producer.enqueue(paths[:1])
+    wait_until(lambda: "acknowledged early" in worker.log_path.read_text(), 30, what="the first job's early ack")
+    amqp_producer.enqueue(paths[1:])  # its freed prefetch slot lets one in, to wait for the thread
+
+    wait_until(
+        lambda: "goes back to its queue" in worker.log_path.read_text() or len(owed_jobs(amqp_producer)) > 1,
+        30,
+        what="the waiting message to fall due",
+    )
+    assert owed_jobs(amqp_producer) == [first.job_id.encode()]  # no waiting job was acknowledged early
+
+
+@pytest.mark.slow
+def test_a_job_without_a_queued_document_comes_back_through_the_sweep_with_its_callback(
+    amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # acknowledges at 5 s
+    sandbox.add_fault(Fault(stall=40))
+    job_id = uuid.uuid4().hex
+    # A producer in another language: the message only, no queued document (optional in the wire contract).
+    options = {"callback_url": f"{sandbox.url}/hook"}
+    publish(amqp_producer, wire.amqp_message(job_id, str(png), amqp_producer.settings.queue, options))
+    wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
+    second = start_worker()
+    first.kill()
+
+    doc: JobDoc = wait_until(finished(amqp_producer, job_id), 40, interval=0.2, what="the job to finish")
+    assert (doc["status"], doc["worker"], doc["generation"]) == ("succeeded", second.hostname, 2)
+    # Published again with its options: the second delivery queues the job's callback.
+    wait_until(lambda: amqp_producer.redis.exists(keys.callback(job_id)), 30, what="the callback's record")
+    wait_until(lambda: owed_jobs(amqp_producer) == [], 10, what="the owed entry and its call to be removed")
+    settings = amqp_producer.settings
+    assert not amqp_producer.redis.exists(keys.owed_calls(settings.queue), keys.owed_calls(settings.bulk_queue))
+
+
+@pytest.mark.slow
+def test_a_job_whose_redis_is_full_waits_for_it_once_then_goes_back_and_succeeds(
+    amqp_env: dict[str, str], start_worker: StartWorker, own_redis: LocalRedis, sandbox: SandboxServer, png: Path
+) -> None:
+    import redis
+
+    producer = Producer(Settings.from_env(producer_env({**amqp_env, "REDIS_URL": own_redis.url})))
+    store = redis.Redis.from_url(own_redis.url)
+    worker = start_worker(REDIS_URL=own_redis.url)
+    sandbox.add_fault(Fault(stall=10))  # the upload is in flight when Redis fills up
+    try:
+        (job,) = producer.enqueue([str(png)])
+        wait_until(lambda: status_of(producer, job.job_id) == "running", 30, interval=0.05, what="the job to run")
+        store.config_set("maxmemory-policy", "noeviction")
+        store.config_set("maxmemory", 1)  # every write is refused: OOM
+        refused = f"job {job.job_id}: Redis unreachable or refusing writes"
+        wait_until(lambda: "requeueing once it takes writes" in worker.log_path.read_text(), 30, what="the wait")
+        # Held, probing: RabbitMQ has not delivered it again (before, every delivery logged and requeued at once).
+        assert worker.log_path.read_text().count(refused) == 1
+        store.config_set("maxmemory", 0)
+        doc: JobDoc = wait_until(finished(producer, job.job_id), 60, interval=0.2, what="the job to finish")
+    finally:
+        store.config_set("maxmemory", 0)
+        producer.close()
+    assert doc["status"] == "succeeded"
+    assert worker.log_path.read_text().count(refused) == 1

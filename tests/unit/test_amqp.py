@@ -16,7 +16,7 @@ from wsupload.tasks.owed_sweep import OwedSweep, split
 from wsupload.tasks.publisher import PublishError, _Confirms
 from wsupload.tasks.results import ResultStore
 from wsupload.worker import redis_transport
-from wsupload.worker.amqp_leases import AmqpLeases
+from wsupload.worker.amqp_leases import AmqpLeases, tag_of
 from wsupload.worker.app import HEARTBEAT, create_app
 
 URL = "amqp://guest:pw@rabbit:5672/vh"
@@ -295,12 +295,22 @@ class Req:
     name: str = UPLOAD_TASK_NAME
     acknowledged: bool = False
     delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "q"})
+    args: list[Any] = field(default_factory=list)
+    """Empty: the job is the task id, as the wire contract has it."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    requeued: bool = False
 
     def acknowledge(self) -> None:
         self.acknowledged = True
 
+    def reject(self, requeue: bool = False) -> None:
+        self.acknowledged, self.requeued = True, requeue
 
-def leases(client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float) -> AmqpLeases:
+
+def leases(
+    client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float, starts: owed.Starts | None = None
+) -> AmqpLeases:
     return AmqpLeases(
         client,
         1.0,
@@ -309,7 +319,16 @@ def leases(client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, no
         book=book,
         requests=lambda: requests,
         early=owed.EarlyAcks(),
+        starts=starts or running(requests),
     )
+
+
+def running(requests: list[Req]) -> owed.Starts:
+    """Every request started by a thread (the case of a job running long)."""
+    starts = owed.Starts()
+    for request in requests:
+        starts.begin(tag_of(request))
+    return starts
 
 
 def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
@@ -324,7 +343,7 @@ def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
     renewer.renew()
     assert (old.acknowledged, young.acknowledged) == (True, False)
     assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"old"]
-    assert renewer.early.get("amqp:old") == owed.Early("old", "q")
+    assert renewer.early.get(tag_of(old)) == owed.Early("old", "q")
     first = redis_client.zscore(keys.owed("q"), "old")
     renewer.renew()  # still held and waiting (no lease yet): renewed
     assert redis_client.zscore(keys.owed("q"), "old") >= first  # type: ignore[operator]
@@ -336,7 +355,7 @@ def test_a_hung_job_is_acknowledged_and_its_owed_entry_left_to_expire(redis_clie
     now = time.monotonic()
     hung = Req("hung", now - 5)
     book = LeaseBook()
-    book.add(JobLease("hung", "amqp:hung", grace=1.0, clock=lambda: now - 100))  # silent for ~100 s
+    book.add(JobLease("hung", tag_of(hung), grace=1.0, clock=lambda: now - 100))  # silent for ~100 s
     renewer = leases(redis_client, [hung], book, now)
     renewer.renew()
     assert hung.acknowledged
@@ -344,3 +363,108 @@ def test_a_hung_job_is_acknowledged_and_its_owed_entry_left_to_expire(redis_clie
     assert first is not None
     renewer.renew()
     assert redis_client.zscore(keys.owed("q"), "hung") == first  # not renewed: the sweep takes it a lease later
+
+
+def test_a_message_whose_task_id_is_not_its_job_id_is_owed_and_renewed_by_its_job_id(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    import time
+
+    from wsupload.tasks.upload import delivery_tag
+
+    now = time.monotonic()
+    # Celery's send_task without task_id: a uuid of its own, the job in args[0]
+    sent = Req("celery-uuid-1", now - 901, args=["job-1", "/m/a.png"])
+    book = LeaseBook()
+    book.add(JobLease("job-1", tag_of(sent), grace=6.0))  # running: the task's lease, under the task's key
+    renewer = leases(redis_client, [sent], book, now)
+    renewer.renew()
+    assert sent.acknowledged
+    assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"job-1"]  # the sweep looks the document up by it
+    assert renewer.early.get(tag_of(sent)) == owed.Early("job-1", "q")
+    # the task finds its delivery under the same key as the worker's books
+    context = type("Context", (), {"id": "celery-uuid-1", "properties": {}})()
+    assert delivery_tag(context, "job-1", amqp=True) == tag_of(sent)
+
+
+def test_two_deliveries_of_one_job_keep_their_own_early_ack_records(redis_client: fakeredis.FakeRedis) -> None:
+    import time
+
+    now = time.monotonic()
+    first = Req("task-a", now - 901, args=["job-1", "/m/a.png"])
+    second = Req("task-b", now - 901, args=["job-1", "/m/a.png"])
+    book = LeaseBook()
+    renewer = leases(redis_client, [first, second], book, now)
+    renewer.renew()
+    assert tag_of(first) != tag_of(second)
+    assert renewer.early.pop(tag_of(first)) == owed.Early("job-1", "q")
+    assert renewer.early.get(tag_of(second)) == owed.Early("job-1", "q")  # the first one's end left it alone
+
+
+def test_a_message_still_waiting_for_a_thread_is_handed_back_not_acknowledged_early(
+    redis_client: fakeredis.FakeRedis,
+) -> None:
+    import time
+
+    now = time.monotonic()
+    running, waiting = Req("running", now - 901), Req("waiting", now - 901)
+    starts = owed.Starts()
+    assert starts.begin(tag_of(running))  # a thread runs it
+    renewer = leases(redis_client, [running, waiting], LeaseBook(), now, starts)
+    renewer.renew()
+    assert (running.acknowledged, running.requeued) == (True, False)  # acknowledged early, owed
+    assert (waiting.acknowledged, waiting.requeued) == (True, True)  # back to its queue
+    assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"running"]
+    assert renewer.early.get(tag_of(waiting)) is None
+    assert not starts.begin(tag_of(waiting))  # when a thread finally takes it, the task skips it
+    assert starts.begin(tag_of(waiting))  # once: a later delivery of it runs
+
+
+CALLBACK = {"callback_url": "https://hooks.test/done", "dedup": True}
+
+
+def acked_early_then_due(client: fakeredis.FakeRedis, request: Req) -> AmqpLeases:
+    import time
+
+    renewer = leases(client, [request], LeaseBook(), time.monotonic())
+    renewer.renew()
+    assert request.acknowledged
+    client.zadd(keys.owed("q"), {request.args[0]: 0})  # its worker died: the entry is past its deadline
+    return renewer
+
+
+def swept(client: fakeredis.FakeRedis) -> tuple[Any, FakePublisher]:
+    publisher = FakePublisher()
+    sweep = OwedSweep(client, ResultStore(client, 3600), ["q"], lambda: publisher, retry=3, interval=1)  # type: ignore[arg-type,return-value]
+    return sweep.sweep(), publisher
+
+
+@pytest.mark.parametrize("doc", [None, {"job_id": "job-1", "status": "running", "source": "/m/a.png"}])
+def test_a_job_from_another_producer_is_swept_back_with_the_options_of_its_message(
+    redis_client: fakeredis.FakeRedis, doc: dict[str, Any] | None
+) -> None:
+    import time
+
+    # The queued document is optional in the wire contract, and holds no options when a producer
+    # in another language wrote it: the sweep must rebuild the message from the message itself.
+    if doc is not None:
+        redis_client.set(keys.result("job-1"), json.dumps(doc))
+    request = Req("job-1", time.monotonic() - 901, args=["job-1", "/m/a.png"], kwargs={"options": CALLBACK})
+    acked_early_then_due(redis_client, request)
+    report, publisher = swept(redis_client)
+    assert report is not None
+    assert report.published == ("job-1",)
+    ((message,),) = [publisher.sent]
+    assert json.loads(message.body)[:2] == [["job-1", "/m/a.png"], {"options": CALLBACK}]
+    assert redis_client.zcard(keys.owed("q")) == 0
+    assert redis_client.exists(keys.owed_calls("q")) == 0  # removed with its entry
+
+
+def test_the_stored_call_goes_with_its_owed_entry_when_the_job_ends(redis_client: fakeredis.FakeRedis) -> None:
+    import time
+
+    request = Req("job-1", time.monotonic() - 901, args=["job-1", "/m/a.png", CALLBACK])
+    acked_early_then_due(redis_client, request)
+    assert redis_client.hlen(keys.owed_calls("q")) == 1
+    owed.OwedSet(redis_client).remove("q", ["job-1"])  # tasks.upload.settle_early_ack
+    assert redis_client.exists(keys.owed("q"), keys.owed_calls("q")) == 0

@@ -285,3 +285,60 @@ def test_celery_never_retries_the_upload_task_itself() -> None:
     assert task.throws == (JobFailed,)
     assert task.acks_late is True
     assert not getattr(task, "autoretry_for", ())
+
+
+def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touching_redis(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsupload.tasks import owed
+
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_BROKER_URL": "amqp://g:p@h/v"})
+    job = JobRunner(settings=settings, store=store, client=NoClient())
+    here = runtime.Runtime(settings)
+    here.store, here.runner = store, job
+    monkeypatch.setattr(runtime, "current", lambda: here)
+    starts = owed.Starts()
+    monkeypatch.setattr(owed, "STARTS", starts)
+    tag = owed.amqp_tag("j1", "task-1")
+    assert starts.hand_back_if_waiting(tag)  # the worker rejected its message with requeue
+
+    upload_module.upload.push_request(id="task-1", hostname="w1@host")
+    try:
+        upload_module.upload.run("j1", "relative.png")  # would fail the job if it ran
+    finally:
+        upload_module.upload.pop_request()
+    assert store.redis.keys("*") == []
+    assert starts.begin(tag)  # the skip used up the hand-back: the next delivery runs
+
+
+def test_on_rabbitmq_losing_redis_waits_for_it_within_a_bound_then_hands_the_message_back_logging_once(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wsupload.tasks import owed, redis_wait
+
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_BROKER_URL": "amqp://g:p@h/v"})
+    job = JobRunner(settings=settings, store=store, client=NoClient())
+    here = runtime.Runtime(settings)
+    here.store, here.runner = store, job
+    monkeypatch.setattr(runtime, "current", lambda: here)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("connection refused")
+
+    waits: list[dict[str, Any]] = []
+
+    def wait(probe: Any, **kwargs: Any) -> bool:
+        waits.append(kwargs)
+        return False
+
+    monkeypatch.setattr(job, "run_delivery", down)
+    monkeypatch.setattr(redis_wait, "wait_for_writes", wait)
+    with pytest.raises(Reject) as caught:
+        upload_module.upload.run("j1", "/a.png")
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    # RabbitMQ would deliver it again at once: every worker looping on it, and a quorum queue's
+    # delivery-limit dropping it. Held first, for at most 30 s (or half the early-ack point).
+    (waited,) = waits
+    assert waited["budget"] == redis_wait.wait_budget(owed.early_ack_after(settings.amqp_consumer_timeout)) == 30
+    assert not waited["stopping"]()
+    assert [r.levelname for r in caplog.records if "j1" in r.getMessage()] == ["ERROR"]
