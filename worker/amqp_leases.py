@@ -133,19 +133,8 @@ class AmqpLeases(Renewer):
                     self.ack_early(request)
             renewed = self._renew_owed(held, now)
         except Exception as exc:  # the worker carries on; the next round tries again
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "leases: cannot renew (%s: %s); trying again every %.3g s",
-                    type(exc).__name__,
-                    clip(str(exc)),
-                    self.interval,
-                    exc_info=not isinstance(exc, redis.RedisError | OSError),
-                )
-            return 0
-        if self._failing:
-            self._failing = False
-            log.info("leases: renewing again")
+            return self._round_failed(exc)
+        self._round_succeeded()
         self._renew_slots([lease.tag for lease in self.book.all() if lease.tag and renewable(lease, now)])
         return renewed
 

@@ -107,6 +107,24 @@ class Renewer:
         self._renew = client.register_script(RENEW)
         self._slots = (slots or client).register_script(RENEW_SLOTS)
 
+    def _round_failed(self, exc: Exception) -> int:
+        """A round that failed renewed nothing: said once per streak (the next round is the retry)."""
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "leases: cannot renew (%s: %s); trying again every %.3g s",
+                type(exc).__name__,
+                clip(str(exc)),
+                self.interval,
+                exc_info=not isinstance(exc, redis.RedisError | OSError),
+            )
+        return 0
+
+    def _round_succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("leases: renewing again")
+
     def renew(self) -> int:
         """Renew once; how many leases were renewed (0 after a failure, logged once per streak)."""
         try:
@@ -118,19 +136,8 @@ class Renewer:
             index = getattr(held[0].channel, "unacked_index_key", UNACKED_INDEX)
             replies = self._renew(keys=[index], args=tags)
         except Exception as exc:  # the worker carries on; the next round tries again
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "leases: cannot renew (%s: %s); trying again every %.3g s",
-                    type(exc).__name__,
-                    clip(str(exc)),
-                    self.interval,
-                    exc_info=not isinstance(exc, redis.RedisError | OSError),
-                )
-            return 0
-        if self._failing:
-            self._failing = False
-            log.info("leases: renewing again")
+            return self._round_failed(exc)
+        self._round_succeeded()
         self._renew_slots(tags)
         for tag, changed in zip(tags, replies, strict=True):
             lease = self.book.get(tag)
