@@ -317,13 +317,19 @@ class Starts:
         if tag is None:
             return True
         with self._lock:
-            if self._handed[tag] > 0:
-                self._handed[tag] -= 1
-                if not self._handed[tag]:
-                    del self._handed[tag]
+            if self._take_hand_back(tag):
                 return False
             self._started[tag] += 1
             return True
+
+    def _take_hand_back(self, tag: str) -> bool:
+        """Use up one hand-back of ``tag``, if it has one (the caller holds the lock)."""
+        if self._handed[tag] <= 0:
+            return False
+        self._handed[tag] -= 1
+        if not self._handed[tag]:
+            del self._handed[tag]
+        return True
 
     def end(self, tag: str | None) -> None:
         if tag is None:
@@ -348,10 +354,7 @@ class Starts:
         if tag is None:
             return
         with self._lock:
-            if self._handed[tag] > 0:
-                self._handed[tag] -= 1
-            if not self._handed[tag]:
-                del self._handed[tag]
+            self._take_hand_back(tag)
 
 
 STARTS = Starts()

@@ -287,16 +287,22 @@ def test_celery_never_retries_the_upload_task_itself() -> None:
     assert not getattr(task, "autoretry_for", ())
 
 
-def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touching_redis(
-    store: ResultStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from wsupload.tasks import owed
-
+@pytest.fixture
+def amqp_runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunner:
+    """This process's runner, with RabbitMQ as the broker (no connection is made)."""
     settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_BROKER_URL": "amqp://g:p@h/v"})
     job = JobRunner(settings=settings, store=store, client=NoClient())
     here = runtime.Runtime(settings)
     here.store, here.runner = store, job
     monkeypatch.setattr(runtime, "current", lambda: here)
+    return job
+
+
+def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touching_redis(
+    store: ResultStore, amqp_runner: JobRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsupload.tasks import owed
+
     starts = owed.Starts()
     monkeypatch.setattr(owed, "STARTS", starts)
     tag = owed.amqp_tag("j1", "task-1")
@@ -312,15 +318,12 @@ def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touch
 
 
 def test_on_rabbitmq_losing_redis_waits_for_it_within_a_bound_then_hands_the_message_back_logging_once(
-    store: ResultStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: ResultStore, amqp_runner: JobRunner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from wsupload.tasks import owed, redis_wait
 
-    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", "WSUPLOAD_BROKER_URL": "amqp://g:p@h/v"})
-    job = JobRunner(settings=settings, store=store, client=NoClient())
-    here = runtime.Runtime(settings)
-    here.store, here.runner = store, job
-    monkeypatch.setattr(runtime, "current", lambda: here)
+    job = amqp_runner
+    settings = job.settings
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise redis.ConnectionError("connection refused")
