@@ -103,7 +103,7 @@ from benchmarks import overhead
 from benchmarks.run import KEY, MIB, Row, baseline, busy_cores, cpu_note, make_media, sandbox, table
 from wsupload.tasks import keys
 from wsupload.tasks.results import FAILED, TERMINAL, decode_doc, utcnow
-from wsupload.tasks.sweep import job_of
+from wsupload.tasks.sweep import jobs_of
 from wsupload.worker.dev.local_services import LocalRedis, free_port, start_redis, wait_until
 
 ROWS = ("kill", "grace", "pause", "redis-kill", "rss", "throughput")
@@ -772,10 +772,10 @@ def messages_in(client: redis.Redis) -> tuple[set[str], set[str]]:
     """(jobs whose message waits in a queue list, jobs whose message is in kombu's unacked hash)."""
     queued: set[str] = set()
     for key in client.scan_iter(_type="list"):  # every queue, and its priority lists
-        queued.update(job for job in map(job_of, client.lrange(key, 0, -1)) if job)
+        queued.update(job for raw in client.lrange(key, 0, -1) for job in jobs_of(raw))
     # kombu keeps [message, exchange, routing key] there, the message as a decoded dict.
-    held = (job_of(json.dumps(json.loads(raw)[0])) for raw in client.hvals("unacked"))
-    return queued, {job for job in held if job}
+    held = (job for raw in client.hvals("unacked") for job in jobs_of(json.dumps(json.loads(raw)[0])))
+    return queued, set(held)
 
 
 def redis_kill_run(setup: Setup, sandbox_url: str, work: Path, files: list[str]) -> KillRun:

@@ -63,6 +63,7 @@ __all__ = [
     "MIB",
     "OVERSIZE_POLICIES",
     "SCAN_TASK_NAME",
+    "UPLOAD_MANY_TASK_NAME",
     "UPLOAD_TASK_NAME",
     "VARIABLES",
     "Settings",
@@ -84,6 +85,10 @@ KEY_PREFIX = "wsupload"
 
 UPLOAD_TASK_NAME = "wsupload.upload"
 """The Celery task name producers send (part of the wire contract)."""
+UPLOAD_MANY_TASK_NAME = "wsupload.upload_many"
+"""The task of a bulk message: several jobs in one message (part of the wire contract)."""
+MAX_JOBS_PER_MESSAGE = 256
+"""The most jobs one bulk message may carry (a worker moves a longer one aside)."""
 CALLBACK_TASK_NAME = "wsupload.callback"
 """The task that delivers a job's result to its callback URL."""
 SCAN_TASK_NAME = "wsupload.scan"
@@ -397,6 +402,19 @@ class Settings:
         "The bulk queue (batches, scheduled runs); workers serve `WSUPLOAD_QUEUE` first.",
         check=_is_queue_name,
         rule=_QUEUE_RULE,
+    )
+    jobs_per_message: int = setting(
+        "WSUPLOAD_JOBS_PER_MESSAGE",
+        parse_int,
+        "32",
+        "Most jobs a bulk enqueue (batches, ingestion, scheduled runs) puts in one message on the"
+        " Redis broker, spreading a call over at least 32 messages (one per thread of a worker at"
+        " the default concurrency). Each job keeps its own document, lease, generation and outcome;"
+        " a message's jobs run one after another on one thread. Lower it when more threads serve"
+        " the bulk queue than a call has messages; 1: one message per job. Interactive jobs and"
+        " RabbitMQ always send one message per job.",
+        check=lambda v: 1 <= v <= MAX_JOBS_PER_MESSAGE,
+        rule=f"from 1 to {MAX_JOBS_PER_MESSAGE}",
     )
     rate_limit: float = setting(
         "WSUPLOAD_RATE_LIMIT",

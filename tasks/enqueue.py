@@ -15,6 +15,12 @@ cannot be reached. Interactive jobs go to ``WSUPLOAD_QUEUE``, bulk ones to
 ``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans,
 which run inside workers.
 
+A bulk call (``bulk=True``: batches, ingestion, scheduled runs) on the Redis broker
+puts up to ``WSUPLOAD_JOBS_PER_MESSAGE`` jobs in one ``wsupload.upload_many``
+message (``jobs_per_message``): Celery's and kombu's work per message is then
+shared by those jobs, while each keeps its own document, lease, generation and
+outcome (``tasks.upload``).
+
 The commit also gives each job its place in its queue's line, and the ``queued``
 document carries the job's options: with both, the worker's sweep
 (``tasks.sweep``) finds a message Redis lost and puts it back on the queue.
@@ -57,6 +63,9 @@ from wsupload.tasks.results import ResultStore
 
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
+SPREAD = 32
+"""Messages a bulk call spreads over at the least (one per thread of a worker at the default
+concurrency) before ``WSUPLOAD_JOBS_PER_MESSAGE`` puts several jobs in one."""
 STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
@@ -68,7 +77,8 @@ REASON_CHARS = 160
 #       nstage staging lists, the documents of every job in order (staged ones first),
 #       then for a batch its hash, member list and, if named, name key.
 # ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
-#       ttl, nfields (0: no batch), batch id, then nnow documents, nnow messages,
+#       nmsgs (messages carrying them: fewer when bulk messages carry several), ttl,
+#       nfields (0: no batch), batch id, then nnow documents, nmsgs messages,
 #       every job id in order, and nfields field/value pairs.
 # Returns 1, or 0 when the marker shows it already ran (redis-py resends a command
 # whose reply was lost). Every check comes before the first write, and that write is
@@ -76,10 +86,10 @@ REASON_CHARS = 160
 # lets a script that has written go on, so no error can leave half a commit.
 # Each job gets its place in the queue's line (see tasks.sweep): LPUSH puts its first
 # argument nearest the front, so the jobs are taken in order, and their places ascend
-# in that order from the counter.
+# in that order from the counter (a bulk message's jobs are consecutive in that order).
 _COMMIT = """
 local nstage, nstaged, nnow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, nfields = ARGV[4], tonumber(ARGV[5])
+local nmsgs, ttl, nfields = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local njobs = nstaged + nnow
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -96,8 +106,8 @@ local function push(command, key, list, first, last)
     redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
   end
 end
-local docs, arg = 4 + nstage + nstaged, 6
-local ids = arg + 2 * nnow
+local docs, arg = 4 + nstage + nstaged, 7
+local ids = arg + nnow + nmsgs
 for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
 local batch = docs + nnow
 if nfields > 0 then
@@ -127,7 +137,7 @@ if njobs > 0 then
   end
 end
 for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
-if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[6], 'EX', ttl) end
+if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[7], 'EX', ttl) end
 return 1
 """
 
@@ -208,6 +218,21 @@ def redis_reason(exc: BaseException) -> str:
     return clip(text or type(exc).__name__, REASON_CHARS)
 
 
+def jobs_per_message(jobs: int, most: int) -> int:
+    """How many of a bulk call's ``jobs`` go in one message: up to ``most``, keeping ``SPREAD`` messages."""
+    return max(1, min(most, jobs // SPREAD))
+
+
+def messages(jobs: Sequence[Job], queue: str, options: dict[str, Any] | None, per: int) -> list[str]:
+    """The messages carrying ``jobs`` in order: one each, or bulk messages of ``per`` (the last may carry fewer)."""
+    if per == 1:
+        return [wire.upload_message(job.job_id, job.source, queue, options) for job in jobs]
+    return [
+        wire.upload_many_message([(job.job_id, job.source) for job in jobs[i : i + per]], queue, options)
+        for i in range(0, len(jobs), per)
+    ]
+
+
 def _doc(job: Job, now: datetime, batch: _BatchRecords | None, options: dict[str, Any] | None) -> str:
     return json.dumps(results.new_doc(job.job_id, job.source, now, batch.batch_id if batch else None, options))
 
@@ -282,18 +307,21 @@ class Enqueuer:
                 " document and its message are written in one transaction); unset it, or set it to REDIS_URL"
             )
         queue = self.settings.bulk_queue if bulk else self.settings.queue
+        per = jobs_per_message(len(jobs), self.settings.jobs_per_message) if bulk else 1
         now = results.utcnow()
         token = batch.batch_id if batch else uuid.uuid4().hex
-        *staged, last = list(results.chunks(jobs, CHUNK)) or [[]]
+        size = max(per, CHUNK - CHUNK % per)  # a chunk's jobs fill whole messages
+        *staged, last = list(results.chunks(jobs, size)) or [[]]
         stages: list[str] = []
         try:
             for chunk in staged:
                 stages.append(staging_key(token, len(stages)))
-                self._stage(stages[-1], chunk, queue, options, now, batch)
+                self._stage(stages[-1], chunk, messages(chunk, queue, options, per), now, batch, options)
         except redis.RedisError as exc:
-            done = CHUNK * (len(stages) - 1)
+            done = size * (len(stages) - 1)
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
-        keys, args = self._commit_arguments(jobs, last, stages, queue, options, now, batch)
+        last_messages = messages(last, queue, options, per)
+        keys, args = self._commit_arguments(jobs, last, stages, queue, last_messages, now, batch, options)
         self._run_commit(self._commit, keys, args, keys[1], jobs, stages, batch)
 
     def _run_commit(
@@ -387,10 +415,10 @@ class Enqueuer:
         self,
         key: str,
         chunk: Sequence[Job],
-        queue: str,
-        options: dict[str, Any] | None,
+        chunk_messages: list[str],
         now: datetime,
         batch: _BatchRecords | None,
+        options: dict[str, Any] | None,
     ) -> None:
         """Documents and messages of ``chunk``, invisible to workers, expiring unless committed."""
         pipe = self.redis.pipeline(transaction=True)
@@ -398,7 +426,7 @@ class Enqueuer:
             pipe.set(results.result_key(job.job_id), _doc(job, now, batch, options), ex=STAGING_TTL)
         # DEL first: a pipeline redis-py resends after a lost reply stages the chunk once, not twice.
         pipe.delete(key)
-        pipe.rpush(key, *(wire.upload_message(job.job_id, job.source, queue, options) for job in chunk))
+        pipe.rpush(key, *chunk_messages)
         pipe.expire(key, STAGING_TTL)
         pipe.execute()
 
@@ -408,19 +436,20 @@ class Enqueuer:
         last: Sequence[Job],
         stages: list[str],
         queue: str,
-        options: dict[str, Any] | None,
+        last_messages: list[str],
         now: datetime,
         batch: _BatchRecords | None,
+        options: dict[str, Any] | None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``_COMMIT`` (laid out in its comment)."""
+        """KEYS and ARGV of ``_COMMIT`` (laid out in its comment); ``last_messages`` carry ``last``."""
         marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
         names = [queue, marker, keys.pending(queue), keys.place_counter(queue), *stages]
         names += [results.result_key(job.job_id) for job in jobs]
         fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
-        args: list[Any] = [len(stages), len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
-        args.append(batch.batch_id if batch else "")
+        args: list[Any] = [len(stages), len(jobs) - len(last), len(last), len(last_messages)]
+        args += [self.settings.result_ttl, len(fields), batch.batch_id if batch else ""]
         args += [_doc(job, now, batch, options) for job in last]
-        args += [wire.upload_message(job.job_id, job.source, queue, options) for job in last]
+        args += last_messages
         args += [job.job_id for job in jobs]
         if batch:
             names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]

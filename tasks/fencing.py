@@ -9,6 +9,11 @@ another worker claimed the job cannot overwrite that worker's outcome, and a
 batch never counts a job twice: the first terminal write also sets the key to
 ``done``, after which nothing writes and no one claims.
 
+A delivery on the Redis broker claims only while its message's lease is still in
+kombu's unacked index: once its lease has expired (its worker was paused, or cut off)
+the message may be running elsewhere, and a late claim would take the job from
+under that delivery and then stop, leaving the job held by no one.
+
 The generation counts deliveries that reached the job: one that reaches
 ``WSUPLOAD_MAX_DELIVERIES`` more than the limit ends the job ``failed`` with
 ``too_many_deliveries`` (its workers keep dying, hanging or being stopped with it).
@@ -33,10 +38,12 @@ from wsupload.config.errors import WsuploadError
 DONE = "done"
 """The generation key's value once the job has ended."""
 
-# KEYS: generation key, document, events channel. ARGV: ttl; then, to write the first
-# attempt too (FirstAttempt): max deliveries, max attempts, started_at, worker, event JSON,
-# the batch keys' prefix. Returns {the new generation, or 0 if the job ended; the stored
-# document; the document written, if any}: the claim and the read are one round trip.
+# KEYS: generation key, document, events channel, and kombu's unacked index (the leases).
+# ARGV: ttl, the delivery's tag in that index ('' for no lease to check); then, to write the
+# first attempt too (FirstAttempt): max deliveries, max attempts, started_at, worker, event
+# JSON, the batch keys' prefix. Returns {the new generation, 0 if the job ended or -1 if the
+# delivery's lease is gone (another delivery of its message may run now: it claims nothing);
+# the stored document; the document written, if any}: the claim and the read are one round trip.
 # The first attempt is written as SAVE would write it (document, event, the batch's
 # started_at) and only from a plain queued document: strings, booleans and null, the
 # attempts count, options of strings and booleans (what cjson writes back unchanged).
@@ -46,13 +53,14 @@ DONE = "done"
 CLAIM = """
 local doc = redis.call('GET', KEYS[2])
 if redis.call('GET', KEYS[1]) == 'done' then return {0, doc} end
+if ARGV[2] ~= '' and not redis.call('ZSCORE', KEYS[4], ARGV[2]) then return {-1, doc} end
 local generation = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if not ARGV[2] or not doc or generation > tonumber(ARGV[2]) then return {generation, doc} end
+if not ARGV[3] or not doc or generation > tonumber(ARGV[3]) then return {generation, doc} end
 local ok, job = pcall(cjson.decode, doc)
 if not ok or type(job) ~= 'table' or job.status ~= 'queued' then return {generation, doc} end
 local attempts = job.attempts
-if type(attempts) ~= 'number' or attempts < 0 or attempts % 1 ~= 0 or attempts >= tonumber(ARGV[3]) then
+if type(attempts) ~= 'number' or attempts < 0 or attempts % 1 ~= 0 or attempts >= tonumber(ARGV[4]) then
   return {generation, doc}
 end
 for name, value in pairs(job) do
@@ -69,14 +77,14 @@ end
 job.status = 'running'
 job.attempts = attempts + 1
 job.next_attempt_at = nil
-if type(job.started_at) ~= 'string' or job.started_at == '' then job.started_at = ARGV[4] end
+if type(job.started_at) ~= 'string' or job.started_at == '' then job.started_at = ARGV[5] end
 job.generation = generation
-job.worker = ARGV[5]
+job.worker = ARGV[6]
 local written = cjson.encode(job)
 redis.call('SET', KEYS[2], written, 'EX', ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[6])
+redis.call('PUBLISH', KEYS[3], ARGV[7])
 if type(job.batch_id) == 'string' and job.batch_id ~= '' then
-  redis.call('HSETNX', ARGV[7] .. job.batch_id, 'started_at', job.started_at)
+  redis.call('HSETNX', ARGV[8] .. job.batch_id, 'started_at', job.started_at)
 end
 return {generation, doc, written}
 """
@@ -121,6 +129,10 @@ return 1
 """
 
 
+LEASE_GONE = -1
+"""A claim's answer when the delivery's lease is no longer in the lease index."""
+
+
 class Superseded(WsuploadError):
     """A write was refused: another delivery holds the job now, or it has ended."""
 
@@ -141,7 +153,7 @@ class FirstAttempt:
 @dataclass(frozen=True)
 class Claim:
     generation: int
-    """0: the job has already ended (nothing to run)."""
+    """0: the job has already ended (nothing to run); -1: the delivery's lease is gone (``LEASE_GONE``)."""
     stored: bytes | str | None
     """The job's document as stored when it was claimed."""
     written: bytes | str | None = None
@@ -150,6 +162,10 @@ class Claim:
     @property
     def ended(self) -> bool:
         return self.generation == 0
+
+    @property
+    def lease_gone(self) -> bool:
+        return self.generation == LEASE_GONE
 
     def too_many(self, max_deliveries: int) -> bool:
         return self.generation > max_deliveries
@@ -170,9 +186,13 @@ class Fencing:
         first: FirstAttempt | None = None,
         event: str = "",
         batch_prefix: str = "",
+        tag: str = "",
     ) -> Claim:
-        """Claim the job; with ``first``, also write its first attempt (``event`` announces it)."""
-        args: list[str | int] = [ttl]
+        """Claim the job; with ``first``, also write its first attempt (``event`` announces it).
+
+        ``tag``: claim only while this delivery tag is in the lease index (``claim_keys[3]``).
+        """
+        args: list[str | int] = [ttl, tag]
         if first is not None:
             args += [first.max_deliveries, first.max_attempts, first.started_at, first.worker, event, batch_prefix]
         generation, stored, *written = self._claim(keys=claim_keys, args=args)

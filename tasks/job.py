@@ -18,6 +18,7 @@ now, at its new size; a file that never settles spends the same budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -151,6 +152,7 @@ class JobRunner:
         time_budget: float | None = None,
         worker: str | None = None,
         tag: str | None = None,
+        held: lease.JobLease | None = None,
     ) -> Outcome:
         """Run one delivery of the job to a terminal document.
 
@@ -159,7 +161,14 @@ class JobRunner:
         (nothing more written) once another delivery holds the job. ``time_budget``
         (default ``WSUPLOAD_JOB_TIMEOUT``) bounds the delivery, waits included;
         ``worker`` is shown in the document; ``tag`` is the message's delivery tag,
-        whose lease the worker renews while the job shows signs of life.
+        whose lease the worker renews while the job shows signs of life. ``held``: the
+        lease of a bulk message whose next job this is (the caller keeps it in the book,
+        with that tag): the job runs under it instead of a lease of its own, so a lease
+        lost during one job stops the jobs after it.
+
+        On the Redis broker the claim takes the job only while the delivery's lease is in
+        kombu's index; once it is gone (another delivery may run the message) this raises
+        ``LeaseLost`` having claimed nothing.
         """
         # A local file opens in microseconds and, with no fleet limit to wait for, its first
         # attempt starts at once: the claim writes that attempt's document in the same round
@@ -171,7 +180,12 @@ class JobRunner:
             first = FirstAttempt(
                 self.settings.max_deliveries, self.policy.max_attempts, results.isoformat(now), worker or "unknown"
             )
-        claim = self.store.claim(job_id, first)
+        if held is not None:
+            held.check_held()
+        lease_tag = tag if tag and not self.settings.broker_is_amqp else ""
+        claim = self.store.claim(job_id, first, lease_tag)
+        if claim.lease_gone:
+            raise LeaseLost(f"job {job_id}: its message's lease expired before the job was claimed; not run here")
         doc = results.decode_doc(claim.stored, job_id, now) or results.new_doc(job_id, source, now)
         if claim.ended or doc["status"] in results.TERMINAL:
             # A redelivered message for a job that already finished (its ack was
@@ -193,7 +207,10 @@ class JobRunner:
         if claim.generation > 1:
             telemetry.resumed()
         grace = self.settings.connect_timeout + self.settings.read_timeout + self.settings.lease
-        with lease.holding(lease.JobLease(job_id, tag, grace, deadline)), telemetry.running():
+        if held is not None:
+            held.rearm(job_id, grace, deadline)
+        own = lease.holding(lease.JobLease(job_id, tag, grace, deadline)) if held is None else contextlib.nullcontext()
+        with own, telemetry.running():
             if not at_once:
                 # Opening may take a while (a store's HEAD and GET, hashing): say "running" now.
                 # A local file opens in microseconds: its first attempt's write says it instead.

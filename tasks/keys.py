@@ -21,6 +21,8 @@ BROKER_WRITE_PROBE = f"{KEY_PREFIX}:broker-write-probe"
 RATE_TAT = f"{KEY_PREFIX}:ratelimit:tat"
 RATE_ACTIVE = f"{KEY_PREFIX}:ratelimit:active"
 RATE_PAUSE = f"{KEY_PREFIX}:ratelimit:pause_until"
+UNACKED_INDEX = "unacked_index"
+"""kombu's (not ours): its default name for the sorted set of delivered messages by delivery time (the leases)."""
 WORKERS = f"{KEY_PREFIX}:workers"
 """Names of workers that beat lately (sorted set, score: the unix time of the last beat); records in ``worker``."""
 

@@ -56,6 +56,15 @@ class JobLease:
     def __post_init__(self) -> None:
         self.alive_until = self.clock() + self.grace
 
+    def rearm(self, job_id: str, grace: float, deadline: float | None) -> None:
+        """The next job of a bulk message runs under this lease: its id, grace and deadline.
+
+        A lost or handed-back mark stays: it is the message's, and stops every job after it.
+        """
+        self.check_held()
+        self.job_id, self.grace, self.deadline, self.slot = job_id, grace, deadline, None
+        self.alive_until = self.clock() + grace
+
     def allow(self, seconds: float) -> None:
         """Alive for at least ``seconds`` more (a bounded wait begins)."""
         self.check()
@@ -67,12 +76,16 @@ class JobLease:
 
     def check(self) -> None:
         """Raise if this delivery must stop now."""
+        self.check_held()
+        if self.deadline is not None and self.clock() > self.deadline:
+            raise TimeLimitExceeded("the job did not finish within WSUPLOAD_JOB_TIMEOUT")
+
+    def check_held(self) -> None:
+        """Raise ``LeaseLost`` if this delivery no longer holds its message."""
         if self.lost:
             raise LeaseLost(f"job {self.job_id}: its lease expired and the job went to another worker")
         if self.handed_back:
             raise LeaseLost(f"job {self.job_id}: handed back to the queue as this worker stops")
-        if self.deadline is not None and self.clock() > self.deadline:
-            raise TimeLimitExceeded("the job did not finish within WSUPLOAD_JOB_TIMEOUT")
 
 
 def renewable(lease: JobLease, now: float) -> bool:

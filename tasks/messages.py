@@ -12,6 +12,12 @@ or raises:
 - ``InvalidInput``: a job whose source or options are refused; it ends
   ``failed``/``invalid_input`` like any bad source.
 
+A bulk message (``wsupload.upload_many``, built by ``tasks.wire.upload_many_message``)
+is read by ``read_upload_many``: an ``InvalidMessage`` for the message as a whole
+(its shape, or a ``wsupload_jobs`` header that does not list its jobs), else a
+verdict per job, so one job's bad source fails that job alone. ``jobs_named``
+reads the job ids a message's headers name, without decoding its body.
+
 Pure: no Redis, no Celery; property-tested with arbitrary JSON.
 """
 
@@ -22,7 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from wsupload.tasks.errors import InvalidInput, InvalidMessage
+from wsupload.config.settings import MAX_JOBS_PER_MESSAGE, UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
+from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
 from wsupload.tasks.limits import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
 from wsupload.tasks.options import JobOptions
 
@@ -39,6 +46,22 @@ class UploadCall:
     job_id: str
     source: str
     options: JobOptions
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job of a bulk message that cannot run: it ends ``failed`` with ``error``."""
+
+    job_id: str
+    source: str
+    """The source as sent, bounded and printable (``shown``)."""
+    error: UploadError
+
+
+JOBS_HEADER = "wsupload_jobs"
+"""A bulk message's header listing its jobs' ids, in order (``tasks.wire``)."""
+UPLOAD_TASKS = frozenset({UPLOAD_TASK_NAME, UPLOAD_MANY_TASK_NAME})
+"""The tasks whose messages carry jobs."""
 
 
 def valid_job_id(value: object) -> bool:
@@ -126,3 +149,60 @@ def shown_json(value: object) -> str:
         return json.dumps(value, default=repr)
     except (ValueError, RecursionError):
         return repr(value)
+
+
+def jobs_named(headers: object) -> list[str]:
+    """The jobs an upload message's headers name: its task id for ``wsupload.upload``, the
+    ``wsupload_jobs`` header for ``wsupload.upload_many``; none for any other message, or for
+    a header naming an invalid id or too many."""
+    if not isinstance(headers, dict):
+        return []
+    task = headers.get("task")
+    if task == UPLOAD_TASK_NAME:
+        job_id = headers.get("id")
+        return [str(job_id)] if valid_job_id(job_id) else []
+    if task == UPLOAD_MANY_TASK_NAME:
+        named = headers.get(JOBS_HEADER)
+        if isinstance(named, list) and len(named) <= MAX_JOBS_PER_MESSAGE and all(map(valid_job_id, named)):
+            return list(named)
+    return []
+
+
+def bulk_jobs_in(args: object) -> list[str]:
+    """The valid job ids a bulk message's args name, at most ``MAX_JOBS_PER_MESSAGE`` (for its failure)."""
+    items = args[0] if isinstance(args, list | tuple) and args and isinstance(args[0], list | tuple) else []
+    ids = [item[0] for item in items[:MAX_JOBS_PER_MESSAGE] if isinstance(item, list | tuple) and item]
+    return [job_id for job_id in ids if valid_job_id(job_id)]
+
+
+def read_upload_many(args: object, kwargs: object, named: list[str] | None) -> list[UploadCall | Refused]:
+    """Each job of a bulk message: its call, or why it cannot run. ``named``: its ``wsupload_jobs``
+    header (None: not checked; the consumer has checked it).
+
+    Raises ``InvalidMessage`` when the message as a whole is not
+    ``[[[job_id, source], …]]`` + ``{"options": …}`` with 1 to ``MAX_JOBS_PER_MESSAGE``
+    distinct, valid job ids listed in that order by the header.
+    """
+    if not (isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], list | tuple)):
+        raise InvalidMessage("args must be [[[job_id, source], ...]] (one list of jobs)")
+    items = args[0]
+    if not 1 <= len(items) <= MAX_JOBS_PER_MESSAGE:
+        raise InvalidMessage(f"a bulk message carries 1 to {MAX_JOBS_PER_MESSAGE} jobs, this one {len(items)}")
+    if not isinstance(kwargs, dict) or any(name != "options" for name in kwargs):
+        raise InvalidMessage("the kwargs of a bulk message may hold only options")
+    ids = [item[0] if isinstance(item, list | tuple) and item else None for item in items]
+    if not all(map(valid_job_id, ids)):
+        raise InvalidMessage(
+            f"every job must be [job_id, source] with a job id of 1 to {MAX_JOB_ID_CHARS} letters, digits or . _ : -"
+        )
+    if len(set(ids)) != len(ids):  # one delivery would claim it twice
+        raise InvalidMessage("a job appears twice in the message")
+    if named is not None and ids != named:
+        raise InvalidMessage(f"the {JOBS_HEADER} header does not list the message's jobs in order")
+    verdicts: list[UploadCall | Refused] = []
+    for item in items:
+        try:
+            verdicts.append(read_upload_call(list(item), dict(kwargs)))
+        except UploadError as exc:
+            verdicts.append(Refused(str(item[0]), shown(item[1] if len(item) > 1 else ""), exc))
+    return verdicts

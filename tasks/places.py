@@ -2,18 +2,19 @@
 
 kombu's Redis transport takes a message off its queue list (BRPOP) and records it
 as unacked in a second round trip; a Redis killed, or a worker dying, in between
-loses it. So every ``wsupload.upload`` message pushed onto a queue list ``Q``
-gives its job a *place* (an integer score in ``keys.pending(Q)``), such that the
+loses it. So every upload message pushed onto a queue list ``Q`` gives its job (a
+bulk message: each of its jobs) a *place* (an integer score in ``keys.pending(Q)``), such that the
 placed messages in ``Q``, read from the end workers take from (BRPOP pops the
 right end), are always in ascending place order:
 
 - a push to the back of the line (LPUSH: enqueueing, a requeue after a reject or
-  at shutdown, the sweep's redelivery) takes the next value of ``keys.place_counter(Q)``;
+  at shutdown, the sweep's redelivery) takes the next value of ``keys.place_counter(Q)``
+  (a bulk message's jobs share it, or, enqueued, take consecutive values);
 - a push to the front (RPUSH: kombu's restore of an expired delivery, the
   transport's put-back of a message Redis would not record) goes below every place
   in use: ``min(lowest pending place, highest place taken, or 0) - 1``;
 - taking a message (``QoS.append``, in the same MULTI that records it unacked)
-  removes the job from ``pending`` and raises ``keys.last_taken(Q)`` to its place.
+  removes its jobs from ``pending`` and raises ``keys.last_taken(Q)`` to their highest place.
 
 Then a job still in ``pending`` with a place below the highest one taken is either
 one of the few pushed to the front since (still at the front of the line, where
@@ -45,34 +46,41 @@ PUSH = (
     _FRONT
     + """
 -- KEYS: the queue list, its pending set, place counter and highest place taken.
--- ARGV: the message, 'back' (LPUSH) or 'front' (RPUSH), the job id ('' places nothing).
-local back, job = ARGV[2] == 'back', ARGV[3]
-if job ~= '' then
+-- ARGV: the message, 'back' (LPUSH) or 'front' (RPUSH), then the jobs it carries (none: places nothing).
+-- A bulk message's jobs share one place: they leave the line together.
+local back = ARGV[2] == 'back'
+if #ARGV > 2 then
   local place
   if back then place = redis.pcall('INCR', KEYS[3]) else place = front_place(KEYS[2], KEYS[4]) end
-  if type(place) == 'number' then redis.pcall('ZADD', KEYS[2], string.format('%d', place), job) end
+  if type(place) == 'number' then
+    for i = 3, #ARGV do redis.pcall('ZADD', KEYS[2], string.format('%d', place), ARGV[i]) end
+  end
 end
 if back then return redis.call('LPUSH', KEYS[1], ARGV[1]) end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 )
-"""Push a message onto a queue list, placing its job at that end of the line."""
+"""Push a message onto a queue list, placing its jobs at that end of the line."""
 
 TAKE = """
 -- KEYS: pairs of (pending set, highest place taken), one per list the message may have come from.
--- ARGV: the job id.
+-- ARGV: the jobs the message carries.
 for i = 1, #KEYS, 2 do
-  local p = redis.pcall('ZSCORE', KEYS[i], ARGV[1])
-  if type(p) == 'string' then
-    redis.pcall('ZREM', KEYS[i], ARGV[1])
-    local w = redis.pcall('GET', KEYS[i + 1])
-    w = type(w) == 'string' and tonumber(w) or nil
-    if not w or tonumber(p) > w then redis.pcall('SET', KEYS[i + 1], p) end
+  local w = redis.pcall('GET', KEYS[i + 1])
+  w = type(w) == 'string' and tonumber(w) or nil
+  local high = w
+  for j = 1, #ARGV do
+    local p = redis.pcall('ZSCORE', KEYS[i], ARGV[j])
+    if type(p) == 'string' then
+      redis.pcall('ZREM', KEYS[i], ARGV[j])
+      if not high or tonumber(p) > high then high = tonumber(p) end
+    end
   end
+  if high ~= w then redis.pcall('SET', KEYS[i + 1], string.format('%d', high)) end
 end
 return 0
 """
-"""A worker took the job's message: no longer waiting in the line (run in the MULTI that records it unacked)."""
+"""A worker took the message: its jobs no longer wait in the line (run in the MULTI that records it unacked)."""
 
 
 def line_keys(queue_list: str) -> list[str]:

@@ -294,16 +294,17 @@ class ResultStore:
             )
         return written
 
-    def claim(self, job_id: str, first: FirstAttempt | None = None) -> Claim:
+    def claim(self, job_id: str, first: FirstAttempt | None = None, lease_tag: str = "") -> Claim:
         """Take the job for one delivery: its next generation (``Claim.ended`` if it has ended).
 
         With ``first``, the claim may also write the first attempt's document (``Claim.written``).
+        With ``lease_tag``, only while that delivery's lease is in kombu's index (``Claim.lease_gone``).
         """
-        claim_keys = [keys.generation(job_id), result_key(job_id), EVENTS_CHANNEL]
+        claim_keys = [keys.generation(job_id), result_key(job_id), EVENTS_CHANNEL, keys.UNACKED_INDEX]
         if first is None:
-            return self.fencing.claim(claim_keys, self.ttl)
+            return self.fencing.claim(claim_keys, self.ttl, tag=lease_tag)
         event = json.dumps({"job_id": job_id, "status": RUNNING})
-        return self.fencing.claim(claim_keys, self.ttl, first, event, batch_key(""))
+        return self.fencing.claim(claim_keys, self.ttl, first, event, batch_key(""), tag=lease_tag)
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from wsupload.config.settings import UPLOAD_TASK_NAME
 from wsupload.tasks import keys, wire
 from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import valid_job_id
+from wsupload.tasks.messages import jobs_named
 from wsupload.tasks.results import TERMINAL, JobDoc, ResultStore, text
 
 log = logging.getLogger(__name__)
@@ -143,16 +142,13 @@ class Report:
         )
 
 
-def job_of(raw: bytes | str) -> str | None:
-    """The job a queued message is for, if it is a ``wsupload.upload`` message naming one."""
+def jobs_of(raw: bytes | str) -> list[str]:
+    """The jobs a queued upload message carries (one, or a bulk message's), by its headers."""
     try:
         headers = json.loads(raw).get("headers")
     except (ValueError, AttributeError):
-        return None
-    if not isinstance(headers, dict) or headers.get("task") != UPLOAD_TASK_NAME:
-        return None
-    job = headers.get("id")
-    return job if valid_job_id(job) else None
+        return []
+    return jobs_named(headers)
 
 
 class Sweep:
@@ -233,13 +229,12 @@ class Sweep:
         """
         for size in FRONT_READS:
             raw = self.client.lrange(queue, -size, -1)
-            jobs = [job_of(item) for item in reversed(raw)]  # front first
-            named = [job for job in jobs if job is not None]
-            places = dict(zip(named, self.client.zmscore(keys.pending(queue), named), strict=True)) if named else {}
+            jobs = [job for item in reversed(raw) for job in jobs_of(item)]  # front first
+            places = dict(zip(jobs, self.client.zmscore(keys.pending(queue), jobs), strict=True)) if jobs else {}
             waiting: set[str] = set()
             for job in jobs:
-                place = places.get(job) if job is not None else None
-                if job is None or place is None:
+                place = places.get(job)
+                if place is None:
                     continue
                 if place >= taken:
                     return waiting

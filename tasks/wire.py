@@ -15,10 +15,12 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
+from wsupload.tasks.messages import JOBS_HEADER
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _REPLY_TO = str(uuid.uuid4())
@@ -30,11 +32,14 @@ def upload_call(job_id: str, source: str, options: dict[str, Any] | None = None)
     """The body (JSON bytes) and Celery headers of one job's message, whatever the broker."""
     args = [job_id, source]
     kwargs = {"options": options} if options else {}
-    body = json.dumps([args, kwargs, _EMBED]).encode()
-    headers = {
+    return json.dumps([args, kwargs, _EMBED]).encode(), _headers(UPLOAD_TASK_NAME, job_id, repr(args), repr(kwargs))
+
+
+def _headers(task: str, task_id: str, argsrepr: str, kwargsrepr: str) -> dict[str, Any]:
+    return {
         "lang": "py",
-        "task": UPLOAD_TASK_NAME,
-        "id": job_id,
+        "task": task,
+        "id": task_id,
         "shadow": None,
         "eta": None,
         "expires": None,
@@ -42,21 +47,39 @@ def upload_call(job_id: str, source: str, options: dict[str, Any] | None = None)
         "group_index": None,
         "retries": 0,
         "timelimit": [None, None],
-        "root_id": job_id,
+        "root_id": task_id,
         "parent_id": None,
-        "argsrepr": repr(args),
-        "kwargsrepr": repr(kwargs),
+        "argsrepr": argsrepr,
+        "kwargsrepr": kwargsrepr,
         "origin": _ORIGIN,
         "ignore_result": None,
     }
-    return body, headers
 
 
 def upload_message(job_id: str, source: str, queue: str, options: dict[str, Any] | None = None) -> str:
     """The JSON string to ``LPUSH`` onto ``queue`` for one job."""
-    body, headers = upload_call(job_id, source, options)
+    return _redis_envelope(*upload_call(job_id, source, options), queue)
+
+
+def upload_many_message(jobs: Sequence[tuple[str, str]], queue: str, options: dict[str, Any] | None = None) -> str:
+    """The JSON string to ``LPUSH`` onto ``queue`` for a bulk message: ``jobs`` are (job id, source) pairs.
+
+    Task ``wsupload.upload_many``, args ``[[[job_id, source], …]]``, kwargs ``{"options": …}``
+    (shared by every job of the message) and the header ``wsupload_jobs`` listing the
+    job ids in the same order; its task id is its own, not a job's.
+    """
+    args = [[[job_id, source] for job_id, source in jobs]]
+    kwargs = {"options": options} if options else {}
+    body = json.dumps([args, kwargs, _EMBED]).encode()
+    headers = _headers(UPLOAD_MANY_TASK_NAME, uuid.uuid4().hex, f"<{len(jobs)} jobs>", repr(kwargs))
+    headers[JOBS_HEADER] = [job_id for job_id, _ in jobs]
+    return _redis_envelope(body, headers, queue)
+
+
+def _redis_envelope(body: bytes, headers: dict[str, Any], queue: str) -> str:
+    """kombu's Redis envelope around a Celery message."""
     properties = {
-        "correlation_id": job_id,
+        "correlation_id": headers["id"],
         "delivery_mode": 2,
         "delivery_info": {"exchange": "", "routing_key": queue},
         "priority": 0,

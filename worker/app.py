@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> WsuploadApp:
         "wsupload",
         broker=broker_url,
         include=[
-            *(f"wsupload.tasks.{name}" for name in ("upload", "scan", "callbacks")),
+            *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks")),
             # Hooked to the worker's signals: its heartbeat, its jobs' lease renewal and stop,
             # and the sweep for lost messages.
             "wsupload.worker.heartbeat",

@@ -22,34 +22,41 @@ from typing import Any, ClassVar
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
-from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
 from wsupload.tasks.errors import InvalidMessage
 from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import job_id_of, read_upload_call, valid_job_id
+from wsupload.tasks.messages import (
+    UPLOAD_TASKS,
+    bulk_jobs_in,
+    job_id_of,
+    jobs_named,
+    read_upload_call,
+    read_upload_many,
+)
 from wsupload.worker.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
-Problem = tuple[str, str | None]
-"""Why a message cannot run, and the job id it names (if any)."""
+Problem = tuple[str, list[str]]
+"""Why a message cannot run, and the jobs it names (if any)."""
 
 
 def message_problem(message: Message, known_tasks: Any) -> Problem | None:
     """Why ``message`` cannot be handed to a task, or None if it can."""
     headers: object = message.headers
     if not isinstance(headers, dict):
-        return "the message has no headers object (wsupload reads Celery message protocol 2)", None
+        return "the message has no headers object (wsupload reads Celery message protocol 2)", []
     task, task_id = headers.get("task"), headers.get("id")
-    job_id = task_id if task == UPLOAD_TASK_NAME and valid_job_id(task_id) else None
+    job_ids = jobs_named(headers)
     if not isinstance(task, str):
-        return "the message has no 'task' header (wsupload reads Celery message protocol 2)", job_id
+        return "the message has no 'task' header (wsupload reads Celery message protocol 2)", job_ids
     if task not in known_tasks:
-        return f"unknown task {clip(task)!r}", job_id
+        return f"unknown task {clip(task)!r}", job_ids
     if not isinstance(task_id, str) or not task_id:
-        return "the message has no 'id' header", job_id
+        return "the message has no 'id' header", job_ids
     try:
         body = message.decode()
     except Exception as exc:  # the serializer's errors, whatever they are
-        return f"the body cannot be decoded ({message.content_type}): {type(exc).__name__}: {clip(str(exc))}", job_id
+        return f"the body cannot be decoded ({message.content_type}): {type(exc).__name__}: {clip(str(exc))}", job_ids
     if not (
         isinstance(body, list | tuple)
         and len(body) == 3
@@ -57,14 +64,20 @@ def message_problem(message: Message, known_tasks: Any) -> Problem | None:
         and isinstance(body[1], dict)
         and isinstance(body[2], dict | None)
     ):
-        return "the body is not [args, kwargs, embed] (Celery message protocol 2)", job_id
+        return "the body is not [args, kwargs, embed] (Celery message protocol 2)", job_ids
     if task == UPLOAD_TASK_NAME:
         try:
             read_upload_call(body[0], body[1], task_id)
         except InvalidMessage as exc:
-            return exc.message, job_id_of(body[0], body[1], task_id)
+            job_id = job_id_of(body[0], body[1], task_id)
+            return exc.message, [job_id] if job_id else []
         except Exception:  # noqa: S110 - a bad source or options: the task records that outcome
             pass
+    if task == UPLOAD_MANY_TASK_NAME:
+        try:
+            read_upload_many(body[0], body[1], job_ids)  # a job's bad source or options: its own outcome
+        except InvalidMessage as exc:
+            return exc.message, list(dict.fromkeys([*job_ids, *bulk_jobs_in(body[0])]))
     return None
 
 
@@ -109,18 +122,19 @@ class Consumer(CeleryConsumer):
             try:
                 problem = message_problem(message, known)
             except Exception as exc:
-                problem = (f"the message cannot be read: {type(exc).__name__}: {clip(str(exc))}", None)
+                problem = (f"the message cannot be read: {type(exc).__name__}: {clip(str(exc))}", [])
             if problem is not None:
                 return self.move_aside(message, *problem)
             try:
                 return dispatch(message)
             except Exception as exc:
                 # Celery could not build a request from it (a bad eta, a header of the wrong type).
-                return self.move_aside(message, f"Celery could not dispatch it: {type(exc).__name__}: {exc}", None)
+                problem = (f"Celery could not dispatch it: {type(exc).__name__}: {clip(str(exc))}", [])
+                return self.move_aside(message, *problem)
 
         return on_task_received
 
-    def move_aside(self, message: Message, reason: str, job_id: str | None) -> None:
+    def move_aside(self, message: Message, reason: str, job_ids: list[str]) -> None:
         headers: object = message.headers
         info: object = message.delivery_info
         headers = headers if isinstance(headers, dict) else {}
@@ -129,8 +143,8 @@ class Consumer(CeleryConsumer):
             raw_message(message),
             reason,
             queue=info.get("routing_key"),
-            job_id=job_id,
-            is_upload=headers.get("task") == UPLOAD_TASK_NAME,
+            job_ids=job_ids,
+            is_upload=headers.get("task") in UPLOAD_TASKS,
         )
         if not message.acknowledged:
             message.ack_log_error(log, self.connection_errors)  # type: ignore[attr-defined]
@@ -138,13 +152,13 @@ class Consumer(CeleryConsumer):
     # Celery's own handlers for these cases log and drop; they are reached only
     # if dispatch finds something the check above did not.
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        self.move_aside(message, "the message has no task name", None)
+        self.move_aside(message, "the message has no task name", [])
 
     def on_unknown_task(self, body: Any, message: Message, exc: BaseException) -> None:
-        self.move_aside(message, f"unknown task: {exc}", None)
+        self.move_aside(message, f"unknown task: {exc}", [])
 
     def on_invalid_task(self, body: Any, message: Message, exc: BaseException) -> None:
-        self.move_aside(message, f"invalid task message: {clip(str(exc))}", None)
+        self.move_aside(message, f"invalid task message: {clip(str(exc))}", [])
 
     def on_decode_error(self, message: Message, exc: BaseException) -> None:
-        self.move_aside(message, f"the body cannot be decoded: {type(exc).__name__}: {clip(str(exc))}", None)
+        self.move_aside(message, f"the body cannot be decoded: {type(exc).__name__}: {clip(str(exc))}", [])

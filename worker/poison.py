@@ -24,13 +24,12 @@ from typing import Any, ClassVar
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from wsupload.config.settings import UPLOAD_TASK_NAME
 from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import valid_job_id
+from wsupload.tasks.messages import UPLOAD_TASKS, jobs_named, valid_job_id
 
 log = logging.getLogger(__name__)
 Quarantine = Callable[..., None]
-"""``(raw, reason, *, queue, job_id, is_upload)``: see ``worker.quarantine.Quarantine``."""
+"""``(raw, reason, *, queue, job_ids, is_upload)``: see ``worker.quarantine.Quarantine``."""
 
 
 def envelope_problem(payload: object) -> str | None:
@@ -62,13 +61,18 @@ def envelope_problem(payload: object) -> str | None:
     return None
 
 
-def envelope_job(payload: object) -> tuple[str | None, bool]:
-    """The job id an envelope names (its task id, by the wire contract), and whether it is an upload."""
+def envelope_jobs(payload: object) -> tuple[list[str], bool]:
+    """The jobs an envelope names, and whether it is an upload message (``tasks.messages.jobs_named``).
+
+    Another task's message names its task id, which may be a job's.
+    """
     headers = payload.get("headers") if isinstance(payload, dict) else None
     if not isinstance(headers, dict):
-        return None, False
-    job_id = headers.get("id")
-    return (job_id if valid_job_id(job_id) else None), headers.get("task") == UPLOAD_TASK_NAME
+        return [], False
+    if headers.get("task") in UPLOAD_TASKS:
+        return jobs_named(headers), True
+    task_id = headers.get("id")
+    return ([str(task_id)] if valid_job_id(task_id) else []), False
 
 
 class PoisonGuard:
@@ -134,11 +138,11 @@ class PoisonGuard:
         if problem is None:
             assert isinstance(payload, dict)
             return payload
-        job_id, is_upload = envelope_job(payload)
+        job_ids, is_upload = envelope_jobs(payload)
         reason = f"not a readable message envelope: {problem}"
         if self.quarantine is None:
             text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
             log.error("dropping a message (%s): %s", reason, clip(text, 1000))
         else:
-            self.quarantine(item, reason, queue=queue, job_id=job_id, is_upload=is_upload)
+            self.quarantine(item, reason, queue=queue, job_ids=job_ids, is_upload=is_upload)
         return None

@@ -12,6 +12,7 @@ message (bounded) instead, so a bad message can never stop the consumer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cached_property
 
 import redis
@@ -40,14 +41,16 @@ class Quarantine:
         reason: str,
         *,
         queue: str | None = None,
-        job_id: str | None = None,
+        job_ids: Sequence[str] = (),
         is_upload: bool = False,
     ) -> None:
-        """Record ``raw`` as dead; end ``job_id``'s job ``failed`` if it is an upload or has a document.
+        """Record ``raw`` as dead; end each of ``job_ids``' jobs ``failed`` if it is an upload or has a document.
 
         A job id on some other task's message may be that task's own id, not a
-        job: its document is touched only if one exists.
+        job: its document is touched only if one exists. A bulk message names
+        several jobs; its dead-letter entry shows the first.
         """
+        job_id = job_ids[0] if job_ids else None
         try:
             entry = DeadLetterStore(self._redis).add(raw, reason, queue=queue, job_id=job_id)
         except redis.RedisError as exc:
@@ -55,13 +58,18 @@ class Quarantine:
             log.error("could not move a message aside (%s): %s; the message was: %s", exc, reason, clip(shown, 1000))
             return
         log.warning(
-            "message moved to %s (entry %s, job %s, queue %s): %s", DEAD_KEY, entry.id, job_id, queue, clip(reason)
+            "message moved to %s (entry %s, %s, queue %s): %s", DEAD_KEY, entry.id, _jobs(job_ids), queue, clip(reason)
         )
-        if job_id is None:
-            return
-        try:
-            store = ResultStore(self._redis, self.settings.result_ttl)
-            if is_upload or store.get(job_id) is not None:
-                store.end_with_error(job_id, InvalidMessage(f"{clip(reason)} (dead-letter entry {entry.id})"))
-        except redis.RedisError as exc:
-            log.error("job %s: could not record its unreadable message: %s", job_id, exc)
+        store = ResultStore(self._redis, self.settings.result_ttl)
+        for job_id in job_ids:
+            try:
+                if is_upload or store.get(job_id) is not None:
+                    store.end_with_error(job_id, InvalidMessage(f"{clip(reason)} (dead-letter entry {entry.id})"))
+            except redis.RedisError as exc:
+                log.error("job %s: could not record its unreadable message: %s", job_id, exc)
+
+
+def _jobs(job_ids: Sequence[str]) -> str:
+    if len(job_ids) <= 1:
+        return f"job {job_ids[0] if job_ids else None}"
+    return f"{len(job_ids)} jobs, the first {job_ids[0]}"

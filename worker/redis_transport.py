@@ -70,7 +70,7 @@ from kombu.utils.json import dumps
 
 from wsupload.tasks import keys, places
 from wsupload.tasks.limits import clip
-from wsupload.worker.poison import PoisonGuard, envelope_job
+from wsupload.worker.poison import PoisonGuard, envelope_jobs
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,10 @@ class QoS(kombu_redis.QoS):
         with self.pipe_or_acquire() as pipe:
             pipe.eval(STAMP, 1, self.unacked_index_key, delivery_tag)
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
-            job = upload_job(message._raw)
-            if job is not None:
+            jobs = upload_jobs(message._raw)
+            if jobs:
                 lines = self.channel.lines_of(message._raw, exchange, routing_key)
-                pipe.eval(places.TAKE, 2 * len(lines), *places.taken_keys(lines), job)
+                pipe.eval(places.TAKE, 2 * len(lines), *places.taken_keys(lines), *jobs)
             pipe.execute()
             virtual.QoS.append(self, message, delivery_tag)
 
@@ -233,10 +233,10 @@ class QoS(kombu_redis.QoS):
         raise Empty()
 
 
-def upload_job(payload: Any) -> str | None:
-    """The job a ``wsupload.upload`` message is for (its task id, by the wire contract); None for other messages."""
-    job, is_upload = envelope_job(payload)
-    return job if is_upload else None
+def upload_jobs(payload: Any) -> list[str]:
+    """The jobs an upload message carries (``tasks.messages.jobs_named``); none for other messages."""
+    jobs, is_upload = envelope_jobs(payload)
+    return jobs if is_upload else []
 
 
 _open: weakref.WeakSet[QoS] = weakref.WeakSet()
@@ -306,10 +306,10 @@ class Channel(PoisonGuard, kombu_redis.Channel):
         """Push a delivered message back onto its queue, next in line (where kombu's restore puts it)."""
         info = payload["properties"]["delivery_info"]
         payload["properties"]["delivery_tag"] = str(uuid.uuid4())
-        job = upload_job(payload) or ""
+        jobs = upload_jobs(payload)
         with self.conn_or_acquire() as client:
             for line in self.lines_of(payload, info["exchange"], info["routing_key"]):
-                self._put_back(keys=places.line_keys(line), args=[dumps(payload), "front", job], client=client)
+                self._put_back(keys=places.line_keys(line), args=[dumps(payload), "front", *jobs], client=client)
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
@@ -325,9 +325,9 @@ class Channel(PoisonGuard, kombu_redis.Channel):
                 payload["properties"]["delivery_info"]["redelivered"] = True
             with contextlib.suppress(KeyError, TypeError):
                 payload["properties"]["delivery_tag"] = str(uuid.uuid4())
-            side, job = ("back" if leftmost else "front"), upload_job(payload) or ""
+            side, jobs = ("back" if leftmost else "front"), upload_jobs(payload)
             for line in self.lines_of(payload, exchange, routing_key):
-                pipe.eval(places.PUSH, 4, *places.line_keys(line), dumps(payload), side, job)
+                pipe.eval(places.PUSH, 4, *places.line_keys(line), dumps(payload), side, *jobs)
         except self.connection_errors:
             # Abort the transaction: it would otherwise remove the message from the unacked hash without requeueing it.
             raise

@@ -46,8 +46,7 @@ from wsupload.worker.roster import connect
 
 log = logging.getLogger(__name__)
 
-UNACKED_INDEX = "unacked_index"
-"""kombu's default name for the sorted set of delivered messages by delivery time."""
+UNACKED_INDEX = keys.UNACKED_INDEX
 
 
 @dataclass(frozen=True)

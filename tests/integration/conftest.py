@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -357,3 +358,41 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
         process.stop()
     for producer in producers:
         producer.close()
+
+
+# Workers of a test's own, on a queue of its own (the session worker must not take its jobs).
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def own_env(worker_env: dict[str, str]) -> dict[str, str]:
+    # A long read timeout: the sandbox holds uploads open while we kill, pause and stop workers.
+    queue = "recovery-" + uuid.uuid4().hex[:8]
+    own = {"WSUPLOAD_QUEUE": queue, "WSUPLOAD_BULK_QUEUE": f"{queue}.bulk", "WSUPLOAD_READ_TIMEOUT": "60"}
+    return {**worker_env, **own}
+
+
+@pytest.fixture
+def own_producer(own_env: dict[str, str]) -> Iterator[Producer]:
+    producer = Producer(Settings.from_env(producer_env(own_env)))
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+def start_worker(own_env: dict[str, str], own_producer: Producer, tmp_path: Path) -> Iterator[StartWorker]:
+    started: list[WorkerProcess] = []
+
+    def start(**env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        process = WorkerProcess(env={**own_env, **env}, log_path=log, concurrency=1)
+        started.append(process.start())
+        process.wait_ready(own_producer.app)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            os.killpg(process.process.pid, signal.SIGCONT)  # a paused one would not hear SIGTERM
+        process.stop()

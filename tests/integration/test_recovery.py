@@ -10,13 +10,12 @@ import hashlib
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import finished, producer_env, unacked_messages, waiting_messages
-from wsupload.config import Settings
+from tests.integration.conftest import StartWorker, finished, unacked_messages, waiting_messages
 from wsupload.tasks import keys
 from wsupload.tasks.results import JobDoc
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
@@ -25,39 +24,6 @@ from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.core]
-
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def own_env(worker_env: dict[str, str]) -> dict[str, str]:
-    # A long read timeout: the sandbox holds uploads open while we kill, pause and stop workers.
-    return {**worker_env, "WSUPLOAD_QUEUE": "recovery-" + uuid.uuid4().hex[:8], "WSUPLOAD_READ_TIMEOUT": "60"}
-
-
-@pytest.fixture
-def own_producer(own_env: dict[str, str]) -> Iterator[Producer]:
-    producer = Producer(Settings.from_env(producer_env(own_env)))
-    yield producer
-    producer.close()
-
-
-@pytest.fixture
-def start_worker(own_env: dict[str, str], own_producer: Producer, tmp_path: Path) -> Iterator[StartWorker]:
-    started: list[WorkerProcess] = []
-
-    def start(**env: str) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        process = WorkerProcess(env={**own_env, **env}, log_path=log, concurrency=1)
-        started.append(process.start())
-        process.wait_ready(own_producer.app)
-        return process
-
-    yield start
-    for process in started:
-        if process.process is not None and process.process.poll() is None:
-            os.killpg(process.process.pid, signal.SIGCONT)  # a paused one would not hear SIGTERM
-        process.stop()
 
 
 @pytest.fixture

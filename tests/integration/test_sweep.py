@@ -21,7 +21,7 @@ from tests.integration.conftest import producer_env
 from wsupload.config import Settings
 from wsupload.tasks import keys
 from wsupload.tasks.results import SUCCEEDED, TERMINAL
-from wsupload.tasks.sweep import job_of
+from wsupload.tasks.sweep import jobs_of
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer
@@ -74,7 +74,7 @@ def test_a_message_lost_before_the_worker_started_is_uploaded_once(
     # The first in line, taken as BRPOP takes it, and never recorded: in no queue, not unacked.
     raw = producer.redis.rpop(env["WSUPLOAD_QUEUE"])
     assert isinstance(raw, bytes)
-    assert job_of(raw) == job_ids[0]
+    assert jobs_of(raw) == [job_ids[0]]
 
     worker = start_worker(env)
     outcome = producer.wait(job_ids, timeout=60)

@@ -117,6 +117,46 @@ def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(
     assert places(redis_client, BULK) == {}
 
 
+def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_place(
+    redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(enqueue_module, "CHUNK", 5)  # staged chunks of 4 jobs (whole messages), then the last
+    monkeypatch.setattr(enqueue_module, "SPREAD", 2)
+    env = {"WSUPLOAD_QUEUE": QUEUE, "WSUPLOAD_BULK_QUEUE": BULK, "WSUPLOAD_JOBS_PER_MESSAGE": "2"}
+    enqueuer = Enqueuer(Settings.from_env(env), redis_client)
+    batch = enqueuer.enqueue_batch([f"/m/{n}.png" for n in range(9)], options={"callback_url": "https://cb/x"})
+    messages = [json.loads(raw) for raw in reversed(redis_client.lrange(BULK, 0, -1))]  # in the order taken
+    carried = [[args for args in json.loads(base64.b64decode(m["body"]))[0][0]] for m in messages]
+    ids = [j.job_id for j in batch.jobs]
+    assert [len(jobs) for jobs in carried] == [2, 2, 2, 2, 1]
+    assert [job for jobs in carried for job, _ in jobs] == ids
+    assert [m["headers"]["wsupload_jobs"] for m in messages] == [[job for job, _ in jobs] for jobs in carried]
+    assert {m["headers"]["task"] for m in messages} == {"wsupload.upload_many"}
+    assert all(
+        json.loads(base64.b64decode(m["body"]))[1]["options"]["callback_url"] == "https://cb/x" for m in messages
+    )
+    assert places(redis_client, BULK) == {job: n for n, job in enumerate(ids, 1)}
+    assert [doc and doc["status"] for doc in enqueuer.store.get_many(ids)] == ["queued"] * 9
+    assert redis_client.ttl(results.result_key(ids[0])) > STAGING_TTL  # committed, not staged
+    assert redis_client.hget(results.batch_key(batch.batch_id), "total") == b"9"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "most", "per"), [(1, 32, 1), (63, 32, 1), (64, 32, 2), (1000, 32, 31), (10**5, 32, 32), (10**5, 1, 1)]
+)
+def test_a_bulk_call_keeps_a_message_per_thread_of_one_worker(jobs: int, most: int, per: int) -> None:
+    assert enqueue_module.jobs_per_message(jobs, most) == per
+
+
+def test_interactive_jobs_go_one_to_a_message(
+    redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(enqueue_module, "SPREAD", 2)
+    enqueuer = Enqueuer(Settings.from_env({"WSUPLOAD_QUEUE": QUEUE, "WSUPLOAD_BULK_QUEUE": BULK}), redis_client)
+    jobs = enqueuer.enqueue([f"/m/{n}.png" for n in range(9)])
+    assert queued_ids(redis_client, QUEUE) == [j.job_id for j in jobs]
+
+
 def test_documents_carry_the_options_their_messages_carry(enqueuer: Enqueuer) -> None:
     sources = [f"/m/{n}.png" for n in range(5)]  # staged and committed alike
     batch = enqueuer.enqueue_batch(sources, options={"callback_url": "https://hooks.example/x"})

@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks import keys, results
+from wsupload.tasks import keys, lease, results
 from wsupload.tasks.errors import Rejected
 from wsupload.tasks.fencing import FirstAttempt, Superseded
 from wsupload.tasks.job import JobRunner
+from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.results import ResultStore
 from wsupload.worker.dev.local_services import start_redis
@@ -250,3 +251,40 @@ def test_a_file_refused_before_any_attempt_ends_with_none_counted(store: ResultS
     doc = runner.run("j", str(tmp_path / "missing.png"), worker="w1")
     assert (doc["status"], doc["attempts"]) == ("failed", 0)  # the claim's attempt was never made
     assert saves == ["failed"]
+
+
+def test_a_delivery_whose_lease_is_gone_claims_nothing(store: ResultStore, tmp_path: Path) -> None:
+    """Paused past its lease, its message went to another worker: a late claim would take the job from it."""
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes())
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-fencing"})
+    client = CountingClient()
+    runner = JobRunner(settings=settings, store=store, client=client)
+    with pytest.raises(LeaseLost, match="lease expired before the job was claimed"):
+        runner.run("j", str(png), worker="w1", tag="tag-restored-since")
+    assert store.redis.get(keys.generation("j")) is None
+    assert client.calls == 0
+    store.redis.zadd(keys.UNACKED_INDEX, {"tag-held": 1.0})
+    doc = runner.run("j", str(png), worker="w1", tag="tag-held")
+    assert (doc["status"], doc["generation"], client.calls) == ("succeeded", 1, 1)
+
+
+def test_a_bulk_messages_jobs_share_its_lease_and_its_loss(store: ResultStore, tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes())
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-fencing"})
+    client = CountingClient()
+    runner = JobRunner(settings=settings, store=store, client=client)
+    store.redis.zadd(keys.UNACKED_INDEX, {"m": 1.0})
+    book = lease.LeaseBook()
+    message = lease.JobLease("j1", "m", grace=30)
+    with lease.holding(message, book):
+        assert runner.run_delivery("j1", str(png), tag="m", held=message).doc["status"] == "succeeded"
+        assert book.get("m") is message  # still the message's, between its jobs
+        runner.run_delivery("j2", str(png), tag="m", held=message)
+        assert message.job_id == "j2"
+        message.lost = True  # the renewer found the message's entry gone
+        with pytest.raises(LeaseLost):
+            runner.run_delivery("j3", str(png), tag="m", held=message)
+    assert client.calls == 2
+    assert store.redis.get(keys.generation("j3")) is None

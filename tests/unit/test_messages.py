@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 from wsupload.tasks import results
 from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
 from wsupload.tasks.errors import RetriesExhausted as SomeError
-from wsupload.tasks.messages import NoJobId, UploadCall, job_id_of, read_upload_call, valid_job_id
+from wsupload.tasks.messages import (
+    NoJobId,
+    Refused,
+    UploadCall,
+    bulk_jobs_in,
+    job_id_of,
+    jobs_named,
+    read_upload_call,
+    read_upload_many,
+    valid_job_id,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 JSON = st.recursive(
@@ -122,3 +132,50 @@ def test_a_stored_value_that_is_not_json_reads_as_a_queued_document() -> None:
     doc = results.decode_doc(b"\xff not json", "j1", NOW)
     assert doc is not None
     assert (doc["job_id"], doc["status"]) == ("j1", "queued")
+
+
+# Bulk messages (wsupload.upload_many): the message as a whole, then each job on its own.
+
+
+def bulk(*jobs: object, options: object = None) -> tuple[list[object], dict[str, object]]:
+    return [list(jobs)], ({"options": options} if options is not None else {})
+
+
+def test_a_bulk_messages_jobs_are_read_each_on_its_own() -> None:
+    args, kwargs = bulk(["j1", "/a.png"], ["j2", 42], ["j3", "/c.png", {"x": 1}], options={"dedup": True})
+    one, two, three = read_upload_many(args, kwargs, ["j1", "j2", "j3"])
+    assert isinstance(one, UploadCall)
+    assert (one.job_id, one.source, one.options.dedup) == ("j1", "/a.png", True)
+    assert isinstance(two, Refused)
+    assert two.job_id == "j2"
+    assert "must be a string" in two.error.message
+    assert isinstance(three, Refused)
+    assert "options given both" in three.error.message
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "named", "needle"),
+    [
+        ([], {}, [], "one list of jobs"),
+        ([[]], {}, [], "1 to 256 jobs"),
+        ([[["j", "/a"]] * 257], {}, None, "1 to 256 jobs"),
+        ([[["j1", "/a"]]], {"extra": 1}, ["j1"], "only options"),
+        (*bulk(["bad id", "/a"]), ["bad id"], "every job must be"),
+        (*bulk("j1"), ["j1"], "every job must be"),
+        (*bulk(["j1", "/a"], ["j1", "/b"]), ["j1", "j1"], "appears twice"),
+        (*bulk(["j1", "/a"], ["j2", "/b"]), ["j2", "j1"], "does not list"),
+    ],
+)
+def test_a_bulk_message_that_cannot_run_says_why(args: object, kwargs: object, named: object, needle: str) -> None:
+    with pytest.raises(InvalidMessage, match=needle):
+        read_upload_many(args, kwargs, named)  # type: ignore[arg-type]
+
+
+def test_the_jobs_a_message_names_come_from_its_headers_alone() -> None:
+    assert jobs_named({"task": "wsupload.upload", "id": "j1"}) == ["j1"]
+    assert jobs_named({"task": "wsupload.upload_many", "id": "m", "wsupload_jobs": ["j1", "j2"]}) == ["j1", "j2"]
+    assert jobs_named({"task": "wsupload.upload_many", "id": "m", "wsupload_jobs": ["j1", 2]}) == []
+    assert jobs_named({"task": "wsupload.upload_many", "id": "m", "wsupload_jobs": ["j"] * 257}) == []
+    assert jobs_named({"task": "wsupload.callback", "id": "j1"}) == []
+    assert jobs_named("headers") == []
+    assert bulk_jobs_in([[["j1", "/a"], ["no good", "/b"], 7, ["j3"]]]) == ["j1", "j3"]

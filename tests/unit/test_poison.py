@@ -11,6 +11,7 @@ from kombu.message import Message
 from kombu.transport import virtual
 
 from wsupload.config import UPLOAD_TASK_NAME
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME
 from wsupload.tasks import wire
 from wsupload.worker.consumer import message_problem
 from wsupload.worker.poison import PoisonGuard
@@ -71,7 +72,7 @@ def test_an_envelope_naming_an_upload_job_says_which(recorder: Recorder) -> None
     envelope["content-type"] = "application/x-unknown"
     Probe()._readable(json.dumps({**envelope, "body": 5}), "q")
     ((_, reason, where),) = recorder.calls
-    assert where == {"queue": "q", "job_id": "job-1", "is_upload": True}
+    assert where == {"queue": "q", "job_ids": ["job-1"], "is_upload": True}
     assert "'body' is not a string" in reason
 
 
@@ -142,7 +143,7 @@ def test_the_consumer_names_what_is_wrong(headers: Any, body: bytes, needle: str
     problem = message_problem(kombu_message(headers, body), KNOWN)
     assert problem is not None
     assert needle in problem[0]
-    assert problem[1] == job
+    assert problem[1] == ([job] if job else [])
 
 
 def test_a_bad_source_is_the_tasks_business_not_the_consumers() -> None:
@@ -154,3 +155,13 @@ def test_base64_is_a_transport_detail() -> None:
     raw = json.loads(wire.upload_message("j1", "/a.png", "q"))
     body = base64.b64decode(raw["body"])
     assert message_problem(kombu_message(raw["headers"], body), KNOWN) is None
+
+
+def test_the_consumer_moves_a_bulk_message_aside_naming_every_job_it_can() -> None:
+    known = {**KNOWN, UPLOAD_MANY_TASK_NAME: object()}
+    good = json.loads(wire.upload_many_message([("j1", "/a.png"), ("j2", 7)], "q"))  # type: ignore[list-item]
+    body = base64.b64decode(good["body"])
+    assert message_problem(kombu_message(good["headers"], body), known) is None  # j2's source: the task's business
+    forged = {**good["headers"], "wsupload_jobs": ["j9"]}
+    problem = message_problem(kombu_message(forged, body), known)
+    assert problem == ("the wsupload_jobs header does not list the message's jobs in order", ["j9", "j1", "j2"])

@@ -27,7 +27,7 @@ from wsupload.config import Settings
 from wsupload.tasks import keys, places, results
 from wsupload.tasks.enqueue import Enqueuer
 from wsupload.tasks.results import JobDoc, ResultStore
-from wsupload.tasks.sweep import Candidate, Plan, Report, Sweep, job_of, plan
+from wsupload.tasks.sweep import Candidate, Plan, Report, Sweep, jobs_of, plan
 from wsupload.worker import redis_transport
 
 QUEUE, BULK = "q", "q.bulk"
@@ -78,15 +78,19 @@ def test_a_sweep_that_saw_only_part_of_a_line_forgets_no_suspect_it_did_not_meet
     assert decided.forget == []
 
 
-def test_a_queued_message_names_its_job_only_if_it_is_an_upload() -> None:
+def test_a_queued_message_names_its_jobs_only_if_it_is_an_upload() -> None:
     from wsupload.tasks import wire
 
-    assert job_of(wire.upload_message("j1", "/a.png", QUEUE)) == "j1"
+    assert jobs_of(wire.upload_message("j1", "/a.png", QUEUE)) == ["j1"]
+    assert jobs_of(wire.upload_many_message([("j1", "/a.png"), ("j2", "/b.png")], QUEUE)) == ["j1", "j2"]
     other = json.loads(wire.upload_message("j1", "/a.png", QUEUE))
     other["headers"]["task"] = "wsupload.callback"
-    assert job_of(json.dumps(other)) is None
-    assert job_of(b"garbage{") is None
-    assert job_of(b"[1, 2]") is None
+    assert jobs_of(json.dumps(other)) == []
+    forged = json.loads(wire.upload_many_message([("j1", "/a.png")], QUEUE))
+    forged["headers"]["wsupload_jobs"] = ["j1", "no spaces allowed"]
+    assert jobs_of(json.dumps(forged)) == []
+    assert jobs_of(b"garbage{") == []
+    assert jobs_of(b"[1, 2]") == []
 
 
 # Places, sweeps and the transport on one fakeredis server.
@@ -143,8 +147,7 @@ class World:
         """(job, place) of each message in ``queue``, front first (the order workers take them)."""
         out = []
         for raw in reversed(self.redis.lrange(queue, 0, -1)):
-            job = job_of(raw)
-            assert job is not None
+            (job,) = jobs_of(raw)
             place = self.redis.zscore(keys.pending(queue), job)
             assert place is not None, f"job {job} waits in the line without a place"
             out.append((job, place))
@@ -413,3 +416,32 @@ def test_leases_are_stamped_and_judged_by_redis_clock_not_the_workers(
     world.channel.qos.restore_visible(num=10, interval=1)
     assert world.redis.zscore("unacked_index", message.delivery_tag) is None
     assert len(world.tags()) == 1
+
+
+def test_a_bulk_messages_jobs_leave_the_line_together_and_a_lost_ones_come_back_each_on_its_own(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsupload.tasks import enqueue as enqueue_module
+
+    monkeypatch.setattr(enqueue_module, "SPREAD", 1)
+    env = {"WSUPLOAD_QUEUE": QUEUE, "WSUPLOAD_BULK_QUEUE": BULK, "WSUPLOAD_JOBS_PER_MESSAGE": "2"}
+    world.enqueuer.settings = Settings.from_env(env)
+    a, b, c, d, e, f = (job.job_id for job in world.enqueuer.enqueue_batch([f"/m/{n}.png" for n in "abcdef"]).jobs)
+    assert world.pending(BULK) == {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6}
+
+    first = world.take(BULK)
+    assert (world.pending(BULK), world.last_taken(BULK)) == ({c: 3, d: 4, e: 5, f: 6}, 2)
+    world.channel.qos.restore_by_tag(first.delivery_tag)  # expired: back to the front, both jobs one place
+    assert world.pending(BULK) == {a: 1, b: 1, c: 3, d: 4, e: 5, f: 6}
+    assert world.sweep(at=0) is not None
+    assert world.redis.hkeys(keys.suspects(BULK)) == []  # waiting at the front: accounted for
+
+    world.take(BULK)
+    world.redis.rpop(BULK)  # c and d: BRPOP took their message, Redis was killed before it was recorded
+    world.take(BULK)  # e and f
+    world.sweep(at=0)
+    report = world.sweep(at=GRACE)
+    assert report is not None
+    assert sorted(report.redelivered) == sorted([c, d])
+    assert sorted(job for raw in world.redis.lrange(BULK, 0, -1) for job in jobs_of(raw)) == sorted([c, d])
+    assert {json.loads(raw)["headers"]["task"] for raw in world.redis.lrange(BULK, 0, -1)} == {"wsupload.upload"}
