@@ -1,11 +1,11 @@
 """Bulk messages against one message per job: jobs/s and CPU per job, side by side in one run (issue 11).
 
-Measures the prototype ``wsupload.upload_many`` (``tasks/upload_many.py``): one
-Celery message carrying K jobs, each job still claimed, fenced, recorded and
-ended on its own. K = 1 is today's path (``wsupload.upload``, one message per
-job, enqueued by ``Producer.enqueue``); K = 8 and 32 are enqueued by
-``bulk_round.py``'s prototype producer. Beside them, in the same rounds, the
-direct thread pool of requests sessions (``baselines.py direct``).
+Measures bulk messages (``wsupload.upload_many``, ``tasks/upload_many.py``): one
+Celery message carrying up to K jobs, each job still claimed, fenced, recorded
+and ended on its own. Every K enqueues the files as one batch through the shipped
+producer with ``WSUPLOAD_JOBS_PER_MESSAGE=K`` (``bulk_round.py``): K = 1 is one
+``wsupload.upload`` message per job, 32 the default. Beside them, in the same
+rounds, the direct thread pool of requests sessions (``baselines.py direct``).
 
 Two workloads, each with its own redis-server, sandbox and one ``wsupload
 worker`` (this checkout's, its threads pool):
@@ -24,8 +24,7 @@ divided by the jobs; the direct pool's CPU is its own process's. Medians over
 The ``kill`` check (``--only kill``): one message of 16 jobs, two workers, the one
 running it SIGKILLed once 5 jobs have ended; says whether every job ended once.
 
-Figures, the profile beside them, and what a production version still needs:
-``benchmarks/BULK.md``. Run: ``python -m benchmarks.bulk [--jobs N] [--rounds N]
+Figures and the profile beside them: ``benchmarks/BULK.md``. Run: ``python -m benchmarks.bulk [--jobs N] [--rounds N]
 [--only throughput,zero,kill]``.
 """
 
@@ -54,15 +53,14 @@ from benchmarks.bulk_round import enqueue_many
 from benchmarks.leases import EndedCounter, within
 from benchmarks.overhead import clean_env
 from benchmarks.run import KEY, Row, baseline, make_media, sandbox, table
-from wsupload import Producer, Settings
 from wsupload.worker.dev.local_services import start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROUND_SCRIPT = HERE / "bulk_round.py"
 ROOT = HERE.parent
 PER_MESSAGE = (1, 8, 32)
-WORKER = "import sys, benchmarks.bulk_task; from wsupload.worker.cli import main; sys.exit(main())"
-"""``wsupload worker`` with the prototype task registered beside the shipped ones (``@shared_task``)."""
+WORKER = "import sys; from wsupload.worker.cli import main; sys.exit(main())"
+"""``wsupload worker``, as this venv runs it."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,7 @@ def rows(load: Workload, count: int, samples: dict[str, Samples]) -> list[Row]:
     out: list[Row] = []
     for k in PER_MESSAGE:
         mine = samples[str(k)]
-        what = "today: wsupload.upload" if k == 1 else "prototype wsupload.upload_many"
+        what = "wsupload.upload" if k == 1 else "wsupload.upload_many"
         cores = statistics.median(mine.cores)
         out.append(
             Row(
@@ -223,9 +221,9 @@ def kill_check(work: Path, cap: float = 60.0) -> str:
             app = Celery(broker=redis_server.url)
             wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= 2, 60, what="both workers to answer")
             app.close()
-            producer = Producer(Settings.from_env({"REDIS_URL": redis_server.url}))
+            os.environ["REDIS_URL"] = redis_server.url
             ended = stack.enter_context(EndedCounter(redis_server.url))
-            job_ids = enqueue_many(producer, files, KILL_JOBS)
+            producer, job_ids = enqueue_many(files, KILL_JOBS, spread=1)
             wait_until(lambda: len(ended.counts) >= KILL_AFTER, cap, interval=0.02, what="jobs to end")
             docs = [doc for doc in producer.status(job_ids) if doc and doc["status"] == "running"]
             holder = [w for w in workers if docs and f"wsupload-{w.pid}@" in str(docs[0].get("worker"))]

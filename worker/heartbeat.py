@@ -35,10 +35,10 @@ import redis
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker import state
 
-from wsupload.config.settings import UPLOAD_TASK_NAME, Settings
-from wsupload.tasks import keys
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
+from wsupload.tasks import keys, lease
 from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import job_id_of
+from wsupload.tasks.messages import UPLOAD_TASKS, bulk_jobs_in, job_id_of
 from wsupload.tasks.results import isoformat, utcnow
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
 
@@ -82,23 +82,30 @@ def pool_name(pool_cls: object) -> str:
     return next((alias for alias, target in aliases.items() if target == path), path)
 
 
-def running(active: Iterable[Any], reserved: Iterable[Any]) -> Running:
+def running(active: Iterable[Any], reserved: Iterable[Any], leased: Iterable[str] = ()) -> Running:
     """The jobs among Celery's requests: executing (``active``) and taken but not started (reserved, not active).
 
     A job is named by its ``job_id`` argument (else its task id, as the consumer
-    does); a request of another task is listed by its task name.
+    does); a bulk message's running job is the one its lease names (``leased``: the
+    job ids of this process's lease book), and each of its jobs is listed as waiting
+    while the message is; a request of another task is listed by its task name.
     """
     active = list(active)
     started = {id(request) for request in active}
+    jobs = _job_ids(r for r in active if _name(r) == UPLOAD_TASK_NAME)
+    jobs += [job_id for job_id in leased if job_id not in jobs]
+    waiting = [r for r in reserved if _name(r) in UPLOAD_TASKS and id(r) not in started]
     return Running(
-        jobs=tuple(_job_ids(r for r in active if _is_upload(r))),
-        waiting=tuple(_job_ids(r for r in reserved if _is_upload(r) and id(r) not in started)),
-        other_tasks=tuple(clip(str(getattr(r, "name", "?"))) for r in active if not _is_upload(r)),
+        jobs=tuple(jobs),
+        waiting=tuple(_job_ids(r for r in waiting if _name(r) == UPLOAD_TASK_NAME))
+        + tuple(job for r in waiting if _name(r) == UPLOAD_MANY_TASK_NAME for job in bulk_jobs_in(r.args)),
+        other_tasks=tuple(clip(str(_name(r) or "?")) for r in active if _name(r) not in UPLOAD_TASKS),
     )
 
 
-def _is_upload(request: Any) -> bool:
-    return getattr(request, "name", None) == UPLOAD_TASK_NAME
+def _name(request: Any) -> str | None:
+    name = getattr(request, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def _job_ids(requests: Iterable[Any]) -> list[str]:
@@ -121,7 +128,7 @@ def worker_requests() -> Running | None:
     active, reserved = _copy(state.active_requests), _copy(state.reserved_requests)
     if active is None or reserved is None:
         return None
-    return running(active, reserved)
+    return running(active, reserved, [held.job_id for held in lease.BOOK.all()])
 
 
 class Heartbeat:

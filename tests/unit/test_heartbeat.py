@@ -60,6 +60,14 @@ def test_running_names_each_upload_by_its_job_and_other_tasks_by_name() -> None:
     assert running([], []) == Running()
 
 
+def test_a_bulk_message_shows_the_job_its_lease_names_running_and_all_its_jobs_while_it_waits() -> None:
+    running_bulk = FakeRequest("m1", [[["job-1", "/a"], ["job-2", "/b"]]], name="wsupload.upload_many")
+    waiting_bulk = FakeRequest("m2", [[["job-3", "/c"], ["job-4", "/d"]]], name="wsupload.upload_many")
+    single = FakeRequest("job-5", ["job-5", "/e"])
+    found = running([running_bulk, single], [running_bulk, waiting_bulk, single], leased=["job-2", "job-5"])
+    assert found == Running(jobs=("job-5", "job-2"), waiting=("job-3", "job-4"))
+
+
 def test_celerys_state_is_read_from_the_worker_state_sets(monkeypatch: pytest.MonkeyPatch) -> None:
     import weakref
 
