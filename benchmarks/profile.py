@@ -1,8 +1,8 @@
 """Where a worker's CPU goes per job on the queue path: py-spy samples, summed by what the code was doing.
 
 Starts a private redis-server, a zero-latency sandbox and one worker (the one
-``benchmarks/bulk.py`` starts: this checkout, ``--concurrency`` threads, the
-prototype ``wsupload.upload_many`` registered), runs a warm-up round, then
+``benchmarks/bulk.py`` starts: this checkout, ``--concurrency`` threads), runs a
+warm-up round, then
 samples the worker with ``py-spy record --gil --threads`` (only the thread
 holding the GIL, so a sample is Python code running, not waiting) during one
 round of ``--jobs`` 10 KB files at ``--per-message`` jobs a message. Each
