@@ -53,12 +53,14 @@ from benchmarks.bulk_round import enqueue_many
 from benchmarks.leases import EndedCounter, within
 from benchmarks.overhead import clean_env
 from benchmarks.run import KEY, Row, baseline, make_media, sandbox, table
+from wsupload.config import Settings
 from wsupload.worker.dev.local_services import start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROUND_SCRIPT = HERE / "bulk_round.py"
 ROOT = HERE.parent
 PER_MESSAGE = (1, 8, 32)
+DEFAULT_PER_MESSAGE = Settings.from_env({}).jobs_per_message
 WORKER = "import sys; from wsupload.worker.cli import main; sys.exit(main())"
 """``wsupload worker``, as this venv runs it."""
 
@@ -169,6 +171,7 @@ def rows(load: Workload, count: int, samples: dict[str, Samples]) -> list[Row]:
     for k in PER_MESSAGE:
         mine = samples[str(k)]
         what = "wsupload.upload" if k == 1 else "wsupload.upload_many"
+        what += ", the default" if k == DEFAULT_PER_MESSAGE else ""
         cores = statistics.median(mine.cores)
         out.append(
             Row(

@@ -71,12 +71,8 @@ def all_finished(producer: Producer, job_ids: list[str]) -> list[JobDoc] | None:
 
 def assert_counted_once(producer: Producer, batch_id: str) -> None:
     counters = producer.redis.hgetall(keys.batch(batch_id))
-    assert [counters[f] for f in (b"total", b"done", b"succeeded", b"failed")] == [
-        b"%d" % JOBS,
-        b"%d" % JOBS,
-        b"%d" % JOBS,
-        b"0",
-    ]
+    total = str(JOBS).encode()
+    assert [counters[f] for f in (b"total", b"done", b"succeeded", b"failed")] == [total, total, total, b"0"]
 
 
 def test_a_worker_sigkilled_mid_message_its_unfinished_jobs_complete_elsewhere_the_finished_are_not_sent_again(

@@ -1,10 +1,14 @@
 """Unit-test fixtures: fakeredis only, no network."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
 
+from wsupload.config import Settings
+from wsupload.tasks import runtime
+from wsupload.tasks.job import JobRunner
 from wsupload.tasks.results import ResultStore
 
 
@@ -18,3 +22,13 @@ def redis_client() -> Iterator[fakeredis.FakeRedis]:
 @pytest.fixture
 def store(redis_client: fakeredis.FakeRedis) -> ResultStore:
     return ResultStore(redis_client, ttl=3600)
+
+
+def install_runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch, client: Any, **env: str) -> JobRunner:
+    """A runner on ``store`` and ``client`` made the process's own, as a worker's tasks find it (``tasks.runtime``)."""
+    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key", **env})
+    job = JobRunner(settings=settings, store=store, client=client)
+    here = runtime.Runtime(settings)
+    here.store, here.runner = store, job  # what the cached properties would build, made here
+    monkeypatch.setattr(runtime, "current", lambda: here)
+    return job

@@ -9,6 +9,7 @@ import pytest
 import redis
 from celery.exceptions import Reject
 
+from tests.unit.conftest import install_runner
 from wsupload.config import Settings
 from wsupload.tasks import runtime
 from wsupload.tasks import upload as upload_module
@@ -27,12 +28,7 @@ class NoClient:
 
 @pytest.fixture
 def runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunner:
-    settings = Settings.from_env({"WAVESPEED_API_KEY": "sk-task-shell-key"})
-    job = JobRunner(settings=settings, store=store, client=NoClient())
-    here = runtime.Runtime(settings)
-    here.store, here.runner = store, job  # what the cached properties would build, made here
-    monkeypatch.setattr(runtime, "current", lambda: here)
-    return job
+    return install_runner(store, monkeypatch, NoClient())
 
 
 def failing(*args: Any, **kwargs: Any) -> JobFailed:
