@@ -9,8 +9,8 @@ another worker claimed the job cannot overwrite that worker's outcome, and a
 batch never counts a job twice: the first terminal write also sets the key to
 ``done``, after which nothing writes and no one claims.
 
-A delivery on the Redis broker claims only while its message's lease is still in
-kombu's unacked index: once its lease has expired (its worker was paused, or cut off)
+A delivery on the Redis broker, when that is the results Redis, claims only while its
+message's lease is still in kombu's unacked index: once its lease has expired (its worker was paused, or cut off)
 the message may be running elsewhere, and a late claim would take the job from
 under that delivery and then stop, leaving the job held by no one.
 

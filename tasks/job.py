@@ -166,9 +166,9 @@ class JobRunner:
         with that tag): the job runs under it instead of a lease of its own, so a lease
         lost during one job stops the jobs after it.
 
-        On the Redis broker the claim takes the job only while the delivery's lease is in
-        kombu's index; once it is gone (another delivery may run the message) this raises
-        ``LeaseLost`` having claimed nothing.
+        Where the broker is the results Redis, the claim takes the job only while the
+        delivery's lease is in kombu's index; once it is gone (another delivery may run the
+        message) this raises ``LeaseLost`` having claimed nothing.
         """
         # A local file opens in microseconds and, with no fleet limit to wait for, its first
         # attempt starts at once: the claim writes that attempt's document in the same round
@@ -182,7 +182,8 @@ class JobRunner:
             )
         if held is not None:
             held.check_held()
-        lease_tag = tag if tag and not self.settings.broker_is_amqp else ""
+        # kombu's lease index lives in the broker's Redis: checked only where that is the results Redis.
+        lease_tag = tag if tag and self.settings.effective_broker_url == self.settings.redis_url else ""
         claim = self.store.claim(job_id, first, lease_tag)
         if claim.lease_gone:
             raise LeaseLost(f"job {job_id}: its message's lease expired before the job was claimed; not run here")

@@ -151,6 +151,11 @@ def shown_json(value: object) -> str:
         return repr(value)
 
 
+def is_upload_task(task: object) -> bool:
+    """Whether a message's ``task`` header (any JSON value a producer sent) names a task that carries jobs."""
+    return isinstance(task, str) and task in UPLOAD_TASKS
+
+
 def jobs_named(headers: object) -> list[str]:
     """The jobs an upload message's headers name: its task id for ``wsupload.upload``, the
     ``wsupload_jobs`` header for ``wsupload.upload_many``; none for any other message, or for

@@ -11,17 +11,22 @@ re-runs only the jobs that had not ended.
 The jobs run under one lease, the message's (``tasks.lease``), kept in the book for
 the whole message and re-armed for each job: the renewer keeps it while the running
 job shows signs of life, and a lease lost or handed back during one job stops the
-jobs after it. The claim takes a job only while the message's lease is in kombu's
-index (``tasks.fencing``), so a delivery that was paused past its lease claims
-nothing more. The message stops when:
+jobs after it. Where kombu's index is in the results Redis (the broker is ``REDIS_URL``), the
+claim takes a job only while the message's lease is in it (``tasks.fencing``), so a
+delivery that was paused past its lease claims nothing more. The message stops when:
 
 - its lease is lost or handed back (``LeaseLost``): the message is already back on
   its queue, or running elsewhere;
 - the worker is stopping (SIGTERM) before its next job: the message goes back to its
   queue (``Reject`` with requeue) and the jobs not started run on another worker;
-- Redis cannot record an outcome now: likewise back to its queue.
+- Redis cannot record an outcome now: likewise back to its queue;
+- another delivery claimed one of its jobs after it (``Superseded``): the message goes
+  back to its queue rather than leave that job to a delivery that may stop;
+- an interactive job waits (``interactive_waiting``): the jobs not started go back to the
+  bulk queue, so interactive jobs still overtake a bulk backlog by a job, not a message.
 
-A job another delivery holds (``Superseded``) is left to it; the message goes on.
+Any path that would acknowledge the message while Redis refuses writes sends it back
+instead: acknowledged, its jobs not ended yet would be in no queue and never end.
 Bulk messages run on the Redis broker only: on RabbitMQ each of a bulk message's
 jobs ends ``failed`` (``invalid_message``) saying so.
 """
@@ -29,15 +34,19 @@ jobs ends ``failed`` (``invalid_message``) saying so.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
 
-from wsupload.config.settings import UPLOAD_MANY_TASK_NAME
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, Settings
 from wsupload.tasks import lease
-from wsupload.tasks.errors import InternalError, InvalidMessage
+from wsupload.tasks.errors import InternalError, InvalidMessage, UploadError
 from wsupload.tasks.fencing import Superseded
+from wsupload.tasks.job import JobRunner
 from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import Refused, UploadCall, bulk_jobs_in, read_upload_many
@@ -62,11 +71,11 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
         ids = bulk_jobs_in(args)
         log.error("a %s message that cannot run: %s; ending its %d named job(s)", UPLOAD_MANY_TASK_NAME, exc, len(ids))
         for job_id in ids:
-            job.fail(job_id, "", exc)
+            fail_or_requeue(job, job_id, "", exc)
         return
     if job.settings.broker_is_amqp:
         for verdict in verdicts:
-            job.fail(verdict.job_id, verdict.source, ON_RABBITMQ)
+            fail_or_requeue(job, verdict.job_id, verdict.source, ON_RABBITMQ)
         return
     tag = delivery_tag(self.request, None, amqp=False)
     grace = job.settings.connect_timeout + job.settings.read_timeout + job.settings.lease
@@ -80,15 +89,55 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
                     len(verdicts) - number,
                 )
                 raise Reject("the worker is stopping", requeue=True)
+            if number and interactive_waiting(job.settings, self.request):
+                log.info(
+                    "message %s: an interactive job waits; its %d job(s) not started go back to the bulk queue",
+                    self.request.id,
+                    len(verdicts) - number,
+                )
+                raise Reject("an interactive job waits", requeue=True)
             if not run_one(self, verdict, tag, message):
                 return
 
 
+LOOK_EVERY = 0.02
+"""Seconds between two looks of this process at the interactive queue (one LLEN) from bulk messages."""
+_next_look = 0.0
+_look_lock = threading.Lock()
+
+
+def interactive_waiting(settings: Settings, request: Any) -> bool:
+    """Whether an interactive job waits while this bulk message runs: it then yields its thread.
+
+    Workers serve ``WSUPLOAD_QUEUE`` first, but a bulk message holds its thread for all its
+    jobs: without yielding, an interactive job would wait for a whole message. One look
+    per ``LOOK_EVERY`` per process (whichever thread is due), only for messages from the
+    bulk queue, only where the queues are in the results Redis; an error is "no".
+    """
+    global _next_look
+    if settings.effective_broker_url != settings.redis_url:
+        return False
+    if (request.delivery_info or {}).get("routing_key") != settings.bulk_queue:
+        return False
+    now = time.monotonic()
+    with _look_lock:
+        if now < _next_look:
+            return False
+        _next_look = now + LOOK_EVERY
+    try:
+        return bool(runner().store.redis.llen(settings.queue))
+    except redis.RedisError:
+        return False
+
+
 def run_one(self: Task[Any, Any], verdict: UploadCall | Refused, tag: str | None, message: lease.JobLease) -> bool:
-    """Run one job of the message; False when the message must stop here (its lease is gone)."""
+    """Run one job of the message; False when the message must stop here (its lease is gone).
+
+    Raises ``Reject`` (with requeue) when the message must go back to its queue.
+    """
     job = runner()
     if isinstance(verdict, Refused):
-        job.fail(verdict.job_id, verdict.source, verdict.error)
+        fail_or_requeue(job, verdict.job_id, verdict.source, verdict.error)
         return True
     try:
         job.run_delivery(
@@ -98,18 +147,35 @@ def run_one(self: Task[Any, Any], verdict: UploadCall | Refused, tag: str | None
         log.warning("%s; this delivery of message %s stops", exc, self.request.id)
         return False
     except Superseded as exc:
-        log.warning("%s; this message goes on with its next job", exc)
-        return True
+        # Another delivery claimed the job after this one. Going on without it could leave it
+        # with no one, if that delivery then stops; back on the queue, the message runs again
+        # and its jobs that have ended are no-ops (bounded by WSUPLOAD_MAX_DELIVERIES).
+        log.warning("%s; its message goes back to the queue", exc)
+        raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
-        if cannot_record_now(exc):
-            log.error(
-                "job %s: Redis unreachable or refusing writes (%s); requeueing its message",
-                verdict.job_id,
-                clip(str(exc)),
-            )
-            raise Reject(str(exc), requeue=True) from None
+        requeue_if_unrecordable(verdict.job_id, exc)
         log.exception("job %s: internal error", verdict.job_id)
-        job.fail(verdict.job_id, verdict.source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+        error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+        fail_or_requeue(job, verdict.job_id, verdict.source, error)
     if verdict.options.callback_url:
         send_callback(verdict.job_id, verdict.options.callback_url, job.settings.queue)
     return True
+
+
+def fail_or_requeue(job: JobRunner, job_id: str, source: str, error: UploadError) -> None:
+    """End the job ``failed``; if Redis cannot record that now, send the message back (``Reject``).
+
+    Acknowledged instead, the message's jobs not ended yet would be in no queue and never end.
+    """
+    try:
+        job.fail(job_id, source, error)
+    except Exception as exc:
+        requeue_if_unrecordable(job_id, exc)
+        raise
+
+
+def requeue_if_unrecordable(job_id: str, exc: Exception) -> None:
+    """``Reject`` with requeue when ``exc`` says Redis will not take the job's writes for now."""
+    if cannot_record_now(exc):
+        log.error("job %s: Redis unreachable or refusing writes (%s); requeueing its message", job_id, clip(str(exc)))
+        raise Reject(str(exc), requeue=True) from None

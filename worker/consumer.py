@@ -26,8 +26,8 @@ from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
 from wsupload.tasks.errors import InvalidMessage
 from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import (
-    UPLOAD_TASKS,
     bulk_jobs_in,
+    is_upload_task,
     job_id_of,
     jobs_named,
     read_upload_call,
@@ -144,7 +144,7 @@ class Consumer(CeleryConsumer):
             reason,
             queue=info.get("routing_key"),
             job_ids=job_ids,
-            is_upload=headers.get("task") in UPLOAD_TASKS,
+            is_upload=is_upload_task(headers.get("task")),
         )
         if not message.acknowledged:
             message.ack_log_error(log, self.connection_errors)  # type: ignore[attr-defined]

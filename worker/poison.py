@@ -25,7 +25,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import UPLOAD_TASKS, jobs_named, valid_job_id
+from wsupload.tasks.messages import is_upload_task, jobs_named, valid_job_id
 
 log = logging.getLogger(__name__)
 Quarantine = Callable[..., None]
@@ -69,7 +69,7 @@ def envelope_jobs(payload: object) -> tuple[list[str], bool]:
     headers = payload.get("headers") if isinstance(payload, dict) else None
     if not isinstance(headers, dict):
         return [], False
-    if headers.get("task") in UPLOAD_TASKS:
+    if is_upload_task(headers.get("task")):
         return jobs_named(headers), True
     task_id = headers.get("id")
     return ([str(task_id)] if valid_job_id(task_id) else []), False

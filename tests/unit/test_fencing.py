@@ -288,3 +288,15 @@ def test_a_bulk_messages_jobs_share_its_lease_and_its_loss(store: ResultStore, t
             runner.run_delivery("j3", str(png), tag="m", held=message)
     assert client.calls == 2
     assert store.redis.get(keys.generation("j3")) is None
+
+
+def test_with_a_broker_apart_from_the_results_the_claim_cannot_see_the_leases_and_does_not_ask(
+    store: ResultStore, tmp_path: Path
+) -> None:
+    """kombu's lease index is in the broker's Redis: looked for in the results Redis, every job would stop unrun."""
+    png = tmp_path / "a.png"
+    png.write_bytes(png_bytes())
+    env = {"WAVESPEED_API_KEY": "sk-fencing", "WSUPLOAD_BROKER_URL": "redis://broker.internal:6379/0"}
+    runner = JobRunner(settings=Settings.from_env(env), store=store, client=CountingClient())
+    doc = runner.run("j", str(png), worker="w1", tag="tag-in-the-brokers-index")
+    assert (doc["status"], doc["generation"]) == ("succeeded", 1)

@@ -165,3 +165,16 @@ def test_the_consumer_moves_a_bulk_message_aside_naming_every_job_it_can() -> No
     forged = {**good["headers"], "wsupload_jobs": ["j9"]}
     problem = message_problem(kombu_message(forged, body), known)
     assert problem == ("the wsupload_jobs header does not list the message's jobs in order", ["j9", "j1", "j2"])
+
+
+@pytest.mark.parametrize("task", [["wsupload.upload"], {"a": 1}, 7, None])
+def test_a_task_header_of_any_json_type_is_read_without_raising(task: object) -> None:
+    from wsupload.worker.poison import envelope_jobs
+
+    envelope = json.loads(wire.upload_message("job-1", "/a.png", "q"))
+    envelope["headers"]["task"] = task
+    assert envelope_jobs(envelope) == (["job-1"], False)  # another task's id, maybe a job's: not an upload
+    message = kombu_message(envelope["headers"], base64.b64decode(envelope["body"]))
+    problem = message_problem(message, {**KNOWN, UPLOAD_MANY_TASK_NAME: object()})
+    assert problem is not None
+    assert problem[1] == []  # not an upload: its task id is no job's

@@ -1,15 +1,17 @@
 """The bulk task shell (``wsupload.upload_many``): its stop rules; one job's fate apart from the rest."""
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
 from wsupload.tasks import upload_many as bulk_module
 from wsupload.tasks.fencing import Superseded
-from wsupload.tasks.job import Outcome
+from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
@@ -50,12 +52,9 @@ def test_each_job_ends_on_its_own_and_a_bad_source_fails_only_its_job(
     assert client.calls == 2
 
 
-def test_a_lost_lease_stops_the_message_and_a_job_held_elsewhere_is_skipped(
-    store: ResultStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    runner = install_runner(store, monkeypatch, CountingClient())
+def deliveries(runner: JobRunner, monkeypatch: pytest.MonkeyPatch, fates: dict[str, Exception]) -> list[str]:
+    """``run_delivery`` replaced: each job succeeds unless ``fates`` names what it raises; returns the jobs run."""
     seen: list[str] = []
-    fates: dict[str, Exception] = {"j2": Superseded("job j2: delivery 1 may no longer write"), "j3": LeaseLost("lost")}
 
     def deliver(job_id: str, *args: Any, **kwargs: Any) -> Outcome:
         seen.append(job_id)
@@ -64,10 +63,44 @@ def test_a_lost_lease_stops_the_message_and_a_job_held_elsewhere_is_skipped(
         return Outcome({"job_id": job_id, "status": "succeeded"}, ended_here=True)
 
     monkeypatch.setattr(runner, "run_delivery", deliver)
-    run(["j1", "/a.png"], ["j2", "/b.png"], ["j3", "/c.png"], ["j4", "/d.png"])
-    assert seen == ["j1", "j2", "j3"]  # j2 is another delivery's; after j3's lost lease nothing more is claimed
-    assert "this message goes on with its next job" in caplog.text
-    assert "lost; this delivery of message" in caplog.text
+    return seen
+
+
+def test_a_lost_lease_stops_the_message_there(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = install_runner(store, monkeypatch, CountingClient())
+    seen = deliveries(runner, monkeypatch, {"j2": LeaseLost("job j2: lost")})
+    run(["j1", "/a.png"], ["j2", "/b.png"], ["j3", "/c.png"])  # raises nothing: the message is back on its queue
+    assert seen == ["j1", "j2"]
+    assert "job j2: lost; this delivery of message" in caplog.text
+
+
+def test_a_job_another_delivery_claimed_sends_the_message_back_rather_than_leave_it(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = install_runner(store, monkeypatch, CountingClient())
+    seen = deliveries(runner, monkeypatch, {"j2": Superseded("job j2: delivery 1 may no longer write")})
+    with pytest.raises(Reject) as caught:
+        run(["j1", "/a.png"], ["j2", "/b.png"], ["j3", "/c.png"])
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert seen == ["j1", "j2"]
+
+
+def test_a_failure_redis_cannot_record_sends_the_message_back_instead_of_stranding_the_rest(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = install_runner(store, monkeypatch, CountingClient())
+    seen = deliveries(runner, monkeypatch, {})
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(runner, "fail", down)
+    with pytest.raises(Reject) as caught:
+        run(["j1", 42], ["j2", "/b.png"])  # j1's source is refused: its failure cannot be written
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert seen == []
 
 
 def test_a_stopping_worker_sends_the_jobs_not_started_back(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +138,37 @@ def test_a_message_that_cannot_run_ends_every_job_it_names(store: ResultStore, m
     doc = store.get("j1")
     assert doc is not None
     assert (doc["status"], doc["error"]["kind"]) == ("failed", "invalid_message")
+
+
+def test_a_bulk_message_yields_its_thread_when_an_interactive_job_waits(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = install_runner(store, monkeypatch, CountingClient())
+    settings = runner.settings
+    seen = deliveries(runner, monkeypatch, {})
+    monkeypatch.setattr(bulk_module, "_next_look", 0.0)
+    store.redis.lpush(settings.queue, "an interactive job's message")
+    bulk_module.upload_many.push_request(delivery_info={"routing_key": settings.bulk_queue})
+    try:
+        with pytest.raises(Reject) as caught:
+            run(["j1", "/a.png"], ["j2", "/b.png"], ["j3", "/c.png"])
+    finally:
+        bulk_module.upload_many.pop_request()
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert seen == ["j1"]  # the first job always runs: every delivery makes progress
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "waiting", "answer"), [("bulk", 1, True), ("bulk", 0, False), ("interactive", 1, False)]
+)
+def test_only_a_message_from_the_bulk_queue_looks_and_at_most_once_per_interval(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, routing_key: str, waiting: int, answer: bool
+) -> None:
+    settings = install_runner(store, monkeypatch, CountingClient()).settings
+    monkeypatch.setattr(bulk_module, "_next_look", 0.0)
+    for _ in range(waiting):
+        store.redis.lpush(settings.queue, "m")
+    queue = settings.bulk_queue if routing_key == "bulk" else settings.queue
+    request = SimpleNamespace(delivery_info={"routing_key": queue})
+    assert bulk_module.interactive_waiting(settings, request) is answer
+    assert bulk_module.interactive_waiting(settings, request) is False  # looked a moment ago
