@@ -22,7 +22,7 @@ touching nothing, and one that cannot record its outcome in Redis waits for Redi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task, shared_task
@@ -112,7 +112,13 @@ def run_upload(
     except UploadError as exc:  # InvalidMessage or InvalidInput, with a job to record it in
         job_id = job_id_of(args, kwargs, self.request.id)
         assert job_id is not None
-        raise_if_failed_here(job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc))
+        try:
+            outcome = job.fail(job_id, shown(kwargs.get("source", args[1] if len(args) > 1 else "")), exc)
+        except redis.RedisError as failed:
+            if not cannot_record_now(failed):
+                raise
+            requeue_for_redis(job, job_id, tag, failed)  # acknowledged, the job would stay queued for good
+        raise_if_failed_here(outcome)
         return
     job_id, source = call.job_id, call.source
     amqp = job.settings.broker_is_amqp
@@ -132,27 +138,7 @@ def run_upload(
         return
     except Exception as exc:
         if isinstance(exc, redis.RedisError) and cannot_record_now(exc):
-            # Without a Redis that takes writes the outcome cannot be recorded: hand the
-            # message back so the job runs again, rather than vanish or end "failed".
-            # (Acknowledged early on RabbitMQ: its owed entry, no longer renewed, brings it back.)
-            acked_early = owed.EARLY.pop(tag) is not None
-            if not amqp or acked_early:  # (acknowledged early, the reject does nothing: no need to hold it)
-                log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
-                raise Reject(str(exc), requeue=True) from None
-            budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
-            log.error(
-                "job %s: Redis unreachable or refusing writes (%s); requeueing once it takes writes"
-                " again, or in %.0f s",
-                job_id,
-                clip(str(exc)),
-                budget,
-            )
-            # RabbitMQ delivers a requeued message again at once: without this pause every
-            # worker would loop on it, and a quorum queue's delivery-limit would drop it.
-            redis_wait.wait_for_writes(
-                lambda: redis_wait.takes_writes(job.store.redis), budget=budget, stopping=worker_stopping
-            )
-            raise Reject(str(exc), requeue=True) from None
+            requeue_for_redis(job, job_id, tag, exc)
         # Before the job ran (run() records its own internal errors), or Redis refused it for good.
         log.exception("job %s: internal error", job_id)
         outcome = job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
@@ -160,6 +146,31 @@ def run_upload(
     if call.options.callback_url:
         send_callback(job_id, call.options.callback_url, job.settings.queue)
     raise_if_failed_here(outcome)
+
+
+def requeue_for_redis(job: JobRunner, job_id: str, tag: str | None, exc: redis.RedisError) -> NoReturn:
+    """Without a Redis that takes writes the outcome cannot be recorded: hand the message back
+    (``Reject`` with requeue) so the job runs again, rather than vanish or end "failed".
+
+    Acknowledged early on RabbitMQ, its owed entry (no longer renewed) brings it back.
+    """
+    acked_early = owed.EARLY.pop(tag) is not None
+    if not job.settings.broker_is_amqp or acked_early:  # (acknowledged early, the reject does nothing)
+        log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
+        raise Reject(str(exc), requeue=True) from None
+    budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
+    log.error(
+        "job %s: Redis unreachable or refusing writes (%s); requeueing once it takes writes again, or in %.0f s",
+        job_id,
+        clip(str(exc)),
+        budget,
+    )
+    # RabbitMQ delivers a requeued message again at once: without this pause every
+    # worker would loop on it, and a quorum queue's delivery-limit would drop it.
+    redis_wait.wait_for_writes(
+        lambda: redis_wait.takes_writes(job.store.redis), budget=budget, stopping=worker_stopping
+    )
+    raise Reject(str(exc), requeue=True) from None
 
 
 def worker_stopping() -> bool:

@@ -48,9 +48,15 @@ from wsupload.tasks.errors import InternalError, InvalidMessage, UploadError
 from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import Refused, UploadCall, bulk_jobs_in, read_upload_many
-from wsupload.tasks.upload import cannot_record_now, delivery_tag, runner, send_callback, worker_stopping
+from wsupload.tasks.upload import (
+    cannot_record_now,
+    delivery_tag,
+    requeue_for_redis,
+    runner,
+    send_callback,
+    worker_stopping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +159,7 @@ def run_one(self: Task[Any, Any], verdict: UploadCall | Refused, tag: str | None
         log.warning("%s; its message goes back to the queue", exc)
         raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
-        requeue_if_unrecordable(verdict.job_id, exc)
+        requeue_if_unrecordable(job, verdict.job_id, exc)
         log.exception("job %s: internal error", verdict.job_id)
         error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
         fail_or_requeue(job, verdict.job_id, verdict.source, error)
@@ -170,12 +176,11 @@ def fail_or_requeue(job: JobRunner, job_id: str, source: str, error: UploadError
     try:
         job.fail(job_id, source, error)
     except Exception as exc:
-        requeue_if_unrecordable(job_id, exc)
+        requeue_if_unrecordable(job, job_id, exc)
         raise
 
 
-def requeue_if_unrecordable(job_id: str, exc: Exception) -> None:
+def requeue_if_unrecordable(job: JobRunner, job_id: str, exc: Exception) -> None:
     """``Reject`` with requeue when ``exc`` says Redis will not take the job's writes for now."""
-    if cannot_record_now(exc):
-        log.error("job %s: Redis unreachable or refusing writes (%s); requeueing its message", job_id, clip(str(exc)))
-        raise Reject(str(exc), requeue=True) from None
+    if isinstance(exc, redis.RedisError) and cannot_record_now(exc):
+        requeue_for_redis(job, job_id, None, exc)

@@ -131,6 +131,18 @@ def test_losing_redis_hands_the_message_back(
     assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
 
 
+def test_a_refused_job_whose_failure_redis_cannot_record_is_handed_back_not_left_queued(
+    runner: JobRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(runner, "fail", down)
+    with pytest.raises(Reject) as caught:
+        upload_module.upload.run("j1", 42)  # a source that is no string: the job ends failed, if Redis lets it
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+
+
 STOPS = [LeaseLost("job j1: handed back"), Superseded("job j1: delivery 1 may no longer write")]
 
 
