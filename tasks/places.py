@@ -3,9 +3,9 @@
 kombu's Redis transport takes a message off its queue list (BRPOP) and records it
 as unacked in a second round trip; a Redis killed, or a worker dying, in between
 loses it. So every upload message pushed onto a queue list ``Q`` gives its job (a
-bulk message: each of its jobs) a *place* (an integer score in ``keys.pending(Q)``), such that the
-placed messages in ``Q``, read from the end workers take from (BRPOP pops the
-right end), are always in ascending place order:
+bulk message: each of its jobs) a *place* (an integer score in ``keys.pending(Q)``),
+such that the placed messages in ``Q``, read from the end workers take from (BRPOP
+pops the right end), are always in ascending place order:
 
 - a push to the back of the line (LPUSH: enqueueing, a requeue after a reject or
   at shutdown, the sweep's redelivery) takes the next value of ``keys.place_counter(Q)``

@@ -11,9 +11,10 @@ re-runs only the jobs that had not ended.
 The jobs run under one lease, the message's (``tasks.lease``), kept in the book for
 the whole message and re-armed for each job: the renewer keeps it while the running
 job shows signs of life, and a lease lost or handed back during one job stops the
-jobs after it. Where kombu's index is in the results Redis (the broker is ``REDIS_URL``), the
-claim takes a job only while the message's lease is in it (``tasks.fencing``), so a
-delivery that was paused past its lease claims nothing more. The message stops when:
+jobs after it. Where kombu's index is in the results Redis (the broker is
+``REDIS_URL``), the claim takes a job only while the message's lease is in it
+(``tasks.fencing``), so a delivery paused past its lease claims nothing more. The
+message stops when:
 
 - its lease is lost or handed back (``LeaseLost``): the message is already back on
   its queue, or running elsewhere;
