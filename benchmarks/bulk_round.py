@@ -4,7 +4,7 @@
 shipped one (``Producer.enqueue_batch``, deduplication off so every job uploads)
 with ``WSUPLOAD_JOBS_PER_MESSAGE=K``: K = 1 is one ``wsupload.upload`` message per
 job, K > 1 ``wsupload.upload_many`` messages of up to K jobs (a batch of 1,000
-spreads over at least 32 messages, so K = 32 carries 31). Prints
+spreads evenly over a multiple of 32 messages: K = 32 carries 31 or 32). Prints
 ``{"cpu": seconds, "seconds": seconds}`` for the producer's own process.
 """
 

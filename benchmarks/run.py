@@ -687,7 +687,7 @@ NOTES = """
   CPU per job (the "K job(s) a message" rows, a batch of 1,000 enqueued as a user would,
   beside one message per job and the direct pool in the same rounds;
   `benchmarks/BULK.md` has the profile and the redelivery check). K = 32 was chosen over
-  8 for the zero-latency CPU figure; the spread of at least 32 messages a call keeps one
+  8 for the zero-latency CPU figure; an even split over a multiple of 32 messages keeps one
   worker's threads busy. gevent was not taken: it needs monkey-patching before
   anything is imported and would stall every upload while one hashes a file for dedup. A thread
   costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.

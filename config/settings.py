@@ -408,8 +408,8 @@ class Settings:
         parse_int,
         "32",
         "Most jobs a bulk enqueue (batches, ingestion, scheduled runs) puts in one message on the"
-        " Redis broker, spreading a call over at least 32 messages (one per thread of a worker at"
-        " the default concurrency). Each job keeps its own document, lease, generation and outcome;"
+        " Redis broker, spreading a call evenly over a multiple of 32 messages (one per thread of a"
+        " worker at the default concurrency). Each job keeps its own document, lease, generation and outcome;"
         " a message's jobs run one after another on one thread. Lower it when more threads serve"
         " the bulk queue than a call has messages; 1: one message per job. Interactive jobs and"
         " RabbitMQ always send one message per job.",

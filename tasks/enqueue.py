@@ -17,7 +17,7 @@ which run inside workers.
 
 A bulk call (``bulk=True``: batches, ingestion, scheduled runs) on the Redis broker
 puts up to ``WSUPLOAD_JOBS_PER_MESSAGE`` jobs in one ``wsupload.upload_many``
-message (``jobs_per_message``): Celery's and kombu's work per message is then
+message (``message_sizes``): Celery's and kombu's work per message is then
 shared by those jobs, while each keeps its own document, lease, generation and
 outcome (``tasks.upload``).
 
@@ -40,6 +40,7 @@ without a document.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -64,8 +65,8 @@ from wsupload.tasks.results import ResultStore
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
 SPREAD = 32
-"""Messages a bulk call spreads over at the least (one per thread of a worker at the default
-concurrency) before ``WSUPLOAD_JOBS_PER_MESSAGE`` puts several jobs in one."""
+"""A bulk call spreads over a multiple of this many messages (one per thread of a worker at
+the default concurrency) before ``WSUPLOAD_JOBS_PER_MESSAGE`` puts several jobs in one."""
 STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
@@ -218,19 +219,53 @@ def redis_reason(exc: BaseException) -> str:
     return clip(text or type(exc).__name__, REASON_CHARS)
 
 
-def jobs_per_message(jobs: int, most: int) -> int:
-    """How many of a bulk call's ``jobs`` go in one message: up to ``most``, keeping ``SPREAD`` messages."""
-    return max(1, min(most, jobs // SPREAD))
+def message_sizes(jobs: int, most: int) -> list[int]:
+    """How many of a bulk call's ``jobs`` each message carries, in order.
+
+    At most ``most`` a message, sizes differing by one at most, in a number of messages
+    that is a multiple of ``SPREAD`` (one job each when there are no more jobs than that):
+    each wave of a worker's threads gets messages of about one length, so no thread is
+    left with a longer tail than the others.
+    """
+    if most <= 1 or jobs <= SPREAD:
+        return [1] * jobs
+    count = -(-jobs // most)
+    count = min(jobs, -(-count // SPREAD) * SPREAD)
+    small, larger = divmod(jobs, count)
+    return [small + 1] * larger + [small] * (count - larger)
 
 
-def messages(jobs: Sequence[Job], queue: str, options: dict[str, Any] | None, per: int) -> list[str]:
-    """The messages carrying ``jobs`` in order: one each, or bulk messages of ``per`` (the last may carry fewer)."""
-    if per == 1:
-        return [wire.upload_message(job.job_id, job.source, queue, options) for job in jobs]
+def in_messages(jobs: Sequence[Job], sizes: Sequence[int]) -> list[list[Job]]:
+    """``jobs`` cut into consecutive messages of ``sizes``."""
+    ends = list(itertools.accumulate(sizes))
+    return [list(jobs[end - size : end]) for size, end in zip(sizes, ends, strict=True)]
+
+
+def in_chunks(groups: list[list[Job]], limit: int) -> list[list[list[Job]]]:
+    """Consecutive messages, at most ``limit`` jobs a chunk: a message is never cut in two."""
+    chunks: list[list[list[Job]]] = [[]]
+    held = 0
+    for group in groups:
+        if held and held + len(group) > limit:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(group)
+        held += len(group)
+    return chunks
+
+
+def messages(groups: Sequence[Sequence[Job]], queue: str, options: dict[str, Any] | None) -> list[str]:
+    """One message per group of jobs: ``wsupload.upload`` for one job, ``wsupload.upload_many`` for more."""
     return [
-        wire.upload_many_message([(job.job_id, job.source) for job in jobs[i : i + per]], queue, options)
-        for i in range(0, len(jobs), per)
+        wire.upload_message(group[0].job_id, group[0].source, queue, options)
+        if len(group) == 1
+        else wire.upload_many_message([(job.job_id, job.source) for job in group], queue, options)
+        for group in groups
     ]
+
+
+def _flat(groups: Sequence[Sequence[Job]]) -> list[Job]:
+    return [job for group in groups for job in group]
 
 
 def _doc(job: Job, now: datetime, batch: _BatchRecords | None, options: dict[str, Any] | None) -> str:
@@ -307,21 +342,21 @@ class Enqueuer:
                 " document and its message are written in one transaction); unset it, or set it to REDIS_URL"
             )
         queue = self.settings.bulk_queue if bulk else self.settings.queue
-        per = jobs_per_message(len(jobs), self.settings.jobs_per_message) if bulk else 1
+        sizes = message_sizes(len(jobs), self.settings.jobs_per_message) if bulk else [1] * len(jobs)
         now = results.utcnow()
         token = batch.batch_id if batch else uuid.uuid4().hex
-        size = max(per, CHUNK - CHUNK % per)  # a chunk's jobs fill whole messages
-        *staged, last = list(results.chunks(jobs, size)) or [[]]
+        *staged, last = in_chunks(in_messages(jobs, sizes), CHUNK)
         stages: list[str] = []
+        done = 0
         try:
             for chunk in staged:
                 stages.append(staging_key(token, len(stages)))
-                self._stage(stages[-1], chunk, messages(chunk, queue, options, per), now, batch, options)
+                self._stage(stages[-1], _flat(chunk), messages(chunk, queue, options), now, batch, options)
+                done += len(_flat(chunk))
         except redis.RedisError as exc:
-            done = size * (len(stages) - 1)
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
-        last_messages = messages(last, queue, options, per)
-        keys, args = self._commit_arguments(jobs, last, stages, queue, last_messages, now, batch, options)
+        last_messages = messages(last, queue, options)
+        keys, args = self._commit_arguments(jobs, _flat(last), stages, queue, last_messages, now, batch, options)
         self._run_commit(self._commit, keys, args, keys[1], jobs, stages, batch)
 
     def _run_commit(

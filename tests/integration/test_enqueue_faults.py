@@ -98,7 +98,7 @@ def fill_up_before(producer: Producer, step: str, call: int) -> None:
 
 @pytest.mark.parametrize(
     ("step", "call", "when"),
-    [("_stage", 1, "after staging 1984 of 5000 jobs"), ("_commit", 0, "while committing 5000 jobs")],
+    [("_stage", 1, "after staging 1993 of 5000 jobs"), ("_commit", 0, "while committing 5000 jobs")],
     ids=["staging", "commit"],
 )
 def test_a_batch_that_does_not_fit_leaves_nothing_behind(

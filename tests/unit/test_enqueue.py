@@ -120,21 +120,23 @@ def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(
 def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_place(
     redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(enqueue_module, "CHUNK", 5)  # staged chunks of 4 jobs (whole messages), then the last
+    monkeypatch.setattr(enqueue_module, "CHUNK", 5)  # staged chunks of whole messages: 2+2, then 2+1+1, then 1
     monkeypatch.setattr(enqueue_module, "SPREAD", 2)
     env = {"WSUPLOAD_QUEUE": QUEUE, "WSUPLOAD_BULK_QUEUE": BULK, "WSUPLOAD_JOBS_PER_MESSAGE": "2"}
     enqueuer = Enqueuer(Settings.from_env(env), redis_client)
     batch = enqueuer.enqueue_batch([f"/m/{n}.png" for n in range(9)], options={"callback_url": "https://cb/x"})
     messages = [json.loads(raw) for raw in reversed(redis_client.lrange(BULK, 0, -1))]  # in the order taken
-    carried = [[args for args in json.loads(base64.b64decode(m["body"]))[0][0]] for m in messages]
+    bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
     ids = [j.job_id for j in batch.jobs]
-    assert [len(jobs) for jobs in carried] == [2, 2, 2, 2, 1]
-    assert [job for jobs in carried for job, _ in jobs] == ids
-    assert [m["headers"]["wsupload_jobs"] for m in messages] == [[job for job, _ in jobs] for jobs in carried]
-    assert {m["headers"]["task"] for m in messages} == {"wsupload.upload_many"}
-    assert all(
-        json.loads(base64.b64decode(m["body"]))[1]["options"]["callback_url"] == "https://cb/x" for m in messages
-    )
+    bulk, single = messages[:3], messages[3:]  # 9 jobs: 6 messages (a multiple of SPREAD) of 2 or 1
+    carried = [body[0][0] for body in bodies[:3]]
+    assert [[job for job, _ in jobs] for jobs in carried] == [ids[0:2], ids[2:4], ids[4:6]]
+    assert [m["headers"]["wsupload_jobs"] for m in bulk] == [ids[0:2], ids[2:4], ids[4:6]]
+    assert {m["headers"]["task"] for m in bulk} == {"wsupload.upload_many"}
+    assert [(m["headers"]["task"], body[0][0]) for m, body in zip(single, bodies[3:], strict=True)] == [
+        ("wsupload.upload", job) for job in ids[6:]
+    ]
+    assert all(body[1]["options"]["callback_url"] == "https://cb/x" for body in bodies)
     assert places(redis_client, BULK) == {job: n for n, job in enumerate(ids, 1)}
     assert [doc and doc["status"] for doc in enqueuer.store.get_many(ids)] == ["queued"] * 9
     assert redis_client.ttl(results.result_key(ids[0])) > STAGING_TTL  # committed, not staged
@@ -142,10 +144,20 @@ def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_p
 
 
 @pytest.mark.parametrize(
-    ("jobs", "most", "per"), [(1, 32, 1), (63, 32, 1), (64, 32, 2), (1000, 32, 31), (10**5, 32, 32), (10**5, 1, 1)]
+    ("jobs", "most", "sizes"),
+    [
+        (1, 32, [1]),
+        (32, 32, [1] * 32),
+        (33, 32, [2] + [1] * 31),  # 32 messages: one per thread of a worker
+        (1000, 32, [32] * 8 + [31] * 24),  # not 32 of 31 and a short 33rd
+        (10_000, 32, [32] * 80 + [31] * 240),  # 320 messages: ten waves of 32
+        (10_000, 1, [1] * 10_000),
+    ],
 )
-def test_a_bulk_call_keeps_a_message_per_thread_of_one_worker(jobs: int, most: int, per: int) -> None:
-    assert enqueue_module.jobs_per_message(jobs, most) == per
+def test_a_bulk_call_splits_into_even_messages_a_multiple_of_a_workers_threads(
+    jobs: int, most: int, sizes: list[int]
+) -> None:
+    assert enqueue_module.message_sizes(jobs, most) == sizes
 
 
 def test_interactive_jobs_go_one_to_a_message(
