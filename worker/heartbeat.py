@@ -41,6 +41,7 @@ from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import UPLOAD_TASKS, bulk_jobs_in, job_id_of
 from wsupload.tasks.results import isoformat, utcnow
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
+from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,11 @@ class Heartbeat:
         self.stopping = False
         """Set from the shutdown signal handler: a plain attribute, no lock, so it is safe there."""
         self._last = Running()
-        self._failing = False
+        self._streak = FailureStreak(
+            log,
+            "heartbeat: cannot write this worker's record (%s: %s); trying again every %g s",
+            "heartbeat: writing this worker's record again",
+        )
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -187,20 +192,9 @@ class Heartbeat:
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now.timestamp() - INDEX_HORIZON)
             pipe.execute()
         except Exception as exc:  # whatever it is, the worker carries on: the next beat tries again
-            if not self._failing:
-                self._failing = True
-                expected = isinstance(exc, redis.RedisError | OSError)
-                log.warning(
-                    "heartbeat: cannot write this worker's record (%s: %s); trying again every %g s",
-                    type(exc).__name__,
-                    clip(str(exc)),
-                    self.interval,
-                    exc_info=not expected,
-                )
+            self._streak.failed(exc, self.interval)
             return False
-        if self._failing:
-            self._failing = False
-            log.info("heartbeat: writing this worker's record again")
+        self._streak.succeeded()
         return True
 
     def start(self) -> None:

@@ -38,9 +38,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from wsupload.config.settings import Settings
 from wsupload.tasks import telemetry
-from wsupload.tasks.limits import clip
 from wsupload.tasks.results import FAILED, SUCCEEDED
 from wsupload.worker.roster import connect
+from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class QueueDepth:
     def __init__(self, client: redis.Redis, queues: Sequence[str]) -> None:
         self.client = client
         self.queues = tuple(queues)
-        self._failing = False
+        self._streak = streak()
 
     def lengths(self) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
@@ -177,18 +177,10 @@ class QueueDepth:
         try:
             lengths = self.lengths()
         except Exception as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "metrics: cannot read the queue depths (%s: %s); left out until Redis answers",
-                    type(exc).__name__,
-                    clip(str(exc)),
-                )
+            self._streak.failed(exc)
             up.add_metric([], 0)
             return [depth, up]
-        if self._failing:
-            self._failing = False
-            log.info("metrics: reading the queue depths again")
+        self._streak.succeeded()
         for queue, length in zip(self.queues, lengths, strict=True):
             depth.add_metric([queue], int(length))
         up.add_metric([], 1)
@@ -202,13 +194,23 @@ class QueueDepth:
         )
 
 
+def streak() -> FailureStreak:
+    """A scrape that cannot read the depths: one line (no traceback) per streak."""
+    return FailureStreak(
+        log,
+        "metrics: cannot read the queue depths (%s: %s); left out until Redis answers",
+        "metrics: reading the queue depths again",
+        expected=(Exception,),
+    )
+
+
 class AmqpQueueDepth(QueueDepth):
     """On RabbitMQ: the messages ready on each queue (a passive declare each, on a connection per scrape)."""
 
     def __init__(self, url: str, queues: Sequence[str]) -> None:
         self.url = url
         self.queues = tuple(queues)
-        self._failing = False
+        self._streak = streak()
 
     def lengths(self) -> list[int]:
         from wsupload.tasks.publisher import ready_messages

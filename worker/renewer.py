@@ -43,6 +43,7 @@ from wsupload.tasks.limits import clip
 from wsupload.tasks.rate_limit import RENEW_SLOTS, SLOT_LEASES
 from wsupload.worker import redis_transport
 from wsupload.worker.roster import connect
+from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +102,20 @@ class Renewer:
         self.held = held
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failing = False
+        self._streak = FailureStreak(
+            log, "leases: cannot renew (%s: %s); trying again every %.3g s", "leases: renewing again"
+        )
         self._silent: set[str] = set()
         self._renew = client.register_script(RENEW)
         self._slots = (slots or client).register_script(RENEW_SLOTS)
 
     def _round_failed(self, exc: Exception) -> int:
         """A round that failed renewed nothing: said once per streak (the next round is the retry)."""
-        if not self._failing:
-            self._failing = True
-            log.warning(
-                "leases: cannot renew (%s: %s); trying again every %.3g s",
-                type(exc).__name__,
-                clip(str(exc)),
-                self.interval,
-                exc_info=not isinstance(exc, redis.RedisError | OSError),
-            )
+        self._streak.failed(exc, self.interval)
         return 0
 
     def _round_succeeded(self) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("leases: renewing again")
+        self._streak.succeeded()
 
     def renew(self) -> int:
         """Renew once; how many leases were renewed (0 after a failure, logged once per streak)."""

@@ -24,16 +24,15 @@ import os
 import threading
 from typing import Any
 
-import redis
 from celery.signals import worker_ready, worker_shutdown
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.limits import clip
 from wsupload.tasks.owed_sweep import OwedSweep
 from wsupload.tasks.publisher import Publisher
 from wsupload.tasks.results import ResultStore
 from wsupload.tasks.sweep import Sweep
 from wsupload.worker.roster import connect
+from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class Sweeper:
 
     def __init__(self, sweep: Sweep | OwedSweep) -> None:
         self.sweep = sweep
-        self._failing = False
+        self._streak = FailureStreak(log, "sweep: failed (%s: %s); trying again every %g s", "sweep: sweeping again")
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,20 +93,9 @@ class Sweeper:
         try:
             self.sweep.sweep()
         except Exception as exc:  # whatever it is, the worker carries on: the next sweep tries again
-            if not self._failing:
-                self._failing = True
-                expected = isinstance(exc, redis.RedisError | OSError)
-                log.warning(
-                    "sweep: failed (%s: %s); trying again every %g s",
-                    type(exc).__name__,
-                    clip(str(exc)),
-                    self.sweep.interval,
-                    exc_info=not expected,
-                )
+            self._streak.failed(exc, self.sweep.interval)
             return False
-        if self._failing:
-            self._failing = False
-            log.info("sweep: sweeping again")
+        self._streak.succeeded()
         return True
 
     def start(self) -> None:
