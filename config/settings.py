@@ -503,6 +503,11 @@ class Settings:
         return self.broker_url or self.redis_url
 
     @property
+    def broker_is_results_redis(self) -> bool:
+        """Messages and results share one Redis (the broker is ``REDIS_URL``): kombu's keys sit beside ours."""
+        return self.effective_broker_url == self.redis_url
+
+    @property
     def broker_is_amqp(self) -> bool:
         """RabbitMQ is the broker (``WSUPLOAD_BROKER_URL=amqp://…``); results stay in Redis either way."""
         return is_amqp_url(self.broker_url)

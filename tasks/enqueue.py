@@ -333,8 +333,7 @@ class Enqueuer:
         if self.settings.broker_is_amqp:
             self._push_owed(jobs, bulk=bulk, options=options, batch=batch)
             return
-        apart = self.settings.broker_url
-        if apart and apart != self.settings.redis_url:
+        if not self.settings.broker_is_results_redis:
             # The commit writes documents and messages in one Redis transaction; messages
             # written to REDIS_URL would never reach workers that consume another Redis.
             raise ConfigError(
@@ -351,8 +350,9 @@ class Enqueuer:
         try:
             for chunk in staged:
                 stages.append(staging_key(token, len(stages)))
-                self._stage(stages[-1], _flat(chunk), messages(chunk, queue, options), now, batch, options)
-                done += len(_flat(chunk))
+                chunk_jobs = _flat(chunk)
+                self._stage(stages[-1], chunk_jobs, messages(chunk, queue, options), now, batch, options)
+                done += len(chunk_jobs)
         except redis.RedisError as exc:
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
         last_messages = messages(last, queue, options)

@@ -183,7 +183,7 @@ class JobRunner:
         if held is not None:
             held.check_held()
         # kombu's lease index lives in the broker's Redis: checked only where that is the results Redis.
-        lease_tag = tag if tag and self.settings.effective_broker_url == self.settings.redis_url else ""
+        lease_tag = tag if tag and self.settings.broker_is_results_redis else ""
         claim = self.store.claim(job_id, first, lease_tag)
         if claim.lease_gone:
             raise LeaseLost(f"job {job_id}: its message's lease expired before the job was claimed; not run here")

@@ -122,7 +122,7 @@ def interactive_waiting(settings: Settings, request: Any) -> bool:
     bulk queue, only where the queues are in the results Redis; an error is "no".
     """
     global _next_look
-    if settings.effective_broker_url != settings.redis_url:
+    if not settings.broker_is_results_redis:
         return False
     if (request.delivery_info or {}).get("routing_key") != settings.bulk_queue:
         return False

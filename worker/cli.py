@@ -338,7 +338,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     depths = None
     if settings.broker_is_amqp and settings.broker_url:
         depths = _rabbitmq_depths(settings.broker_url)
-    elif settings.effective_broker_url != settings.redis_url:
+    elif not settings.broker_is_results_redis:
         broker = roster.connect(settings.effective_broker_url, timeout=PROBE_TIMEOUT)
 
     def lines() -> list[str]:

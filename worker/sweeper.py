@@ -68,7 +68,7 @@ def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
             owner=owner,
         )
     broker = connect(settings.effective_broker_url, timeout=timeout)
-    results = broker if settings.effective_broker_url == settings.redis_url else connect(settings.redis_url, timeout)
+    results = broker if settings.broker_is_results_redis else connect(settings.redis_url, timeout)
     return Sweep(
         broker,
         ResultStore(results, settings.result_ttl),
