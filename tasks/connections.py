@@ -14,6 +14,9 @@ connections to the sentinels get the same socket timeouts and retry, capped at
 ``SENTINEL_TIMEOUT`` so that one sentinel host that does not answer cannot hold up
 asking the next. When no sentinel names a master, the error says so in one short
 line, each sentinel and what it answered (redis-py's own repeats every client's repr).
+
+``PerThread`` gives each of the worker's upload threads a client holding one
+connection of a shared pool, for the calls every job makes.
 """
 
 from __future__ import annotations
@@ -81,3 +84,28 @@ class Sentinels(Sentinel):
                 return str(state["ip"]), int(state["port"])
             said.append(f"{where}: " + ("monitors no master of that name" if not state else "holds the master down"))
         raise MasterNotFoundError(f"no sentinel names a master {service_name!r} ({'; '.join(said)})")
+
+
+class PerThread:
+    """A client per thread, each holding one connection of ``client``'s pool: ``per_thread()`` is this thread's.
+
+    For the worker's upload threads, where every job makes the same few calls (its claim
+    and its outcome, one Lua call each). redis-py 8 spends about as much CPU taking a
+    connection from its pool and giving it back (a lock, its observability hooks) as on
+    the call itself: a thread that keeps its own skips that. A call on it behaves as one
+    on ``client``: same connection settings and retries, a reconnect after an error, the
+    Sentinel's master found again. The client is built at a thread's first call (it
+    connects then, so a Redis that is down fails that call as any other would), and its
+    connection goes back to the pool when the thread ends. The threads, a bounded pool
+    (``WSUPLOAD_CONCURRENCY``), bound the connections held.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._local = threading.local()
+
+    def __call__(self) -> redis.Redis:
+        held: redis.Redis | None = getattr(self._local, "client", None)
+        if held is None:
+            held = self._local.client = redis.Redis(connection_pool=self._pool, single_connection_client=True)
+        return held

@@ -29,6 +29,7 @@ the caller checks what it wrote and writes its own document when it differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -172,10 +173,15 @@ class Claim:
 
 
 class Fencing:
-    """The claim and save scripts, registered once on a client."""
+    """The claim and save scripts, registered once on a client.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``here``: the client a call from this thread goes through (``connections.PerThread``);
+    ``client`` itself if not given.
+    """
+
+    def __init__(self, client: redis.Redis, here: Callable[[], redis.Redis] | None = None) -> None:
         self._client = client
+        self.here = here or (lambda: client)
         self._claim = client.register_script(CLAIM)
         self._save = client.register_script(SAVE)
 
@@ -195,11 +201,11 @@ class Fencing:
         args: list[str | int] = [ttl, tag]
         if first is not None:
             args += [first.max_deliveries, first.max_attempts, first.started_at, first.worker, event, batch_prefix]
-        generation, stored, *written = self._claim(keys=claim_keys, args=args)
+        generation, stored, *written = self._claim(keys=claim_keys, args=args, client=self.here())
         return Claim(int(generation), stored, written[0] if written else None)
 
     def save(self, save_keys: list[str], args: list[str | int]) -> int:
-        return int(self._save(keys=save_keys, args=args))
+        return int(self._save(keys=save_keys, args=args, client=self.here()))
 
     def save_replicated(self, save_keys: list[str], args: list[str | int], timeout: float) -> tuple[int, int]:
         """``save``, then ``WAIT 1`` up to ``timeout`` s: (the save's answer, how many replicas have the write).

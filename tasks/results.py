@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import redis
 
 from wsupload.tasks import keys
+from wsupload.tasks.connections import PerThread
 from wsupload.tasks.errors import UploadError
 from wsupload.tasks.fencing import Claim, Fencing, FirstAttempt, Superseded
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
@@ -212,13 +213,20 @@ class ResultStore:
     """Reads and writes result documents; publishes each status change."""
 
     def __init__(
-        self, client: redis.Redis, ttl: int, clock: Callable[[], float] = time.time, replica_wait: float = 0.0
+        self,
+        client: redis.Redis,
+        ttl: int,
+        clock: Callable[[], float] = time.time,
+        replica_wait: float = 0.0,
+        per_thread: bool = False,
     ) -> None:
         self.redis = client
         self.ttl = ttl
         self.clock = clock
         """Unix time, for the minute a job that ends is counted in (``keys.stats``)."""
-        self.fencing = Fencing(client)
+        self.fencing = Fencing(client, PerThread(client) if per_thread else None)
+        """With ``per_thread`` (the worker's upload threads), claims and saves go through a
+        connection each thread holds (``connections.PerThread``): ``fencing.here()``."""
         self.replica_wait = replica_wait
         """Seconds a terminal write waits for one replica to have it (``WSUPLOAD_REPLICA_WAIT``); 0: not at all."""
         self._unconfirmed = False

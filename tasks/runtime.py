@@ -33,7 +33,8 @@ class Runtime:
 
     @cached_property
     def store(self) -> ResultStore:
-        return ResultStore(self.redis, self.settings.result_ttl, replica_wait=self.settings.replica_wait)
+        settings = self.settings
+        return ResultStore(self.redis, settings.result_ttl, replica_wait=settings.replica_wait, per_thread=True)
 
     @cached_property
     def runner(self) -> JobRunner:

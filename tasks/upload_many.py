@@ -132,7 +132,7 @@ def interactive_waiting(settings: Settings, request: Any) -> bool:
             return False
         _next_look = now + LOOK_EVERY
     try:
-        return bool(runner().store.redis.llen(settings.queue))
+        return bool(runner().store.fencing.here().llen(settings.queue))
     except redis.RedisError:
         return False
 

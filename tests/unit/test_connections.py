@@ -1,6 +1,7 @@
 """One factory turns every Redis URL into a client; a Sentinel URL gives a client of the master it names.
 
-No I/O: redis-py connects lazily, so what is checked is what each client would connect with.
+No I/O: redis-py connects lazily, so what is checked is what each client would connect with;
+``PerThread``'s held connections are fakeredis's.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import concurrent.futures
 import threading
 from typing import Any, cast
 
+import fakeredis
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
-from wsupload.tasks.connections import SENTINEL_TIMEOUT, Sentinels, redis_client
+from wsupload.tasks.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, redis_client
 from wsupload.worker.roster import connect
 
 URL = "redis+sentinel://app:pw@s1:26379,s2:26380/mymaster/4?sentinel_password=spw"
@@ -133,3 +135,38 @@ def test_threads_finding_the_master_at_once_keep_every_sentinel() -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(lambda _: find(), range(8))) == {("10.0.0.5", 6380)}
     assert sorted(id(s) for s in sentinels.sentinels) == sorted(id(s) for s in fakes)
+
+
+def test_per_thread_gives_each_thread_its_own_held_connection_of_the_shared_pool() -> None:
+    shared = fakeredis.FakeRedis()
+    here = PerThread(shared)
+    mine = here()
+    mine.set("written", "by the first thread")
+    theirs: list[redis.Redis] = []
+    seen: list[bytes | None] = []
+
+    def other_thread() -> None:
+        theirs.extend([here(), here()])
+        seen.append(cast(bytes | None, theirs[0].get("written")))
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert here() is mine  # the same thread: the same client, its connection held
+    assert theirs[0] is theirs[1]
+    assert theirs[0] is not mine
+    assert mine.connection is not None
+    assert mine.connection is not theirs[0].connection
+    assert mine.connection_pool is shared.connection_pool
+    assert seen == [b"by the first thread"]
+
+
+def test_a_threads_held_connection_goes_back_to_the_pool_when_the_thread_ends() -> None:
+    shared = fakeredis.FakeRedis()
+    here = PerThread(shared)
+    thread = threading.Thread(target=lambda: here().ping())
+    thread.start()
+    thread.join()
+    pool = cast(Any, shared.connection_pool)
+    assert not pool._in_use_connections
+    assert len(pool._available_connections) == 1
