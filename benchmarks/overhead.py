@@ -13,7 +13,7 @@ A round enqueues ``jobs`` small files through the version's own ``Producer``
 for every job to succeed; its cost is the CPU time of the worker's process tree
 plus the producer's, divided by the jobs.
 
-Run alone: ``python -m benchmarks.overhead --before REF``.
+Run alone: ``python -m benchmarks.overhead --before REF [--bulk]``.
 """
 
 from __future__ import annotations
@@ -113,11 +113,11 @@ def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterato
         version.redis.stop()
 
 
-def one_round(version: Version, files: list[str], work: Path) -> tuple[float, float]:
-    """Run the files through ``version``; its (worker, producer) CPU seconds."""
+def one_round(version: Version, files: list[str], work: Path, bulk: bool = False) -> tuple[float, float]:
+    """Run the files through ``version``; its (worker, producer) CPU seconds. ``bulk``: as bulk jobs."""
     assert version.redis is not None
     before = version.cpu()
-    env = clean_env() | {"REDIS_URL": version.redis.url}
+    env = clean_env() | {"REDIS_URL": version.redis.url, "BENCH_BULK": "1" if bulk else "0"}
     out = subprocess.run(
         [version.python, str(ROUND_SCRIPT), *files], env=env, cwd=work, check=True, capture_output=True, text=True
     )
@@ -200,19 +200,21 @@ def compare(
     work: Path,
     rounds: int,
     floor_of: Version | None = None,
+    bulk: bool = False,
 ) -> list[Version]:
     """Alternate rounds between the versions; each keeps its per-job CPU samples (ms).
 
-    ``floor_of``: also measure that version's ``dispatch_floor`` once per round.
+    ``floor_of``: also measure that version's ``dispatch_floor`` once per round. ``bulk``:
+    the jobs go to the bulk queue (bulk messages, in versions that have them).
     """
     with ExitStack() as stack:
         for version in versions:
             stack.enter_context(running(version, sandbox_url, key, work))
         for version in versions:
-            one_round(version, files[:50], work)  # start-up, first connections, imports
+            one_round(version, files[:50], work, bulk)  # start-up, first connections, imports
         for _ in range(rounds):
             for version in versions:
-                worker, producer = one_round(version, files, work)
+                worker, producer = one_round(version, files, work, bulk)
                 version.samples.append((worker + producer) / len(files) * 1000)
                 version.worker_share.append(worker / len(files) * 1000)
             if floor_of is not None:
@@ -229,6 +231,7 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bulk", action="store_true", help="jobs to the bulk queue (bulk messages)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wsupload-overhead-") as tmp:
         work = Path(tmp)
@@ -236,7 +239,7 @@ def main() -> None:
         before = Version(f"before ({args.before})", install(args.before, work / "before"))
         now = Version("now", sys.executable)
         with sandbox() as url:
-            compare([before, now], files, url, KEY, work, args.rounds, floor_of=now)
+            compare([before, now], files, url, KEY, work, args.rounds, floor_of=now, bulk=args.bulk)
     for version in (before, now):
         runs = ", ".join(f"{s:.2f}" for s in version.samples)
         print(f"{version.label}: median {statistics.median(version.samples):.2f} ms/job ({runs})")

@@ -2,12 +2,15 @@
 
 Run by the interpreter of the version under test (``python producer_round.py FILE...``,
 ``REDIS_URL`` set), so the producer measured is that version's own. Uses only the
-producer API every version has. Prints ``{"cpu": seconds, "seconds": seconds}``.
+producer API every version has; with ``BENCH_BULK=1`` the jobs go to the bulk queue
+(``enqueue(..., bulk=True)``: bulk messages, in versions that have them). Prints
+``{"cpu": seconds, "seconds": seconds}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -21,7 +24,7 @@ except ImportError:  # a version from before the wsupload namespace
 def main(files: list[str]) -> None:
     producer = Producer(Settings.from_env())
     cpu, wall = time.process_time(), time.perf_counter()
-    jobs = producer.enqueue(files)
+    jobs = producer.enqueue(files, bulk=True) if os.environ.get("BENCH_BULK") == "1" else producer.enqueue(files)
     outcome = producer.wait([job.job_id for job in jobs], timeout=600)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     if not outcome.all_succeeded:
