@@ -14,8 +14,9 @@ or raises:
 
 A bulk message (``wsupload.upload_many``, built by ``tasks.wire.upload_many_message``)
 is read by ``read_upload_many``: an ``InvalidMessage`` for the message as a whole
-(its shape, or a ``wsupload_jobs`` header that does not list its jobs), else a
-verdict per job, so one job's bad source fails that job alone. ``jobs_named``
+(its shape, or a ``wsupload_jobs`` header that does not list its jobs:
+``check_upload_many``, all the consumer checks), else a verdict per job, so one
+job's bad source fails that job alone. ``jobs_named``
 reads the job ids a message's headers name, without decoding its body.
 
 Pure: no Redis, no Celery; property-tested with arbitrary JSON.
@@ -180,13 +181,14 @@ def bulk_jobs_in(args: object) -> list[str]:
     return [job_id for job_id in ids if valid_job_id(job_id)]
 
 
-def read_upload_many(args: object, kwargs: object, named: list[str] | None) -> list[UploadCall | Refused]:
-    """Each job of a bulk message: its call, or why it cannot run. ``named``: its ``wsupload_jobs``
-    header (None: not checked; the consumer has checked it).
+def check_upload_many(args: object, kwargs: object, named: list[str] | None) -> list[list[Any] | tuple[Any, ...]]:
+    """A bulk message's jobs, unread, if the message as a whole can run. ``named``: its
+    ``wsupload_jobs`` header (None: not checked; the consumer has checked it).
 
-    Raises ``InvalidMessage`` when the message as a whole is not
-    ``[[[job_id, source], …]]`` + ``{"options": …}`` with 1 to ``MAX_JOBS_PER_MESSAGE``
-    distinct, valid job ids listed in that order by the header.
+    Raises ``InvalidMessage`` when the message is not ``[[[job_id, source], …]]`` +
+    ``{"options": …}`` with 1 to ``MAX_JOBS_PER_MESSAGE`` distinct, valid job ids listed
+    in that order by the header. What it does not check (a job's source and options)
+    fails that job alone (``read_upload_many``), so the consumer checks no more than this.
     """
     if not (isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], list | tuple)):
         raise InvalidMessage("args must be [[[job_id, source], ...]] (one list of jobs)")
@@ -204,6 +206,14 @@ def read_upload_many(args: object, kwargs: object, named: list[str] | None) -> l
         raise InvalidMessage("a job appears twice in the message")
     if named is not None and ids != named:
         raise InvalidMessage(f"the {JOBS_HEADER} header does not list the message's jobs in order")
+    return list(items)
+
+
+def read_upload_many(args: object, kwargs: object, named: list[str] | None) -> list[UploadCall | Refused]:
+    """Each job of a bulk message: its call, or why it cannot run (``Refused``: one job's bad
+    source or options fail that job alone). Raises ``InvalidMessage`` as ``check_upload_many``."""
+    items = check_upload_many(args, kwargs, named)
+    assert isinstance(kwargs, dict)  # checked
     verdicts: list[UploadCall | Refused] = []
     for item in items:
         try:

@@ -84,7 +84,8 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
         for verdict in verdicts:
             fail_or_requeue(job, verdict.job_id, verdict.source, ON_RABBITMQ)
         return
-    tag = delivery_tag(self.request, None, amqp=False)
+    request = self.request  # a lookup in Celery's request stack: once, not once a job
+    tag = delivery_tag(request, None, amqp=False)
     grace = job.settings.connect_timeout + job.settings.read_timeout + job.settings.lease
     message = lease.JobLease(verdicts[0].job_id, tag, grace)
     with lease.holding(message):
@@ -92,18 +93,18 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
             if number and worker_stopping():
                 log.warning(
                     "message %s: the worker is stopping; its %d job(s) not started go back to the queue",
-                    self.request.id,
+                    request.id,
                     len(verdicts) - number,
                 )
                 raise Reject("the worker is stopping", requeue=True)
-            if number and interactive_waiting(job.settings, self.request):
+            if number and interactive_waiting(job.settings, request):
                 log.info(
                     "message %s: an interactive job waits; its %d job(s) not started go back to the bulk queue",
-                    self.request.id,
+                    request.id,
                     len(verdicts) - number,
                 )
                 raise Reject("an interactive job waits", requeue=True)
-            if not run_one(self, verdict, tag, message):
+            if not run_one(request, verdict, tag, message):
                 return
 
 
@@ -137,7 +138,7 @@ def interactive_waiting(settings: Settings, request: Any) -> bool:
         return False
 
 
-def run_one(self: Task[Any, Any], verdict: UploadCall | Refused, tag: str | None, message: lease.JobLease) -> bool:
+def run_one(request: Any, verdict: UploadCall | Refused, tag: str | None, message: lease.JobLease) -> bool:
     """Run one job of the message; False when the message must stop here (its lease is gone).
 
     Raises ``Reject`` (with requeue) when the message must go back to its queue.
@@ -148,10 +149,10 @@ def run_one(self: Task[Any, Any], verdict: UploadCall | Refused, tag: str | None
         return True
     try:
         job.run_delivery(
-            verdict.job_id, verdict.source, verdict.options, worker=self.request.hostname, tag=tag, held=message
+            verdict.job_id, verdict.source, verdict.options, worker=request.hostname, tag=tag, held=message
         )
     except LeaseLost as exc:
-        log.warning("%s; this delivery of message %s stops", exc, self.request.id)
+        log.warning("%s; this delivery of message %s stops", exc, request.id)
         return False
     except Superseded as exc:
         # Another delivery claimed the job after this one. Going on without it could leave it

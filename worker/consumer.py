@@ -27,11 +27,11 @@ from wsupload.tasks.errors import InvalidMessage
 from wsupload.tasks.limits import clip
 from wsupload.tasks.messages import (
     bulk_jobs_in,
+    check_upload_many,
     is_upload_task,
     job_id_of,
     jobs_named,
     read_upload_call,
-    read_upload_many,
 )
 from wsupload.worker.quarantine import Quarantine
 
@@ -75,7 +75,7 @@ def message_problem(message: Message, known_tasks: Any) -> Problem | None:
             pass
     if task == UPLOAD_MANY_TASK_NAME:
         try:
-            read_upload_many(body[0], body[1], job_ids)  # a job's bad source or options: its own outcome
+            check_upload_many(body[0], body[1], job_ids)  # a job's bad source or options: its own outcome
         except InvalidMessage as exc:
             return exc.message, list(dict.fromkeys([*job_ids, *bulk_jobs_in(body[0])]))
     return None

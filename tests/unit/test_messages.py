@@ -1,6 +1,7 @@
 """Reading a message's arguments and a stored document: any JSON in, a verdict or a whole document out."""
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from wsupload.tasks.messages import (
     Refused,
     UploadCall,
     bulk_jobs_in,
+    check_upload_many,
     job_id_of,
     jobs_named,
     read_upload_call,
@@ -166,9 +168,17 @@ def test_a_bulk_messages_jobs_are_read_each_on_its_own() -> None:
         (*bulk(["j1", "/a"], ["j2", "/b"]), ["j2", "j1"], "does not list"),
     ],
 )
-def test_a_bulk_message_that_cannot_run_says_why(args: object, kwargs: object, named: object, needle: str) -> None:
+@pytest.mark.parametrize("read", [check_upload_many, read_upload_many])
+def test_a_bulk_message_that_cannot_run_says_why(
+    read: Callable[..., object], args: object, kwargs: object, named: object, needle: str
+) -> None:
     with pytest.raises(InvalidMessage, match=needle):
-        read_upload_many(args, kwargs, named)  # type: ignore[arg-type]
+        read(args, kwargs, named)
+
+
+def test_the_consumers_check_leaves_a_jobs_bad_source_or_options_to_that_job() -> None:
+    args, kwargs = bulk(["j1", "/a.png"], ["j2", 42], ["j3", "/c.png", {"x": 1}])
+    assert check_upload_many(args, kwargs, ["j1", "j2", "j3"]) == args[0]
 
 
 def test_the_jobs_a_message_names_come_from_its_headers_alone() -> None:
