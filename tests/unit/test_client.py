@@ -1,6 +1,8 @@
-"""Interpreting upload answers, and the request the client sends (fake transport)."""
+"""Interpreting upload answers, and the request the client sends (fake transport; the cookie jar over loopback)."""
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +227,42 @@ def test_a_file_changed_mid_upload_raises_source_changed_before_the_body_ends(tm
         with pytest.raises(SourceChanged, match="changed while it was being uploaded"):
             client_with(adapter).upload(opened)
     assert adapter.read == b""  # nothing of the body was handed out: not even a complete file part
+
+
+def test_cookies_an_answer_sets_go_out_with_the_next_upload(tmp_path: Path) -> None:
+    """The client sends through the session's adapter, not Session.send: the jar must still take
+    what an answer sets (a load balancer's sticky cookie), as Session.send would. A real HTTP
+    exchange on loopback (stdlib server): the fake transport has no raw response to read them from."""
+    seen: list[str | None] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Cookie"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer = body({"code": 200, "message": "success", "data": DATA})
+            self.send_response(200)
+            self.send_header("Set-Cookie", f"lb=node-{len(seen)}; Path=/")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = tmp_path / "pic.png"
+    path.write_bytes(png_bytes())
+    client = UploadClient(
+        base_url=f"http://127.0.0.1:{server.server_port}", api_key="k", connect_timeout=5, read_timeout=5
+    )
+    try:
+        for _ in range(2):
+            with open_local(str(path)) as opened:
+                assert client.upload(opened) == DATA
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, "lb=node-1"]
