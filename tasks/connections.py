@@ -90,14 +90,15 @@ class PerThread:
     """A client per thread, each holding one connection of ``client``'s pool: ``per_thread()`` is this thread's.
 
     For the worker's upload threads, where every job makes the same few calls (its claim
-    and its outcome, one Lua call each). redis-py 8 spends about as much CPU taking a
-    connection from its pool and giving it back (a lock, its observability hooks) as on
-    the call itself: a thread that keeps its own skips that. A call on it behaves as one
-    on ``client``: same connection settings and retries, a reconnect after an error, the
-    Sentinel's master found again. The client is built at a thread's first call (it
-    connects then, so a Redis that is down fails that call as any other would), and its
-    connection goes back to the pool when the thread ends. The threads, a bounded pool
-    (``WSUPLOAD_CONCURRENCY``), bound the connections held.
+    and its outcome, one Lua call each). Taking a connection from redis-py 8's pool and
+    giving it back (a lock, its deprecation and observability wrappers) adds about half
+    again to such a call's CPU: a thread that keeps its own skips that. A call on it
+    behaves as one on ``client``: same connection settings and retries, a reconnect after
+    an error, a Sentinel's master found again after a failover
+    (``tests/integration/test_sentinel.py`` fails over under a worker). The client is built
+    at a thread's first call (it connects then, so a Redis that is down fails that call as
+    any other would), and its connection goes back to the pool when the thread ends. The
+    threads, a bounded pool (``WSUPLOAD_CONCURRENCY``), bound the connections held.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -108,4 +109,10 @@ class PerThread:
         held: redis.Redis | None = getattr(self._local, "client", None)
         if held is None:
             held = self._local.client = redis.Redis(connection_pool=self._pool, single_connection_client=True)
+        else:
+            # What the pool does at every checkout: a connection an error closed connects
+            # again through its own connect(), which for a Sentinel's asks where the master
+            # is now. (A command sent on it would reconnect to the address it had: a master
+            # that failed over.) A no-op while it is connected.
+            held.connection.connect()  # type: ignore[union-attr]
         return held

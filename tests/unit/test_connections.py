@@ -170,3 +170,17 @@ def test_a_threads_held_connection_goes_back_to_the_pool_when_the_thread_ends() 
     pool = cast(Any, shared.connection_pool)
     assert not pool._in_use_connections
     assert len(pool._available_connections) == 1
+
+
+def test_a_held_connection_that_an_error_closed_connects_again_before_the_next_call() -> None:
+    """As a pool checkout does, so that a Sentinel's connection asks where the master is now."""
+    shared = fakeredis.FakeRedis()
+    here = PerThread(shared)
+    held = here()
+    held.ping()
+    connection = held.connection
+    assert connection is not None
+    connection.disconnect()  # type: ignore[no-untyped-call]  # what redis-py does to a connection a call failed on
+    assert not connection.is_connected
+    assert here() is held
+    assert connection.is_connected
