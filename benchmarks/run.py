@@ -688,7 +688,12 @@ NOTES = """
   beside one message per job and the direct pool in the same rounds;
   `benchmarks/BULK.md` has the profile and the redelivery check). K = 32 was chosen over
   8 for the zero-latency CPU figure; an even split over a multiple of 32 messages keeps one
-  worker's threads busy. gevent was not taken: it needs monkey-patching before
+  worker's threads busy. Since the first full run with bulk messages (1.53x there), three
+  cuts on that path: the upload threads keep a Redis connection each (redis-py 8's pool
+  checkout added about half again to every claim and outcome call), uploads go through
+  the session's adapter instead of `Session.send`, and the consumer checks a bulk
+  message as a whole, leaving each job's reading to the task: 0.87x the CPU per job
+  before them (same run, `benchmarks.overhead --bulk`; `BULK.md`). gevent was not taken: it needs monkey-patching before
   anything is imported and would stall every upload while one hashes a file for dedup. A thread
   costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
@@ -703,9 +708,10 @@ NOTES = """
   header), kombu building a Redis client for every message's unacked bookkeeping, and the
   producer waking twice per job and reading each document back, now once from
   `wsupload:ended` (the three together: 0.79x against the commit before them).
-  Tried and dropped: hiredis (1.00x in a same-run comparison: replies here are a few
-  bytes), gevent (needs monkey-patching before anything is imported and
-  would stall every upload while one hashes a file for dedup), and one Lua call in
+  Tried and dropped: hiredis (1.00x in a same-run comparison, twice, the second with
+  the per-thread connections: replies here are a few bytes), gevent (needs
+  monkey-patching before anything is imported and would stall every upload while one
+  hashes a file for dedup), and one Lua call in
   place of the MULTI/EXEC for each document write (1.06x: no gain). Why it does not
   halve, from the last three rows: a job's CPU is Celery's and kombu's trip for the
   message (the "returns at once" row: fetch, unacked bookkeeping, hand-over to a pool
