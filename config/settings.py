@@ -10,7 +10,7 @@ configuration: it reads the rows in one loop (``config.variables``), turns each
 invalid value into one line naming the variable, and raises them all together, with
 the cross-field checks, as a ``ConfigError`` so a user fixes them in one go.
 Secrets (the API key, the callback secret) are kept out of ``repr`` and out of every
-message.
+message; in ``repr`` the Redis and broker URLs show their passwords masked.
 
 Why a table and not pydantic-settings (measured here with ``python -X importtime``):
 the ``config`` package imports in ~13 ms (~12 ms before the table), pydantic_settings
@@ -52,7 +52,7 @@ from wsupload.config.parsers import (
     parse_size,
 )
 from wsupload.config.redis_urls import masked
-from wsupload.config.variables import Variable, read_variables, setting, variables_of
+from wsupload.config.variables import Variable, read_variables, setting, settings_repr, variables_of
 
 __all__ = [
     "CALLBACK_TASK_NAME",
@@ -526,6 +526,10 @@ class Settings:
     def sweep_interval(self) -> float:
         """Seconds between sweeps for jobs whose message was lost (``tasks.sweep``)."""
         return max(1.0, self.lease / 2)
+
+    def __repr__(self) -> str:
+        """Every setting but the secrets; the Redis and broker URLs with their passwords masked."""
+        return settings_repr(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, worker: bool = False) -> Settings:

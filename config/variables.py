@@ -36,7 +36,8 @@ class Variable(Generic[T]):
     """Never shown: not in ``repr``, and a bad value is described without quoting it."""
     required_by_worker: bool = False
     display: Callable[[str], str] | None = None
-    """How a refused value is shown in its error line (a URL with its password masked); default: quoted."""
+    """How a value is shown in a refusal's error line and in ``settings_repr`` (a URL with its
+    password masked); default: quoted."""
     field: str = ""
     """The field it sets, filled in by ``variables_of`` once the class exists."""
 
@@ -113,6 +114,19 @@ def variables_of(cls: type[Any]) -> tuple[Variable[Any], ...]:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with setting(...)")
         rows.append(replace(f.metadata[_VARIABLE], field=f.name))
     return tuple(rows)
+
+
+def settings_repr(settings: Any) -> str:
+    """``repr`` of a dataclass declared with ``setting(...)``: no secret, and a value with a
+    ``display`` (a URL) shown through it, so no password reaches a log line or a traceback."""
+    shown = []
+    for variable in variables_of(type(settings)):
+        if variable.secret:
+            continue
+        value = getattr(settings, variable.field)
+        text = variable.display(value) if variable.display and isinstance(value, str) else repr(value)
+        shown.append(f"{variable.field}={text}")
+    return f"{type(settings).__name__}({', '.join(shown)})"
 
 
 def read_variables(

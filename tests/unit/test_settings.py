@@ -186,6 +186,22 @@ def test_no_secret_is_in_the_repr() -> None:
     assert {v.env for v in VARIABLES if v.secret} == {"WAVESPEED_API_KEY", "WSUPLOAD_CALLBACK_SECRET"}
 
 
+def test_the_repr_masks_the_passwords_of_the_redis_and_broker_urls() -> None:
+    s = Settings.from_env(
+        {
+            "REDIS_URL": "redis://:redis-pw-1@cache:6380/2",
+            "WSUPLOAD_BROKER_URL": "amqp://app:amqp-pw-2@mq:5672/jobs",
+            "WSUPLOAD_CONCURRENCY": "7",
+        }
+    )
+    shown = repr(s)
+    assert "redis-pw-1" not in shown
+    assert "amqp-pw-2" not in shown
+    assert "redis_url='redis://:***@cache:6380/2'" in shown
+    assert "broker_url='amqp://app:***@mq:5672/jobs'" in shown
+    assert "concurrency=7" in shown  # the rest as a dataclass shows it
+
+
 @pytest.mark.parametrize("lease", ["2", "6", "30", "600"])
 def test_a_lease_is_renewed_three_times_and_restored_within_it(lease: str) -> None:
     s = Settings.from_env({"WSUPLOAD_LEASE": lease})
