@@ -87,7 +87,7 @@ class Sentinels(Sentinel):
 
 
 class PerThread:
-    """A client per thread, each holding one connection of ``client``'s pool: ``per_thread()`` is this thread's.
+    """A client per thread, each holding one connection of ``client``'s pool; calling it gives this thread's.
 
     For the worker's upload threads, where every job makes the same few calls (its claim
     and its outcome, one Lua call each). Taking a connection from redis-py 8's pool and
