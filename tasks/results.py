@@ -224,9 +224,11 @@ class ResultStore:
         self.ttl = ttl
         self.clock = clock
         """Unix time, for the minute a job that ends is counted in (``keys.stats``)."""
-        self.fencing = Fencing(client, PerThread(client) if per_thread else None)
-        """With ``per_thread`` (the worker's upload threads), claims and saves go through a
-        connection each thread holds (``connections.PerThread``): ``fencing.here()``."""
+        self.here: Callable[[], redis.Redis] = PerThread(client) if per_thread else (lambda: client)
+        """The client a call from this thread goes through: with ``per_thread`` (the worker's
+        upload threads), a connection each thread holds (``connections.PerThread``), for claims,
+        saves and the worker's other calls per job; else ``client``."""
+        self.fencing = Fencing(client, self.here)
         self.replica_wait = replica_wait
         """Seconds a terminal write waits for one replica to have it (``WSUPLOAD_REPLICA_WAIT``); 0: not at all."""
         self._unconfirmed = False

@@ -133,7 +133,7 @@ def interactive_waiting(settings: Settings, request: Any) -> bool:
             return False
         _next_look = now + LOOK_EVERY
     try:
-        return bool(runner().store.fencing.here().llen(settings.queue))
+        return bool(runner().store.here().llen(settings.queue))
     except redis.RedisError:
         return False
 

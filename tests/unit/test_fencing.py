@@ -62,7 +62,7 @@ def test_a_stale_delivery_cannot_overwrite_the_one_that_took_over(store: ResultS
 def test_a_per_thread_store_claims_and_writes_through_its_threads_own_client(store: ResultStore) -> None:
     per_thread = ResultStore(store.redis, ttl=3600, per_thread=True)  # the worker's (tasks.runtime)
     doc = batch_of_one(per_thread)
-    here = per_thread.fencing.here()
+    here = per_thread.here()
     assert here is not store.redis
     assert here.connection is not None  # held by this thread, of the shared pool
     assert here.connection_pool is store.redis.connection_pool
@@ -70,7 +70,8 @@ def test_a_per_thread_store_claims_and_writes_through_its_threads_own_client(sto
     per_thread.save(results.succeeded(doc, DATA, NOW, 60), generation)
     assert store.get("j")["status"] == "succeeded"  # type: ignore[index]
     assert store.redis.hget(keys.batch("b"), "succeeded") == b"1"
-    assert per_thread.fencing.here() is here
+    assert per_thread.here() is here
+    assert per_thread.fencing.here is per_thread.here  # claims and saves go through it
 
 
 def test_a_job_that_ended_is_never_claimed_nor_written_again(store: ResultStore) -> None:
