@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -130,6 +131,28 @@ return 1
 """
 
 
+# A job's terminal write and the next job's claim in one call: a bulk message's jobs run one
+# after another, so the claim of the next rides on the outcome of the one before (one round
+# trip a job fewer). KEYS: SAVE's six, then CLAIM's four. ARGV: SAVE's ten, then CLAIM's.
+# The claim is made only if the save wrote. Returns {the save's answer, the claim's answer if made}.
+SAVE_THEN_CLAIM = (
+    "local function save(KEYS, ARGV)\n"
+    + SAVE
+    + "\nend\nlocal function claim(KEYS, ARGV)\n"
+    + CLAIM
+    + """
+end
+local save_keys, claim_keys, save_args, claim_args = {}, {}, {}, {}
+for i = 1, 6 do save_keys[i] = KEYS[i] end
+for i = 7, #KEYS do claim_keys[i - 6] = KEYS[i] end
+for i = 1, 10 do save_args[i] = ARGV[i] end
+for i = 11, #ARGV do claim_args[i - 10] = ARGV[i] end
+local saved = save(save_keys, save_args)
+if saved ~= 1 then return {saved} end
+return {saved, claim(claim_keys, claim_args)}
+"""
+)
+
 LEASE_GONE = -1
 """A claim's answer when the delivery's lease is no longer in the lease index."""
 
@@ -149,6 +172,15 @@ class FirstAttempt:
     started_at: str
     """The document's ``started_at`` if it has none."""
     worker: str
+
+
+@dataclass(frozen=True)
+class ClaimAsk:
+    """A claim to make: the job, and what ``ResultStore.claim`` takes for it."""
+
+    job_id: str
+    first: FirstAttempt | None = None
+    lease_tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +204,24 @@ class Claim:
         return self.generation > max_deliveries
 
 
+def claim_args(
+    ttl: int, first: FirstAttempt | None = None, event: str = "", batch_prefix: str = "", tag: str = ""
+) -> list[str | int]:
+    """``CLAIM``'s ARGV: with ``first``, the first attempt's document is written too (``event`` announces it).
+
+    ``tag``: claim only while this delivery tag is in the lease index (the fourth key).
+    """
+    args: list[str | int] = [ttl, tag]
+    if first is not None:
+        args += [first.max_deliveries, first.max_attempts, first.started_at, first.worker, event, batch_prefix]
+    return args
+
+
+def _claim_from(answer: list[Any]) -> Claim:
+    generation, stored, *written = answer
+    return Claim(int(generation), stored, written[0] if written else None)
+
+
 class Fencing:
     """The claim and save scripts, registered once on a client.
 
@@ -184,28 +234,26 @@ class Fencing:
         self.here = here or (lambda: client)
         self._claim = client.register_script(CLAIM)
         self._save = client.register_script(SAVE)
+        self._save_then_claim = client.register_script(SAVE_THEN_CLAIM)
 
-    def claim(
-        self,
-        claim_keys: list[str],
-        ttl: int,
-        first: FirstAttempt | None = None,
-        event: str = "",
-        batch_prefix: str = "",
-        tag: str = "",
-    ) -> Claim:
-        """Claim the job; with ``first``, also write its first attempt (``event`` announces it).
-
-        ``tag``: claim only while this delivery tag is in the lease index (``claim_keys[3]``).
-        """
-        args: list[str | int] = [ttl, tag]
-        if first is not None:
-            args += [first.max_deliveries, first.max_attempts, first.started_at, first.worker, event, batch_prefix]
-        generation, stored, *written = self._claim(keys=claim_keys, args=args, client=self.here())
-        return Claim(int(generation), stored, written[0] if written else None)
+    def claim(self, claim_keys: list[str], args: list[str | int]) -> Claim:
+        """Claim the job (``args`` as ``claim_args`` makes them)."""
+        return _claim_from(self._claim(keys=claim_keys, args=args, client=self.here()))
 
     def save(self, save_keys: list[str], args: list[str | int]) -> int:
         return int(self._save(keys=save_keys, args=args, client=self.here()))
+
+    def save_then_claim(
+        self, save_keys: list[str], args: list[str | int], claim_keys: list[str], claim_args: list[str | int]
+    ) -> tuple[int, Claim | None]:
+        """``save``, then, if it wrote, a claim (``claim_args`` as ``claim_args`` makes them): one call.
+
+        Returns the save's answer and the claim (None when the save did not write).
+        """
+        saved, *claimed = self._save_then_claim(
+            keys=[*save_keys, *claim_keys], args=[*args, *claim_args], client=self.here()
+        )
+        return int(saved), _claim_from(claimed[0]) if claimed else None
 
     def save_replicated(self, save_keys: list[str], args: list[str | int], timeout: float) -> tuple[int, int]:
         """``save``, then ``WAIT 1`` up to ``timeout`` s: (the save's answer, how many replicas have the write).

@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import redis
@@ -43,7 +44,7 @@ from wsupload.tasks.errors import (
     TransientError,
     UploadError,
 )
-from wsupload.tasks.fencing import FirstAttempt, Superseded
+from wsupload.tasks.fencing import Claim, ClaimAsk, FirstAttempt, Superseded
 from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.log_fields import outcome_fields, retry_fields
 from wsupload.tasks.media_source import OpenedSource
@@ -70,6 +71,11 @@ def _retried_in_place(error: BaseException) -> bool:
     return is_transient(error) and not _changed(error)
 
 
+def _at_once(source: str, options: JobOptions) -> bool:
+    """Whether the source opens at once (a local file, no content hash first)."""
+    return not options.dedup and scheme_of(source) in ("", "file")
+
+
 class _stop_when(stop_base):
     """Stop once ``done()``: an upload budget is counted in the job's document, not by the loop."""
 
@@ -88,6 +94,19 @@ class _State:
     began: float = field(default_factory=time.monotonic)
     attempt_written: bool = False
     """The claim already wrote the first attempt's document (``attempting(doc)``): that attempt skips its write."""
+    then: Callable[[datetime], ClaimAsk | None] | None = None
+    """Asked as the job ends (with the time): the claim to make in the same call as its terminal write, if any."""
+    next_claim: Ahead | None = None
+    """The claim made with the terminal write."""
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """A job's claim made before its delivery began, with the outcome of the job before it."""
+
+    claim: Claim
+    at: datetime
+    """When it was made: the delivery's start (its ``started_at``, if the claim wrote the first attempt)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,8 @@ class Outcome:
     doc: results.JobDoc
     ended_here: bool
     """This delivery wrote the terminal document (False: the job had ended before it)."""
+    next_claim: Ahead | None = None
+    """The claim ``run_delivery``'s ``then`` asked for, made with the terminal write; None if none was made."""
 
     @property
     def failed_here(self) -> bool:
@@ -153,6 +174,8 @@ class JobRunner:
         worker: str | None = None,
         tag: str | None = None,
         held: lease.JobLease | None = None,
+        claimed: Ahead | None = None,
+        then: Callable[[datetime], ClaimAsk | None] | None = None,
     ) -> Outcome:
         """Run one delivery of the job to a terminal document.
 
@@ -169,22 +192,20 @@ class JobRunner:
         Where the broker is the results Redis, the claim takes the job only while the
         delivery's lease is in kombu's index; once it is gone (another delivery may run the
         message) this raises ``LeaseLost`` having claimed nothing.
+
+        A bulk message's next job is claimed in the same call as this job's terminal write:
+        ``then``, asked as the job ends (with the time), names that claim (``ask``; None for
+        none), and ``Outcome.next_claim`` carries it to that job's delivery as ``claimed``.
         """
-        # A local file opens in microseconds and, with no fleet limit to wait for, its first
-        # attempt starts at once: the claim writes that attempt's document in the same round
-        # trip. Anything slower says "running" on its own first (below).
-        at_once = not options.dedup and scheme_of(source) in ("", "file")
-        now = results.utcnow()
-        first = None
-        if at_once and not (self.limiter is not None and self.limiter.active):
-            first = FirstAttempt(
-                self.settings.max_deliveries, self.policy.max_attempts, results.isoformat(now), worker or "unknown"
-            )
+        at_once = _at_once(source, options)
         if held is not None:
             held.check_held()
-        # kombu's lease index lives in the broker's Redis: checked only where that is the results Redis.
-        lease_tag = tag if tag and self.settings.broker_is_results_redis else ""
-        claim = self.store.claim(job_id, first, lease_tag)
+        if claimed is None:
+            now = results.utcnow()
+            ask = self.ask(job_id, source, options, worker=worker, tag=tag, now=now)
+            claim = self.store.claim(job_id, ask.first, ask.lease_tag)
+        else:
+            claim, now = claimed.claim, claimed.at
         if claim.lease_gone:
             raise LeaseLost(f"job {job_id}: its message's lease expired before the job was claimed; not run here")
         doc = results.decode_doc(claim.stored, job_id, now) or results.new_doc(job_id, source, now)
@@ -195,7 +216,7 @@ class JobRunner:
             return Outcome(doc, ended_here=False)
         budget = self.settings.job_timeout if time_budget is None else time_budget
         deadline = time.monotonic() + budget
-        state = _State(results.started(doc, now, claim.generation, worker), deadline, claim.generation)
+        state = _State(results.started(doc, now, claim.generation, worker), deadline, claim.generation, then=then)
         # What the claim wrote must be what the first attempt would write; if not, that attempt writes its own.
         written = claim.written
         state.attempt_written = written is not None and results.stored_as(written, results.attempting(state.doc))
@@ -204,7 +225,8 @@ class JobRunner:
                 f"delivered {claim.generation} times without ending: each worker that took it died, hung "
                 f"or stopped with it (WSUPLOAD_MAX_DELIVERIES={self.settings.max_deliveries})"
             )
-            return Outcome(self._end(state, results.failed(state.doc, error, results.utcnow())), ended_here=True)
+            doc = self._end(state, results.failed(state.doc, error, results.utcnow()))
+            return Outcome(doc, ended_here=True, next_claim=state.next_claim)
         if claim.generation > 1:
             telemetry.resumed()
         grace = self.settings.connect_timeout + self.settings.read_timeout + self.settings.lease
@@ -228,7 +250,35 @@ class JobRunner:
                 log.exception("job %s: internal error", job_id)
                 internal = InternalError(f"internal error: {type(exc).__name__}: {exc}")
                 doc = results.failed(state.doc, self._redacted(internal), results.utcnow())
-        return Outcome(self._end(state, doc), ended_here=True)
+        doc = self._end(state, doc)
+        return Outcome(doc, ended_here=True, next_claim=state.next_claim)
+
+    def ask(
+        self,
+        job_id: str,
+        source: str,
+        options: JobOptions = NO_OPTIONS,
+        *,
+        worker: str | None = None,
+        tag: str | None = None,
+        now: datetime,
+    ) -> ClaimAsk:
+        """The claim a delivery of this job starts with (``run_delivery``'s arguments).
+
+        A local file opens in microseconds and, with no fleet limit to wait for, its first
+        attempt starts at once: the claim writes that attempt's document in the same round
+        trip. Anything slower says "running" on its own first (``run_delivery``).
+        """
+        first = None
+        if _at_once(source, options) and not (self.limiter is not None and self.limiter.active):
+            first = FirstAttempt(
+                self.settings.max_deliveries,
+                self.policy.max_attempts,
+                results.isoformat(now),
+                worker or "unknown",
+            )
+        # kombu's lease index lives in the broker's Redis: checked only where that is the results Redis.
+        return ClaimAsk(job_id, first, tag if tag and self.settings.broker_is_results_redis else "")
 
     def _save(self, state: _State) -> None:
         state.attempt_written = False  # what the claim wrote is replaced
@@ -236,7 +286,15 @@ class JobRunner:
 
     def _end(self, state: _State, doc: results.JobDoc) -> results.JobDoc:
         state.doc = doc
-        self._save(state)
+        now = results.utcnow()
+        ask = state.then(now) if state.then is not None and state.generation is not None else None
+        if ask is None:
+            self._save(state)
+        else:
+            assert state.generation is not None
+            state.attempt_written = False
+            claim = self.store.save_then_claim(state.doc, state.generation, ask)
+            state.next_claim = None if claim is None else Ahead(claim, now)
         telemetry.job_ended(doc, time.monotonic() - state.began)
         self._log_outcome(doc)
         return doc

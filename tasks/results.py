@@ -24,7 +24,7 @@ import redis
 from wsupload.tasks import keys
 from wsupload.tasks.connections import PerThread
 from wsupload.tasks.errors import UploadError
-from wsupload.tasks.fencing import Claim, Fencing, FirstAttempt, Superseded
+from wsupload.tasks.fencing import Claim, ClaimAsk, Fencing, FirstAttempt, Superseded, claim_args
 from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.media_source import OpenedSource
 from wsupload.tasks.redaction import redact
@@ -253,6 +253,27 @@ class ResultStore:
         job's first terminal write, so a batch counts each job once, and its counters
         change in the same step as the member's document. Returns whether it wrote.
         """
+        save_keys, args = self._save_call(doc, generation)
+        return self._written(doc, generation, self._save(doc["job_id"], doc["status"] in TERMINAL, save_keys, args))
+
+    def save_then_claim(self, doc: JobDoc, generation: int, ask: ClaimAsk) -> Claim | None:
+        """``save`` a terminal document, then claim ``ask``'s job as ``claim`` would: one round trip.
+
+        The claim is made only if the document was written (else ``Superseded`` is raised,
+        as by ``save``). Returns the claim; None, and no claim made, where a terminal write
+        must wait for a replica (``WSUPLOAD_REPLICA_WAIT``): the caller then claims on its own.
+        """
+        save_keys, args = self._save_call(doc, generation)
+        if self.replica_wait > 0:
+            self._written(doc, generation, self._save(doc["job_id"], True, save_keys, args))
+            return None
+        claim_keys, claim_args = self._claim_call(ask.job_id, ask.first, ask.lease_tag)
+        written, claimed = self.fencing.save_then_claim(save_keys, args, claim_keys, claim_args)
+        self._written(doc, generation, written)
+        return claimed
+
+    def _save_call(self, doc: JobDoc, generation: int | None) -> tuple[list[str], list[str | int]]:
+        """``SAVE``'s keys and arguments for ``doc``."""
         # The one place documents are written: no secret leaves in one, whatever an error echoed.
         encoded = redact(json.dumps(doc))
         status = doc["status"]
@@ -261,23 +282,22 @@ class ResultStore:
         job_keys = [keys.generation(doc["job_id"]), result_key(doc["job_id"]), EVENTS_CHANNEL, ENDED_CHANNEL]
         minute, second = divmod(int(self.clock()), 60)
         save_keys = [*job_keys, batch_key(str(batch_id)) if batch_id else "", keys.stats(minute)]
-        written = self._save(
-            doc["job_id"],
-            status in TERMINAL,
-            save_keys,
-            [
-                "" if generation is None else str(generation),
-                encoded,
-                self.ttl,
-                json.dumps({"job_id": doc["job_id"], "status": status}),
-                status,
-                size,
-                doc.get("started_at") or "",
-                doc.get("finished_at") or "",
-                second,
-                keys.STATS_TTL,
-            ],
-        )
+        return save_keys, [
+            "" if generation is None else str(generation),
+            encoded,
+            self.ttl,
+            json.dumps({"job_id": doc["job_id"], "status": status}),
+            status,
+            size,
+            doc.get("started_at") or "",
+            doc.get("finished_at") or "",
+            second,
+            keys.STATS_TTL,
+        ]
+
+    @staticmethod
+    def _written(doc: JobDoc, generation: int | None, written: int) -> bool:
+        """``SAVE``'s answer as ``save`` returns it: whether it wrote; ``Superseded`` for a delivery refused."""
         if written == 1:
             return True
         if generation is None:
@@ -310,11 +330,15 @@ class ResultStore:
         With ``first``, the claim may also write the first attempt's document (``Claim.written``).
         With ``lease_tag``, only while that delivery's lease is in kombu's index (``Claim.lease_gone``).
         """
+        return self.fencing.claim(*self._claim_call(job_id, first, lease_tag))
+
+    def _claim_call(self, job_id: str, first: FirstAttempt | None, lease_tag: str) -> tuple[list[str], list[str | int]]:
+        """``CLAIM``'s keys and arguments."""
         claim_keys = [keys.generation(job_id), result_key(job_id), EVENTS_CHANNEL, keys.UNACKED_INDEX]
         if first is None:
-            return self.fencing.claim(claim_keys, self.ttl, tag=lease_tag)
+            return claim_keys, claim_args(self.ttl, tag=lease_tag)
         event = json.dumps({"job_id": job_id, "status": RUNNING})
-        return self.fencing.claim(claim_keys, self.ttl, first, event, batch_key(""), tag=lease_tag)
+        return claim_keys, claim_args(self.ttl, first, event, batch_key(""), lease_tag)
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.get_many([job_id])[0]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -46,8 +47,8 @@ from celery.exceptions import Reject
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, Settings
 from wsupload.tasks import lease
 from wsupload.tasks.errors import InternalError, InvalidMessage, UploadError
-from wsupload.tasks.fencing import Superseded
-from wsupload.tasks.job import JobRunner
+from wsupload.tasks.fencing import ClaimAsk, Superseded
+from wsupload.tasks.job import Ahead, JobRunner
 from wsupload.tasks.lease import LeaseLost
 from wsupload.tasks.messages import Refused, UploadCall, bulk_jobs_in, read_upload_many
 from wsupload.tasks.upload import (
@@ -88,24 +89,116 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
     tag = delivery_tag(request, None, amqp=False)
     grace = job.settings.connect_timeout + job.settings.read_timeout + job.settings.lease
     message = lease.JobLease(verdicts[0].job_id, tag, grace)
+    run = _MessageRun(job, request, verdicts, tag, message)
     with lease.holding(message):
-        for number, verdict in enumerate(verdicts):
-            if number and worker_stopping():
-                log.warning(
-                    "message %s: the worker is stopping; its %d job(s) not started go back to the queue",
-                    request.id,
-                    len(verdicts) - number,
-                )
-                raise Reject("the worker is stopping", requeue=True)
-            if number and interactive_waiting(job.settings, request):
-                log.info(
-                    "message %s: an interactive job waits; its %d job(s) not started go back to the bulk queue",
-                    request.id,
-                    len(verdicts) - number,
-                )
-                raise Reject("an interactive job waits", requeue=True)
-            if not run_one(request, verdict, tag, message):
+        for number in range(len(verdicts)):
+            if not run.job(number):
                 return
+
+
+class _MessageRun:
+    """One delivery of a bulk message: its jobs in turn, each job's claim made with the outcome before it.
+
+    Whether the message goes on after a job is decided as that job ends, before its outcome is
+    written: when it goes on, the next job's claim rides on that write (``JobRunner.run_delivery``'s
+    ``then``), one round trip a job fewer; when it stops (the worker stopping, an interactive
+    job waiting), nothing more is claimed, so a message that yields burns no job's deliveries.
+    """
+
+    def __init__(
+        self, job: JobRunner, request: Any, verdicts: list[UploadCall | Refused], tag: str | None, held: lease.JobLease
+    ) -> None:
+        self.runner, self.request, self.verdicts, self.tag, self.held = job, request, verdicts, tag, held
+        self.claimed: Ahead | None = None
+        """The claim of the job about to run, made with the previous job's outcome."""
+        self.stop: str | None = None
+        """Why the jobs not started go back to the queue, once decided."""
+
+    def job(self, number: int) -> bool:
+        """Run the message's job ``number``; False when the message must stop here (its lease is gone).
+
+        Raises ``Reject`` (with requeue) when the message must go back to its queue.
+        """
+        claimed, self.claimed = self.claimed, None
+        if number and claimed is None and self.stop is None:
+            self.stop = why_stop(self.runner.settings, self.request)
+        if self.stop is not None:
+            self._hand_back(number)
+        verdict, job, request = self.verdicts[number], self.runner, self.request
+        if isinstance(verdict, Refused):
+            fail_or_requeue(job, verdict.job_id, verdict.source, verdict.error)
+            return True
+        try:
+            outcome = job.run_delivery(
+                verdict.job_id,
+                verdict.source,
+                verdict.options,
+                worker=request.hostname,
+                tag=self.tag,
+                held=self.held,
+                claimed=claimed,
+                then=lambda now: self._ask(number + 1, now),
+            )
+            self.claimed = outcome.next_claim
+        except LeaseLost as exc:
+            log.warning("%s; this delivery of message %s stops", exc, request.id)
+            return False
+        except Superseded as exc:
+            # Another delivery claimed the job after this one. Going on without it could leave it
+            # with no one, if that delivery then stops; back on the queue, the message runs again
+            # and its jobs that have ended are no-ops (bounded by WSUPLOAD_MAX_DELIVERIES).
+            log.warning("%s; its message goes back to the queue", exc)
+            raise Reject(str(exc), requeue=True) from None
+        except Exception as exc:
+            requeue_if_unrecordable(job, verdict.job_id, exc)
+            log.exception("job %s: internal error", verdict.job_id)
+            error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            fail_or_requeue(job, verdict.job_id, verdict.source, error)
+        if verdict.options.callback_url:
+            send_callback(verdict.job_id, verdict.options.callback_url, job.settings.queue)
+        return True
+
+    def _ask(self, number: int, now: datetime) -> ClaimAsk | None:
+        """As a job ends: the claim of job ``number`` to make with its outcome, or None to claim nothing."""
+        if number >= len(self.verdicts) or self.held.lost or self.held.handed_back:
+            return None
+        verdict = self.verdicts[number]
+        if isinstance(verdict, Refused):
+            return None
+        self.stop = why_stop(self.runner.settings, self.request)
+        if self.stop is not None:
+            return None
+        return self.runner.ask(
+            verdict.job_id, verdict.source, verdict.options, worker=self.request.hostname, tag=self.tag, now=now
+        )
+
+    def _hand_back(self, number: int) -> None:
+        left = len(self.verdicts) - number
+        if self.stop == STOPPING:
+            log.warning(
+                "message %s: the worker is stopping; its %d job(s) not started go back to the queue",
+                self.request.id,
+                left,
+            )
+        else:
+            log.info(
+                "message %s: an interactive job waits; its %d job(s) not started go back to the bulk queue",
+                self.request.id,
+                left,
+            )
+        raise Reject(self.stop, requeue=True)
+
+
+STOPPING, YIELDING = "the worker is stopping", "an interactive job waits"
+
+
+def why_stop(settings: Settings, request: Any) -> str | None:
+    """Why a bulk message must hand its jobs not started back now (``STOPPING``, ``YIELDING``), or None."""
+    if worker_stopping():
+        return STOPPING
+    if interactive_waiting(settings, request):
+        return YIELDING
+    return None
 
 
 LOOK_EVERY = 0.02
@@ -136,38 +229,6 @@ def interactive_waiting(settings: Settings, request: Any) -> bool:
         return bool(runner().store.here().llen(settings.queue))
     except redis.RedisError:
         return False
-
-
-def run_one(request: Any, verdict: UploadCall | Refused, tag: str | None, message: lease.JobLease) -> bool:
-    """Run one job of the message; False when the message must stop here (its lease is gone).
-
-    Raises ``Reject`` (with requeue) when the message must go back to its queue.
-    """
-    job = runner()
-    if isinstance(verdict, Refused):
-        fail_or_requeue(job, verdict.job_id, verdict.source, verdict.error)
-        return True
-    try:
-        job.run_delivery(
-            verdict.job_id, verdict.source, verdict.options, worker=request.hostname, tag=tag, held=message
-        )
-    except LeaseLost as exc:
-        log.warning("%s; this delivery of message %s stops", exc, request.id)
-        return False
-    except Superseded as exc:
-        # Another delivery claimed the job after this one. Going on without it could leave it
-        # with no one, if that delivery then stops; back on the queue, the message runs again
-        # and its jobs that have ended are no-ops (bounded by WSUPLOAD_MAX_DELIVERIES).
-        log.warning("%s; its message goes back to the queue", exc)
-        raise Reject(str(exc), requeue=True) from None
-    except Exception as exc:
-        requeue_if_unrecordable(job, verdict.job_id, exc)
-        log.exception("job %s: internal error", verdict.job_id)
-        error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-        fail_or_requeue(job, verdict.job_id, verdict.source, error)
-    if verdict.options.callback_url:
-        send_callback(verdict.job_id, verdict.options.callback_url, job.settings.queue)
-    return True
 
 
 def fail_or_requeue(job: JobRunner, job_id: str, source: str, error: UploadError) -> None:

@@ -9,6 +9,7 @@ import redis
 from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
+from wsupload.tasks import keys, results
 from wsupload.tasks import upload_many as bulk_module
 from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
@@ -172,3 +173,77 @@ def test_only_a_message_from_the_bulk_queue_looks_and_at_most_once_per_interval(
     request = SimpleNamespace(delivery_info={"routing_key": queue})
     assert bulk_module.interactive_waiting(settings, request) is answer
     assert bulk_module.interactive_waiting(settings, request) is False  # looked a moment ago
+
+
+def queued(store: ResultStore, *job_ids: str) -> None:
+    """The jobs' ``queued`` documents, as the producer writes them: the claim then writes each one's first attempt."""
+    store.create(results.new_doc(job_id, "/a.png", results.utcnow()) for job_id in job_ids)
+
+
+def fenced_calls(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The fenced calls the message makes, in order: ``claim j``, ``save j``, ``save j then claim k``."""
+    calls: list[str] = []
+    fencing = store.fencing
+    claim, save, save_then_claim = fencing.claim, fencing.save, fencing.save_then_claim
+
+    def job_of(generation_key: str) -> str:
+        return generation_key.removesuffix(":generation").rsplit(":", 1)[-1]
+
+    def claimed(claim_keys: list[str], args: list[str | int]) -> Any:
+        calls.append(f"claim {job_of(claim_keys[0])}")
+        return claim(claim_keys, args)
+
+    def saved(save_keys: list[str], args: list[str | int]) -> int:
+        calls.append(f"save {job_of(save_keys[0])}")
+        return save(save_keys, args)
+
+    def both(save_keys: list[str], args: list[str | int], claim_keys: list[str], claim_args: list[str | int]) -> Any:
+        calls.append(f"save {job_of(save_keys[0])} then claim {job_of(claim_keys[0])}")
+        return save_then_claim(save_keys, args, claim_keys, claim_args)
+
+    monkeypatch.setattr(fencing, "claim", claimed)
+    monkeypatch.setattr(fencing, "save", saved)
+    monkeypatch.setattr(fencing, "save_then_claim", both)
+    return calls
+
+
+def test_each_jobs_claim_rides_on_the_outcome_before_it(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, png: str
+) -> None:
+    install_runner(store, monkeypatch, CountingClient())
+    queued(store, "j1", "j2", "j3", "j4")
+    calls = fenced_calls(store, monkeypatch)
+    run(["j1", png], ["j2", png], ["j3", 42], ["j4", png])
+    docs = store.get_many(["j1", "j2", "j3", "j4"])
+    assert [d and (d["status"], d.get("generation")) for d in docs] == [
+        ("succeeded", 1),
+        ("succeeded", 1),
+        ("failed", None),  # refused as it was read: its failure is written outside a delivery
+        ("succeeded", 1),
+    ]
+    assert calls == ["claim j1", "save j1 then claim j2", "save j2", "save j3", "claim j4", "save j4"]
+
+
+@pytest.mark.parametrize("why", ["stopping", "interactive"])
+def test_a_message_that_hands_its_jobs_back_has_claimed_none_of_them(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, png: str, why: str
+) -> None:
+    """Handing back is decided before the outcome is written, so the next job's claim is not made: no
+    delivery of it is spent (a bulk message yielding again and again must not run its jobs out of deliveries)."""
+    settings = install_runner(store, monkeypatch, CountingClient()).settings
+    monkeypatch.setattr(bulk_module, "_next_look", 0.0)
+    if why == "stopping":
+        monkeypatch.setattr(bulk_module, "worker_stopping", lambda: True)
+    else:
+        store.redis.lpush(settings.queue, "an interactive job's message")
+    queued(store, "j1", "j2")
+    calls = fenced_calls(store, monkeypatch)
+    bulk_module.upload_many.push_request(delivery_info={"routing_key": settings.bulk_queue})
+    try:
+        with pytest.raises(Reject):
+            run(["j1", png], ["j2", png])
+    finally:
+        bulk_module.upload_many.pop_request()
+    assert calls == ["claim j1", "save j1"]
+    assert store.get("j1")["status"] == "succeeded"  # type: ignore[index]
+    assert store.redis.get(keys.generation("j2")) is None
