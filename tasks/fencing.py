@@ -25,6 +25,10 @@ for) asks its claim to write the first attempt's ``running`` document too
 (``FirstAttempt``): the claim and that write are then one round trip instead of two.
 The script does it only for a plain ``queued`` document it can rewrite faithfully;
 the caller checks what it wrote and writes its own document when it differs.
+
+A bulk message's jobs run one after another: the claim of the next job is made in
+the same call as the terminal write of the one before (``SAVE_THEN_CLAIM``), and
+only if that write was made.
 """
 
 from __future__ import annotations

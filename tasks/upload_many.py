@@ -6,7 +6,8 @@ message (fetch, unacked record, request, hand-over, ack) is shared by them. Each
 job is still a job of its own: ``JobRunner.run_delivery`` claims it (its own
 generation), writes its own documents, ends it and sends its callback; a job that
 has ended is a no-op when the message is delivered again, so a redelivered message
-re-runs only the jobs that had not ended.
+re-runs only the jobs that had not ended. Each job's claim is made in the same Lua call
+as the outcome of the job before it (``_MessageRun``): one Redis round trip a job.
 
 The jobs run under one lease, the message's (``tasks.lease``), kept in the book for
 the whole message and re-armed for each job: the renewer keeps it while the running
