@@ -4,6 +4,8 @@ import base64
 import json
 import os
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any, cast
 
 import fakeredis
@@ -118,6 +120,50 @@ def test_wait_takes_final_documents_from_the_ended_channel_without_reading(
     outcome = producer.wait([j.job_id for j in jobs], timeout=30)
     assert [d["error"]["message"] for d in outcome.docs if d] == ["no", "no"]
     assert len(reads) == 1  # the documents came with the events: no second read
+
+
+def test_wait_reads_the_jobs_that_end_between_two_wake_ups_in_one(
+    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a wake-up the waiter pauses up to ``WAKE_EVERY`` before reading again: the two jobs that end
+    during that pause are read in one wake-up, not one each."""
+    first, *rest = producer.enqueue(["/a.png", "/b.png", "/c.png"])
+    store = ResultStore(redis_client, ttl=60)
+
+    def end(job_id: str) -> None:
+        doc = store.get(job_id)
+        assert doc is not None
+        store.save(results.failed(doc, Rejected("no", 400), results.utcnow()))
+
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            for job in rest:
+                end(job.job_id)
+
+    wakes: list[set[str]] = []
+    next_ended = Producer._next_ended
+
+    def counted(pubsub: Any, wanted: set[str], timeout: float) -> Any:
+        ended = next_ended(pubsub, wanted, timeout)
+        wakes.append(set(ended))
+        return ended
+
+    monkeypatch.setattr(producer_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=pause))
+    monkeypatch.setattr(Producer, "_next_ended", staticmethod(counted))
+
+    def on_update(docs: list[Any]) -> None:
+        if not wakes:  # called once the waiter has subscribed, before its first wake-up
+            end(first.job_id)
+
+    outcome = producer.wait([first.job_id, *(job.job_id for job in rest)], timeout=10, on_update=on_update)
+    assert [d and d["status"] for d in outcome.docs] == ["failed"] * 3
+    together = {job.job_id for job in rest}
+    assert any(together <= ended for ended in wakes)  # read in one wake-up, not one each
+    assert pauses
+    assert all(0 < seconds <= producer_module.WAKE_EVERY for seconds in pauses)
 
 
 def test_wait_times_out(producer: Producer) -> None:
