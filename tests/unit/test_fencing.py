@@ -318,32 +318,33 @@ def test_with_a_broker_apart_from_the_results_the_claim_cannot_see_the_leases_an
 
 
 def test_an_outcome_and_the_next_jobs_claim_are_one_call_and_a_refused_outcome_claims_nothing(
-    store: ResultStore,
+    any_store: ResultStore,
 ) -> None:
-    """A bulk message's next job is claimed with the outcome before it (``save_then_claim``)."""
-    doc = batch_of_one(store, "j1")
-    queued(store, "j2")
-    generation = store.claim("j1").generation
-    ahead = store.save_then_claim(results.succeeded(doc, DATA, NOW, 60), generation, ClaimAsk("j2", FIRST))
+    """A bulk message's next job is claimed with the outcome before it (``save_then_claim``): on
+    fakeredis's Lua and on a redis-server's, which runs the two scripts as functions of one."""
+    doc = batch_of_one(any_store, "j1")
+    queued(any_store, "j2")
+    generation = any_store.claim("j1").generation
+    ahead = any_store.save_then_claim(results.succeeded(doc, DATA, NOW, 60), generation, ClaimAsk("j2", FIRST))
     assert ahead is not None
     assert (ahead.generation, ahead.ended, ahead.lease_gone) == (1, False, False)
     assert results.decode_doc(ahead.written, "j2", NOW)["status"] == "running"  # type: ignore[index]
-    assert store.get("j1")["status"] == "succeeded"  # type: ignore[index]
-    assert store.redis.hget(keys.batch("b"), "succeeded") == b"1"
+    assert any_store.get("j1")["status"] == "succeeded"  # type: ignore[index]
+    assert any_store.redis.hget(keys.batch("b"), "succeeded") == b"1"
     stale = ahead.generation
-    store.claim("j2")  # j2 went to another delivery meanwhile: this one's outcome is refused
+    any_store.claim("j2")  # j2 went to another delivery meanwhile: this one's outcome is refused
     j2 = results.decode_doc(ahead.written, "j2", NOW)
     assert j2 is not None
     with pytest.raises(Superseded, match="another delivery of it holds it now"):
-        store.save_then_claim(results.succeeded(j2, DATA, NOW, 60), stale, ClaimAsk("j3"))
-    assert store.redis.get(keys.generation("j3")) is None
+        any_store.save_then_claim(results.succeeded(j2, DATA, NOW, 60), stale, ClaimAsk("j3"))
+    assert any_store.redis.get(keys.generation("j3")) is None
 
 
-def test_the_claim_made_with_an_outcome_still_needs_the_messages_lease(store: ResultStore) -> None:
-    doc = batch_of_one(store, "j1")
-    generation = store.claim("j1").generation
-    ahead = store.save_then_claim(results.succeeded(doc, DATA, NOW, 60), generation, ClaimAsk("j2", None, "gone"))
+def test_the_claim_made_with_an_outcome_still_needs_the_messages_lease(any_store: ResultStore) -> None:
+    doc = batch_of_one(any_store, "j1")
+    generation = any_store.claim("j1").generation
+    ahead = any_store.save_then_claim(results.succeeded(doc, DATA, NOW, 60), generation, ClaimAsk("j2", None, "gone"))
     assert ahead is not None
     assert ahead.lease_gone
-    assert store.redis.get(keys.generation("j2")) is None
-    assert store.get("j1")["status"] == "succeeded"  # type: ignore[index]
+    assert any_store.redis.get(keys.generation("j2")) is None
+    assert any_store.get("j1")["status"] == "succeeded"  # type: ignore[index]
