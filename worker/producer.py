@@ -2,8 +2,9 @@
 
 Needs Redis only, never the API key. Enqueueing itself is ``tasks.enqueue``.
 Waiting listens on ``wsupload:ended``, which carries each job's final document,
-instead of polling; it re-reads the unfinished documents once a second for
-progress and as a safety net in case a notification was missed. Both waits
+instead of polling; it re-reads unfinished documents once a second (up to
+``RECHECK_CHUNK`` of them, in turn) for progress and as a safety net in case a
+notification was missed. Both waits
 ride out a Redis restart (``worker.outage``): they reconnect, re-subscribe and
 re-read, so nothing that ended while Redis was away is missed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,11 +34,17 @@ T = TypeVar("T")
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 
 RECHECK_SECONDS = 1.0
+"""How often ``wait`` re-reads documents of jobs not ended (their progress: running, retrying)."""
+RECHECK_CHUNK = 1000
+"""The most documents one re-read takes: a wait on 100,000 jobs re-reads them in turn, 1,000 a
+second, instead of all of them every second. Ends do not need it: they come as events, and a
+wait that lost its connection (and so perhaps events) reads every document again."""
 PROGRESS_EVERY = 0.1
 """At most this often (seconds) is ``on_update`` called while waiting."""
 BATCH_REFRESH = 0.2
 WAKE_EVERY = 0.01
-"""``wait`` wakes at most this often (seconds): jobs that end meanwhile are read in one go.
+"""After a wake-up that brought ends, ``wait`` reads again no sooner than this (seconds): jobs
+that end meanwhile are read in one go. A lone job's end is read as soon as it comes.
 
 Woken once per ended job, a producer waiting on a busy batch spent about as much CPU
 reading the ends as a job's own upload costs the worker (one socket read and timeout
@@ -129,7 +137,8 @@ class Producer(Enqueuer):
             outage.recovered()
             # Kept up to date as reads come in: each loop costs what changed, not every job.
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
-            last_full_read, last_update, last_wake = time.monotonic(), float("-inf"), float("-inf")
+            last_recheck, last_update, last_wake = time.monotonic(), float("-inf"), float("-inf")
+            turn: deque[str] = deque()  # the jobs not ended, in the order they are re-read
             while True:
                 now = time.monotonic()
                 if on_update and (now - last_update >= PROGRESS_EVERY or not pending):
@@ -149,15 +158,22 @@ class Producer(Enqueuer):
                 ended = self._next_ended(
                     pubsub, pending, RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left)
                 )
-                last_wake = time.monotonic()
+                if ended:  # a wake-up that brought no end (a subscription's answer, a timeout) asks no pause
+                    last_wake = time.monotonic()
                 docs.update(ended)
                 pending.difference_update(ended)
-                if time.monotonic() - last_full_read >= RECHECK_SECONDS:
-                    # Progress for the running ones, and a net under a lost event.
-                    refresh = list(pending)
+                if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
+                    # Progress for the running ones, RECHECK_CHUNK at a time, in turn.
+                    if not turn:
+                        turn.extend(pending)
+                    refresh: list[str] = []
+                    while turn and len(refresh) < RECHECK_CHUNK:
+                        job_id = turn.popleft()
+                        if job_id in pending:
+                            refresh.append(job_id)
                     docs.update(zip(refresh, self.status(refresh), strict=True))
                     pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
-                    last_full_read = time.monotonic()
+                    last_recheck = time.monotonic()
         finally:
             pubsub.close()
 

@@ -166,6 +166,63 @@ def test_wait_reads_the_jobs_that_end_between_two_wake_ups_in_one(
     assert all(0 < seconds <= producer_module.WAKE_EVERY for seconds in pauses)
 
 
+def test_a_lone_jobs_end_is_read_without_a_pause(
+    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a wake-up that brought ends is followed by a pause: the subscription's own answer
+    is not, so one job's end reaches its caller as soon as it is published."""
+    (job,) = producer.enqueue(["/a.png"])
+    store = ResultStore(redis_client, ttl=60)
+    pauses: list[float] = []
+    monkeypatch.setattr(producer_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=pauses.append))
+
+    def on_update(docs: list[Any]) -> None:
+        doc = store.get(job.job_id)
+        assert doc is not None
+        if doc["status"] == "queued":  # once, after the waiter subscribed
+            store.save(results.failed(doc, Rejected("no", 400), results.utcnow()))
+
+    outcome = producer.wait([job.job_id], timeout=10, on_update=on_update)
+    assert [d and d["status"] for d in outcome.docs] == ["failed"]
+    assert pauses == []
+
+
+def test_wait_re_reads_unfinished_documents_a_chunk_at_a_time_in_turn(
+    producer: Producer, redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ends written without an event (as if it were lost) are still found, by re-reads of at most
+    ``RECHECK_CHUNK`` documents each, taking every unfinished job in turn: never all of them each time."""
+    jobs = producer.enqueue([f"/m/{n}.png" for n in range(5)])
+    store = ResultStore(redis_client, ttl=60)
+
+    def end_unheard() -> None:  # SET, not the fenced save that announces the end
+        for job in jobs:
+            doc = store.get(job.job_id)
+            assert doc is not None
+            ended = results.failed(doc, Rejected("no", 400), results.utcnow())
+            redis_client.set(results.result_key(job.job_id), json.dumps(ended))
+
+    monkeypatch.setattr(producer_module, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(producer_module, "RECHECK_CHUNK", 2)
+    reads: list[list[str]] = []
+    real_status = producer.status
+
+    def counted_status(job_ids: Any) -> Any:
+        reads.append(list(job_ids))
+        docs = real_status(job_ids)
+        if len(reads) == 1:  # the jobs end once the waiter has read them queued
+            end_unheard()
+        return docs
+
+    monkeypatch.setattr(producer, "status", counted_status)
+    outcome = producer.wait([job.job_id for job in jobs], timeout=10)
+    assert [d and d["status"] for d in outcome.docs] == ["failed"] * 5
+    initial, *rechecks = reads
+    assert len(initial) == 5
+    assert [len(chunk) for chunk in rechecks] == [2, 2, 1]
+    assert sorted(job_id for chunk in rechecks for job_id in chunk) == sorted(job.job_id for job in jobs)
+
+
 def test_wait_times_out(producer: Producer) -> None:
     jobs = producer.enqueue(["/a.png"])
     outcome = producer.wait([jobs[0].job_id], timeout=0.2)
