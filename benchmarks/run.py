@@ -696,9 +696,10 @@ NOTES = """
   before them (same run, `benchmarks.overhead --bulk`; `BULK.md`). Then two more: a job's
   claim rides in the same Lua call as the outcome of the job before it (one Redis round
   trip a job; 0.92x), and `Producer.wait` reads a busy batch's ends together (at most one
-  wake-up per 10 ms after ends came) instead of one socket read each. gevent was not taken: it needs monkey-patching before
-  anything is imported and would stall every upload while one hashes a file for dedup. A thread
-  costs kilobytes; the HTTP and S3 connection pools are sized to `WSUPLOAD_CONCURRENCY`.
+  wake-up per 10 ms after ends came) instead of one socket read each. gevent was not
+  taken: it needs monkey-patching before anything is imported and would stall every
+  upload while one hashes a file for dedup. A thread costs kilobytes; the HTTP and S3
+  connection pools are sized to `WSUPLOAD_CONCURRENCY`.
 - **Per-job overhead: reported, cut by a quarter to a third (0.65x to 0.73x the
   first-measured code across three full runs), not halved; the cause is measured.** Cuts,
   each found with a profiler (py-spy on the worker, cProfile on the task body
