@@ -263,10 +263,10 @@ class ResultStore:
         as by ``save``). Returns the claim; None, and no claim made, where a terminal write
         must wait for a replica (``WSUPLOAD_REPLICA_WAIT``): the caller then claims on its own.
         """
-        save_keys, args = self._save_call(doc, generation)
         if self.replica_wait > 0:
-            self._written(doc, generation, self._save(doc["job_id"], True, save_keys, args))
+            self.save(doc, generation)
             return None
+        save_keys, args = self._save_call(doc, generation)
         claim_keys, claim_args = self._claim_call(ask.job_id, ask.first, ask.lease_tag)
         written, claimed = self.fencing.save_then_claim(save_keys, args, claim_keys, claim_args)
         self._written(doc, generation, written)
