@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # celery-node, the other-language producer of the wire-contract tests (tests/node, pinned by its lock file).
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: setup demo test lint unit readme bench bench-quick clean
+.PHONY: setup demo test lint unit docs bench bench-quick clean
 
 setup: $(STAMP) $(NODE_DEPS)
 
@@ -40,9 +40,9 @@ test: lint $(NODE_DEPS)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-# README.md's configuration table is generated from config/settings.py; a unit test fails while it is stale.
-readme: $(STAMP)
-	$(BIN)/python -m wsupload.config.readme
+# docs/configuration.md's table is generated from config/settings.py; a unit test fails while it is stale.
+docs: $(STAMP)
+	$(BIN)/python -m wsupload.config.docs_table
 
 # Every benchmark beside its baselines in one run; writes benchmarks/RESULTS.md and results.png.
 bench: $(STAMP)

@@ -1,10 +1,10 @@
 """Settings: every knob wsupload reads from the environment, parsed and checked once.
 
 Each setting is one row, declared as its ``Settings`` field (``x: int = setting(...)``):
-variable, parser, default, check with the rule its error states, and the meaning the
-README shows. The default is written once, as a user would type it, and parsed by the
-row's own parser at import, so mypy still sees typed attributes (checked against the
-parser's return type) and the README shows exactly what a user may write.
+variable, parser, default, check with the rule its error states, and the meaning
+docs/configuration.md shows. The default is written once, as a user would type it, and parsed
+by the row's own parser at import, so mypy still sees typed attributes (checked against the
+parser's return type) and the docs show exactly what a user may write.
 ``Settings.from_env()`` is the only place that reads ``os.environ`` for
 configuration: it reads the rows in one loop (``config.variables``), turns each
 invalid value into one line naming the variable, and raises them all together, with
@@ -16,7 +16,7 @@ Why a table and not pydantic-settings (measured here with ``python -X importtime
 the ``config`` package imports in ~13 ms (~12 ms before the table), pydantic_settings
 alone in ~110 ms (~128 ms wall with a model of these 33 fields built), while
 ``import worker.cli`` takes ~120 ms wall in all: it would double every command's
-start-up to save a 20-line loop, and the README text would still need rows of its own.
+start-up to save a 20-line loop, and the documentation would still need rows of its own.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _masked_url(text: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """All configuration, in the README's order. Defaults follow the API page where it states a figure."""
+    """All configuration, in docs/configuration.md's order. Defaults follow the API page where it states a figure."""
 
     api_key: str | None = setting(
         "WAVESPEED_API_KEY",
@@ -137,7 +137,7 @@ class Settings:
         " `redis+sentinel://[:password@]host[:port],host[:port]…/master_name[/db]` (add"
         " `?sentinel_password=…` when the sentinels have one), or kombu's"
         " `sentinel://host:port;sentinel://host:port/db?master_name=NAME`; clients follow a failover"
-        ' (see "Redis Sentinel").',
+        " (see [Redis Sentinel](deployment.md#redis-sentinel)).",
         display=_masked_url,
     )
     broker_url: str | None = setting(
@@ -145,7 +145,8 @@ class Settings:
         parse_broker_url,
         None,
         "The Celery broker. RabbitMQ: `amqp://user:password@host:5672/vhost` (`amqps://` for TLS; quorum"
-        ' queues, publisher confirms: see "RabbitMQ as the broker"); results stay in `REDIS_URL`. Or a'
+        " queues, publisher confirms: see [RabbitMQ as the broker](deployment.md#rabbitmq-as-the-broker));"
+        " results stay in `REDIS_URL`. Or a"
         " separate Redis in any form `REDIS_URL` takes, which wsupload's own enqueue (producer, CLI, scans)"
         " refuses: it writes a job's document and message in one transaction.",
         shown="`REDIS_URL`",
@@ -157,7 +158,8 @@ class Settings:
         "0",
         "After writing a job's final document, wait up to this long for a replica to have it (Redis `WAIT 1`)"
         " before the message is acknowledged, so a failover cannot lose an outcome the worker acknowledged"
-        ' (see "Redis Sentinel"). Measured here: about 0.1 ms per job with a replica on the same host; with'
+        " (see [Redis Sentinel](deployment.md#redis-sentinel)). Measured here: about 0.1 ms per job with a"
+        " replica on the same host; with"
         " no replica connected every job waits the whole time.",
         shown="{} (off)",
         check=lambda v: 0 <= v <= 10,
@@ -284,7 +286,7 @@ class Settings:
         "30m",
         "RabbitMQ only: the server's `consumer_timeout` (set it to the same value). A job still running at"
         " half of it moves its safety to Redis and acknowledges its message early, so RabbitMQ never"
-        ' closes the channel under it (see "RabbitMQ as the broker").',
+        " closes the channel under it (see [RabbitMQ as the broker](deployment.md#rabbitmq-as-the-broker)).",
         check=lambda v: v >= 10,
         rule="at least 10 seconds",
     )
@@ -301,7 +303,8 @@ class Settings:
         "WSUPLOAD_METRICS_PORT",
         parse_int,
         None,
-        'Serve Prometheus metrics at `http://<host>:<port>/metrics` from each worker (see "Metrics" below).',
+        "Serve Prometheus metrics at `http://<host>:<port>/metrics` from each worker"
+        " (see [Metrics](operations.md#metrics)).",
         shown="unset (off)",
         check=lambda v: 1 <= v <= 65535,
         rule="a port from 1 to 65535",
@@ -316,7 +319,8 @@ class Settings:
         "WSUPLOAD_CONCURRENCY",
         parse_int,
         "32",
-        "Upload threads per worker (Celery's threads pool; chosen from `make bench`: see `benchmarks/RESULTS.md`).",
+        "Upload threads per worker (Celery's threads pool; chosen from `make bench`: see"
+        " [`benchmarks/RESULTS.md`](../benchmarks/RESULTS.md)).",
         check=lambda v: 1 <= v <= 512,
         rule="from 1 to 512",
     )
@@ -325,8 +329,8 @@ class Settings:
         parse_bool,
         "off",
         "`on` (or `true`, `yes`, `1`): send Celery task events (received, started, succeeded, failed) for"
-        " Flower and `celery events`; `wsupload worker --events` turns them on too. See \"Flower and Celery's"
-        ' commands".',
+        " Flower and `celery events`; `wsupload worker --events` turns them on too. See"
+        " [Flower and Celery's commands](operations.md#flower-and-celerys-commands).",
     )
     connect_timeout: float = setting(
         "WSUPLOAD_CONNECT_TIMEOUT",
@@ -472,7 +476,8 @@ class Settings:
         "WSUPLOAD_SCHEDULES",
         parse_file,
         None,
-        "TOML file of scheduled batch runs, for `wsupload beat` (see below).",
+        "TOML file of scheduled batch runs, for `wsupload beat`"
+        " (see [Scheduled runs](sources-and-batches.md#scheduled-runs)).",
         shown="unset",
     )
     beat_state: Path = setting(  # noqa: RUF009 (setting() returns a dataclasses.field)
@@ -493,7 +498,7 @@ class Settings:
         parse_lower,
         "text",
         "`text`: Celery's lines, for people; `json`: one JSON object per line with the job's fields"
-        ' (`job_id`, `kind`, …), for log collectors (see "Logs").',
+        " (`job_id`, `kind`, …), for log collectors (see [Logs](operations.md#logs)).",
         check=lambda v: v in LOG_FORMATS,
         rule=" or ".join(LOG_FORMATS),
     )
@@ -538,7 +543,7 @@ class Settings:
 
 
 VARIABLES = variables_of(Settings)
-"""The settings table, one row per ``Settings`` field, in declaration (and README) order."""
+"""The settings table, one row per ``Settings`` field, in declaration (and docs/configuration.md) order."""
 
 DEFAULT_FSSPEC_PROTOCOLS = Settings().fsspec_protocols
 

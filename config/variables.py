@@ -26,12 +26,12 @@ class Variable(Generic[T]):
     default: str | None
     """The default as a user would write it (``"7d"``); ``None`` leaves the field ``None``."""
     meaning: str
-    """The README's "meaning" cell."""
+    """The "meaning" cell of docs/configuration.md's table."""
     check: Callable[[T], bool] | None = None
     rule: str = ""
     """Completes "must be …" when ``check`` refuses a value."""
     shown: str = "{}"
-    """The README's "default" cell; ``{}`` stands for the default in backticks."""
+    """The "default" cell of docs/configuration.md's table; ``{}`` stands for the default in backticks."""
     secret: bool = False
     """Never shown: not in ``repr``, and a bad value is described without quoting it."""
     required_by_worker: bool = False
