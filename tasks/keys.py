@@ -1,7 +1,7 @@
 """Every Redis key and pub/sub channel wsupload owns, built here and nowhere else.
 
 All start with ``KEY_PREFIX`` (``wsupload``), so producers in other languages and
-operators can rely on them; the README's wire contract lists the public ones
+operators can rely on them; docs/wire-contract.md lists the public ones
 (results, batches, channels, the dead-letter list). kombu's own keys (the queue
 lists, ``unacked``, ``unacked_index``) are kombu's.
 """

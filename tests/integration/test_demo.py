@@ -1,4 +1,4 @@
-"""The README's first command: `wsupload demo` on a machine with nothing configured."""
+"""The quick start's first command (README.md): `wsupload demo` on a machine with nothing configured."""
 
 import subprocess
 import sys

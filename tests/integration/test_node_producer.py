@@ -1,4 +1,4 @@
-"""A producer in another language: celery-node (tests/node/produce.js) following README's wire contract.
+"""A producer in another language: celery-node (tests/node/produce.js) following docs/wire-contract.md.
 
 produce.js writes each job's queued document and sends ``wsupload.upload`` with celery-node's
 ``sendTask``, over the Redis broker and over RabbitMQ (a vhost of this module's own); a real

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// A wsupload producer in another language, following README "Wire contract" to the letter
+// A wsupload producer in another language, following docs/wire-contract.md to the letter
 // with celery-node (pinned in package.json): what the wire-contract tests run, and a recipe.
 //
 //   echo '[{"job_id": "…", "source": "/media/a.png", "options": {"dedup": true}}]' | node produce.js

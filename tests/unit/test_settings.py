@@ -99,7 +99,7 @@ def test_every_settings_field_has_exactly_one_row_and_every_row_a_field() -> Non
 
 @pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.env)
 def test_each_default_is_what_its_variable_would_parse_to(variable: Variable[Any]) -> None:
-    """The default is written once, as the README shows it: unset and set-to-it give the same value."""
+    """The default is written once, as docs/configuration.md shows it: unset and set-to-it give the same value."""
     default = getattr(Settings.from_env({}), variable.field)
     if variable.default is None:
         assert default is None
