@@ -524,7 +524,7 @@ class Settings:
 
     @property
     def sweep_interval(self) -> float:
-        """Seconds between sweeps for jobs whose message was lost (``tasks.sweep``)."""
+        """Seconds between sweeps for jobs whose message was lost (``tasks.recovery.lost_sweep``)."""
         return max(1.0, self.lease / 2)
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@
             └── ServerError            server_error         HTTP 5xx and 408
 
 Outside ``UploadError``, a delivery that may no longer act for its job stops with
-``LeaseLost`` (``tasks.lease``) or ``Superseded`` (``tasks.fencing``): they end the
+``LeaseLost`` (``tasks.recovery.lease``) or ``Superseded`` (``tasks.store.fencing``): they end the
 delivery, never the job.
 
 Celery pickles exceptions across processes, so every constructor passes all of

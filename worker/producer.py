@@ -23,10 +23,10 @@ from celery import Celery
 
 from wsupload.config.errors import WsuploadError
 from wsupload.config.settings import Settings
-from wsupload.tasks import results
-from wsupload.tasks.connections import redis_client
 from wsupload.tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
-from wsupload.tasks.results import JobDoc
+from wsupload.tasks.store import results
+from wsupload.tasks.store.connections import redis_client
+from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.app import create_app
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 

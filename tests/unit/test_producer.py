@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.discovery import Found
 from wsupload.tasks.errors import Rejected
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.sources.discovery import Found
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker import producer as producer_module
 from wsupload.worker.outage import Outage, reconnect_delay
 from wsupload.worker.producer import Producer

@@ -14,7 +14,7 @@ from wsupload.tasks.errors import (
     TransientError,
     UploadTimeout,
 )
-from wsupload.tasks.retry_policy import (
+from wsupload.tasks.wavespeed.retry_policy import (
     RetryPolicy,
     compute_backoff,
     error_for_status,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsupload.tasks import formats
 from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.sources import formats
 
 
 class Readable(Protocol):

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 import redis
 
-from wsupload.tasks import keys, results
-from wsupload.tasks.results import JobDoc
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.store.results import JobDoc
 
 CHUNK = 1000
 EXPORT_FIELDS = (

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from wsupload.tasks.limits import MAX_LOG_CHARS, clip
+from wsupload.tasks.observe.bounds import MAX_LOG_CHARS, clip
 
 MASK = "[redacted]"
 

@@ -14,15 +14,15 @@ Two moments leave a job without that safety, and the owed set
   requeues every message of that channel. A job still held at half of it
   (``early_ack_after``) is made owed for a lease, then its message is
   acknowledged; the worker renews the entry every third of a lease while the job
-  is renewable (``tasks.lease``), and removes it once the job has ended.
+  is renewable (``tasks.recovery.lease``), and removes it once the job has ended.
 
 A long job's entry keeps its call beside it (``keys.owed_calls(queue)``: source
 and options as its message had them): a producer in another language may write
 no document, or one without options, and the sweep must not publish the job
-without its callback or dedup. The workers' sweep (``tasks.owed_sweep``)
+without its callback or dedup. The workers' sweep (``tasks.recovery.early_ack_sweep``)
 publishes again every owed job whose deadline has passed and whose document is
 not terminal; fencing
-(``tasks.fencing``) drops a delivery of a job that has ended meanwhile.
+(``tasks.store.fencing``) drops a delivery of a job that has ended meanwhile.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys
-from wsupload.tasks.messages import bind, read_upload_call
+from wsupload.tasks.store import keys
+from wsupload.tasks.wire.decode import bind, read_upload_call
 
 
 def early_ack_after(consumer_timeout: float) -> float:

@@ -5,7 +5,7 @@ batch of 10,000 jobs goes to Redis in a few pipelined round trips instead of
 one ``send_task`` each. A producer in another language writes the same JSON with
 ``LPUSH <queue>``; ``tests/unit/test_wire.py`` checks it against what Celery
 itself sends. On RabbitMQ (``amqp_message``) the same body and headers are published
-to the default exchange with the queue's name as routing key (``tasks.publisher``).
+to the default exchange with the queue's name as routing key (``tasks.wire.amqp_publisher``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
-from wsupload.tasks.messages import JOBS_HEADER
+from wsupload.tasks.wire.decode import JOBS_HEADER
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _REPLY_TO = str(uuid.uuid4())

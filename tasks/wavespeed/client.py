@@ -22,9 +22,9 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
 
 from wsupload.tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.multipart import MultipartBody
-from wsupload.tasks.retry_policy import error_for_status, parse_retry_after
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.wavespeed.multipart import MultipartBody
+from wsupload.tasks.wavespeed.retry_policy import error_for_status, parse_retry_after
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
 FIELD_NAME = "file"

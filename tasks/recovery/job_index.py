@@ -1,4 +1,4 @@
-"""Each job's place in its queue's line: what lets the sweep (``tasks.sweep``) tell a lost message.
+"""Each job's place in its queue's line: what lets the sweep (``tasks.recovery.lost_sweep``) tell a lost message.
 
 kombu's Redis transport takes a message off its queue list (BRPOP) and records it
 as unacked in a second round trip; a Redis killed, or a worker dying, in between
@@ -29,7 +29,7 @@ itself matters more than its place.
 
 from __future__ import annotations
 
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 
 _FRONT = """
 local function front_place(pending, taken)

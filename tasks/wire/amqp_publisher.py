@@ -5,11 +5,11 @@ declaration and one confirmed publish, not a connection handshake.
 
 Celery's own ``confirm_publish`` waits for RabbitMQ's confirm after every message
 (one round trip each). Here a channel in confirm mode publishes ``BATCH`` messages
-(``tasks.wire.amqp_message``) and then waits until RabbitMQ has confirmed every one
+(``tasks.wire.encode.amqp_message``) and then waits until RabbitMQ has confirmed every one
 of them, so 10,000 jobs cost a few dozen round trips. A nack, a returned message,
 a closed channel or a wait longer than ``CONFIRM_TIMEOUT`` raises ``PublishError``:
 the caller does not know which messages RabbitMQ kept, and the owed set
-(``tasks.owed``) covers them all.
+(``tasks.recovery.early_acks``) covers them all.
 
 The queues are declared first exactly as the workers declare them (durable quorum
 queues, ``worker.app``): RabbitMQ drops a message routed to a queue that does not
@@ -29,7 +29,7 @@ from kombu import Connection
 
 from wsupload.config.errors import WsuploadError
 from wsupload.config.redis_urls import masked
-from wsupload.tasks.wire import AmqpMessage
+from wsupload.tasks.wire.encode import AmqpMessage
 
 BATCH = 1000
 """Messages published between two waits for confirms."""

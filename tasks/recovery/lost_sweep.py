@@ -1,6 +1,6 @@
 """The lost-message sweep: a job that is in no queue, no worker's hands and has no outcome is queued again.
 
-A job's place in its queue's line (``tasks.places``) says where it stands: placed
+A job's place in its queue's line (``tasks.recovery.job_index``) says where it stands: placed
 below the highest place a worker has taken, it was either pushed to the front of
 the line since (a restore or a put-back: it waits at the front, where the sweep
 looks for it) or taken by a BRPOP whose record Redis never got — lost. The sweep,
@@ -14,7 +14,7 @@ per queue list (``Settings.queue`` and ``bulk_queue``):
    finished, leaves the line's records; one still waiting is accounted for; any
    other is a *suspect* from the first time it is seen (Redis's clock), and a
    suspect for ``grace`` seconds or more is put back at the back of its line with
-   its message built again from its document (``tasks.wire``) — by one script that
+   its message built again from its document (``tasks.wire.encode``) — by one script that
    first checks its place is the one the sweep read, so a job taken, pushed or
    put back meanwhile is left alone.
 
@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-from wsupload.tasks import keys, wire
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import jobs_named
-from wsupload.tasks.results import TERMINAL, JobDoc, ResultStore, text
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import TERMINAL, JobDoc, ResultStore, text
+from wsupload.tasks.wire import encode
+from wsupload.tasks.wire.decode import jobs_named
 
 log = logging.getLogger(__name__)
 
@@ -278,4 +279,4 @@ def message_of(c: Candidate) -> str:
     """The job's message, built again from its document as the producer built it."""
     assert c.doc is not None
     options = c.doc.get("options")
-    return wire.upload_message(c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None)
+    return encode.upload_message(c.job_id, c.doc["source"], c.queue, options if isinstance(options, dict) else None)

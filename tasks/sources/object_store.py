@@ -20,9 +20,9 @@ from typing import Any
 
 from wsupload.config.parsers import split_store_url
 from wsupload.config.settings import Settings
-from wsupload.tasks import formats
 from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
-from wsupload.tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
+from wsupload.tasks.sources import formats
+from wsupload.tasks.sources.media import OpenedSource, Readable, require_content, require_media_kind
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$", re.IGNORECASE)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from wsupload.config.parsers import split_store_url
 from wsupload.config.settings import Settings
-from wsupload.tasks import formats
 from wsupload.tasks.errors import InvalidInput
-from wsupload.tasks.object_store import S3Store
+from wsupload.tasks.sources import formats
+from wsupload.tasks.sources.object_store import S3Store
 
 
 @dataclass(frozen=True)

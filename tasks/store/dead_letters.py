@@ -22,9 +22,9 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys, results
-from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES, clip
-from wsupload.tasks.redaction import redact
+from wsupload.tasks.observe.bounds import MAX_DEAD_MESSAGE_BYTES, clip
+from wsupload.tasks.observe.redaction import redact
+from wsupload.tasks.store import keys, results
 
 DEAD_KEY = keys.DEAD
 MAX_ENTRIES = 10_000

@@ -15,8 +15,9 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys, lease
-from wsupload.tasks.media_source import OpenedSource
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import keys
 
 BLOCK = 1024 * 1024
 

@@ -1,21 +1,21 @@
 """The owed sweep (RabbitMQ as the broker): owed jobs past their deadline are published again.
 
 Per queue, one sweeper at a time across the fleet (``keys.owed_lock(queue)``, ``SET
-NX PX`` for one interval, left to expire, as ``tasks.sweep`` does):
+NX PX`` for one interval, left to expire, as ``tasks.recovery.lost_sweep`` does):
 
 1. one script takes the jobs whose deadline (Redis's clock) has passed, at most
    ``LIMIT``, and moves their deadline ``retry`` seconds on, so a sweeper that dies
    or cannot reach RabbitMQ leaves them due again, not lost;
 2. their documents decide: a job that has ended leaves the set; any other is
-   published again (``tasks.wire.amqp_message``) with publisher confirms, from
+   published again (``tasks.wire.encode.amqp_message``) with publisher confirms, from
    the call stored with its entry when it was acknowledged early (its message's
    source and options: the document may have none), else from its document as
-   ``tasks.sweep`` builds Redis messages; a job with neither leaves the set;
+   ``tasks.recovery.lost_sweep`` builds Redis messages; a job with neither leaves the set;
 3. once confirmed, each entry still holding the deadline the sweep gave it is
    removed; one its worker renewed meanwhile stays (that job still runs, and
    fencing decides between the two deliveries).
 
-The Redis-broker sweep (``tasks.sweep``) does not run on RabbitMQ: RabbitMQ loses
+The Redis-broker sweep (``tasks.recovery.lost_sweep``) does not run on RabbitMQ: RabbitMQ loses
 no message between a queue and a consumer.
 """
 
@@ -28,10 +28,12 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys, owed, wire
-from wsupload.tasks.limits import clip
-from wsupload.tasks.publisher import Publisher
-from wsupload.tasks.results import TERMINAL, JobDoc, ResultStore
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery import early_acks
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import TERMINAL, JobDoc, ResultStore
+from wsupload.tasks.wire import encode
+from wsupload.tasks.wire.amqp_publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Resend:
 
 
 def split(
-    jobs: Sequence[str], docs: Sequence[JobDoc | None], calls: Sequence[owed.Call | None] | None = None
+    jobs: Sequence[str], docs: Sequence[JobDoc | None], calls: Sequence[early_acks.Call | None] | None = None
 ) -> tuple[list[str], list[tuple[str, Resend]]]:
     """Due jobs into those to forget and those to publish again.
 
@@ -81,8 +83,8 @@ def split(
     return ended, live
 
 
-def message_of(job_id: str, resend: Resend, queue: str) -> wire.AmqpMessage:
-    return wire.amqp_message(job_id, resend.source, queue, resend.options)
+def message_of(job_id: str, resend: Resend, queue: str) -> encode.AmqpMessage:
+    return encode.amqp_message(job_id, resend.source, queue, resend.options)
 
 
 class OwedSweep:
@@ -103,7 +105,7 @@ class OwedSweep:
         self.store = store
         self.queues = tuple(queues)
         self.publisher = publisher
-        self.owed = owed.OwedSet(client)
+        self.owed = early_acks.OwedSet(client)
         self.grace = retry
         """Seconds before jobs this sweep took are due again if it could not publish them."""
         self.interval = interval

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from wsupload.tasks import formats
 from wsupload.tasks.errors import InvalidInput, SourceChanged
-from wsupload.tasks.media_source import OpenedSource, Readable, require_content, require_media_kind
+from wsupload.tasks.sources import formats
+from wsupload.tasks.sources.media import OpenedSource, Readable, require_content, require_media_kind
 
 
 def local_path(source: str) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis
 
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 
 MAX_WAIT = 30.0
 """Seconds at most a delivery holds its message waiting for Redis."""

@@ -19,9 +19,9 @@ import secrets
 from collections.abc import Callable
 from typing import NoReturn
 
-from wsupload.tasks import lease
 from wsupload.tasks.errors import SourceChanged
-from wsupload.tasks.media_source import OpenedSource, Readable
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.sources.media import OpenedSource, Readable
 
 
 def _quote(value: str) -> str:

@@ -28,7 +28,7 @@ import redis
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, parse_sentinel_url
-from wsupload.tasks.limits import clip
+from wsupload.tasks.observe.bounds import clip
 
 SENTINEL_TIMEOUT = 2.0
 """Seconds to connect to, or hear from, one sentinel before asking the next."""

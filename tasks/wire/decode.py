@@ -12,7 +12,7 @@ or raises:
 - ``InvalidInput``: a job whose source or options are refused; it ends
   ``failed``/``invalid_input`` like any bad source.
 
-A bulk message (``wsupload.upload_many``, built by ``tasks.wire.upload_many_message``)
+A bulk message (``wsupload.upload_many``, built by ``tasks.wire.encode.upload_many_message``)
 is read by ``read_upload_many``: an ``InvalidMessage`` for the message as a whole
 (its shape, or a ``wsupload_jobs`` header that does not list its jobs:
 ``check_upload_many``, all the consumer checks), else a verdict per job, so one
@@ -31,8 +31,8 @@ from typing import Any
 
 from wsupload.config.settings import MAX_JOBS_PER_MESSAGE, UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
 from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
-from wsupload.tasks.limits import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
-from wsupload.tasks.options import JobOptions
+from wsupload.tasks.observe.bounds import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
+from wsupload.tasks.wire.options import JobOptions
 
 PARAMETERS = ("job_id", "source", "options")
 _JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_JOB_ID_CHARS - 1}}}")
@@ -60,7 +60,7 @@ class Refused:
 
 
 JOBS_HEADER = "wsupload_jobs"
-"""A bulk message's header listing its jobs' ids, in order (``tasks.wire``)."""
+"""A bulk message's header listing its jobs' ids, in order (``tasks.wire.encode``)."""
 UPLOAD_TASKS = frozenset({UPLOAD_TASK_NAME, UPLOAD_MANY_TASK_NAME})
 """The tasks whose messages carry jobs."""
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from wsupload.tasks.errors import UploadError
-from wsupload.tasks.results import RETRYING
+from wsupload.tasks.store.results import RETRYING
 
 FIELDS = ("job_id", "batch_id", "status", "attempt", "kind", "http_status", "duration_s", "bytes", "retry_in_s")
 """Every job field a JSON log line may carry, in the order it is written."""

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.errors import InvalidInput
-from wsupload.tasks.local_files import open_local
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.object_store import FsspecStore, S3Store, bucket_allowed, parse_object_url
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.sources.object_store import FsspecStore, S3Store, bucket_allowed, parse_object_url
 
 
 def scheme_of(source: str) -> str:

@@ -17,7 +17,7 @@ life within its own bounds. ``JobLease`` is where a job shows them:
   ran out.
 
 A job that hangs (a deadlocked read, a stuck thread) shows no sign of life, is
-no longer renewed and goes to another worker; fencing (``tasks.fencing``) keeps
+no longer renewed and goes to another worker; fencing (``tasks.store.fencing``) keeps
 the hung one from writing if it ever wakes. The policy (``renewable``) is pure.
 """
 

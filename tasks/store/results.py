@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from wsupload.tasks import keys
-from wsupload.tasks.connections import PerThread
 from wsupload.tasks.errors import UploadError
-from wsupload.tasks.fencing import Claim, ClaimAsk, Fencing, FirstAttempt, Superseded, claim_args
-from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.redaction import redact
+from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
+from wsupload.tasks.observe.redaction import redact
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.connections import PerThread
+from wsupload.tasks.store.fencing import Claim, ClaimAsk, Fencing, FirstAttempt, Superseded, claim_args
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", 
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 STATUSES = frozenset({QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED})
 _TIMES = ("started_at", "finished_at", "expires_at")
-# Where documents live and are announced (built in tasks.keys, named here for the store's users).
+# Where documents live and are announced (built in tasks.store.keys, named here for the store's users).
 EVENTS_CHANNEL, ENDED_CHANNEL = keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL
 result_key, batch_key = keys.result, keys.batch
 
@@ -247,7 +247,7 @@ class ResultStore:
         """Write the document, announce it and count it (a batch member in its batch, a job that ends in
         its minute's statistics, ``keys.stats``); one Lua call.
 
-        Fenced (``tasks.fencing``): with a ``generation`` the write happens only while
+        Fenced (``tasks.store.fencing``): with a ``generation`` the write happens only while
         that delivery still holds the job, else ``Superseded`` is raised; without one
         it happens unless the job has ended. Either way nothing is written after the
         job's first terminal write, so a batch counts each job once, and its counters

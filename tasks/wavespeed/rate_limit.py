@@ -21,7 +21,9 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks import keys, lease, telemetry
+from wsupload.tasks.observe import telemetry
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.store import keys
 
 TAT_KEY, ACTIVE_KEY, PAUSE_KEY = keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from wsupload.tasks import errors
-from wsupload.tasks.results import FAILED, SUCCEEDED
+from wsupload.tasks.store.results import FAILED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 

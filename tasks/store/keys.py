@@ -15,7 +15,7 @@ EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
 """Each job's final document, once, when it ends: a waiter wakes once per job, not per change."""
 DEAD = f"{KEY_PREFIX}:dead"
-"""The dead-letter list (``tasks.dead_letters``)."""
+"""The dead-letter list (``tasks.store.dead_letters``)."""
 BROKER_WRITE_PROBE = f"{KEY_PREFIX}:broker-write-probe"
 """Never created: the worker's ``LPUSHX`` on it is refused exactly like any write (a full or read-only Redis)."""
 RATE_TAT = f"{KEY_PREFIX}:ratelimit:tat"
@@ -33,7 +33,7 @@ def result(job_id: str) -> str:
 
 
 def generation(job_id: str) -> str:
-    """A job's current delivery, or ``done`` once it ended (``tasks.fencing``)."""
+    """A job's current delivery, or ``done`` once it ended (``tasks.store.fencing``)."""
     return f"{result(job_id)}:generation"
 
 
@@ -87,7 +87,7 @@ def worker(name: str) -> str:
     return f"{KEY_PREFIX}:worker:{name}"
 
 
-# The lost-message sweep (tasks.sweep)
+# The lost-message sweep (tasks.recovery.lost_sweep)
 
 
 def pending(queue: str) -> str:
@@ -126,7 +126,7 @@ def stats(minute: int) -> str:
     return f"{KEY_PREFIX}:stats:{minute}"
 
 
-# RabbitMQ as the broker (tasks.owed)
+# RabbitMQ as the broker (tasks.recovery.early_acks)
 
 
 def owed(queue: str) -> str:
