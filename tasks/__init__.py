@@ -1,6 +1,6 @@
 """Upload jobs: the Celery tasks, the two orchestrators, and the rooms they draw on.
 
-Imports ``config``; never ``worker``. The map::
+Imports ``config`` and ``wsupload.errors`` (the one error hierarchy); never ``worker``. The map::
 
     tasks/
     ├── upload.py         the Celery task ``wsupload.upload``: one job per message
@@ -10,7 +10,6 @@ Imports ``config``; never ``worker``. The map::
     ├── job.py            running one job: open the source, upload with retries, record the outcome
     ├── enqueue.py        putting jobs on the queue: documents and messages, all of a call or none
     ├── runtime.py        what a worker process builds once and every task uses
-    ├── errors.py         the error hierarchy, drawn whole
     ├── sources/          opening and checking local files and object-store keys, formats, discovery
     ├── wavespeed/        the HTTP client, the multipart body, the retry policy, the shared rate limit
     ├── store/            Redis: connections, keys, result documents, fencing, batches, dead letters, dedup

@@ -52,9 +52,8 @@ from typing import Any
 
 import redis
 
-from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import ConfigError, EnqueueError, InvalidInput, PublishError
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.sources.discovery import Found
@@ -62,7 +61,7 @@ from wsupload.tasks.store import keys, results
 from wsupload.tasks.store.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire import encode
-from wsupload.tasks.wire.amqp_publisher import Publisher, PublishError
+from wsupload.tasks.wire.amqp_publisher import Publisher
 
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
@@ -143,36 +142,6 @@ for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[7], 'EX', ttl) end
 return 1
 """
-
-
-class EnqueueError(WsuploadError):
-    """Jobs were not enqueued, all of them: a call is queued whole or not at all.
-
-    ``str()`` is one readable line. ``jobs`` are the jobs the call would have
-    queued. ``in_doubt`` is true only when the connection failed during the
-    commit and Redis could not be asked afterwards: then either every one of
-    ``jobs`` is queued or none is (``status`` tells which once Redis answers).
-    ``queued`` is true when, on RabbitMQ, the jobs were committed but not all
-    their messages confirmed: they are queued, and the workers' sweep publishes them.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        jobs: list[Job],
-        in_doubt: bool = False,
-        batch_id: str | None = None,
-        queued: bool = False,
-    ) -> None:
-        super().__init__(message, jobs, in_doubt, batch_id, queued)
-        self.message = message
-        self.jobs = jobs
-        self.in_doubt = in_doubt
-        self.batch_id = batch_id
-        self.queued = queued
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

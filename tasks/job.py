@@ -32,11 +32,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     InternalError,
+    LeaseLost,
     RateLimited,
     RetriesExhausted,
     SourceChanged,
+    Superseded,
     TooLarge,
     TooManyDeliveries,
     TransientError,
@@ -45,12 +47,11 @@ from wsupload.tasks.errors import (
 from wsupload.tasks.observe import redaction, telemetry
 from wsupload.tasks.observe.log_fields import outcome_fields, retry_fields
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.recovery.lease import LeaseLost
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.sources.opener import SourceOpener, scheme_of
 from wsupload.tasks.store import results
 from wsupload.tasks.store.dedup import DedupStore, content_digest
-from wsupload.tasks.store.fencing import Claim, ClaimAsk, FirstAttempt, Superseded
+from wsupload.tasks.store.fencing import Claim, ClaimAsk, FirstAttempt
 from wsupload.tasks.wavespeed.rate_limit import SLOT_LEASES, FleetLimiter, RateLimitTimeout
 from wsupload.tasks.wavespeed.retry_policy import RetryPolicy, is_transient, next_delay
 from wsupload.tasks.wire.options import JobOptions

@@ -24,12 +24,11 @@ import redis
 from celery import shared_task
 from redis.exceptions import LockError
 
-from wsupload.config.errors import WsuploadError
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings
+from wsupload.errors import InvalidInput, WsuploadError
 from wsupload.tasks import runtime
 from wsupload.tasks.enqueue import Enqueuer
-from wsupload.tasks.errors import InvalidInput
 from wsupload.tasks.sources.discovery import Found, discover, read_manifest
 from wsupload.tasks.sources.local_files import inside_roots
 from wsupload.tasks.store import keys, results

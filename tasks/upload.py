@@ -30,16 +30,14 @@ from celery.exceptions import Reject
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
+from wsupload.errors import InternalError, JobFailed, LeaseLost, NoJobId, Superseded, UploadError
 from wsupload.tasks import runtime
 from wsupload.tasks.callbacks import callback
-from wsupload.tasks.errors import InternalError, JobFailed, UploadError
 from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.observe import redaction
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks, redis_wait
-from wsupload.tasks.recovery.lease import LeaseLost
-from wsupload.tasks.store.fencing import Superseded
-from wsupload.tasks.wire.decode import NoJobId, job_id_of, read_upload_call, shown
+from wsupload.tasks.wire.decode import job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
 

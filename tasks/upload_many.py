@@ -46,11 +46,10 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, Settings
-from wsupload.tasks.errors import InternalError, InvalidMessage, UploadError
+from wsupload.errors import InternalError, InvalidMessage, LeaseLost, Superseded, UploadError
 from wsupload.tasks.job import Ahead, JobRunner
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.recovery.lease import LeaseLost
-from wsupload.tasks.store.fencing import ClaimAsk, Superseded
+from wsupload.tasks.store.fencing import ClaimAsk
 from wsupload.tasks.upload import (
     cannot_record_now,
     delivery_tag,

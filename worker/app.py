@@ -60,10 +60,10 @@ from celery.schedules import crontab
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
 from celery.utils.log import get_multiprocessing_logger
 
-from wsupload.config.errors import ConfigError
 from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings, deprecations
+from wsupload.errors import ConfigError
 from wsupload.tasks.observe import redaction
 from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard

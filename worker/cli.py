@@ -24,10 +24,10 @@ from typing import Any, cast
 
 import redis
 
-from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.redis_urls import masked
 from wsupload.config.schedules import load_schedules
 from wsupload.config.settings import Settings, parse_duration, parse_size
+from wsupload.errors import ConfigError, WsuploadError
 from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
 from wsupload.tasks.store.batches import export_row, write_export
 from wsupload.tasks.store.results import utcnow

@@ -23,7 +23,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
-from wsupload.tasks.errors import InvalidMessage
+from wsupload.errors import InvalidMessage
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.wire.decode import (
     bulk_jobs_in,

@@ -18,7 +18,7 @@ from functools import cached_property
 import redis
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import InvalidMessage
+from wsupload.errors import InvalidMessage
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from wsupload.tasks.errors import UploadError
+from wsupload.errors import UploadError
 from wsupload.tasks.store.results import RETRYING
 
 FIELDS = ("job_id", "batch_id", "status", "attempt", "kind", "http_status", "duration_s", "bytes", "retry_in_s")

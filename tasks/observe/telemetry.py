@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
-from wsupload.tasks import errors
+from wsupload import errors
 from wsupload.tasks.store.results import FAILED, SUCCEEDED
 
 log = logging.getLogger(__name__)

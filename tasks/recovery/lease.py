@@ -29,12 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from wsupload.config.errors import WsuploadError
-from wsupload.tasks.errors import TimeLimitExceeded
-
-
-class LeaseLost(WsuploadError):
-    """This delivery may no longer act for its job: another worker has it, or it was handed back."""
+from wsupload.errors import LeaseLost, TimeLimitExceeded
 
 
 @dataclass

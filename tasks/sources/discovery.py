@@ -18,7 +18,7 @@ from pathlib import Path
 
 from wsupload.config.parsers import split_store_url
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 from wsupload.tasks.sources import formats
 from wsupload.tasks.sources.object_store import S3Store
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from wsupload.tasks.errors import InvalidInput, SourceChanged
+from wsupload.errors import InvalidInput, SourceChanged
 from wsupload.tasks.sources import formats
 from wsupload.tasks.sources.media import OpenedSource, Readable, require_content, require_media_kind
 

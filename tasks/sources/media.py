@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 from wsupload.tasks.sources import formats
 
 

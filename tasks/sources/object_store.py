@@ -20,7 +20,7 @@ from typing import Any
 
 from wsupload.config.parsers import split_store_url
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
+from wsupload.errors import InvalidInput, SourceUnavailable, StoreError, UploadError
 from wsupload.tasks.sources import formats
 from wsupload.tasks.sources.media import OpenedSource, Readable, require_content, require_media_kind
 

@@ -11,7 +11,7 @@ import threading
 from urllib.parse import urlsplit
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 from wsupload.tasks.sources.local_files import open_local
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.sources.object_store import FsspecStore, S3Store, bucket_allowed, parse_object_url

@@ -39,8 +39,6 @@ from typing import Any
 
 import redis
 
-from wsupload.config.errors import WsuploadError
-
 DONE = "done"
 """The generation key's value once the job has ended."""
 
@@ -159,10 +157,6 @@ return {saved, claim(claim_keys, claim_args)}
 
 LEASE_GONE = -1
 """A claim's answer when the delivery's lease is no longer in the lease index."""
-
-
-class Superseded(WsuploadError):
-    """A write was refused: another delivery holds the job now, or it has ended."""
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from wsupload.tasks.errors import UploadError
+from wsupload.errors import Superseded, UploadError
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.observe.redaction import redact
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.connections import PerThread
-from wsupload.tasks.store.fencing import Claim, ClaimAsk, Fencing, FirstAttempt, Superseded, claim_args
+from wsupload.tasks.store.fencing import Claim, ClaimAsk, Fencing, FirstAttempt, claim_args
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from requests.cookies import extract_cookies_to_jar
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
 
-from wsupload.tasks.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
+from wsupload.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.tasks.wavespeed.retry_policy import error_for_status, parse_retry_after

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Callable
 from typing import NoReturn
 
-from wsupload.tasks.errors import SourceChanged
+from wsupload.errors import SourceChanged
 from wsupload.tasks.recovery import lease
 from wsupload.tasks.sources.media import OpenedSource, Readable
 

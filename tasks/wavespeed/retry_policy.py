@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     ClientError,
     RateLimited,
     Rejected,

@@ -27,8 +27,8 @@ import amqp
 from amqp.method_framing import frame_writer
 from kombu import Connection
 
-from wsupload.config.errors import WsuploadError
 from wsupload.config.redis_urls import masked
+from wsupload.errors import PublishError
 from wsupload.tasks.wire.encode import AmqpMessage
 
 BATCH = 1000
@@ -38,10 +38,6 @@ CONFIRM_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 QUORUM = {"x-queue-type": "quorum"}
 """The arguments every wsupload queue is declared with on RabbitMQ."""
-
-
-class PublishError(WsuploadError):
-    """RabbitMQ did not confirm every message (refused, unreachable, or closed the channel)."""
 
 
 def declare(channel: Any, queues: Iterable[str]) -> None:

@@ -30,16 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsupload.config.settings import MAX_JOBS_PER_MESSAGE, UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
-from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
+from wsupload.errors import InvalidInput, InvalidMessage, NoJobId, UploadError
 from wsupload.tasks.observe.bounds import MAX_JOB_ID_CHARS, MAX_OPTIONS_CHARS, MAX_SOURCE_CHARS, clip
 from wsupload.tasks.wire.options import JobOptions
 
 PARAMETERS = ("job_id", "source", "options")
 _JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_JOB_ID_CHARS - 1}}}")
-
-
-class NoJobId(InvalidMessage):
-    """The message names no job: there is nothing to record its failure in."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wsupload.config.parsers import check_callback_url
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 
 KNOWN = ("dedup", "callback_url")
 

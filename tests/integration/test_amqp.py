@@ -24,7 +24,7 @@ import pytest
 from tests.integration import rabbit
 from tests.integration.conftest import finished, producer_env
 from wsupload.config import Settings
-from wsupload.tasks.enqueue import EnqueueError
+from wsupload.errors import EnqueueError
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import JobDoc
 from wsupload.tasks.wire import encode

@@ -21,7 +21,8 @@ import pytest
 
 from tests.integration.conftest import clean_env
 from wsupload.config import Settings
-from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError
+from wsupload.errors import EnqueueError
+from wsupload.tasks.enqueue import STAGING_TTL
 from wsupload.tasks.recovery.lost_sweep import jobs_of
 from wsupload.tasks.store import results
 from wsupload.tasks.store.batches import members_key

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import API_KEY, Fleet
-from wsupload.tasks.errors import SourceChanged
+from wsupload.errors import SourceChanged
 from wsupload.tasks.sources.local_files import open_local
 from wsupload.tasks.wavespeed.client import UploadClient
 from wsupload.worker.dev.local_services import wait_until

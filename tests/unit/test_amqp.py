@@ -9,14 +9,15 @@ import pytest
 
 from wsupload.config import Settings
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks.enqueue import EnqueueError, Enqueuer
+from wsupload.errors import EnqueueError, PublishError
+from wsupload.tasks.enqueue import Enqueuer
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.recovery.early_ack_sweep import OwedSweep, split
 from wsupload.tasks.recovery.lease import JobLease, LeaseBook
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire import encode
-from wsupload.tasks.wire.amqp_publisher import PublishError, _Confirms
+from wsupload.tasks.wire.amqp_publisher import _Confirms
 from wsupload.worker import redis_transport
 from wsupload.worker.amqp_leases import AmqpLeases, tag_of
 from wsupload.worker.app import HEARTBEAT, create_app

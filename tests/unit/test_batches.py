@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import InvalidInput, Rejected
+from wsupload.errors import InvalidInput, Rejected
 from wsupload.tasks.sources.discovery import discover, matches, read_manifest
 from wsupload.tasks.store import results
 from wsupload.tasks.store.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export

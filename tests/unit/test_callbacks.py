@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from wsupload.config import Settings
+from wsupload.errors import Rejected
 from wsupload.tasks.callbacks import SIGNATURE_HEADER, callback_key, deliver, sign, verify_signature
-from wsupload.tasks.errors import Rejected
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import ResultStore
 

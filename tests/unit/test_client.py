@@ -10,7 +10,7 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     ClientError,
     ConnectionFailed,
     RateLimited,

@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import results

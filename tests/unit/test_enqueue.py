@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from wsupload.config import ConfigError, Settings
+from wsupload.errors import EnqueueError, InvalidInput
 from wsupload.tasks import enqueue as enqueue_module
-from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
-from wsupload.tasks.errors import InvalidInput
+from wsupload.tasks.enqueue import STAGING_TTL, Enqueuer, Job, redis_reason
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS
 from wsupload.tasks.store import keys, results
 

@@ -12,13 +12,12 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import Rejected
+from wsupload.errors import LeaseLost, Rejected, Superseded
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.recovery.lease import LeaseLost
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import keys, results
-from wsupload.tasks.store.fencing import ClaimAsk, FirstAttempt, Superseded
+from wsupload.tasks.store.fencing import ClaimAsk, FirstAttempt
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.local_services import start_redis
 from wsupload.worker.dev.samples import png_bytes

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
+from wsupload.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from wsupload.tasks.job import JobRunner, Uploader
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import results

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import TimeLimitExceeded
+from wsupload.errors import LeaseLost, TimeLimitExceeded
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.recovery.lease import JobLease, LeaseBook, LeaseLost, renewable
+from wsupload.tasks.recovery.lease import JobLease, LeaseBook, renewable
 from wsupload.tasks.sources.local_files import open_local
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import keys

@@ -18,7 +18,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from tests.unit.test_job import DATA, ScriptedClient, make_runner
 from wsupload.config import Settings
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks.errors import ServerError, Unauthorized
+from wsupload.errors import ServerError, Unauthorized
 from wsupload.tasks.observe import redaction
 from wsupload.tasks.observe.bounds import MAX_LOG_CHARS
 from wsupload.tasks.observe.log_fields import FIELDS, outcome_fields, retry_fields

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.unit.test_job import DATA, SECRET, ScriptedClient, make_runner
 from tests.unit.test_renewer import FakeChannel
 from wsupload.config import Settings
-from wsupload.tasks.errors import Rejected, ServerError
+from wsupload.errors import Rejected, ServerError
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.recovery.lease import JobLease, LeaseBook
 from wsupload.tasks.sources.media import OpenedSource
@@ -95,7 +95,7 @@ def test_a_refused_source_and_a_message_recorded_outside_a_run_count_as_failed_j
 ) -> None:
     runner = make_runner(store, ScriptedClient(), [])
     runner.run("missing", str(tmp_path / "nope.png"))
-    from wsupload.tasks.errors import InvalidMessage
+    from wsupload.errors import InvalidMessage
 
     runner.fail("bad-message", "", InvalidMessage("arguments are not [job_id, source]"))
     runner.fail("bad-message", "", InvalidMessage("counted once: the job has ended"))

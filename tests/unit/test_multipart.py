@@ -5,7 +5,7 @@ import io
 import pytest
 from python_multipart.multipart import MultipartParser
 
-from wsupload.tasks.errors import SourceChanged
+from wsupload.errors import SourceChanged
 from wsupload.tasks.wavespeed.multipart import MultipartBody
 
 

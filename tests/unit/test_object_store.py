@@ -9,7 +9,7 @@ import fsspec
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError
+from wsupload.errors import InvalidInput, SourceUnavailable, StoreError
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.sources.object_store import FsspecStore, ObjectURL, bucket_allowed, parse_object_url

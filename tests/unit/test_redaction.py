@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wsupload.tasks.errors import ServerError
+from wsupload.errors import ServerError
 from wsupload.tasks.observe import redaction
 from wsupload.tasks.store.results import ResultStore, failed, new_doc, utcnow
 

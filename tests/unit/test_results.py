@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import fakeredis
 
-from wsupload.tasks.errors import RateLimited, Rejected
+from wsupload.errors import RateLimited, Rejected
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import ResultStore
 

@@ -6,7 +6,7 @@ from email.utils import format_datetime
 import pytest
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     ConnectionFailed,
     PermanentError,
     RateLimited,

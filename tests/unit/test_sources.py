@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import InvalidInput, SourceChanged
+from wsupload.errors import InvalidInput, SourceChanged
 from wsupload.tasks.sources import opener as opener_module
 from wsupload.tasks.sources.local_files import open_local
 from wsupload.tasks.sources.media import OpenedSource

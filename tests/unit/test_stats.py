@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import Unauthorized
+from wsupload.errors import Unauthorized
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import ResultStore, failed, isoformat, new_doc, succeeded, utcnow
 from wsupload.worker import stats

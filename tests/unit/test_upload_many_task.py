@@ -9,11 +9,10 @@ import redis
 from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
+from wsupload.errors import LeaseLost, Superseded
 from wsupload.tasks import upload_many as bulk_module
 from wsupload.tasks.job import JobRunner, Outcome
-from wsupload.tasks.recovery.lease import LeaseLost
 from wsupload.tasks.store import keys, results
-from wsupload.tasks.store.fencing import Superseded
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 

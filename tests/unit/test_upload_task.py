@@ -11,12 +11,10 @@ from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
 from wsupload.config import Settings
+from wsupload.errors import JobFailed, LeaseLost, Rejected, Superseded, Unauthorized
 from wsupload.tasks import runtime
 from wsupload.tasks import upload as upload_module
-from wsupload.tasks.errors import JobFailed, Rejected, Unauthorized
 from wsupload.tasks.job import JobRunner, Outcome
-from wsupload.tasks.recovery.lease import LeaseLost
-from wsupload.tasks.store.fencing import Superseded
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 

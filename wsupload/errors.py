@@ -1,12 +1,17 @@
-"""The job-failure branches of wsupload's error hierarchy.
+"""wsupload's one error hierarchy: every class it raises on purpose, drawn whole.
 
-    WsuploadError                      (config.errors)
+    WsuploadError                      the root: ``except WsuploadError`` catches all of them
     ├── ConfigError                    bad setting, refused at startup
+    ├── EnqueueError                   a producer call queued none of its jobs (or, on RabbitMQ, not all published)
+    ├── PublishError                   RabbitMQ did not confirm every message of a publish
     ├── JobFailed                      a job ended failed in this delivery: Celery's FAILURE, after the fact
+    ├── LeaseLost                      this delivery may no longer act for its job: another worker has it
+    ├── Superseded                     a write was refused: another delivery holds the job, or it has ended
     └── UploadError                    ends up in a job's ``error`` field
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
         │   ├── InvalidMessage         invalid_message      a message the worker cannot read as a job
+        │   │   └── NoJobId            invalid_message      … and it names no job to record that in
         │   ├── SourceUnavailable      source_unavailable   object store: no bucket/object, access denied
         │   ├── TooLarge               too_large            over WSUPLOAD_MAX_BYTES, or HTTP 413
         │   ├── Rejected               rejected             HTTP 400
@@ -25,19 +30,39 @@
             ├── SourceChanged          source_changed       the file changed while it was sent
             └── ServerError            server_error         HTTP 5xx and 408
 
-Outside ``UploadError``, a delivery that may no longer act for its job stops with
-``LeaseLost`` (``tasks.recovery.lease``) or ``Superseded`` (``tasks.store.fencing``): they end the
-delivery, never the job.
+The second column is the ``error.kind`` a result document carries. ``LeaseLost`` and
+``Superseded`` end a delivery, never the job. ``tests/unit/test_error_tree.py`` keeps
+this drawing equal to the real class tree.
 
-Celery pickles exceptions across processes, so every constructor passes all of
-its arguments to ``super().__init__``. Messages never contain the API key.
+This module imports nothing of wsupload's, so every layer (``config`` first) can
+import it. Celery pickles exceptions across processes, so every constructor passes
+all of its arguments to ``super().__init__``. Messages never contain the API key.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from wsupload.config.errors import WsuploadError
+if TYPE_CHECKING:
+    from wsupload.tasks.enqueue import Job
+
+
+class WsuploadError(Exception):
+    """Base class of every error wsupload raises on purpose."""
+
+
+class ConfigError(WsuploadError):
+    """Invalid configuration, found at startup. Each problem is one line that
+    names the variable, so the CLI can print it without a traceback."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        if isinstance(problems, str):
+            problems = [problems]
+        super().__init__(problems)
+        self.problems: list[str] = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class UploadError(WsuploadError):
@@ -172,3 +197,49 @@ class JobFailed(WsuploadError):
     def __repr__(self) -> str:
         # What Celery puts in the task-failed event (Flower's "exception"): the readable error.
         return f"{type(self).__name__}({str(self)!r})"
+
+
+class NoJobId(InvalidMessage):
+    """The message names no job: there is nothing to record its failure in."""
+
+
+class LeaseLost(WsuploadError):
+    """This delivery may no longer act for its job: another worker has it, or it was handed back."""
+
+
+class Superseded(WsuploadError):
+    """A write was refused: another delivery holds the job now, or it has ended."""
+
+
+class PublishError(WsuploadError):
+    """RabbitMQ did not confirm every message (refused, unreachable, or closed the channel)."""
+
+
+class EnqueueError(WsuploadError):
+    """Jobs were not enqueued, all of them: a call is queued whole or not at all.
+
+    ``str()`` is one readable line. ``jobs`` are the jobs the call would have
+    queued. ``in_doubt`` is true only when the connection failed during the
+    commit and Redis could not be asked afterwards: then either every one of
+    ``jobs`` is queued or none is (``status`` tells which once Redis answers).
+    ``queued`` is true when, on RabbitMQ, the jobs were committed but not all
+    their messages confirmed: they are queued, and the workers' sweep publishes them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        jobs: list[Job],
+        in_doubt: bool = False,
+        batch_id: str | None = None,
+        queued: bool = False,
+    ) -> None:
+        super().__init__(message, jobs, in_doubt, batch_id, queued)
+        self.message = message
+        self.jobs = jobs
+        self.in_doubt = in_doubt
+        self.batch_id = batch_id
+        self.queued = queued
+
+    def __str__(self) -> str:
+        return self.message
