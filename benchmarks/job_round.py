@@ -18,10 +18,10 @@ import uuid
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.client import UploadClient
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.client import UploadClient
 
 
 def main(warm: int, files: list[str]) -> None:

@@ -101,9 +101,9 @@ from celery import Celery
 
 from benchmarks import overhead
 from benchmarks.run import KEY, MIB, Row, baseline, busy_cores, cpu_note, make_media, sandbox, table
-from wsupload.tasks import keys
-from wsupload.tasks.results import FAILED, TERMINAL, decode_doc, utcnow
-from wsupload.tasks.sweep import jobs_of
+from wsupload.tasks.recovery.lost_sweep import jobs_of
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import FAILED, TERMINAL, decode_doc, utcnow
 from wsupload.worker.dev.local_services import LocalRedis, free_port, start_redis, wait_until
 
 ROWS = ("kill", "grace", "pause", "redis-kill", "rss", "throughput")

@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from wsupload.tasks.wire import upload_message
+from wsupload.tasks.wire.encode import upload_message
 from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -151,10 +151,10 @@ def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], roun
     other load: the parts' shares, not the fleet's absolute figures.
     """
     from wsupload.config import Settings
-    from wsupload.tasks.client import UploadClient
     from wsupload.tasks.job import JobRunner
-    from wsupload.tasks.local_files import open_local
-    from wsupload.tasks.results import ResultStore, new_doc, utcnow
+    from wsupload.tasks.sources.local_files import open_local
+    from wsupload.tasks.store.results import ResultStore, new_doc, utcnow
+    from wsupload.tasks.wavespeed.client import UploadClient
 
     env = {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
     settings = Settings.from_env(env, worker=True)

@@ -730,7 +730,7 @@ NOTES = """
   every one of those round trips costs more than alone, which is why the queue
   path's figure is well above the sum of the rows. Halving would mean giving up one
   of those guarantees, not trimming code.
-- **Enqueueing** builds Celery's message directly (`tasks/wire.py`) and pipelines
+- **Enqueueing** builds Celery's message directly (`tasks/wire/encode.py`) and pipelines
   documents and messages: 7-10x faster than `send_task` per job.
 - **Completion → caller** takes a few milliseconds: `wait` is woken by the job's
   final document on `wsupload:ended`, with no polling loop (at most one wake-up per

@@ -1,6 +1,6 @@
-"""Configuration: settings from the environment and the root of the error hierarchy."""
+"""Configuration: settings from the environment (``ConfigError`` and its root re-exported from ``wsupload.errors``)."""
 
-from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.settings import KEY_PREFIX, UPLOAD_TASK_NAME, Settings
+from wsupload.errors import ConfigError, WsuploadError
 
 __all__ = ["KEY_PREFIX", "UPLOAD_TASK_NAME", "ConfigError", "Settings", "WsuploadError"]

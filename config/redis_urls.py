@@ -14,7 +14,7 @@ master's address (that is what failing over changes). Two spellings, one meaning
 Ports default to 26379, the database to 0. ``user``/``password`` are the master's
 (``requirepass``, ACL); ``sentinel_password`` the sentinels' own, when they have one.
 Percent-encode ``@ : / , ; ? & #`` inside a password. Both spellings parse to one
-``SentinelUrl``, from which ``tasks.connections`` builds redis-py's client and
+``SentinelUrl``, from which ``tasks.store.connections`` builds redis-py's client and
 ``worker.app`` kombu's broker URL and transport options. TLS to the master is not
 offered through Sentinel (refused with a readable reason).
 

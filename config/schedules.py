@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from wsupload.config.errors import ConfigError
 from wsupload.config.parsers import check_callback_url, parse_duration
+from wsupload.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FIELDS = {"name", "source", "manifest", "every", "cron", "glob", "dedup", "callback_url"}

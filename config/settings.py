@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsupload.config.broker_urls import is_amqp_url
-from wsupload.config.errors import ConfigError
 from wsupload.config.parsers import (
     DAY,
     MIB,
@@ -53,6 +52,7 @@ from wsupload.config.parsers import (
 )
 from wsupload.config.redis_urls import masked
 from wsupload.config.variables import Variable, read_variables, setting, settings_repr, variables_of
+from wsupload.errors import ConfigError
 
 __all__ = [
     "CALLBACK_TASK_NAME",
@@ -529,7 +529,7 @@ class Settings:
 
     @property
     def sweep_interval(self) -> float:
-        """Seconds between sweeps for jobs whose message was lost (``tasks.sweep``)."""
+        """Seconds between sweeps for jobs whose message was lost (``tasks.recovery.lost_sweep``)."""
         return max(1.0, self.lease / 2)
 
     def __repr__(self) -> str:

@@ -30,8 +30,9 @@ from celery import shared_task
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from wsupload.config.settings import CALLBACK_TASK_NAME, Settings
-from wsupload.tasks import keys, runtime
-from wsupload.tasks.results import ResultStore, isoformat, utcnow
+from wsupload.tasks import runtime
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import ResultStore, isoformat, utcnow
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Wsupload-Signature"

@@ -1,7 +1,7 @@
 """Putting jobs on the queue: documents and messages, all of a call or none of it.
 
 Each job's ``queued`` document is written with its message, so a poller never
-sees "unknown" for a real job. Messages are built by ``tasks.wire``. A call's
+sees "unknown" for a real job. Messages are built by ``tasks.wire.encode``. A call's
 jobs go to Redis a chunk at a time, but nothing reaches the queue until the
 last chunk: every chunk but the last is *staged* (documents, and the messages
 in a staging list, both expiring after ``STAGING_TTL``), and one Lua script
@@ -23,13 +23,13 @@ outcome (``tasks.upload``).
 
 The commit also gives each job its place in its queue's line, and the ``queued``
 document carries the job's options: with both, the worker's sweep
-(``tasks.sweep``) finds a message Redis lost and puts it back on the queue.
+(``tasks.recovery.lost_sweep``) finds a message Redis lost and puts it back on the queue.
 
 On RabbitMQ (``WSUPLOAD_BROKER_URL=amqp://…``) the documents cannot share a
 transaction with the messages. The commit writes them as above but, instead of
-pushing messages, makes every job *owed* (``tasks.owed``) for
+pushing messages, makes every job *owed* (``tasks.recovery.early_acks``) for
 ``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the messages are published with publisher
-confirms (``tasks.publisher``); then the owed entries are removed. ``enqueue``
+confirms (``tasks.wire.amqp_publisher``); then the owed entries are removed. ``enqueue``
 returns only once RabbitMQ has confirmed every message. If publishing fails the
 jobs stay queued and owed, and the caller gets an ``EnqueueError`` (``queued``
 true) saying the workers' sweep publishes them: rolling back instead could
@@ -52,15 +52,16 @@ from typing import Any
 
 import redis
 
-from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.settings import Settings
-from wsupload.tasks import keys, owed, results, wire
-from wsupload.tasks.batches import BatchStore, batch_fields, members_key, name_key
-from wsupload.tasks.discovery import Found
-from wsupload.tasks.errors import InvalidInput
-from wsupload.tasks.limits import MAX_SOURCE_CHARS, clip
-from wsupload.tasks.publisher import Publisher, PublishError
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import ConfigError, EnqueueError, InvalidInput, PublishError
+from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
+from wsupload.tasks.recovery import early_acks
+from wsupload.tasks.sources.discovery import Found
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.store.batches import BatchStore, batch_fields, members_key, name_key
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wire import encode
+from wsupload.tasks.wire.amqp_publisher import Publisher
 
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
@@ -74,7 +75,7 @@ REASON_CHARS = 160
 
 # The commit. Atomic, so workers see all of a call's jobs or none of them.
 # KEYS: queue, marker (a key only this script creates: the first document it writes,
-#       or the batch hash), the queue's pending set and place counter (tasks.sweep),
+#       or the batch hash), the queue's pending set and place counter (tasks.recovery.lost_sweep),
 #       nstage staging lists, the documents of every job in order (staged ones first),
 #       then for a batch its hash, member list and, if named, name key.
 # ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
@@ -85,7 +86,7 @@ REASON_CHARS = 160
 # whose reply was lost). Every check comes before the first write, and that write is
 # a SET or HSET: under maxmemory Redis refuses it before anything is written, and
 # lets a script that has written go on, so no error can leave half a commit.
-# Each job gets its place in the queue's line (see tasks.sweep): LPUSH puts its first
+# Each job gets its place in the queue's line (see tasks.recovery.lost_sweep): LPUSH puts its first
 # argument nearest the front, so the jobs are taken in order, and their places ascend
 # in that order from the counter (a bulk message's jobs are consecutive in that order).
 _COMMIT = """
@@ -141,36 +142,6 @@ for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[7], 'EX', ttl) end
 return 1
 """
-
-
-class EnqueueError(WsuploadError):
-    """Jobs were not enqueued, all of them: a call is queued whole or not at all.
-
-    ``str()`` is one readable line. ``jobs`` are the jobs the call would have
-    queued. ``in_doubt`` is true only when the connection failed during the
-    commit and Redis could not be asked afterwards: then either every one of
-    ``jobs`` is queued or none is (``status`` tells which once Redis answers).
-    ``queued`` is true when, on RabbitMQ, the jobs were committed but not all
-    their messages confirmed: they are queued, and the workers' sweep publishes them.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        jobs: list[Job],
-        in_doubt: bool = False,
-        batch_id: str | None = None,
-        queued: bool = False,
-    ) -> None:
-        super().__init__(message, jobs, in_doubt, batch_id, queued)
-        self.message = message
-        self.jobs = jobs
-        self.in_doubt = in_doubt
-        self.batch_id = batch_id
-        self.queued = queued
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
@@ -257,9 +228,9 @@ def in_chunks(groups: list[list[Job]], limit: int) -> list[list[list[Job]]]:
 def messages(groups: Sequence[Sequence[Job]], queue: str, options: dict[str, Any] | None) -> list[str]:
     """One message per group of jobs: ``wsupload.upload`` for one job, ``wsupload.upload_many`` for more."""
     return [
-        wire.upload_message(group[0].job_id, group[0].source, queue, options)
+        encode.upload_message(group[0].job_id, group[0].source, queue, options)
         if len(group) == 1
-        else wire.upload_many_message([(job.job_id, job.source) for job in group], queue, options)
+        else encode.upload_many_message([(job.job_id, job.source) for job in group], queue, options)
         for group in groups
     ]
 
@@ -298,8 +269,8 @@ class Enqueuer:
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
         self._commit = client.register_script(_COMMIT)
-        self._commit_owed = client.register_script(owed.COMMIT)
-        self.owed = owed.OwedSet(client)
+        self._commit_owed = client.register_script(early_acks.COMMIT)
+        self.owed = early_acks.OwedSet(client)
         self._publisher: Publisher | None = None
 
     def enqueue(
@@ -414,7 +385,7 @@ class Enqueuer:
             args += [item for pair in fields.items() for item in pair]
         owed_until = self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
         try:
-            self.publisher().publish([wire.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
+            self.publisher().publish([encode.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
         except PublishError as exc:
             subject = "batch" if batch else ("job" if len(jobs) == 1 else "jobs")
             raise EnqueueError(
@@ -430,7 +401,7 @@ class Enqueuer:
         # not ended by then, and fencing drops a second delivery of one that has.
         if isinstance(owed_until, bytes | str):
             with contextlib.suppress(redis.RedisError):
-                due = owed.Due(queue, owed_until.decode() if isinstance(owed_until, bytes) else owed_until, [])
+                due = early_acks.Due(queue, owed_until.decode() if isinstance(owed_until, bytes) else owed_until, [])
                 for ids in results.chunks([job.job_id for job in jobs], 1000):
                     self.owed.remove_if(due, ids)
 

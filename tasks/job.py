@@ -32,26 +32,29 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import lease, redaction, results, telemetry
-from wsupload.tasks.dedup import DedupStore, content_digest
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     InternalError,
+    LeaseLost,
     RateLimited,
     RetriesExhausted,
     SourceChanged,
+    Superseded,
     TooLarge,
     TooManyDeliveries,
     TransientError,
     UploadError,
 )
-from wsupload.tasks.fencing import Claim, ClaimAsk, FirstAttempt, Superseded
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.log_fields import outcome_fields, retry_fields
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.options import JobOptions
-from wsupload.tasks.rate_limit import SLOT_LEASES, FleetLimiter, RateLimitTimeout
-from wsupload.tasks.retry_policy import RetryPolicy, is_transient, next_delay
-from wsupload.tasks.sources import SourceOpener, scheme_of
+from wsupload.tasks.observe import redaction, telemetry
+from wsupload.tasks.observe.log_fields import outcome_fields, retry_fields
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.sources.opener import SourceOpener, scheme_of
+from wsupload.tasks.store import results
+from wsupload.tasks.store.dedup import DedupStore, content_digest
+from wsupload.tasks.store.fencing import Claim, ClaimAsk, FirstAttempt
+from wsupload.tasks.wavespeed.rate_limit import SLOT_LEASES, FleetLimiter, RateLimitTimeout
+from wsupload.tasks.wavespeed.retry_policy import RetryPolicy, is_transient, next_delay
+from wsupload.tasks.wire.options import JobOptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -179,7 +182,7 @@ class JobRunner:
     ) -> Outcome:
         """Run one delivery of the job to a terminal document.
 
-        The delivery first claims the job (``tasks.fencing``): every write it makes
+        The delivery first claims the job (``tasks.store.fencing``): every write it makes
         holds that generation, and it stops with ``Superseded`` or ``LeaseLost``
         (nothing more written) once another delivery holds the job. ``time_budget``
         (default ``WSUPLOAD_JOB_TIMEOUT``) bounds the delivery, waits included;

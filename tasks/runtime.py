@@ -17,10 +17,10 @@ from functools import cache, cached_property
 import redis
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.client import UploadClient
-from wsupload.tasks.connections import redis_client
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store.connections import redis_client
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.client import UploadClient
 
 
 @dataclass

@@ -24,15 +24,15 @@ import redis
 from celery import shared_task
 from redis.exceptions import LockError
 
-from wsupload.config.errors import WsuploadError
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings
-from wsupload.tasks import keys, results, runtime
-from wsupload.tasks.discovery import Found, discover, read_manifest
+from wsupload.errors import InvalidInput, WsuploadError
+from wsupload.tasks import runtime
 from wsupload.tasks.enqueue import Enqueuer
-from wsupload.tasks.errors import InvalidInput
-from wsupload.tasks.local_files import inside_roots
-from wsupload.tasks.options import JobOptions
+from wsupload.tasks.sources.discovery import Found, discover, read_manifest
+from wsupload.tasks.sources.local_files import inside_roots
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.wire.options import JobOptions
 
 log = logging.getLogger(__name__)
 CHUNK = 2000

@@ -3,8 +3,8 @@
 The message carries only ``[job_id, source]`` (+ ``options``); the API key
 comes from the worker's environment. The HTTP session, Redis client and
 settings are the process's own (``tasks.runtime``). The job runs under its
-message's lease (``tasks.lease``) and its delivery's generation
-(``tasks.fencing``); there are no Celery time limits: ``WSUPLOAD_JOB_TIMEOUT``
+message's lease (``tasks.recovery.lease``) and its delivery's generation
+(``tasks.store.fencing``); there are no Celery time limits: ``WSUPLOAD_JOB_TIMEOUT``
 is enforced inside the job.
 
 A job that ends ``failed`` in this delivery raises ``JobFailed`` once its outcome is
@@ -16,7 +16,7 @@ its message is rejected with requeue (acknowledged, it would be lost), or, if it
 was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
 On RabbitMQ a delivery handed back while it waited for a thread returns at once,
 touching nothing, and one that cannot record its outcome in Redis waits for Redis
-(``tasks.redis_wait``, bounded) before its message goes back.
+(``tasks.recovery.redis_wait``, bounded) before its message goes back.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from celery.exceptions import Reject
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import owed, redaction, redis_wait, runtime
+from wsupload.errors import InternalError, JobFailed, LeaseLost, NoJobId, Superseded, UploadError
+from wsupload.tasks import runtime
 from wsupload.tasks.callbacks import callback
-from wsupload.tasks.errors import InternalError, JobFailed, UploadError
-from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import NoJobId, job_id_of, read_upload_call, shown
+from wsupload.tasks.observe import redaction
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery import early_acks, redis_wait
+from wsupload.tasks.wire.decode import job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class UploadTask(Task):  # type: ignore[type-arg]
 def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     """``upload(job_id, source, options=None)``, taking whatever a producer sent.
 
-    Any arguments are accepted here and judged by ``tasks.messages``: Python
+    Any arguments are accepted here and judged by ``tasks.wire.decode``: Python
     would raise a TypeError before the body ran, and the job would stay
     ``queued``. The worker's consumer moves messages that name no job aside
     before they get here; this still ends every job it can name.
@@ -89,7 +89,7 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     job = runner()
     amqp = job.settings.broker_is_amqp
     tag = delivery_tag(self.request, job_id_of(args, kwargs, self.request.id), amqp=amqp)
-    if amqp and not owed.STARTS.begin(tag):
+    if amqp and not early_acks.STARTS.begin(tag):
         # Handed back while it waited for a thread (worker.amqp_leases): another delivery runs it.
         log.info("delivery %s: its message went back to its queue while it waited; skipped", clip(tag or ""))
         return None
@@ -97,7 +97,7 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
         return run_upload(self, job, tag, args, kwargs)
     finally:
         if amqp:
-            owed.STARTS.end(tag)
+            early_acks.STARTS.end(tag)
 
 
 def run_upload(
@@ -127,7 +127,7 @@ def run_upload(
     except Superseded as exc:
         # Another delivery holds the job now (this one was paused or hung past its
         # lease): nothing of ours is written, and its message is done with.
-        owed.EARLY.pop(tag)
+        early_acks.EARLY.pop(tag)
         log.warning("%s; this delivery stops", exc)
         return
     except LeaseLost as exc:
@@ -154,11 +154,11 @@ def requeue_for_redis(job: JobRunner, job_id: str, tag: str | None, exc: redis.R
 
     Acknowledged early on RabbitMQ, its owed entry (no longer renewed) brings it back.
     """
-    acked_early = owed.EARLY.pop(tag) is not None
+    acked_early = early_acks.EARLY.pop(tag) is not None
     if not job.settings.broker_is_amqp or acked_early:  # (acknowledged early, the reject does nothing)
         log.error("job %s: Redis unreachable or refusing writes (%s); requeueing", job_id, clip(str(exc)))
         raise Reject(str(exc), requeue=True) from None
-    budget = redis_wait.wait_budget(owed.early_ack_after(job.settings.amqp_consumer_timeout))
+    budget = redis_wait.wait_budget(early_acks.early_ack_after(job.settings.amqp_consumer_timeout))
     log.error(
         "job %s: Redis unreachable or refusing writes (%s); requeueing once it takes writes again, or in %.0f s",
         job_id,
@@ -179,9 +179,9 @@ def worker_stopping() -> bool:
 
 
 def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
-    """The key of this delivery's lease: kombu's tag on Redis, ``tasks.owed.amqp_tag`` on RabbitMQ."""
+    """The key of this delivery's lease: kombu's tag on Redis, ``tasks.recovery.early_acks.amqp_tag`` on RabbitMQ."""
     if amqp:
-        return owed.amqp_tag(job_id, request.id)
+        return early_acks.amqp_tag(job_id, request.id)
     tag = (request.properties or {}).get("delivery_tag")
     return tag if isinstance(tag, str) else None
 
@@ -189,22 +189,22 @@ def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
 def hand_back_on_rabbitmq(job_id: str, tag: str | None, client: redis.Redis) -> None:
     """A job handed back as its worker stops: its message goes back to its queue (``Reject``), or,
     acknowledged early, its owed entry falls due now and the sweep publishes it."""
-    early = owed.EARLY.pop(tag)
+    early = early_acks.EARLY.pop(tag)
     if early is None:
         raise Reject("handed back as the worker stops", requeue=True)
     try:
-        owed.OwedSet(client).owe({early.queue: [job_id]}, 0, mode="XX")
+        early_acks.OwedSet(client).owe({early.queue: [job_id]}, 0, mode="XX")
     except redis.RedisError as exc:
         log.warning("job %s: could not mark it due now (%s); it returns once its owed entry expires", job_id, exc)
 
 
 def settle_early_ack(job_id: str, tag: str | None, client: redis.Redis) -> None:
     """The job has ended: an early-acknowledged delivery removes its owed entry (else the sweep drops it later)."""
-    early = owed.EARLY.pop(tag)
+    early = early_acks.EARLY.pop(tag)
     if early is None:
         return
     try:
-        owed.OwedSet(client).remove(early.queue, [job_id])
+        early_acks.OwedSet(client).remove(early.queue, [job_id])
     except redis.RedisError as exc:
         log.warning("job %s: could not clear its owed entry (%s); the sweep drops it", job_id, exc)
 

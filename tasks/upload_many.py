@@ -9,12 +9,12 @@ has ended is a no-op when the message is delivered again, so a redelivered messa
 re-runs only the jobs that had not ended. Each job's claim is made in the same Lua call
 as the outcome of the job before it (``_MessageRun``): one Redis round trip a job.
 
-The jobs run under one lease, the message's (``tasks.lease``), kept in the book for
+The jobs run under one lease, the message's (``tasks.recovery.lease``), kept in the book for
 the whole message and re-armed for each job: the renewer keeps it while the running
 job shows signs of life, and a lease lost or handed back during one job stops the
 jobs after it. Where kombu's index is in the results Redis (the broker is
 ``REDIS_URL``), the claim takes a job only while the message's lease is in it
-(``tasks.fencing``), so a delivery paused past its lease claims nothing more. The
+(``tasks.store.fencing``), so a delivery paused past its lease claims nothing more. The
 message stops when:
 
 - its lease is lost or handed back (``LeaseLost``): the message is already back on
@@ -46,12 +46,10 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, Settings
-from wsupload.tasks import lease
-from wsupload.tasks.errors import InternalError, InvalidMessage, UploadError
-from wsupload.tasks.fencing import ClaimAsk, Superseded
+from wsupload.errors import InternalError, InvalidMessage, LeaseLost, Superseded, UploadError
 from wsupload.tasks.job import Ahead, JobRunner
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.messages import Refused, UploadCall, bulk_jobs_in, read_upload_many
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.store.fencing import ClaimAsk
 from wsupload.tasks.upload import (
     cannot_record_now,
     delivery_tag,
@@ -60,6 +58,7 @@ from wsupload.tasks.upload import (
     send_callback,
     worker_stopping,
 )
+from wsupload.tasks.wire.decode import Refused, UploadCall, bulk_jobs_in, read_upload_many
 
 log = logging.getLogger(__name__)
 

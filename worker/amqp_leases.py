@@ -10,11 +10,11 @@ touched here. What replaces ``worker.renewer``'s round, every third of a lease:
   channel whose delivery stays unacknowledged longer, requeueing every message on
   it: every job the worker runs would be uploaded again. A message held
   ``early_ack_after(WSUPLOAD_AMQP_CONSUMER_TIMEOUT)`` (half of it) is made owed in
-  Redis for a lease (``tasks.owed``) and then acknowledged if a thread runs its job;
+  Redis for a lease (``tasks.recovery.early_acks``) and then acknowledged if a thread runs its job;
   one still waiting for a thread is rejected with requeue instead, and skipped when a
-  thread takes it (``tasks.owed.Starts``): an early ack frees a prefetch slot, and
+  thread takes it (``tasks.recovery.early_acks.Starts``): an early ack frees a prefetch slot, and
   the threads pool has no other bound on the work a worker takes. So is the message of a
-  job that shows no sign of life (``tasks.lease.renewable``): its entry is not
+  job that shows no sign of life (``tasks.recovery.lease.renewable``): its entry is not
   renewed, and the sweep gives the job to another worker a lease later, as on Redis.
 - **owed entries.** Those of early-acknowledged jobs this worker still holds are
   renewed for a lease while the job is renewable; the
@@ -46,10 +46,11 @@ from celery.worker import state
 from celery.worker.request import Request as CeleryRequest
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import owed, telemetry
-from wsupload.tasks.lease import BOOK, LeaseBook, renewable
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import job_id_of
+from wsupload.tasks.observe import telemetry
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery import early_acks
+from wsupload.tasks.recovery.lease import BOOK, LeaseBook, renewable
+from wsupload.tasks.wire.decode import job_id_of
 from wsupload.worker.app import HEARTBEAT
 from wsupload.worker.renewer import Renewer
 
@@ -86,13 +87,13 @@ def held_requests() -> list[Any]:
 
 
 def job_of(request: Any) -> str | None:
-    """The job a request runs: its ``job_id`` argument (``tasks.messages``), else its task id."""
+    """The job a request runs: its ``job_id`` argument (``tasks.wire.decode``), else its task id."""
     return job_id_of(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
 
 
 def tag_of(request: Any) -> str | None:
     """The request's key in this worker's books, as the task computes it (``tasks.upload.delivery_tag``)."""
-    return owed.amqp_tag(job_of(request), request.id)
+    return early_acks.amqp_tag(job_of(request), request.id)
 
 
 class AmqpLeases(Renewer):
@@ -107,8 +108,8 @@ class AmqpLeases(Renewer):
         early_after: float,
         book: LeaseBook = BOOK,
         requests: Callable[[], Sequence[Any]] = held_requests,
-        early: owed.EarlyAcks = owed.EARLY,
-        starts: owed.Starts = owed.STARTS,
+        early: early_acks.EarlyAcks = early_acks.EARLY,
+        starts: early_acks.Starts = early_acks.STARTS,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
         consumer: Any = None,
@@ -116,7 +117,7 @@ class AmqpLeases(Renewer):
         super().__init__(client, interval, book, slots=slots, slot_lease=slot_lease)
         self.consumer = consumer
         """Celery's consumer, whose connection the stop keeps alive (``keep_alive``)."""
-        self.owed = owed.OwedSet(client)
+        self.owed = early_acks.OwedSet(client)
         self.lease = lease
         self.early_after = early_after
         self.requests = requests
@@ -151,7 +152,7 @@ class AmqpLeases(Renewer):
 
         Acknowledged early it would free a prefetch slot while it still waits, and the
         worker would take on more work than its threads, without bound. The task skips
-        it when a thread finally runs it (``tasks.owed.Starts``). False if it runs.
+        it when a thread finally runs it (``tasks.recovery.early_acks.Starts``). False if it runs.
         """
         tag = tag_of(request)
         with ACKS:
@@ -173,7 +174,7 @@ class AmqpLeases(Renewer):
     def ack_early(self, request: Any) -> bool:
         """Owe the job for a lease, then acknowledge its message; False if it was acknowledged already."""
         job, queue = job_of(request), (request.delivery_info or {}).get("routing_key")
-        tag = owed.amqp_tag(job, request.id)
+        tag = early_acks.amqp_tag(job, request.id)
         if job is None or tag is None or not isinstance(queue, str):
             return False
         with ACKS:
@@ -181,7 +182,7 @@ class AmqpLeases(Renewer):
                 return False
             # By the job id: the sweep reads the job's document under it, the task renews and clears it.
             # With the message's own call: the document may hold no options, or not exist at all.
-            record = owed.call_record(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
+            record = early_acks.call_record(getattr(request, "args", ()), getattr(request, "kwargs", {}), request.id)
             self.owed.owe({queue: [job]}, self.lease, calls={queue: {job: record}} if record else None)
             self.early.mark(tag, job, queue)
             request.acknowledge()

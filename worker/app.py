@@ -1,6 +1,6 @@
 """The Celery application: every broker and delivery setting, derived from ``Settings``.
 
-Why these settings (see kombu's Redis transport and ``tasks.lease``): a message is
+Why these settings (see kombu's Redis transport and ``tasks.recovery.lease``): a message is
 "unacked" from delivery until ack, and kombu hands it to another worker once its
 entry in ``unacked_index`` is older than the visibility timeout. wsupload makes
 that timeout a short lease (``WSUPLOAD_LEASE``) that the worker renews while a job
@@ -10,7 +10,7 @@ shows signs of life (``worker.renewer``). So:
   worker that dies mid-upload leaves the message to come back within a lease.
 - no Celery time limits: an upload of any length keeps its lease while it makes
   progress; ``WSUPLOAD_JOB_TIMEOUT`` bounds a delivery inside the job, and fencing
-  (``tasks.fencing``) keeps a delivery that lost its lease from writing.
+  (``tasks.store.fencing``) keeps a delivery that lost its lease from writing.
 - the threads pool: jobs wait on the network, and a thread costs kilobytes where a
   prefork child costs ~50 MB; the renewer sees each job's signs of life in-process.
   Measured in ``benchmarks/RESULTS.md``.
@@ -23,7 +23,7 @@ shows signs of life (``worker.renewer``). So:
   holds the scan's lock that long, not kombu's 300 s.
 - ``worker_cancel_long_running_tasks_on_connection_loss`` off: a thread cannot be
   cancelled, and needs not be: a job keeps running while its lease holds, and stops
-  at its next block once the renewer finds the lease gone (``tasks.lease``).
+  at its next block once the renewer finds the lease gone (``tasks.recovery.lease``).
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping, and with Redis faults survived.
 - ``rediss://`` brokers verify the server's certificate, as the result store does.
@@ -60,11 +60,11 @@ from celery.schedules import crontab
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
 from celery.utils.log import get_multiprocessing_logger
 
-from wsupload.config.errors import ConfigError
 from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, Settings, deprecations
-from wsupload.tasks import redaction
+from wsupload.errors import ConfigError
+from wsupload.tasks.observe import redaction
 from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard
 from wsupload.worker.quarantine import Quarantine
@@ -165,7 +165,7 @@ def amqp_options(settings: Settings) -> dict[str, Any]:
     - quorum queues (replicated, on disk) for the interactive and bulk queues;
       Celery (``worker_detect_quorum_queues``, on by default) then uses a
       per-consumer prefetch (global QoS is not supported on quorum queues). Their
-      arguments are the ones ``tasks.publisher`` declares them with: RabbitMQ refuses
+      arguments are the ones ``tasks.wire.amqp_publisher`` declares them with: RabbitMQ refuses
       a declaration that differs.
     - ``confirm_publish``: every message Celery itself sends (callbacks, scans)
       waits for RabbitMQ's confirm; wsupload's own enqueue confirms in batches.
@@ -178,7 +178,7 @@ def amqp_options(settings: Settings) -> dict[str, Any]:
     """
     from kombu import Exchange, Queue
 
-    from wsupload.tasks.publisher import QUORUM
+    from wsupload.tasks.wire.amqp_publisher import QUORUM
 
     return {
         "broker_transport_options": {"confirm_publish": True},

@@ -24,14 +24,14 @@ from typing import Any, cast
 
 import redis
 
-from wsupload.config.errors import ConfigError, WsuploadError
 from wsupload.config.redis_urls import masked
 from wsupload.config.schedules import load_schedules
 from wsupload.config.settings import Settings, parse_duration, parse_size
-from wsupload.tasks.batches import export_row, write_export
-from wsupload.tasks.discovery import Found, discover, read_manifest, single
-from wsupload.tasks.options import JobOptions
-from wsupload.tasks.results import utcnow
+from wsupload.errors import ConfigError, WsuploadError
+from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
+from wsupload.tasks.store.batches import export_row, write_export
+from wsupload.tasks.store.results import utcnow
+from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker import logs, roster
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
@@ -227,8 +227,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    from wsupload.tasks.connections import redis_client
-    from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
+    from wsupload.tasks.store.connections import redis_client
+    from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore
 
     settings = Settings.from_env()
     store = DeadLetterStore(redis_client(settings.redis_url))
@@ -367,7 +367,7 @@ def _rabbitmq_depths(url: str) -> Callable[[list[str]], list[int]]:
     def depths(queues: list[str]) -> list[int]:
         import amqp
 
-        from wsupload.tasks.publisher import ready_messages
+        from wsupload.tasks.wire.amqp_publisher import ready_messages
 
         try:
             return ready_messages(url, queues, timeout=PROBE_TIMEOUT)

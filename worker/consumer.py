@@ -6,7 +6,7 @@ and drop it; and a protocol-2 body is only decoded in the pool child, where a
 bad one fails the task before it starts, so the job's document stays
 ``queued``. Here each message is read in the consumer before dispatch —
 headers, task name, body, and for ``wsupload.upload`` the arguments (see
-``tasks.messages``) — and what cannot run goes to the quarantine
+``tasks.wire.decode``) — and what cannot run goes to the quarantine
 (``worker.quarantine``): the dead-letter list, the job's failed document, one
 log line. Then it is acknowledged. Sources and options are not judged here:
 a bad source is the job's own outcome (``invalid_input``), recorded by the task.
@@ -23,9 +23,9 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
-from wsupload.tasks.errors import InvalidMessage
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import (
+from wsupload.errors import InvalidMessage
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.wire.decode import (
     bulk_jobs_in,
     check_upload_many,
     is_upload_task,

@@ -36,10 +36,11 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
-from wsupload.tasks import keys, lease
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import UPLOAD_TASKS, bulk_jobs_in, job_id_of
-from wsupload.tasks.results import isoformat, utcnow
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import isoformat, utcnow
+from wsupload.tasks.wire.decode import UPLOAD_TASKS, bulk_jobs_in, job_id_of
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
 from wsupload.worker.streak import FailureStreak
 

@@ -2,7 +2,7 @@
 
 Each line has ``ts``, ``level``, ``event`` (the message), ``logger``, ``host`` and
 ``pid``; ``exc`` (the traceback) when there is one; and the job's fields
-(``tasks.log_fields.FIELDS``) when the line is about a job. The job code passes its
+(``tasks.observe.log_fields.FIELDS``) when the line is about a job. The job code passes its
 outcome's and retries' fields as ``extra=``; ``JobContext``, a filter on the
 handlers, gives every other line that a job's thread logs (urllib3's requests,
 Celery's task lines, tracebacks) the ``job_id`` of the job that thread runs.
@@ -11,7 +11,7 @@ The worker switches its handlers to JSON from Celery's logging set-up
 (``after_setup_logger``/``after_setup_task_logger``, hooked in ``worker.app``);
 other commands from ``setup_cli``. The text format is Celery's own, unchanged.
 
-Secrets: ``tasks.redaction``'s record factory masks the API key and the callback
+Secrets: ``tasks.observe.redaction``'s record factory masks the API key and the callback
 secret in each record's message and traceback as it is made, before any
 formatter; ``extra=`` fields are set on the record after the factory ran, so this
 formatter passes every value it writes through the same redaction, and bounds it.
@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from wsupload.config.settings import CALLBACK_TASK_NAME, LOG_FORMATS, UPLOAD_TASK_NAME, VARIABLES
-from wsupload.tasks import lease
-from wsupload.tasks.limits import MAX_LOG_CHARS, SHOWN_CHARS, clip
-from wsupload.tasks.log_fields import FIELDS
-from wsupload.tasks.messages import job_id_of
-from wsupload.tasks.redaction import redact
+from wsupload.tasks.observe.bounds import MAX_LOG_CHARS, SHOWN_CHARS, clip
+from wsupload.tasks.observe.log_fields import FIELDS
+from wsupload.tasks.observe.redaction import redact
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.wire.decode import job_id_of
 
 TEXT, JSON = LOG_FORMATS
 MAX_EXC_CHARS = 8000
@@ -62,7 +62,7 @@ def log_format(env: Mapping[str, str] | None = None) -> str:
 
 
 def current_job_id() -> str | None:
-    """The job this thread runs: its lease's (``tasks.lease``), else the Celery task's it executes, if any."""
+    """The job this thread runs: its lease's (``tasks.recovery.lease``), else the Celery task's it executes, if any."""
     held = lease.current()
     if held is not None:
         return held.job_id

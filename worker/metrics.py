@@ -1,6 +1,6 @@
 """Prometheus metrics: the worker's (``WSUPLOAD_METRICS_PORT``) and the queue-depth exporter (``wsupload metrics``).
 
-``WorkerMetrics`` is the ``tasks.telemetry`` sink that turns what the job code
+``WorkerMetrics`` is the ``tasks.observe.telemetry`` sink that turns what the job code
 reports into counters, histograms and a gauge; ``QueueDepth`` is a collector
 that reads the length of the interactive and bulk queues from the broker at
 scrape time. A worker serves both, with its process's own metrics, from a
@@ -12,7 +12,7 @@ One process, one registry: the worker runs Celery's threads pool, so every job
 reports into this process's metrics and prometheus_client's multi-process mode
 (``PROMETHEUS_MULTIPROC_DIR``, for forking pools) is not needed.
 
-Labels are bounded: an outcome, an error kind (``tasks.telemetry`` maps anything
+Labels are bounded: an outcome, an error kind (``tasks.observe.telemetry`` maps anything
 else to ``other``), a queue name from the settings, a lease event. Never a job id,
 path, URL or secret. Serving metrics must never stop or block the worker: a
 port that cannot be bound is logged and the worker runs without metrics, and a
@@ -37,8 +37,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import telemetry
-from wsupload.tasks.results import FAILED, SUCCEEDED
+from wsupload.tasks.observe import telemetry
+from wsupload.tasks.store.results import FAILED, SUCCEEDED
 from wsupload.worker.roster import connect
 from wsupload.worker.streak import FailureStreak
 
@@ -56,7 +56,7 @@ WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class WorkerMetrics:
-    """The worker's metrics, in ``registry`` (the ``tasks.telemetry.Sink`` the worker installs)."""
+    """The worker's metrics, in ``registry`` (the ``tasks.observe.telemetry.Sink`` the worker installs)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs = Counter(
@@ -213,7 +213,7 @@ class AmqpQueueDepth(QueueDepth):
         self._streak = streak()
 
     def lengths(self) -> list[int]:
-        from wsupload.tasks.publisher import ready_messages
+        from wsupload.tasks.wire.amqp_publisher import ready_messages
 
         return ready_messages(self.url, self.queues, timeout=QUEUE_DEPTH_TIMEOUT)
 

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from wsupload.tasks.limits import clip
-from wsupload.tasks.messages import is_upload_task, jobs_named, valid_job_id
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.wire.decode import is_upload_task, jobs_named, valid_job_id
 
 log = logging.getLogger(__name__)
 Quarantine = Callable[..., None]
@@ -62,7 +62,7 @@ def envelope_problem(payload: object) -> str | None:
 
 
 def envelope_jobs(payload: object) -> tuple[list[str], bool]:
-    """The jobs an envelope names, and whether it is an upload message (``tasks.messages.jobs_named``).
+    """The jobs an envelope names, and whether it is an upload message (``tasks.wire.decode.jobs_named``).
 
     Another task's message names its task id, which may be a job's.
     """

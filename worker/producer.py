@@ -16,19 +16,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from celery import Celery
 
-from wsupload.config.errors import WsuploadError
 from wsupload.config.settings import Settings
-from wsupload.tasks import results
-from wsupload.tasks.connections import redis_client
-from wsupload.tasks.enqueue import Batch, EnqueueError, Enqueuer, Job, normalize_source
-from wsupload.tasks.results import JobDoc
-from wsupload.worker.app import create_app
+from wsupload.errors import EnqueueError, WsuploadError
+from wsupload.tasks.enqueue import Batch, Enqueuer, Job, normalize_source
+from wsupload.tasks.store import results
+from wsupload.tasks.store.connections import redis_client
+from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 T = TypeVar("T")
 __all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
@@ -80,6 +81,8 @@ class Producer(Enqueuer):
     def app(self) -> Celery:
         """A Celery app for control commands (ping); enqueueing does not need it."""
         if self._app is None:
+            from wsupload.worker.app import create_app  # Celery loads here, not when a web backend imports Producer
+
             self._app = create_app(self.settings)
         return self._app
 

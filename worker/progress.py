@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from wsupload.tasks import results
-from wsupload.tasks.results import JobDoc
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import JobDoc
 
 FINISHED = (*results.TERMINAL, "unknown")
 LOG_EVERY = 5.0

@@ -18,11 +18,11 @@ from functools import cached_property
 import redis
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.connections import redis_client
-from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
-from wsupload.tasks.errors import InvalidMessage
-from wsupload.tasks.limits import clip
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import InvalidMessage
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.store.connections import redis_client
+from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore
+from wsupload.tasks.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 

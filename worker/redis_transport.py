@@ -30,8 +30,8 @@ reconnect or a pause, never its life or a message:
   Celery expect, not kombu's ``AttributeError`` on the transport's cleared client.
 
 Every ``wsupload.upload`` message pushed onto a queue or taken from one keeps its
-job's place in the queue's line (``tasks.places``) in the same transaction, so the
-sweep (``tasks.sweep``) can tell a message BRPOP took and nobody recorded. A
+job's place in the queue's line (``tasks.recovery.job_index``) in the same transaction, so the
+sweep (``tasks.recovery.lost_sweep``) can tell a message BRPOP took and nobody recorded. A
 message pushed again (a restore, a put-back) gets a new delivery tag: a copy never
 shares one with the delivery it replaces.
 
@@ -68,8 +68,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
-from wsupload.tasks import keys, places
-from wsupload.tasks.limits import clip
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery import job_index
+from wsupload.tasks.store import keys
 from wsupload.worker.poison import PoisonGuard, envelope_jobs
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ REFUSED_WRITES: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError
 WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
 """Never created: ``LPUSHX`` on it changes nothing, yet is refused exactly like any write."""
 
-PUT_BACK = "#!lua flags=allow-oom\n" + places.PUSH
+PUT_BACK = "#!lua flags=allow-oom\n" + job_index.PUSH
 
 STAMP = """
 local now = redis.call('TIME')
@@ -95,7 +96,7 @@ def redis_now(client: Any) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-"""``places.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
+"""``job_index.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
 PAUSE_BASE = 1.0
 PAUSE_MAX = 16.0
@@ -140,7 +141,7 @@ class QoS(kombu_redis.QoS):
             jobs = upload_jobs(message._raw)
             if jobs:
                 lines = self.channel.lines_of(message._raw, exchange, routing_key)
-                pipe.eval(places.TAKE, 2 * len(lines), *places.taken_keys(lines), *jobs)
+                pipe.eval(job_index.TAKE, 2 * len(lines), *job_index.taken_keys(lines), *jobs)
             pipe.execute()
             virtual.QoS.append(self, message, delivery_tag)
 
@@ -234,7 +235,7 @@ class QoS(kombu_redis.QoS):
 
 
 def upload_jobs(payload: Any) -> list[str]:
-    """The jobs an upload message carries (``tasks.messages.jobs_named``); none for other messages."""
+    """The jobs an upload message carries (``tasks.wire.decode.jobs_named``); none for other messages."""
     jobs, is_upload = envelope_jobs(payload)
     return jobs if is_upload else []
 
@@ -309,7 +310,7 @@ class Channel(PoisonGuard, kombu_redis.Channel):
         jobs = upload_jobs(payload)
         with self.conn_or_acquire() as client:
             for line in self.lines_of(payload, info["exchange"], info["routing_key"]):
-                self._put_back(keys=places.line_keys(line), args=[dumps(payload), "front", *jobs], client=client)
+                self._put_back(keys=job_index.line_keys(line), args=[dumps(payload), "front", *jobs], client=client)
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
@@ -327,7 +328,7 @@ class Channel(PoisonGuard, kombu_redis.Channel):
                 payload["properties"]["delivery_tag"] = str(uuid.uuid4())
             side, jobs = ("back" if leftmost else "front"), upload_jobs(payload)
             for line in self.lines_of(payload, exchange, routing_key):
-                pipe.eval(places.PUSH, 4, *places.line_keys(line), dumps(payload), side, *jobs)
+                pipe.eval(job_index.PUSH, 4, *job_index.line_keys(line), dumps(payload), side, *jobs)
         except self.connection_errors:
             # Abort the transaction: it would otherwise remove the message from the unacked hash without requeueing it.
             raise

@@ -1,4 +1,4 @@
-"""The worker's side of leases (``tasks.lease``): renewing them, and handing jobs back on a stop.
+"""The worker's side of leases (``tasks.recovery.lease``): renewing them, and handing jobs back on a stop.
 
 **Renewal.** A thread in the worker's process renews, every third of
 ``WSUPLOAD_LEASE``, the lease of every message the worker holds: it moves the
@@ -6,7 +6,7 @@ message's entry in kombu's ``unacked_index`` to now (``ZADD XX``, one pipelined
 round trip for all of them), which kombu's restore scan honours. Messages
 waiting for a thread, and tasks other than uploads (a scan, a callback), are
 renewed while the worker lives; an upload only while it shows signs of life
-(``tasks.lease.renewable``), so a hung upload's message goes to another worker.
+(``tasks.recovery.lease.renewable``), so a hung upload's message goes to another worker.
 An entry that is gone (kombu restored it, or Redis lost it) marks the job's
 lease lost: the job stops at its next block and writes nothing more.
 
@@ -37,10 +37,11 @@ import redis
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import keys, telemetry
-from wsupload.tasks.lease import BOOK, LeaseBook, renewable
-from wsupload.tasks.limits import clip
-from wsupload.tasks.rate_limit import RENEW_SLOTS, SLOT_LEASES
+from wsupload.tasks.observe import telemetry
+from wsupload.tasks.observe.bounds import clip
+from wsupload.tasks.recovery.lease import BOOK, LeaseBook, renewable
+from wsupload.tasks.store import keys
+from wsupload.tasks.wavespeed.rate_limit import RENEW_SLOTS, SLOT_LEASES
 from wsupload.worker import redis_transport
 from wsupload.worker.roster import connect
 from wsupload.worker.streak import FailureStreak
@@ -234,7 +235,7 @@ def _start(sender: Any = None, **_: Any) -> None:
         slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
     renewer: Renewer
     if settings.broker_is_amqp:
-        from wsupload.tasks.owed import early_ack_after
+        from wsupload.tasks.recovery.early_acks import early_ack_after
         from wsupload.worker.amqp_leases import AmqpLeases
 
         renewer = AmqpLeases(

@@ -24,8 +24,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from wsupload.tasks import keys
-from wsupload.tasks.connections import redis_client
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.connections import redis_client
 
 BEAT_INTERVAL = 2.0
 """Seconds between two beats of a worker."""

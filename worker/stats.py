@@ -4,7 +4,7 @@ It only reads, and needs ``REDIS_URL`` (and the broker's URL when separate), nev
 the API key: the queue lists (the broker: kombu keeps a list per queue and priority),
 the heartbeat records (``worker.roster``: what each live worker runs), and the
 counters each job's terminal write increments in the same Lua call
-(``tasks.fencing``): ``keys.stats(minute)``, a hash of ``<status>:<second>`` → count,
+(``tasks.store.fencing``): ``keys.stats(minute)``, a hash of ``<status>:<second>`` → count,
 kept ``keys.STATS_TTL``. A window of the last N seconds sums the seconds it covers,
 so "the last minute" means the last 60 s. Times are the workers' clocks for the
 counters and the reader's for the window: hosts are expected to keep time (NTP).
@@ -26,8 +26,8 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import keys
-from wsupload.tasks.results import FAILED, SUCCEEDED, isoformat
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import FAILED, SUCCEEDED, isoformat
 from wsupload.worker import roster
 
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))

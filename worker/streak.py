@@ -12,7 +12,7 @@ import logging
 
 import redis
 
-from wsupload.tasks.limits import clip
+from wsupload.tasks.observe.bounds import clip
 
 
 class FailureStreak:

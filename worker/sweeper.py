@@ -1,4 +1,4 @@
-"""The worker's sweeper: a daemon thread that runs the lost-message sweep (``tasks.sweep``) every few seconds.
+"""The worker's sweeper: a thread that runs the lost-message sweep (``tasks.recovery.lost_sweep``) every few seconds.
 
 Like the heartbeat (``worker.heartbeat``) it lives in the worker's main process,
 whatever the pool, starts once the worker consumes (``worker_ready``) and stops at
@@ -9,7 +9,7 @@ Its grace (how long a job may be unaccounted for before it is queued again) is t
 lease, its cadence half a lease: a job lost between a worker's BRPOP and its record
 is back in its line within about a lease and a half of the sweep first missing it.
 
-On RabbitMQ it runs the owed sweep (``tasks.owed_sweep``) instead, on the same
+On RabbitMQ it runs the owed sweep (``tasks.recovery.early_ack_sweep``) instead, on the same
 cadence: owed jobs past their deadline are published again.
 
 It must never stop or block the worker: its Redis calls time out within an interval
@@ -27,10 +27,10 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.owed_sweep import OwedSweep
-from wsupload.tasks.publisher import Publisher
-from wsupload.tasks.results import ResultStore
-from wsupload.tasks.sweep import Sweep
+from wsupload.tasks.recovery.early_ack_sweep import OwedSweep
+from wsupload.tasks.recovery.lost_sweep import Sweep
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wire.amqp_publisher import Publisher
 from wsupload.worker.roster import connect
 from wsupload.worker.streak import FailureStreak
 
@@ -49,7 +49,7 @@ def interval_of(settings: Settings) -> float:
 def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
     """The sweep of this worker's queues: lines on the broker, documents on ``REDIS_URL`` (by default the same).
 
-    On RabbitMQ, the owed sweep (``tasks.owed_sweep``) instead: owed sets and documents on ``REDIS_URL``.
+    On RabbitMQ, the owed sweep (``tasks.recovery.early_ack_sweep``) instead: owed sets and documents on ``REDIS_URL``.
     """
     interval = interval_of(settings)
     timeout = max(1.0, interval)

@@ -8,6 +8,9 @@ The producer's public face, one import away::
     jobs = producer.enqueue(["/srv/media/cat.png"])
     outcome = producer.wait([job.job_id for job in jobs], timeout=60)
 
+Every error wsupload raises on purpose is in ``wsupload.errors``, drawn there as one
+tree. ``wsupload.__version__`` is the installed distribution's version.
+
 The subpackages (``wsupload.config``, ``wsupload.tasks``, ``wsupload.worker``) are the
 repository's ``config/``, ``tasks/`` and ``worker/`` folders; their layout is not part
 of the public face. Names load on first use, so ``import wsupload`` stays cheap for a
@@ -20,10 +23,18 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wsupload.config.errors import ConfigError, WsuploadError
+    __version__: str
     from wsupload.config.settings import Settings
-    from wsupload.tasks.enqueue import Batch, EnqueueError, Job
-    from wsupload.tasks.errors import InvalidInput, PermanentError, TransientError, UploadError
+    from wsupload.errors import (
+        ConfigError,
+        EnqueueError,
+        InvalidInput,
+        PermanentError,
+        TransientError,
+        UploadError,
+        WsuploadError,
+    )
+    from wsupload.tasks.enqueue import Batch, Job
     from wsupload.worker.producer import Producer, WaitOutcome
 
 _WHERE = {
@@ -31,14 +42,14 @@ _WHERE = {
     "WaitOutcome": "wsupload.worker.producer",
     "Job": "wsupload.tasks.enqueue",
     "Batch": "wsupload.tasks.enqueue",
-    "EnqueueError": "wsupload.tasks.enqueue",
+    "EnqueueError": "wsupload.errors",
     "Settings": "wsupload.config.settings",
-    "WsuploadError": "wsupload.config.errors",
-    "ConfigError": "wsupload.config.errors",
-    "UploadError": "wsupload.tasks.errors",
-    "PermanentError": "wsupload.tasks.errors",
-    "TransientError": "wsupload.tasks.errors",
-    "InvalidInput": "wsupload.tasks.errors",
+    "WsuploadError": "wsupload.errors",
+    "ConfigError": "wsupload.errors",
+    "UploadError": "wsupload.errors",
+    "PermanentError": "wsupload.errors",
+    "TransientError": "wsupload.errors",
+    "InvalidInput": "wsupload.errors",
 }
 
 __all__ = [
@@ -58,6 +69,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # From the installed distribution's metadata: one version, the one pyproject.toml declares.
+        from importlib.metadata import version
+
+        globals()[name] = value = version("wsupload")
+        return value
     if name in _WHERE:
         value = getattr(import_module(_WHERE[name]), name)
         globals()[name] = value

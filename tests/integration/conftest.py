@@ -25,8 +25,8 @@ import pytest
 
 from tests.integration import rabbit
 from wsupload.config import Settings
-from wsupload.tasks.publisher import ready_messages
-from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.tasks.store.results import TERMINAL, JobDoc
+from wsupload.tasks.wire.amqp_publisher import ready_messages
 from wsupload.worker.dev.local_services import (
     LocalRedis,
     WorkerProcess,

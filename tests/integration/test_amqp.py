@@ -24,10 +24,11 @@ import pytest
 from tests.integration import rabbit
 from tests.integration.conftest import finished, producer_env
 from wsupload.config import Settings
-from wsupload.tasks import keys, wire
-from wsupload.tasks.enqueue import EnqueueError
-from wsupload.tasks.publisher import Publisher, ready_messages
-from wsupload.tasks.results import JobDoc
+from wsupload.errors import EnqueueError
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import JobDoc
+from wsupload.tasks.wire import encode
+from wsupload.tasks.wire.amqp_publisher import Publisher, ready_messages
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
@@ -83,7 +84,7 @@ def png(media_root: Path) -> Path:
     return path
 
 
-def publish(producer: Producer, message: wire.AmqpMessage) -> None:
+def publish(producer: Producer, message: encode.AmqpMessage) -> None:
     """Publish one hand-built message, as a producer in another language would (no document written)."""
     publisher = Publisher(str(producer.settings.broker_url))
     try:
@@ -149,7 +150,7 @@ def test_the_hand_built_amqp_message_matches_celerys(amqp_producer: Producer) ->
         "wsupload.upload", args=[job_id, "/m/a.png"], kwargs={"options": options}, task_id=job_id, queue=queue
     )
     publisher = Publisher(str(amqp_producer.settings.broker_url))
-    publisher.publish([wire.amqp_message(job_id, "/m/a.png", queue, options)])
+    publisher.publish([encode.amqp_message(job_id, "/m/a.png", queue, options)])
     publisher.close()
     with Connection(str(amqp_producer.settings.broker_url)) as connection:
         channel: Any = connection.default_channel
@@ -358,7 +359,7 @@ def test_a_job_sent_with_a_task_id_of_its_own_comes_back_through_the_sweep_after
     sandbox.add_fault(Fault(stall=40))
     job_id = uuid.uuid4().hex
     # As Celery's send_task without task_id publishes it: a task id of its own, the job in args[0].
-    message = wire.amqp_message(job_id, str(png), amqp_producer.settings.queue)
+    message = encode.amqp_message(job_id, str(png), amqp_producer.settings.queue)
     task_id = str(uuid.uuid4())
     publish(
         amqp_producer,
@@ -407,7 +408,7 @@ def test_a_job_without_a_queued_document_comes_back_through_the_sweep_with_its_c
     job_id = uuid.uuid4().hex
     # A producer in another language: the message only, no queued document (optional in the wire contract).
     options = {"callback_url": f"{sandbox.url}/hook"}
-    publish(amqp_producer, wire.amqp_message(job_id, str(png), amqp_producer.settings.queue, options))
+    publish(amqp_producer, encode.amqp_message(job_id, str(png), amqp_producer.settings.queue, options))
     wait_until(lambda: "acknowledged early" in first.log_path.read_text(), 30, what="the early acknowledgement")
     second = start_worker()
     first.kill()

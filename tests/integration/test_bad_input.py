@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import WORKER_MAX_BYTES, run_one
 from wsupload.config import UPLOAD_TASK_NAME
-from wsupload.tasks.results import TERMINAL, JobDoc
+from wsupload.tasks.store.results import TERMINAL, JobDoc
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes
 from wsupload.worker.dev.sandbox import SandboxServer

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import StartWorker, finished, unacked_messages
-from wsupload.tasks import enqueue, keys
-from wsupload.tasks.results import JobDoc
-from wsupload.tasks.sweep import jobs_of
+from wsupload.tasks import enqueue
+from wsupload.tasks.recovery.lost_sweep import jobs_of
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

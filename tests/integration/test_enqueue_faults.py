@@ -21,10 +21,11 @@ import pytest
 
 from tests.integration.conftest import clean_env
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.batches import members_key
-from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError
-from wsupload.tasks.sweep import jobs_of
+from wsupload.errors import EnqueueError
+from wsupload.tasks.enqueue import STAGING_TTL
+from wsupload.tasks.recovery.lost_sweep import jobs_of
+from wsupload.tasks.store import results
+from wsupload.tasks.store.batches import members_key
 from wsupload.worker.dev.local_services import LocalRedis, start_redis
 from wsupload.worker.producer import Producer
 

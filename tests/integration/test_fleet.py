@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet
-from wsupload.tasks.results import TERMINAL
+from wsupload.tasks.store.results import TERMINAL
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import distinct_pngs, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

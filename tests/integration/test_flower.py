@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import API_KEY, FleetHandle, unavailable
-from wsupload.tasks.results import JobDoc, text
+from wsupload.tasks.store.results import JobDoc, text
 from wsupload.worker.dev.local_services import free_port, stop_group, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import Fleet
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 from wsupload.worker.dev.local_services import LocalRedis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

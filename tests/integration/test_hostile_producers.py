@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from wsupload.config import UPLOAD_TASK_NAME
-from wsupload.tasks.results import ENDED_CHANNEL, JobDoc, result_key
+from wsupload.tasks.store.results import ENDED_CHANNEL, JobDoc, result_key
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.producer import Producer

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -36,7 +37,7 @@ jobs = producer.enqueue([sys.argv[1]])
 outcome = producer.wait([job.job_id for job in jobs], timeout=60)
 import wsupload
 print(json.dumps({
-    "config": config.OWNER, "tasks": tasks.OWNER, "wsupload": wsupload.__file__,
+    "config": config.OWNER, "tasks": tasks.OWNER, "wsupload": wsupload.__file__, "version": wsupload.__version__,
     "status": [doc["status"] for doc in outcome.docs],
 }))
 """
@@ -109,3 +110,5 @@ def test_the_wheel_works_beside_an_application_named_config_and_tasks(
     assert seen["tasks"] == "the application's tasks"
     assert seen["wsupload"].startswith(str(tmp_path / "venv"))  # the wheel's copy, not the checkout
     assert seen["status"] == ["succeeded"]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert seen["version"] == declared  # wsupload.__version__, from the installed wheel's metadata

@@ -17,9 +17,9 @@ import pytest
 
 from tests.integration.conftest import Fleet
 from wsupload.config import UPLOAD_TASK_NAME
-from wsupload.tasks import wire
-from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetter, DeadLetterStore
-from wsupload.tasks.results import TERMINAL, JobDoc, new_doc, utcnow
+from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetter, DeadLetterStore
+from wsupload.tasks.store.results import TERMINAL, JobDoc, new_doc, utcnow
+from wsupload.tasks.wire import encode
 from wsupload.worker.cli import main as cli_main
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import png_bytes
@@ -108,7 +108,7 @@ def test_poison_messages_are_moved_aside_and_the_jobs_behind_them_run(
     png.write_bytes(png_bytes())
     good = uuid.uuid4().hex
     producer.store.create([new_doc(good, str(png), now)])
-    producer.redis.lpush(queue, wire.upload_message(good, str(png), queue))
+    producer.redis.lpush(queue, encode.upload_message(good, str(png), queue))
 
     handle = fleet(count=1, **own_queues)
     (worker,) = handle.workers

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import StartWorker, finished, unacked_messages, waiting_messages
-from wsupload.tasks import keys
-from wsupload.tasks.results import JobDoc
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

@@ -25,7 +25,7 @@ from kombu import Consumer, Queue
 
 from tests.integration.conftest import producer_env
 from wsupload.config import Settings
-from wsupload.tasks.results import SUCCEEDED, TERMINAL, JobDoc
+from wsupload.tasks.store.results import SUCCEEDED, TERMINAL, JobDoc
 from wsupload.worker.app import create_app
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import distinct_pngs

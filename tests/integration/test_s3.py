@@ -13,8 +13,8 @@ import pytest
 
 from tests.integration.conftest import S3, WORKER_MAX_BYTES, Fleet, producer_env, run_one
 from wsupload.config import Settings
-from wsupload.tasks.errors import SourceUnavailable
-from wsupload.tasks.object_store import ObjectURL, S3Store
+from wsupload.errors import SourceUnavailable
+from wsupload.tasks.sources.object_store import ObjectURL, S3Store
 from wsupload.worker.dev.local_services import WorkerProcess
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes
 from wsupload.worker.dev.sandbox import SandboxServer

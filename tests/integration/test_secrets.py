@@ -13,7 +13,7 @@ import redis
 
 from tests.integration.conftest import API_KEY, producer_env, run_one
 from wsupload.config import Settings
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

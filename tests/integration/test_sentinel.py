@@ -41,7 +41,7 @@ import pytest
 from tests.integration.conftest import producer_env, unavailable
 from tests.integration.sentinels import SentinelGroup
 from wsupload.config import Settings
-from wsupload.tasks import results
+from wsupload.tasks.store import results
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer

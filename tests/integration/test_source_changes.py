@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import API_KEY, Fleet
-from wsupload.tasks.client import UploadClient
-from wsupload.tasks.errors import SourceChanged
-from wsupload.tasks.local_files import open_local
+from wsupload.errors import SourceChanged
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.wavespeed.client import UploadClient
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import mp4_bytes
 from wsupload.worker.dev.sandbox import SandboxServer

@@ -20,14 +20,14 @@ KEY = "sk-streaming-test"
 MEASURE = """
 import json, resource, sys
 import requests
-from wsupload.tasks.client import UploadClient
-from wsupload.tasks.local_files import open_local
+from wsupload.tasks.wavespeed.client import UploadClient
+from wsupload.tasks.sources.local_files import open_local
 
 url, path, how = sys.argv[1:]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if how == "s3":
     from wsupload.config import Settings
-    from wsupload.tasks.object_store import S3Store, parse_object_url
+    from wsupload.tasks.sources.object_store import S3Store, parse_object_url
     client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
     with S3Store(Settings.from_env()).open(parse_object_url(path)) as source:
         size = client.upload(source)["size"]

@@ -19,9 +19,9 @@ import redis
 
 from tests.integration.conftest import producer_env
 from wsupload.config import Settings
-from wsupload.tasks import keys
-from wsupload.tasks.results import SUCCEEDED, TERMINAL
-from wsupload.tasks.sweep import jobs_of
+from wsupload.tasks.recovery.lost_sweep import jobs_of
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import SUCCEEDED, TERMINAL
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import SandboxServer

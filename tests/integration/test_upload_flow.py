@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import SANDBOX_MAX_BYTES, run_jobs, run_one, unacked_messages
-from wsupload.tasks import results
+from wsupload.tasks.store import results
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes, wav_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

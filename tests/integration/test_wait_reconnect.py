@@ -25,9 +25,9 @@ from redis.retry import Retry
 
 from tests.integration.conftest import producer_env
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.errors import InternalError
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import InternalError
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

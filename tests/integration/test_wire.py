@@ -1,4 +1,4 @@
-"""tasks.wire builds the message Celery itself would put in Redis."""
+"""tasks.wire.encode builds the message Celery itself would put in Redis."""
 
 import base64
 import json
@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from wsupload.config import UPLOAD_TASK_NAME
-from wsupload.tasks import wire
+from wsupload.tasks.wire import encode
 from wsupload.worker.producer import Producer
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ def test_the_hand_built_message_matches_celerys(producer: Producer, options: dic
     raw = producer.redis.rpop(queue)
     assert isinstance(raw, bytes)
     celerys = json.loads(raw)
-    ours = json.loads(wire.upload_message(job_id, "/m/a.png", queue, options))
+    ours = json.loads(encode.upload_message(job_id, "/m/a.png", queue, options))
 
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(celerys["body"]))
     for key in ("content-type", "content-encoding"):

@@ -9,7 +9,7 @@ import pytest
 from wsupload.config import Settings
 from wsupload.tasks import runtime
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store.results import ResultStore
 
 
 @pytest.fixture

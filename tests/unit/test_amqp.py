@@ -9,12 +9,15 @@ import pytest
 
 from wsupload.config import Settings
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import keys, owed, wire
-from wsupload.tasks.enqueue import EnqueueError, Enqueuer
-from wsupload.tasks.lease import JobLease, LeaseBook
-from wsupload.tasks.owed_sweep import OwedSweep, split
-from wsupload.tasks.publisher import PublishError, _Confirms
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import EnqueueError, PublishError
+from wsupload.tasks.enqueue import Enqueuer
+from wsupload.tasks.recovery import early_acks
+from wsupload.tasks.recovery.early_ack_sweep import OwedSweep, split
+from wsupload.tasks.recovery.lease import JobLease, LeaseBook
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wire import encode
+from wsupload.tasks.wire.amqp_publisher import _Confirms
 from wsupload.worker import redis_transport
 from wsupload.worker.amqp_leases import AmqpLeases, tag_of
 from wsupload.worker.app import HEARTBEAT, create_app
@@ -67,7 +70,7 @@ def test_the_amqp_message_is_what_send_task_publishes(options: dict[str, Any] | 
     recorder: Any = Recorder()
     app.send_task(UPLOAD_TASK_NAME, args=["j1", "/m/a.png"], kwargs=kwargs, task_id="j1", queue="q", producer=recorder)
     ((body, sent),) = published
-    ours = wire.amqp_message("j1", "/m/a.png", "q", options)
+    ours = encode.amqp_message("j1", "/m/a.png", "q", options)
 
     assert json.loads(ours.body) == json.loads(json.dumps(body))
     assert (sent["exchange"], sent["routing_key"], sent["serializer"]) == ("", ours.routing_key, "json")
@@ -85,14 +88,14 @@ def test_the_amqp_message_is_what_send_task_publishes(options: dict[str, Any] | 
 
 
 def test_early_acknowledgement_comes_at_half_the_consumer_timeout() -> None:
-    assert owed.early_ack_after(1800) == 900
-    assert owed.early_ack_after(10) == 5
+    assert early_acks.early_ack_after(1800) == 900
+    assert early_acks.early_ack_after(10) == 5
 
 
 def test_owed_entries_are_added_renewed_only_while_present_and_claimed_once_due(
     redis_client: fakeredis.FakeRedis,
 ) -> None:
-    book = owed.OwedSet(redis_client)
+    book = early_acks.OwedSet(redis_client)
     book.owe({"q": ["a", "b"]}, 0)
     book.owe({"q": ["c"]}, 100)
     book.owe({"q": ["gone"]}, 100, mode="XX")  # renewing what is not owed adds nothing
@@ -107,10 +110,10 @@ def test_owed_entries_are_added_renewed_only_while_present_and_claimed_once_due(
 
 
 def test_the_early_ack_registry_pops_once() -> None:
-    early = owed.EarlyAcks()
+    early = early_acks.EarlyAcks()
     early.mark("amqp:j", "j", "q")
-    assert early.get("amqp:j") == owed.Early("j", "q")
-    assert early.pop("amqp:j") == owed.Early("j", "q")
+    assert early.get("amqp:j") == early_acks.Early("j", "q")
+    assert early.pop("amqp:j") == early_acks.Early("j", "q")
     assert early.pop("amqp:j") is None
     assert early.pop(None) is None
 
@@ -163,8 +166,8 @@ def confirms(answers: list[tuple[str, int, bool]]) -> tuple[_Confirms, FakeChann
     return _Confirms(connection, channel), channel, sink  # type: ignore[arg-type]
 
 
-def messages(n: int) -> list[wire.AmqpMessage]:
-    return [wire.amqp_message(f"j{i}", f"/m/{i}.png", "q") for i in range(n)]
+def messages(n: int) -> list[encode.AmqpMessage]:
+    return [encode.amqp_message(f"j{i}", f"/m/{i}.png", "q") for i in range(n)]
 
 
 def test_a_batch_waits_once_for_its_confirms_in_any_grouping() -> None:
@@ -190,9 +193,9 @@ def test_a_nack_or_a_silent_broker_is_a_publish_error() -> None:
 class FakePublisher:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
-        self.sent: list[wire.AmqpMessage] = []
+        self.sent: list[encode.AmqpMessage] = []
 
-    def publish(self, sent: list[wire.AmqpMessage]) -> None:
+    def publish(self, sent: list[encode.AmqpMessage]) -> None:
         if self.fail:
             raise PublishError("RabbitMQ: ConnectionRefusedError: [Errno 111] Connection refused")
         self.sent += sent
@@ -229,9 +232,9 @@ class RenewingPublisher(FakePublisher):
         super().__init__()
         self.client = client
 
-    def publish(self, sent: list[wire.AmqpMessage]) -> None:
+    def publish(self, sent: list[encode.AmqpMessage]) -> None:
         super().publish(sent)
-        owed.OwedSet(self.client).owe({sent[0].routing_key: [str(sent[0].headers["id"])]}, 300)
+        early_acks.OwedSet(self.client).owe({sent[0].routing_key: [str(sent[0].headers["id"])]}, 300)
 
 
 def test_enqueue_clears_only_its_own_debt_not_a_workers_early_ack(redis_client: fakeredis.FakeRedis) -> None:
@@ -309,7 +312,11 @@ class Req:
 
 
 def leases(
-    client: fakeredis.FakeRedis, requests: list[Req], book: LeaseBook, now: float, starts: owed.Starts | None = None
+    client: fakeredis.FakeRedis,
+    requests: list[Req],
+    book: LeaseBook,
+    now: float,
+    starts: early_acks.Starts | None = None,
 ) -> AmqpLeases:
     return AmqpLeases(
         client,
@@ -318,14 +325,14 @@ def leases(
         early_after=900,
         book=book,
         requests=lambda: requests,
-        early=owed.EarlyAcks(),
+        early=early_acks.EarlyAcks(),
         starts=starts or running(requests),
     )
 
 
-def running(requests: list[Req]) -> owed.Starts:
+def running(requests: list[Req]) -> early_acks.Starts:
     """Every request started by a thread (the case of a job running long)."""
-    starts = owed.Starts()
+    starts = early_acks.Starts()
     for request in requests:
         starts.begin(tag_of(request))
     return starts
@@ -343,7 +350,7 @@ def test_a_message_held_half_the_consumer_timeout_is_owed_then_acknowledged(
     renewer.renew()
     assert (old.acknowledged, young.acknowledged) == (True, False)
     assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"old"]
-    assert renewer.early.get(tag_of(old)) == owed.Early("old", "q")
+    assert renewer.early.get(tag_of(old)) == early_acks.Early("old", "q")
     first = redis_client.zscore(keys.owed("q"), "old")
     renewer.renew()  # still held and waiting (no lease yet): renewed
     assert redis_client.zscore(keys.owed("q"), "old") >= first  # type: ignore[operator]
@@ -381,7 +388,7 @@ def test_a_message_whose_task_id_is_not_its_job_id_is_owed_and_renewed_by_its_jo
     renewer.renew()
     assert sent.acknowledged
     assert redis_client.zrange(keys.owed("q"), 0, -1) == [b"job-1"]  # the sweep looks the document up by it
-    assert renewer.early.get(tag_of(sent)) == owed.Early("job-1", "q")
+    assert renewer.early.get(tag_of(sent)) == early_acks.Early("job-1", "q")
     # the task finds its delivery under the same key as the worker's books
     context = type("Context", (), {"id": "celery-uuid-1", "properties": {}})()
     assert delivery_tag(context, "job-1", amqp=True) == tag_of(sent)
@@ -397,8 +404,8 @@ def test_two_deliveries_of_one_job_keep_their_own_early_ack_records(redis_client
     renewer = leases(redis_client, [first, second], book, now)
     renewer.renew()
     assert tag_of(first) != tag_of(second)
-    assert renewer.early.pop(tag_of(first)) == owed.Early("job-1", "q")
-    assert renewer.early.get(tag_of(second)) == owed.Early("job-1", "q")  # the first one's end left it alone
+    assert renewer.early.pop(tag_of(first)) == early_acks.Early("job-1", "q")
+    assert renewer.early.get(tag_of(second)) == early_acks.Early("job-1", "q")  # the first one's end left it alone
 
 
 def test_a_message_still_waiting_for_a_thread_is_handed_back_not_acknowledged_early(
@@ -408,7 +415,7 @@ def test_a_message_still_waiting_for_a_thread_is_handed_back_not_acknowledged_ea
 
     now = time.monotonic()
     running, waiting = Req("running", now - 901), Req("waiting", now - 901)
-    starts = owed.Starts()
+    starts = early_acks.Starts()
     assert starts.begin(tag_of(running))  # a thread runs it
     renewer = leases(redis_client, [running, waiting], LeaseBook(), now, starts)
     renewer.renew()
@@ -466,5 +473,5 @@ def test_the_stored_call_goes_with_its_owed_entry_when_the_job_ends(redis_client
     request = Req("job-1", time.monotonic() - 901, args=["job-1", "/m/a.png", CALLBACK])
     acked_early_then_due(redis_client, request)
     assert redis_client.hlen(keys.owed_calls("q")) == 1
-    owed.OwedSet(redis_client).remove("q", ["job-1"])  # tasks.upload.settle_early_ack
+    early_acks.OwedSet(redis_client).remove("q", ["job-1"])  # tasks.upload.settle_early_ack
     assert redis_client.exists(keys.owed("q"), keys.owed_calls("q")) == 0

@@ -10,11 +10,11 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export
-from wsupload.tasks.discovery import discover, matches, read_manifest
-from wsupload.tasks.errors import InvalidInput, Rejected
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import InvalidInput, Rejected
+from wsupload.tasks.sources.discovery import discover, matches, read_manifest
+from wsupload.tasks.store import results
+from wsupload.tasks.store.batches import BatchStore, batch_fields, export_row, members_key, name_key, write_export
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 
 NOW = results.utcnow()

@@ -9,10 +9,10 @@ import pytest
 import requests
 
 from wsupload.config import Settings
-from wsupload.tasks import results
+from wsupload.errors import Rejected
 from wsupload.tasks.callbacks import SIGNATURE_HEADER, callback_key, deliver, sign, verify_signature
-from wsupload.tasks.errors import Rejected
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 
 SECRET = "whsec-unit"
 

@@ -10,9 +10,9 @@ import pytest
 from celery import Celery
 
 from wsupload.config import Settings
-from wsupload.config.errors import ConfigError
 from wsupload.config.parsers import parse_bool
 from wsupload.config.settings import VARIABLES
+from wsupload.errors import ConfigError
 from wsupload.worker import app as app_module
 from wsupload.worker import cli
 from wsupload.worker.app import WsuploadApp, create_app

@@ -10,8 +10,7 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from wsupload.tasks.client import UPLOAD_PATH, UploadClient, interpret_response
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     ClientError,
     ConnectionFailed,
     RateLimited,
@@ -24,8 +23,9 @@ from wsupload.tasks.errors import (
     UploadError,
     UploadTimeout,
 )
-from wsupload.tasks.local_files import open_local
-from wsupload.tasks.multipart import MultipartBody
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.wavespeed.client import UPLOAD_PATH, UploadClient, interpret_response
+from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn.example/x.png", "filename": "x.png", "size": 10}

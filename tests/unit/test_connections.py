@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
-from wsupload.tasks.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, redis_client
+from wsupload.tasks.store.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, redis_client
 from wsupload.worker.roster import connect
 
 URL = "redis+sentinel://app:pw@s1:26379,s2:26380/mymaster/4?sentinel_password=spw"

@@ -3,8 +3,8 @@
 import fakeredis
 import pytest
 
-from wsupload.tasks.dead_letters import DEAD_KEY, DeadLetterStore
-from wsupload.tasks.limits import MAX_DEAD_MESSAGE_BYTES
+from wsupload.tasks.observe.bounds import MAX_DEAD_MESSAGE_BYTES
+from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore
 
 
 def test_text_and_binary_messages_are_kept_as_they_were(redis_client: fakeredis.FakeRedis) -> None:

@@ -8,13 +8,13 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.dedup import DedupStore, dedup_key
-from wsupload.tasks.errors import InvalidInput
+from wsupload.errors import InvalidInput
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.options import JobOptions
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import results
+from wsupload.tasks.store.dedup import DedupStore, dedup_key
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker.dev.samples import png_bytes
 
 NOW = results.utcnow()

@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from wsupload.config import ConfigError, Settings
+from wsupload.errors import EnqueueError, InvalidInput
 from wsupload.tasks import enqueue as enqueue_module
-from wsupload.tasks import keys, results
-from wsupload.tasks.enqueue import STAGING_TTL, EnqueueError, Enqueuer, Job, redis_reason
-from wsupload.tasks.errors import InvalidInput
-from wsupload.tasks.limits import MAX_SOURCE_CHARS
+from wsupload.tasks.enqueue import STAGING_TTL, Enqueuer, Job, redis_reason
+from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS
+from wsupload.tasks.store import keys, results
 
 QUEUE, BULK = "q1", "q1.bulk"
 RESULT_TTL = 3600
@@ -107,7 +107,7 @@ def places(client: fakeredis.FakeRedis, queue: str) -> dict[str, float]:
 def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(
     enqueuer: Enqueuer, redis_client: fakeredis.FakeRedis
 ) -> None:
-    # tasks.sweep reads these places: a job placed below one a worker took, and not waiting, was lost.
+    # tasks.recovery.lost_sweep reads these places: a job placed below one a worker took, and not waiting, was lost.
     first = enqueuer.enqueue([f"/m/{n}.png" for n in range(5)])  # two staged chunks and a last one
     second = enqueuer.enqueue(["/m/late.png"])
     jobs = first + second

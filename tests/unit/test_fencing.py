@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks import keys, lease, results
-from wsupload.tasks.errors import Rejected
-from wsupload.tasks.fencing import ClaimAsk, FirstAttempt, Superseded
+from wsupload.errors import LeaseLost, Rejected, Superseded
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.store.fencing import ClaimAsk, FirstAttempt
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.local_services import start_redis
 from wsupload.worker.dev.samples import png_bytes
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wsupload.tasks import formats
+from wsupload.tasks.sources import formats
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes, wav_bytes
 
 HEADS = {

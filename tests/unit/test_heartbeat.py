@@ -18,7 +18,7 @@ from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.worker import state as celery_state
 
 from wsupload.config import Settings
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 from wsupload.worker import heartbeat
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.heartbeat import Heartbeat, Identity, Running, pool_name, running

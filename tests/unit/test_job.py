@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.dedup import dedup_key
-from wsupload.tasks.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
+from wsupload.errors import ConnectionFailed, RateLimited, Rejected, ServerError, UploadError
 from wsupload.tasks.job import JobRunner, Uploader
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.multipart import MultipartBody
-from wsupload.tasks.options import JobOptions
-from wsupload.tasks.rate_limit import FleetLimiter
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import results
+from wsupload.tasks.store.dedup import dedup_key
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.multipart import MultipartBody
+from wsupload.tasks.wavespeed.rate_limit import FleetLimiter
+from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker.dev.samples import png_bytes
 
 SECRET = "sk-job-secret"

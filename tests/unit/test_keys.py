@@ -1,9 +1,9 @@
-"""Every Redis key is built in tasks/keys.py, under the one prefix."""
+"""Every Redis key is built in tasks/store/keys.py, under the one prefix."""
 
 import re
 from pathlib import Path
 
-from wsupload.tasks import keys
+from wsupload.tasks.store import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import keys, lease
-from wsupload.tasks.errors import TimeLimitExceeded
+from wsupload.errors import LeaseLost, TimeLimitExceeded
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.lease import JobLease, LeaseBook, LeaseLost, renewable
-from wsupload.tasks.local_files import open_local
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.multipart import MultipartBody
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.recovery.lease import JobLease, LeaseBook, renewable
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.worker.dev.samples import png_bytes
 
 

@@ -18,11 +18,12 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from tests.unit.test_job import DATA, ScriptedClient, make_runner
 from wsupload.config import Settings
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.tasks import lease, redaction
-from wsupload.tasks.errors import ServerError, Unauthorized
-from wsupload.tasks.limits import MAX_LOG_CHARS
-from wsupload.tasks.log_fields import FIELDS, outcome_fields, retry_fields
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import ServerError, Unauthorized
+from wsupload.tasks.observe import redaction
+from wsupload.tasks.observe.bounds import MAX_LOG_CHARS
+from wsupload.tasks.observe.log_fields import FIELDS, outcome_fields, retry_fields
+from wsupload.tasks.recovery import lease
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker import logs
 from wsupload.worker.app import create_app
 from wsupload.worker.dev.samples import png_bytes

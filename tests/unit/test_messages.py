@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsupload.tasks import results
-from wsupload.tasks.errors import InvalidInput, InvalidMessage, UploadError
-from wsupload.tasks.errors import RetriesExhausted as SomeError
-from wsupload.tasks.messages import (
-    NoJobId,
+from wsupload.errors import InvalidInput, InvalidMessage, NoJobId, UploadError
+from wsupload.errors import RetriesExhausted as SomeError
+from wsupload.tasks.store import results
+from wsupload.tasks.wire.decode import (
     Refused,
     UploadCall,
     bulk_jobs_in,

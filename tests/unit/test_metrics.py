@@ -1,4 +1,4 @@
-"""The metrics: what the job code reports (tasks.telemetry) as Prometheus counts, each in a fresh registry.
+"""The metrics: what the job code reports (tasks.observe.telemetry) as Prometheus counts, each in a fresh registry.
 
 Jobs run through the real ``JobRunner`` with fakeredis and a scripted client;
 the queue-depth collector reads fakeredis, or a Redis that does not answer.
@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.unit.test_job import DATA, SECRET, ScriptedClient, make_runner
 from tests.unit.test_renewer import FakeChannel
 from wsupload.config import Settings
-from wsupload.tasks import results, telemetry
-from wsupload.tasks.errors import Rejected, ServerError
-from wsupload.tasks.lease import JobLease, LeaseBook
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.options import JobOptions
-from wsupload.tasks.rate_limit import FleetLimiter
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import Rejected, ServerError
+from wsupload.tasks.observe import telemetry
+from wsupload.tasks.recovery.lease import JobLease, LeaseBook
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.rate_limit import FleetLimiter
+from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker import cli, metrics
 from wsupload.worker.dev.local_services import free_port
 from wsupload.worker.metrics import QueueDepth, WorkerMetrics
@@ -94,7 +95,7 @@ def test_a_refused_source_and_a_message_recorded_outside_a_run_count_as_failed_j
 ) -> None:
     runner = make_runner(store, ScriptedClient(), [])
     runner.run("missing", str(tmp_path / "nope.png"))
-    from wsupload.tasks.errors import InvalidMessage
+    from wsupload.errors import InvalidMessage
 
     runner.fail("bad-message", "", InvalidMessage("arguments are not [job_id, source]"))
     runner.fail("bad-message", "", InvalidMessage("counted once: the job has ended"))

@@ -5,8 +5,8 @@ import io
 import pytest
 from python_multipart.multipart import MultipartParser
 
-from wsupload.tasks.errors import SourceChanged
-from wsupload.tasks.multipart import MultipartBody
+from wsupload.errors import SourceChanged
+from wsupload.tasks.wavespeed.multipart import MultipartBody
 
 
 def parse(body: bytes, boundary: str) -> tuple[dict[str, str], bytes]:

@@ -9,12 +9,12 @@ import fsspec
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks.errors import InvalidInput, SourceUnavailable, StoreError
+from wsupload.errors import InvalidInput, SourceUnavailable, StoreError
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.object_store import FsspecStore, ObjectURL, bucket_allowed, parse_object_url
-from wsupload.tasks.results import ResultStore
-from wsupload.tasks.sources import SourceOpener
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.sources.object_store import FsspecStore, ObjectURL, bucket_allowed, parse_object_url
+from wsupload.tasks.sources.opener import SourceOpener
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "x.png", "size": 1}

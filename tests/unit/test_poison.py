@@ -12,7 +12,7 @@ from kombu.transport import virtual
 
 from wsupload.config import UPLOAD_TASK_NAME
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME
-from wsupload.tasks import wire
+from wsupload.tasks.wire import encode
 from wsupload.worker.consumer import message_problem
 from wsupload.worker.poison import PoisonGuard
 
@@ -41,7 +41,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 
 def test_a_message_our_producers_write_passes(recorder: Recorder) -> None:
-    raw = wire.upload_message("j1", "/a.png", "q").encode()
+    raw = encode.upload_message("j1", "/a.png", "q").encode()
     assert Probe()._readable(raw, "q") == json.loads(raw)
     assert recorder.calls == []
 
@@ -66,7 +66,7 @@ def test_unreadable_envelopes_are_quarantined_not_raised(recorder: Recorder, raw
 
 
 def test_an_envelope_naming_an_upload_job_says_which(recorder: Recorder) -> None:
-    envelope = json.loads(wire.upload_message("job-1", "/a.png", "q"))
+    envelope = json.loads(encode.upload_message("job-1", "/a.png", "q"))
     envelope["body"] = "!!!"  # the issue's message: base64 claimed, not given
     envelope["properties"]["body_encoding"] = "base64"
     envelope["content-type"] = "application/x-unknown"
@@ -152,14 +152,14 @@ def test_a_bad_source_is_the_tasks_business_not_the_consumers() -> None:
 
 
 def test_base64_is_a_transport_detail() -> None:
-    raw = json.loads(wire.upload_message("j1", "/a.png", "q"))
+    raw = json.loads(encode.upload_message("j1", "/a.png", "q"))
     body = base64.b64decode(raw["body"])
     assert message_problem(kombu_message(raw["headers"], body), KNOWN) is None
 
 
 def test_the_consumer_moves_a_bulk_message_aside_naming_every_job_it_can() -> None:
     known = {**KNOWN, UPLOAD_MANY_TASK_NAME: object()}
-    good = json.loads(wire.upload_many_message([("j1", "/a.png"), ("j2", 7)], "q"))  # type: ignore[list-item]
+    good = json.loads(encode.upload_many_message([("j1", "/a.png"), ("j2", 7)], "q"))  # type: ignore[list-item]
     body = base64.b64decode(good["body"])
     assert message_problem(kombu_message(good["headers"], body), known) is None  # j2's source: the task's business
     forged = {**good["headers"], "wsupload_jobs": ["j9"]}
@@ -171,7 +171,7 @@ def test_the_consumer_moves_a_bulk_message_aside_naming_every_job_it_can() -> No
 def test_a_task_header_of_any_json_type_is_read_without_raising(task: object) -> None:
     from wsupload.worker.poison import envelope_jobs
 
-    envelope = json.loads(wire.upload_message("job-1", "/a.png", "q"))
+    envelope = json.loads(encode.upload_message("job-1", "/a.png", "q"))
     envelope["headers"]["task"] = task
     assert envelope_jobs(envelope) == (["job-1"], False)  # another task's id, maybe a job's: not an upload
     message = kombu_message(envelope["headers"], base64.b64decode(envelope["body"]))

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.tasks import results
-from wsupload.tasks.discovery import Found
-from wsupload.tasks.errors import Rejected
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import Rejected
+from wsupload.tasks.sources.discovery import Found
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker import producer as producer_module
 from wsupload.worker.outage import Outage, reconnect_delay
 from wsupload.worker.producer import Producer
@@ -407,3 +407,15 @@ def test_wait_batch_times_out_with_the_counters_last_read(waiter: Producer, flak
     info, timed_out = waiter.wait_batch(batch.batch_id, timeout=0.5, on_update=on_update)
     assert (timed_out, info["done"], info["total"]) == (True, 0, 1)
     assert flaky.failures > 1
+
+
+def test_importing_the_producer_leaves_celery_unloaded() -> None:
+    """A web backend imports ``Producer`` at start-up: Celery's app is built only for ``ping``."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, wsupload; wsupload.Producer; print(sorted(m for m in sys.modules if m.split('.')[0] == 'celery'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -3,7 +3,7 @@
 import fakeredis
 import pytest
 
-from wsupload.tasks.rate_limit import FleetLimiter, RateLimitTimeout
+from wsupload.tasks.wavespeed.rate_limit import FleetLimiter, RateLimitTimeout
 from wsupload.worker.dev.local_services import wait_until
 
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from wsupload.tasks import redaction
-from wsupload.tasks.errors import ServerError
-from wsupload.tasks.results import ResultStore, failed, new_doc, utcnow
+from wsupload.errors import ServerError
+from wsupload.tasks.observe import redaction
+from wsupload.tasks.store.results import ResultStore, failed, new_doc, utcnow
 
 SECRET = "sk-redaction-test-0123456789"
 QUOTED = 'sk-"quoted\\secret'

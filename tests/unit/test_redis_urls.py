@@ -8,9 +8,9 @@ import pytest
 from kombu.utils.url import parse_url
 
 from wsupload.config import Settings
-from wsupload.config.errors import ConfigError
 from wsupload.config.parsers import parse_redis_url
 from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, masked, parse_sentinel_url
+from wsupload.errors import ConfigError
 
 SECRET = "hunter2-Secret"
 SENTINEL_SECRET = "s3ntinel-Secret"

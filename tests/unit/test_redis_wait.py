@@ -3,8 +3,8 @@
 import fakeredis
 import redis
 
-from wsupload.tasks import keys
-from wsupload.tasks.redis_wait import takes_writes, wait_budget, wait_for_writes
+from wsupload.tasks.recovery.redis_wait import takes_writes, wait_budget, wait_for_writes
+from wsupload.tasks.store import keys
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ import fakeredis
 import pytest
 import redis
 
-from wsupload.tasks import keys
-from wsupload.tasks.lease import JobLease, LeaseBook
+from wsupload.tasks.recovery.lease import JobLease, LeaseBook
+from wsupload.tasks.store import keys
 from wsupload.worker import redis_transport
 from wsupload.worker.renewer import Held, Renewer, held_messages, to_renew
 

@@ -14,8 +14,8 @@ from typing import Any
 import fakeredis
 import pytest
 
-from wsupload.tasks import results
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 
 NOW = results.utcnow()
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "x.png", "size": 7}
@@ -91,7 +91,7 @@ def test_off_by_default_no_final_write_waits() -> None:
 
 def test_a_write_no_replica_confirmed_is_kept_and_said_once_per_streak(caplog: pytest.LogCaptureFixture) -> None:
     store, client = store_with(replicas=0)
-    with caplog.at_level(logging.WARNING, logger="wsupload.tasks.results"):
+    with caplog.at_level(logging.WARNING, logger="wsupload.tasks.store.results"):
         assert store.save(ended(store, "a"))
         assert store.save(ended(store, "b"))
         client.count = 1

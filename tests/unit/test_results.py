@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 
 import fakeredis
 
-from wsupload.tasks import results
-from wsupload.tasks.errors import RateLimited, Rejected
-from wsupload.tasks.results import ResultStore
+from wsupload.errors import RateLimited, Rejected
+from wsupload.tasks.store import results
+from wsupload.tasks.store.results import ResultStore
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 FIELDS = {
@@ -31,7 +31,7 @@ def test_a_new_document_is_queued_with_every_field() -> None:
 
 
 def test_a_new_document_keeps_the_jobs_options_when_it_has_some() -> None:
-    # The sweep (tasks.sweep) builds a lost job's message again from its document.
+    # The sweep (tasks.recovery.lost_sweep) builds a lost job's message again from its document.
     assert results.new_doc("j1", "/m/a.png", NOW, options={"dedup": True})["options"] == {"dedup": True}
     assert "options" not in results.new_doc("j1", "/m/a.png", NOW, options={})
 

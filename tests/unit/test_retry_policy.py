@@ -6,7 +6,7 @@ from email.utils import format_datetime
 import pytest
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
-from wsupload.tasks.errors import (
+from wsupload.errors import (
     ConnectionFailed,
     PermanentError,
     RateLimited,
@@ -14,7 +14,7 @@ from wsupload.tasks.errors import (
     TransientError,
     UploadTimeout,
 )
-from wsupload.tasks.retry_policy import (
+from wsupload.tasks.wavespeed.retry_policy import (
     RetryPolicy,
     compute_backoff,
     error_for_status,

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 
-from wsupload.tasks import keys
-from wsupload.tasks.results import isoformat
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import isoformat
 from wsupload.worker import cli, roster
 from wsupload.worker.roster import RECORD_TTL, WorkerRecord, is_fresh, judge, read_records, render
 

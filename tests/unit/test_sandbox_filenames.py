@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsupload.tasks.multipart import MultipartBody
+from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.worker.dev.disposition import Disposition, parse_disposition
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import UPLOAD_PATH, SandboxServer

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import sources
-from wsupload.tasks.errors import InvalidInput, SourceChanged
-from wsupload.tasks.local_files import open_local
-from wsupload.tasks.media_source import OpenedSource
-from wsupload.tasks.multipart import MultipartBody
-from wsupload.tasks.sources import SourceOpener
+from wsupload.errors import InvalidInput, SourceChanged
+from wsupload.tasks.sources import opener as opener_module
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.sources.opener import SourceOpener
+from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.worker.dev.samples import png_bytes
 
 
@@ -198,8 +198,8 @@ def test_threads_opening_s3_sources_at_once_build_one_client(monkeypatch: pytest
         def open(self, url: object) -> str:
             return "opened"
 
-    monkeypatch.setattr(sources, "S3Store", SlowStore)
-    opener = sources.SourceOpener(Settings())
+    monkeypatch.setattr(opener_module, "S3Store", SlowStore)
+    opener = opener_module.SourceOpener(Settings())
 
     def open_one() -> object:
         started.wait()

@@ -10,9 +10,9 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import keys
-from wsupload.tasks.errors import Unauthorized
-from wsupload.tasks.results import ResultStore, failed, isoformat, new_doc, succeeded, utcnow
+from wsupload.errors import Unauthorized
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import ResultStore, failed, isoformat, new_doc, succeeded, utcnow
 from wsupload.worker import stats
 from wsupload.worker.cli import build_parser
 from wsupload.worker.roster import RUNNING, WorkerRecord

@@ -24,10 +24,11 @@ from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
 from wsupload.config import Settings
-from wsupload.tasks import keys, places, results
 from wsupload.tasks.enqueue import Enqueuer
-from wsupload.tasks.results import JobDoc, ResultStore
-from wsupload.tasks.sweep import Candidate, Plan, Report, Sweep, jobs_of, plan
+from wsupload.tasks.recovery import job_index
+from wsupload.tasks.recovery.lost_sweep import Candidate, Plan, Report, Sweep, jobs_of, plan
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.store.results import JobDoc, ResultStore
 from wsupload.worker import redis_transport
 
 QUEUE, BULK = "q", "q.bulk"
@@ -79,14 +80,14 @@ def test_a_sweep_that_saw_only_part_of_a_line_forgets_no_suspect_it_did_not_meet
 
 
 def test_a_queued_message_names_its_jobs_only_if_it_is_an_upload() -> None:
-    from wsupload.tasks import wire
+    from wsupload.tasks.wire import encode
 
-    assert jobs_of(wire.upload_message("j1", "/a.png", QUEUE)) == ["j1"]
-    assert jobs_of(wire.upload_many_message([("j1", "/a.png"), ("j2", "/b.png")], QUEUE)) == ["j1", "j2"]
-    other = json.loads(wire.upload_message("j1", "/a.png", QUEUE))
+    assert jobs_of(encode.upload_message("j1", "/a.png", QUEUE)) == ["j1"]
+    assert jobs_of(encode.upload_many_message([("j1", "/a.png"), ("j2", "/b.png")], QUEUE)) == ["j1", "j2"]
+    other = json.loads(encode.upload_message("j1", "/a.png", QUEUE))
     other["headers"]["task"] = "wsupload.callback"
     assert jobs_of(json.dumps(other)) == []
-    forged = json.loads(wire.upload_many_message([("j1", "/a.png")], QUEUE))
+    forged = json.loads(encode.upload_many_message([("j1", "/a.png")], QUEUE))
     forged["headers"]["wsupload_jobs"] = ["j1", "no spaces allowed"]
     assert jobs_of(json.dumps(forged)) == []
     assert jobs_of(b"garbage{") == []
@@ -107,7 +108,7 @@ class World:
         self.store = ResultStore(self.redis, 3600)
         self.now = 1_000.0
         # fakeredis cannot read a script's shebang line (allow-oom); the script is the same.
-        monkeypatch.setattr(redis_transport, "PUT_BACK", places.PUSH)
+        monkeypatch.setattr(redis_transport, "PUT_BACK", job_index.PUSH)
 
         class FakeChannel(redis_transport.Channel):
             def _create_client(self, asynchronous: bool = False) -> Any:
@@ -261,9 +262,9 @@ def test_other_tasks_are_pushed_and_taken_without_a_place(world: World) -> None:
 
 
 def other_task_message() -> str:
-    from wsupload.tasks import wire
+    from wsupload.tasks.wire import encode
 
-    envelope = json.loads(wire.upload_message("cb-1", "/a.png", QUEUE))
+    envelope = json.loads(encode.upload_message("cb-1", "/a.png", QUEUE))
     envelope["headers"]["task"] = "wsupload.callback"
     return json.dumps(envelope)
 
@@ -286,7 +287,7 @@ def test_a_message_taken_and_never_recorded_is_back_on_its_queue_after_the_grace
         assert world.sweep(at=later) == Report()
     assert [job for job, _ in world.line()] == [c, a]
 
-    (line,) = [r for r in caplog.records if r.name == "wsupload.tasks.sweep"]
+    (line,) = [r for r in caplog.records if r.name == "wsupload.tasks.recovery.lost_sweep"]
     assert line.levelname == "WARNING"
     assert line.getMessage() == (
         f"sweep: job {a} was in no queue, no worker's hands and had no outcome for 6 s or more; it is back on queue q"
@@ -390,7 +391,7 @@ def test_two_sweepers_never_both_put_a_job_back(world: World) -> None:
 
 
 def test_a_sweep_handles_at_most_its_limit_per_queue(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("wsupload.tasks.sweep.LIMIT", 2)
+    monkeypatch.setattr("wsupload.tasks.recovery.lost_sweep.LIMIT", 2)
     jobs = world.enqueue("a", "b", "c", "d")
     for _ in jobs:
         world.redis.rpop(QUEUE)

@@ -13,9 +13,9 @@ import fakeredis
 import pytest
 
 from wsupload.config import Settings
-from wsupload.tasks import keys
-from wsupload.tasks.results import ResultStore
-from wsupload.tasks.sweep import Sweep
+from wsupload.tasks.recovery.lost_sweep import Sweep
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker import sweeper
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.sweeper import Sweeper

@@ -9,12 +9,11 @@ import redis
 from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
-from wsupload.tasks import keys, results
+from wsupload.errors import LeaseLost, Superseded
 from wsupload.tasks import upload_many as bulk_module
-from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store import keys, results
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 
 DATA = {"type": "image", "download_url": "https://cdn.test/a.png", "filename": "a.png", "size": 10}

@@ -11,13 +11,11 @@ from celery.exceptions import Reject
 
 from tests.unit.conftest import install_runner
 from wsupload.config import Settings
+from wsupload.errors import JobFailed, LeaseLost, Rejected, Superseded, Unauthorized
 from wsupload.tasks import runtime
 from wsupload.tasks import upload as upload_module
-from wsupload.tasks.errors import JobFailed, Rejected, Unauthorized
-from wsupload.tasks.fencing import Superseded
 from wsupload.tasks.job import JobRunner, Outcome
-from wsupload.tasks.lease import LeaseLost
-from wsupload.tasks.results import ResultStore
+from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
 
 
@@ -309,11 +307,11 @@ def amqp_runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> JobRunne
 def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touching_redis(
     store: ResultStore, amqp_runner: JobRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsupload.tasks import owed
+    from wsupload.tasks.recovery import early_acks
 
-    starts = owed.Starts()
-    monkeypatch.setattr(owed, "STARTS", starts)
-    tag = owed.amqp_tag("j1", "task-1")
+    starts = early_acks.Starts()
+    monkeypatch.setattr(early_acks, "STARTS", starts)
+    tag = early_acks.amqp_tag("j1", "task-1")
     assert starts.hand_back_if_waiting(tag)  # the worker rejected its message with requeue
 
     upload_module.upload.push_request(id="task-1", hostname="w1@host")
@@ -328,7 +326,7 @@ def test_a_delivery_handed_back_while_waiting_for_a_thread_returns_without_touch
 def test_on_rabbitmq_losing_redis_waits_for_it_within_a_bound_then_hands_the_message_back_logging_once(
     store: ResultStore, amqp_runner: JobRunner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from wsupload.tasks import owed, redis_wait
+    from wsupload.tasks.recovery import early_acks, redis_wait
 
     job = amqp_runner
     settings = job.settings
@@ -350,6 +348,6 @@ def test_on_rabbitmq_losing_redis_waits_for_it_within_a_bound_then_hands_the_mes
     # RabbitMQ would deliver it again at once: every worker looping on it, and a quorum queue's
     # delivery-limit dropping it. Held first, for at most 30 s (or half the early-ack point).
     (waited,) = waits
-    assert waited["budget"] == redis_wait.wait_budget(owed.early_ack_after(settings.amqp_consumer_timeout)) == 30
+    assert waited["budget"] == redis_wait.wait_budget(early_acks.early_ack_after(settings.amqp_consumer_timeout)) == 30
     assert not waited["stopping"]()
     assert [r.levelname for r in caplog.records if "j1" in r.getMessage()] == ["ERROR"]

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from wsupload.config.settings import Settings
-from wsupload.tasks import results
+from wsupload.tasks.store import results
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, start_redis, start_s3
 from wsupload.worker.dev.samples import write_samples
 from wsupload.worker.dev.sandbox import Fault, SandboxServer

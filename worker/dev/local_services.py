@@ -27,7 +27,7 @@ from typing import IO, Any
 import redis
 from celery import Celery
 
-from wsupload.tasks.connections import redis_client
+from wsupload.tasks.store.connections import redis_client
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from wsupload.tasks import formats
+from wsupload.tasks.sources import formats
 from wsupload.worker.dev.disposition import parse_disposition
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"

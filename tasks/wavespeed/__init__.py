@@ -1,0 +1,1 @@
+"""WaveSpeed's side: the HTTP client, the multipart body, the retry policy and the shared rate limit."""
