@@ -12,7 +12,7 @@ Two rows per measurement, the RabbitMQ one with the Redis one as its baseline:
 
 Both brokers run here: the Redis is the run's private redis-server (it also holds
 the results in both cases), RabbitMQ the machine's server on 127.0.0.1:5672 in a
-vhost of the run's own (``worker.dev.rabbit``). Rounds alternate between the brokers
+vhost of the run's own (``tests/integration/rabbit.py``). Rounds alternate between the brokers
 so both meet the same machine conditions. ``python -m benchmarks.brokers`` runs it alone.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 from benchmarks import overhead
 from benchmarks.run import KEY, Row, busy_cores, cpu_note, make_media, sandbox
+from tests.integration.rabbit import RabbitUnavailable, rabbit_vhost
 from wsupload.config import Settings
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, start_redis
-from wsupload.worker.dev.rabbit import RabbitUnavailable, rabbit_vhost
 from wsupload.worker.producer import Producer
 
 SMALL = 20 * 1000
