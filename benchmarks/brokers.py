@@ -12,7 +12,7 @@ Two rows per measurement, the RabbitMQ one with the Redis one as its baseline:
 
 Both brokers run here: the Redis is the run's private redis-server (it also holds
 the results in both cases), RabbitMQ the machine's server on 127.0.0.1:5672 in a
-vhost of the run's own (``worker.dev.rabbit``). Rounds alternate between the brokers
+vhost of the run's own (``tests/integration/rabbit.py``). Rounds alternate between the brokers
 so both meet the same machine conditions. ``python -m benchmarks.brokers`` runs it alone.
 """
 
@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks import overhead
-from benchmarks.run import KEY, Row, busy_cores, cpu_note, make_media, sandbox
+from benchmarks.harness import KEY, Row, busy_cores, clean_env, cpu_note, make_media, sandbox, table
+from tests.integration.rabbit import RabbitUnavailable, rabbit_vhost
 from wsupload.config import Settings
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, start_redis
-from wsupload.worker.dev.rabbit import RabbitUnavailable, rabbit_vhost
 from wsupload.worker.producer import Producer
 
 SMALL = 20 * 1000
@@ -60,7 +60,7 @@ def end_to_end_rate(
 ) -> tuple[float, float]:
     """Jobs per second through one worker on this broker, and the cores busy meanwhile."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    env = overhead.clean_env() | producer_env(redis.url, broker_url, queue)
+    env = clean_env() | producer_env(redis.url, broker_url, queue)
     env |= {"WAVESPEED_BASE_URL": url, "WAVESPEED_API_KEY": KEY}
     producer = Producer(Settings.from_env({k: v for k, v in env.items() if k != "WAVESPEED_API_KEY"}))
     worker = WorkerProcess(env=env, log_path=work / f"worker-{queue}.log", concurrency=concurrency).start()
@@ -80,7 +80,21 @@ def end_to_end_rate(
         producer.redis.flushdb()
 
 
-def bench(redis: LocalRedis, work: Path, *, enqueue_count: int, jobs: int, concurrency: int, rounds: int) -> list[Row]:
+def bench(redis: LocalRedis, work: Path, quick: bool) -> list[Row]:
+    """The rows as ``make bench`` measures them (``quick``: 1,000 enqueued, 100 end to end, one round)."""
+    return measure(
+        redis,
+        work,
+        enqueue_count=1000 if quick else 10_000,
+        jobs=100 if quick else 1000,
+        concurrency=32,
+        rounds=1 if quick else 3,
+    )
+
+
+def measure(
+    redis: LocalRedis, work: Path, *, enqueue_count: int, jobs: int, concurrency: int, rounds: int
+) -> list[Row]:
     with ExitStack() as stack:
         try:
             amqp_url = stack.enter_context(rabbit_vhost())
@@ -130,17 +144,13 @@ def bench(redis: LocalRedis, work: Path, *, enqueue_count: int, jobs: int, concu
 
 
 def main() -> None:
-    import tempfile
-
-    from benchmarks.run import bench_brokers, table
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: checks the harness")
     args = parser.parse_args()
     redis = start_redis()
     try:
         with tempfile.TemporaryDirectory(prefix="wsupload-brokers-") as tmp:
-            rows = bench_brokers(redis, Path(tmp), args.quick)
+            rows = bench(redis, Path(tmp), args.quick)
     finally:
         redis.stop()
     print("\n".join(table(rows)))

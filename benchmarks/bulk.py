@@ -50,15 +50,23 @@ import psutil
 from celery import Celery
 
 from benchmarks.bulk_round import enqueue_many
-from benchmarks.leases import EndedCounter, within
-from benchmarks.overhead import clean_env
-from benchmarks.run import KEY, Row, baseline, make_media, sandbox, table
+from benchmarks.harness import (
+    KEY,
+    ROOT,
+    EndedCounter,
+    Row,
+    baseline,
+    clean_env,
+    make_media,
+    sandbox,
+    table,
+    tree_cpu,
+    within,
+)
 from wsupload.config import Settings
 from wsupload.worker.dev.local_services import start_redis, wait_until
 
-HERE = Path(__file__).resolve().parent
-ROUND_SCRIPT = HERE / "bulk_round.py"
-ROOT = HERE.parent
+ROUND_SCRIPT = Path(__file__).resolve().parent / "bulk_round.py"
 PER_MESSAGE = (1, 8, 32)
 DEFAULT_PER_MESSAGE = Settings.from_env({}).jobs_per_message
 WORKER = "import sys; from wsupload.worker.cli import main; sys.exit(main())"
@@ -87,11 +95,6 @@ class Samples:
     """Worker + producer CPU per job, ms."""
     worker_cpu: list[float] = field(default_factory=list)
     cores: list[float] = field(default_factory=list)
-
-
-def tree_cpu(pid: int) -> float:
-    parent = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [parent, *parent.children(recursive=True)])
 
 
 @contextmanager
@@ -249,6 +252,15 @@ def kill_check(work: Path, cap: float = 60.0) -> str:
         f" {sum(ended.counts.values())} final documents, {sum(n > 1 for n in ended.counts.values())} job(s) ended"
         f" twice, {uploads} uploads, {len(twice)} job(s) delivered twice (generation 2)"
     )
+
+
+def bench(work: Path, quick: bool) -> list[Row]:
+    """Every workload's rows, as ``make bench`` runs them (``quick``: 100 jobs, one round)."""
+    count, rounds = (100, 1) if quick else (1000, 3)
+    out: list[Row] = []
+    for name, load in WORKLOADS.items():
+        out += rows(load, count, run_workload(load, count, rounds, work / name))
+    return out
 
 
 def main() -> None:

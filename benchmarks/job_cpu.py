@@ -2,7 +2,7 @@
 
 ``overhead.py`` measures the whole queue path, where a change of a few per cent in the
 job's part drowns in the machine's drift (rounds spread ±15 %). This one isolates the
-part the job code owns: each version (a git commit installed as ``overhead.py`` does,
+part the job code owns: each version (a git commit installed by ``versions.install``,
 or this checkout as ``now``) runs ``job_round.py`` in its own interpreter against one
 private redis-server and one zero-latency sandbox.
 
@@ -26,8 +26,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.overhead import clean_env, install
-from benchmarks.run import KEY, make_media, sandbox
+from benchmarks.harness import KEY, clean_env, make_media, sandbox
+from benchmarks.versions import commit, install
 from wsupload.worker.dev.local_services import start_redis
 
 ROUND = Path(__file__).resolve().parent / "job_round.py"
@@ -77,7 +77,7 @@ def instructions(versions: dict[str, str], files: list[str], env: dict[str, str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("refs", nargs="+", help="git commits to compare (this checkout is added as 'now')")
+    parser.add_argument("refs", nargs="+", type=commit, help="git commits to compare (this checkout is added as 'now')")
     parser.add_argument("--jobs", type=int, default=1000, help="timed jobs a round (default 1000; 300 with --valgrind)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--valgrind", action="store_true", help="count instructions instead of timing CPU")

@@ -19,9 +19,16 @@ import redis
 
 from wsupload.config import Settings
 from wsupload.tasks.job import JobRunner
-from wsupload.tasks.store import results
-from wsupload.tasks.store.results import ResultStore
-from wsupload.tasks.wavespeed.client import UploadClient
+
+try:
+    from wsupload.tasks.store import results
+    from wsupload.tasks.store.results import ResultStore
+    from wsupload.tasks.wavespeed.client import UploadClient
+except ImportError:  # a version from before tasks/ had subpackages
+    from wsupload.tasks.client import UploadClient  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from wsupload.tasks.results import ResultStore  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+    from wsupload.tasks import results  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 
 def main(warm: int, files: list[str]) -> None:

@@ -1,9 +1,11 @@
-"""Leases against the visibility timeout: recovery, memory and throughput, two versions side by side (issue 11).
+"""Leases: recovery, memory and throughput of this checkout, alone or beside another version (issue 11).
 
 "Now" is this checkout, whatever it holds when run (uncommitted files too);
-"before" is a git commit. Both are installed the same way, each into a venv of
-its own with its own pinned dependencies (``overhead.install``), not run from
-this checkout's .venv, whose dev extras change what a worker imports. Every run of a version
+"before", only when named with ``--before COMMIT``, a git commit: the rows then
+put "before" beside "now" in the same run, as they measured the visibility-timeout
+design (its figures: ``benchmarks/HISTORY.md``). Both are installed the same way,
+each into a venv of its own with its own pinned dependencies (``versions.install``),
+not run from this checkout's .venv, whose dev extras change what a worker imports. Every run of a version
 gets its own redis-server and real workers started from that version's console
 script and configured by environment variables only (``WSUPLOAD_CONCURRENCY``,
 ``WSUPLOAD_VISIBILITY_TIMEOUT``), so any version understands them; jobs are
@@ -69,8 +71,9 @@ The failover scenarios run side by side (each has its own Redis and sandbox:
 faults are first come, first served); the Redis kills one run at a time; the
 pool runs afterwards on a quiet machine.
 
-Run alone: ``python -m benchmarks.leases --before REF [--quick] [--long]
-[--only kill,grace,pause,redis-kill,rss,throughput,long]``.
+``make bench`` runs every row but ``long`` (``python -m benchmarks.run --leases-before
+COMMIT`` adds a "before"). Run alone: ``python -m benchmarks.leases [--before COMMIT]
+[--quick] [--long] [--only kill,grace,pause,redis-kill,rss,throughput,long]``.
 """
 
 from __future__ import annotations
@@ -99,8 +102,21 @@ import psutil
 import redis
 from celery import Celery
 
-from benchmarks import overhead
-from benchmarks.run import KEY, MIB, Row, baseline, busy_cores, cpu_note, make_media, sandbox, table
+from benchmarks.harness import (
+    KEY,
+    MIB,
+    EndedCounter,
+    Row,
+    baseline,
+    busy_cores,
+    clean_env,
+    cpu_note,
+    make_media,
+    sandbox,
+    table,
+    within,
+)
+from benchmarks.versions import PRODUCER_ROUND, checkout_label, checkout_tree, commit, console_script, install
 from wsupload.tasks.recovery.lost_sweep import jobs_of
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import FAILED, TERMINAL, decode_doc, utcnow
@@ -109,8 +125,6 @@ from wsupload.worker.dev.local_services import LocalRedis, free_port, start_redi
 ROWS = ("kill", "grace", "pause", "redis-kill", "rss", "throughput")
 LONG = "long"
 """The 10-minute upload: run only when asked (``--long`` or ``--only long``), never by ``--quick`` or ``make bench``."""
-PREVIOUS_DESIGN = "576b295"
-"""The last commit of the visibility-timeout design (prefork, VT 1 h): what ``run.py`` compares with."""
 STALL = 30.0
 """Seconds the sandbox holds the first upload's answer: below every version's read timeout, above any kill delay."""
 GRACE = 3.0
@@ -175,7 +189,7 @@ class Setup:
     """Start ``celery -A wsupload.worker.app worker --pool POOL`` instead of ``wsupload worker``."""
 
     def script(self, name: str) -> str:
-        return str(Path(self.python).parent / name)
+        return console_script(self.python, name)
 
     def worker_args(self, name: str) -> list[str]:
         if self.celery_pool is None:
@@ -251,7 +265,7 @@ class Stage:
     workers: list[Worker] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        return overhead.clean_env() | {"REDIS_URL": self.redis.url} | dict(extra)
+        return clean_env() | {"REDIS_URL": self.redis.url} | dict(extra)
 
     def start_worker(self, concurrency: int) -> Worker:
         name = f"{self.work.name}-{len(self.workers)}"
@@ -314,7 +328,7 @@ class Stage:
     def round(self, files: list[str]) -> float:
         """Seconds from the first enqueue to the last success, by the version's own producer."""
         done = subprocess.run(
-            [self.setup.python, str(overhead.ROUND_SCRIPT), *files],
+            [self.setup.python, str(PRODUCER_ROUND), *files],
             env=self.env(),
             cwd=self.work,
             check=True,
@@ -375,15 +389,29 @@ def failover(setup: Setup, work: Path, cap: float, grace: float | None) -> float
     return datetime.fromisoformat(doc["finished_at"]).timestamp() - killed
 
 
-def failover_rows(now: Setup, before: Setup, work: Path, cap: float, only: set[str]) -> list[Row]:
-    vt20 = Setup(
-        f"{before.label}, WSUPLOAD_VISIBILITY_TIMEOUT=20", before.python, {"WSUPLOAD_VISIBILITY_TIMEOUT": "20"}
+def at_vt(setup: Setup, seconds: int) -> Setup:
+    """``setup`` at ``WSUPLOAD_VISIBILITY_TIMEOUT=seconds``: the visibility-timeout design's one knob."""
+    return Setup(
+        f"{setup.label}, WSUPLOAD_VISIBILITY_TIMEOUT={seconds}",
+        setup.python,
+        {"WSUPLOAD_VISIBILITY_TIMEOUT": str(seconds)},
     )
+
+
+def failover_rows(now: Setup, before: Setup | None, work: Path, cap: float, only: set[str]) -> list[Row]:
+    """Now at its defaults; with ``before``, that version at its default VT and at VT 20 s beside it."""
+    # (setup, how a row names it as the baseline)
+    others: list[tuple[Setup, str]] = []
+    if before is not None:
+        others = [
+            (before, f"{before.label}, its default VT 3600 s"),
+            (at_vt(before, 20), f"{before.label}, its shortest VT, 20 s"),
+        ]
+    kinds = [kind for kind in ("kill", "grace") if kind in only]
     cases = {
         (kind, setup.label): (setup, None if kind == "kill" else GRACE)
-        for kind in ("kill", "grace")
-        if kind in only
-        for setup in (now, before, vt20)
+        for kind in kinds
+        for setup in (now, *(other for other, _ in others))
     }
     # Side by side: each case mostly waits (a stall, a timeout), and all meet the same machine conditions.
     with ThreadPoolExecutor(len(cases)) as pool:
@@ -399,23 +427,24 @@ def failover_rows(now: Setup, before: Setup, work: Path, cap: float, only: set[s
     }
     short = {"kill": "SIGKILL", "grace": f"SIGTERM + SIGKILL after {GRACE:g} s"}
     rows: list[Row] = []
-    for kind in ("kill", "grace"):
-        if kind not in only:
-            continue
+    for kind in kinds:
         value = seconds[kind, now.label]
-        for other, how in ((before, "its default VT 3600 s"), (vt20, "its shortest VT, 20 s")):
+        target = f"≤ {TARGET_SECONDS:g} s"
+        met = not isinstance(value, AtLeast) and value <= TARGET_SECONDS
+        note = f"concurrency {FAILOVER_CONCURRENCY}; waits capped at {cap:g} s"
+        if not others:
+            rows.append(BoundRow(f"{names[kind]}, default settings", value, "s", target=target, met=met, note=note))
+        for n, (other, label) in enumerate(others):
             rows.append(
                 BoundRow(
-                    f"{names[kind]}, default settings"
-                    if other is before
-                    else f"same {short[kind]}, against before at VT 20 s",
+                    f"{names[kind]}, default settings" if n == 0 else f"same {short[kind]}, against before at VT 20 s",
                     value,
                     "s",
-                    f"{before.label}, {how}",
+                    label,
                     seconds[kind, other.label],
-                    f"≤ {TARGET_SECONDS:g} s",
-                    not isinstance(value, AtLeast) and value <= TARGET_SECONDS,
-                    note=f"concurrency {FAILOVER_CONCURRENCY}; waits capped at {cap:g} s",
+                    target,
+                    met,
+                    note=note,
                 )
             )
     return rows
@@ -466,35 +495,6 @@ class PauseOutcome:
         )
 
 
-class EndedCounter:
-    """Counts the final documents published on ``wsupload:ended``, per job, from a thread of its own."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self.pubsub.subscribe(keys.ENDED_CHANNEL)
-        self.counts: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self.pubsub.get_message(timeout=0.2)
-            if message is not None:
-                job = str(json.loads(message["data"]).get("job_id"))
-                self.counts[job] = self.counts.get(job, 0) + 1
-
-    def __enter__(self) -> EndedCounter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.pubsub.close()
-        self.client.close()
-
-
 def pause_run(setup: Setup, work: Path, cap: float) -> PauseOutcome:
     """A batch through one worker; the worker holding its last job is SIGSTOPped, a second takes the job over.
 
@@ -543,25 +543,23 @@ def pause_run(setup: Setup, work: Path, cap: float) -> PauseOutcome:
     return PauseOutcome(len(job_ids), uploads, dict(ended.counts), counters, refused, stopped_for, taken_over)
 
 
-def pause_rows(now: Setup, before: Setup, work: Path, cap: float) -> list[Row]:
-    """Now at its defaults and before at VT 20 s, side by side: before at its default VT would hold the job an hour."""
-    vt20 = Setup(
-        f"{before.label}, WSUPLOAD_VISIBILITY_TIMEOUT=20", before.python, {"WSUPLOAD_VISIBILITY_TIMEOUT": "20"}
-    )
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(pause_run, setup, work / f"pause-{n}", cap) for n, setup in enumerate((now, vt20))]
-        mine, theirs = (future.result() for future in futures)
+def pause_rows(now: Setup, before: Setup | None, work: Path, cap: float) -> list[Row]:
+    """Now at its defaults; with ``before``, that version at VT 20 s beside it (at its default VT: an hour)."""
+    setups = [now] if before is None else [now, at_vt(before, 20)]
+    with ThreadPoolExecutor(len(setups)) as pool:
+        futures = [pool.submit(pause_run, setup, work / f"pause-{n}", cap) for n, setup in enumerate(setups)]
+        mine, *theirs = (future.result() for future in futures)
     return [
         CountRow(
             f"worker paused (SIGSTOP) mid-upload past its lease, a second worker taking the job over, then resumed"
             f" (SIGCONT): final documents published for a {PAUSE_FILES}-job batch",
             float(mine.finals),
             "documents",
-            vt20.label,
-            float(theirs.finals),
+            setups[-1].label if theirs else "",
+            float(theirs[0].finals) if theirs else None,
             f"{PAUSE_FILES}: one per job; the paused worker's write refused; batch counters exact",
             mine.exact,
-            note=f"now: {mine}; before: {theirs}",
+            note=f"now: {mine}" + "".join(f"; before: {outcome}" for outcome in theirs),
         )
     ]
 
@@ -641,32 +639,39 @@ def pool_runs(
     return runs, direct
 
 
-def pool_rows(now: Setup, before: Setup, work: Path, count: int, rounds: int, only: set[str]) -> list[Row]:
-    threads = Setup(f"{before.label} --pool threads", before.python, celery_pool="threads")
-    prefork = Setup(f"{before.label} prefork", before.python)
+def pool_rows(now: Setup, before: Setup | None, work: Path, count: int, rounds: int, only: set[str]) -> list[Row]:
+    """Now's worker; with ``before``, that version as prefork and with ``--pool threads`` beside it."""
+    others: list[Setup] = []
+    if before is not None:
+        others = [
+            Setup(f"{before.label} prefork", before.python),
+            Setup(f"{before.label} --pool threads", before.python, celery_pool="threads"),
+        ]
     timed = rounds if "throughput" in only else 0
-    runs, direct = pool_runs([prefork, threads, now], work, count, timed, memory="rss" in only)
+    runs, direct = pool_runs([*others, now], work, count, timed, memory="rss" in only)
     by = {run.setup.label: run for run in runs}
     mine = by[now.label]
     rows: list[Row] = []
     if "rss" in only:
         for what, name in (("idle", "idle after a warm-up"), ("peak", f"peak during {count} × 200 KB uploads")):
             value = getattr(mine, what)
-            for other in (prefork, threads):
+            first = f"worker memory at concurrency {POOL_CONCURRENCY}, {name}: RSS of the whole process tree"
+            target, met = f"≤ {TARGET_RSS_MB:g} MB", value[0] <= TARGET_RSS_MB * MB
+            uss = f"USS: now {value[1] / MB:.0f} MB in {mine.processes} processes"
+            if not others:
+                rows.append(Row(first, value[0] / MB, "MB", target=target, met=met, note=uss))
+            for n, other in enumerate(others):
                 theirs = getattr(by[other.label], what)
                 rows.append(
                     Row(
-                        f"worker memory at concurrency {POOL_CONCURRENCY}, {name}: RSS of the whole process tree"
-                        if other is prefork
-                        else f"same ({what}), against before's threads pool",
+                        first if n == 0 else f"same ({what}), against before's threads pool",
                         value[0] / MB,
                         "MB",
                         f"{other.label}, {POOL_CONCURRENCY}",
                         theirs[0] / MB,
-                        f"≤ {TARGET_RSS_MB:g} MB",
-                        value[0] <= TARGET_RSS_MB * MB,
-                        note=f"USS: now {value[1] / MB:.0f} MB in {mine.processes} processes,"
-                        f" before {theirs[1] / MB:.0f} MB in {by[other.label].processes}",
+                        target,
+                        met,
+                        note=f"{uss}, before {theirs[1] / MB:.0f} MB in {by[other.label].processes}",
                     )
                 )
     if "throughput" in only:
@@ -747,14 +752,6 @@ class KillRun:
                 f" {self.nowhere} in no queue) {LOST_AFTER:g} s after the last restart"
             )
         return f"complete {self.complete:.1f} s after the last restart"
-
-
-def within(predicate: Callable[[], bool], timeout: float, interval: float) -> bool:
-    """Whether ``predicate`` held before ``timeout`` s passed (polled every ``interval``)."""
-    try:
-        return bool(wait_until(predicate, timeout, interval=interval))
-    except TimeoutError:
-        return False
 
 
 def job_statuses(client: redis.Redis, job_ids: list[str]) -> list[str | None] | None:
@@ -860,24 +857,27 @@ def kill_note(runs: list[KillRun]) -> str:
     return ", ".join(parts) or "every run complete, the worker up"
 
 
-def redis_kill_rows(now: Setup, before: Setup, work: Path, runs: int) -> list[Row]:
+def redis_kill_rows(now: Setup, before: Setup | None, work: Path, runs: int) -> list[Row]:
     """``runs`` batches per version, alternating versions run by run, each run with its own Redis and worker."""
     folder = work / "files"
     folder.mkdir(parents=True)
     files = [str(make_media(folder / f"k{n:03d}.mp4", KILL_SIZE)) for n in range(KILL_FILES)]
-    results: dict[str, list[KillRun]] = {now.label: [], before.label: []}
+    sides = [("now", now)] + ([("before", before)] if before is not None else [])
+    results: dict[str, list[KillRun]] = {setup.label: [] for _, setup in sides}
     with sandbox(latency=KILL_LATENCY) as url:
         for n in range(runs):
-            for name, setup in (("now", now), ("before", before))[:: 1 if n % 2 == 0 else -1]:
+            for name, setup in sides[:: 1 if n % 2 == 0 else -1]:
                 run = redis_kill_run(setup, url, work / f"{name}-{n}", files)
                 results[setup.label].append(run)
                 at = "/".join(map(str, run.ended_at_kills))
                 print(f"redis-kill {name} run {n + 1}: killed at {at} jobs ended, {run}", file=sys.stderr, flush=True)
-    mine, theirs = results[now.label], results[before.label]
+    mine = results[now.label]
+    theirs = results[before.label] if before is not None else []
     lost = sum(r.failed for r in mine)
     seconds = bounded_median([r.seconds for r in mine])
     kills = [statistics.median(at) for at in zip(*(r.ended_at_kills for r in mine + theirs), strict=False)]
-    vt = f"{before.label}, its default VT 3600 s"
+    vt = f"{before.label}, its default VT 3600 s" if before is not None else ""
+    kills_note = f"kills after a median {'/'.join(f'{k:g}' for k in kills)} jobs had ended"
     return [
         CountRow(
             f"Redis (AOF everysec) kill -9ed 3 times during a {KILL_FILES}-file batch, restarted on its port and"
@@ -886,21 +886,20 @@ def redis_kill_rows(now: Setup, before: Setup, work: Path, runs: int) -> list[Ro
             float(lost),
             f"of {runs} runs",
             vt,
-            float(sum(r.failed for r in theirs)),
+            float(sum(r.failed for r in theirs)) if theirs else None,
             f"0 of {runs}",
             lost == 0,
-            note=f"now: {kill_note(mine)}; before: {kill_note(theirs)}",
+            note=f"now: {kill_note(mine)}" + (f"; before: {kill_note(theirs)}" if theirs else ""),
         ),
         BoundRow(
             "same: seconds from Redis answering after the last kill until every job of the batch has ended (median)",
             seconds,
             "s",
             vt,
-            bounded_median([r.seconds for r in theirs]),
+            bounded_median([r.seconds for r in theirs]) if theirs else None,
             f"≤ {TARGET_SECONDS:g} s",
             not isinstance(seconds, AtLeast) and seconds <= TARGET_SECONDS,
-            note=f"kills after a median {'/'.join(f'{k:g}' for k in kills)} jobs had ended;"
-            f" before's runs: {', '.join(f'{r.seconds:.3g}' for r in theirs)}",
+            note=kills_note + (f"; before's runs: {', '.join(f'{r.seconds:.3g}' for r in theirs)}" if theirs else ""),
             runs=[r.seconds for r in mine],
         ),
     ]
@@ -1025,29 +1024,29 @@ def long_upload(setup: Setup, path: Path, work: Path, cap: float) -> LongOutcome
     return LongOutcome(doc["status"], error.get("kind"), doc.get("attempts"), requests, seconds, exited)
 
 
-def long_rows(now: Setup, before: Setup, work: Path, seconds: float) -> list[Row]:
-    """Now, before at its defaults and before at VT 300, side by side, each with its own sandbox and proxy."""
+def long_rows(now: Setup, before: Setup | None, work: Path, seconds: float) -> list[Row]:
+    """Now; with ``before``, that version at its defaults and at VT 300 beside it, each with its own sandbox."""
     work.mkdir(parents=True)
     size = int(seconds * TRICKLE)
     path = make_media(work / "long.mp4", size)
-    vt = Setup(
-        f"{before.label}, WSUPLOAD_VISIBILITY_TIMEOUT={LONG_VT}",
-        before.python,
-        {"WSUPLOAD_VISIBILITY_TIMEOUT": str(LONG_VT)},
-    )
+    setups = [now] if before is None else [now, before, at_vt(before, LONG_VT)]
     cap = 2 * seconds + 120
-    with ThreadPoolExecutor(3) as pool:
-        futures = {
-            s.label: pool.submit(long_upload, s, path, work / f"case-{n}", cap) for n, s in enumerate((now, before, vt))
-        }
+    with ThreadPoolExecutor(len(setups)) as pool:
+        futures = {s.label: pool.submit(long_upload, s, path, work / f"case-{n}", cap) for n, s in enumerate(setups)}
         outcomes = {label: future.result() for label, future in futures.items()}
     mine = outcomes[now.label]
     target = "1, succeeded, attempts 1"
+    name = (
+        f"a healthy upload lasting {seconds / 60:g} minutes ({size / MIB:.0f} MiB, its body let through at"
+        f" {TRICKLE // 1024} KiB/s), default settings, two workers (concurrency {FAILOVER_CONCURRENCY}):"
+        " upload requests the API saw"
+    )
+    if before is None:
+        return [CountRow(name, float(mine.requests), "requests", target=target, met=mine.once, note=f"now: {mine}")]
+    vt = setups[2]
     return [
         CountRow(
-            f"a healthy upload lasting {seconds / 60:g} minutes ({size / MIB:.0f} MiB, its body let through at"
-            f" {TRICKLE // 1024} KiB/s), default settings, two workers (concurrency {FAILOVER_CONCURRENCY}):"
-            " upload requests the API saw",
+            name,
             float(mine.requests),
             "requests",
             f"{before.label}, its default VT 3600 s",
@@ -1072,42 +1071,27 @@ def long_rows(now: Setup, before: Setup, work: Path, seconds: float) -> list[Row
 # -- the whole ----------------------------------------------------------------
 
 
-def git(*args: str, env: Mapping[str, str] | None = None) -> str:
-    done = subprocess.run(["git", "-C", str(overhead.ROOT), *args], env=env, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
-def checkout_tree() -> str:
-    """This checkout as it stands (uncommitted and untracked files too) as a git tree, for ``overhead.install``.
-
-    Built in a throwaway index, so the checkout's own index, HEAD and files are
-    left alone; only loose objects are written, as ``git stash create`` would.
-    """
-    with tempfile.TemporaryDirectory(prefix="wsupload-index-") as tmp:
-        env = os.environ | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        git("add", "--all", env=env)
-        return git("write-tree", env=env)
-
-
-def install_both(before_ref: str, work: Path) -> tuple[Setup, Setup]:
-    """(now, before), each in a venv of its own with its own pinned dependencies, installed side by side.
+def install_versions(before_ref: str | None, work: Path) -> tuple[Setup, Setup | None]:
+    """(now, before or None), each in a venv of its own with its own pinned dependencies, installed side by side.
 
     "Now" too: this checkout's .venv holds the dev and bench extras, and some of
     them are imported when present (PyYAML and cryptography by kombu), which was
     measured to add ~6 MB to every worker process: the same code in the two
     environments differed by 10 % in RSS.
     """
-    dirty = git("status", "--porcelain") != ""
-    now_name = f"now ({git('rev-parse', '--short', 'HEAD')}{' + changes' if dirty else ''})"
+    now_name = checkout_label()
     with ThreadPoolExecutor(2) as pool:
-        now = pool.submit(overhead.install, checkout_tree(), work / "now")
-        before = pool.submit(overhead.install, before_ref, work / "before")
-        return Setup(now_name, now.result()), Setup(f"before ({before_ref})", before.result())
+        now = pool.submit(install, checkout_tree(), work / "now")
+        before = pool.submit(install, before_ref, work / "before") if before_ref else None
+        return (
+            Setup(now_name, now.result()),
+            Setup(f"before ({before_ref})", before.result()) if before is not None else None,
+        )
 
 
 def bench(
     work: Path,
-    before_ref: str = PREVIOUS_DESIGN,
+    before_ref: str | None = None,
     *,
     quick: bool = False,
     only: set[str] | None = None,
@@ -1117,12 +1101,12 @@ def bench(
     runs: int | None = None,
     long_seconds: float = LONG_SECONDS,
 ) -> list[Row]:
-    """Every selected row, "now" against commit ``before_ref`` (installed under ``work``).
+    """Every selected row for "now", beside commit ``before_ref`` if given (both installed under ``work``).
 
     ``only`` defaults to ``ROWS``: the ``long`` row runs only when named.
     """
     only = set(ROWS) if only is None else only
-    now, before = install_both(before_ref, work)
+    now, before = install_versions(before_ref, work)
     rows: list[Row] = []
     if only & {"kill", "grace"}:
         rows += failover_rows(now, before, work / "failover", cap or (45 if quick else 120), only)
@@ -1141,7 +1125,10 @@ def bench(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--before", default=PREVIOUS_DESIGN, help=f"git commit to compare with (default {PREVIOUS_DESIGN})"
+        "--before",
+        type=commit,
+        metavar="COMMIT",
+        help="git commit to run beside this checkout (default: none; past designs' figures: benchmarks/HISTORY.md)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="300 jobs a round, 3 redis-kill runs, waits capped at 45 s"
@@ -1158,8 +1145,6 @@ def main() -> None:
         parser.error(f"--only: unknown rows {', '.join(sorted(unknown))} (choose among {', '.join((*ROWS, LONG))})")
     if args.runs is not None and args.runs < 1:
         parser.error("--runs: at least 1")
-    if not overhead.commit_exists(args.before):
-        parser.error(f"--before: no commit {args.before!r} in this clone")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wsupload-leases-") as tmp:
         rows = bench(

@@ -1,9 +1,9 @@
-"""CPU per job of the queue path, two versions of the code side by side in one run.
+"""CPU per job of the queue path: this checkout, alone or beside another version of the code in one run.
 
-"Before" is a git commit, installed with its own pinned dependencies into a
-venv of its own (``git archive`` + ``pip install -c constraints.txt``); "now"
-is this checkout. Each version gets its own redis-server and ``wsupload worker``
-(with its own default pool); one zero-latency sandbox serves both. Rounds alternate between the
+"Before" is a git commit named on the command line, installed with its own pinned
+dependencies into a venv of its own (``versions.install``); "now" is this checkout.
+Each version gets its own redis-server and ``wsupload worker`` (with its own
+default pool); one zero-latency sandbox serves both. Rounds alternate between the
 versions, so both meet the same machine conditions: CPU time on a shared
 virtual machine drifts by ±15 % within minutes, which a before/after taken in
 separate runs cannot tell from a real change.
@@ -13,15 +13,16 @@ A round enqueues ``jobs`` small files through the version's own ``Producer``
 for every job to succeed; its cost is the CPU time of the worker's process tree
 plus the producer's, divided by the jobs.
 
-Run alone: ``python -m benchmarks.overhead --before REF [--bulk]``.
+``make bench`` runs ``bench``: this checkout against the direct thread pool, and
+where its CPU goes; ``python -m benchmarks.run --cpu-before COMMIT`` adds the
+before/after row. Run alone: ``python -m benchmarks.overhead --before COMMIT [--bulk]``.
+What past designs measured here: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,19 +34,20 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import redis
 
+from benchmarks.harness import KEY, ZERO_LATENCY_CONCURRENCY, Row, baseline, clean_env, make_media, sandbox, tree_cpu
+from benchmarks.versions import PRODUCER_ROUND, commit, console_script, install
+from wsupload.config import Settings
+from wsupload.tasks.job import JobRunner
+from wsupload.tasks.sources.local_files import open_local
+from wsupload.tasks.store.results import ResultStore, new_doc, utcnow
+from wsupload.tasks.wavespeed.client import UploadClient
 from wsupload.tasks.wire.encode import upload_message
 from wsupload.worker.dev.local_services import LocalRedis, start_redis, wait_until
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-ROUND_SCRIPT = HERE / "producer_round.py"
-CONCURRENCY = 4
-"""Pool processes of each version's worker (and threads of the direct baseline beside it)."""
-FIRST_MEASURED = "d3f35f6"
-"""The commit whose per-job CPU the issue asked to halve: the first one the benchmarks reported."""
+CONCURRENCY = ZERO_LATENCY_CONCURRENCY
+"""Threads of each version's worker (and of the direct baseline beside it)."""
 
 
 @dataclass
@@ -61,32 +63,7 @@ class Version:
 
     def cpu(self) -> float:
         assert self.worker is not None
-        parent = psutil.Process(self.worker.pid)
-        return sum(sum(p.cpu_times()[:2]) for p in [parent, *parent.children(recursive=True)])
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without wsupload's variables: a process started with it gets only what it is given."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
-
-
-def install(ref: str, work: Path) -> str:
-    """A venv holding commit ``ref`` of this repository, with that commit's pinned dependencies."""
-    source, venv = work / "src", work / "venv"
-    source.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-c", str(source / "constraints.txt"), str(source)], check=True)
-    shutil.rmtree(source)  # the venv holds an installed copy: nothing can import from here by accident
-    return python
-
-
-def commit_exists(ref: str) -> bool:
-    found = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{ref}^{{commit}}"], capture_output=True)
-    return found.returncode == 0
+        return tree_cpu(self.worker.pid)
 
 
 @contextmanager
@@ -97,7 +74,7 @@ def running(version: Version, sandbox_url: str, key: str, work: Path) -> Iterato
     # cwd outside the checkout: each interpreter imports only its own installed copy.
     version.worker = subprocess.Popen(
         # The console script every version installs, whatever its import names.
-        [str(Path(version.python).parent / "wsupload"), *version.worker_args],
+        [console_script(version.python, "wsupload"), *version.worker_args],
         env=env,
         cwd=work,
         stdout=log,
@@ -119,7 +96,7 @@ def one_round(version: Version, files: list[str], work: Path, bulk: bool = False
     before = version.cpu()
     env = clean_env() | {"REDIS_URL": version.redis.url, "BENCH_BULK": "1" if bulk else "0"}
     out = subprocess.run(
-        [version.python, str(ROUND_SCRIPT), *files], env=env, cwd=work, check=True, capture_output=True, text=True
+        [version.python, str(PRODUCER_ROUND), *files], env=env, cwd=work, check=True, capture_output=True, text=True
     )
     producer = float(json.loads(out.stdout)["cpu"])
     return version.cpu() - before, producer
@@ -150,12 +127,6 @@ def job_split(redis_url: str, sandbox_url: str, key: str, files: list[str], roun
     attempt before and the outcome after, the retry wrapper). One thread, no
     other load: the parts' shares, not the fleet's absolute figures.
     """
-    from wsupload.config import Settings
-    from wsupload.tasks.job import JobRunner
-    from wsupload.tasks.sources.local_files import open_local
-    from wsupload.tasks.store.results import ResultStore, new_doc, utcnow
-    from wsupload.tasks.wavespeed.client import UploadClient
-
     env = {"REDIS_URL": redis_url, "WAVESPEED_BASE_URL": sandbox_url, "WAVESPEED_API_KEY": key}
     settings = Settings.from_env(env, worker=True)
     client = UploadClient(base_url=sandbox_url, api_key=key, connect_timeout=5, read_timeout=30)
@@ -222,13 +193,68 @@ def compare(
     return versions
 
 
-def main() -> None:
-    from benchmarks.run import KEY, make_media, sandbox
+def bench(work: Path, count: int, rounds: int, before_ref: str | None = None) -> list[Row]:
+    """CPU per job: against a direct uploader, where it goes, and (``before_ref``) against that commit, alternating."""
+    files = [str(make_media(work / f"b{n:04d}.mp4", 10 * 1000)) for n in range(count)]
+    now = Version("now", sys.executable)
+    before = Version("before", install(before_ref, work / "before")) if before_ref else None
+    with sandbox() as url:
+        compare([before, now] if before else [now], files, url, KEY, work, rounds, floor_of=now)
+        direct = baseline("direct", url, str(CONCURRENCY), *files)
+        local = start_redis()
+        try:
+            upload, whole = job_split(local.url, url, KEY, files, rounds)
+        finally:
+            local.stop()
+    now_cpu, worker = statistics.median(now.samples), statistics.median(now.worker_share)
+    split = f"worker {worker:.2f} ms + producer {now_cpu - worker:.2f} ms"
+    rows = [
+        Row(
+            "CPU per job, queue path (worker + producer), zero-latency sandbox",
+            now_cpu,
+            "ms",
+            "direct thread pool, CPU per upload",
+            direct["cpu"] / count * 1000,
+            runs=now.samples,
+            note=split,
+        )
+    ]
+    if before is not None:
+        rows.append(
+            Row(
+                f"CPU per job, queue path (worker + producer): now vs commit {before_ref}, alternating rounds",
+                now_cpu,
+                "ms",
+                f"commit {before_ref} (its own pinned dependencies)",
+                statistics.median(before.samples),
+                note=f"{split}; where it goes: the next two rows",
+            )
+        )
+    return [
+        *rows,
+        Row(
+            "of which Celery + kombu: worker CPU for a message whose task returns at once",
+            statistics.median(now.floor),
+            "ms",
+            "queue path now, worker CPU per job",
+            worker,
+            runs=now.floor,
+            note="what no change to the task can cut",
+        ),
+        Row(
+            "in one process, no queue: the job's own bookkeeping (whole job − upload)",
+            whole - upload,
+            "ms",
+            "the upload itself (UploadClient)",
+            upload,
+            note="Redis reads/writes, validation, retry wrapper; one thread, no other load",
+        ),
+    ]
 
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--before", default=FIRST_MEASURED, help=f"git commit to compare with (default {FIRST_MEASURED})"
-    )
+    parser.add_argument("--before", type=commit, required=True, metavar="COMMIT", help="git commit to compare with")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bulk", action="store_true", help="jobs to the bulk queue (bulk messages)")

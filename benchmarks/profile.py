@@ -31,9 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.bulk import ROOT, ROUND_SCRIPT, worker
-from benchmarks.overhead import clean_env
-from benchmarks.run import make_media, sandbox
+from benchmarks.bulk import ROUND_SCRIPT, worker
+from benchmarks.harness import ROOT, clean_env, make_media, sandbox
 from wsupload.worker.dev.local_services import start_redis, wait_until
 
 RATE = 200

@@ -1,29 +1,87 @@
-"""The RabbitMQ on 127.0.0.1:5672 (guest/guest), in a vhost of a test's own (``worker.dev.rabbit``).
+"""The RabbitMQ on 127.0.0.1:5672 (guest/guest), in a vhost of one's own: for tests and benchmarks.
 
-Each vhost is ``wsupload-test-<uuid>``, made with ``add_vhost`` and ``set_permissions``
-and removed with ``delete_vhost`` (its queues and messages with it), so runs never
-see each other's queues. ``short_consumer_timeout`` shortens the server-wide
+``rabbitmqctl`` creates ``wsupload-<purpose>-<random>``, lets ``guest`` use it, and
+deletes it (with every queue and message in it) on leaving, so runs never see each
+other's queues. RabbitMQ itself is not started here: it is a service of the machine,
+like the Redis on 6379. ``short_consumer_timeout`` shortens the server-wide
 ``consumer_timeout`` (RabbitMQ 3.10 has no per-queue one) for the tests of
 ``worker.amqp_leases``, and restores it.
+
+A test fixture, not the runtime: it lives under ``tests/`` so the wheel does not ship
+it (``benchmarks/brokers.py`` imports it from here too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import socket
+import subprocess
+import uuid
 from collections.abc import Iterator
 
-from wsupload.worker.dev.rabbit import (
-    HOST,
-    PASSWORD,
-    PORT,
-    USER,
-    rabbit_vhost,
-    rabbitmqctl,
-    unavailable_reason,
-    url_for,
-)
+__all__ = [
+    "HOST",
+    "PASSWORD",
+    "PORT",
+    "USER",
+    "RabbitUnavailable",
+    "rabbit_vhost",
+    "rabbitmqctl",
+    "unavailable_reason",
+    "url_for",
+    "vhost",
+]
 
-__all__ = ["HOST", "PASSWORD", "PORT", "USER", "rabbitmqctl", "unavailable_reason", "url_for", "vhost"]
+HOST, PORT = "127.0.0.1", 5672
+USER = PASSWORD = "guest"  # the machine's RabbitMQ login, for tests and benchmarks only
+CTL_TIMEOUT = 60
+
+
+class RabbitUnavailable(RuntimeError):
+    """No RabbitMQ here to make a vhost on, or ``rabbitmqctl`` failed (the message says which)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why RabbitMQ cannot be used here, or None."""
+    if shutil.which("rabbitmqctl") is None:
+        return "no rabbitmqctl on PATH (RabbitMQ is not installed)"
+    try:
+        socket.create_connection((HOST, PORT), timeout=2).close()
+    except OSError as exc:
+        return f"RabbitMQ does not answer on {HOST}:{PORT} ({exc})"
+    return None
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q``; its output, or ``RabbitUnavailable`` with the end of what it said."""
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        raise RabbitUnavailable("rabbitmqctl is not installed")
+    done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise RabbitUnavailable(f"rabbitmqctl {' '.join(args)}: {(done.stderr or done.stdout).strip()[-300:]}")
+    return done.stdout
+
+
+def url_for(vhost: str, port: int = PORT) -> str:
+    return f"amqp://{USER}:{PASSWORD}@{HOST}:{port}/{vhost}"
+
+
+@contextlib.contextmanager
+def rabbit_vhost(purpose: str = "test") -> Iterator[str]:
+    """A fresh vhost for guest; yields its ``amqp://`` URL and deletes the vhost afterwards."""
+    reason = unavailable_reason()
+    if reason:
+        raise RabbitUnavailable(reason)
+    name = f"wsupload-{purpose}-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, USER, ".*", ".*", ".*")
+        yield url_for(name)
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
 
 vhost = rabbit_vhost
 """A fresh vhost's AMQP URL; the vhost is deleted afterwards."""

@@ -16,6 +16,7 @@ import sysconfig
 import textwrap
 import tomllib
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,9 @@ def test_the_wheel_works_beside_an_application_named_config_and_tasks(
     worker: WorkerProcess, worker_env: dict[str, str], media_root: Path, tmp_path: Path
 ) -> None:
     wheel = build_wheel(tmp_path / "dist")
+    shipped = zipfile.ZipFile(wheel).namelist()
+    assert "wsupload/worker/dev/sandbox.py" in shipped  # `wsupload sandbox` and `demo` ship their tools
+    assert "wsupload/worker/dev/rabbit.py" not in shipped  # a test fixture: tests/integration/rabbit.py
     python = fresh_venv(tmp_path / "venv", wheel)
     app = tmp_path / "app"
     for name in ("config", "tasks"):
