@@ -10,6 +10,7 @@ and waits for a real worker to finish the job.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -45,6 +46,11 @@ print(json.dumps({
 
 
 def build_wheel(out: Path) -> Path:
+    # From a copy of the checkout without its build/ directory: setuptools reuses build/lib,
+    # so a module deleted since the last local build would still ship in the wheel.
+    source = out.parent / "source"
+    junk = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "node_modules", "*cache*")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=junk)
     command = [
         sys.executable,
         "-m",
@@ -57,7 +63,7 @@ def build_wheel(out: Path) -> Path:
         str(out),
         ".",
     ]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(command, cwd=source, check=True, capture_output=True)
     (wheel,) = out.glob("wsupload-*.whl")
     return wheel
 
