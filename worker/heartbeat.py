@@ -41,8 +41,8 @@ from wsupload.tasks.recovery import lease
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import isoformat, utcnow
 from wsupload.tasks.wire.decode import UPLOAD_TASKS, bulk_jobs_in, job_id_of
+from wsupload.worker.background import FailureStreak
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 

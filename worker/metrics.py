@@ -39,8 +39,8 @@ from prometheus_client.process_collector import ProcessCollector
 from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.store.results import FAILED, SUCCEEDED
+from wsupload.worker.background import FailureStreak
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 

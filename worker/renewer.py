@@ -43,8 +43,8 @@ from wsupload.tasks.recovery.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.store import keys
 from wsupload.tasks.wavespeed.rate_limit import RENEW_SLOTS, SLOT_LEASES
 from wsupload.worker import redis_transport
+from wsupload.worker.background import FailureStreak
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from wsupload.tasks.recovery.early_ack_sweep import OwedSweep
 from wsupload.tasks.recovery.lost_sweep import Sweep
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire.amqp_publisher import Publisher
+from wsupload.worker.background import FailureStreak
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
