@@ -88,6 +88,7 @@ class Sweeper(BackgroundLoop):
     failing = "sweep: failed (%s: %s); trying again every %g s"
     recovered = "sweep: sweeping again"
     not_started = "sweep: not started; messages lost between a worker and Redis are not looked for"
+    interval: float
 
     def __init__(self, sweep: Sweep | OwedSweep) -> None:
         super().__init__(sweep.interval)
