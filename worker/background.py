@@ -6,9 +6,9 @@ The heartbeat (``worker.heartbeat``), lease renewal (``worker.renewer``), the sw
 worker consumes (``worker_ready``), told when it is asked to stop
 (``worker_shutting_down``, from inside the signal handler) and stopped once a warm
 shutdown has let the running jobs finish (``worker_shutdown``). Celery calls the
-receivers in the order they were connected: the order ``worker.app`` includes the
-modules, so the metrics endpoint stops last and still counts the renewer's
-hand-backs.
+receivers in the order they were connected, which is the order ``worker.app``
+includes the modules: the heartbeat first, the metrics endpoint last, so it counts
+what the other loops report up to their own stop.
 
 A loop must never stop or block the worker: every error of a round is caught and
 the next round is the retry, and a failing loop is logged once per streak, when it
