@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -42,20 +42,6 @@ from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a worker's record says of it that does not change while it runs."""
-
-    name: str
-    host: str
-    pid: int
-    pool: str
-    concurrency: int
-    version: str
-    queues: tuple[str, ...]
-    started_at: str
 
 
 @dataclass(frozen=True)
@@ -143,7 +129,7 @@ class Heartbeat(BackgroundLoop):
     def __init__(
         self,
         client: redis.Redis,
-        identity: Identity,
+        identity: WorkerRecord,
         read_running: Callable[[], Running | None] = worker_requests,
         clock: Callable[[], datetime] = utcnow,
         interval: float = BEAT_INTERVAL,
@@ -151,6 +137,7 @@ class Heartbeat(BackgroundLoop):
         super().__init__(interval)
         self.client = client
         self.identity = identity
+        """The record as the worker started: who it is; each beat fills in the rest."""
         self.read_running = read_running
         self.clock = clock
         self.stopping = False
@@ -161,20 +148,12 @@ class Heartbeat(BackgroundLoop):
         current = self.read_running()
         if current is not None:
             self._last = current
-        i = self.identity
-        return WorkerRecord(
-            name=i.name,
-            host=i.host,
-            pid=i.pid,
-            pool=i.pool,
-            concurrency=i.concurrency,
-            version=i.version,
-            queues=i.queues,
+        return replace(
+            self.identity,
             state=STOPPING if self.stopping else RUNNING,
             jobs=self._last.jobs,
             waiting=self._last.waiting,
             other_tasks=self._last.other_tasks,
-            started_at=i.started_at,
             last_beat=isoformat(now),
             beat_interval=self.interval,
         )
@@ -220,11 +199,11 @@ class Heartbeat(BackgroundLoop):
         return heartbeat
 
 
-def identity_of(consumer: Any, now: datetime) -> Identity:
-    """The identity of the worker whose consumer ``worker_ready`` came from."""
+def identity_of(consumer: Any, now: datetime) -> WorkerRecord:
+    """The record of the worker whose consumer ``worker_ready`` came from, as it starts (running, no jobs)."""
     controller = consumer.controller
     queues = consumer.app.amqp.queues
-    return Identity(
+    return WorkerRecord(
         name=str(consumer.hostname),
         host=socket.gethostname(),
         pid=os.getpid(),

@@ -21,11 +21,11 @@ from wsupload.config import Settings
 from wsupload.tasks.store import keys
 from wsupload.worker import background, heartbeat
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.heartbeat import Heartbeat, Identity, Running, pool_name, running
-from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, read_records
+from wsupload.worker.heartbeat import Heartbeat, Running, pool_name, running
+from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, WorkerRecord, read_records
 
 NOW = datetime(2026, 11, 24, 15, 0, 0, tzinfo=UTC)
-IDENTITY = Identity(
+IDENTITY = WorkerRecord(
     name="wsupload-7@web1",
     host="web1",
     pid=7,
@@ -136,6 +136,10 @@ def test_a_beat_writes_the_whole_record_with_a_ttl_and_indexes_the_name(redis_cl
         "last_beat": "2026-11-24T15:00:00.000Z",
         "beat_interval": 2.0,
     }
+    assert list(stored) == [  # in the order earlier versions wrote them: the stored bytes do not change
+        *("name", "host", "pid", "pool", "concurrency", "version", "queues", "state"),
+        *("jobs", "waiting", "other_tasks", "started_at", "last_beat", "beat_interval"),
+    ]
     assert 0 < redis_client.pttl(keys.worker(IDENTITY.name)) <= RECORD_TTL * 1000
     assert redis_client.zscore(keys.WORKERS, IDENTITY.name) == NOW.timestamp()
     # Names silent for longer than the horizon are pruned; recent ones (maybe live) are not.
