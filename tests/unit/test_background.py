@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -233,3 +235,20 @@ def test_each_class_is_its_own_loop() -> None:
         assert Loop.running() is background.RUNNING[Loop]
     finally:
         del background.RUNNING[Loop]
+
+
+def test_a_worker_starts_and_stops_its_loops_in_the_apps_include_order() -> None:
+    # A fresh interpreter: the order receivers connect in is the order their modules are first imported.
+    check = (
+        "from celery.signals import worker_ready, worker_shutting_down, worker_shutdown\n"
+        "from wsupload.config import Settings\n"
+        "from wsupload.worker.app import create_app\n"
+        "app = create_app(Settings.from_env({'REDIS_URL': 'redis://127.0.0.1:1/0'}))\n"
+        "app.loader.import_default_modules()\n"
+        "for signal in (worker_ready, worker_shutting_down, worker_shutdown):\n"
+        "    uids = [key[0] for key, _ in signal.receivers if isinstance(key[0], str)]\n"
+        "    print(' '.join(uid.split(':')[1] for uid in uids if uid.startswith('wsupload.worker.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], check=True, timeout=60, capture_output=True, text=True)
+    # Metrics last: it counts what the others report up to their stop.
+    assert done.stdout.splitlines() == ["Heartbeat Renewer Sweeper WorkerEndpoint"] * 3
