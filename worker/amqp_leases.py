@@ -112,9 +112,10 @@ class AmqpLeases(Renewer):
         starts: early_acks.Starts = early_acks.STARTS,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
+        stop_grace: float | None = None,
         consumer: Any = None,
     ) -> None:
-        super().__init__(client, interval, book, slots=slots, slot_lease=slot_lease)
+        super().__init__(client, interval, book, slots=slots, slot_lease=slot_lease, stop_grace=stop_grace)
         self.consumer = consumer
         """Celery's consumer, whose connection the stop keeps alive (``keep_alive``)."""
         self.owed = early_acks.OwedSet(client)
@@ -124,18 +125,14 @@ class AmqpLeases(Renewer):
         self.early = early
         self.starts = starts
 
-    def renew(self) -> int:
-        """One round; how many owed entries were renewed (0 after a failure, logged once per streak)."""
-        try:
-            now = time.monotonic()
-            held = list(self.requests())
-            for request in held:
-                if self._ack_due(request, now) and not self.hand_back_waiting(request):
-                    self.ack_early(request)
-            renewed = self._renew_owed(held, now)
-        except Exception as exc:  # the worker carries on; the next round tries again
-            return self._round_failed(exc)
-        self._round_succeeded()
+    def tick(self) -> int:
+        """One round: how many owed entries it renewed."""
+        now = time.monotonic()
+        held = list(self.requests())
+        for request in held:
+            if self._ack_due(request, now) and not self.hand_back_waiting(request):
+                self.ack_early(request)
+        renewed = self._renew_owed(held, now)
         self._renew_slots([lease.tag for lease in self.book.all() if lease.tag and renewable(lease, now)])
         return renewed
 

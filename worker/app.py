@@ -89,8 +89,8 @@ def create_app(settings: Settings) -> WsuploadApp:
         broker=broker_url,
         include=[
             *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks")),
-            # Hooked to the worker's signals: its heartbeat, its jobs' lease renewal and stop,
-            # and the sweep for lost messages.
+            # Hooked to the worker's signals (worker.background), started and stopped in this
+            # order: its heartbeat, its jobs' lease renewal and stop, and the sweep for lost messages.
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
             "wsupload.worker.sweeper",

@@ -1,6 +1,6 @@
 """The worker's heartbeat: a record in Redis of who it is and which jobs it runs, renewed every few seconds.
 
-A daemon thread in the worker's main process writes it, whatever the pool:
+A background loop (``worker.background``) in the worker's main process writes it, whatever the pool:
 Celery's worker state (``celery.worker.state``) lives there for prefork (the parent
 hears of each task a child accepts) and for threads alike. It starts once the
 worker consumes (``worker_ready``), says ``stopping`` from the shutdown signal on,
@@ -10,11 +10,10 @@ record that expires ``roster.RECORD_TTL`` after its last beat. The record's
 shape and its readers are in ``worker.roster``.
 
 It must never stop or block the worker: its Redis calls time out within a beat and
-never retry by themselves (the next beat is the retry), every error is caught, and
-a failing Redis is logged once per outage, not once per beat.
+never retry by themselves (the next beat is the retry), and the loop catches every
+error and logs a failing Redis once per outage, not once per beat.
 
-The worker loads this module through the app's ``include`` (``worker.app``); the
-signal receivers ignore workers of any other app.
+The worker loads this module through the app's ``include`` (``worker.app``).
 """
 
 from __future__ import annotations
@@ -23,16 +22,14 @@ import json
 import logging
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import celery.concurrency
 import redis
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
@@ -41,24 +38,10 @@ from wsupload.tasks.recovery import lease
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import isoformat, utcnow
 from wsupload.tasks.wire.decode import UPLOAD_TASKS, bulk_jobs_in, job_id_of
+from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a worker's record says of it that does not change while it runs."""
-
-    name: str
-    host: str
-    pid: int
-    pool: str
-    concurrency: int
-    version: str
-    queues: tuple[str, ...]
-    started_at: str
 
 
 @dataclass(frozen=True)
@@ -133,85 +116,69 @@ def worker_requests() -> Running | None:
     return running(active, reserved, [held.job_id for held in lease.BOOK.all()])
 
 
-class Heartbeat:
-    """Writes one worker's record every ``interval`` seconds from a daemon thread; ``stop`` deletes it."""
+class Heartbeat(BackgroundLoop):
+    """Writes one worker's record every ``interval`` seconds, the first at once; ``stop`` deletes it."""
+
+    name = "heartbeat"
+    logger = log
+    failing = "heartbeat: cannot write this worker's record (%s: %s); trying again every %g s"
+    recovered = "heartbeat: writing this worker's record again"
+    not_started = "heartbeat: not started; the worker runs without a heartbeat record"
+    interval: float
 
     def __init__(
         self,
         client: redis.Redis,
-        identity: Identity,
+        identity: WorkerRecord,
         read_running: Callable[[], Running | None] = worker_requests,
         clock: Callable[[], datetime] = utcnow,
         interval: float = BEAT_INTERVAL,
     ) -> None:
+        super().__init__(interval)
         self.client = client
         self.identity = identity
+        """The record as the worker started: who it is; each beat fills in the rest."""
         self.read_running = read_running
         self.clock = clock
-        self.interval = interval
         self.stopping = False
         """Set from the shutdown signal handler: a plain attribute, no lock, so it is safe there."""
         self._last = Running()
-        self._streak = FailureStreak(
-            log,
-            "heartbeat: cannot write this worker's record (%s: %s); trying again every %g s",
-            "heartbeat: writing this worker's record again",
-        )
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def record(self, now: datetime) -> WorkerRecord:
         current = self.read_running()
         if current is not None:
             self._last = current
-        i = self.identity
-        return WorkerRecord(
-            name=i.name,
-            host=i.host,
-            pid=i.pid,
-            pool=i.pool,
-            concurrency=i.concurrency,
-            version=i.version,
-            queues=i.queues,
+        return replace(
+            self.identity,
             state=STOPPING if self.stopping else RUNNING,
             jobs=self._last.jobs,
             waiting=self._last.waiting,
             other_tasks=self._last.other_tasks,
-            started_at=i.started_at,
             last_beat=isoformat(now),
             beat_interval=self.interval,
         )
 
-    def beat(self) -> bool:
-        """Write the record once; False (logged once per outage) if that failed."""
-        try:
-            now = self.clock()
-            record = self.record(now)
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(keys.worker(record.name), json.dumps(record.to_json()), px=int(RECORD_TTL * 1000))
-            pipe.zadd(keys.WORKERS, {record.name: now.timestamp()})
-            pipe.zremrangebyscore(keys.WORKERS, "-inf", now.timestamp() - INDEX_HORIZON)
-            pipe.execute()
-        except Exception as exc:  # whatever it is, the worker carries on: the next beat tries again
-            self._streak.failed(exc, self.interval)
-            return False
-        self._streak.succeeded()
-        return True
+    def tick(self) -> None:
+        """One beat: write the record, with its TTL, and the name in the index."""
+        now = self.clock()
+        record = self.record(now)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.worker(record.name), json.dumps(record.to_json()), px=int(RECORD_TTL * 1000))
+        pipe.zadd(keys.WORKERS, {record.name: now.timestamp()})
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", now.timestamp() - INDEX_HORIZON)
+        pipe.execute()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wsupload-heartbeat", daemon=True)
-        self._thread.start()
+    def waits(self) -> Iterator[float]:
+        yield 0.0  # the first beat as the worker starts consuming
+        yield from super().waits()
 
-    def _run(self) -> None:
-        self.beat()
-        while not self._done.wait(self.interval):
-            self.beat()
+    def on_stopping(self) -> None:
+        # Inside the signal handler: no I/O, no lock; the next beat says it.
+        self.stopping = True
 
-    def stop(self) -> None:
-        """Stop beating, then delete the record (after the last beat: a beat in flight must not bring it back)."""
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval * 2)
+    def on_stop(self) -> None:
+        """Delete the record: the thread has ended, so no beat in flight brings it back."""
+        # At worker_shutdown, once a warm shutdown has drained the pool: the record listed the jobs to the end.
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(keys.worker(self.identity.name))
@@ -225,12 +192,18 @@ class Heartbeat:
                 RECORD_TTL,
             )
 
+    @classmethod
+    def for_worker(cls, consumer: Any, settings: Settings) -> Heartbeat:
+        heartbeat = cls(connect(settings.redis_url, timeout=BEAT_INTERVAL), identity_of(consumer, utcnow()))
+        log.info("heartbeat: %s every %g s", keys.worker(heartbeat.identity.name), heartbeat.interval)
+        return heartbeat
 
-def identity_of(consumer: Any, now: datetime) -> Identity:
-    """The identity of the worker whose consumer ``worker_ready`` came from."""
+
+def identity_of(consumer: Any, now: datetime) -> WorkerRecord:
+    """The record of the worker whose consumer ``worker_ready`` came from, as it starts (running, no jobs)."""
     controller = consumer.controller
     queues = consumer.app.amqp.queues
-    return Identity(
+    return WorkerRecord(
         name=str(consumer.hostname),
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -242,37 +215,4 @@ def identity_of(consumer: Any, now: datetime) -> Identity:
     )
 
 
-_current: Heartbeat | None = None
-"""This process's heartbeat, while its worker runs."""
-
-
-@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:ready")
-def _start(sender: Any = None, **_: Any) -> None:
-    global _current
-    settings = getattr(getattr(sender, "app", None), "settings", None)
-    if not isinstance(settings, Settings) or _current is not None:
-        return  # another app's worker, or already beating
-    try:
-        heartbeat = Heartbeat(connect(settings.redis_url, timeout=BEAT_INTERVAL), identity_of(sender, utcnow()))
-        heartbeat.start()
-    except Exception:
-        log.exception("heartbeat: not started; the worker runs without a heartbeat record")
-        return
-    _current = heartbeat
-    log.info("heartbeat: %s every %g s", keys.worker(heartbeat.identity.name), heartbeat.interval)
-
-
-@worker_shutting_down.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:shutting-down")
-def _mark_stopping(**_: Any) -> None:
-    # Runs inside the signal handler: no I/O, no lock; the next beat says it.
-    if _current is not None:
-        _current.stopping = True
-
-
-@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.heartbeat:shutdown")
-def _stop(**_: Any) -> None:
-    # Sent after a warm shutdown has drained the pool, so the record listed the jobs to the end.
-    global _current
-    heartbeat, _current = _current, None
-    if heartbeat is not None:
-        heartbeat.stop()
+Heartbeat.follow_worker()

@@ -4,7 +4,8 @@
 reports into counters, histograms and a gauge; ``QueueDepth`` is a collector
 that reads the length of the interactive and bulk queues from the broker at
 scrape time. A worker serves both, with its process's own metrics, from a
-daemon thread started on ``worker_ready`` and stopped on ``worker_shutdown``;
+daemon thread started on ``worker_ready`` and stopped on ``worker_shutdown``
+(``WorkerEndpoint``, a ``worker.background`` loop);
 ``wsupload metrics`` serves the queue depths alone, for a monitoring host that
 holds no API key.
 
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutdown
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
@@ -39,8 +39,8 @@ from prometheus_client.process_collector import ProcessCollector
 from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.store.results import FAILED, SUCCEEDED
+from wsupload.worker.background import BackgroundLoop, FailureStreak
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -255,44 +255,50 @@ def serve(registry: CollectorRegistry, port: int, addr: str) -> Endpoint:
     return Endpoint(server, thread)
 
 
-@dataclass
-class _Running:
-    endpoint: Endpoint
-    sink: WorkerMetrics
+class WorkerEndpoint(BackgroundLoop):
+    """The worker's ``/metrics``, with its sink installed, from ``worker_ready`` to ``worker_shutdown``.
 
+    Nothing to tick: the HTTP server answers from a thread of its own, and a scrape
+    that cannot read the queue depths is logged by ``QueueDepth``.
+    """
 
-_current: _Running | None = None
+    name = "metrics"
+    logger = log
+    not_started = "metrics: not started; this worker runs without metrics"
 
+    def __init__(self, endpoint: Endpoint, sink: WorkerMetrics) -> None:
+        super().__init__(interval=None)
+        self.endpoint = endpoint
+        self.sink = sink
 
-@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.metrics:ready")
-def _start(sender: Any = None, **_: Any) -> None:
-    global _current
-    settings = getattr(getattr(sender, "app", None), "settings", None)
-    if not isinstance(settings, Settings) or settings.metrics_port is None or _current is not None:
-        return  # another app's worker, metrics off, or already serving
-    registry = CollectorRegistry()
-    sink = WorkerMetrics(registry)
-    registry.register(queue_depth(settings))
-    process_collectors(registry)
-    try:
-        endpoint = serve(registry, settings.metrics_port, settings.metrics_addr)
-    except OSError as exc:
-        log.error(
-            "metrics: cannot listen on %s:%d (%s); this worker runs without metrics",
-            settings.metrics_addr,
-            settings.metrics_port,
-            exc.strerror or exc,
-        )
-        return
-    telemetry.install(sink)
-    _current = _Running(endpoint, sink)
-    log.info("metrics: http://%s:%d/metrics", settings.metrics_addr, endpoint.port)
+    def on_start(self) -> None:
+        telemetry.install(self.sink)
 
-
-@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.metrics:shutdown")
-def _stop(**_: Any) -> None:
-    global _current
-    running, _current = _current, None
-    if running is not None:
+    def on_stop(self) -> None:
         telemetry.install(None)
-        running.endpoint.stop()
+        self.endpoint.stop()
+
+    @classmethod
+    def for_worker(cls, consumer: Any, settings: Settings) -> WorkerEndpoint | None:
+        """Serving already; None when metrics are off or the port cannot be bound (logged: the worker runs on)."""
+        if settings.metrics_port is None:
+            return None
+        registry = CollectorRegistry()
+        sink = WorkerMetrics(registry)
+        registry.register(queue_depth(settings))
+        process_collectors(registry)
+        try:
+            endpoint = serve(registry, settings.metrics_port, settings.metrics_addr)
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s:%d (%s); this worker runs without metrics",
+                settings.metrics_addr,
+                settings.metrics_port,
+                exc.strerror or exc,
+            )
+            return None
+        log.info("metrics: http://%s:%d/metrics", settings.metrics_addr, endpoint.port)
+        return cls(endpoint, sink)
+
+
+WorkerEndpoint.follow_worker()

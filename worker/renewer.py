@@ -29,12 +29,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
@@ -43,8 +42,8 @@ from wsupload.tasks.recovery.lease import BOOK, LeaseBook, renewable
 from wsupload.tasks.store import keys
 from wsupload.tasks.wavespeed.rate_limit import RENEW_SLOTS, SLOT_LEASES
 from wsupload.worker import redis_transport
+from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,16 @@ def to_renew(held: Iterable[Held], book: LeaseBook, now: float) -> list[str]:
     return tags
 
 
-class Renewer:
+class Renewer(BackgroundLoop):
+    """Renews the leases this worker holds every ``interval`` (a third of a lease), at a fixed rate."""
+
+    name = "leases"
+    logger = log
+    failing = "leases: cannot renew (%s: %s); trying again every %.3g s"
+    recovered = "leases: renewing again"
+    not_started = "leases: not started; a job that runs longer than a lease is given to another worker too"
+    interval: float
+
     def __init__(
         self,
         client: redis.Redis,
@@ -94,43 +102,33 @@ class Renewer:
         held: Callable[[], list[Held]] = held_messages,
         slots: redis.Redis | None = None,
         slot_lease: float = 30.0,
+        stop_grace: float | None = None,
     ) -> None:
+        super().__init__(interval)
         self.client = client
         self.slots = slots
         self.slot_lease = slot_lease
-        self.interval = interval
         self.book = book
         self.held = held
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._streak = FailureStreak(
-            log, "leases: cannot renew (%s: %s); trying again every %.3g s", "leases: renewing again"
-        )
+        self.stop_grace = stop_grace
+        """Seconds running jobs get once the worker is asked to stop; then they are handed back (None: never)."""
         self._silent: set[str] = set()
         self._renew = client.register_script(RENEW)
         self._slots = (slots or client).register_script(RENEW_SLOTS)
 
-    def _round_failed(self, exc: Exception) -> int:
-        """A round that failed renewed nothing: said once per streak (the next round is the retry)."""
-        self._streak.failed(exc, self.interval)
-        return 0
-
-    def _round_succeeded(self) -> None:
-        self._streak.succeeded()
-
     def renew(self) -> int:
         """Renew once; how many leases were renewed (0 after a failure, logged once per streak)."""
-        try:
-            held = self.held()
-            tags = to_renew(held, self.book, time.monotonic())
-            self._say_silent(held, tags)
-            if not tags:
-                return 0
-            index = getattr(held[0].channel, "unacked_index_key", UNACKED_INDEX)
-            replies = self._renew(keys=[index], args=tags)
-        except Exception as exc:  # the worker carries on; the next round tries again
-            return self._round_failed(exc)
-        self._round_succeeded()
+        return self.attempt(self.tick, 0)
+
+    def tick(self) -> int:
+        """One round: how many leases it renewed."""
+        held = self.held()
+        tags = to_renew(held, self.book, time.monotonic())
+        self._say_silent(held, tags)
+        if not tags:
+            return 0
+        index = getattr(held[0].channel, "unacked_index_key", UNACKED_INDEX)
+        replies = self._renew(keys=[index], args=tags)
         self._renew_slots(tags)
         for tag, changed in zip(tags, replies, strict=True):
             lease = self.book.get(tag)
@@ -199,74 +197,52 @@ class Renewer:
         """The worker was told to stop: hand back, in a thread of its own, what still runs after ``grace``."""
         threading.Thread(target=self.hand_back, args=(grace,), name="wsupload-stop-grace", daemon=True).start()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wsupload-leases", daemon=True)
-        self._thread.start()
+    def on_stopping(self) -> None:
+        # Inside the signal handler: start a thread and return.
+        if self.stop_grace is not None:
+            self.on_stop_signal(self.stop_grace)
 
-    def _run(self) -> None:
+    def waits(self) -> Iterator[float]:
         # At a fixed rate: a slow round does not push the next one later (three chances per lease).
         due = time.monotonic()
         while True:
             due += self.interval
-            if self._done.wait(max(0.0, due - time.monotonic())):
-                return
-            self.renew()
+            yield max(0.0, due - time.monotonic())
             due = max(due, time.monotonic() - self.interval)  # after a stall, no burst of catch-up rounds
 
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval * 2)
+    @classmethod
+    def for_worker(cls, consumer: Any, settings: Settings) -> Renewer:
+        """This worker's renewer: of the broker's ``unacked_index`` on Redis, of owed entries on RabbitMQ."""
+        # A renewal gives up well within its interval: the next one still comes in time.
+        slots = None
+        if settings.max_concurrent_uploads:  # fleet-limiter slots, held by running uploads, in the results Redis
+            slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
+        renewer: Renewer
+        if settings.broker_is_amqp:
+            from wsupload.tasks.recovery.early_acks import early_ack_after
+            from wsupload.worker.amqp_leases import AmqpLeases
+
+            renewer = AmqpLeases(
+                connect(settings.redis_url, timeout=settings.renew_interval / 3),
+                settings.renew_interval,
+                lease=settings.lease,
+                early_after=early_ack_after(settings.amqp_consumer_timeout),
+                slots=slots,
+                slot_lease=SLOT_LEASES * settings.lease,
+                stop_grace=settings.stop_grace,
+                consumer=consumer,
+            )
+        else:
+            client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
+            renewer = Renewer(
+                client,
+                settings.renew_interval,
+                slots=slots,
+                slot_lease=SLOT_LEASES * settings.lease,
+                stop_grace=settings.stop_grace,
+            )
+        log.info("leases: %g s, renewed every %.3g s", settings.lease, settings.renew_interval)
+        return renewer
 
 
-_current: Renewer | None = None
-_settings: Settings | None = None
-
-
-@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.renewer:ready")
-def _start(sender: Any = None, **_: Any) -> None:
-    global _current, _settings
-    settings = getattr(getattr(sender, "app", None), "settings", None)
-    if not isinstance(settings, Settings) or _current is not None:
-        return  # another app's worker, or already renewing
-    # A renewal gives up well within its interval: the next one still comes in time.
-    slots = None
-    if settings.max_concurrent_uploads:  # fleet-limiter slots, held by running uploads, in the results Redis
-        slots = connect(settings.redis_url, timeout=settings.renew_interval / 3)
-    renewer: Renewer
-    if settings.broker_is_amqp:
-        from wsupload.tasks.recovery.early_acks import early_ack_after
-        from wsupload.worker.amqp_leases import AmqpLeases
-
-        renewer = AmqpLeases(
-            connect(settings.redis_url, timeout=settings.renew_interval / 3),
-            settings.renew_interval,
-            lease=settings.lease,
-            early_after=early_ack_after(settings.amqp_consumer_timeout),
-            slots=slots,
-            slot_lease=SLOT_LEASES * settings.lease,
-            consumer=sender,
-        )
-    else:
-        client = connect(settings.effective_broker_url, timeout=settings.renew_interval / 3)
-        renewer = Renewer(client, settings.renew_interval, slots=slots, slot_lease=SLOT_LEASES * settings.lease)
-    renewer.start()
-    _current, _settings = renewer, settings
-    log.info("leases: %g s, renewed every %.3g s", settings.lease, settings.renew_interval)
-
-
-@worker_shutting_down.connect(weak=False, dispatch_uid="wsupload.worker.renewer:shutting-down")
-def _on_stop_signal(**_: Any) -> None:
-    # Inside the signal handler: start a thread and return.
-    renewer, settings = _current, _settings
-    if renewer is None or settings is None:
-        return
-    renewer.on_stop_signal(settings.stop_grace)
-
-
-@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.renewer:shutdown")
-def _stop(**_: Any) -> None:
-    global _current
-    renewer, _current = _current, None
-    if renewer is not None:
-        renewer.stop()
+Renewer.follow_worker()

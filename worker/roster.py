@@ -37,9 +37,13 @@ INDEX_HORIZON = 3600.0
 RUNNING, STOPPING = "running", "stopping"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerRecord:
-    """One worker's heartbeat: who it is and what it runs (the stored JSON has exactly these fields)."""
+    """One worker's heartbeat: who it is and what it runs (the stored JSON has exactly these fields, in this order).
+
+    ``worker.heartbeat`` builds one as the worker starts, with what does not change
+    while it runs, and writes a copy at each beat with the rest filled in.
+    """
 
     name: str
     """Celery's node name (``wsupload-<pid>@<host>``)."""
@@ -49,16 +53,17 @@ class WorkerRecord:
     concurrency: int
     version: str
     queues: tuple[str, ...]
-    state: str
+    state: str = RUNNING
     """``running``, or ``stopping`` once asked to shut down (running jobs may still finish)."""
-    jobs: tuple[str, ...]
+    jobs: tuple[str, ...] = ()
     """Job ids it is uploading now."""
-    waiting: tuple[str, ...]
+    waiting: tuple[str, ...] = ()
     """Job ids it has taken from the queue and not started yet."""
-    other_tasks: tuple[str, ...]
+    other_tasks: tuple[str, ...] = ()
     """Names of other tasks it runs now (``wsupload.scan``, ``wsupload.callback``)."""
     started_at: str
-    last_beat: str
+    last_beat: str = ""
+    """When it was written (``""`` only before the first beat)."""
     beat_interval: float = BEAT_INTERVAL
 
     def to_json(self) -> dict[str, Any]:

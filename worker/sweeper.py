@@ -1,7 +1,7 @@
 """The worker's sweeper: a thread that runs the lost-message sweep (``tasks.recovery.lost_sweep``) every few seconds.
 
-Like the heartbeat (``worker.heartbeat``) it lives in the worker's main process,
-whatever the pool, starts once the worker consumes (``worker_ready``) and stops at
+A background loop (``worker.background``), like the heartbeat: it lives in the
+worker's main process, whatever the pool, from ``worker_ready`` to
 ``worker_shutdown``. Every worker runs one; the sweep's lock lets one of them sweep
 per interval, so a fleet sweeps about once per interval whatever its size.
 
@@ -13,26 +13,23 @@ On RabbitMQ it runs the owed sweep (``tasks.recovery.early_ack_sweep``) instead,
 cadence: owed jobs past their deadline are published again.
 
 It must never stop or block the worker: its Redis calls time out within an interval
-and never retry by themselves (the next sweep is the retry), every error is caught,
-and a failing sweep is logged once per streak, not once per interval.
+and never retry by themselves (the next sweep is the retry), and the loop catches
+every error and logs a failing sweep once per streak, not once per interval.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
-
-from celery.signals import worker_ready, worker_shutdown
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.recovery.early_ack_sweep import OwedSweep
 from wsupload.tasks.recovery.lost_sweep import Sweep
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire.amqp_publisher import Publisher
+from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.roster import connect
-from wsupload.worker.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -79,67 +76,37 @@ def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
     )
 
 
-class Sweeper:
-    """Runs ``sweep`` every ``sweep.interval`` seconds from a daemon thread until ``stop``."""
+class Sweeper(BackgroundLoop):
+    """Runs ``sweep`` every ``sweep.interval`` seconds, from the end of one sweep to the start of the next.
+
+    Not at a fixed rate: a sweep's lock lasts one interval, so a round that came
+    back an interval after the last one *started* could find its own lock still held.
+    """
+
+    name = "sweeper"
+    logger = log
+    failing = "sweep: failed (%s: %s); trying again every %g s"
+    recovered = "sweep: sweeping again"
+    not_started = "sweep: not started; messages lost between a worker and Redis are not looked for"
+    interval: float
 
     def __init__(self, sweep: Sweep | OwedSweep) -> None:
+        super().__init__(sweep.interval)
         self.sweep = sweep
-        self._streak = FailureStreak(log, "sweep: failed (%s: %s); trying again every %g s", "sweep: sweeping again")
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def run_once(self) -> bool:
-        """One sweep (or none, if another worker holds the lock); False (logged once per streak) if it failed."""
-        try:
-            self.sweep.sweep()
-        except Exception as exc:  # whatever it is, the worker carries on: the next sweep tries again
-            self._streak.failed(exc, self.sweep.interval)
-            return False
-        self._streak.succeeded()
-        return True
+    def tick(self) -> None:
+        """One sweep (or none, if another worker holds the lock)."""
+        self.sweep.sweep()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wsupload-sweeper", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(self.sweep.interval):
-            self.run_once()
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.sweep.interval * 2)
+    @classmethod
+    def for_worker(cls, consumer: Any, settings: Settings) -> Sweeper:
+        sweeper = cls(sweep_for(settings, owner=f"{getattr(consumer, 'hostname', '?')} (pid {os.getpid()})"))
+        log.info(
+            "sweep: every %g s, jobs unaccounted for %g s go back on their queue",
+            sweeper.sweep.interval,
+            sweeper.sweep.grace,
+        )
+        return sweeper
 
 
-_current: Sweeper | None = None
-"""This process's sweeper, while its worker runs."""
-
-
-@worker_ready.connect(weak=False, dispatch_uid="wsupload.worker.sweeper:ready")
-def _start(sender: Any = None, **_: Any) -> None:
-    global _current
-    settings = getattr(getattr(sender, "app", None), "settings", None)
-    if not isinstance(settings, Settings) or _current is not None:
-        return  # another app's worker, or already sweeping
-    try:
-        owner = f"{getattr(sender, 'hostname', '?')} (pid {os.getpid()})"
-        sweeper = Sweeper(sweep_for(settings, owner))
-        sweeper.start()
-    except Exception:
-        log.exception("sweep: not started; messages lost between a worker and Redis are not looked for")
-        return
-    _current = sweeper
-    log.info(
-        "sweep: every %g s, jobs unaccounted for %g s go back on their queue",
-        sweeper.sweep.interval,
-        sweeper.sweep.grace,
-    )
-
-
-@worker_shutdown.connect(weak=False, dispatch_uid="wsupload.worker.sweeper:shutdown")
-def _stop(**_: Any) -> None:
-    global _current
-    sweeper, _current = _current, None
-    if sweeper is not None:
-        sweeper.stop()
+Sweeper.follow_worker()

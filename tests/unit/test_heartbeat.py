@@ -19,13 +19,13 @@ from celery.worker import state as celery_state
 
 from wsupload.config import Settings
 from wsupload.tasks.store import keys
-from wsupload.worker import heartbeat
+from wsupload.worker import background, heartbeat
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.heartbeat import Heartbeat, Identity, Running, pool_name, running
-from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, read_records
+from wsupload.worker.heartbeat import Heartbeat, Running, pool_name, running
+from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, WorkerRecord, read_records
 
 NOW = datetime(2026, 11, 24, 15, 0, 0, tzinfo=UTC)
-IDENTITY = Identity(
+IDENTITY = WorkerRecord(
     name="wsupload-7@web1",
     host="web1",
     pid=7,
@@ -118,7 +118,7 @@ def test_a_beat_writes_the_whole_record_with_a_ttl_and_indexes_the_name(redis_cl
     jobs = Running(jobs=("job-a",), waiting=("job-b",))
     beat = Heartbeat(redis_client, IDENTITY, read_running=lambda: jobs, clock=lambda: NOW)
     redis_client.zadd(keys.WORKERS, {"long-dead@h": NOW.timestamp() - INDEX_HORIZON - 1, "recent@h": NOW.timestamp()})
-    assert beat.beat()
+    assert beat.run_once()
     stored = json.loads(redis_client.get(keys.worker(IDENTITY.name)) or b"")
     assert stored == {
         "name": "wsupload-7@web1",
@@ -136,6 +136,10 @@ def test_a_beat_writes_the_whole_record_with_a_ttl_and_indexes_the_name(redis_cl
         "last_beat": "2026-11-24T15:00:00.000Z",
         "beat_interval": 2.0,
     }
+    assert list(stored) == [  # in the order earlier versions wrote them: the stored bytes do not change
+        *("name", "host", "pid", "pool", "concurrency", "version", "queues", "state"),
+        *("jobs", "waiting", "other_tasks", "started_at", "last_beat", "beat_interval"),
+    ]
     assert 0 < redis_client.pttl(keys.worker(IDENTITY.name)) <= RECORD_TTL * 1000
     assert redis_client.zscore(keys.WORKERS, IDENTITY.name) == NOW.timestamp()
     # Names silent for longer than the horizon are pruned; recent ones (maybe live) are not.
@@ -146,7 +150,7 @@ def test_a_beat_writes_the_whole_record_with_a_ttl_and_indexes_the_name(redis_cl
 def test_the_record_says_stopping_once_shutdown_began(redis_client: fakeredis.FakeRedis) -> None:
     beat = Heartbeat(redis_client, IDENTITY, read_running=Running, clock=lambda: NOW)
     beat.stopping = True
-    beat.beat()
+    beat.run_once()
     (record,) = read_records(redis_client)
     assert record.state == "stopping"
 
@@ -163,9 +167,9 @@ def test_a_redis_outage_is_logged_once_and_the_next_beat_writes_again(caplog: py
     beat = Heartbeat(client, IDENTITY, read_running=Running, clock=lambda: NOW)
     caplog.set_level(logging.INFO, logger=heartbeat.__name__)
     server.connected = False
-    assert [beat.beat() for _ in range(5)] == [False] * 5
+    assert [beat.run_once() for _ in range(5)] == [False] * 5
     server.connected = True
-    assert beat.beat()
+    assert beat.run_once()
     assert [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records] == [
         ("WARNING", "heartbeat: cannot write this worker's record"),
         ("INFO", "heartbeat: writing this worker's record again"),
@@ -182,8 +186,8 @@ def test_a_bug_while_reading_state_never_stops_the_beats(
         raise KeyError("surprise")
 
     beat = Heartbeat(redis_client, IDENTITY, read_running=broken, clock=lambda: NOW)
-    assert not beat.beat()
-    assert not beat.beat()
+    assert not beat.run_once()
+    assert not beat.run_once()
     assert len(caplog.records) == 1
     assert "KeyError: 'surprise'" in caplog.text
     assert "Traceback" in caplog.text  # unexpected: logged once, with its traceback
@@ -205,6 +209,11 @@ def test_the_thread_beats_until_stopped_then_the_record_is_deleted(redis_client:
     assert not beat._thread.is_alive()
     assert not redis_client.exists(keys.worker(IDENTITY.name))
     assert redis_client.zscore(keys.WORKERS, IDENTITY.name) is None
+
+
+def test_the_first_beat_comes_at_once_then_one_every_interval(redis_client: fakeredis.FakeRedis) -> None:
+    waits = Heartbeat(redis_client, IDENTITY, read_running=Running, clock=lambda: NOW, interval=2.0).waits()
+    assert [next(waits) for _ in range(3)] == [0.0, 2.0, 2.0]
 
 
 def test_stop_with_redis_down_logs_and_leaves_the_record_to_expire(caplog: pytest.LogCaptureFixture) -> None:
@@ -238,26 +247,26 @@ def test_identity_comes_from_the_ready_worker() -> None:
 
 
 def current() -> Heartbeat | None:
-    return heartbeat._current
+    return Heartbeat.running()
 
 
 def test_the_signals_start_mark_and_stop_the_heartbeat(
     monkeypatch: pytest.MonkeyPatch, redis_client: fakeredis.FakeRedis
 ) -> None:
     monkeypatch.setattr(heartbeat, "connect", lambda url, timeout: redis_client)
-    monkeypatch.setattr(heartbeat, "_current", None)
-    heartbeat._start(sender=consumer(SimpleNamespace()))  # not a wsupload app: left alone
+    monkeypatch.delitem(background.RUNNING, Heartbeat, raising=False)
+    Heartbeat._worker_ready(sender=consumer(SimpleNamespace()))  # not a wsupload app: left alone
     assert current() is None
 
     settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
-    heartbeat._start(sender=consumer(SimpleNamespace(settings=settings)))
+    Heartbeat._worker_ready(sender=consumer(SimpleNamespace(settings=settings)))
     key = keys.worker("wsupload-9@here")
     wait_until(lambda: redis_client.exists(key), 10, what="the first beat")
     started = current()
     assert started is not None
-    heartbeat._mark_stopping(sender="wsupload-9@here", sig="SIGTERM", how="Warm", exitcode=0)
+    Heartbeat._worker_shutting_down(sender="wsupload-9@here", sig="SIGTERM", how="Warm", exitcode=0)
     assert started.stopping
-    heartbeat._stop(sender=None)
+    Heartbeat._worker_shutdown(sender=None)
     assert current() is None
     assert not redis_client.exists(key)
 

@@ -30,7 +30,7 @@ from wsupload.tasks.wavespeed.rate_limit import FleetLimiter
 from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker import cli, metrics
 from wsupload.worker.dev.local_services import free_port
-from wsupload.worker.metrics import QueueDepth, WorkerMetrics
+from wsupload.worker.metrics import QueueDepth, WorkerEndpoint, WorkerMetrics
 from wsupload.worker.renewer import Held, Renewer
 
 
@@ -294,7 +294,9 @@ def worker_sender(**env: str) -> Any:
 
 def test_the_worker_serves_its_metrics_from_worker_ready_to_worker_shutdown() -> None:
     port = free_port()
-    metrics._start(sender=worker_sender(WSUPLOAD_METRICS_PORT=str(port), WSUPLOAD_METRICS_ADDR="127.0.0.1"))
+    WorkerEndpoint._worker_ready(
+        sender=worker_sender(WSUPLOAD_METRICS_PORT=str(port), WSUPLOAD_METRICS_ADDR="127.0.0.1")
+    )
     try:
         assert isinstance(telemetry.installed(), WorkerMetrics)
         telemetry.attempt()
@@ -303,16 +305,16 @@ def test_the_worker_serves_its_metrics_from_worker_ready_to_worker_shutdown() ->
         assert "wsupload_queue_depth_up 0.0" in text  # nothing listens on port 1: left out, not an error
         assert "process_resident_memory_bytes" in text
     finally:
-        metrics._stop()
+        WorkerEndpoint._worker_shutdown()
     assert telemetry.installed() is None
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         fetch(port)
 
 
 def test_metrics_stay_off_unless_a_port_is_set() -> None:
-    metrics._start(sender=worker_sender())
+    WorkerEndpoint._worker_ready(sender=worker_sender())
     assert telemetry.installed() is None
-    assert metrics._current is None
+    assert WorkerEndpoint.running() is None
 
 
 def test_a_worker_whose_metrics_port_is_taken_logs_it_and_runs_without_metrics(
@@ -324,7 +326,9 @@ def test_a_worker_whose_metrics_port_is_taken_logs_it_and_runs_without_metrics(
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        metrics._start(sender=worker_sender(WSUPLOAD_METRICS_PORT=str(port), WSUPLOAD_METRICS_ADDR="127.0.0.1"))
+        WorkerEndpoint._worker_ready(
+            sender=worker_sender(WSUPLOAD_METRICS_PORT=str(port), WSUPLOAD_METRICS_ADDR="127.0.0.1")
+        )
     assert telemetry.installed() is None
     assert f"metrics: cannot listen on 127.0.0.1:{port}" in caplog.text
     assert "this worker runs without metrics" in caplog.text

@@ -4,15 +4,17 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
 
+from wsupload.config import Settings
 from wsupload.tasks.recovery.lease import JobLease, LeaseBook
 from wsupload.tasks.store import keys
-from wsupload.worker import redis_transport
+from wsupload.worker import background, redis_transport, renewer
 from wsupload.worker.renewer import Held, Renewer, held_messages, to_renew
 
 INDEX = "unacked_index"
@@ -155,3 +157,42 @@ def test_on_stop_a_job_that_cannot_be_handed_back_runs_on(redis_client: fakeredi
     renewer = Renewer(redis_client, interval=2.0, book=book, held=lambda: [Held("t1", channel)])
     assert renewer.hand_back(grace=0.01) == 0
     assert not running.handed_back  # it was not put back: stopping it would lose it
+
+
+def test_rounds_come_at_a_fixed_rate_and_a_stall_brings_one_round_not_a_burst(
+    monkeypatch: pytest.MonkeyPatch, redis_client: fakeredis.FakeRedis
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(renewer, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    waits = Renewer(redis_client, interval=2.0, book=LeaseBook(), held=lambda: []).waits()
+    assert next(waits) == 2.0
+    now[0] = 102.5  # that round took half a second: the next one still comes at 104
+    assert next(waits) == 1.5
+    now[0] = 110.0  # a stall of six seconds: one round at once, then the rate again
+    assert next(waits) == 0.0
+    now[0] = 110.1
+    assert next(waits) == pytest.approx(1.9)
+
+
+def test_the_signals_start_the_renewer_hand_back_on_a_stop_signal_and_stop_it(
+    monkeypatch: pytest.MonkeyPatch, redis_client: fakeredis.FakeRedis
+) -> None:
+    monkeypatch.setattr(renewer, "connect", lambda url, timeout: redis_client)
+    monkeypatch.delitem(background.RUNNING, Renewer, raising=False)
+    settings = Settings.from_env({"WSUPLOAD_LEASE": "30", "WSUPLOAD_STOP_GRACE": "7"})
+    Renewer._worker_ready(sender=SimpleNamespace(app=SimpleNamespace()))  # not a wsupload app: left alone
+    assert Renewer.running() is None
+
+    Renewer._worker_ready(sender=SimpleNamespace(app=SimpleNamespace(settings=settings)))
+    started = Renewer.running()
+    assert started is not None
+    assert (type(started), started.interval, started.stop_grace) == (Renewer, 10.0, 7.0)
+    graces: list[float] = []
+    monkeypatch.setattr(started, "on_stop_signal", graces.append)
+    Renewer._worker_shutting_down(sig="SIGTERM", how="Warm", exitcode=0)
+    assert graces == [7.0]
+    assert started._thread is not None
+    assert started._thread.is_alive()  # renewing through the stop grace, until the shutdown
+    Renewer._worker_shutdown(sender=None)
+    assert Renewer.running() is None
+    assert not started._thread.is_alive()

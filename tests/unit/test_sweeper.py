@@ -16,7 +16,7 @@ from wsupload.config import Settings
 from wsupload.tasks.recovery.lost_sweep import Sweep
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import ResultStore
-from wsupload.worker import sweeper
+from wsupload.worker import background, sweeper
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.sweeper import Sweeper
 
@@ -80,7 +80,7 @@ def test_the_sweep_covers_both_queues_and_reads_documents_from_the_results_redis
 
 
 def current() -> Sweeper | None:
-    return sweeper._current
+    return Sweeper.running()
 
 
 def consumer(app: Any) -> Any:
@@ -92,16 +92,16 @@ def test_the_signals_start_and_stop_the_sweeper(
 ) -> None:
     monkeypatch.setattr(sweeper, "connect", lambda url, timeout: redis_client)
     monkeypatch.setattr(sweeper, "interval_of", lambda settings: 0.01)
-    monkeypatch.setattr(sweeper, "_current", None)
-    sweeper._start(sender=consumer(SimpleNamespace()))  # not a wsupload app: left alone
+    monkeypatch.delitem(background.RUNNING, Sweeper, raising=False)
+    Sweeper._worker_ready(sender=consumer(SimpleNamespace()))  # not a wsupload app: left alone
     assert current() is None
 
-    sweeper._start(sender=consumer(SimpleNamespace(settings=Settings.from_env({}))))
+    Sweeper._worker_ready(sender=consumer(SimpleNamespace(settings=Settings.from_env({}))))
     wait_until(lambda: redis_client.exists(keys.sweep_lock("wsupload")), 10, what="the first sweep")
     started = current()
     assert started is not None
     assert redis_client.get(keys.sweep_lock("wsupload.bulk")) == f"wsupload-9@here (pid {os.getpid()})".encode()
-    sweeper._stop(sender=None)
+    Sweeper._worker_shutdown(sender=None)
     assert current() is None
     assert started._thread is not None
     assert not started._thread.is_alive()
