@@ -32,7 +32,7 @@ from wsupload.tasks.sources.discovery import Found, discover, read_manifest, sin
 from wsupload.tasks.store.batches import export_row, write_export
 from wsupload.tasks.store.results import utcnow
 from wsupload.tasks.wire.options import JobOptions
-from wsupload.worker import logs, roster
+from wsupload.worker import logs, worker_records
 from wsupload.worker.progress import BatchProgress, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -266,10 +266,10 @@ PROBE_TIMEOUT = 2.0
 """Seconds ``workers`` and ``health`` wait for Redis: a probe answers well inside a container's healthcheck timeout."""
 
 
-def _heartbeats() -> list[roster.WorkerRecord]:
-    client = roster.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
+def _heartbeats() -> list[worker_records.WorkerRecord]:
+    client = worker_records.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
     try:
-        return roster.read_records(client)
+        return worker_records.read_records(client)
     except redis.ResponseError as exc:  # unreachable is main()'s to say; this is a refusal (ACL, wrong type)
         raise WsuploadError(f"Redis refused to read the heartbeats: {exc}") from None
 
@@ -279,12 +279,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
     else:
-        print("\n".join(roster.render(records, utcnow())))
+        print("\n".join(worker_records.render(records, utcnow())))
     return EXIT_OK
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    verdict = roster.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
+    verdict = worker_records.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
     if verdict.healthy:
         print(verdict.message)
         return EXIT_OK
@@ -333,13 +333,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from wsupload.worker import stats
 
     settings = Settings.from_env()
-    results = roster.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
+    results = worker_records.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
     broker = results
     depths = None
     if settings.broker_is_amqp and settings.broker_url:
         depths = _rabbitmq_depths(settings.broker_url)
     elif not settings.broker_is_results_redis:
-        broker = roster.connect(settings.effective_broker_url, timeout=PROBE_TIMEOUT)
+        broker = worker_records.connect(settings.effective_broker_url, timeout=PROBE_TIMEOUT)
 
     def lines() -> list[str]:
         return stats.as_lines(stats.read(settings, results, broker, utcnow(), depths), args.json)
@@ -524,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_positive_duration,
-        default=roster.RECORD_TTL,
-        help=f"the newest beat may be this old (default {roster.RECORD_TTL:g} s: {roster.MISSED_BEATS} beats)",
+        default=worker_records.RECORD_TTL,
+        help=(
+            f"the newest beat may be this old"
+            f" (default {worker_records.RECORD_TTL:g} s: {worker_records.MISSED_BEATS} beats)"
+        ),
     )
     health.set_defaults(handler=cmd_health)
 

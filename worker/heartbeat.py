@@ -6,8 +6,8 @@ hears of each task a child accepts) and for threads alike. It starts once the
 worker consumes (``worker_ready``), says ``stopping`` from the shutdown signal on,
 and is deleted after a warm shutdown has let the running jobs finish
 (``worker_shutdown``). A worker that dies (SIGKILL, OOM, a lost host) leaves a
-record that expires ``roster.RECORD_TTL`` after its last beat. The record's
-shape and its readers are in ``worker.roster``.
+record that expires ``worker_records.RECORD_TTL`` after its last beat. The record's
+shape and its readers are in ``worker.worker_records``.
 
 It must never stop or block the worker: its Redis calls time out within a beat and
 never retry by themselves (the next beat is the retry), and the loop catches every
@@ -39,7 +39,15 @@ from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import isoformat, utcnow
 from wsupload.tasks.wire.decode import UPLOAD_TASKS, bulk_jobs_in, job_id_of
 from wsupload.worker.background import BackgroundLoop
-from wsupload.worker.roster import BEAT_INTERVAL, INDEX_HORIZON, RECORD_TTL, RUNNING, STOPPING, WorkerRecord, connect
+from wsupload.worker.worker_records import (
+    BEAT_INTERVAL,
+    INDEX_HORIZON,
+    RECORD_TTL,
+    RUNNING,
+    STOPPING,
+    WorkerRecord,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 

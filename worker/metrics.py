@@ -40,7 +40,7 @@ from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.store.results import FAILED, SUCCEEDED
 from wsupload.worker.background import BackgroundLoop, FailureStreak
-from wsupload.worker.roster import connect
+from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from wsupload.tasks.store import keys
 from wsupload.tasks.wavespeed.rate_limit import RENEW_SLOTS, SLOT_LEASES
 from wsupload.worker import redis_transport
 from wsupload.worker.background import BackgroundLoop
-from wsupload.worker.roster import connect
+from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ class Renewer(BackgroundLoop):
     ) -> None:
         super().__init__(interval)
         self.client = client
+        self._silent: set[str] = set()
         self.slots = slots
         self.slot_lease = slot_lease
         self.book = book
         self.held = held
         self.stop_grace = stop_grace
         """Seconds running jobs get once the worker is asked to stop; then they are handed back (None: never)."""
-        self._silent: set[str] = set()
         self._renew = client.register_script(RENEW)
         self._slots = (slots or client).register_script(RENEW_SLOTS)
 

@@ -2,7 +2,7 @@
 
 It only reads, and needs ``REDIS_URL`` (and the broker's URL when separate), never
 the API key: the queue lists (the broker: kombu keeps a list per queue and priority),
-the heartbeat records (``worker.roster``: what each live worker runs), and the
+the heartbeat records (``worker.worker_records``: what each live worker runs), and the
 counters each job's terminal write increments in the same Lua call
 (``tasks.store.fencing``): ``keys.stats(minute)``, a hash of ``<status>:<second>`` → count,
 kept ``keys.STATS_TTL``. A window of the last N seconds sums the seconds it covers,
@@ -28,7 +28,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from wsupload.config.settings import Settings
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import FAILED, SUCCEEDED, isoformat
-from wsupload.worker import roster
+from wsupload.worker import worker_records
 
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))
 """The windows shown, by name, in seconds; the longest must stay within ``keys.STATS_TTL``."""
@@ -52,7 +52,7 @@ class Snapshot:
     queues: tuple[Queue, ...]
     ended: dict[str, dict[str, int]]
     """Window name → status → jobs that ended so within it."""
-    workers: tuple[roster.WorkerRecord, ...]
+    workers: tuple[worker_records.WorkerRecord, ...]
 
     @property
     def running(self) -> int:
@@ -117,7 +117,7 @@ def read(
     now: datetime,
     depths: Callable[[list[str]], list[int]] | None = None,
 ) -> Snapshot:
-    """What ``stats`` shows, as of ``now``: one pipeline on the broker, one on the results' Redis, and the roster.
+    """``stats`` as of ``now``: one pipeline on the broker, one on the results Redis, and the worker records.
 
     ``depths``: how the queue depths are read when the broker is not Redis (RabbitMQ).
     """
@@ -140,7 +140,7 @@ def read(
         pipe.hgetall(keys.stats(minute))
     buckets = dict(zip(wanted, pipe.execute(), strict=True))
     ended = {name: count_ended(buckets, unix, seconds) for name, seconds in WINDOWS}
-    return Snapshot(now, queues, ended, tuple(roster.read_records(results)))
+    return Snapshot(now, queues, ended, tuple(worker_records.read_records(results)))
 
 
 def render(snapshot: Snapshot) -> list[str]:
@@ -157,7 +157,7 @@ def render(snapshot: Snapshot) -> list[str]:
         f"workers    {len(snapshot.workers)} live",
     ]
     if snapshot.workers:
-        lines += [f"  {line}" for line in roster.render(snapshot.workers, snapshot.at)]
+        lines += [f"  {line}" for line in worker_records.render(snapshot.workers, snapshot.at)]
     return lines
 
 

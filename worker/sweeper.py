@@ -29,7 +29,7 @@ from wsupload.tasks.recovery.lost_sweep import Sweep
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire.amqp_publisher import Publisher
 from wsupload.worker.background import BackgroundLoop
-from wsupload.worker.roster import connect
+from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from wsupload.tasks.store import keys
 from wsupload.worker.dev.local_services import LocalRedis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
-from wsupload.worker.roster import RECORD_TTL
+from wsupload.worker.worker_records import RECORD_TTL
 
 pytestmark = pytest.mark.integration
 HOST = socket.gethostname()

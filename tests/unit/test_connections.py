@@ -18,7 +18,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from wsupload.tasks.store.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, redis_client
-from wsupload.worker.roster import connect
+from wsupload.worker.worker_records import connect
 
 URL = "redis+sentinel://app:pw@s1:26379,s2:26380/mymaster/4?sentinel_password=spw"
 
@@ -52,7 +52,7 @@ def test_a_sentinel_url_gives_a_client_of_the_named_master() -> None:
 
 
 def test_probes_through_sentinel_keep_their_short_timeouts_and_no_retry() -> None:
-    """``roster.connect`` (heartbeat, renewer, sweeper, health): bounded, and never retried by redis-py."""
+    """``worker_records.connect`` (heartbeat, renewer, sweeper, health): bounded, and never retried by redis-py."""
     client = connect(URL, timeout=0.5)
     master = client.connection_pool.connection_kwargs
     assert (master["socket_timeout"], master["socket_connect_timeout"]) == (0.5, 0.5)

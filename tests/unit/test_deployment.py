@@ -41,7 +41,7 @@ def test_worker_is_wired_to_redis_and_takes_the_key_from_the_environment(compose
 def test_the_worker_is_healthy_while_its_heartbeat_is_fresh(compose: dict[str, Any]) -> None:
     from wsupload.config.parsers import parse_duration
     from wsupload.worker.cli import PROBE_TIMEOUT
-    from wsupload.worker.roster import BEAT_INTERVAL, RECORD_TTL
+    from wsupload.worker.worker_records import BEAT_INTERVAL, RECORD_TTL
 
     check = compose["services"]["worker"]["healthcheck"]
     assert check["test"] == ["CMD", "wsupload", "health"]  # no API key needed, no host port: runs as is

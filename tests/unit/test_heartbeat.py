@@ -22,7 +22,7 @@ from wsupload.tasks.store import keys
 from wsupload.worker import background, heartbeat
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.heartbeat import Heartbeat, Running, pool_name, running
-from wsupload.worker.roster import INDEX_HORIZON, RECORD_TTL, WorkerRecord, read_records
+from wsupload.worker.worker_records import INDEX_HORIZON, RECORD_TTL, WorkerRecord, read_records
 
 NOW = datetime(2026, 11, 24, 15, 0, 0, tzinfo=UTC)
 IDENTITY = WorkerRecord(

@@ -15,7 +15,7 @@ from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import ResultStore, failed, isoformat, new_doc, succeeded, utcnow
 from wsupload.worker import stats
 from wsupload.worker.cli import build_parser
-from wsupload.worker.roster import RUNNING, WorkerRecord
+from wsupload.worker.worker_records import RUNNING, WorkerRecord
 
 NOW = datetime(2026, 11, 24, 15, 0, 30, tzinfo=UTC)
 T = NOW.timestamp()

@@ -12,8 +12,8 @@ import pytest
 
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import isoformat
-from wsupload.worker import cli, roster
-from wsupload.worker.roster import RECORD_TTL, WorkerRecord, is_fresh, judge, read_records, render
+from wsupload.worker import cli, worker_records
+from wsupload.worker.worker_records import RECORD_TTL, WorkerRecord, is_fresh, judge, read_records, render
 
 NOW = datetime(2026, 11, 24, 15, 0, 0, tzinfo=UTC)
 HOST = "web1"
@@ -131,7 +131,7 @@ def test_render_says_who_runs_what() -> None:
 @pytest.fixture
 def cli_redis(monkeypatch: pytest.MonkeyPatch, redis_client: fakeredis.FakeRedis) -> fakeredis.FakeRedis:
     monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)  # neither command may need it
-    monkeypatch.setattr(roster, "connect", lambda url, timeout: redis_client)
+    monkeypatch.setattr(worker_records, "connect", lambda url, timeout: redis_client)
     return redis_client
 
 
