@@ -13,7 +13,8 @@ Imports ``config``; never ``worker``. The map::
     ├── errors.py         the error hierarchy, drawn whole
     ├── sources/          opening and checking local files and object-store keys, formats, discovery
     ├── wavespeed/        the HTTP client, the multipart body, the retry policy, the shared rate limit
-    ├── store/            Redis: connections, keys, result documents, fencing, batches, dead letters, dedup
+    ├── store/            Redis: connections, keys, result documents, fencing, batches, dead letters, dedup,
+    │                     and lua/: every Lua script, one .lua file each
     ├── recovery/         leases, the job index, the lost-message sweep, early-acknowledged jobs (RabbitMQ)
     ├── wire/             the message contract: encode, decode, per-job options, publishing to RabbitMQ
     └── observe/          telemetry, log fields, redaction of secrets, bounds on what is kept from input
