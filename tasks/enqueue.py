@@ -58,7 +58,7 @@ from wsupload.tasks.errors import InvalidInput
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.sources.discovery import Found
-from wsupload.tasks.store import keys, results
+from wsupload.tasks.store import keys, lua, results
 from wsupload.tasks.store.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire import encode
@@ -73,76 +73,6 @@ STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
 """How much of Redis's own error an ``EnqueueError`` line shows."""
-
-# The commit. Atomic, so workers see all of a call's jobs or none of them.
-# KEYS: queue, marker (a key only this script creates: the first document it writes,
-#       or the batch hash), the queue's pending set and place counter (tasks.recovery.lost_sweep),
-#       nstage staging lists, the documents of every job in order (staged ones first),
-#       then for a batch its hash, member list and, if named, name key.
-# ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
-#       nmsgs (messages carrying them: fewer when bulk messages carry several), ttl,
-#       nfields (0: no batch), batch id, then nnow documents, nmsgs messages,
-#       every job id in order, and nfields field/value pairs.
-# Returns 1, or 0 when the marker shows it already ran (redis-py resends a command
-# whose reply was lost). Every check comes before the first write, and that write is
-# a SET or HSET: under maxmemory Redis refuses it before anything is written, and
-# lets a script that has written go on, so no error can leave half a commit.
-# Each job gets its place in the queue's line (see tasks.recovery.lost_sweep): LPUSH puts its first
-# argument nearest the front, so the jobs are taken in order, and their places ascend
-# in that order from the counter (a bulk message's jobs are consecutive in that order).
-_COMMIT = """
-local nstage, nstaged, nnow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local nmsgs, ttl, nfields = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local njobs = nstaged + nnow
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'list' and kind ~= 'none' then
-  return redis.error_reply('ERR the queue key holds a ' .. kind .. ', not a list')
-end
-for i = 5, 4 + nstage do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    return redis.error_reply('ERR the staged messages expired before the commit')
-  end
-end
-local function push(command, key, list, first, last)
-  for i = first, last, 1000 do  -- unpack is bounded by the Lua stack: a slice at a time
-    redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
-  end
-end
-local docs, arg = 4 + nstage + nstaged, 7
-local ids = arg + nnow + nmsgs
-for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
-local batch = docs + nnow
-if nfields > 0 then
-  local fields = ids + njobs
-  redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
-  redis.call('EXPIRE', KEYS[batch + 1], ttl)
-  if njobs > 0 then
-    push('RPUSH', KEYS[batch + 2], ARGV, ids + 1, ids + njobs)
-    redis.call('EXPIRE', KEYS[batch + 2], ttl)
-  end
-end
-for i = 5, 4 + nstage do
-  local staged = redis.call('LRANGE', KEYS[i], 0, -1)
-  push('LPUSH', KEYS[1], staged, 1, #staged)
-  redis.call('DEL', KEYS[i])
-end
-push('LPUSH', KEYS[1], ARGV, arg + nnow + 1, ids)
-if njobs > 0 then
-  local first = redis.call('INCRBY', KEYS[4], njobs) - njobs
-  for i = 1, njobs, 500 do
-    local places = {}
-    for j = i, math.min(i + 499, njobs) do
-      places[#places + 1] = first + j
-      places[#places + 1] = ARGV[ids + j]
-    end
-    redis.call('ZADD', KEYS[3], unpack(places))
-  end
-end
-for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
-if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[7], 'EX', ttl) end
-return 1
-"""
 
 
 class EnqueueError(WsuploadError):
@@ -299,8 +229,8 @@ class Enqueuer:
         self.redis = client
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
-        self._commit = client.register_script(_COMMIT)
-        self._commit_owed = client.register_script(early_acks.COMMIT)
+        self._commit = lua.script(client, "enqueue_commit")
+        self._commit_owed = lua.script(client, "early_acks_commit")
         self.owed = early_acks.OwedSet(client)
         self._publisher: Publisher | None = None
 
@@ -478,7 +408,7 @@ class Enqueuer:
         batch: _BatchRecords | None,
         options: dict[str, Any] | None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``_COMMIT`` (laid out in its comment); ``last_messages`` carry ``last``."""
+        """KEYS and ARGV of ``enqueue_commit.lua`` (laid out in its head); ``last_messages`` carry ``last``."""
         marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
         names = [queue, marker, keys.pending(queue), keys.place_counter(queue), *stages]
         names += [results.result_key(job.job_id) for job in jobs]
