@@ -1,19 +1,19 @@
 """Putting jobs on the queue: documents and messages, all of a call or none of it.
 
-Each job's ``queued`` document is written with its message, so a poller never
-sees "unknown" for a real job. Messages are built by ``tasks.wire.encode``. A call's
-jobs go to Redis a chunk at a time, but nothing reaches the queue until the
-last chunk: every chunk but the last is *staged* (documents, and the messages
-in a staging list, both expiring after ``STAGING_TTL``), and one Lua script
-writes the last chunk, moves the staged messages onto the queue, makes the
-documents permanent and writes the batch's records, atomically. So 10,000
-jobs still cost a handful of round trips, a single job costs one, and a Redis
-that refuses writes (``maxmemory``) or drops the connection leaves nothing on
-a queue: the caller gets one ``EnqueueError`` line and the staged records are
-removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
+Each job's ``queued`` document is written with its message, so a poller never sees
+"unknown" for a real job. Messages are built by ``tasks.wire.encode``. A call's jobs
+go to Redis a chunk at a time, but nothing reaches the queue until the last chunk:
+every chunk but the last is *staged* (documents, and the messages in a staging list,
+both expiring after ``STAGING_TTL``), and one Lua script (``enqueue_commit.lua``,
+the one commit of both brokers) writes the last chunk, moves the staged messages
+onto the queue, makes the documents permanent and writes the batch's records,
+atomically. So 10,000 jobs still cost a handful of round trips, a single job costs
+one, and a Redis that refuses writes (``maxmemory``) or drops the connection leaves
+nothing on a queue: the caller gets one ``EnqueueError`` line and the staged records
+are removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
 cannot be reached. Interactive jobs go to ``WSUPLOAD_QUEUE``, bulk ones to
-``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans,
-which run inside workers.
+``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans, which run
+inside workers.
 
 A bulk call (``bulk=True``: batches, ingestion, scheduled runs) on the Redis broker
 puts up to ``WSUPLOAD_JOBS_PER_MESSAGE`` jobs in one ``wsupload.upload_many``
@@ -26,15 +26,15 @@ document carries the job's options: with both, the worker's sweep
 (``tasks.recovery.lost_sweep``) finds a message Redis lost and puts it back on the queue.
 
 On RabbitMQ (``WSUPLOAD_BROKER_URL=amqp://…``) the documents cannot share a
-transaction with the messages. The commit writes them as above but, instead of
-pushing messages, makes every job *owed* (``tasks.recovery.early_acks``) for
-``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the messages are published with publisher
-confirms (``tasks.wire.amqp_publisher``); then the owed entries are removed. ``enqueue``
-returns only once RabbitMQ has confirmed every message. If publishing fails the
-jobs stay queued and owed, and the caller gets an ``EnqueueError`` (``queued``
-true) saying the workers' sweep publishes them: rolling back instead could
-not take back the messages RabbitMQ already has, whose jobs would then run
-without a document.
+transaction with the messages. The same commit (its ``OWE`` mode) writes them as
+above but, instead of pushing messages, makes every job *owed*
+(``tasks.recovery.early_acks``) for ``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the
+messages are published with publisher confirms (``tasks.wire.amqp_publisher``); then
+the owed entries are removed. ``enqueue`` returns only once RabbitMQ has confirmed
+every message. If publishing fails the jobs stay queued and owed, and the caller
+gets an ``EnqueueError`` (``queued`` true) saying the workers' sweep publishes them:
+rolling back instead could not take back the messages RabbitMQ already has, whose
+jobs would then run without a document.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
 """How much of Redis's own error an ``EnqueueError`` line shows."""
+PUSH, OWE = "push", "owe"
+"""The commit's modes (``enqueue_commit.lua``): messages onto the Redis queue, or every job owed (RabbitMQ)."""
 
 
 class EnqueueError(WsuploadError):
@@ -230,7 +232,6 @@ class Enqueuer:
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
         self._commit = lua.script(client, "enqueue_commit")
-        self._commit_owed = lua.script(client, "early_acks_commit")
         self.owed = early_acks.OwedSet(client)
         self._publisher: Publisher | None = None
 
@@ -288,26 +289,19 @@ class Enqueuer:
         except redis.RedisError as exc:
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
         last_messages = messages(last, queue, options)
-        keys, args = self._commit_arguments(jobs, _flat(last), stages, queue, last_messages, now, batch, options)
-        self._run_commit(self._commit, keys, args, keys[1], jobs, stages, batch)
+        names, args = self._commit_arguments(PUSH, queue, jobs, _flat(last), stages, last_messages, now, batch, options)
+        self._run_commit(names, args, jobs, stages, batch)
 
     def _run_commit(
-        self,
-        script: Any,
-        keys: list[str],
-        args: list[Any],
-        marker: str,
-        jobs: list[Job],
-        stages: list[str],
-        batch: _BatchRecords | None,
+        self, keys: list[str], args: list[Any], jobs: list[Job], stages: list[str], batch: _BatchRecords | None
     ) -> Any:
-        """Run a commit script, returning its reply (None when the reply was lost but the ``marker`` shows it ran)."""
+        """The commit's reply (None when the reply was lost but its marker, ``keys[0]``, shows it ran)."""
         try:
-            return script(keys=keys, args=args)
+            return self._commit(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply was lost: the commit may have run. Its marker says whether.
             try:
-                committed = bool(self.redis.exists(marker))
+                committed = bool(self.redis.exists(keys[0]))
             except redis.RedisError:
                 raise self._in_doubt(jobs, batch, exc) from exc
             if not committed:
@@ -333,18 +327,8 @@ class Enqueuer:
                 done += len(chunk)
         except redis.RedisError as exc:
             raise self._abandon(jobs, [], batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
-        marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
-        names = [marker, keys.owed(queue), *(results.result_key(job.job_id) for job in jobs)]
-        fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
-        args: list[Any] = [len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
-        args += [batch.batch_id if batch else "", self.settings.amqp_publish_grace]
-        args += [_doc(job, now, batch, options) for job in last]
-        args += [job.job_id for job in jobs]
-        if batch:
-            names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
-            names += [name_key(batch.name)] if batch.name else []
-            args += [item for pair in fields.items() for item in pair]
-        owed_until = self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
+        names, args = self._commit_arguments(OWE, queue, jobs, last, [], [], now, batch, options)
+        owed_until = self._run_commit(names, args, jobs, [], batch)
         try:
             self.publisher().publish([encode.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
         except PublishError as exc:
@@ -399,22 +383,30 @@ class Enqueuer:
 
     def _commit_arguments(
         self,
+        mode: str,
+        queue: str,
         jobs: list[Job],
         last: Sequence[Job],
         stages: list[str],
-        queue: str,
         last_messages: list[str],
         now: datetime,
         batch: _BatchRecords | None,
         options: dict[str, Any] | None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``enqueue_commit.lua`` (laid out in its head); ``last_messages`` carry ``last``."""
+        """KEYS and ARGV of ``enqueue_commit.lua`` (laid out in its head); ``last_messages`` carry ``last``.
+
+        ``mode``: ``PUSH`` puts the messages on ``queue``, ``OWE`` makes the jobs owed instead.
+        """
         marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
-        names = [queue, marker, keys.pending(queue), keys.place_counter(queue), *stages]
+        grace: float | str = ""
+        if mode == PUSH:
+            names = [marker, queue, keys.pending(queue), keys.place_counter(queue), *stages]
+        else:
+            names, grace = [marker, keys.owed(queue)], self.settings.amqp_publish_grace
         names += [results.result_key(job.job_id) for job in jobs]
         fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
-        args: list[Any] = [len(stages), len(jobs) - len(last), len(last), len(last_messages)]
-        args += [self.settings.result_ttl, len(fields), batch.batch_id if batch else ""]
+        args: list[Any] = [mode, len(stages), len(jobs) - len(last), len(last), len(last_messages)]
+        args += [self.settings.result_ttl, len(fields), batch.batch_id if batch else "", grace]
         args += [_doc(job, now, batch, options) for job in last]
         args += last_messages
         args += [job.job_id for job in jobs]
