@@ -4,7 +4,8 @@ A Django or Flask backend very likely has packages called ``config`` or
 ``tasks``. The wheel is built from this checkout and installed into a fresh
 venv (its dependencies reached through a path entry, offline), next to an
 application with both; the application enqueues through ``wsupload.Producer``
-and waits for a real worker to finish the job.
+and waits for a real worker to finish the job. The wheel carries every Lua script
+(``tasks/store/lua/*.lua``), and the installed package reads them from itself.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import sys
 import sysconfig
 import textwrap
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import producer_env
+from wsupload.tasks.store import lua
 from wsupload.worker.dev.local_services import WorkerProcess
 from wsupload.worker.dev.samples import png_bytes
 
@@ -39,6 +42,13 @@ print(json.dumps({
     "config": config.OWNER, "tasks": tasks.OWNER, "wsupload": wsupload.__file__,
     "status": [doc["status"] for doc in outcome.docs],
 }))
+"""
+
+LOAD_SCRIPTS = """
+import json, sys
+from importlib import resources
+from wsupload.tasks.store import lua
+print(json.dumps({"from": str(resources.files(lua)), "scripts": {name: lua.load(name) for name in sys.argv[1:]}}))
 """
 
 
@@ -84,7 +94,19 @@ def test_the_wheel_works_beside_an_application_named_config_and_tasks(
     worker: WorkerProcess, worker_env: dict[str, str], media_root: Path, tmp_path: Path
 ) -> None:
     wheel = build_wheel(tmp_path / "dist")
+    scripts = sorted(path.stem for path in (ROOT / "tasks" / "store" / "lua").glob("*.lua"))
+    with zipfile.ZipFile(wheel) as built:
+        shipped = sorted(Path(name).stem for name in built.namelist() if name.startswith("wsupload/tasks/store/lua/"))
+    assert scripts  # a glob that finds nothing would prove nothing
+    assert [name for name in shipped if name != "__init__"] == scripts
     python = fresh_venv(tmp_path / "venv", wheel)
+    loaded = subprocess.run(
+        [str(python), "-c", LOAD_SCRIPTS, *scripts], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    installed = json.loads(loaded.stdout)
+    assert installed["from"].startswith(str(tmp_path / "venv"))  # the wheel's files, not the checkout's
+    assert installed["scripts"] == {name: lua.load(name) for name in scripts}  # --!include lines expanded alike
     app = tmp_path / "app"
     for name in ("config", "tasks"):
         (app / name).mkdir(parents=True)
