@@ -1,19 +1,19 @@
 """Putting jobs on the queue: documents and messages, all of a call or none of it.
 
-Each job's ``queued`` document is written with its message, so a poller never
-sees "unknown" for a real job. Messages are built by ``tasks.wire.encode``. A call's
-jobs go to Redis a chunk at a time, but nothing reaches the queue until the
-last chunk: every chunk but the last is *staged* (documents, and the messages
-in a staging list, both expiring after ``STAGING_TTL``), and one Lua script
-writes the last chunk, moves the staged messages onto the queue, makes the
-documents permanent and writes the batch's records, atomically. So 10,000
-jobs still cost a handful of round trips, a single job costs one, and a Redis
-that refuses writes (``maxmemory``) or drops the connection leaves nothing on
-a queue: the caller gets one ``EnqueueError`` line and the staged records are
-removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
+Each job's ``queued`` document is written with its message, so a poller never sees
+"unknown" for a real job. Messages are built by ``tasks.wire.encode``. A call's jobs
+go to Redis a chunk at a time, but nothing reaches the queue until the last chunk:
+every chunk but the last is *staged* (documents, and the messages in a staging list,
+both expiring after ``STAGING_TTL``), and one Lua script (``enqueue_commit.lua``,
+the one commit of both brokers) writes the last chunk, moves the staged messages
+onto the queue, makes the documents permanent and writes the batch's records,
+atomically. So 10,000 jobs still cost a handful of round trips, a single job costs
+one, and a Redis that refuses writes (``maxmemory``) or drops the connection leaves
+nothing on a queue: the caller gets one ``EnqueueError`` line and the staged records
+are removed (``UNLINK`` is allowed even under ``maxmemory``), or expire if Redis
 cannot be reached. Interactive jobs go to ``WSUPLOAD_QUEUE``, bulk ones to
-``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans,
-which run inside workers.
+``WSUPLOAD_BULK_QUEUE``. Used by the producer API and by scheduled scans, which run
+inside workers.
 
 A bulk call (``bulk=True``: batches, ingestion, scheduled runs) on the Redis broker
 puts up to ``WSUPLOAD_JOBS_PER_MESSAGE`` jobs in one ``wsupload.upload_many``
@@ -26,15 +26,15 @@ document carries the job's options: with both, the worker's sweep
 (``tasks.recovery.lost_sweep``) finds a message Redis lost and puts it back on the queue.
 
 On RabbitMQ (``WSUPLOAD_BROKER_URL=amqp://…``) the documents cannot share a
-transaction with the messages. The commit writes them as above but, instead of
-pushing messages, makes every job *owed* (``tasks.recovery.early_acks``) for
-``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the messages are published with publisher
-confirms (``tasks.wire.amqp_publisher``); then the owed entries are removed. ``enqueue``
-returns only once RabbitMQ has confirmed every message. If publishing fails the
-jobs stay queued and owed, and the caller gets an ``EnqueueError`` (``queued``
-true) saying the workers' sweep publishes them: rolling back instead could
-not take back the messages RabbitMQ already has, whose jobs would then run
-without a document.
+transaction with the messages. The same commit (its ``OWE`` mode) writes them as
+above but, instead of pushing messages, makes every job *owed*
+(``tasks.recovery.early_acks``) for ``WSUPLOAD_AMQP_PUBLISH_GRACE``; then the
+messages are published with publisher confirms (``tasks.wire.amqp_publisher``); then
+the owed entries are removed. ``enqueue`` returns only once RabbitMQ has confirmed
+every message. If publishing fails the jobs stay queued and owed, and the caller
+gets an ``EnqueueError`` (``queued`` true) saying the workers' sweep publishes them:
+rolling back instead could not take back the messages RabbitMQ already has, whose
+jobs would then run without a document.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from wsupload.errors import ConfigError, EnqueueError, InvalidInput, PublishErro
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.sources.discovery import Found
-from wsupload.tasks.store import keys, results
+from wsupload.tasks.store import keys, lua, results
 from wsupload.tasks.store.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire import encode
@@ -72,76 +72,8 @@ STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
 """How much of Redis's own error an ``EnqueueError`` line shows."""
-
-# The commit. Atomic, so workers see all of a call's jobs or none of them.
-# KEYS: queue, marker (a key only this script creates: the first document it writes,
-#       or the batch hash), the queue's pending set and place counter (tasks.recovery.lost_sweep),
-#       nstage staging lists, the documents of every job in order (staged ones first),
-#       then for a batch its hash, member list and, if named, name key.
-# ARGV: nstage, nstaged (jobs in the staging lists), nnow (jobs sent with this call),
-#       nmsgs (messages carrying them: fewer when bulk messages carry several), ttl,
-#       nfields (0: no batch), batch id, then nnow documents, nmsgs messages,
-#       every job id in order, and nfields field/value pairs.
-# Returns 1, or 0 when the marker shows it already ran (redis-py resends a command
-# whose reply was lost). Every check comes before the first write, and that write is
-# a SET or HSET: under maxmemory Redis refuses it before anything is written, and
-# lets a script that has written go on, so no error can leave half a commit.
-# Each job gets its place in the queue's line (see tasks.recovery.lost_sweep): LPUSH puts its first
-# argument nearest the front, so the jobs are taken in order, and their places ascend
-# in that order from the counter (a bulk message's jobs are consecutive in that order).
-_COMMIT = """
-local nstage, nstaged, nnow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local nmsgs, ttl, nfields = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local njobs = nstaged + nnow
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'list' and kind ~= 'none' then
-  return redis.error_reply('ERR the queue key holds a ' .. kind .. ', not a list')
-end
-for i = 5, 4 + nstage do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    return redis.error_reply('ERR the staged messages expired before the commit')
-  end
-end
-local function push(command, key, list, first, last)
-  for i = first, last, 1000 do  -- unpack is bounded by the Lua stack: a slice at a time
-    redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
-  end
-end
-local docs, arg = 4 + nstage + nstaged, 7
-local ids = arg + nnow + nmsgs
-for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
-local batch = docs + nnow
-if nfields > 0 then
-  local fields = ids + njobs
-  redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
-  redis.call('EXPIRE', KEYS[batch + 1], ttl)
-  if njobs > 0 then
-    push('RPUSH', KEYS[batch + 2], ARGV, ids + 1, ids + njobs)
-    redis.call('EXPIRE', KEYS[batch + 2], ttl)
-  end
-end
-for i = 5, 4 + nstage do
-  local staged = redis.call('LRANGE', KEYS[i], 0, -1)
-  push('LPUSH', KEYS[1], staged, 1, #staged)
-  redis.call('DEL', KEYS[i])
-end
-push('LPUSH', KEYS[1], ARGV, arg + nnow + 1, ids)
-if njobs > 0 then
-  local first = redis.call('INCRBY', KEYS[4], njobs) - njobs
-  for i = 1, njobs, 500 do
-    local places = {}
-    for j = i, math.min(i + 499, njobs) do
-      places[#places + 1] = first + j
-      places[#places + 1] = ARGV[ids + j]
-    end
-    redis.call('ZADD', KEYS[3], unpack(places))
-  end
-end
-for i = 5 + nstage, docs do redis.call('EXPIRE', KEYS[i], ttl) end
-if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[7], 'EX', ttl) end
-return 1
-"""
+PUSH, OWE = "push", "owe"
+"""The commit's modes (``enqueue_commit.lua``): messages onto the Redis queue, or every job owed (RabbitMQ)."""
 
 
 @dataclass(frozen=True)
@@ -268,8 +200,7 @@ class Enqueuer:
         self.redis = client
         self.store = ResultStore(self.redis, settings.result_ttl)
         self.batches = BatchStore(self.redis, settings.result_ttl)
-        self._commit = client.register_script(_COMMIT)
-        self._commit_owed = client.register_script(early_acks.COMMIT)
+        self._commit = lua.script(client, "enqueue_commit")
         self.owed = early_acks.OwedSet(client)
         self._publisher: Publisher | None = None
 
@@ -327,26 +258,19 @@ class Enqueuer:
         except redis.RedisError as exc:
             raise self._abandon(jobs, stages, batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
         last_messages = messages(last, queue, options)
-        keys, args = self._commit_arguments(jobs, _flat(last), stages, queue, last_messages, now, batch, options)
-        self._run_commit(self._commit, keys, args, keys[1], jobs, stages, batch)
+        names, args = self._commit_arguments(PUSH, queue, jobs, _flat(last), stages, last_messages, now, batch, options)
+        self._run_commit(names, args, jobs, stages, batch)
 
     def _run_commit(
-        self,
-        script: Any,
-        keys: list[str],
-        args: list[Any],
-        marker: str,
-        jobs: list[Job],
-        stages: list[str],
-        batch: _BatchRecords | None,
+        self, keys: list[str], args: list[Any], jobs: list[Job], stages: list[str], batch: _BatchRecords | None
     ) -> Any:
-        """Run a commit script, returning its reply (None when the reply was lost but the ``marker`` shows it ran)."""
+        """The commit's reply (None when the reply was lost but its marker, ``keys[0]``, shows it ran)."""
         try:
-            return script(keys=keys, args=args)
+            return self._commit(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply was lost: the commit may have run. Its marker says whether.
             try:
-                committed = bool(self.redis.exists(marker))
+                committed = bool(self.redis.exists(keys[0]))
             except redis.RedisError:
                 raise self._in_doubt(jobs, batch, exc) from exc
             if not committed:
@@ -372,18 +296,8 @@ class Enqueuer:
                 done += len(chunk)
         except redis.RedisError as exc:
             raise self._abandon(jobs, [], batch, exc, f"after staging {done} of {len(jobs)} jobs") from exc
-        marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
-        names = [marker, keys.owed(queue), *(results.result_key(job.job_id) for job in jobs)]
-        fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
-        args: list[Any] = [len(jobs) - len(last), len(last), self.settings.result_ttl, len(fields)]
-        args += [batch.batch_id if batch else "", self.settings.amqp_publish_grace]
-        args += [_doc(job, now, batch, options) for job in last]
-        args += [job.job_id for job in jobs]
-        if batch:
-            names += [results.batch_key(batch.batch_id), members_key(batch.batch_id)]
-            names += [name_key(batch.name)] if batch.name else []
-            args += [item for pair in fields.items() for item in pair]
-        owed_until = self._run_commit(self._commit_owed, names, args, marker, jobs, [], batch)
+        names, args = self._commit_arguments(OWE, queue, jobs, last, [], [], now, batch, options)
+        owed_until = self._run_commit(names, args, jobs, [], batch)
         try:
             self.publisher().publish([encode.amqp_message(job.job_id, job.source, queue, options) for job in jobs])
         except PublishError as exc:
@@ -438,22 +352,30 @@ class Enqueuer:
 
     def _commit_arguments(
         self,
+        mode: str,
+        queue: str,
         jobs: list[Job],
         last: Sequence[Job],
         stages: list[str],
-        queue: str,
         last_messages: list[str],
         now: datetime,
         batch: _BatchRecords | None,
         options: dict[str, Any] | None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``_COMMIT`` (laid out in its comment); ``last_messages`` carry ``last``."""
+        """KEYS and ARGV of ``enqueue_commit.lua`` (laid out in its head); ``last_messages`` carry ``last``.
+
+        ``mode``: ``PUSH`` puts the messages on ``queue``, ``OWE`` makes the jobs owed instead.
+        """
         marker = results.result_key(last[0].job_id) if last else results.batch_key(batch.batch_id if batch else "")
-        names = [queue, marker, keys.pending(queue), keys.place_counter(queue), *stages]
+        grace: float | str = ""
+        if mode == PUSH:
+            names = [marker, queue, keys.pending(queue), keys.place_counter(queue), *stages]
+        else:
+            names, grace = [marker, keys.owed(queue)], self.settings.amqp_publish_grace
         names += [results.result_key(job.job_id) for job in jobs]
         fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
-        args: list[Any] = [len(stages), len(jobs) - len(last), len(last), len(last_messages)]
-        args += [self.settings.result_ttl, len(fields), batch.batch_id if batch else ""]
+        args: list[Any] = [mode, len(stages), len(jobs) - len(last), len(last), len(last_messages)]
+        args += [self.settings.result_ttl, len(fields), batch.batch_id if batch else "", grace]
         args += [_doc(job, now, batch, options) for job in last]
         args += last_messages
         args += [job.job_id for job in jobs]

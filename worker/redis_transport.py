@@ -70,7 +70,7 @@ from kombu.utils.json import dumps
 
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import job_index
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, lua
 from wsupload.worker.poison import PoisonGuard, envelope_jobs
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,13 @@ REFUSED_WRITES: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError
 WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
 """Never created: ``LPUSHX`` on it changes nothing, yet is refused exactly like any write."""
 
-PUT_BACK = "#!lua flags=allow-oom\n" + job_index.PUSH
+PUT_BACK = lua.load("job_index_put_back")
+"""``job_index.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
-STAMP = """
-local now = redis.call('TIME')
-return redis.call('ZADD', KEYS[1], now[1] + now[2] / 1000000, ARGV[1])
-"""
-"""kombu's delivery stamp in ``unacked_index``, by Redis's clock: leases never depend on a worker host's clock."""
+STAMP = lua.load("lease_stamp")
+"""kombu's delivery stamp in ``unacked_index``, by Redis's clock: leases never depend on a worker host's clock.
+
+Sent with EVAL and its text inside kombu's MULTI, like ``job_index.TAKE`` (see ``tasks.recovery.job_index``)."""
 
 
 def redis_now(client: Any) -> float:
@@ -95,8 +95,6 @@ def redis_now(client: Any) -> float:
     seconds, micros = client.time()
     return float(seconds) + float(micros) / 1e6
 
-
-"""``job_index.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
 PAUSE_BASE = 1.0
 PAUSE_MAX = 16.0

@@ -39,8 +39,8 @@ from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery.lease import BOOK, LeaseBook, renewable
-from wsupload.tasks.store import keys
-from wsupload.tasks.wavespeed.rate_limit import RENEW_SLOTS, SLOT_LEASES
+from wsupload.tasks.store import keys, lua
+from wsupload.tasks.wavespeed.rate_limit import SLOT_LEASES
 from wsupload.worker import redis_transport
 from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.worker_records import connect
@@ -61,17 +61,6 @@ class Held:
 def held_messages() -> list[Held]:
     """Every message this worker has received and not acknowledged (running, waiting or just finished)."""
     return [Held(tag, qos.channel) for tag, qos in redis_transport.held_tags()]
-
-
-RENEW = """
-local now = redis.call('TIME')
-local at = now[1] + now[2] / 1000000
-local renewed = {}
-for i, tag in ipairs(ARGV) do renewed[i] = redis.call('ZADD', KEYS[1], 'XX', 'CH', at, tag) end
-return renewed
-"""
-"""Move each held entry of ``unacked_index`` to now, by Redis's clock (the clock kombu's scan reads, see
-``worker.redis_transport``); entries that are gone stay gone (``XX``)."""
 
 
 def to_renew(held: Iterable[Held], book: LeaseBook, now: float) -> list[str]:
@@ -113,8 +102,8 @@ class Renewer(BackgroundLoop):
         self.held = held
         self.stop_grace = stop_grace
         """Seconds running jobs get once the worker is asked to stop; then they are handed back (None: never)."""
-        self._renew = client.register_script(RENEW)
-        self._slots = (slots or client).register_script(RENEW_SLOTS)
+        self._renew = lua.script(client, "lease_renew")
+        self._slots = lua.script(slots or client, "rate_limit_renew_slots")
 
     def renew(self) -> int:
         """Renew once; how many leases were renewed (0 after a failure, logged once per streak)."""

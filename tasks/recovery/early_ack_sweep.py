@@ -3,9 +3,9 @@
 Per queue, one sweeper at a time across the fleet (``keys.owed_lock(queue)``, ``SET
 NX PX`` for one interval, left to expire, as ``tasks.recovery.lost_sweep`` does):
 
-1. one script takes the jobs whose deadline (Redis's clock) has passed, at most
-   ``LIMIT``, and moves their deadline ``retry`` seconds on, so a sweeper that dies
-   or cannot reach RabbitMQ leaves them due again, not lost;
+1. one script (``early_acks_claim_due.lua``) takes the jobs whose deadline (Redis's
+   clock) has passed, at most ``LIMIT``, and moves their deadline ``retry`` seconds
+   on, so a sweeper that dies or cannot reach RabbitMQ leaves them due again, not lost;
 2. their documents decide: a job that has ended leaves the set; any other is
    published again (``tasks.wire.encode.amqp_message``) with publisher confirms, from
    the call stored with its entry when it was acknowledged early (its message's

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, lua
 from wsupload.tasks.wire.decode import bind, read_upload_call
 
 
@@ -47,91 +47,6 @@ def early_ack_after(consumer_timeout: float) -> float:
     renewal rounds to act in, and the message is never closed under a job.
     """
     return consumer_timeout / 2
-
-
-# KEYS: owed sets. ARGV: seconds from now, then per key the count of its jobs, then the jobs.
-# XX only renews; NX only adds where the job is not owed yet; '' sets whatever is there.
-_SET = """
-local t = redis.call('TIME')
-local at = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[1]))
-local mode, arg = ARGV[2], 3
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[arg])
-  for i = arg + 1, arg + n do
-    if mode == '' then redis.call('ZADD', KEYS[k], at, ARGV[i]) else redis.call('ZADD', KEYS[k], mode, at, ARGV[i]) end
-  end
-  arg = arg + n + 1
-end
-return at
-"""
-
-# The enqueue commit on RabbitMQ (tasks.enqueue): tasks.enqueue's own commit without its queue,
-# each job owed instead. KEYS: marker (as there), the owed set, the documents of every job in
-# order (staged ones first), then for a batch its hash, member list and, if named, name key.
-# ARGV: nstaged, nnow, ttl, nfields, batch id, grace, then nnow documents, every job id in
-# order, and nfields field/value pairs. Returns the deadline the jobs are owed until (as ``_REMOVE_IF``
-# compares it), or 0 when the marker shows it already ran.
-COMMIT = """
-local nstaged, nnow, ttl, nfields = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local njobs = nstaged + nnow
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local kind = redis.call('TYPE', KEYS[2]).ok
-if kind ~= 'zset' and kind ~= 'none' then
-  return redis.error_reply('ERR the owed key holds a ' .. kind .. ', not a sorted set')
-end
-local docs, ids = 2 + nstaged, 6 + nnow
-for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[6 + i], 'EX', ttl) end
-local batch = docs + nnow
-if nfields > 0 then
-  local fields = ids + njobs
-  redis.call('HSET', KEYS[batch + 1], unpack(ARGV, fields + 1, fields + 2 * nfields))
-  redis.call('EXPIRE', KEYS[batch + 1], ttl)
-  for i = ids + 1, ids + njobs, 1000 do
-    redis.call('RPUSH', KEYS[batch + 2], unpack(ARGV, i, math.min(i + 999, ids + njobs)))
-  end
-  if njobs > 0 then redis.call('EXPIRE', KEYS[batch + 2], ttl) end
-end
-local t = redis.call('TIME')
-local at = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[6]))
-for i = 1, njobs, 500 do
-  local owed = {}
-  for j = i, math.min(i + 499, njobs) do
-    owed[#owed + 1] = at
-    owed[#owed + 1] = ARGV[ids + j]
-  end
-  redis.call('ZADD', KEYS[2], unpack(owed))
-end
-for i = 3, 2 + nstaged do redis.call('EXPIRE', KEYS[i], ttl) end
-if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[5], 'EX', ttl) end
-return at
-"""
-
-# KEYS: an owed set. ARGV: grace, limit. The jobs due now, each moved to now + grace in the
-# same call (a sweeper that dies before publishing them leaves them due again, not lost).
-# Returns {deadline given, job, job, …}.
-_CLAIM_DUE = """
-local t = redis.call('TIME')
-local now = t[1] + t[2] / 1000000
-local at = string.format('%.3f', now + tonumber(ARGV[1]))
-local due = redis.call('ZRANGE', KEYS[1], '-inf', string.format('%.3f', now), 'BYSCORE', 'LIMIT', 0, ARGV[2])
-for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', at, job) end
-table.insert(due, 1, at)
-return due
-"""
-
-# KEYS: an owed set, its calls. ARGV: deadline, jobs. Removes each job (and its call) still owed
-# until exactly that deadline (one renewed meanwhile by its worker is still running there: left alone).
-_REMOVE_IF = """
-local removed = 0
-for i = 2, #ARGV do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and string.format('%.3f', tonumber(score)) == ARGV[1] then
-    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('HDEL', KEYS[2], ARGV[i])
-  end
-end
-return removed
-"""
 
 
 @dataclass(frozen=True)
@@ -147,9 +62,9 @@ class OwedSet:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._set = client.register_script(_SET)
-        self._claim = client.register_script(_CLAIM_DUE)
-        self._remove_if = client.register_script(_REMOVE_IF)
+        self._set = lua.script(client, "early_acks_owe")
+        self._claim = lua.script(client, "early_acks_claim_due")
+        self._remove_if = lua.script(client, "early_acks_remove_if")
 
     def owe(
         self,

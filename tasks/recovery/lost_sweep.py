@@ -6,17 +6,18 @@ the line since (a restore or a put-back: it waits at the front, where the sweep
 looks for it) or taken by a BRPOP whose record Redis never got — lost. The sweep,
 per queue list (``Settings.queue`` and ``bulk_queue``):
 
-1. reads, in one script, the highest place taken, the list's length and the jobs
-   placed below it (all placed jobs when the list is empty), at most ``LIMIT``;
+1. reads, in one script (``lost_sweep_snapshot.lua``), the highest place taken, the
+   list's length and the jobs placed below it (all placed jobs when the list is
+   empty), at most ``LIMIT``;
 2. if there are any and the list is not empty, reads the front of the line to
    find those still waiting there;
 3. reads their documents and lets ``plan`` decide: a job without a document, or
    finished, leaves the line's records; one still waiting is accounted for; any
    other is a *suspect* from the first time it is seen (Redis's clock), and a
    suspect for ``grace`` seconds or more is put back at the back of its line with
-   its message built again from its document (``tasks.wire.encode``) — by one script that
-   first checks its place is the one the sweep read, so a job taken, pushed or
-   put back meanwhile is left alone.
+   its message built again from its document (``tasks.wire.encode``) — by one script
+   (``lost_sweep_redeliver.lua``) that first checks its place is the one the sweep
+   read, so a job taken, pushed or put back meanwhile is left alone.
 
 Cheap at any backlog: with nothing lost the sweep reads a few keys per queue
 (the sorted set answers "below the highest place taken" without reading the jobs
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 import redis
 
 from wsupload.tasks.observe.bounds import clip
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, lua
 from wsupload.tasks.store.results import TERMINAL, JobDoc, ResultStore, text
 from wsupload.tasks.wire import encode
 from wsupload.tasks.wire.decode import jobs_named
@@ -50,27 +51,6 @@ LIMIT = 1000
 """Jobs placed below the highest place taken that one sweep looks at, per queue."""
 FRONT_READS = (16, 128, 1024)
 """How much of the front of a line the sweep reads to find jobs waiting there: a little, then more if needed."""
-
-# KEYS: the queue list, its pending set, its highest place taken. ARGV: LIMIT.
-# Returns {highest place taken or nil, the list's length, {job, place, …}}.
-_SNAPSHOT = """
-local w = redis.call('GET', KEYS[3])
-local n = redis.call('LLEN', KEYS[1])
-local below
-if n == 0 then below = '+inf' elseif w then below = '(' .. w else return {false, n, {}} end
-return {w or false, n, redis.call('ZRANGE', KEYS[2], '-inf', below, 'BYSCORE', 'LIMIT', 0, ARGV[1], 'WITHSCORES')}
-"""
-
-# KEYS: the queue list, its pending set, its place counter, its suspects.
-# ARGV: the job, the place the sweep read, its message. Returns 1 if it put the message back.
-_REDELIVER = """
-local p = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not p or tonumber(p) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], string.format('%d', redis.call('INCR', KEYS[3])), ARGV[1])
-redis.call('LPUSH', KEYS[1], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -175,6 +155,8 @@ class Sweep:
         """Written in the lock: which worker sweeps."""
         self.clock = clock
         """Seconds; None: Redis's clock, the same for every worker whatever their own say."""
+        self._snapshot = lua.script(client, "lost_sweep_snapshot")
+        self._redeliver = lua.script(client, "lost_sweep_redeliver")
 
     def sweep(self) -> Report | None:
         """One sweep of each queue no other sweeper holds; None when others held them all."""
@@ -190,7 +172,7 @@ class Sweep:
         now = self.clock() if self.clock else seconds + micros / 1e6
         pipe = self.client.pipeline(transaction=False)
         for queue in mine:
-            pipe.eval(_SNAPSHOT, 3, queue, keys.pending(queue), keys.last_taken(queue), LIMIT)
+            self._snapshot(keys=[queue, keys.pending(queue), keys.last_taken(queue)], args=[LIMIT], client=pipe)
             pipe.hgetall(keys.suspects(queue))
         replies = pipe.execute()
         report = Report()
@@ -254,9 +236,9 @@ class Sweep:
             pipe.hdel(keys.suspects(queue), *gone)
         for job in decided.suspect:
             pipe.hsetnx(keys.suspects(queue), job, repr(now))
-        line = (queue, keys.pending(queue), keys.place_counter(queue), keys.suspects(queue))
+        line = [queue, keys.pending(queue), keys.place_counter(queue), keys.suspects(queue)]
         for c, _ in decided.redeliver:
-            pipe.eval(_REDELIVER, 4, *line, c.job_id, repr(c.place), message_of(c))
+            self._redeliver(keys=line, args=[c.job_id, repr(c.place), message_of(c)], client=pipe)
         replies = pipe.execute()
         redelivered = []
         # 0: taken, pushed or put back since the sweep read its place; left alone.

@@ -24,21 +24,11 @@ import redis
 
 from wsupload.tasks.observe.bounds import MAX_DEAD_MESSAGE_BYTES, clip
 from wsupload.tasks.observe.redaction import redact
-from wsupload.tasks.store import keys, results
+from wsupload.tasks.store import keys, lua, results
 
 DEAD_KEY = keys.DEAD
 MAX_ENTRIES = 10_000
 """The oldest entries beyond this are dropped: a flood of bad messages cannot fill Redis."""
-
-# Take the entry off the list and put its message on the queue in one step:
-# two people requeueing at once move it once, and a crash moves it whole or not at all.
-_MOVE_BACK = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -92,6 +82,7 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis, max_entries: int = MAX_ENTRIES) -> None:
         self.redis = client
         self.max_entries = max_entries
+        self._move_back = lua.script(client, "dead_letters_move_back")
 
     def add(self, raw: bytes | str, reason: str, *, queue: str | None = None, job_id: str | None = None) -> DeadLetter:
         entry = DeadLetter.of(raw, reason, queue, job_id)
@@ -136,7 +127,7 @@ class DeadLetterStore:
             if entry.truncated:
                 refused.append(entry.id)
                 continue
-            moved = self.redis.eval(_MOVE_BACK, 2, DEAD_KEY, entry.queue or default_queue, item, entry.message())
+            moved = self._move_back(keys=[DEAD_KEY, entry.queue or default_queue], args=[item, entry.message()])
             done += int(moved)
         return done, refused
 

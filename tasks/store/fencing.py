@@ -27,8 +27,11 @@ The script does it only for a plain ``queued`` document it can rewrite faithfull
 the caller checks what it wrote and writes its own document when it differs.
 
 A bulk message's jobs run one after another: the claim of the next job is made in
-the same call as the terminal write of the one before (``SAVE_THEN_CLAIM``), and
-only if that write was made.
+the same call as the terminal write of the one before (``fencing_save_then_claim.lua``),
+and only if that write was made.
+
+The scripts are ``fencing_claim.lua``, ``fencing_save.lua`` and the two in one,
+``fencing_save_then_claim.lua`` (``tasks.store.lua``).
 """
 
 from __future__ import annotations
@@ -39,121 +42,10 @@ from typing import Any
 
 import redis
 
+from wsupload.tasks.store import lua
+
 DONE = "done"
 """The generation key's value once the job has ended."""
-
-# KEYS: generation key, document, events channel, and kombu's unacked index (the leases).
-# ARGV: ttl, the delivery's tag in that index ('' for no lease to check); then, to write the
-# first attempt too (FirstAttempt): max deliveries, max attempts, started_at, worker, event
-# JSON, the batch keys' prefix. Returns {the new generation, 0 if the job ended or -1 if the
-# delivery's lease is gone (another delivery of its message may run now: it claims nothing);
-# the stored document; the document written, if any}: the claim and the read are one round trip.
-# The first attempt is written as SAVE would write it (document, event, the batch's
-# started_at) and only from a plain queued document: strings, booleans and null, the
-# attempts count, options of strings and booleans (what cjson writes back unchanged).
-# The batch key is built here from the document's batch_id, so the script touches a key
-# not passed in KEYS: fine on one Redis or a Sentinel master, as this project runs, not
-# on a Redis Cluster.
-CLAIM = """
-local doc = redis.call('GET', KEYS[2])
-if redis.call('GET', KEYS[1]) == 'done' then return {0, doc} end
-if ARGV[2] ~= '' and not redis.call('ZSCORE', KEYS[4], ARGV[2]) then return {-1, doc} end
-local generation = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if not ARGV[3] or not doc or generation > tonumber(ARGV[3]) then return {generation, doc} end
-local ok, job = pcall(cjson.decode, doc)
-if not ok or type(job) ~= 'table' or job.status ~= 'queued' then return {generation, doc} end
-local attempts = job.attempts
-if type(attempts) ~= 'number' or attempts < 0 or attempts % 1 ~= 0 or attempts >= tonumber(ARGV[4]) then
-  return {generation, doc}
-end
-for name, value in pairs(job) do
-  local kind = type(value)
-  if kind == 'table' then
-    if name ~= 'options' then return {generation, doc} end
-    for _, option in pairs(value) do
-      if type(option) ~= 'string' and type(option) ~= 'boolean' then return {generation, doc} end
-    end
-  elseif kind == 'number' and name ~= 'attempts' then
-    return {generation, doc}
-  end
-end
-job.status = 'running'
-job.attempts = attempts + 1
-job.next_attempt_at = nil
-if type(job.started_at) ~= 'string' or job.started_at == '' then job.started_at = ARGV[5] end
-job.generation = generation
-job.worker = ARGV[6]
-local written = cjson.encode(job)
-redis.call('SET', KEYS[2], written, 'EX', ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[7])
-if type(job.batch_id) == 'string' and job.batch_id ~= '' then
-  redis.call('HSETNX', ARGV[8] .. job.batch_id, 'started_at', job.started_at)
-end
-return {generation, doc, written}
-"""
-
-# The one write of a job's document. KEYS: generation key, document, events channel,
-# ended channel, batch hash ('' for none), this minute's statistics hash (keys.stats).
-# ARGV: generation ('' for none), document JSON, ttl, event JSON, status, batch size to
-# add (succeeded), started_at, finished_at, second of the minute, statistics ttl.
-# Returns 1 (written), 0 (the job had ended: nothing written), -1 (another generation holds it).
-# The terminal write also counts the job in its minute (worker.stats): once, like the batch.
-SAVE = """
-local current = redis.call('GET', KEYS[1])
-if current == 'done' then return 0 end
-if ARGV[1] ~= '' then
-  -- Only a later delivery outranks this one. A generation that is missing (expired with a
-  -- long job, or lost in a failover) or lower is this delivery's again.
-  if (tonumber(current or '0') or 0) > tonumber(ARGV[1]) then return -1 end
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-end
-local status = ARGV[5]
-local finished = status == 'succeeded' or status == 'failed'
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('PUBLISH', KEYS[3], ARGV[4])
-if finished then
-  redis.call('PUBLISH', KEYS[4], ARGV[2])
-  redis.call('SET', KEYS[1], 'done', 'EX', ARGV[3])
-  redis.call('HINCRBY', KEYS[6], status .. ':' .. ARGV[9], 1)
-  redis.call('EXPIRE', KEYS[6], ARGV[10])
-end
-if KEYS[5] ~= '' then
-  if status == 'running' and ARGV[7] ~= '' then redis.call('HSETNX', KEYS[5], 'started_at', ARGV[7]) end
-  if finished then
-    local done = redis.call('HINCRBY', KEYS[5], 'done', 1)
-    redis.call('HINCRBY', KEYS[5], status, 1)
-    if status == 'succeeded' then redis.call('HINCRBY', KEYS[5], 'bytes_done', ARGV[6]) end
-    if tonumber(redis.call('HGET', KEYS[5], 'total') or '0') <= done then
-      redis.call('HSETNX', KEYS[5], 'finished_at', ARGV[8])
-    end
-  end
-end
-return 1
-"""
-
-
-# A job's terminal write and the next job's claim in one call: a bulk message's jobs run one
-# after another, so the claim of the next rides on the outcome of the one before (one round
-# trip a job fewer). KEYS: SAVE's six, then CLAIM's four. ARGV: SAVE's ten, then CLAIM's.
-# The claim is made only if the save wrote. Returns {the save's answer, the claim's answer if made}.
-SAVE_THEN_CLAIM = (
-    "local function save(KEYS, ARGV)\n"
-    + SAVE
-    + "\nend\nlocal function claim(KEYS, ARGV)\n"
-    + CLAIM
-    + """
-end
-local save_keys, claim_keys, save_args, claim_args = {}, {}, {}, {}
-for i = 1, 6 do save_keys[i] = KEYS[i] end
-for i = 7, #KEYS do claim_keys[i - 6] = KEYS[i] end
-for i = 1, 10 do save_args[i] = ARGV[i] end
-for i = 11, #ARGV do claim_args[i - 10] = ARGV[i] end
-local saved = save(save_keys, save_args)
-if saved ~= 1 then return {saved} end
-return {saved, claim(claim_keys, claim_args)}
-"""
-)
 
 LEASE_GONE = -1
 """A claim's answer when the delivery's lease is no longer in the lease index."""
@@ -161,7 +53,7 @@ LEASE_GONE = -1
 
 @dataclass(frozen=True)
 class FirstAttempt:
-    """What a claim needs to write the first attempt's ``running`` document as well (see ``CLAIM``)."""
+    """What a claim needs to write the first attempt's ``running`` document as well (see ``fencing_claim.lua``)."""
 
     max_deliveries: int
     """A generation above it is not started: the caller ends the job instead."""
@@ -205,7 +97,7 @@ class Claim:
 def claim_args(
     ttl: int, first: FirstAttempt | None = None, event: str = "", batch_prefix: str = "", tag: str = ""
 ) -> list[str | int]:
-    """``CLAIM``'s ARGV: with ``first``, the first attempt's document is written too (``event`` announces it).
+    """The claim script's ARGV: with ``first``, the first attempt's document is written too (``event`` announces it).
 
     ``tag``: claim only while this delivery tag is in the lease index (the fourth key).
     """
@@ -230,9 +122,9 @@ class Fencing:
     def __init__(self, client: redis.Redis, here: Callable[[], redis.Redis] | None = None) -> None:
         self._client = client
         self.here = here or (lambda: client)
-        self._claim = client.register_script(CLAIM)
-        self._save = client.register_script(SAVE)
-        self._save_then_claim = client.register_script(SAVE_THEN_CLAIM)
+        self._claim = lua.script(client, "fencing_claim")
+        self._save = lua.script(client, "fencing_save")
+        self._save_then_claim = lua.script(client, "fencing_save_then_claim")
 
     def claim(self, claim_keys: list[str], args: list[str | int]) -> Claim:
         """Claim the job (``args`` as ``claim_args`` makes them)."""
@@ -259,13 +151,16 @@ class Fencing:
         One pipeline, so the WAIT runs on the connection that wrote: WAIT waits for
         its own connection's last write, and a pooled client may hand another one out.
         """
+        # EVALSHA by hand, not ``self._save(client=pipe)``: a pipeline holding a ``Script`` asks
+        # SCRIPT EXISTS before it runs, a round trip more for every final write. NOSCRIPT is rare
+        # (a failover to a replica, SCRIPT FLUSH) and answered here: load it, write again.
         for first in (True, False):
             pipe = self._client.pipeline(transaction=False)
             pipe.evalsha(self._save.sha, len(save_keys), *save_keys, *args)
             pipe.wait(1, max(1, round(timeout * 1000)))
             written, replicas = pipe.execute(raise_on_error=False)
             if first and isinstance(written, redis.exceptions.NoScriptError):
-                self._client.script_load(SAVE)  # a new master (a failover), or SCRIPT FLUSH
+                self._client.script_load(self._save.script)  # a new master (a failover), or SCRIPT FLUSH
                 continue
             for answer in (written, replicas):
                 if isinstance(answer, Exception):

@@ -273,7 +273,7 @@ class ResultStore:
         return claimed
 
     def _save_call(self, doc: JobDoc, generation: int | None) -> tuple[list[str], list[str | int]]:
-        """``SAVE``'s keys and arguments for ``doc``."""
+        """``fencing_save.lua``'s keys and arguments for ``doc``."""
         # The one place documents are written: no secret leaves in one, whatever an error echoed.
         encoded = redact(json.dumps(doc))
         status = doc["status"]
@@ -297,7 +297,7 @@ class ResultStore:
 
     @staticmethod
     def _written(doc: JobDoc, generation: int | None, written: int) -> bool:
-        """``SAVE``'s answer as ``save`` returns it: whether it wrote; ``Superseded`` for a delivery refused."""
+        """The save script's answer as ``save`` returns it: whether it wrote; ``Superseded`` for a delivery refused."""
         if written == 1:
             return True
         if generation is None:
@@ -333,7 +333,7 @@ class ResultStore:
         return self.fencing.claim(*self._claim_call(job_id, first, lease_tag))
 
     def _claim_call(self, job_id: str, first: FirstAttempt | None, lease_tag: str) -> tuple[list[str], list[str | int]]:
-        """``CLAIM``'s keys and arguments."""
+        """``fencing_claim.lua``'s keys and arguments."""
         claim_keys = [keys.generation(job_id), result_key(job_id), EVENTS_CHANNEL, keys.UNACKED_INDEX]
         if first is None:
             return claim_keys, claim_args(self.ttl, tag=lease_tag)

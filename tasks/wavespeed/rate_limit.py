@@ -7,8 +7,8 @@ flight across the fleet (a sorted set of leases that expire, so a killed worker
 cannot hold a slot forever); when either is set, a 429 from the API also
 pauses every worker until its ``Retry-After`` (or the backoff) has passed.
 
-Each check is one Lua script, so it is atomic and costs one round trip; time
-comes from Redis (``TIME``) so hosts with skewed clocks agree.
+Each check is one Lua script (``rate_limit_*.lua``), so it is atomic and costs one round
+trip; time comes from Redis (``TIME``) so hosts with skewed clocks agree.
 """
 
 from __future__ import annotations
@@ -23,60 +23,12 @@ import redis
 
 from wsupload.tasks.observe import telemetry
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, lua
 
 TAT_KEY, ACTIVE_KEY, PAUSE_KEY = keys.RATE_TAT, keys.RATE_ACTIVE, keys.RATE_PAUSE
 
-# KEYS: tat, active, pause. ARGV: interval_ms (0 = no rate), max_active (0 = none), lease_ms, token.
-# Returns 0 when the request may go now (and takes its place), else milliseconds to wait.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
-if pause > now then return pause - now end
-local interval = tonumber(ARGV[1])
-local max_active = tonumber(ARGV[2])
-if max_active > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= max_active then
-    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return math.max(1, math.min(100, tonumber(first[2]) - now))
-  end
-end
-if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat > now then return tat - now end
-  redis.call('SET', KEYS[1], now + interval, 'PX', interval + 1000)
-end
-if max_active > 0 then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + 1000)
-end
-return 0
-"""
-
-# KEYS: active. ARGV: lease_ms, tokens. Moves the expiry of the slots still held forward.
-RENEW_SLOTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ms = tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + ms, ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], ms + 1000)
-return #ARGV - 1
-"""
-
 SLOT_LEASES = 5
 """A slot expires this many job leases after its last renewal: a dead worker's slots free up within it."""
-
-# KEYS: pause. ARGV: milliseconds. Extends the pause, never shortens it.
-_PAUSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ms > current then redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000) end
-return until_ms
-"""
 
 
 class RateLimitTimeout(Exception):
@@ -98,8 +50,8 @@ class FleetLimiter:
         self.max_concurrent = max_concurrent
         self.lease_ms = int(lease_seconds * 1000)
         self.sleep = sleep
-        self._acquire = client.register_script(_ACQUIRE)
-        self._pause = client.register_script(_PAUSE)
+        self._acquire = lua.script(client, "rate_limit_acquire")
+        self._pause = lua.script(client, "rate_limit_pause")
 
     @property
     def active(self) -> bool:

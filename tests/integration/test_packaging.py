@@ -4,7 +4,8 @@ A Django or Flask backend very likely has packages called ``config`` or
 ``tasks``. The wheel is built from this checkout and installed into a fresh
 venv (its dependencies reached through a path entry, offline), next to an
 application with both; the application enqueues through ``wsupload.Producer``
-and waits for a real worker to finish the job.
+and waits for a real worker to finish the job. The wheel carries every Lua script
+(``tasks/store/lua/*.lua``), and the installed package reads them from itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import producer_env
+from wsupload.tasks.store import lua
 from wsupload.worker.dev.local_services import WorkerProcess
 from wsupload.worker.dev.samples import png_bytes
 
@@ -42,6 +44,13 @@ print(json.dumps({
     "config": config.OWNER, "tasks": tasks.OWNER, "wsupload": wsupload.__file__, "version": wsupload.__version__,
     "status": [doc["status"] for doc in outcome.docs],
 }))
+"""
+
+LOAD_SCRIPTS = """
+import json, sys
+from importlib import resources
+from wsupload.tasks.store import lua
+print(json.dumps({"from": str(resources.files(lua)), "scripts": {name: lua.load(name) for name in sys.argv[1:]}}))
 """
 
 
@@ -92,10 +101,22 @@ def test_the_wheel_works_beside_an_application_named_config_and_tasks(
     worker: WorkerProcess, worker_env: dict[str, str], media_root: Path, tmp_path: Path
 ) -> None:
     wheel = build_wheel(tmp_path / "dist")
-    shipped = zipfile.ZipFile(wheel).namelist()
-    assert "wsupload/worker/dev/sandbox.py" in shipped  # `wsupload sandbox` and `demo` ship their tools
-    assert "wsupload/worker/dev/rabbit.py" not in shipped  # a test fixture: tests/integration/rabbit.py
+    scripts = sorted(path.stem for path in (ROOT / "tasks" / "store" / "lua").glob("*.lua"))
+    with zipfile.ZipFile(wheel) as built:
+        files = built.namelist()
+    assert "wsupload/worker/dev/sandbox.py" in files  # `wsupload sandbox` and `demo` ship their tools
+    assert "wsupload/worker/dev/rabbit.py" not in files  # a test fixture: tests/integration/rabbit.py
+    shipped = sorted(Path(name).stem for name in files if name.startswith("wsupload/tasks/store/lua/"))
+    assert scripts  # a glob that finds nothing would prove nothing
+    assert [name for name in shipped if name != "__init__"] == scripts
     python = fresh_venv(tmp_path / "venv", wheel)
+    loaded = subprocess.run(
+        [str(python), "-c", LOAD_SCRIPTS, *scripts], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    installed = json.loads(loaded.stdout)
+    assert installed["from"].startswith(str(tmp_path / "venv"))  # the wheel's files, not the checkout's
+    assert installed["scripts"] == {name: lua.load(name) for name in scripts}  # --!include lines expanded alike
     app = tmp_path / "app"
     for name in ("config", "tasks"):
         (app / name).mkdir(parents=True)
