@@ -166,9 +166,10 @@ def worker(
     worker_env: dict[str, str], producer: Producer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     log = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = WorkerProcess(env=worker_env, log_path=log, concurrency=2).start()
+    process = WorkerProcess(env=worker_env, log_path=log, concurrency=2)
     try:
-        process.wait_ready(producer.app)
+        with rabbit.opening_channels(worker_env):
+            process.start().wait_ready(producer.app)
         yield process
     finally:
         process.stop()
@@ -344,13 +345,14 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
         full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
         producer = Producer(Settings.from_env(producer_env(full)))
         producers.append(producer)
-        mine = [
-            WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
-            for n in range(count)
-        ]
-        started.extend(mine)
-        for process in mine:
-            process.wait_ready(producer.app)
+        with rabbit.opening_channels(full):
+            mine = [
+                WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
+                for n in range(count)
+            ]
+            started.extend(mine)
+            for process in mine:
+                process.wait_ready(producer.app)
         return FleetHandle(producer, producer_env(full), mine)
 
     yield start
@@ -387,8 +389,9 @@ def start_worker(own_env: dict[str, str], own_producer: Producer, tmp_path: Path
     def start(**env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         process = WorkerProcess(env={**own_env, **env}, log_path=log, concurrency=1)
-        started.append(process.start())
-        process.wait_ready(own_producer.app)
+        with rabbit.opening_channels(process.env):
+            started.append(process.start())
+            process.wait_ready(own_producer.app)
         return process
 
     yield start

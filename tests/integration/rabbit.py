@@ -9,16 +9,29 @@ like the Redis on 6379. ``short_consumer_timeout`` shortens the server-wide
 
 A test fixture, not the runtime: it lives under ``tests/`` so the wheel does not ship
 it (``benchmarks/brokers.py`` imports it from here too).
+
+A channel takes the ``consumer_timeout`` in force when it opens, and keeps it. A
+worker started on RabbitMQ while it is short would have its deliveries taken back
+after seconds, so workers start inside ``opening_channels`` (shared) and
+``short_consumer_timeout`` waits for those in progress and holds off new ones
+(exclusive), through a lock file every run on this machine shares, as they share
+the server: parallel tests (pytest-xdist), the RabbitMQ phase of ``make test`` and
+other checkouts' runs. It also keeps two changes from overlapping, so each restores
+what the server had, not the other's short value.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 __all__ = [
     "HOST",
@@ -116,13 +129,62 @@ def short_consumer_timeout(milliseconds: int) -> Iterator[None]:
 
     A channel checks its deliveries' age on its tick (``channel_tick_interval``, 60 s by
     default), so the tick is made one second too, or a short timeout would fire up to a
-    minute late.
+    minute late. Meanwhile no other worker starts on RabbitMQ (``opening_channels``).
     """
-    before = {key: server_env(key) for key in ("consumer_timeout", "channel_tick_interval")}
-    try:
-        set_server_env("consumer_timeout", milliseconds)
-        set_server_env("channel_tick_interval", 1000)
+    with _settings_lock(exclusive=True):
+        before = {key: server_env(key) for key in ("consumer_timeout", "channel_tick_interval")}
+        try:
+            set_server_env("consumer_timeout", milliseconds)
+            set_server_env("channel_tick_interval", 1000)
+            yield
+        finally:
+            for key, value in before.items():
+                restore_server_env(key, value)
+
+
+@contextlib.contextmanager
+def opening_channels(env: Mapping[str, str]) -> Iterator[None]:
+    """Around starting workers with ``env``: on RabbitMQ, not while ``short_consumer_timeout`` is in force."""
+    if not env.get("WSUPLOAD_BROKER_URL", "").startswith("amqp"):
         yield
+        return
+    with _settings_lock(exclusive=False):
+        yield
+
+
+_LOCKS = Path(tempfile.gettempdir())
+_held: list[bool] = []
+"""This process's holds (True: exclusive), innermost last: one inside another is covered by the outer one."""
+
+
+@contextlib.contextmanager
+def _settings_lock(*, exclusive: bool) -> Iterator[None]:
+    """A readers-writer lock on RabbitMQ's server-wide settings, across processes (flock).
+
+    A writer first takes the gate, which new readers pass through, so readers starting
+    one after another cannot keep it waiting.
+    """
+    if _held:
+        if exclusive and not any(_held):
+            raise RuntimeError("short_consumer_timeout inside opening_channels would wait for itself")
+        _held.append(exclusive)
+        try:
+            yield
+        finally:
+            _held.pop()
+        return
+    gate = os.open(_LOCKS / "wsupload-rabbitmq-settings.gate", os.O_RDWR | os.O_CREAT, 0o666)
+    lock = os.open(_LOCKS / "wsupload-rabbitmq-settings.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        _held.append(exclusive)
+        try:
+            yield
+        finally:
+            _held.pop()
     finally:
-        for key, value in before.items():
-            restore_server_env(key, value)
+        os.close(lock)  # closing the descriptors releases the locks
+        os.close(gate)

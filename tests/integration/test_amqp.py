@@ -66,8 +66,9 @@ def start_worker(amqp_env: dict[str, str], amqp_producer: Producer, tmp_path: Pa
     def start(concurrency: int = 1, **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         process = WorkerProcess(env={**amqp_env, **env}, log_path=log, concurrency=concurrency)
-        started.append(process.start())
-        process.wait_ready(amqp_producer.app)
+        with rabbit.opening_channels(process.env):
+            started.append(process.start())
+            process.wait_ready(amqp_producer.app)
         return process
 
     yield start
