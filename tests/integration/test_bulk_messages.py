@@ -108,12 +108,14 @@ def test_on_stop_the_running_job_finishes_and_the_jobs_not_started_go_back_to_th
     pngs: list[Path],
 ) -> None:
     stopping = start_worker(WSUPLOAD_STOP_GRACE="20")
-    sandbox.add_fault(Fault(stall=3))  # the first job is still running when the stop comes
+    sandbox.add_fault(Fault(stall=30))  # the first job is still running when the stop comes
     batch_id, job_ids = enqueue_one_message(own_producer, pngs)
     wait_until(lambda: len(sandbox.records) == 1, 30, what="the first upload to reach the sandbox")
     taker = start_worker()
     assert stopping.process is not None
     os.killpg(stopping.process.pid, signal.SIGTERM)
+    wait_until(lambda: "Warm shutdown" in stopping.log_path.read_text(), 30, what="the stop to begin")
+    sandbox.release_stalls()  # now the first job ends, within the stop grace
 
     docs = wait_until(lambda: all_finished(own_producer, job_ids), 60, interval=0.2, what="every job to end")
     assert [d["status"] for d in docs] == ["succeeded"] * JOBS

@@ -101,6 +101,7 @@ class SandboxServer:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._records: list[UploadRecord] = []
+        self._stalls_released = threading.Event()
         self._httpd = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
 
@@ -133,6 +134,12 @@ class SandboxServer:
         with self._lock:
             self._faults.append(fault)
 
+    def release_stalls(self) -> None:
+        """End the stalls in progress now: those requests are answered at once (later stalls run their course)."""
+        with self._lock:
+            released, self._stalls_released = self._stalls_released, threading.Event()
+        released.set()
+
     def reset(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -142,6 +149,11 @@ class SandboxServer:
     def records(self) -> list[UploadRecord]:
         with self._lock:
             return list(self._records)
+
+    def _stall(self, seconds: float) -> None:
+        with self._lock:
+            released = self._stalls_released
+        released.wait(seconds)
 
     def _begin(self) -> tuple[UploadRecord, Fault | None]:
         with self._lock:
@@ -246,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             record.filename, record.size = part.filename, part.size
             record.sha256 = part.digest.hexdigest() if self.sandbox.hash_uploads else None
         if fault and fault.stall:
-            time.sleep(fault.stall)
+            self.sandbox._stall(fault.stall)
         if self.sandbox.latency:
             time.sleep(self.sandbox.latency)
         status, body = self._decide(record, part, fault)
