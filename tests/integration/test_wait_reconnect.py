@@ -39,8 +39,9 @@ DOWN_SECONDS = 1.5
 """How long Redis stays away: the fault itself (a restart of a few seconds), not a wait for anything."""
 SETTLE_SECONDS = 5.0
 """How long the worker gets, after the restart, to end the batch before the test ends what is left."""
-STALL_SECONDS = 1.0
-"""The first uploads are held this long by the sandbox, so they are in flight when Redis goes."""
+STALL_SECONDS = 30.0
+"""The first uploads are held by the sandbox until Redis is back (``release_stalls``), so they are in flight
+when Redis goes, however long the waiters took to start (the worker's read timeout is longer)."""
 
 
 class RestartableRedis:
@@ -124,6 +125,7 @@ def test_every_waiter_rides_out_a_redis_restart(
         "REDIS_URL": aof_redis.url,
         "WSUPLOAD_QUEUE": f"restart-{suffix}",
         "WSUPLOAD_BULK_QUEUE": f"restart-{suffix}.bulk",
+        "WSUPLOAD_READ_TIMEOUT": "60",
     }
     penv = producer_env(env)
     producer = Producer(Settings.from_env(penv))
@@ -164,6 +166,7 @@ def test_every_waiter_rides_out_a_redis_restart(
         assert done_before < len(job_ids), "the batch ended before Redis went away: the test proves nothing"
 
         aof_redis.restart()
+        sandbox.release_stalls()
 
         def riding_it_out() -> bool:
             # Each waiter is listening again, or has already returned what it waited for
