@@ -101,9 +101,14 @@ vhost = rabbit_vhost
 
 
 def unacknowledged(url: str) -> list[int]:
-    """The unacknowledged message count of every channel in the vhost of ``url`` that holds any."""
-    out = rabbitmqctl("list_channels", "-p", url.rsplit("/", 1)[1], "-q", "messages_unacknowledged")
-    return [int(line) for line in out.split() if line.isdigit() and int(line)]
+    """The unacknowledged message count of every channel in the vhost of ``url`` that holds any.
+
+    ``list_channels`` lists every channel on the server, whatever ``-p`` says: the vhost column picks ours.
+    """
+    vhost = url.rsplit("/", 1)[1]
+    out = rabbitmqctl("list_channels", "-q", "--no-table-headers", "vhost", "messages_unacknowledged")
+    rows = (line.rsplit("\t", 1) for line in out.splitlines() if "\t" in line)
+    return [int(count) for name, count in rows if name == vhost and count.isdigit() and int(count)]
 
 
 def server_env(key: str) -> str:
