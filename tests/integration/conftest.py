@@ -345,7 +345,7 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
         full = {**worker_env, "WSUPLOAD_QUEUE": f"fleet-{suffix}", "WSUPLOAD_BULK_QUEUE": f"fleet-{suffix}.bulk", **env}
         producer = Producer(Settings.from_env(producer_env(full)))
         producers.append(producer)
-        with rabbit.opening_channels(full):
+        with rabbit.opening_channels(full if count else {}):
             mine = [
                 WorkerProcess(env=full, log_path=tmp_path / f"fleet-{suffix}-{n}.log", concurrency=concurrency).start()
                 for n in range(count)

@@ -4,8 +4,8 @@
 deletes it (with every queue and message in it) on leaving, so runs never see each
 other's queues. RabbitMQ itself is not started here: it is a service of the machine,
 like the Redis on 6379. ``short_consumer_timeout`` shortens the server-wide
-``consumer_timeout`` (RabbitMQ 3.10 has no per-queue one) for the tests of
-``worker.amqp_leases``, and restores it.
+``consumer_timeout`` (RabbitMQ 3.10 has no per-queue one) for the workers of the
+tests of ``worker.amqp_leases``, and restores it.
 
 A test fixture, not the runtime: it lives under ``tests/`` so the wheel does not ship
 it (``benchmarks/brokers.py`` imports it from here too).
@@ -14,10 +14,10 @@ A channel takes the ``consumer_timeout`` in force when it opens, and keeps it. A
 worker started on RabbitMQ while it is short would have its deliveries taken back
 after seconds, so workers start inside ``opening_channels`` (shared) and
 ``short_consumer_timeout`` waits for those in progress and holds off new ones
-(exclusive), through a lock file every run on this machine shares, as they share
-the server: parallel tests (pytest-xdist), the RabbitMQ phase of ``make test`` and
-other checkouts' runs. It also keeps two changes from overlapping, so each restores
-what the server had, not the other's short value.
+(exclusive) while its own workers start, through a lock file every run on this
+machine shares, as they share the server: parallel tests (pytest-xdist), the
+RabbitMQ phase of ``make test`` and other checkouts' runs. It also keeps two changes
+from overlapping, so each restores what the server had, not the other's short value.
 """
 
 from __future__ import annotations
@@ -130,21 +130,37 @@ def restore_server_env(key: str, before: str) -> None:
 
 @contextlib.contextmanager
 def short_consumer_timeout(milliseconds: int) -> Iterator[None]:
-    """The server's consumer_timeout set to ``milliseconds`` for channels opened meanwhile, restored after.
+    """The server's consumer_timeout set to ``milliseconds`` for the channels opened meanwhile, restored after.
 
-    A channel checks its deliveries' age on its tick (``channel_tick_interval``, 60 s by
-    default), so the tick is made one second too, or a short timeout would fire up to a
-    minute late. Meanwhile no other worker starts on RabbitMQ (``opening_channels``).
+    A channel keeps the value in force when it opened: start the workers that are to have
+    it inside, and leave. Meanwhile no other worker starts on RabbitMQ
+    (``opening_channels``). Use it inside ``fast_channel_ticks``, or the timeout fires up
+    to a minute late.
     """
     with _settings_lock(exclusive=True):
-        before = {key: server_env(key) for key in ("consumer_timeout", "channel_tick_interval")}
+        before = server_env("consumer_timeout")
         try:
             set_server_env("consumer_timeout", milliseconds)
+            yield
+        finally:
+            restore_server_env("consumer_timeout", before)
+
+
+@contextlib.contextmanager
+def fast_channel_ticks() -> Iterator[None]:
+    """Every channel checks its deliveries' age each second, restored after.
+
+    A channel checks on its tick (``channel_tick_interval``, 60 s by default, read at
+    each tick). Harmless to other channels: a 30-minute timeout still takes 30 minutes.
+    The lock keeps two changes from overlapping, so each restores what the server had.
+    """
+    with _exclusive(_LOCKS / "wsupload-rabbitmq-ticks.lock"):
+        before = server_env("channel_tick_interval")
+        try:
             set_server_env("channel_tick_interval", 1000)
             yield
         finally:
-            for key, value in before.items():
-                restore_server_env(key, value)
+            restore_server_env("channel_tick_interval", before)
 
 
 @contextlib.contextmanager
@@ -158,6 +174,18 @@ def opening_channels(env: Mapping[str, str]) -> Iterator[None]:
 
 
 _LOCKS = Path(tempfile.gettempdir())
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    held = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(held)
+
+
 _held: list[bool] = []
 """This process's holds (True: exclusive), innermost last: one inside another is covered by the outer one."""
 

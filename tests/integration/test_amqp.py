@@ -236,9 +236,10 @@ def test_on_stop_a_job_still_running_after_the_grace_goes_back_to_rabbitmq_at_on
 def test_a_job_longer_than_the_consumer_timeout_runs_once_without_its_channel_closed(
     amqp_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
 ) -> None:
-    with rabbit.short_consumer_timeout(10_000):
-        runner = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")
-        idle = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # would take a requeued message
+    with rabbit.fast_channel_ticks():
+        with rabbit.short_consumer_timeout(10_000):  # these two workers' channels keep it
+            runner = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")
+            idle = start_worker(WSUPLOAD_AMQP_CONSUMER_TIMEOUT="10")  # would take a requeued message
         sandbox.add_fault(Fault(stall=25))  # the answer comes well after the timeout
         (job,) = amqp_producer.enqueue([str(png)])
         doc: JobDoc = wait_until(finished(amqp_producer, job.job_id), 60, interval=0.2, what="the job to finish")
