@@ -60,7 +60,9 @@ def amqp_producer(amqp_env: dict[str, str]) -> Iterator[Producer]:
 
 
 @pytest.fixture
-def start_worker(amqp_env: dict[str, str], amqp_producer: Producer, tmp_path: Path) -> Iterator[StartWorker]:
+def start_worker(
+    amqp_env: dict[str, str], amqp_producer: Producer, sandbox: SandboxServer, tmp_path: Path
+) -> Iterator[StartWorker]:
     started: list[WorkerProcess] = []
 
     def start(concurrency: int = 1, **env: str) -> WorkerProcess:
@@ -72,6 +74,7 @@ def start_worker(amqp_env: dict[str, str], amqp_producer: Producer, tmp_path: Pa
         return process
 
     yield start
+    sandbox.release_stalls()  # a worker stopping waits for its stalled upload's answer: answer it now
     for process in started:
         if process.process is not None and process.process.poll() is None:
             os.killpg(process.process.pid, signal.SIGCONT)
