@@ -32,10 +32,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The whole suite on Redis, then the broker-agnostic core once more with RabbitMQ as the broker.
+# The whole suite on Redis and, alongside it, the broker-agnostic core once more with RabbitMQ as
+# the broker; its output follows when both are done. Each runs in several processes
+# (pytest-xdist): the integration tests mostly wait on workers, leases and sockets, so more
+# processes than cores pay. worksteal: a process with nothing left takes tests from a busy one.
+TEST_PROCESSES ?= 6
+AMQP_TEST_PROCESSES ?= 3
+
 test: lint $(NODE_DEPS)
-	$(BIN)/pytest
-	WSUPLOAD_TEST_BROKER=amqp $(BIN)/pytest -m core tests/integration
+	@amqp_log=$$(mktemp); \
+	WSUPLOAD_TEST_BROKER=amqp $(BIN)/pytest -n $(AMQP_TEST_PROCESSES) --dist worksteal -m core tests/integration \
+		> $$amqp_log 2>&1 & amqp=$$!; \
+	echo "$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal"; \
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal; redis=$$?; \
+	wait $$amqp; amqp=$$?; \
+	echo; echo "WSUPLOAD_TEST_BROKER=amqp $(BIN)/pytest -n $(AMQP_TEST_PROCESSES) --dist worksteal -m core tests/integration"; \
+	cat $$amqp_log; rm -f $$amqp_log; \
+	test $$redis -eq 0 && test $$amqp -eq 0
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
