@@ -3,6 +3,12 @@
 A service that cannot be had fails the run in CI (CI=true) and skips locally,
 saying why. Every worker and producer here share one private Redis; each test
 gets a clean sandbox (no faults, no records).
+
+``make test`` runs the tests in several processes (pytest-xdist), each with its own
+session: its own Redis, sandbox, S3 server, session worker and RabbitMQ vhost, on free
+ports. What they share is the machine: start servers on free ports, keep files under
+``tmp_path``, and start workers on RabbitMQ inside ``rabbit.opening_channels`` (as the
+fixtures here do), since a test may shorten the server-wide ``consumer_timeout``.
 """
 
 from __future__ import annotations
