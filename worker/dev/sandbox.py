@@ -1,7 +1,12 @@
 """A local WaveSpeed-compatible upload server for development, the demo and tests.
 
 It speaks the documented contract (multipart field ``file``, Bearer auth, the
-success body, 400/401/413) and can be told to misbehave: answer a status N
+success body, 400/401/413) and WaveSpeed's direct flow as its SDKs use it: a
+ticket from ``POST /api/v3/media/uploads`` naming a signed, expiring PUT URL on
+this server (``/_storage/<object>?expires=…&signature=…``), which checks the
+signature, the expiry and the ticket's headers (403), refuses a second PUT of an
+object under ``If-None-Match: *`` (412), and records whether any Authorization
+header arrived. It can be told to misbehave, per step (``Fault.step``): answer a status N
 times (with ``Retry-After``), answer HTTP 200 with an error ``code``, drop the
 connection, stall, or add latency. It parses uploads as a stream, hashing (and
 optionally storing) the file part, so a 1 GiB upload costs it no memory. File
@@ -17,18 +22,21 @@ Control it in-process (``SandboxServer.add_fault``) or over HTTP:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import shutil
 import socket
 import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -36,13 +44,48 @@ from wsupload.tasks.sources import formats
 from wsupload.worker.dev.disposition import parse_disposition
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
+TICKET_PATH = "/api/v3/media/uploads"
+STORAGE_PATH = "/_storage/"
+TICKET_TTL = 900.0
 READ_BLOCK = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
+STEPS = ("api", "binary", "ticket", "put")
+"""A fault's ``step``: ``api`` is the first request of either flow (the binary POST or the ticket)."""
+
+
+def sign(key: bytes, obj: str, expires: int) -> str:
+    """The signature of a PUT URL: the object and its expiry (Unix seconds), under the sandbox's key."""
+    return hmac.new(key, f"PUT\n{obj}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_query(key: bytes, obj: str, expires: int) -> str:
+    return urlencode({"expires": expires, "signature": sign(key, obj, expires)})
+
+
+def check_signature(key: bytes, obj: str, query: str, now: float) -> str | None:
+    """Why a PUT URL's query does not admit a PUT of ``obj`` at ``now``, or None when it does."""
+    params = parse_qs(query)
+    try:
+        expires = int(params["expires"][0])
+        signature = params["signature"][0]
+    except (KeyError, IndexError, ValueError):
+        return "the URL is not signed"
+    if not hmac.compare_digest(signature, sign(key, obj, expires)):
+        return "the signature does not match"
+    if now >= expires:
+        return "the URL has expired"
+    return None
+
+
 @dataclass
 class Fault:
-    """How to answer the next ``times`` upload requests instead of normally."""
+    """How to answer the next ``times`` requests of ``step`` instead of normally.
+
+    ``reset`` on a PUT takes half the body first, then resets the connection.
+    ``expired`` (a ticket) issues a URL whose expiry has already passed.
+    """
 
     status: int | None = None
     body: dict[str, Any] | None = None
@@ -50,6 +93,15 @@ class Fault:
     reset: bool = False
     stall: float = 0.0
     times: int = 1
+    step: str = "api"
+    expired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.step not in STEPS:
+            raise ValueError(f"a fault's step is one of {STEPS}, not {self.step!r}")
+
+    def applies_to(self, step: str) -> bool:
+        return self.step == step or (self.step == "api" and step in ("binary", "ticket"))
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Fault:
@@ -62,9 +114,13 @@ class UploadRecord:
 
     number: int
     received_at: float
+    step: str = "binary"
     answered_at: float = 0.0
     status: int | None = None  # None: the connection was dropped
     authorized: bool = False
+    authorization_sent: bool = False  # any Authorization header at all (a PUT must carry none)
+    object: str | None = None  # direct flow: the object a ticket names or a PUT writes
+    if_none_match: str | None = None
     filename: str | None = None
     size: int = 0
     sha256: str | None = None
@@ -92,8 +148,13 @@ class SandboxServer:
         latency: float = 0.0,
         storage_dir: Path | None = None,
         hash_uploads: bool = True,
+        direct: bool = True,
+        ticket_ttl: float = TICKET_TTL,
     ) -> None:
         self.api_key = api_key
+        self.direct = direct  # False: no ticket endpoint (404), as a server before the direct flow
+        self.ticket_ttl = ticket_ttl
+        self.signing_key = secrets.token_bytes(32)
         self.hash_uploads = hash_uploads
         self.max_bytes = max_bytes
         self.latency = latency
@@ -101,6 +162,8 @@ class SandboxServer:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._records: list[UploadRecord] = []
+        self._tickets: dict[str, dict[str, Any]] = {}  # object → what its ticket said
+        self._objects: dict[str, str] = {}  # object → filename, once a PUT landed
         self._stalls_released = threading.Event()
         self._httpd = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
@@ -144,6 +207,8 @@ class SandboxServer:
         with self._lock:
             self._faults.clear()
             self._records.clear()
+            self._tickets.clear()
+            self._objects.clear()
 
     @property
     def records(self) -> list[UploadRecord]:
@@ -155,17 +220,30 @@ class SandboxServer:
             released = self._stalls_released
         released.wait(seconds)
 
-    def _begin(self) -> tuple[UploadRecord, Fault | None]:
+    def _begin(self, step: str = "binary") -> tuple[UploadRecord, Fault | None]:
         with self._lock:
-            record = UploadRecord(number=len(self._records) + 1, received_at=time.time())
+            record = UploadRecord(number=len(self._records) + 1, received_at=time.time(), step=step)
             self._records.append(record)
-            fault = None
-            if self._faults:
-                fault = self._faults[0]
+            fault = next((f for f in self._faults if f.applies_to(step)), None)
+            if fault is not None:
                 fault.times -= 1
                 if fault.times <= 0:
-                    self._faults.pop(0)
+                    self._faults.remove(fault)
             return record, fault
+
+    def put_url(self, obj: str, expires: int) -> str:
+        return f"{self.url}{STORAGE_PATH}{obj}?{signed_query(self.signing_key, obj, expires)}"
+
+    def stored_object(self, obj: str, filename: str | None = None) -> Path | None:
+        """A direct upload's bytes; with ``filename``, only if its ticket named it."""
+        if self.storage_dir is None:
+            return None
+        with self._lock:
+            landed = self._objects.get(obj)
+        if landed is None or (filename is not None and landed != filename):
+            return None
+        path = self.storage_dir / f"d{obj}"
+        return path if path.is_file() else None
 
     def stored_file(self, number: int, filename: str | None = None) -> Path | None:
         """Upload ``number``'s bytes; with ``filename``, only if it was accepted under that name."""
@@ -215,6 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path == UPLOAD_PATH:
             self._upload()
+        elif self.path == TICKET_PATH and self.sandbox.direct:
+            self._ticket()
         elif self.path == "/_sandbox/faults":
             doc = json.loads(self._read_small() or b"[]")
             for item in doc if isinstance(doc, list) else [doc]:
@@ -224,6 +304,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_small()
             self.sandbox.reset()
             self._json(200, {"ok": True})
+        else:
+            self._read_small()
+            self._json(404, {"code": 404, "message": "not found"})
+
+    def do_PUT(self) -> None:
+        if self.path.startswith(STORAGE_PATH):
+            self._put()
         else:
             self._read_small()
             self._json(404, {"code": 404, "message": "not found"})
@@ -360,6 +447,139 @@ class _Handler(BaseHTTPRequestHandler):
             "on_part_end": on_part_end,
         }
 
+    # -- direct flow: the ticket, then the PUT ---------------------------
+
+    def _ticket(self) -> None:
+        record, fault = self.sandbox._begin("ticket")
+        record.fault = asdict(fault) if fault else None
+        raw = self._read_small()
+        if fault and fault.reset:
+            self._drop(record)
+            return
+        record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
+        if fault and fault.stall:
+            self.sandbox._stall(fault.stall)
+        if self.sandbox.latency:
+            time.sleep(self.sandbox.latency)
+        status, body = self._decide_ticket(record, raw, fault)
+        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+        self._answer(record, status, body, headers)
+
+    def _decide_ticket(self, record: UploadRecord, raw: bytes, fault: Fault | None) -> tuple[int, dict[str, Any]]:
+        if fault and fault.status:
+            return fault.status, fault.body or {"code": fault.status, "message": f"sandbox fault {fault.status}"}
+        if not record.authorized:
+            return 401, {"code": 401, "message": "Invalid API key"}
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        filename = doc.get("filename") if isinstance(doc, dict) else None
+        size = doc.get("size") if isinstance(doc, dict) else None
+        content_type = doc.get("content_type") if isinstance(doc, dict) else None
+        if not isinstance(filename, str) or not filename or isinstance(size, bool) or not isinstance(size, int):
+            return 400, {"code": 400, "message": "filename and size are required"}
+        kind = formats.media_kind(filename)
+        if kind is None or size < 0 or not isinstance(content_type, str | None):
+            return 400, {"code": 400, "message": "Invalid file or format not supported"}
+        if self.sandbox.max_bytes is not None and size > self.sandbox.max_bytes:
+            return 413, {"code": 413, "message": "File too large"}
+        if fault and fault.body:
+            return 200, fault.body
+        obj = str(record.number)
+        record.object, record.filename, record.size = obj, filename, size
+        expires = int(time.time() - 1 if fault and fault.expired else time.time() + self.sandbox.ticket_ttl)
+        headers = {"Content-Type": content_type or "application/octet-stream", "If-None-Match": "*"}
+        with self.sandbox._lock:
+            self.sandbox._tickets[obj] = {"filename": filename, "size": size, "headers": headers}
+        url = f"{self.sandbox.url}/files/d{obj}/{quote(filename, safe='')}"
+        upload = {
+            "method": "PUT",
+            "url": self.sandbox.put_url(obj, expires),
+            "headers": headers,
+            "expires_at": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        data = {"type": kind, "download_url": url, "filename": filename, "size": size, "upload": upload}
+        return 200, {"code": 200, "message": "success", "data": data}
+
+    def _put(self) -> None:
+        record, fault = self.sandbox._begin("put")
+        record.fault = asdict(fault) if fault else None
+        record.authorization_sent = "Authorization" in self.headers
+        record.if_none_match = self.headers.get("If-None-Match")
+        path, _, query = self.path.partition("?")
+        obj = path[len(STORAGE_PATH) :]
+        record.object = obj
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            self._answer(record, 411, {"message": "Content-Length required"})
+            return
+        if fault and fault.reset:
+            self.rfile.read(length // 2)
+            self._drop(record)
+            return
+        with self.sandbox._lock:
+            ticket = self.sandbox._tickets.get(obj)
+            landed = obj in self.sandbox._objects
+        refused = check_signature(self.sandbox.signing_key, obj, query, time.time())
+        if refused is None and ticket is None:
+            refused = "no ticket names this object"
+        if refused is None and ticket is not None:
+            for name, value in ticket["headers"].items():
+                if self.headers.get(name) != value:
+                    refused = f"the signed header {name} is not as the ticket gave it"
+        if refused is None and ticket is not None and length != ticket["size"]:
+            refused = f"Content-Length {length} is not the ticket's size {ticket['size']}"
+        store = refused is None and not landed and not (fault and fault.status)
+        digest, received = self._receive_raw(length, obj if store else None)
+        if received is None:
+            return  # the client went away mid-body
+        record.size = received
+        record.sha256 = digest
+        if fault and fault.stall:
+            self.sandbox._stall(fault.stall)
+        if self.sandbox.latency:
+            time.sleep(self.sandbox.latency)
+        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+        if fault and fault.status:
+            self._answer(record, fault.status, fault.body or {"message": f"sandbox fault {fault.status}"}, headers)
+        elif refused is not None:
+            self._answer(record, 403, {"message": f"SignatureDoesNotMatch: {refused}"})
+        elif landed and self.headers.get("If-None-Match") == "*":
+            self._answer(record, 412, {"message": "PreconditionFailed: the object exists"})
+        else:
+            assert ticket is not None
+            record.filename = ticket["filename"]
+            with self.sandbox._lock:
+                self.sandbox._objects[obj] = ticket["filename"]
+            self._answer(record, 200, {})
+
+    def _receive_raw(self, length: int, obj: str | None) -> tuple[str | None, int | None]:
+        """Read a PUT's body, hashing it and, for ``obj``, storing it; None if the client went away."""
+        digest = hashlib.sha256()
+        storage = self.sandbox.storage_dir
+        sink = open(storage / f"d{obj}.part", "wb") if obj and storage else None  # noqa: SIM115
+        remaining = length
+        try:
+            while remaining > 0:
+                block = self.rfile.read(min(READ_BLOCK, remaining))
+                if not block:
+                    self.close_connection = True
+                    return None, None
+                remaining -= len(block)
+                if self.sandbox.hash_uploads:
+                    digest.update(block)
+                if sink:
+                    sink.write(block)
+        finally:
+            if sink:
+                sink.close()
+        if sink and storage:
+            (storage / f"d{obj}.part").replace(storage / f"d{obj}")
+        return (digest.hexdigest() if self.sandbox.hash_uploads else None), length
+
     # -- answers ---------------------------------------------------------
 
     def _answer(
@@ -395,11 +615,16 @@ class _Handler(BaseHTTPRequestHandler):
         # so a download_url whose name did not round-trip is a 404, not someone's bytes.
         parts = self.path.split("?", 1)[0].split("/", 3)
         number_text, quoted = (parts[2], parts[3]) if len(parts) == 4 else ("", "")
+        if number_text.startswith("d"):
+            self._send_file(self.sandbox.stored_object(number_text[1:], unquote(quoted)))
+            return
         try:
             number = int(number_text)
         except ValueError:
             number = -1
-        path = self.sandbox.stored_file(number, unquote(quoted))
+        self._send_file(self.sandbox.stored_file(number, unquote(quoted)))
+
+    def _send_file(self, path: Path | None) -> None:
         if path is None:
             self._json(404, {"code": 404, "message": "no such file (or not under that name, or nothing stored)"})
             return
