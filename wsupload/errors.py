@@ -28,6 +28,7 @@
             ├── RateLimited            rate_limited         HTTP 429
             ├── StoreError             store_error          object store: timeout, 5xx, throttling
             ├── SourceChanged          source_changed       the file changed while it was sent
+            ├── TicketRefused          ticket_refused       direct flow: the storage refused a PUT (403), once
             └── ServerError            server_error         HTTP 5xx and 408
 
 The second column is the ``error.kind`` a result document carries. ``LeaseLost`` and
@@ -170,6 +171,15 @@ class SourceChanged(TransientError):
     """The source's size or modification time moved during the upload: the bytes sent are not the file."""
 
     kind = "source_changed"
+
+
+class TicketRefused(TransientError):
+    """The storage refused a direct upload's PUT (403: an expired or refused signature).
+
+    Retried once, with a new ticket; a second refusal is a ``ClientError``.
+    """
+
+    kind = "ticket_refused"
 
 
 class ServerError(TransientError):

@@ -1,10 +1,13 @@
-"""The HTTP client for WaveSpeed's binary upload endpoint: one attempt per call.
+"""The HTTP client for WaveSpeed's two upload flows: one attempt per call.
 
-``UploadClient.upload`` sends one streamed multipart request and returns the
-documented ``data`` object, or raises an ``UploadError`` that says what
-happened. It never retries (the task owns the retry policy) and never puts the
-API key into an error message. ``interpret_response`` is the pure half: an
-HTTP answer in, a result or an error out.
+``UploadClient.upload`` sends one streamed multipart request to the binary
+endpoint and returns the documented ``data`` object, or raises an
+``UploadError`` that says what happened. ``upload_direct`` makes one attempt of
+the direct flow (``tasks.wavespeed.direct``): a ticket if the job's ``Transfer``
+needs one, then the streamed PUT to the signed URL, which gets no Authorization
+header and no cookie. Neither retries (the task owns the retry policy), and no
+error message carries the API key or the signed URL. ``interpret_response`` is
+the pure half: an HTTP answer in, a result or an error out.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -20,9 +25,11 @@ import requests.utils
 from requests.cookies import extract_cookies_to_jar
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
+from requests.structures import CaseInsensitiveDict
 
 from wsupload.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
 from wsupload.tasks.sources.media import OpenedSource
+from wsupload.tasks.wavespeed import direct
 from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.tasks.wavespeed.retry_policy import error_for_status, parse_retry_after
 
@@ -86,6 +93,18 @@ def interpret_response(status: int, headers: Mapping[str, str], body: bytes) -> 
     raise error_for_status(status, _describe(status, doc, body), parse_retry_after(headers.get("Retry-After")))
 
 
+def scrub(text: str, url: str | None) -> str:
+    """``text`` without ``url``, its path and query, or its query (as urllib3 quotes them)."""
+    if not url:
+        return text
+    parts = urlsplit(url)
+    path_query = parts.path + ("?" + parts.query if parts.query else "")
+    for form in (url, path_query, parts.query):
+        if form and len(form) > 1:
+            text = text.replace(form, "[signed url]")
+    return text
+
+
 class _BlockAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = SOCKET_BLOCK
@@ -116,9 +135,19 @@ class UploadClient:
     """One requests session, reused for every upload this process makes, from any of its threads."""
 
     def __init__(
-        self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float, connections: int = 10
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        connections: int = 10,
+        ticket_margin: float = direct.DEFAULT_MARGIN,
     ) -> None:
-        self.url = base_url.rstrip("/") + UPLOAD_PATH
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + UPLOAD_PATH
+        self.ticket_url = self.base_url + direct.TICKET_PATH
+        self.ticket_margin = ticket_margin
         self._timeout = (connect_timeout, read_timeout)
         self._session = requests.Session()
         # One session serves every upload thread of the worker: keep a connection per thread.
@@ -134,6 +163,12 @@ class UploadClient:
         # parsing; a sixth of a small upload's CPU) is merged once, and copied per upload.
         self._template = self._session.prepare_request(requests.Request("POST", self.url))
         self._template.headers.pop("Content-Length", None)  # each body sets its own
+        # The storage host gets its own session: none of the API's headers (the key), no cookies.
+        self._storage = requests.Session()
+        self._storage.trust_env = False
+        self._storage.mount("http://", adapter)
+        self._storage.mount("https://", adapter)
+        self._storage.verify = self._session.verify
 
     def _take_environment(self) -> None:
         """Read proxy and CA-bundle variables once, as requests would on every request.
@@ -151,6 +186,7 @@ class UploadClient:
 
     def close(self) -> None:
         self._session.close()
+        self._storage.close()
 
     def upload(self, source: OpenedSource) -> dict[str, Any]:
         body = MultipartBody.for_source(source, field=FIELD_NAME)
@@ -189,3 +225,75 @@ class UploadClient:
         except RequestException as exc:
             raise ConnectionFailed(f"the upload request failed: {_reason(exc)}") from None
         return interpret_response(response.status_code, response.headers, content)
+
+    # -- the direct flow -------------------------------------------------------
+
+    def upload_direct(self, source: OpenedSource, transfer: direct.Transfer) -> dict[str, Any]:
+        """One attempt: a ticket if ``transfer`` needs one, then one PUT on it.
+
+        Each call makes at most one request that can fail: a failed ticket request ends
+        the call, and a PUT follows only a ticket that was just issued or is still valid.
+        """
+        if direct.wants_new_ticket(transfer, datetime.now(UTC), self.ticket_margin):
+            transfer.ticket = self.request_ticket(source)
+            transfer.puts_on_ticket = 0
+            transfer.requests.append("ticket")
+        return self._put(source, transfer)
+
+    def request_ticket(self, source: OpenedSource) -> direct.Ticket:
+        body = json.dumps(direct.ticket_request(source.filename, source.size, source.content_type)).encode()
+        request = self._session.prepare_request(requests.Request("POST", self.ticket_url))
+        request.headers["Content-Type"] = "application/json"
+        request.prepare_body(body, None)
+        content, response = self._send(self._session, request, "the ticket endpoint")
+        data = interpret_response(response.status_code, response.headers, content)
+        # interpret_response kept only the documented fields: read the ticket from the whole answer.
+        return direct.parse_ticket({**json.loads(content)["data"], **data}, base_url=self.base_url)
+
+    def _put(self, source: OpenedSource, transfer: direct.Transfer) -> dict[str, Any]:
+        ticket = transfer.ticket
+        assert ticket is not None
+        body = MultipartBody.for_source(source, field=None)
+        request = requests.PreparedRequest()
+        request.prepare_method("PUT")
+        request.url = ticket.url  # as signed: not re-encoded by prepare_url
+        request.headers = CaseInsensitiveDict({"User-Agent": "wsupload"})
+        request.headers.update(ticket.headers)
+        request.prepare_body(body, None)  # Content-Length: len(body), the size the ticket was asked for
+        request.prepare_hooks({})
+        transfer.puts_on_ticket += 1
+        transfer.requests.append("put")
+        content, response = self._send(self._storage, request, "the storage (direct upload)", secret=ticket.url)
+        text = _describe(response.status_code, None, content)
+        return direct.put_outcome(transfer, response.status_code, dict(response.headers), text, dict(request.headers))
+
+    def _send(
+        self, session: requests.Session, request: requests.PreparedRequest, where: str, secret: str | None = None
+    ) -> tuple[bytes, requests.Response]:
+        """Send one prepared request as ``upload`` does; errors name ``where``, never the URL.
+
+        ``secret``: a signed URL, scrubbed from any error text (the innermost reason
+        should not quote it; a library that does must not leak it).
+        """
+        assert request.url is not None
+        proxies = requests.utils.get_environ_proxies(request.url) if session is self._storage else session.proxies
+        try:
+            response = session.get_adapter(request.url).send(
+                request,
+                timeout=self._timeout,
+                stream=False,
+                proxies=proxies,
+                verify=True if session.verify is None else session.verify,
+                cert=session.cert,
+            )
+            return response.content, response
+        except UploadError:
+            raise
+        except ConnectTimeout as exc:
+            raise UploadTimeout(f"connecting to {where} timed out: {scrub(_reason(exc), secret)}") from None
+        except ReadTimeout:
+            raise UploadTimeout(f"no answer from {where} within {self._timeout[1]:g} s") from None
+        except RequestsConnectionError as exc:
+            raise ConnectionFailed(f"connection to {where} failed: {scrub(_reason(exc), secret)}") from None
+        except RequestException as exc:
+            raise ConnectionFailed(f"the request to {where} failed: {scrub(_reason(exc), secret)}") from None

@@ -1,5 +1,8 @@
 """A multipart/form-data request body with one file field, read from disk on demand.
 
+Without a field it is the file's bytes alone, with the same guarantees: the body of
+the direct flow's PUT.
+
 The API page's example (``files={"file": f}``) makes requests build the whole
 body in memory: about twice the file size. This body has a known length (so the
 request carries Content-Length, not chunked encoding) and hands the HTTP client
@@ -37,19 +40,21 @@ class MultipartBody:
         self,
         file: Readable,
         *,
-        field: str,
+        field: str | None,
         filename: str,
         content_type: str,
         size: int,
         check: Callable[[], None] | None = None,
     ) -> None:
         self.boundary = secrets.token_hex(16)
-        head = (
-            f"--{self.boundary}\r\n"
-            f'Content-Disposition: form-data; name="{_quote(field)}"; filename="{_quote(filename)}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{self.boundary}--\r\n".encode()
+        head = tail = b""  # field None: the file's bytes alone (the direct flow's PUT)
+        if field is not None:
+            head = (
+                f"--{self.boundary}\r\n"
+                f'Content-Disposition: form-data; name="{_quote(field)}"; filename="{_quote(filename)}"\r\n'
+                f"Content-Type: {content_type}\r\n\r\n"
+            ).encode()
+            tail = f"\r\n--{self.boundary}--\r\n".encode()
         self._file = file
         self._head = head
         self._tail = tail
@@ -59,8 +64,8 @@ class MultipartBody:
         self._check = check
 
     @classmethod
-    def for_source(cls, source: OpenedSource, *, field: str) -> MultipartBody:
-        """One attempt's body: the source from its first byte, checked at its end."""
+    def for_source(cls, source: OpenedSource, *, field: str | None) -> MultipartBody:
+        """One attempt's body: the source from its first byte, checked at its end (``field`` None: raw)."""
         return cls(
             source.open_stream(),
             field=field,
