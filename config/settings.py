@@ -63,6 +63,7 @@ __all__ = [
     "MIB",
     "OVERSIZE_POLICIES",
     "SCAN_TASK_NAME",
+    "UPLOAD_FLOWS",
     "UPLOAD_MANY_TASK_NAME",
     "UPLOAD_TASK_NAME",
     "VARIABLES",
@@ -95,6 +96,7 @@ SCAN_TASK_NAME = "wsupload.scan"
 """The task Celery beat sends for a scheduled batch run."""
 
 OVERSIZE_POLICIES = ("refuse", "presign")
+UPLOAD_FLOWS = ("binary", "direct", "auto")
 LOG_FORMATS = ("text", "json")
 
 
@@ -350,6 +352,27 @@ class Settings:
         shown="{} s",
         check=lambda v: v > 0,
         rule="greater than 0",
+    )
+    upload_flow: str = setting(
+        "WSUPLOAD_UPLOAD_FLOW",
+        parse_lower,
+        "binary",
+        "How files reach WaveSpeed: `binary` (one POST to the API page's endpoint), `direct` (a ticket from"
+        " `/api/v3/media/uploads`, then a PUT of the bytes to the signed storage URL it names) or `auto`"
+        " (direct; where the ticket endpoint answers 404 or 405, binary for the rest of the process)."
+        " A job's `options.upload_flow` overrides it.",
+        check=lambda v: v in UPLOAD_FLOWS,
+        rule=" or ".join(UPLOAD_FLOWS),
+    )
+    direct_ticket_margin: float = setting(
+        "WSUPLOAD_DIRECT_TICKET_MARGIN",
+        parse_duration,
+        "60",
+        "Direct flow: a retried PUT reuses its ticket only until the ticket's `expires_at` less this;"
+        " after that it asks for a new ticket.",
+        shown="{} s",
+        check=lambda v: v >= 0,
+        rule="0 or more",
     )
     allowed_buckets: tuple[str, ...] = setting(
         "WSUPLOAD_ALLOWED_BUCKETS",

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
@@ -33,6 +33,7 @@ from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
 from wsupload.errors import (
+    ClientError,
     InternalError,
     LeaseLost,
     RateLimited,
@@ -52,6 +53,7 @@ from wsupload.tasks.sources.opener import SourceOpener, scheme_of
 from wsupload.tasks.store import results
 from wsupload.tasks.store.dedup import DedupStore, content_digest
 from wsupload.tasks.store.fencing import Claim, ClaimAsk, FirstAttempt
+from wsupload.tasks.wavespeed.direct import Transfer
 from wsupload.tasks.wavespeed.rate_limit import SLOT_LEASES, FleetLimiter, RateLimitTimeout
 from wsupload.tasks.wavespeed.retry_policy import RetryPolicy, is_transient, next_delay
 from wsupload.tasks.wire.options import JobOptions
@@ -63,6 +65,13 @@ NO_OPTIONS = JobOptions()
 
 class Uploader(Protocol):
     def upload(self, source: OpenedSource) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class DirectUploader(Uploader, Protocol):
+    """A client that also speaks the direct flow (``tasks.wavespeed.direct``)."""
+
+    def upload_direct(self, source: OpenedSource, transfer: Transfer) -> dict[str, Any]: ...
 
 
 def _changed(error: BaseException) -> bool:
@@ -138,6 +147,8 @@ class JobRunner:
     policy: RetryPolicy = field(init=False)
     dedup: DedupStore = field(init=False)
     limiter: FleetLimiter | None = None
+    ticket_endpoint_missing: bool = False
+    """``auto``: the ticket endpoint answered 404 or 405 once; this process uses the binary endpoint."""
 
     def __post_init__(self) -> None:
         # The runner holds the secrets, so it makes sure they are masked wherever it writes.
@@ -350,7 +361,25 @@ class JobRunner:
                 "(an earlier worker stopped mid-upload)"
             )
 
-        def attempt() -> dict[str, Any]:
+        flow = options.upload_flow or self.settings.upload_flow
+        transfer = Transfer()  # the direct flow's ticket, kept across this source's attempts
+
+        def send() -> tuple[dict[str, Any], str]:
+            """One request (or a ticket and its PUT): the result, and the flow that made it."""
+            if flow == "binary" or (flow == "auto" and self.ticket_endpoint_missing):
+                return self.client.upload(opened), "binary"
+            if not isinstance(self.client, DirectUploader):
+                raise InternalError("this worker's client has no direct flow")
+            try:
+                return self.client.upload_direct(opened, transfer), "direct"
+            except ClientError as error:
+                missing = error.http_status in (404, 405) and transfer.requests[-1:] == ["ticket"]
+                if flow != "auto" or not missing:
+                    raise
+                self._ticket_endpoint_missing(error)
+                return self.client.upload(opened), "binary"
+
+        def attempt() -> tuple[dict[str, Any], str]:
             assert self.limiter is not None
             try:
                 with self.limiter.slot(state.deadline):
@@ -361,18 +390,30 @@ class JobRunner:
                     else:
                         self._save(state)
                     telemetry.attempt()
-                    return self.client.upload(opened)
+                    return send()
             except RateLimitTimeout as exc:
                 raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
 
         # SourceChanged passes through to run()'s loop, which opens the source again.
-        result = self._retrying(state, attempt, retry=_retried_in_place)
+        result, used = self._retrying(state, attempt, retry=_retried_in_place)
         telemetry.uploaded(opened.size)
         now = results.utcnow()
-        doc = results.succeeded(state.doc, result, now, self.settings.retention)
+        doc = results.succeeded(
+            state.doc, result, now, self.settings.retention, "direct" if used == "direct" else "upload"
+        )
         if digest is not None:
             self.dedup.remember(digest, doc["job_id"], doc["result"], doc["expires_at"], now)
         return doc
+
+    def _ticket_endpoint_missing(self, error: ClientError) -> None:
+        if not self.ticket_endpoint_missing:
+            self.ticket_endpoint_missing = True
+            log.warning(
+                "the ticket endpoint answered HTTP %s (%s): WSUPLOAD_UPLOAD_FLOW=auto uses the binary endpoint "
+                "for the rest of this process",
+                error.http_status,
+                error.message,
+            )
 
     def _retrying(
         self,

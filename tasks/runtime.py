@@ -47,6 +47,7 @@ class Runtime:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             connections=settings.concurrency,
+            ticket_margin=settings.direct_ticket_margin,
         )
         return JobRunner(settings=settings, store=self.store, client=client)
 

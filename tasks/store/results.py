@@ -180,10 +180,10 @@ def _ended(doc: JobDoc, status: str, now: datetime, **fields: Any) -> JobDoc:
     return {**_without(doc, "next_attempt_at"), "status": status, **fields, "finished_at": isoformat(now)}
 
 
-def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int) -> JobDoc:
-    """Uploaded: the API keeps the file for ``retention`` seconds from now."""
+def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int, method: str = "upload") -> JobDoc:
+    """Uploaded (``method``: ``upload``, the binary endpoint, or ``direct``): kept ``retention`` seconds from now."""
     expires = isoformat(now + timedelta(seconds=retention))
-    return _ended(doc, SUCCEEDED, now, result={**result, "method": "upload"}, error=None, expires_at=expires)
+    return _ended(doc, SUCCEEDED, now, result={**result, "method": method}, error=None, expires_at=expires)
 
 
 def reused(doc: JobDoc, earlier: dict[str, Any], now: datetime) -> JobDoc:

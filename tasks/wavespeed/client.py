@@ -235,9 +235,10 @@ class UploadClient:
         the call, and a PUT follows only a ticket that was just issued or is still valid.
         """
         if direct.wants_new_ticket(transfer, datetime.now(UTC), self.ticket_margin):
+            transfer.requests.append("ticket")
+            transfer.ticket = None
             transfer.ticket = self.request_ticket(source)
             transfer.puts_on_ticket = 0
-            transfer.requests.append("ticket")
         return self._put(source, transfer)
 
     def request_ticket(self, source: OpenedSource) -> direct.Ticket:

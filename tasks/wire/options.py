@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wsupload.config.parsers import check_callback_url
+from wsupload.config.settings import UPLOAD_FLOWS
 from wsupload.errors import InvalidInput
 
-KNOWN = ("dedup", "callback_url")
+KNOWN = ("dedup", "callback_url", "upload_flow")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,9 @@ class JobOptions:
     """Reuse an earlier upload of the same bytes while it is still retained."""
     callback_url: str | None = None
     """POST the final result document here (signed) when the job ends."""
+    upload_flow: str | None = None
+    """``binary``, ``direct`` or ``auto`` for this job; None: the worker's ``WSUPLOAD_UPLOAD_FLOW``.
+    Workers that predate it refuse the job (``invalid_input``): set it once every worker knows it."""
 
     @classmethod
     def parse(cls, raw: object) -> JobOptions:
@@ -35,7 +39,10 @@ class JobOptions:
                 check_callback_url(url)
             except ValueError as exc:
                 raise InvalidInput(f"option 'callback_url' must be an http(s) URL ({exc})") from None
-        return cls(dedup=dedup, callback_url=url)
+        flow = raw.get("upload_flow")
+        if flow is not None and flow not in UPLOAD_FLOWS:
+            raise InvalidInput(f"option 'upload_flow' must be one of {list(UPLOAD_FLOWS)}")
+        return cls(dedup=dedup, callback_url=url, upload_flow=flow)
 
     def to_message(self) -> dict[str, object]:
         """What a producer puts in ``kwargs.options`` (defaults left out)."""
@@ -44,4 +51,6 @@ class JobOptions:
             out["dedup"] = True
         if self.callback_url:
             out["callback_url"] = self.callback_url
+        if self.upload_flow:
+            out["upload_flow"] = self.upload_flow
         return out
