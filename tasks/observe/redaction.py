@@ -3,7 +3,8 @@
 The API key and the callback secret live in the worker's environment only. Any
 text can still carry them by accident — a server's error message that echoes
 the key, an exception from a library, a traceback — so call sites are not
-trusted to remember: ``protect`` registers the secrets once per process,
+trusted to remember: ``protect`` registers the secrets once per process
+(``protecting``, a secret of one request's lifetime, such as a signed upload URL),
 ``install_log_redaction`` cleans every log record as it is made (message,
 arguments, traceback, stack; the message also clipped to ``MAX_LOG_CHARS``, so
 no producer's input makes a huge line), and the result store passes every
@@ -12,10 +13,12 @@ document it writes through ``redact``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from wsupload.tasks.observe.bounds import MAX_LOG_CHARS, clip
@@ -28,18 +31,43 @@ class Redactor:
 
     def __init__(self) -> None:
         self._forms: tuple[str, ...] = ()
+        self._lasting: set[str] = set()
+        self._passing: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _forms_of(secret: str) -> set[str]:
+        # As it is, inside a JSON string, and inside a repr (%r, an exception's args).
+        return {secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]}
+
+    def _rebuild(self) -> None:
+        # Longest first: a secret that contains another is replaced whole.
+        self._forms = tuple(sorted(self._lasting | set(self._passing), key=len, reverse=True))
 
     def protect(self, *secrets: str | None) -> None:
         with self._lock:
-            forms = set(self._forms)
             for secret in secrets:
                 if secret:
-                    forms.add(secret)
-                    forms.add(json.dumps(secret)[1:-1])  # how the secret looks inside a JSON string
-                    forms.add(repr(secret)[1:-1])  # and inside a repr (%r, an exception's args)
-            # Longest first: a secret that contains another is replaced whole.
-            self._forms = tuple(sorted(forms, key=len, reverse=True))
+                    self._lasting |= self._forms_of(secret)
+            self._rebuild()
+
+    @contextlib.contextmanager
+    def protecting(self, *secrets: str | None) -> Iterator[None]:
+        """Mask ``secrets`` while the block runs (kept per use: concurrent blocks may share one)."""
+        forms: Counter[str] = Counter()
+        for secret in secrets:
+            if secret:
+                forms.update(self._forms_of(secret))
+        with self._lock:
+            self._passing.update(forms)
+            self._rebuild()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passing.subtract(forms)
+                self._passing = +self._passing  # drop the forms no block holds any more
+                self._rebuild()
 
     @property
     def active(self) -> bool:
@@ -61,6 +89,12 @@ def protect(*secrets: str | None) -> None:
     REDACTOR.protect(*secrets)
     if REDACTOR.active:
         install_log_redaction()
+
+
+def protecting(*secrets: str | None) -> contextlib.AbstractContextManager[None]:
+    """Mask ``secrets`` (a signed URL's query) in every log record and stored text while the block runs."""
+    install_log_redaction()
+    return REDACTOR.protecting(*secrets)
 
 
 def redact(text: str) -> str:

@@ -28,6 +28,7 @@ from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
 from requests.structures import CaseInsensitiveDict
 
 from wsupload.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
+from wsupload.tasks.observe import redaction
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.wavespeed import direct
 from wsupload.tasks.wavespeed.multipart import MultipartBody
@@ -264,7 +265,9 @@ class UploadClient:
         request.prepare_hooks({})
         transfer.puts_on_ticket += 1
         transfer.requests.append("put")
-        content, response = self._send(self._storage, request, "the storage (direct upload)", secret=ticket.url)
+        # urllib3 logs each request's path and query at DEBUG: the signature is masked there while it is sent.
+        with redaction.protecting(*direct.secret_parts(ticket.url)):
+            content, response = self._send(self._storage, request, "the storage (direct upload)", secret=ticket.url)
         text = _describe(response.status_code, None, content)
         return direct.put_outcome(transfer, response.status_code, dict(response.headers), text, dict(request.headers))
 

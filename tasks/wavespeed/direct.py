@@ -111,6 +111,14 @@ def parse_ticket(data: dict[str, Any], *, base_url: str) -> Ticket:
     return Ticket(url=url, headers=dict(headers), expires_at=parse_expiry(upload.get("expires_at")), data=result)
 
 
+def secret_parts(url: str) -> tuple[str, ...]:
+    """What of a signed URL is a credential: its query (the signature), or its path where it has none."""
+    parts = urlsplit(url)
+    if parts.query:
+        return (parts.query,)
+    return (parts.path,) if len(parts.path) >= 8 else ()  # "/" or "/o/1" would mask half of every line
+
+
 def ticket_usable(ticket: Ticket, now: datetime, margin: float) -> bool:
     """Whether a PUT may (still) go out on this ticket: before ``expires_at`` less ``margin``."""
     if ticket.expires_at is None:

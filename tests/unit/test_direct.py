@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from wsupload.errors import (
     TooLarge,
     Unauthorized,
     UnexpectedResponse,
+    UploadError,
 )
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.wavespeed import direct
@@ -277,3 +279,36 @@ def test_ticket_errors_put_nothing(
     with pytest.raises(error):
         client.upload_direct(opened(png_bytes()), direct.Transfer())
     assert [r.step for r in sandbox.records] == ["ticket"]
+
+
+def test_the_signed_url_is_in_no_log_line_nor_error(
+    client: UploadClient, sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wsupload.tasks.observe import redaction
+
+    redaction.protect("k-direct-unit")  # a worker always has its key registered
+    caplog.set_level(logging.DEBUG)  # urllib3's request lines included
+    sandbox.add_fault(Fault(step="ticket", expired=True))
+    transfer = direct.Transfer()
+    errors = []
+    for number in range(5):
+        if number == 1:  # after the expired ticket's 403: a 500, then a reset mid-body
+            sandbox.add_fault(Fault(step="put", status=500))
+            sandbox.add_fault(Fault(step="put", reset=True))
+        try:
+            client.upload_direct(opened(png_bytes()), transfer)
+            break
+        except UploadError as error:
+            errors.append(error.message)
+    assert [(r.step, r.status) for r in sandbox.records] == [
+        ("ticket", 200),
+        ("put", 403),
+        ("ticket", 200),
+        ("put", 500),
+        ("put", None),
+        ("put", 200),
+    ]
+    text = "\n".join(r.getMessage() for r in caplog.records) + "\n".join(errors)
+    assert "PUT /_storage/" in text  # urllib3 logged its request lines
+    assert "signature=" not in text
+    assert "expires=" not in text

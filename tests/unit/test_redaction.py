@@ -76,3 +76,16 @@ def test_a_huge_log_message_is_clipped(captured: io.StringIO) -> None:
     line = captured.getvalue()
     assert len(line) < 20_000
     assert "more characters]" in line
+
+
+def test_a_passing_secret_is_masked_only_while_its_block_runs(captured: io.StringIO) -> None:
+    logger = logging.getLogger("wsupload.test.redaction")
+    query = "expires=1&signature=passing-0123"
+    with redaction.protecting(query):
+        with redaction.protecting(query):  # two uploads may hold the same form
+            logger.debug("PUT /o/1?%s", query)
+        logger.debug("PUT /o/1?%s", query)
+    logger.debug("after: %s", query)
+    lines = captured.getvalue().splitlines()
+    assert lines == ["DEBUG PUT /o/1?[redacted]", "DEBUG PUT /o/1?[redacted]", f"DEBUG after: {query}"]
+    assert redaction.redact(SECRET) == redaction.MASK  # the lasting secrets stay
