@@ -119,6 +119,7 @@ class UploadRecord:
     status: int | None = None  # None: the connection was dropped
     authorized: bool = False
     authorization_sent: bool = False  # any Authorization header at all (a PUT must carry none)
+    key_seen: bool = False  # the API key anywhere in the request line or headers
     object: str | None = None  # direct flow: the object a ticket names or a PUT writes
     if_none_match: str | None = None
     filename: str | None = None
@@ -506,6 +507,9 @@ class _Handler(BaseHTTPRequestHandler):
         record, fault = self.sandbox._begin("put")
         record.fault = asdict(fault) if fault else None
         record.authorization_sent = "Authorization" in self.headers
+        record.key_seen = self.sandbox.api_key in self.requestline or any(
+            self.sandbox.api_key in value for value in self.headers.values()
+        )
         record.if_none_match = self.headers.get("If-None-Match")
         path, _, query = self.path.partition("?")
         obj = path[len(STORAGE_PATH) :]

@@ -1,0 +1,179 @@
+"""The direct flow end to end: a real worker (WSUPLOAD_UPLOAD_FLOW=direct, debug logging) against the sandbox.
+
+Each step's faults are caused for real, each in its own test; the last tests prove the API key
+never reached the PUT target and the signed URL is in no log line (urllib3's DEBUG lines included)
+and no document, and that ``auto`` against a server without the ticket endpoint uses the binary one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration import rabbit
+from tests.integration.conftest import SANDBOX_MAX_BYTES, Fleet, producer_env, run_one
+from wsupload.config import Settings
+from wsupload.tasks.store import results
+from wsupload.tasks.store.keys import DEAD
+from wsupload.worker.dev.local_services import WorkerProcess
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
+from wsupload.worker.producer import Producer
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def direct_worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Producer, WorkerProcess]]:
+    queue = "direct-" + uuid.uuid4().hex[:8]
+    env = {
+        **worker_env,
+        "WSUPLOAD_QUEUE": queue,
+        "WSUPLOAD_BULK_QUEUE": f"{queue}.bulk",
+        "WSUPLOAD_UPLOAD_FLOW": "direct",
+    }
+    producer = Producer(Settings.from_env(producer_env(env)))
+    log = tmp_path_factory.mktemp("direct-logs") / "worker.log"
+    process = WorkerProcess(env=env, log_path=log, concurrency=2, loglevel="debug")
+    try:
+        with rabbit.opening_channels(env):
+            process.start().wait_ready(producer.app)
+        yield producer, process
+    finally:
+        process.stop()
+        producer.close()
+
+
+@pytest.fixture
+def producer(direct_worker: tuple[Producer, WorkerProcess]) -> Producer:
+    return direct_worker[0]
+
+
+@pytest.fixture
+def png(media_root: Path, request: pytest.FixtureRequest) -> Path:
+    path = media_root / f"direct-{request.node.name[:40]}.png"
+    path.write_bytes(png_bytes(48 + len(request.node.name) % 16, 32))
+    return path
+
+
+def steps(sandbox: SandboxServer) -> list[tuple[str, int | None]]:
+    return [(r.step, r.status) for r in sandbox.records]
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return bytes(answer.read())
+
+
+def assert_landed(doc: results.JobDoc, sandbox: SandboxServer, data: bytes) -> None:
+    assert doc["status"] == "succeeded", doc
+    assert doc["result"]["method"] == "direct"
+    assert doc["result"]["size"] == len(data)
+    tickets = [r for r in sandbox.records if r.step == "ticket" and r.status == 200]
+    # The download_url the last ticket named, and its bytes are the file's.
+    assert doc["result"]["download_url"].startswith(f"{sandbox.url}/files/d{tickets[-1].object}/")
+    assert download(doc["result"]["download_url"]) == data
+    puts = [r for r in sandbox.records if r.step == "put"]
+    assert puts[-1].sha256 == hashlib.sha256(data).hexdigest()
+    assert not any(r.authorization_sent or r.key_seen for r in puts)
+
+
+def test_happy_path(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+    doc = run_one(producer, png)
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert doc["attempts"] == 1
+    assert steps(sandbox) == [("ticket", 200), ("put", 200)]
+
+
+def test_ticket_503_then_429_then_ok(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+    sandbox.add_fault(Fault(step="ticket", status=503))
+    sandbox.add_fault(Fault(step="ticket", status=429, retry_after="0"))
+    doc = run_one(producer, png)
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert doc["attempts"] == 3
+    assert steps(sandbox) == [("ticket", 503), ("ticket", 429), ("ticket", 200), ("put", 200)]
+
+
+def test_put_reset_mid_body_then_500_then_ok(producer: Producer, sandbox: SandboxServer, media_root: Path) -> None:
+    big = media_root / "direct-reset.mp4"
+    big.write_bytes(mp4_bytes(SANDBOX_MAX_BYTES // 2))  # large enough that the reset comes mid-body
+    sandbox.add_fault(Fault(step="put", reset=True))
+    sandbox.add_fault(Fault(step="put", status=500))
+    doc = run_one(producer, big)
+    assert_landed(doc, sandbox, big.read_bytes())
+    assert doc["attempts"] == 3
+    # One ticket: the PUTs were repeated on it while it was valid.
+    assert steps(sandbox) == [("ticket", 200), ("put", None), ("put", 500), ("put", 200)]
+
+
+def test_expired_ticket_then_a_new_ticket(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+    sandbox.add_fault(Fault(step="ticket", expired=True))
+    doc = run_one(producer, png)
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert doc["attempts"] == 2
+    assert steps(sandbox) == [("ticket", 200), ("put", 403), ("ticket", 200), ("put", 200)]
+
+
+def test_ticket_401_fails_after_one_request(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+    sandbox.add_fault(Fault(step="ticket", status=401))
+    doc = run_one(producer, png)
+    assert (doc["status"], doc["error"]["kind"], doc["attempts"]) == ("failed", "unauthorized", 1)
+    assert steps(sandbox) == [("ticket", 401)]
+
+
+def test_ticket_413_fails_after_one_request(producer: Producer, sandbox: SandboxServer, media_root: Path) -> None:
+    big = media_root / "direct-big.mp4"
+    big.write_bytes(mp4_bytes(SANDBOX_MAX_BYTES * 2))  # within the worker's limit, over the server's
+    doc = run_one(producer, big)
+    assert (doc["status"], doc["error"]["kind"], doc["error"]["http_status"]) == ("failed", "too_large", 413)
+    assert steps(sandbox) == [("ticket", 413)]
+
+
+def test_no_key_at_the_put_target_and_the_signed_url_nowhere(
+    producer: Producer, sandbox: SandboxServer, png: Path, direct_worker: tuple[Producer, WorkerProcess]
+) -> None:
+    # PUT errors first (their texts go into last_error and the log), then an exhausted job.
+    sandbox.add_fault(Fault(step="put", reset=True))
+    sandbox.add_fault(Fault(step="put", status=503))
+    ok = run_one(producer, png)
+    assert_landed(ok, sandbox, png.read_bytes())
+    sandbox.add_fault(Fault(step="put", status=502, times=10))
+    exhausted = run_one(producer, png)
+    assert exhausted["error"]["kind"] == "retries_exhausted"
+    assert not any(r.authorization_sent or r.key_seen for r in sandbox.records if r.step == "put")
+    log = direct_worker[1].log_path.read_text(errors="replace")
+    assert "PUT /_storage/" in log  # urllib3's DEBUG request lines are in the log
+    stored = json.dumps([producer.status([ok["job_id"], exhausted["job_id"]])])
+    dead = json.dumps(producer.redis.lrange(DEAD, 0, -1), default=str)
+    # Dead letters hold messages a worker could not run, never an upload's error: checked all the same.
+    for text in (log, stored, dead):
+        assert "signature=" not in text
+        assert "expires=" not in text
+
+
+def test_auto_without_the_ticket_endpoint_uses_the_binary_one(
+    fleet: Fleet, sandbox: SandboxServer, media_root: Path
+) -> None:
+    path = media_root / "direct-auto.png"
+    path.write_bytes(png_bytes())
+    sandbox.direct = False
+    try:
+        handle = fleet(WSUPLOAD_UPLOAD_FLOW="auto")
+        first = run_one(handle.producer, path)
+        second = run_one(handle.producer, path)
+    finally:
+        sandbox.direct = True
+    for doc in (first, second):
+        assert (doc["status"], doc["attempts"], doc["result"]["method"]) == ("succeeded", 1, "upload")
+        assert download(doc["result"]["download_url"]) == path.read_bytes()
+    assert steps(sandbox) == [("binary", 200), ("binary", 200)]
+    log = handle.workers[0].log_path.read_text()
+    assert log.count("WSUPLOAD_UPLOAD_FLOW=auto uses the binary endpoint") == 1
