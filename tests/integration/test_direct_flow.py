@@ -17,11 +17,20 @@ from pathlib import Path
 import pytest
 
 from tests.integration import rabbit
-from tests.integration.conftest import SANDBOX_MAX_BYTES, Fleet, producer_env, run_one
+from tests.integration.conftest import (
+    S3,
+    SANDBOX_MAX_BYTES,
+    Fleet,
+    StartWorker,
+    finished,
+    producer_env,
+    run_one,
+    unacked_messages,
+)
 from wsupload.config import Settings
 from wsupload.tasks.store import results
 from wsupload.tasks.store.keys import DEAD
-from wsupload.worker.dev.local_services import WorkerProcess
+from wsupload.worker.dev.local_services import WorkerProcess, wait_until
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
@@ -53,7 +62,7 @@ def direct_worker(
 
 
 @pytest.fixture
-def producer(direct_worker: tuple[Producer, WorkerProcess]) -> Producer:
+def direct_producer(direct_worker: tuple[Producer, WorkerProcess]) -> Producer:
     return direct_worker[0]
 
 
@@ -86,73 +95,77 @@ def assert_landed(doc: results.JobDoc, sandbox: SandboxServer, data: bytes) -> N
     assert not any(r.authorization_sent or r.key_seen for r in puts)
 
 
-def test_happy_path(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
-    doc = run_one(producer, png)
+def test_happy_path(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+    doc = run_one(direct_producer, png)
     assert_landed(doc, sandbox, png.read_bytes())
     assert doc["attempts"] == 1
     assert steps(sandbox) == [("ticket", 200), ("put", 200)]
 
 
-def test_ticket_503_then_429_then_ok(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+def test_ticket_503_then_429_then_ok(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:
     sandbox.add_fault(Fault(step="ticket", status=503))
     sandbox.add_fault(Fault(step="ticket", status=429, retry_after="0"))
-    doc = run_one(producer, png)
+    doc = run_one(direct_producer, png)
     assert_landed(doc, sandbox, png.read_bytes())
     assert doc["attempts"] == 3
     assert steps(sandbox) == [("ticket", 503), ("ticket", 429), ("ticket", 200), ("put", 200)]
 
 
-def test_put_reset_mid_body_then_500_then_ok(producer: Producer, sandbox: SandboxServer, media_root: Path) -> None:
+def test_put_reset_mid_body_then_500_then_ok(
+    direct_producer: Producer, sandbox: SandboxServer, media_root: Path
+) -> None:
     big = media_root / "direct-reset.mp4"
     big.write_bytes(mp4_bytes(SANDBOX_MAX_BYTES // 2))  # large enough that the reset comes mid-body
     sandbox.add_fault(Fault(step="put", reset=True))
     sandbox.add_fault(Fault(step="put", status=500))
-    doc = run_one(producer, big)
+    doc = run_one(direct_producer, big)
     assert_landed(doc, sandbox, big.read_bytes())
     assert doc["attempts"] == 3
     # One ticket: the PUTs were repeated on it while it was valid.
     assert steps(sandbox) == [("ticket", 200), ("put", None), ("put", 500), ("put", 200)]
 
 
-def test_expired_ticket_then_a_new_ticket(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+def test_expired_ticket_then_a_new_ticket(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:
     sandbox.add_fault(Fault(step="ticket", expired=True))
-    doc = run_one(producer, png)
+    doc = run_one(direct_producer, png)
     assert_landed(doc, sandbox, png.read_bytes())
     assert doc["attempts"] == 2
     assert steps(sandbox) == [("ticket", 200), ("put", 403), ("ticket", 200), ("put", 200)]
 
 
-def test_ticket_401_fails_after_one_request(producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+def test_ticket_401_fails_after_one_request(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:
     sandbox.add_fault(Fault(step="ticket", status=401))
-    doc = run_one(producer, png)
+    doc = run_one(direct_producer, png)
     assert (doc["status"], doc["error"]["kind"], doc["attempts"]) == ("failed", "unauthorized", 1)
     assert steps(sandbox) == [("ticket", 401)]
 
 
-def test_ticket_413_fails_after_one_request(producer: Producer, sandbox: SandboxServer, media_root: Path) -> None:
+def test_ticket_413_fails_after_one_request(
+    direct_producer: Producer, sandbox: SandboxServer, media_root: Path
+) -> None:
     big = media_root / "direct-big.mp4"
     big.write_bytes(mp4_bytes(SANDBOX_MAX_BYTES * 2))  # within the worker's limit, over the server's
-    doc = run_one(producer, big)
+    doc = run_one(direct_producer, big)
     assert (doc["status"], doc["error"]["kind"], doc["error"]["http_status"]) == ("failed", "too_large", 413)
     assert steps(sandbox) == [("ticket", 413)]
 
 
 def test_no_key_at_the_put_target_and_the_signed_url_nowhere(
-    producer: Producer, sandbox: SandboxServer, png: Path, direct_worker: tuple[Producer, WorkerProcess]
+    direct_producer: Producer, sandbox: SandboxServer, png: Path, direct_worker: tuple[Producer, WorkerProcess]
 ) -> None:
     # PUT errors first (their texts go into last_error and the log), then an exhausted job.
     sandbox.add_fault(Fault(step="put", reset=True))
     sandbox.add_fault(Fault(step="put", status=503))
-    ok = run_one(producer, png)
+    ok = run_one(direct_producer, png)
     assert_landed(ok, sandbox, png.read_bytes())
     sandbox.add_fault(Fault(step="put", status=502, times=10))
-    exhausted = run_one(producer, png)
+    exhausted = run_one(direct_producer, png)
     assert exhausted["error"]["kind"] == "retries_exhausted"
     assert not any(r.authorization_sent or r.key_seen for r in sandbox.records if r.step == "put")
     log = direct_worker[1].log_path.read_text(errors="replace")
     assert "PUT /_storage/" in log  # urllib3's DEBUG request lines are in the log
-    stored = json.dumps([producer.status([ok["job_id"], exhausted["job_id"]])])
-    dead = json.dumps(producer.redis.lrange(DEAD, 0, -1), default=str)
+    stored = json.dumps([direct_producer.status([ok["job_id"], exhausted["job_id"]])])
+    dead = json.dumps(direct_producer.redis.lrange(DEAD, 0, -1), default=str)
     # Dead letters hold messages a worker could not run, never an upload's error: checked all the same.
     for text in (log, stored, dead):
         assert "signature=" not in text
@@ -177,3 +190,54 @@ def test_auto_without_the_ticket_endpoint_uses_the_binary_one(
     assert steps(sandbox) == [("binary", 200), ("binary", 200)]
     log = handle.workers[0].log_path.read_text()
     assert log.count("WSUPLOAD_UPLOAD_FLOW=auto uses the binary endpoint") == 1
+
+
+def test_an_s3_key_streams_into_the_put(direct_producer: Producer, sandbox: SandboxServer, s3: S3) -> None:
+    name = f"in/direct-{uuid.uuid4().hex[:8]}.png"
+    data = png_bytes(40, 24)
+    s3.admin.put_object(Bucket="media", Key=name, Body=data)
+    doc = run_one(direct_producer, f"s3://media/{name}")
+    assert_landed(doc, sandbox, data)
+    assert steps(sandbox) == [("ticket", 200), ("put", 200)]
+
+
+def test_a_bulk_batch_by_the_job_option(
+    worker: WorkerProcess, sandbox: SandboxServer, media_root: Path, worker_env: dict[str, str]
+) -> None:
+    # The session worker runs WSUPLOAD_UPLOAD_FLOW=binary: options.upload_flow chooses for these jobs.
+    paths = []
+    for n in range(6):
+        path = media_root / f"direct-bulk-{n}.png"
+        path.write_bytes(png_bytes(20 + n, 20))
+        paths.append(str(path))
+    bulk_producer = Producer(Settings.from_env(producer_env(worker_env)))
+    try:
+        batch = bulk_producer.enqueue_batch(paths, options={"dedup": False, "upload_flow": "direct"})
+        outcome = bulk_producer.wait([job.job_id for job in batch.jobs], timeout=60)
+    finally:
+        bulk_producer.close()
+    docs = [doc for doc in outcome.docs if doc is not None]
+    assert [doc["status"] for doc in docs] == ["succeeded"] * 6
+    assert {doc["result"]["method"] for doc in docs} == {"direct"}
+    assert all(doc["options"]["upload_flow"] == "direct" for doc in docs)  # kept for the sweep
+    for source, doc in zip(paths, docs, strict=True):
+        assert download(doc["result"]["download_url"]) == Path(source).read_bytes()
+    assert sorted(r.step for r in sandbox.records) == ["put"] * 6 + ["ticket"] * 6
+
+
+def test_a_worker_sigkilled_mid_put_the_job_ends_once(
+    own_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    first = start_worker(WSUPLOAD_UPLOAD_FLOW="direct")
+    sandbox.add_fault(Fault(step="put", stall=30))  # the first PUT hangs at the storage
+    (job,) = own_producer.enqueue([str(png)])
+    wait_until(lambda: steps(sandbox)[-1:] == [("put", None)], 30, what="the PUT to reach the sandbox")
+    second = start_worker(WSUPLOAD_UPLOAD_FLOW="direct")
+    first.kill()
+    doc: results.JobDoc = wait_until(finished(own_producer, job.job_id), 30, interval=0.2, what="the job to end")
+    sandbox.release_stalls()
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert (doc["worker"], doc["generation"], doc["attempts"]) == (second.hostname, 2, 2)
+    # The second delivery asked its own ticket: the first one's PUT is not trusted to have landed.
+    assert [step for step, _ in steps(sandbox)] == ["ticket", "put", "ticket", "put"]
+    wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
