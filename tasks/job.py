@@ -516,9 +516,10 @@ class JobRunner:
         fields = outcome_fields(doc)  # for machines (WSUPLOAD_LOG_FORMAT=json); the text shows none
         if doc["status"] == results.SUCCEEDED:
             log.info(
-                "job %s succeeded after %d attempt(s): %s",
+                "job %s succeeded after %d attempt(s) (%s): %s",
                 doc["job_id"],
                 doc["attempts"],
+                doc["result"].get("method", "upload"),
                 doc["result"]["download_url"],
                 extra=fields,
             )

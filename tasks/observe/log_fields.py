@@ -15,10 +15,22 @@ from typing import Any
 from wsupload.errors import UploadError
 from wsupload.tasks.store.results import RETRYING
 
-FIELDS = ("job_id", "batch_id", "status", "attempt", "kind", "http_status", "duration_s", "bytes", "retry_in_s")
+FIELDS = (
+    "job_id",
+    "batch_id",
+    "status",
+    "attempt",
+    "kind",
+    "http_status",
+    "duration_s",
+    "bytes",
+    "method",
+    "retry_in_s",
+)
 """Every job field a JSON log line may carry, in the order it is written."""
 
 JobDoc = dict[str, Any]
+METHODS = ("upload", "direct", "presigned_url")
 
 
 def outcome_fields(doc: JobDoc) -> dict[str, Any]:
@@ -30,6 +42,8 @@ def outcome_fields(doc: JobDoc) -> dict[str, Any]:
     result, error = doc.get("result"), doc.get("error")
     if isinstance(result, dict) and isinstance(result.get("size"), int):
         fields["bytes"] = result["size"]
+    if isinstance(result, dict) and result.get("method") in METHODS:
+        fields["method"] = result["method"]  # the flow that uploaded it, or how it was answered otherwise
     if isinstance(error, dict):
         fields["kind"] = error.get("kind")
         if error.get("http_status") is not None:

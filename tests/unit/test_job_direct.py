@@ -14,6 +14,7 @@ from tests.unit.test_job import OpenLimiter
 from wsupload.config import Settings
 from wsupload.errors import InvalidInput
 from wsupload.tasks.job import JobRunner
+from wsupload.tasks.observe.log_fields import outcome_fields
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wavespeed.client import UploadClient
 from wsupload.tasks.wire.options import JobOptions
@@ -76,6 +77,7 @@ def test_direct_flow_result(direct_runner: JobRunner, sandbox: SandboxServer, pn
     assert (doc["attempts"], doc["result"]["method"]) == (1, "direct")
     assert doc["result"]["download_url"].startswith(sandbox.url + "/files/d")
     assert steps(sandbox) == [("ticket", 200), ("put", 200)]
+    assert outcome_fields(doc)["method"] == "direct"  # JSON log lines label the flow
 
 
 def test_every_failed_request_is_an_attempt(direct_runner: JobRunner, sandbox: SandboxServer, png: str) -> None:
