@@ -22,7 +22,9 @@ def test_demo_runs_end_to_end_with_embedded_services() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Redis: started a private redis-server" in result.stdout
-    assert result.stdout.count("bytes at download_url match the source") == 4  # 3 files and an s3:// key
+    # 3 files and an s3:// key through the binary endpoint, and one file through the direct flow.
+    assert result.stdout.count("bytes at download_url match the source") == 5
+    assert "(direct flow: a ticket, then a PUT)" in result.stdout
     assert "s3://wsupload-demo/photos/sunset.png" in result.stdout
     assert "does not look like a .png file" in result.stdout
     assert "Demo passed" in result.stdout

@@ -4,7 +4,9 @@ Uses what is configured and starts what is not: Redis from ``REDIS_URL`` or a
 private local one; the sandbox server unless ``--real``; always a real worker
 process. It uploads three sample files (the first meets one injected 503, to
 show a retry), one ``s3://`` key from a local S3 server (moto) and two files that
-must be refused, then checks the uploaded bytes.
+must be refused, then checks the uploaded bytes. With the sandbox, one more job
+sends a sample through WaveSpeed's direct flow (``options.upload_flow``: a ticket,
+then a PUT to the signed URL it names) beside the binary uploads.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def run_demo(*, real: bool = False) -> int:
             photo = files["sunset.png"].read_bytes()
             samples[store.put("wsupload-demo", "photos/sunset.png", photo)] = photo
         jobs = producer.enqueue(list(samples))
+        direct_ids: set[str] = set()
+        if sandbox is not None:
+            # The binary endpoint stays the default until the direct flow is proven against the real API.
+            direct = producer.enqueue([str(files["sunset.png"])], options={"upload_flow": "direct"})
+            direct_ids = {job.job_id for job in direct}
+            jobs += direct
         say(f"Enqueued {len(jobs)} jobs; waiting for them:")
         progress = JobProgress([j.job_id for j in jobs], sys.stdout)
         outcome = producer.wait([j.job_id for j in jobs], timeout=120, on_update=progress)
@@ -86,7 +94,10 @@ def run_demo(*, real: bool = False) -> int:
         ok = not outcome.timed_out
         say("")
         for job, doc in zip(jobs, outcome.docs, strict=True):
-            say(describe(doc, job.job_id))
+            say(
+                describe(doc, job.job_id)
+                + ("\n    (direct flow: a ticket, then a PUT)" if job.job_id in direct_ids else "")
+            )
             name = Path(job.source).name
             expected = EXPECTED_FAILURES.get(name)
             if doc is None:
@@ -100,6 +111,8 @@ def run_demo(*, real: bool = False) -> int:
                     same = answer.read() == samples[job.source]
                 say(f"    bytes at download_url {'match' if same else 'DIFFER FROM'} the source")
                 ok &= same
+                if job.job_id in direct_ids:
+                    ok &= doc["result"]["method"] == "direct"
         say("")
         say("Demo passed: uploads succeeded, bad inputs were refused with clear errors." if ok else "Demo FAILED.")
         if not ok:
