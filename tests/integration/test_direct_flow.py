@@ -241,3 +241,26 @@ def test_a_worker_sigkilled_mid_put_the_job_ends_once(
     # The second delivery asked its own ticket: the first one's PUT is not trusted to have landed.
     assert [step for step, _ in steps(sandbox)] == ["ticket", "put", "ticket", "put"]
     wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
+
+
+def test_a_ticket_answer_carrying_an_error_code_is_retried(
+    direct_producer: Producer, sandbox: SandboxServer, png: Path
+) -> None:
+    sandbox.add_fault(Fault(step="ticket", body={"code": 500, "message": "Upload failed"}))  # HTTP 200, code 500
+    doc = run_one(direct_producer, png)
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert steps(sandbox) == [("ticket", 200), ("ticket", 200), ("put", 200)]
+
+
+def test_a_ticket_that_is_not_a_put_is_unexpected_and_nothing_is_sent(
+    direct_producer: Producer, sandbox: SandboxServer, png: Path
+) -> None:
+    data = {"type": "image", "download_url": f"{sandbox.url}/files/x", "filename": png.name, "size": 1}
+    upload = {"method": "POST", "url": f"{sandbox.url}/_storage/1?signature=x", "headers": {}}
+    sandbox.add_fault(
+        Fault(step="ticket", body={"code": 200, "message": "success", "data": {**data, "upload": upload}})
+    )
+    doc = run_one(direct_producer, png)
+    assert (doc["status"], doc["error"]["kind"], doc["attempts"]) == ("failed", "unexpected_response", 1)
+    assert "signature" not in json.dumps(doc)
+    assert steps(sandbox) == [("ticket", 200)]

@@ -31,6 +31,11 @@ if how == "s3":
     client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
     with S3Store(Settings.from_env()).open(parse_object_url(path)) as source:
         size = client.upload(source)["size"]
+elif how == "direct":
+    from wsupload.tasks.wavespeed.direct import Transfer
+    client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
+    with open_local(path) as source:
+        size = client.upload_direct(source, Transfer())["size"]
 elif how == "wsupload":
     client = UploadClient(base_url=url, api_key="%s", connect_timeout=5, read_timeout=120)
     with open_local(path) as source:
@@ -76,6 +81,16 @@ def test_upload_memory_stays_flat_while_the_naive_example_grows(big_file: Path) 
     assert streamed < 32 * 1024 * 1024, f"streaming upload grew {streamed / 2**20:.0f} MiB"
     # The control proves the measurement sees buffering when there is some.
     assert naive > FILE_SIZE, f"the API page's example grew only {naive / 2**20:.0f} MiB"
+
+
+def test_a_direct_upload_streams_its_put_in_flat_memory(big_file: Path) -> None:
+    with SandboxServer(api_key=KEY) as sandbox:
+        growth = peak_growth(sandbox.url, big_file, "direct")
+        assert [(r.step, r.status, r.size) for r in sandbox.records] == [
+            ("ticket", 200, FILE_SIZE),
+            ("put", 200, FILE_SIZE),
+        ]
+    assert growth < 32 * 1024 * 1024, f"the direct flow's PUT grew {growth / 2**20:.0f} MiB"
 
 
 def test_an_s3_object_streams_through_in_flat_memory(big_file: Path, s3: S3) -> None:
