@@ -396,7 +396,7 @@ class JobRunner:
 
         # SourceChanged passes through to run()'s loop, which opens the source again.
         result, used = self._retrying(state, attempt, retry=_retried_in_place)
-        telemetry.uploaded(opened.size)
+        telemetry.uploaded(opened.size, "direct" if used == "direct" else "binary")
         now = results.utcnow()
         doc = results.succeeded(
             state.doc, result, now, self.settings.retention, "direct" if used == "direct" else "upload"

@@ -75,6 +75,12 @@ class WorkerMetrics:
             registry=registry,
         )
         self.bytes = Counter("wsupload_bytes_uploaded", "Bytes of the files uploaded successfully.", registry=registry)
+        self.uploads = Counter(
+            "wsupload_uploads",
+            "Files uploaded successfully, by flow: binary (the binary endpoint) or direct (a ticket, then a PUT).",
+            ["flow"],
+            registry=registry,
+        )
         self.lease_events = Counter(
             "wsupload_lease_recoveries",
             "Jobs moved between deliveries: lease_lost (this worker found a job's lease gone), handed_back"
@@ -116,6 +122,8 @@ class WorkerMetrics:
             self.retries.labels(kind)
         for event in telemetry.LEASE_EVENTS:
             self.lease_events.labels(event)
+        for flow in telemetry.FLOWS:
+            self.uploads.labels(flow)
         for outcome in telemetry.OUTCOMES:
             self.duration.labels(outcome)
             self.latency.labels(outcome)
@@ -133,8 +141,9 @@ class WorkerMetrics:
     def retry(self, kind: str) -> None:
         self.retries.labels(kind).inc()
 
-    def uploaded(self, nbytes: int) -> None:
+    def uploaded(self, nbytes: int, flow: str) -> None:
         self.bytes.inc(max(0, nbytes))
+        self.uploads.labels(flow).inc()
 
     def dedup_hit(self) -> None:
         self.dedup_hits.inc()

@@ -72,6 +72,8 @@ def test_a_job_that_succeeds_after_a_retry_counts_one_job_two_attempts_one_retry
     assert value(registry, "wsupload_http_attempts_total") == 2
     assert value(registry, "wsupload_retries_total", kind="server_error") == 1
     assert value(registry, "wsupload_bytes_uploaded_total") == Path(png).stat().st_size
+    assert value(registry, "wsupload_uploads_total", flow="binary") == 1
+    assert value(registry, "wsupload_uploads_total", flow="direct") == 0  # every flow's series from the start
     assert value(registry, "wsupload_upload_duration_seconds_count", outcome="succeeded") == 1
     assert value(registry, "wsupload_job_latency_seconds_count", outcome="succeeded") == 1
     assert value(registry, "wsupload_jobs_in_flight") == 0
