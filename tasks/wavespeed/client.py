@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 import requests.adapters
@@ -95,12 +95,18 @@ def interpret_response(status: int, headers: Mapping[str, str], body: bytes) -> 
 
 
 def scrub(text: str, url: str | None) -> str:
-    """``text`` without ``url``, its path and query, or its query (as urllib3 quotes them)."""
+    """``text`` without ``url``: whole, its path and query, its query, or any long query value.
+
+    The values matter too: a storage's refusal may quote the signature alone (S3's
+    ``SignatureDoesNotMatch`` answer carries ``SignatureProvided``).
+    """
     if not url:
         return text
     parts = urlsplit(url)
     path_query = parts.path + ("?" + parts.query if parts.query else "")
-    for form in (url, path_query, parts.query):
+    values = [value for _, value in parse_qsl(parts.query) if len(value) >= 8]
+    forms = sorted({url, path_query, parts.query, *values, *(quote(v, safe="") for v in values)}, key=len, reverse=True)
+    for form in forms:
         if form and len(form) > 1:
             text = text.replace(form, "[signed url]")
     return text
@@ -268,7 +274,7 @@ class UploadClient:
         # urllib3 logs each request's path and query at DEBUG: the signature is masked there while it is sent.
         with redaction.protecting(*direct.secret_parts(ticket.url)):
             content, response = self._send(self._storage, request, "the storage (direct upload)", secret=ticket.url)
-        text = _describe(response.status_code, None, content)
+        text = scrub(_describe(response.status_code, None, content), ticket.url)  # the answer may quote it
         return direct.put_outcome(transfer, response.status_code, dict(response.headers), text, dict(request.headers))
 
     def _send(

@@ -125,12 +125,20 @@ def test_put_reset_mid_body_then_500_then_ok(
     assert steps(sandbox) == [("ticket", 200), ("put", None), ("put", 500), ("put", 200)]
 
 
-def test_expired_ticket_then_a_new_ticket(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:
+def test_expired_ticket_then_a_new_ticket(
+    direct_producer: Producer, sandbox: SandboxServer, png: Path, direct_worker: tuple[Producer, WorkerProcess]
+) -> None:
     sandbox.add_fault(Fault(step="ticket", expired=True))
     doc = run_one(direct_producer, png)
     assert_landed(doc, sandbox, png.read_bytes())
     assert doc["attempts"] == 2
     assert steps(sandbox) == [("ticket", 200), ("put", 403), ("ticket", 200), ("put", 200)]
+    refused = sandbox.records[1].signature
+    assert refused
+    # The 403 quoted it, as S3 does; neither the retry's log line nor last_error kept it.
+    assert "SignatureDoesNotMatch" in direct_worker[1].log_path.read_text(errors="replace")
+    assert refused not in direct_worker[1].log_path.read_text(errors="replace")
+    assert refused not in json.dumps(doc)
 
 
 def test_ticket_401_fails_after_one_request(direct_producer: Producer, sandbox: SandboxServer, png: Path) -> None:

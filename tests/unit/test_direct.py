@@ -180,6 +180,15 @@ def test_scrub_takes_the_signed_url_out_of_a_text() -> None:
     assert "X-Sig" not in scrub(text, url)
 
 
+def test_scrub_takes_out_a_signature_quoted_alone() -> None:
+    url = "https://storage.test/o/1?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=AKIA%2F2026%2Fs3&n=1"
+    answer = "<SignatureProvided>0123456789abcdef</SignatureProvided><Credential>AKIA/2026/s3</Credential><n>1</n>"
+    clean = scrub(answer, url)
+    assert "0123456789abcdef" not in clean
+    assert "AKIA/2026/s3" not in clean
+    assert "<n>1</n>" in clean  # short values are not secrets, and masking them would mask everything
+
+
 # -- the client against the sandbox ---------------------------------------
 
 

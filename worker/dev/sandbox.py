@@ -122,6 +122,7 @@ class UploadRecord:
     key_seen: bool = False  # the API key anywhere in the request line or headers
     object: str | None = None  # direct flow: the object a ticket names or a PUT writes
     if_none_match: str | None = None
+    signature: str | None = None  # a PUT's, as sent: a test checks it is nowhere it should not be
     filename: str | None = None
     size: int = 0
     sha256: str | None = None
@@ -514,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         obj = path[len(STORAGE_PATH) :]
         record.object = obj
+        record.signature = next(iter(parse_qs(query).get("signature", [])), None)
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -550,7 +552,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.status:
             self._answer(record, fault.status, fault.body or {"message": f"sandbox fault {fault.status}"}, headers)
         elif refused is not None:
-            self._answer(record, 403, {"message": f"SignatureDoesNotMatch: {refused}"})
+            # As S3 does, the refusal quotes the signature it was given: a client must not store it.
+            self._answer(record, 403, {"message": f"SignatureDoesNotMatch: {refused}; provided {record.signature}"})
         elif landed and self.headers.get("If-None-Match") == "*":
             self._answer(record, 412, {"message": "PreconditionFailed: the object exists"})
         else:
