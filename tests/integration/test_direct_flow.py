@@ -7,6 +7,7 @@ and no document, and that ``auto`` against a server without the ticket endpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import urllib.request
@@ -272,3 +273,45 @@ def test_a_ticket_that_is_not_a_put_is_unexpected_and_nothing_is_sent(
     assert (doc["status"], doc["error"]["kind"], doc["attempts"]) == ("failed", "unexpected_response", 1)
     assert "signature" not in json.dumps(doc)
     assert steps(sandbox) == [("ticket", 200)]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(step="ticket", status=408),
+        Fault(step="ticket", reset=True),
+        Fault(step="ticket", stall=3.0),  # longer than WSUPLOAD_READ_TIMEOUT=1.5
+        Fault(step="put", status=503),
+        Fault(step="put", status=429, retry_after="0"),
+        Fault(step="put", stall=3.0),
+    ],
+    ids=["ticket-408", "ticket-reset", "ticket-read-timeout", "put-503", "put-429", "put-read-timeout"],
+)
+def test_each_steps_transient_failures_are_retried(
+    direct_producer: Producer, sandbox: SandboxServer, png: Path, fault: Fault
+) -> None:
+    sandbox.add_fault(dataclasses.replace(fault))
+    doc = run_one(direct_producer, png)
+    assert_landed(doc, sandbox, png.read_bytes())
+    assert doc["attempts"] == 2
+    tickets = [step for step, _ in steps(sandbox)].count("ticket")
+    assert tickets == (2 if fault.step == "ticket" else 1)  # a PUT is repeated on its valid ticket
+    sandbox.release_stalls()
+
+
+@pytest.mark.parametrize(("step", "status"), [("ticket", 502), ("put", 502)])
+def test_retries_exhausted_on_either_step(
+    direct_producer: Producer, sandbox: SandboxServer, png: Path, step: str, status: int
+) -> None:
+    sandbox.add_fault(Fault(step=step, status=status, times=10))
+    doc = run_one(direct_producer, png)
+    assert (doc["error"]["kind"], doc["error"]["http_status"], doc["attempts"]) == ("retries_exhausted", status, 3)
+    assert len(sandbox.records) == (3 if step == "ticket" else 4)  # a ticket, then three PUTs
+
+
+def test_bad_input_sends_nothing(direct_producer: Producer, sandbox: SandboxServer, media_root: Path) -> None:
+    fake = media_root / "direct-fake.png"
+    fake.write_bytes(b"not a png at all")
+    doc = run_one(direct_producer, fake)
+    assert (doc["status"], doc["error"]["kind"]) == ("failed", "invalid_input")
+    assert sandbox.records == []
