@@ -79,8 +79,11 @@ def test_upload_memory_stays_flat_while_the_naive_example_grows(big_file: Path) 
         streamed = peak_growth(sandbox.url, big_file, "wsupload")
         naive = peak_growth(sandbox.url, big_file, "api-page-example")
     assert streamed < 32 * 1024 * 1024, f"streaming upload grew {streamed / 2**20:.0f} MiB"
-    # The control proves the measurement sees buffering when there is some.
-    assert naive > FILE_SIZE, f"the API page's example grew only {naive / 2**20:.0f} MiB"
+    # The control proves the measurement sees buffering when there is some. The example holds
+    # two copies of the file (about 490 MiB here), but one parallel run measured 248 MiB: the
+    # peak RSS the kernel reports can miss a copy. Three quarters of the file is still six
+    # times the streaming bound.
+    assert naive > FILE_SIZE * 3 // 4, f"the API page's example grew only {naive / 2**20:.0f} MiB"
 
 
 def test_a_direct_upload_streams_its_put_in_flat_memory(big_file: Path) -> None:
