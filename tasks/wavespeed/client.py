@@ -202,35 +202,9 @@ class UploadClient:
         request.prepare_body(body, None)
         session = self._session
         request.prepare_cookies(session.cookies)  # the session's cookies now, as Session.request sends
-        try:
-            # The adapter's send, not Session.send: what the session adds around it (response
-            # hooks, following redirects, which an upload never does, and the cookie jar's
-            # bookkeeping for every answer) was a seventh of an upload's CPU. The answer's
-            # cookies still go into the session's jar, as it would put them, when it sets any.
-            response = session.get_adapter(self.url).send(
-                request,
-                timeout=self._timeout,
-                stream=False,
-                proxies=session.proxies,
-                verify=True if session.verify is None else session.verify,
-                cert=session.cert,
-            )
-            if "Set-Cookie" in response.headers:
-                extract_cookies_to_jar(session.cookies, request, response.raw)  # type: ignore[no-untyped-call]
-            content = response.content
-        except UploadError:
-            # Raised by the body's read() (SourceChanged, StoreError): urllib3 and requests
-            # wrap only OSError and their own errors, so it arrives as itself, and urllib3
-            # closes the connection, leaving the server an incomplete request.
-            raise
-        except ConnectTimeout as exc:
-            raise UploadTimeout(f"connecting to the upload endpoint timed out: {_reason(exc)}") from None
-        except ReadTimeout:
-            raise UploadTimeout(f"no answer from the upload endpoint within {self._timeout[1]:g} s") from None
-        except RequestsConnectionError as exc:
-            raise ConnectionFailed(f"connection to the upload endpoint failed: {_reason(exc)}") from None
-        except RequestException as exc:
-            raise ConnectionFailed(f"the upload request failed: {_reason(exc)}") from None
+        content, response = self._send(session, request, "the upload endpoint")
+        if "Set-Cookie" in response.headers:
+            extract_cookies_to_jar(session.cookies, request, response.raw)  # type: ignore[no-untyped-call]
         return interpret_response(response.status_code, response.headers, content)
 
     # -- the direct flow -------------------------------------------------------
@@ -280,7 +254,7 @@ class UploadClient:
     def _send(
         self, session: requests.Session, request: requests.PreparedRequest, where: str, secret: str | None = None
     ) -> tuple[bytes, requests.Response]:
-        """Send one prepared request as ``upload`` does; errors name ``where``, never the URL.
+        """Send one prepared request (the binary upload, a ticket, a PUT); errors name ``where``, never the URL.
 
         ``secret``: a signed URL, scrubbed from any error text (the innermost reason
         should not quote it; a library that does must not leak it).
@@ -288,6 +262,10 @@ class UploadClient:
         assert request.url is not None
         proxies = requests.utils.get_environ_proxies(request.url) if session is self._storage else session.proxies
         try:
+            # The adapter's send, not Session.send: what the session adds around it (response
+            # hooks, following redirects, which an upload never does, and the cookie jar's
+            # bookkeeping for every answer) was a seventh of an upload's CPU. ``upload`` puts an
+            # answer's cookies into the session's jar itself, when it sets any.
             response = session.get_adapter(request.url).send(
                 request,
                 timeout=self._timeout,
@@ -298,6 +276,9 @@ class UploadClient:
             )
             return response.content, response
         except UploadError:
+            # Raised by the body's read() (SourceChanged, StoreError): urllib3 and requests
+            # wrap only OSError and their own errors, so it arrives as itself, and urllib3
+            # closes the connection, leaving the server an incomplete request.
             raise
         except ConnectTimeout as exc:
             raise UploadTimeout(f"connecting to {where} timed out: {scrub(_reason(exc), secret)}") from None
