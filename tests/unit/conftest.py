@@ -1,4 +1,4 @@
-"""Unit-test fixtures: fakeredis only, no network."""
+"""Unit-test fixtures: fakeredis, and the sandbox on loopback for modules that start one (``server``)."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +10,7 @@ from wsupload.config import Settings
 from wsupload.tasks import runtime
 from wsupload.tasks.job import JobRunner
 from wsupload.tasks.store.results import ResultStore
+from wsupload.worker.dev.sandbox import SandboxServer
 
 
 @pytest.fixture
@@ -32,3 +33,11 @@ def install_runner(store: ResultStore, monkeypatch: pytest.MonkeyPatch, client: 
     here.store, here.runner = store, job  # what the cached properties would build, made here
     monkeypatch.setattr(runtime, "current", lambda: here)
     return job
+
+
+@pytest.fixture
+def sandbox(server: SandboxServer) -> SandboxServer:
+    """The test module's own ``server`` (a ``SandboxServer``), reset and serving the direct flow."""
+    server.reset()
+    server.direct = True
+    return server

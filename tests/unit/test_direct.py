@@ -199,13 +199,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
-def sandbox(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    server.direct = True
-    return server
-
-
-@pytest.fixture
 def client(sandbox: SandboxServer) -> Iterator[UploadClient]:
     client = UploadClient(base_url=sandbox.url, api_key="k", connect_timeout=2, read_timeout=5)
     yield client

@@ -31,13 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
-def sandbox(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    server.direct = True
-    return server
-
-
-@pytest.fixture
 def png(tmp_path: Path) -> str:
     path = tmp_path / "cat.png"
     path.write_bytes(png_bytes())

@@ -63,13 +63,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
         yield server
 
 
-@pytest.fixture
-def sandbox(server: SandboxServer) -> SandboxServer:
-    server.reset()
-    server.direct = True
-    return server
-
-
 def ticket(sandbox: SandboxServer, doc: dict[str, Any], key: str = "k") -> tuple[int, dict[str, Any]]:
     answer = requests.post(sandbox.url + TICKET_PATH, json=doc, headers={"Authorization": f"Bearer {key}"}, timeout=10)
     return answer.status_code, answer.json()

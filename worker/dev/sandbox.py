@@ -228,6 +228,7 @@ class SandboxServer:
             self._records.append(record)
             fault = next((f for f in self._faults if f.applies_to(step)), None)
             if fault is not None:
+                record.fault = asdict(fault)
                 fault.times -= 1
                 if fault.times <= 0:
                     self._faults.remove(fault)
@@ -329,7 +330,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upload(self) -> None:
         record, fault = self.sandbox._begin()
-        record.fault = asdict(fault) if fault else None
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -346,12 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
         if part.name == "file":
             record.filename, record.size = part.filename, part.size
             record.sha256 = part.digest.hexdigest() if self.sandbox.hash_uploads else None
-        if fault and fault.stall:
-            self.sandbox._stall(fault.stall)
-        if self.sandbox.latency:
-            time.sleep(self.sandbox.latency)
+        headers = self._delay(fault)
         status, body = self._decide(record, part, fault)
-        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
         self._answer(record, status, body, headers)
 
     def _decide(self, record: UploadRecord, part: _FilePart, fault: Fault | None) -> tuple[int, dict[str, Any]]:
@@ -453,18 +449,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ticket(self) -> None:
         record, fault = self.sandbox._begin("ticket")
-        record.fault = asdict(fault) if fault else None
         raw = self._read_small()
         if fault and fault.reset:
             self._drop(record)
             return
         record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
-        if fault and fault.stall:
-            self.sandbox._stall(fault.stall)
-        if self.sandbox.latency:
-            time.sleep(self.sandbox.latency)
+        headers = self._delay(fault)
         status, body = self._decide_ticket(record, raw, fault)
-        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
         self._answer(record, status, body, headers)
 
     def _decide_ticket(self, record: UploadRecord, raw: bytes, fault: Fault | None) -> tuple[int, dict[str, Any]]:
@@ -506,7 +497,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _put(self) -> None:
         record, fault = self.sandbox._begin("put")
-        record.fault = asdict(fault) if fault else None
         record.authorization_sent = "Authorization" in self.headers
         record.key_seen = self.sandbox.api_key in self.requestline or any(
             self.sandbox.api_key in value for value in self.headers.values()
@@ -544,11 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
             return  # the client went away mid-body
         record.size = received
         record.sha256 = digest
-        if fault and fault.stall:
-            self.sandbox._stall(fault.stall)
-        if self.sandbox.latency:
-            time.sleep(self.sandbox.latency)
-        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+        headers = self._delay(fault)
         if fault and fault.status:
             self._answer(record, fault.status, fault.body or {"message": f"sandbox fault {fault.status}"}, headers)
         elif refused is not None:
@@ -588,6 +574,14 @@ class _Handler(BaseHTTPRequestHandler):
         return (digest.hexdigest() if self.sandbox.hash_uploads else None), length
 
     # -- answers ---------------------------------------------------------
+
+    def _delay(self, fault: Fault | None) -> dict[str, str]:
+        """Hold the answer as the fault and the sandbox's latency ask; the answer's Retry-After, if any."""
+        if fault and fault.stall:
+            self.sandbox._stall(fault.stall)
+        if self.sandbox.latency:
+            time.sleep(self.sandbox.latency)
+        return {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
 
     def _answer(
         self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
