@@ -350,11 +350,19 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = self._decide(record, part, fault)
         self._answer(record, status, body, headers)
 
-    def _decide(self, record: UploadRecord, part: _FilePart, fault: Fault | None) -> tuple[int, dict[str, Any]]:
+    @staticmethod
+    def _refused(record: UploadRecord, fault: Fault | None) -> tuple[int, dict[str, Any]] | None:
+        """What both API endpoints answer first: an injected status, then a wrong key."""
         if fault and fault.status:
             return fault.status, fault.body or {"code": fault.status, "message": f"sandbox fault {fault.status}"}
         if not record.authorized:
             return 401, {"code": 401, "message": "Invalid API key"}
+        return None
+
+    def _decide(self, record: UploadRecord, part: _FilePart, fault: Fault | None) -> tuple[int, dict[str, Any]]:
+        refused = self._refused(record, fault)
+        if refused is not None:
+            return refused
         if part.name != "file" or not part.filename:
             return 400, {"code": 400, "message": "Invalid file: the multipart field 'file' is required"}
         kind = formats.media_kind(part.filename)
@@ -459,10 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(record, status, body, headers)
 
     def _decide_ticket(self, record: UploadRecord, raw: bytes, fault: Fault | None) -> tuple[int, dict[str, Any]]:
-        if fault and fault.status:
-            return fault.status, fault.body or {"code": fault.status, "message": f"sandbox fault {fault.status}"}
-        if not record.authorized:
-            return 401, {"code": 401, "message": "Invalid API key"}
+        refused = self._refused(record, fault)
+        if refused is not None:
+            return refused
         try:
             doc = json.loads(raw)
         except ValueError:
