@@ -1,8 +1,9 @@
-"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, workers, stats, health, dev tools.
+"""The ``wsupload`` command: worker, enqueue, status, wait, cancel, batches, dead letters, workers, stats, health,
+dev tools.
 
-Exit codes: 0 success; 1 a job failed (``health``: no fresh heartbeat); 2 bad
-configuration, usage or an unreachable service (one readable line, no traceback);
-3 ``wait`` timed out.
+Exit codes: 0 success; 1 a job did not succeed (failed, cancelled; ``health``: no fresh
+heartbeat; ``cancel``: a job had already ended); 2 bad configuration, usage, an unknown job
+to cancel or an unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
 """
 
 from __future__ import annotations
@@ -148,6 +149,46 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.all_succeeded else EXIT_FAILED
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Exit 0: every job named is cancelled now; 1: one or more had already ended (left as they were);
+    2: one or more are unknown."""
+    outcomes = _producer(Settings.from_env()).cancel(args.job_ids)
+    if args.json:
+        print(json.dumps([{"job_id": o.job_id, "outcome": o.outcome, "status": o.status} for o in outcomes]))
+    else:
+        for outcome in outcomes:
+            print(_cancel_line(outcome))
+    if any(o.outcome == "unknown" for o in outcomes):
+        return EXIT_ERROR
+    return EXIT_OK if all(o.cancelled for o in outcomes) else EXIT_FAILED
+
+
+def _cancel_line(outcome: Any) -> str:
+    if outcome.cancelled:
+        return f"{outcome.job_id}  cancelled"
+    if outcome.outcome == "ended":
+        return f"{outcome.job_id}  not cancelled: it had already ended {outcome.status}; left as it was"
+    return f"{outcome.job_id}  not cancelled: unknown (never enqueued, or its result expired)"
+
+
+def _cancel_batch(producer: Any, batch_id: str, as_json: bool) -> int:
+    """Exit 0: one or more members were cancelled now; 1: none, every member had already ended."""
+    outcomes = producer.cancel_batch(batch_id)
+    ended: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.outcome == "ended":
+            ended[outcome.status] = ended.get(outcome.status, 0) + 1
+    cancelled = sum(1 for o in outcomes if o.cancelled)
+    unknown = sum(1 for o in outcomes if o.outcome == "unknown")
+    if as_json:
+        print(json.dumps({"batch_id": batch_id, "cancelled": cancelled, "ended": ended, "unknown": unknown}))
+    else:
+        had = ", ".join(f"{n} {status}" for status, n in sorted(ended.items())) or "none"
+        line = f"batch {batch_id}: {cancelled} cancelled of {len(outcomes)}; already ended, left as they were: {had}"
+        print(line + (f"; {unknown} unknown (expired)" if unknown else ""))
+    return EXIT_OK if cancelled else EXIT_FAILED
+
+
 def _job_options(args: argparse.Namespace, dedup: bool) -> dict[str, Any]:
     options = JobOptions(dedup=dedup, callback_url=args.callback_url)
     JobOptions.parse(options.to_message())  # the same checks a worker makes, before anything is sent
@@ -185,13 +226,14 @@ def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: P
         info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
     finally:
         progress.close()
-    print(f"{info['succeeded']} succeeded, {info['failed']} failed of {info['total']}")
+    cancelled = f", {info['cancelled']} cancelled" if info.get("cancelled") else ""
+    print(f"{info['succeeded']} succeeded, {info['failed']} failed{cancelled} of {info['total']}")
     if output is not None:
         print(f"results: {_export(producer, batch_id, output, fmt)} rows in {output}")
     if timed_out:
         print(f"wsupload: timed out after {timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
-    return EXIT_OK if info["failed"] == 0 else EXIT_FAILED
+    return EXIT_OK if info["succeeded"] >= info["total"] else EXIT_FAILED  # any other end: not all succeeded
 
 
 def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
@@ -213,12 +255,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "wait":
         return _finish_batch(producer, batch_id, args.timeout, args.output, args.format)
+    if args.action == "cancel":
+        return _cancel_batch(producer, batch_id, args.json)
     info = producer.batches.get(batch_id)
     info = {**(info or {}), "statuses": producer.batches.status_counts(batch_id)}
     if args.json:
         print(json.dumps(info))
     else:
-        for key in ("batch_id", "name", "total", "done", "succeeded", "failed", "bytes_total", "bytes_done"):
+        counters = ("total", "done", "succeeded", "failed", "cancelled", "bytes_total", "bytes_done")
+        for key in ("batch_id", "name", *counters):
             print(f"{key:<12} {info.get(key)}")
         for key in ("created_at", "started_at", "finished_at"):
             print(f"{key:<12} {info.get(key) or '-'}")
@@ -462,11 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     status.set_defaults(handler=cmd_status)
 
-    wait = commands.add_parser("wait", help="block until jobs finish: exit 0 all succeeded, 1 any failed, 3 timed out")
+    wait = commands.add_parser(
+        "wait", help="block until jobs end: exit 0 all succeeded, 1 any did not (failed, cancelled), 3 timed out"
+    )
     wait.add_argument("--json", action="store_true", help="print the list of result documents")
     wait.add_argument("--timeout", type=_positive_duration, help="give up after this long (seconds, or 5m, 1h)")
     wait.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     wait.set_defaults(handler=cmd_wait)
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel jobs: exit 0 all cancelled now, 1 any had already ended (left as it was), 2 unknown"
+    )
+    cancel.add_argument("--json", action="store_true", help='print [{"job_id", "outcome", "status"}]')
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel.set_defaults(handler=cmd_cancel)
 
     ingest = commands.add_parser("ingest", help="enqueue a batch: files, directories, s3:// prefixes, manifests")
     ingest.add_argument("sources", nargs="*", metavar="SOURCE", help="file, directory, s3://bucket/prefix/ or key")
@@ -482,10 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--callback-url", help="POST each job's result document here when it ends")
     ingest.set_defaults(handler=cmd_ingest)
 
-    batch = commands.add_parser("batch", help="a batch's status, results manifest, or wait for it")
-    batch.add_argument("action", choices=["status", "results", "wait"])
+    batch = commands.add_parser("batch", help="a batch's status, results manifest, wait for it, or cancel it")
+    batch.add_argument("action", choices=["status", "results", "wait", "cancel"])
     batch.add_argument("batch", metavar="BATCH", help="batch id or name")
-    batch.add_argument("--json", action="store_true", help="status as JSON")
+    batch.add_argument("--json", action="store_true", help="status (or what cancel did) as JSON")
     batch.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     batch.add_argument("--output", type=Path, help="results: write here instead of stdout")
     batch.add_argument("--timeout", type=_positive_duration, help="wait: give up after this long")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         WsuploadError,
     )
     from wsupload.tasks.enqueue import Batch, Job
+    from wsupload.tasks.store.cancels import CancelOutcome
     from wsupload.worker.producer import Producer, WaitOutcome
 
 _WHERE = {
@@ -42,6 +43,7 @@ _WHERE = {
     "WaitOutcome": "wsupload.worker.producer",
     "Job": "wsupload.tasks.enqueue",
     "Batch": "wsupload.tasks.enqueue",
+    "CancelOutcome": "wsupload.tasks.store.cancels",
     "EnqueueError": "wsupload.errors",
     "Settings": "wsupload.config.settings",
     "WsuploadError": "wsupload.errors",
@@ -54,6 +56,7 @@ _WHERE = {
 
 __all__ = [
     "Batch",
+    "CancelOutcome",
     "ConfigError",
     "EnqueueError",
     "InvalidInput",

@@ -8,6 +8,7 @@
     ├── LeaseLost                      this delivery may no longer act for its job: another worker has it
     ├── Superseded                     a write was refused: another delivery holds the job, or it has ended
     └── UploadError                    ends up in a job's ``error`` field
+        ├── Cancelled                  cancelled            cancelled by a producer, queued or running
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
         │   ├── InvalidMessage         invalid_message      a message the worker cannot read as a job
@@ -32,7 +33,9 @@
             └── ServerError            server_error         HTTP 5xx and 408
 
 The second column is the ``error.kind`` a result document carries. ``LeaseLost`` and
-``Superseded`` end a delivery, never the job. ``tests/unit/test_error_tree.py`` keeps
+``Superseded`` end a delivery, never the job. ``Cancelled`` is the error of a job ended
+``cancelled`` and, raised inside a worker, stops the delivery that runs it (the producer
+wrote the end: the delivery writes nothing more). ``tests/unit/test_error_tree.py`` keeps
 this drawing equal to the real class tree.
 
 This module imports nothing of wsupload's, so every layer (``config`` first) can
@@ -87,6 +90,12 @@ class UploadError(WsuploadError):
             "message": self.message,
             "retryable": self.retryable,
         }
+
+
+class Cancelled(UploadError):
+    """The job was cancelled (``status: cancelled``): by a producer, before or while it ran."""
+
+    kind = "cancelled"
 
 
 class PermanentError(UploadError):

@@ -1,7 +1,8 @@
 """Batches: many jobs under one id, their counters, and the results export.
 
 A batch is a hash ``wsupload:batch:<id>`` (name, total, bytes_total, done,
-succeeded, failed, bytes_done, created_at, started_at, finished_at), the list of
+succeeded, failed, cancelled, bytes_done, created_at, started_at, finished_at; any other
+end a job reaches is counted in ``done`` and in a field named as its status), the list of
 its job ids ``wsupload:batch:<id>:jobs`` and, for lookup by name,
 ``wsupload:batch-name:<name>`` → the newest batch of that name. All three are
 written by ``tasks.enqueue`` in the one atomic step that queues the batch, so a
@@ -54,6 +55,7 @@ def batch_fields(batch_id: str, name: str | None, total: int, bytes_total: int) 
         "done": 0,
         "succeeded": 0,
         "failed": 0,
+        "cancelled": 0,
         "bytes_done": 0,
         "created_at": results.isoformat(results.utcnow()),
     }
@@ -75,7 +77,7 @@ class BatchStore:
         if not raw:
             return None
         doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
-        for field in ("total", "bytes_total", "done", "succeeded", "failed", "bytes_done"):
+        for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "bytes_done"):
             doc[field] = int(doc.get(field) or 0)
         for field in ("started_at", "finished_at"):
             doc.setdefault(field, None)
