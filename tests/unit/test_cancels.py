@@ -18,6 +18,7 @@ from wsupload.tasks.recovery.lease import JobLease, LeaseBook
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.store import cancels, keys, lua, results
 from wsupload.tasks.store.results import ResultStore
+from wsupload.tasks.wavespeed.rate_limit import FleetLimiter
 from wsupload.worker.cancel_watch import CancelWatch
 from wsupload.worker.dev.samples import png_bytes
 
@@ -280,3 +281,20 @@ def test_cancelled_is_an_upload_error_with_its_own_kind() -> None:
     assert isinstance(error, UploadError)
     assert not error.retryable
     assert error.to_doc()["kind"] == "cancelled"
+
+
+class NoSlotFree(FleetLimiter):
+    """The fleet is full: every ask is told to wait half a minute."""
+
+    def try_acquire(self, token: str) -> float:
+        return 30.0
+
+
+def test_a_job_cancelled_while_it_waits_for_a_fleet_slot_stops_waiting(redis_client: fakeredis.FakeRedis) -> None:
+    limiter = NoSlotFree(redis_client, max_concurrent=1)
+    held = JobLease("j", "tag", grace=10)
+    threading.Timer(0.05, held.cancel).start()
+    began = time.monotonic()
+    with lease.holding(held, LeaseBook()), pytest.raises(Cancelled), limiter.slot():
+        pass
+    assert time.monotonic() - began < 10, "the wait was cut short"

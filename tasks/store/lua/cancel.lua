@@ -35,6 +35,7 @@ for i = 7, #ARGV do
     job.error = cjson.decode(ARGV[2])
     job.finished_at = ARGV[3]
     job.next_attempt_at = nil
+    job.progress = nil -- an ended document carries no byte progress
     local written = cjson.encode(job)
     redis.call('SET', doc_key, written, 'EX', ttl)
     redis.call('SET', generation_key, 'done', 'EX', ttl)
