@@ -94,10 +94,10 @@ class CancelWatch(BackgroundLoop):
         """Cancel the leases of the jobs named; how many ran here."""
         told = 0
         for held in self.book.all():
-            if held.job_id in job_ids and not held.cancelled:
-                held.cancel()
+            job_id = held.job_id
+            if job_id in job_ids and held.cancel(job_id):
                 told += 1
-                log.info("job %s: cancelled by a producer; stopping it", held.job_id)
+                log.info("job %s: cancelled by a producer; stopping it", job_id)
         return told
 
     def _close(self) -> None:

@@ -69,11 +69,11 @@ class JobLease:
         A lost or handed-back mark stays: it is the message's, and stops every job after it.
         """
         self.check_held()
-        self.job_id, self.grace, self.deadline, self.slot = job_id, grace, deadline, None
-        self.alive_until = self.clock() + grace
-        with self._abort_lock:  # a cancel is the job's, not the message's
-            self.cancelled, self._abort = False, None
+        with self._abort_lock:  # a cancel is the job's, not the message's: one meant for the last job misses this one
+            self.job_id, self.cancelled, self._abort = job_id, False, None
             self._wake = threading.Event()
+        self.grace, self.deadline, self.slot = grace, deadline, None
+        self.alive_until = self.clock() + grace
 
     def allow(self, seconds: float) -> None:
         """Alive for at least ``seconds`` more (a bounded wait begins)."""
@@ -103,14 +103,21 @@ class JobLease:
         if self.cancelled:
             raise Cancelled(f"job {self.job_id}: cancelled by a producer; this delivery stops")
 
-    def cancel(self) -> None:
-        """Cancel the job (from any thread): wake its wait, cut its request in flight."""
+    def cancel(self, job_id: str | None = None) -> bool:
+        """Cancel the job (from any thread): wake its wait, cut its request in flight.
+
+        ``job_id``: only if the lease still runs that job (a bulk message's lease moves on to
+        its next one). Returns whether it was cancelled now.
+        """
         with self._abort_lock:
+            if self.cancelled or (job_id is not None and job_id != self.job_id):
+                return False
             self.cancelled = True
             self._wake.set()
             abort, self._abort = self._abort, None
         if abort is not None:
             abort()
+        return True
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the job is cancelled meanwhile (then raise ``Cancelled``)."""

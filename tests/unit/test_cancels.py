@@ -185,6 +185,9 @@ def test_a_cancel_wakes_the_wait_and_cuts_what_was_registered() -> None:
         held.abort_with(lambda: None)  # nothing new starts once cancelled
     held.rearm("next", 10, None)  # a bulk message's next job: the cancel was the job's, not the message's
     held.check()
+    assert not held.cancel("j"), "a cancel meant for the job before misses this one"
+    held.check()
+    assert held.cancel("next")
 
 
 def test_the_watch_tells_running_jobs_whose_request_is_in_redis(redis_client: fakeredis.FakeRedis) -> None:
