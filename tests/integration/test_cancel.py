@@ -238,6 +238,7 @@ def test_a_batch_cancelled_mid_run_counts_every_member_once(
     assert info["failed"] == 0
     assert f"{info['cancelled']} cancelled of {len(sources)}" in cancelled.stdout
     assert f"{info['succeeded']} succeeded" in cancelled.stdout
+    assert len(sandbox.records) == info["succeeded"] + 1, "one request each for those that ended, one cut, no more"
     statuses = [doc["status"] for doc in own_producer.status([job.job_id for job in batch.jobs]) if doc]
     assert sorted(set(statuses)) == ["cancelled", "succeeded"]
     assert statuses.count("cancelled") == info["cancelled"]
@@ -248,3 +249,4 @@ def test_a_batch_cancelled_mid_run_counts_every_member_once(
     assert again.returncode == 1, "nothing left to cancel"
     wait_until(lambda: acknowledged(own_producer), 30, what="every message acknowledged")
     assert own_producer.batches.get(batch.batch_id) == info, "counted once: the worker added nothing"
+    assert len(sandbox.records) == info["succeeded"] + 1, "the cancelled members sent nothing"
