@@ -396,6 +396,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         port=args.port,
         max_bytes=args.max_bytes,
         latency=args.latency,
+        read_rate=args.read_rate or 0,
         storage_dir=args.storage,
         hash_uploads=not args.no_hash,
     )
@@ -545,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--api-key", default=os.environ.get("WSUPLOAD_SANDBOX_API_KEY", "sandbox-key"))
     sandbox.add_argument("--max-bytes", type=_size, help="answer 413 above this size")
     sandbox.add_argument("--latency", type=_positive_duration, default=0.0, help="delay before each answer")
+    sandbox.add_argument("--read-rate", type=_size, help="read request bodies at this many bytes a second (e.g. 4MiB)")
     sandbox.add_argument("--storage", type=Path, help="keep uploads here so download_url serves them")
     sandbox.add_argument("--no-hash", action="store_true", help="skip SHA-256 of uploads (benchmarks: ~1 GB/s saved)")
     sandbox.set_defaults(handler=cmd_sandbox)
