@@ -33,7 +33,7 @@ from wsupload.tasks.store.batches import export_row, write_export
 from wsupload.tasks.store.results import utcnow
 from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker import logs, worker_records
-from wsupload.worker.progress import BatchProgress, JobProgress, describe
+from wsupload.worker.progress import BatchProgress, InFlight, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
 log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
@@ -180,7 +180,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: Path | None, fmt: str) -> int:
-    progress = BatchProgress(sys.stderr)
+    in_flight = InFlight(producer.redis, batch_id, lambda job_id: (producer.store.get(job_id) or {}).get("batch_id"))
+    progress = BatchProgress(sys.stderr, in_flight)
     try:
         info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
     finally:

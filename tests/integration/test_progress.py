@@ -9,6 +9,8 @@ from an object store. The sync producer's ``wait(on_update=...)`` shows it too.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from wsupload.tasks.store import results
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import mp4_bytes, png_bytes
-from wsupload.worker.dev.sandbox import SandboxServer
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ def slow_sandbox() -> Iterator[SandboxServer]:
 def big_mp4(path: Path, size: int = BIG) -> Path:
     with open(path, "wb") as out:
         out.write(mp4_bytes(4096))
+        out.write(uuid.uuid4().bytes)  # bytes of its own: no upload is an earlier one's duplicate
         out.truncate(size)  # sparse: cheap to make, read at full size
     return path
 
@@ -163,3 +166,34 @@ def test_the_direct_flows_put_and_an_s3_object_show_progress_too(
     assert {(d or {})["result"]["method"] for d in outcome.docs} == {"direct"}
     check_progress(events.of(ids[0]), BIG)
     check_progress(events.of(ids[1]), BIG)
+
+
+def test_wait_and_batch_wait_print_a_large_uploads_bytes_in_a_log(
+    fleet: Fleet, slow_sandbox: SandboxServer, media_root: Path
+) -> None:
+    # Slower still: `batch wait` writes a log line every 5 s, and one must fall while bytes move.
+    slow_sandbox.add_fault(Fault(rate=3 * MIB, step="binary", times=2))
+    workers = workers_for(fleet, slow_sandbox)
+    (job,) = workers.producer.enqueue([str(big_mp4(media_root / f"progress-cli-{uuid.uuid4().hex[:8]}.mp4"))])
+    batch = workers.producer.enqueue_batch([str(big_mp4(media_root / f"progress-batch-{uuid.uuid4().hex[:8]}.mp4"))])
+    cli = [sys.executable, "-m", "wsupload.worker.cli"]
+    watchers = [
+        subprocess.Popen(
+            [*cli, "wait", "--timeout", "90", job.job_id], env=workers.env, stderr=subprocess.PIPE, text=True
+        ),
+        subprocess.Popen(
+            [*cli, "batch", "wait", "--timeout", "90", batch.batch_id],
+            env=workers.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+    ]
+    logs = [watcher.communicate(timeout=120)[1] for watcher in watchers]
+    assert [watcher.returncode for watcher in watchers] == [0, 0], logs
+    waited, batch_waited = (log.splitlines() for log in logs)
+    # Not a terminal: plain lines, a job's bytes at most every few seconds, then its end.
+    moving = [line for line in waited if line.startswith(f"{job.job_id}  running  ") and line.endswith("/48.0 MiB")]
+    assert moving, logs[0]
+    assert len(moving) <= 5, logs[0]
+    assert waited[-1] == f"{job.job_id}  succeeded"
+    assert any(line.endswith("/48.0 MiB") and "0/1 ·" in line for line in batch_waited), logs[1]
