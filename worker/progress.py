@@ -202,4 +202,7 @@ def describe(doc: JobDoc | None, job_id: str) -> str:
         line += f"\n    !! {error['kind']}: {error['message']}"
     elif doc.get("last_error"):
         line += f"\n    .. last error {doc['last_error']['kind']}: {doc['last_error']['message']}"
+    progress = progress_of(doc)
+    if progress is not None:
+        line += f"\n    .. sent {bytes_of(*progress)}"
     return line

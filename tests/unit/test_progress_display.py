@@ -7,7 +7,15 @@ from typing import Any
 import fakeredis
 
 from wsupload.tasks.store import results
-from wsupload.worker.progress import LOG_EVERY, BatchProgress, InFlight, JobProgress, bytes_of, progress_of
+from wsupload.worker.progress import (
+    LOG_EVERY,
+    BatchProgress,
+    InFlight,
+    JobProgress,
+    bytes_of,
+    describe,
+    progress_of,
+)
 
 MIB = 2**20
 
@@ -33,6 +41,11 @@ def test_only_a_running_documents_well_formed_progress_counts() -> None:
     assert progress_of({**running("a", 5, 10), "status": "succeeded"}) is None
     assert progress_of({**running("a"), "progress": {"bytes_sent": "5", "bytes_total": 10}}) is None
     assert progress_of(None) is None
+
+
+def test_status_shows_a_running_uploads_bytes() -> None:
+    assert describe(running("a", 12 * MIB), "a").endswith("\n    .. sent 12.0/48.0 MiB")
+    assert "sent" not in describe(running("a"), "a")
 
 
 def test_a_terminal_line_shows_the_bytes_of_the_uploads_running() -> None:
