@@ -162,6 +162,7 @@ class BatchProgress:
         self.started = time.monotonic()
         self.last_log = 0.0
         self.first_done: int | None = None
+        self.moving: list[tuple[int, int]] = []
 
     def line(self, info: dict[str, Any]) -> str:
         total, done, failed = info["total"], info["done"], info["failed"]
@@ -172,11 +173,12 @@ class BatchProgress:
         eta = duration((total - done) / rate) if rate > 0 and done < total else "-"
         filled = int(self.WIDTH * done / total) if total else self.WIDTH
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        moving = in_flight(self.in_flight.read()) if self.in_flight is not None else ""
-        return f"[{bar}] {done}/{total} · {failed} failed · {rate:.1f}/s · ETA {eta}{moving}"
+        return f"[{bar}] {done}/{total} · {failed} failed · {rate:.1f}/s · ETA {eta}{in_flight(self.moving)}"
 
     def __call__(self, info: dict[str, Any]) -> None:
         now = time.monotonic()
+        if self.in_flight is not None:
+            self.moving = self.in_flight.read()  # at every update, printed or not: the events do not pile up
         if self.tty:
             print(f"\r{self.line(info)}\033[K", end="", file=self.stream, flush=True)
         elif now - self.last_log >= LOG_EVERY or info["done"] >= info["total"]:
