@@ -172,6 +172,8 @@ class Fleet:
         self.env = clean_env() | {"REDIS_URL": redis.url, "WAVESPEED_BASE_URL": url, "WAVESPEED_API_KEY": KEY}
         self.env["WSUPLOAD_MAX_BYTES"] = str(2 * 1024 * MIB)
         self.env |= env or {}
+        # What every job's result.method must say, so that a row is never measuring the other flow.
+        self.method = {"binary": "upload", "direct": "direct"}.get(self.env.get("WSUPLOAD_UPLOAD_FLOW", "binary"))
         self.producer = Producer(Settings.from_env({k: v for k, v in self.env.items() if k != "WAVESPEED_API_KEY"}))
         self.workers = [
             WorkerProcess(env=self.env, log_path=work / f"{name}-{n}.log", concurrency=concurrency).start()
@@ -196,6 +198,9 @@ class Fleet:
         outcome = self.producer.wait([j.job_id for j in jobs], timeout=3600)
         elapsed = time.perf_counter() - start
         assert outcome.all_succeeded, [d for d in outcome.docs if d and d["status"] != "succeeded"][:3]
+        if self.method:
+            methods = {d["result"].get("method") for d in outcome.docs if d}
+            assert methods == {self.method}, f"uploaded by {methods}, not {self.method}"
         return elapsed
 
     def stop(self) -> None:
