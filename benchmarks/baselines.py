@@ -4,7 +4,9 @@
   (``requests.post(..., files={"file": f})``), timed and with its peak RSS;
 - ``direct``: a thread pool of requests sessions, no queue: the ceiling for the
   queue path at the same concurrency;
-- ``curl``: ``curl -F file=@…`` for single large files: the practical ceiling.
+- ``curl``: ``curl -F file=@…`` for single large files: the practical ceiling;
+- ``curl_put``: the direct flow's ceiling: one ticket request, then ``curl -T FILE
+  -X PUT`` to its signed URL with the ticket's headers.
 
 Run as ``python -m benchmarks.baselines MODE URL KEY FILE...``; prints one JSON line.
 """
@@ -12,18 +14,22 @@ Run as ``python -m benchmarks.baselines MODE URL KEY FILE...``; prints one JSON 
 from __future__ import annotations
 
 import json
+import mimetypes
 import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
+TICKET_PATH = "/api/v3/media/uploads"
 
 
 def api_example(url: str, key: str, files: list[str]) -> dict[str, float]:
@@ -74,6 +80,53 @@ def curl(url: str, key: str, path: str) -> float:
         text=True,
     ).stdout
     return float(output)
+
+
+def ticket(url: str, key: str, path: str) -> dict[str, Any]:
+    """One ticket request for ``path``, as the worker asks it: its ``data.upload``."""
+    content_type = mimetypes.guess_type(path)[0]
+    doc: dict[str, Any] = {"filename": Path(path).name, "size": Path(path).stat().st_size}
+    if content_type:
+        doc["content_type"] = content_type
+    request = urllib.request.Request(
+        url + TICKET_PATH,
+        data=json.dumps(doc).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        upload = json.load(answer)["data"]["upload"]
+    assert upload["method"] == "PUT", upload
+    return dict(upload)
+
+
+def curl_put(url: str, key: str, path: str) -> float:
+    """Seconds for the direct flow without the queue: the ticket request, then ``curl -T`` to its signed URL."""
+    start = time.perf_counter()
+    upload = ticket(url, key, path)
+    asked = time.perf_counter() - start
+    headers = [arg for name, value in upload["headers"].items() for arg in ("-H", f"{name}: {value}")]
+    output = subprocess.run(
+        [
+            shutil.which("curl") or "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            *headers,
+            "-X",
+            "PUT",
+            "-T",
+            path,
+            upload["url"],
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return asked + float(output)
 
 
 def main() -> None:

@@ -35,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 """The API key the sandbox is started with and every uploader sends."""
 MIB = 1024 * 1024
+DIRECT_FLOW = {
+    "WSUPLOAD_UPLOAD_FLOW": "direct",
+    "WSUPLOAD_QUEUE": "bench-direct",
+    "WSUPLOAD_BULK_QUEUE": "bench-direct.bulk",
+}
+"""A fleet of the direct flow (ticket, then PUT), on queues of its own: it can take turns with a binary fleet."""
 ZERO_LATENCY_CONCURRENCY = 4
 """Threads of the worker (and of the direct pool beside it) in the zero-latency runs: CPU per job, latency."""
 
@@ -145,14 +151,32 @@ def baseline(mode: str, url: str, *args: str) -> dict[str, float]:
 
 
 class Fleet:
-    """A private Redis plus ``count`` workers of this checkout against one sandbox."""
+    """A private Redis plus ``count`` workers of this checkout against one sandbox.
 
-    def __init__(self, redis: LocalRedis, url: str, work: Path, *, count: int, concurrency: int) -> None:
+    ``env``: more settings for the workers and the producer, such as
+    ``WSUPLOAD_UPLOAD_FLOW``, or queues of its own so that two fleets can share the
+    Redis and take turns (``name`` keeps their logs apart).
+    """
+
+    def __init__(
+        self,
+        redis: LocalRedis,
+        url: str,
+        work: Path,
+        *,
+        count: int,
+        concurrency: int,
+        env: dict[str, str] | None = None,
+        name: str = "worker",
+    ) -> None:
         self.env = clean_env() | {"REDIS_URL": redis.url, "WAVESPEED_BASE_URL": url, "WAVESPEED_API_KEY": KEY}
         self.env["WSUPLOAD_MAX_BYTES"] = str(2 * 1024 * MIB)
+        self.env |= env or {}
+        # What every job's result.method must say, so that a row is never measuring the other flow.
+        self.method = {"binary": "upload", "direct": "direct"}.get(self.env.get("WSUPLOAD_UPLOAD_FLOW", "binary"))
         self.producer = Producer(Settings.from_env({k: v for k, v in self.env.items() if k != "WAVESPEED_API_KEY"}))
         self.workers = [
-            WorkerProcess(env=self.env, log_path=work / f"worker-{n}.log", concurrency=concurrency).start()
+            WorkerProcess(env=self.env, log_path=work / f"{name}-{n}.log", concurrency=concurrency).start()
             for n in range(count)
         ]
         for worker in self.workers:
@@ -174,6 +198,9 @@ class Fleet:
         outcome = self.producer.wait([j.job_id for j in jobs], timeout=3600)
         elapsed = time.perf_counter() - start
         assert outcome.all_succeeded, [d for d in outcome.docs if d and d["status"] != "succeeded"][:3]
+        if self.method:
+            methods = {d["result"].get("method") for d in outcome.docs if d}
+            assert methods == {self.method}, f"uploaded by {methods}, not {self.method}"
         return elapsed
 
     def stop(self) -> None:

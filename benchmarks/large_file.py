@@ -1,19 +1,36 @@
-"""One large file through the queue against ``curl -F``: wall time, the worker's memory, and the sandbox's own cost.
+"""One large file through the queue against curl, by both upload flows: wall time, worker memory, the sandbox's cost.
 
-Rows: enqueue → succeeded against curl to the same sandbox (interleaved runs, so
-both meet the same machine conditions); the worker's peak RSS growth over idle
-against the API page's example's whole peak RSS; the API page's example's wall
-time; and curl to the sandbox against curl to ``drain.py`` (a ratio near 1: the
-sandbox is not the bottleneck). Part of ``make bench`` (``run.py``).
+Binary flow (medians): enqueue → succeeded against ``curl -F`` to the same sandbox
+(interleaved runs, so both meet the same machine conditions); the worker's peak RSS
+growth over idle against the API page's example's whole peak RSS; the API page's
+example's wall time; and curl to the sandbox against curl to ``drain.py`` (a ratio
+near 1: the sandbox is not the bottleneck). Direct flow (best of 3, as issue 21
+states its bound): a worker running ``WSUPLOAD_UPLOAD_FLOW=direct``, enqueue →
+succeeded, against one ticket request plus ``curl -T`` to the ticket's signed URL
+(interleaved the same way), and that worker's peak RSS growth over idle. Part of
+``make bench`` (``run.py``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.baselines import curl
-from benchmarks.harness import KEY, MIB, Fleet, Row, baseline, make_media, median, port_open, process, sandbox
+from benchmarks.baselines import curl, curl_put
+from benchmarks.harness import (
+    DIRECT_FLOW,
+    KEY,
+    MIB,
+    Fleet,
+    Row,
+    baseline,
+    make_media,
+    median,
+    port_open,
+    process,
+    sandbox,
+)
 from wsupload.worker.dev.local_services import LocalRedis, free_port, wait_until
 
 
@@ -25,21 +42,39 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
-def bench(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[Row]:
+def interleaved(
+    fleet: Fleet, path: Path, warm: Path, repeats: int, other: Callable[[], float]
+) -> tuple[list[float], list[float], int]:
+    """``repeats`` runs of ``other`` (a baseline) and of the fleet, in turns; the worker's RSS growth over idle.
+
+    Interleaved, so the baseline and the queue meet the same machine conditions.
+    """
+    (child,) = fleet.processes()  # the worker's one process: its upload threads are in it
+    fleet.run([str(warm)])  # the child's sessions and imports are warm
+    idle_peak = vm_hwm(child.pid)
+    base_times, queue_times = [], []
+    for _ in range(repeats):
+        base_times.append(other())
+        queue_times.append(fleet.run([str(path)]))
+    return base_times, queue_times, vm_hwm(child.pid) - idle_peak
+
+
+def bench(redis: LocalRedis, work: Path, size: int, repeats: int, best_of: int = 3) -> list[Row]:
+    """The binary rows (medians of ``repeats`` runs), then the direct flow's (best of ``best_of``)."""
     path = make_media(work / "large.mp4", size)
+    warm = make_media(work / "warm.mp4", MIB)
     rows = []
     with sandbox() as url:
         fleet = Fleet(redis, url, work, count=1, concurrency=1)
         try:
-            (child,) = fleet.processes()  # the worker's one process: its upload threads are in it
-            fleet.run([str(make_media(work / "warm.mp4", MIB))])  # the child's session and imports are warm
-            idle_peak = vm_hwm(child.pid)
-            # Interleaved, so curl and the queue meet the same machine conditions.
-            curl_times, queue_times = [], []
-            for _ in range(repeats):
-                curl_times.append(curl(url, KEY, str(path)))
-                queue_times.append(fleet.run([str(path)]))
-            growth = vm_hwm(child.pid) - idle_peak
+            curl_times, queue_times, growth = interleaved(fleet, path, warm, repeats, lambda: curl(url, KEY, str(path)))
+        finally:
+            fleet.stop()
+        fleet = Fleet(redis, url, work, count=1, concurrency=1, env=DIRECT_FLOW, name="direct")
+        try:
+            put_times, direct_times, direct_growth = interleaved(
+                fleet, path, warm, best_of, lambda: curl_put(url, KEY, str(path))
+            )
         finally:
             fleet.stop()
         drain_port = free_port()
@@ -52,7 +87,7 @@ def bench(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[Row]:
     label = f"{gib:g} GiB" if gib >= 1 else f"{size // MIB} MiB"
     rows.append(
         Row(
-            f"{label} file through the queue, enqueue → succeeded",
+            f"{label} file through the queue, enqueue → succeeded (median)",
             median(queue_times),
             "s",
             "curl -F",
@@ -92,6 +127,50 @@ def bench(redis: LocalRedis, work: Path, size: int, repeats: int) -> list[Row]:
             median(drain_times),
             note="sandbox check",
             runs=curl_times,
+        )
+    )
+    rows.append(
+        Row(
+            f"{label} file, direct flow (ticket + PUT) through the queue, enqueue → succeeded (best of {best_of})",
+            min(direct_times),
+            "s",
+            f"ticket + curl -T to the signed URL (best of {best_of})",
+            min(put_times),
+            "≤ 1.05 × curl -T",
+            min(direct_times) <= 1.05 * min(put_times),
+            runs=direct_times,
+        )
+    )
+    rows.append(
+        Row(
+            f"{label}, direct flow: worker's peak RSS growth over idle",
+            direct_growth / MIB,
+            "MiB",
+            "the binary flow's worker (above)",
+            growth / MIB,
+            "< 32 MiB",
+            direct_growth < 32 * MIB,
+        )
+    )
+    rows.append(
+        Row(
+            f"{label}: ticket + curl -T to the signed URL vs curl -F to the binary endpoint (best of each)",
+            min(put_times),
+            "s",
+            "curl -F",
+            min(curl_times),
+            note="the two flows' ceilings",
+            runs=put_times,
+        )
+    )
+    rows.append(
+        Row(
+            f"{label} through the queue: direct flow vs binary flow (best of each)",
+            min(direct_times),
+            "s",
+            "binary flow",
+            min(queue_times),
+            note="same sandbox, one worker each, one after the other",
         )
     )
     return rows

@@ -99,7 +99,10 @@ def main() -> None:
     started = time.perf_counter()
     redis = start_redis()
     steps: list[tuple[str, Callable[[Path], list[Row]]]] = [
-        ("large file", lambda w: large_file.bench(redis, w, (64 if quick else 1024) * MIB, 1 if quick else 5)),
+        (
+            "large file",
+            lambda w: large_file.bench(redis, w, (64 if quick else 1024) * MIB, 1 if quick else 5, 1 if quick else 3),
+        ),
         (
             "many small files",
             lambda w: many_files.bench(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3),

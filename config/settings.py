@@ -219,6 +219,16 @@ class Settings:
         check=lambda v: v > 0,
         rule="greater than 0",
     )
+    progress_threshold: int = setting(
+        "WSUPLOAD_PROGRESS_THRESHOLD",
+        parse_size,
+        "8MiB",
+        "Uploads larger than this show `progress` (bytes sent) in their running document, written at most once"
+        " a second and published on `wsupload:events`; `0` turns byte progress off.",
+        shown="{} (8388608)",
+        check=lambda v: v >= 0,
+        rule="0 or more",
+    )
     allowed_roots: tuple[Path, ...] = setting(
         "WSUPLOAD_ALLOWED_ROOTS",
         parse_roots,

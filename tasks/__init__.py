@@ -16,5 +16,6 @@ Imports ``config`` and ``wsupload.errors`` (the one error hierarchy); never ``wo
     │                     and lua/: every Lua script, one .lua file each
     ├── recovery/         leases, the job index, the lost-message sweep, early-acknowledged jobs (RabbitMQ)
     ├── wire/             the message contract: encode, decode, per-job options, publishing to RabbitMQ
-    └── observe/          telemetry, log fields, redaction of secrets, bounds on what is kept from input
+    └── observe/          telemetry, log fields, redaction of secrets, bounds on what is kept from input,
+                          a large upload's byte progress
 """

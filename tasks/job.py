@@ -48,7 +48,7 @@ from wsupload.errors import (
     TransientError,
     UploadError,
 )
-from wsupload.tasks.observe import redaction, telemetry
+from wsupload.tasks.observe import redaction, telemetry, upload_progress
 from wsupload.tasks.observe.log_fields import outcome_fields, retry_fields
 from wsupload.tasks.recovery import lease
 from wsupload.tasks.sources.media import OpenedSource
@@ -147,6 +147,8 @@ class JobRunner:
     sleep: Callable[[float], None] = lease.sleep
     """A retry's backoff; by default cut short by the job's cancel."""
     rand: Callable[[], float] = random.random
+    progress_clock: Callable[[], float] = time.monotonic
+    """Seconds, for the once-a-second byte progress of large uploads (``tasks.observe.upload_progress``)."""
     opener: SourceOpener = field(init=False)
     policy: RetryPolicy = field(init=False)
     dedup: DedupStore = field(init=False)
@@ -397,8 +399,12 @@ class JobRunner:
                     else:
                         self._save(state)
                     telemetry.attempt()
+                    reporter = self._progress(state, opened.size)
                     try:
-                        return send()
+                        if reporter is None:
+                            return send()
+                        with upload_progress.reporting(reporter):
+                            return send()
                     except Exception:
                         lease.check_cancelled()  # a request cut by a cancel: the cancel, not its error
                         raise
@@ -415,6 +421,16 @@ class JobRunner:
         if digest is not None:
             self.dedup.remember(digest, doc["job_id"], doc["result"], doc["expires_at"], now)
         return doc
+
+    def _progress(self, state: _State, size: int) -> upload_progress.Reporter | None:
+        """An attempt's byte progress, for a file over ``WSUPLOAD_PROGRESS_THRESHOLD``: through the fenced save."""
+        if not upload_progress.tracked(size, self.settings.progress_threshold):
+            return None
+
+        def write(bytes_sent: int, bytes_total: int) -> None:
+            self.store.save(results.with_progress(state.doc, bytes_sent, bytes_total), state.generation)
+
+        return upload_progress.Reporter(write, self.progress_clock)
 
     def _ticket_endpoint_missing(self, error: ClientError) -> None:
         if not self.ticket_endpoint_missing:

@@ -34,7 +34,7 @@ from wsupload.tasks.store.batches import export_row, write_export
 from wsupload.tasks.store.results import utcnow
 from wsupload.tasks.wire.options import JobOptions
 from wsupload.worker import logs, worker_records
-from wsupload.worker.progress import BatchProgress, JobProgress, describe
+from wsupload.worker.progress import BatchProgress, InFlight, JobProgress, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
 log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
@@ -221,7 +221,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: Path | None, fmt: str) -> int:
-    progress = BatchProgress(sys.stderr)
+    in_flight = InFlight(producer.redis, batch_id, lambda job_id: (producer.store.get(job_id) or {}).get("batch_id"))
+    progress = BatchProgress(sys.stderr, in_flight)
     try:
         info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
     finally:
@@ -441,6 +442,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         port=args.port,
         max_bytes=args.max_bytes,
         latency=args.latency,
+        read_rate=args.read_rate or 0,
         storage_dir=args.storage,
         hash_uploads=not args.no_hash,
     )
@@ -599,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--api-key", default=os.environ.get("WSUPLOAD_SANDBOX_API_KEY", "sandbox-key"))
     sandbox.add_argument("--max-bytes", type=_size, help="answer 413 above this size")
     sandbox.add_argument("--latency", type=_positive_duration, default=0.0, help="delay before each answer")
+    sandbox.add_argument("--read-rate", type=_size, help="read request bodies at this many bytes a second (e.g. 4MiB)")
     sandbox.add_argument("--storage", type=Path, help="keep uploads here so download_url serves them")
     sandbox.add_argument("--no-hash", action="store_true", help="skip SHA-256 of uploads (benchmarks: ~1 GB/s saved)")
     sandbox.set_defaults(handler=cmd_sandbox)

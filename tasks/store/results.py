@@ -3,7 +3,8 @@
 One JSON document per job at ``wsupload:result:<job_id>`` (expiring after
 ``WSUPLOAD_RESULT_TTL``), written as ``queued`` when the job is enqueued, then
 ``running`` → ``retrying`` → ``succeeded`` | ``failed`` | ``cancelled``. Every status
-change is also published on ``wsupload:events`` (job id and status), and the final
+change is also published on ``wsupload:events`` (job id and status; a large upload's
+running document also ``progress``, its bytes sent, at most once a second), and the final
 document on ``wsupload:ended``, so waiters need neither poll nor read. This
 shape is a wire contract: producers in other languages read it, so fields are
 only added.
@@ -78,8 +79,8 @@ def isoformat(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _without(doc: JobDoc, key: str) -> JobDoc:
-    return {name: value for name, value in doc.items() if name != key}
+def _without(doc: JobDoc, *names: str) -> JobDoc:
+    return {name: value for name, value in doc.items() if name not in names}
 
 
 def new_doc(
@@ -143,7 +144,7 @@ def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = Non
             del doc[name]
     if "generation" in doc and not (type(doc["generation"]) is int and doc["generation"] > 0):
         del doc["generation"]
-    for name in ("last_error", "options"):
+    for name in ("last_error", "options", "progress"):
         if name in doc and not isinstance(doc[name], dict):
             del doc[name]
     return doc
@@ -163,11 +164,19 @@ def decode_doc(raw: bytes | str | None, job_id: str, now: datetime) -> JobDoc | 
 def started(doc: JobDoc, now: datetime, generation: int | None = None, worker: str | None = None) -> JobDoc:
     """Running, held by delivery ``generation`` on ``worker`` (both shown in the document)."""
     held = {} if generation is None else {"generation": generation, "worker": worker or "unknown"}
-    return {**doc, "status": RUNNING, "started_at": doc["started_at"] or isoformat(now), **held}
+    return {**_without(doc, "progress"), "status": RUNNING, "started_at": doc["started_at"] or isoformat(now), **held}
 
 
 def attempting(doc: JobDoc) -> JobDoc:
-    return {**_without(doc, "next_attempt_at"), "status": RUNNING, "attempts": doc["attempts"] + 1}
+    return {**_without(doc, "next_attempt_at", "progress"), "status": RUNNING, "attempts": doc["attempts"] + 1}
+
+
+def with_progress(doc: JobDoc, bytes_sent: int, bytes_total: int) -> JobDoc:
+    """The running document with the attempt's byte progress (``tasks.observe.upload_progress``).
+
+    Only the running document of an attempt carries it: every other transition drops it.
+    """
+    return {**doc, "progress": {"bytes_sent": bytes_sent, "bytes_total": bytes_total}}
 
 
 def stored_as(raw: bytes | str, doc: JobDoc) -> bool:
@@ -184,7 +193,7 @@ def stored_as(raw: bytes | str, doc: JobDoc) -> bool:
 def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> JobDoc:
     """Backing off; ``last_error`` shows the transient failure being waited out."""
     return {
-        **doc,
+        **_without(doc, "progress"),
         "status": RETRYING,
         "last_error": error.to_doc(),
         "next_attempt_at": isoformat(now + timedelta(seconds=delay)),
@@ -193,7 +202,7 @@ def retrying(doc: JobDoc, error: UploadError, delay: float, now: datetime) -> Jo
 
 def _ended(doc: JobDoc, status: str, now: datetime, **fields: Any) -> JobDoc:
     """The document at its end: the wait for a next attempt is over."""
-    return {**_without(doc, "next_attempt_at"), "status": status, **fields, "finished_at": isoformat(now)}
+    return {**_without(doc, "next_attempt_at", "progress"), "status": status, **fields, "finished_at": isoformat(now)}
 
 
 def succeeded(doc: JobDoc, result: dict[str, Any], now: datetime, retention: int, method: str = "upload") -> JobDoc:
@@ -305,13 +314,16 @@ class ResultStore:
         batch_id = doc.get("batch_id")
         size = int(doc["result"].get("size") or 0) if status == SUCCEEDED else 0
         job_keys = [keys.generation(doc["job_id"]), result_key(doc["job_id"]), EVENTS_CHANNEL, ENDED_CHANNEL]
+        event = {"job_id": doc["job_id"], "status": status}
+        if status == RUNNING and "progress" in doc:
+            event["progress"] = doc["progress"]  # a progress write: its event says how far, so no one reads
         minute, second = divmod(int(self.clock()), 60)
         save_keys = [*job_keys, batch_key(str(batch_id)) if batch_id else "", keys.stats(minute)]
         return save_keys, [
             "" if generation is None else str(generation),
             encoded,
             self.ttl,
-            json.dumps({"job_id": doc["job_id"], "status": status}),
+            json.dumps(event),
             status,
             size,
             doc.get("started_at") or "",

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from wsupload.errors import SourceChanged
+from wsupload.tasks.observe import upload_progress
 from wsupload.tasks.recovery import lease
 from wsupload.tasks.sources.media import OpenedSource, Readable
 
@@ -89,6 +90,7 @@ class MultipartBody:
         the socket in one send, not three (each one a wake-up of the server).
         """
         lease.tick()  # bytes moving: the job is alive (and stops here if its delivery must)
+        upload_progress.sent(self._size - self._remaining, self._size)  # file bytes the socket took so far
         want = self._length if size is None or size < 0 else size
         parts = []
         if self._head:

@@ -8,7 +8,8 @@ signature, the expiry and the ticket's headers (403), refuses a second PUT of an
 object under ``If-None-Match: *`` (412), and records whether any Authorization
 header arrived. It can be told to misbehave, per step (``Fault.step``): answer a status N
 times (with ``Retry-After``), answer HTTP 200 with an error ``code``, drop the
-connection, stall, or add latency. It parses uploads as a stream, hashing (and
+connection, stall, add latency, or read the body slowly (``Fault.rate``, or
+``read_rate`` for every request: bytes a second, as a slow link would). It parses uploads as a stream, hashing (and
 optionally storing) the file part, so a 1 GiB upload costs it no memory. File
 names are read as browsers and the worker send them (raw UTF-8, HTML5 escapes,
 ``filename*``: see ``worker/disposition.py``); a stored file is served only at
@@ -86,6 +87,7 @@ class Fault:
 
     ``reset`` on a PUT takes half the body first, then resets the connection.
     ``expired`` (a ticket) issues a URL whose expiry has already passed.
+    ``rate`` reads the request's body at that many bytes a second (0: as fast as it comes).
     """
 
     status: int | None = None
@@ -96,6 +98,7 @@ class Fault:
     times: int = 1
     step: str = "api"
     expired: bool = False
+    rate: int = 0
 
     def __post_init__(self) -> None:
         if self.step not in STEPS:
@@ -154,6 +157,7 @@ class SandboxServer:
         hash_uploads: bool = True,
         direct: bool = True,
         ticket_ttl: float = TICKET_TTL,
+        read_rate: int = 0,
     ) -> None:
         self.api_key = api_key
         self.direct = direct  # False: no ticket endpoint (404), as a server before the direct flow
@@ -162,6 +166,8 @@ class SandboxServer:
         self.hash_uploads = hash_uploads
         self.max_bytes = max_bytes
         self.latency = latency
+        self.read_rate = read_rate
+        """Bytes a second every request body is read at (a fault's ``rate`` overrides it); 0: no limit."""
         self.storage_dir = storage_dir
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
@@ -281,6 +287,23 @@ class _ClientGone(Exception):
     """The client closed its connection while its answer was held: nothing to answer."""
 
 
+class _Pace:
+    """Reads a body at ``rate`` bytes a second (0: as fast as it comes), in tenths of a second's worth."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.block = min(READ_BLOCK, max(1, rate // 10)) if rate > 0 else READ_BLOCK
+        self._start = time.monotonic()
+        self._read = 0
+
+    def took(self, size: int) -> None:
+        if self.rate > 0:
+            self._read += size
+            ahead = self._start + self._read / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -360,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop(record)
             return
         record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
-        part = self._receive(length, record.number, store=record.authorized)
+        part = self._receive(length, record.number, self._pace(fault), store=record.authorized)
         if part is None:
             return  # the client went away mid-body
         if part.name == "file":
@@ -397,7 +420,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = {"type": kind, "download_url": url, "filename": part.filename, "size": part.size}
         return 200, {"code": 200, "message": "success", "data": data}
 
-    def _receive(self, length: int, number: int, *, store: bool) -> _FilePart | None:
+    def _pace(self, fault: Fault | None) -> _Pace:
+        return _Pace(fault.rate if fault and fault.rate else self.sandbox.read_rate)
+
+    def _receive(self, length: int, number: int, pace: _Pace, *, store: bool) -> _FilePart | None:
         """Read the whole body, streaming the first file part into a hash (and disk)."""
         part = _FilePart()
         _, params = parse_options_header(self.headers.get("Content-Type", ""))
@@ -408,11 +434,12 @@ class _Handler(BaseHTTPRequestHandler):
         remaining = length
         try:
             while remaining > 0:
-                block = self.rfile.read(min(READ_BLOCK, remaining))
+                block = self.rfile.read(min(pace.block, remaining))
                 if not block:
                     self.close_connection = True
                     return None
                 remaining -= len(block)
+                pace.took(len(block))
                 if parser is not None:
                     try:
                         parser.write(block)
@@ -556,7 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is None and ticket is not None and length != ticket["size"]:
             refused = f"Content-Length {length} is not the ticket's size {ticket['size']}"
         store = refused is None and not landed and not (fault and fault.status)
-        digest, received = self._receive_raw(length, obj if store else None)
+        digest, received = self._receive_raw(length, obj if store else None, self._pace(fault))
         if received is None:
             return  # the client went away mid-body
         record.size = received
@@ -576,7 +603,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.sandbox._objects[obj] = ticket["filename"]
             self._answer(record, 200, {})
 
-    def _receive_raw(self, length: int, obj: str | None) -> tuple[str | None, int | None]:
+    def _receive_raw(self, length: int, obj: str | None, pace: _Pace) -> tuple[str | None, int | None]:
         """Read a PUT's body, hashing it and, for ``obj``, storing it; None if the client went away."""
         digest = hashlib.sha256()
         storage = self.sandbox.storage_dir
@@ -584,11 +611,12 @@ class _Handler(BaseHTTPRequestHandler):
         remaining = length
         try:
             while remaining > 0:
-                block = self.rfile.read(min(READ_BLOCK, remaining))
+                block = self.rfile.read(min(pace.block, remaining))
                 if not block:
                     self.close_connection = True
                     return None, None
                 remaining -= len(block)
+                pace.took(len(block))
                 if self.sandbox.hash_uploads:
                     digest.update(block)
                 if sink:
