@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -142,10 +143,16 @@ class _Cuttable:
             lease.abort_with(None)
 
     def cut(self) -> None:
-        """Shut the socket down (from another thread): a blocked send or read fails at once."""
+        """Shut the socket down (from another thread): a blocked send or read fails at once.
+
+        Lingering 0 first, so the close that follows (urllib3's, on the failed request) resets
+        the connection: the server drops what it had not read yet instead of reading a body
+        that will never be complete.
+        """
         sock = self.sock
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 # The plain socket's shutdown, an SSL socket's too: its own would unwrap TLS
                 # under the thread that reads.
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -27,7 +27,7 @@ from tests.integration.conftest import StartWorker, producer_env, unacked_messag
 from wsupload.tasks.callbacks import callback_key
 from wsupload.tasks.store import cancels, keys, lua, results
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer, UploadRecord
 from wsupload.worker.producer import Producer
 
@@ -40,6 +40,9 @@ CHECKED = 3.0
 SLACK = 1.0
 """Added to each bound: the machine running the tests is shared and loaded."""
 SECRET = "whsec-cancel"
+BIG = 48 * 1024 * 1024
+RATE = 8 * 1024 * 1024
+"""A large body read at 8 MiB/s: six seconds of sending, caught in the middle."""
 
 
 class Hooks(ThreadingHTTPServer):
@@ -154,6 +157,29 @@ def test_a_running_upload_is_cut_at_the_sandbox_when_its_cancel_is_announced(
     wait_until(lambda: hooks.received, 30, what="the callback")
     assert hooks.received == [outcome.doc]
     assert len(sandbox.records) == 1, "no retry after the cancel"
+    assert own_producer.status([job.job_id]) == [outcome.doc]
+
+
+def test_an_upload_cancelled_mid_send_is_cut_at_the_sandbox(
+    own_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, media_root: Path
+) -> None:
+    big = media_root / "cancel-big.mp4"
+    with open(big, "wb") as out:  # a real MP4's start, then zeros (sparse): a valid upload of BIG bytes
+        out.write(mp4_bytes(4096))
+        out.truncate(BIG)
+    start_worker(WSUPLOAD_MAX_BYTES=str(2 * BIG))
+    sandbox.add_fault(Fault(rate=RATE))  # the body is read slowly: the worker is still sending it
+    (job,) = own_producer.enqueue([str(big)])
+    wait_until(lambda: (own_producer.status([job.job_id])[0] or {}).get("progress"), 30, what="bytes being sent")
+    asked = time.monotonic()
+    [outcome] = own_producer.cancel([job.job_id])
+    assert outcome.cancelled
+    (record,) = wait_until(
+        lambda: [r for r in sandbox.records if r.client_gone], ANNOUNCED + SLACK, what="the body cut at the sandbox"
+    )
+    cut = time.monotonic() - asked
+    assert cut <= ANNOUNCED + SLACK, f"the body was cut {cut:.2f} s after the cancel"
+    assert record.status is None, "never answered"
     assert own_producer.status([job.job_id]) == [outcome.doc]
 
 

@@ -131,7 +131,7 @@ class UploadRecord:
     size: int = 0
     sha256: str | None = None
     fault: dict[str, Any] | None = None
-    client_gone: bool = False  # the client closed the connection while the answer was held (a stall)
+    client_gone: bool = False  # the client closed its connection before its answer: mid-body, or while it was held
 
 
 @dataclass
@@ -383,9 +383,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop(record)
             return
         record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
-        part = self._receive(length, record.number, self._pace(fault), store=record.authorized)
+        try:
+            part = self._receive(length, record.number, self._pace(fault), store=record.authorized)
+        except ConnectionError:
+            part = None  # reset mid-body
         if part is None:
-            return  # the client went away mid-body
+            self._gone(record)  # the client went away mid-body
+            return
         if part.name == "file":
             record.filename, record.size = part.filename, part.size
             record.sha256 = part.digest.hexdigest() if self.sandbox.hash_uploads else None
@@ -583,9 +587,13 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is None and ticket is not None and length != ticket["size"]:
             refused = f"Content-Length {length} is not the ticket's size {ticket['size']}"
         store = refused is None and not landed and not (fault and fault.status)
-        digest, received = self._receive_raw(length, obj if store else None, self._pace(fault))
+        try:
+            digest, received = self._receive_raw(length, obj if store else None, self._pace(fault))
+        except ConnectionError:
+            received = None  # reset mid-body
         if received is None:
-            return  # the client went away mid-body
+            self._gone(record)  # the client went away mid-body
+            return
         record.size = received
         record.sha256 = digest
         headers = self._delay(fault, record)
@@ -637,12 +645,16 @@ class _Handler(BaseHTTPRequestHandler):
         gets no answer (``_ClientGone``).
         """
         if fault and fault.stall and not self.sandbox._stall(fault.stall, self.request):
-            record.client_gone, record.answered_at = True, time.time()
-            self.close_connection = True
+            self._gone(record)
             raise _ClientGone
         if self.sandbox.latency:
             time.sleep(self.sandbox.latency)
         return {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+
+    def _gone(self, record: UploadRecord) -> None:
+        """The client closed (or reset) its connection before its answer: recorded, nothing answered."""
+        record.client_gone, record.answered_at = True, time.time()
+        self.close_connection = True
 
     def _answer(
         self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
