@@ -21,6 +21,7 @@ from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wavespeed.rate_limit import FleetLimiter
 from wsupload.worker.cancel_watch import CancelWatch
 from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.producer import Producer
 
 NOW = results.utcnow()
 DATA = {"type": "image", "download_url": "https://cdn/x.png", "filename": "ok.png", "size": 7}
@@ -301,3 +302,23 @@ def test_a_job_cancelled_while_it_waits_for_a_fleet_slot_stops_waiting(redis_cli
     with lease.holding(held, LeaseBook()), pytest.raises(Cancelled), limiter.slot():
         pass
     assert time.monotonic() - began < 10, "the wait was cut short"
+
+
+def test_the_producer_cancels_in_chunks_and_answers_per_name_in_order(
+    redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = Producer(Settings.from_env({}), client=redis_client)
+    jobs = producer.enqueue(["/srv/a.png", "/srv/b.png", "/srv/c.png"])
+    monkeypatch.setattr(cancels, "CHUNK", 2)
+    ids = [job.job_id for job in jobs]
+    outcomes = producer.cancel([ids[2], "nobody", ids[0], ids[1], ids[2]])
+    assert [(o.job_id, o.outcome) for o in outcomes] == [
+        (ids[2], "cancelled"),
+        ("nobody", "unknown"),
+        (ids[0], "cancelled"),
+        (ids[1], "cancelled"),
+        (ids[2], "cancelled"),
+    ]
+    assert {doc["status"] for doc in producer.status(ids) if doc} == {"cancelled"}
+    assert producer.wait(ids, timeout=1).timed_out is False
+    assert producer.cancel([]) == []
