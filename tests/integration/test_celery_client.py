@@ -5,14 +5,16 @@ imports is checked (never ``wsupload.worker``): one sends and gets, one is its C
 which consumes Celery's default queue ``celery`` (where a link that names no queue goes) and a
 queue of its own for the errback, recording what its tasks receive. wsupload's workers here are
 the test's own (``start_worker``: one thread, so a message's copy runs before the job behind it).
-Run over RabbitMQ too (``core``). The cancel feature is not on this branch: the cancelled
-job's document is written here, as a worker would leave it.
+Two kinds of second delivery must not run the link: a copy of the message, and a delivery
+superseded while paused (SIGSTOP). Run over RabbitMQ too (``core``). The cancel feature is not
+on this branch: the cancelled job's document is written here, as a worker would leave it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -27,6 +29,7 @@ from tests.integration.conftest import StartWorker, clean_env
 from wsupload.tasks.store import keys
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.core]
@@ -73,7 +76,7 @@ def client_worker(client_env: dict[str, str], own_producer: Producer, tmp_path: 
         assert process.poll() is None, (tmp_path / "client-worker.log").read_text()
         yield
     finally:
-        os.killpg(process.pid, 15)
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         log.close()
 
@@ -196,3 +199,46 @@ def test_a_cancelled_job_is_revoked_with_the_named_error(client_env: dict[str, s
         error,
     )
     assert seen["backend"].startswith("wsupload+redis://")
+
+
+@pytest.mark.slow
+def test_a_delivery_superseded_while_paused_never_runs_the_link(
+    client_env: dict[str, str],
+    client_worker: None,
+    start_worker: StartWorker,
+    own_producer: Producer,
+    sandbox: SandboxServer,
+    png: Path,
+) -> None:
+    paused = start_worker()
+    sandbox.add_fault(Fault(stall=8))  # its upload is answered while it is stopped
+    job_id = uuid.uuid4().hex
+    run_client(client_env, [{"job_id": job_id, "source": str(png), "link": True, "get": False}])
+    wait_until(
+        lambda: (own_producer.status([job_id])[0] or {}).get("worker") == paused.hostname,
+        30,
+        interval=0.1,
+        what="the first worker to hold the job",
+    )
+    assert paused.process is not None
+    os.killpg(paused.process.pid, signal.SIGSTOP)
+    taker = start_worker()
+    seen = run_client(client_env, [{"job_id": job_id, "source": str(png), "send": False}])
+    doc = own_producer.status([job_id])[0]
+    assert doc is not None
+    assert (seen["got"][job_id], doc["worker"]) == ({"value": doc["result"], "state": "SUCCESS"}, taker.hostname)
+
+    os.killpg(paused.process.pid, signal.SIGCONT)  # it wakes up holding an answer for a job it lost
+    wait_until(
+        lambda: "this delivery stops" in paused.log_path.read_text(),
+        60,
+        interval=0.2,
+        what="the paused worker to find it may no longer act for the job",
+    )
+    # The paused delivery has returned (its line is written as it stops): were it to run the link,
+    # the link's message would be sent now. A job behind it on the same worker shows when it has.
+    later = uuid.uuid4().hex
+    run_client(client_env, [{"job_id": later, "source": str(png), "link": True}])
+    wait_until(lambda: any(map(of("on_done", later), records(own_producer, client_env))), 30, what="a later link")
+    links = [r for r in records(own_producer, client_env) if of("on_done", job_id)(r)]
+    assert [r["result"] for r in links] == [doc["result"]]
