@@ -175,7 +175,7 @@ def test_a_refused_file_is_a_failure_with_the_named_error_and_runs_the_errback_o
         "kind": "invalid_input",
         "queue": client_env["CLIENT_ERRBACK_QUEUE"],
     }
-    assert not [r for r in records(own_producer, client_env) if r["task"] == "on_done"]  # no link on failure
+    assert not [r for r in records(own_producer, client_env) if of("on_done", job_id)(r)]  # no link on failure
     dead = own_producer.redis.lrange(keys.DEAD, 0, -1)
     assert not [
         entry for entry in dead if b"client.on_" in entry
