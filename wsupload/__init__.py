@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ConfigError,
         EnqueueError,
         InvalidInput,
+        JobError,
         PermanentError,
         TransientError,
         UploadError,
@@ -50,6 +51,7 @@ _WHERE = {
     "PermanentError": "wsupload.errors",
     "TransientError": "wsupload.errors",
     "InvalidInput": "wsupload.errors",
+    "JobError": "wsupload.errors",
 }
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "EnqueueError",
     "InvalidInput",
     "Job",
+    "JobError",
     "PermanentError",
     "Producer",
     "Settings",

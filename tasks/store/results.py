@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 STATUSES = frozenset({QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED})
+CANCELLED, EXPIRED = "cancelled", "expired"
+ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
+
+
+def is_end(status: object) -> bool:
+    """The end-state rule: any status other than queued, running and retrying is an end."""
+    return status not in ACTIVE
+
+
 _TIMES = ("started_at", "finished_at", "expires_at")
 # Where documents live and are announced (built in tasks.store.keys, named here for the store's users).
 EVENTS_CHANNEL, ENDED_CHANNEL = keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL
