@@ -22,6 +22,13 @@ was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
 On RabbitMQ a delivery handed back while it waited for a thread returns at once,
 touching nothing, and one that cannot record its outcome in Redis waits for Redis
 (``tasks.recovery.redis_wait``, bounded) before its message goes back.
+
+A Celery client's ``link`` (Celery runs it whenever the task returns normally) gets the
+document's ``result`` from the delivery that wrote the success, and from no other: with a link
+attached, every other delivery that does not fail raises ``Ignore`` (the message is still
+acknowledged, as by a return). ``link_error`` runs where ``JobFailed`` is raised, once: Celery
+sends it, unknown to this worker, with the task id (the job id). Neither goes to wsupload's
+queues unless the signature names one (``worker.app.route_foreign``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
@@ -84,7 +91,7 @@ class UploadTask(Task):  # type: ignore[type-arg]
     # Expected: logged by Celery as one line ("raised expected"), no traceback; the job's own line says more.
     throws=(JobFailed,),
 )
-def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
+def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> dict[str, Any] | None:
     """``upload(job_id, source, options=None)``, taking whatever a producer sent.
 
     Any arguments are accepted here and judged by ``tasks.wire.decode``: Python
@@ -98,23 +105,37 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     if amqp and not early_acks.STARTS.begin(tag):
         # Handed back while it waited for a thread (worker.amqp_leases): another delivery runs it.
         log.info("delivery %s: its message went back to its queue while it waited; skipped", clip(tag or ""))
-        return None
+        return for_links(self.request, None)
     try:
-        return run_upload(self, job, tag, args, kwargs)
+        succeeded = run_upload(self, job, tag, args, kwargs)
     finally:
         if amqp:
             early_acks.STARTS.end(tag)
+    return for_links(self.request, succeeded)
+
+
+def for_links(request: Any, succeeded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the task returns: nothing, unless a ``link`` is attached (Celery's ``callbacks``).
+
+    Then the result dict if this delivery wrote the success; any other delivery raises
+    ``Ignore`` rather than return, so the link runs once, from the delivery that ended the job.
+    """
+    if not getattr(request, "callbacks", None):
+        return None
+    if succeeded is None:
+        raise Ignore()
+    return succeeded
 
 
 def run_upload(
     self: Task[Any, Any], job: JobRunner, tag: str | None, args: tuple[object, ...], kwargs: dict[str, object]
-) -> None:
-    """The task's body, once this delivery may run."""
+) -> dict[str, Any] | None:
+    """The task's body, once this delivery may run: the result dict if it wrote the job's success, else None."""
     try:
         call = read_upload_call(args, kwargs, self.request.id)
     except NoJobId as exc:
         log.error("dropping a %s message that names no job: %s", UPLOAD_TASK_NAME, exc.message)
-        return
+        return None
     except UploadError as exc:  # InvalidMessage or InvalidInput, with a job to record it in
         job_id = job_id_of(args, kwargs, self.request.id)
         assert job_id is not None
@@ -125,7 +146,7 @@ def run_upload(
                 raise
             requeue_for_redis(job, job_id, tag, failed)  # acknowledged, the job would stay queued for good
         raise_if_failed_here(outcome)
-        return
+        return None
     job_id, source = call.job_id, call.source
     amqp = job.settings.broker_is_amqp
     try:
@@ -134,20 +155,20 @@ def run_upload(
         log.info("%s", exc)
         settle_early_ack(job_id, tag, job.store.redis)
         send_cancel_callback(job, job_id, call.options.callback_url)
-        return
+        return None
     except Superseded as exc:
         # Another delivery holds the job now (this one was paused or hung past its
         # lease), or a producer cancelled it: nothing of ours is written, and its message is done with.
         early_acks.EARLY.pop(tag)
         log.warning("%s; this delivery stops", exc)
         send_cancel_callback(job, job_id, call.options.callback_url)
-        return
+        return None
     except LeaseLost as exc:
         # The worker is stopping and handed the job back (or, on Redis, the lease went to another worker).
         log.warning("%s; this delivery stops", exc)
         if amqp:
             hand_back_on_rabbitmq(job_id, tag, job.store.redis)
-        return
+        return None
     except Exception as exc:
         if isinstance(exc, redis.RedisError) and cannot_record_now(exc):
             requeue_for_redis(job, job_id, tag, exc)
@@ -157,6 +178,15 @@ def run_upload(
     settle_early_ack(job_id, tag, job.store.redis)
     callback_after(job, outcome, call.options.callback_url)
     raise_if_failed_here(outcome)
+    return succeeded_here(outcome)
+
+
+def succeeded_here(outcome: Outcome) -> dict[str, Any] | None:
+    """The document's ``result`` when this delivery ended the job ``succeeded``."""
+    if not outcome.ended_here or outcome.doc["status"] != results.SUCCEEDED:
+        return None
+    result = outcome.doc.get("result")
+    return result if isinstance(result, dict) else None
 
 
 def callback_after(job: JobRunner, outcome: Outcome, url: str | None) -> None:

@@ -30,7 +30,10 @@ message stops when:
 Any path that would acknowledge the message while Redis refuses writes sends it back
 instead: acknowledged, its jobs not ended yet would be in no queue and never end.
 Bulk messages run on the Redis broker only: on RabbitMQ each of a bulk message's
-jobs ends ``failed`` (``invalid_message``) saying so.
+jobs ends ``failed`` (``invalid_message``) saying so. A Celery ``link``/``link_error`` on a bulk
+message is a logged no-op: links are per job (``tasks.upload``), and the message ends with
+``Ignore`` instead of returning, so Celery does not run the link once for all its jobs; an
+errback would only run for an internal error, with the message's task id.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
-from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, Settings
+from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
 from wsupload.errors import Cancelled, InternalError, InvalidMessage, LeaseLost, Superseded, UploadError
 from wsupload.tasks.job import Ahead, JobRunner
 from wsupload.tasks.recovery import lease
@@ -74,6 +77,21 @@ ON_RABBITMQ = InvalidMessage(
 @shared_task(bind=True, name=UPLOAD_MANY_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> None:
     """``upload_many([[job_id, source], …], options=None)``: see the module docstring."""
+    linked = bool(self.request.callbacks)
+    if linked or self.request.errbacks:
+        log.warning(
+            "a %s message with link/link_error: links are per job and not run for bulk messages;"
+            " send one %s message per job to use them",
+            UPLOAD_MANY_TASK_NAME,
+            UPLOAD_TASK_NAME,
+        )
+    run_message(self, args, kwargs)
+    if linked:
+        raise Ignore()  # returned, Celery would run the link once for the whole message, with None
+
+
+def run_message(task: Task[Any, Any], args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+    """The task's body: the message's jobs in turn."""
     job = runner()
     try:
         verdicts = read_upload_many(args, kwargs, None)
@@ -88,7 +106,7 @@ def upload_many(self: Task[Any, Any], /, *args: object, **kwargs: object) -> Non
         for verdict in verdicts:
             fail_or_requeue(job, verdict.job_id, verdict.source, ON_RABBITMQ)
         return
-    request = self.request  # a lookup in Celery's request stack: once, not once a job
+    request = task.request  # a lookup in Celery's request stack: once, not once a job
     tag = delivery_tag(request, None, amqp=False)
     grace = job.settings.connect_timeout + job.settings.read_timeout + job.settings.lease
     message = lease.JobLease(verdicts[0].job_id, tag, grace)

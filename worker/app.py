@@ -41,6 +41,9 @@ shows signs of life (``worker.renewer``). So:
   FAILURE, and ``task_acks_on_failure_or_timeout`` still acknowledges its message.
 - the module-level ``app`` (``celery -A wsupload.worker.app inspect|control …``) needs
   no API key; only starting a worker does (``_refuse_without_key``).
+- ``task_routes`` (``route_foreign``): a Celery client's ``link``/``link_error`` signatures,
+  which this worker sends, go to the queue they name, else to Celery's default ``celery``,
+  never to wsupload's queue (the worker's default queue, where no worker knows them).
 """
 
 from __future__ import annotations
@@ -62,12 +65,15 @@ from celery.utils.log import get_multiprocessing_logger
 
 from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
-from wsupload.config.settings import SCAN_TASK_NAME, Settings, deprecations
+from wsupload.config.settings import SCAN_TASK_NAME, UPLOAD_TASK_NAME, Settings, deprecations
 from wsupload.errors import ConfigError
 from wsupload.tasks.observe import redaction
 from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard
 from wsupload.worker.quarantine import Quarantine
+
+TASK_PREFIX = UPLOAD_TASK_NAME.partition(".")[0] + "."
+"""Every task name of wsupload's (``wsupload.upload``, ``wsupload.callback``, …) starts with it."""
 
 
 class WsuploadApp(Celery):
@@ -133,6 +139,7 @@ def create_app(settings: Settings) -> WsuploadApp:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.queue,
+        task_routes=(route_foreign,),
         task_acks_late=True,
         # Celery's default, said here because wsupload relies on it: a job that ended
         # `failed` raises JobFailed, and its message must be acknowledged, never redelivered.
@@ -154,6 +161,18 @@ def create_app(settings: Settings) -> WsuploadApp:
     if amqp:
         app.conf.update(amqp_options(settings))
     return app
+
+
+FOREIGN_QUEUE = "celery"
+"""Celery's default queue: where a task that is not wsupload's goes when its signature names no queue."""
+
+
+def route_foreign(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
+    """Celery's router: wsupload's own tasks keep the worker's routing; any other task (a client's
+    link or errback) goes to ``FOREIGN_QUEUE`` unless its signature names a queue (that one wins)."""
+    if name.startswith(TASK_PREFIX):
+        return None
+    return {"queue": FOREIGN_QUEUE}
 
 
 HEARTBEAT = 10

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ConfigError,
         EnqueueError,
         InvalidInput,
+        JobError,
         PermanentError,
         TransientError,
         UploadError,
@@ -52,6 +53,7 @@ _WHERE = {
     "PermanentError": "wsupload.errors",
     "TransientError": "wsupload.errors",
     "InvalidInput": "wsupload.errors",
+    "JobError": "wsupload.errors",
 }
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "EnqueueError",
     "InvalidInput",
     "Job",
+    "JobError",
     "PermanentError",
     "Producer",
     "Settings",

@@ -5,6 +5,7 @@
     ├── EnqueueError                   a producer call queued none of its jobs (or, on RabbitMQ, not all published)
     ├── PublishError                   RabbitMQ did not confirm every message of a publish
     ├── JobFailed                      a job ended failed in this delivery: Celery's FAILURE, after the fact
+    ├── JobError                       a job ended without success: what AsyncResult.get() raises (wsupload+redis://)
     ├── LeaseLost                      this delivery may no longer act for its job: another worker has it
     ├── Superseded                     a write was refused: another delivery holds the job, or it has ended
     └── UploadError                    ends up in a job's ``error`` field
@@ -193,6 +194,32 @@ class TicketRefused(TransientError):
 
 class ServerError(TransientError):
     kind = "server_error"
+
+
+class JobError(WsuploadError):
+    """A job ended without success, as a Celery client sees it: ``AsyncResult(job_id).get()`` raises it.
+
+    Raised by wsupload's Celery result backend (``wsupload.celery_backend``) for a job whose
+    document ended ``failed`` (state FAILURE) or ``cancelled``/``expired`` (state REVOKED), or
+    any other end that is not ``succeeded``. ``error`` is the document's error object
+    (``{"kind", "http_status", "message", "retryable"}``; a document without one gets
+    ``{"kind": <status>}``), ``status`` the document's status and ``doc`` the whole document.
+    """
+
+    def __init__(self, job_id: str, status: str, error: dict[str, Any], doc: dict[str, Any] | None = None) -> None:
+        super().__init__(job_id, status, error, doc)
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+        self.doc = doc if doc is not None else {}
+
+    @property
+    def kind(self) -> str:
+        return str(self.error.get("kind") or self.status)
+
+    def __str__(self) -> str:
+        message = self.error.get("message")
+        return f"job {self.job_id} {self.status} ({self.kind})" + (f": {message}" if message else "")
 
 
 class JobFailed(WsuploadError):

@@ -55,8 +55,8 @@ JobDoc = dict[str, Any]
 T = TypeVar("T")
 
 
-def is_end(status: str) -> bool:
-    """Whether a job with this status has ended: any status but queued, running and retrying."""
+def is_end(status: object) -> bool:
+    """The end-state rule: whether a job with this status has ended (any status but queued, running, retrying)."""
     return status not in ACTIVE
 
 

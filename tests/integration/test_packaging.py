@@ -104,6 +104,10 @@ def test_the_wheel_works_beside_an_application_named_config_and_tasks(
     scripts = sorted(path.stem for path in (ROOT / "tasks" / "store" / "lua").glob("*.lua"))
     with zipfile.ZipFile(wheel) as built:
         files = built.namelist()
+        (entry_points,) = [name for name in files if name.endswith(".dist-info/entry_points.txt")]
+        registered = built.read(entry_points).decode()
+    # What a Celery client's result_backend="wsupload+redis://…" is found by.
+    assert "[celery.result_backends]\nwsupload = wsupload.celery_backend:WsuploadBackend" in registered
     assert "wsupload/worker/dev/sandbox.py" in files  # `wsupload sandbox` and `demo` ship their tools
     assert "wsupload/worker/dev/rabbit.py" not in files  # a test fixture: tests/integration/rabbit.py
     shipped = sorted(Path(name).stem for name in files if name.startswith("wsupload/tasks/store/lua/"))
