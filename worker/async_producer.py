@@ -66,7 +66,7 @@ __all__ = ["AsyncProducer"]
 OFFLOAD_ABOVE = 100
 """A call enqueueing more jobs than this builds their documents and messages in a thread
 (about 20 µs of CPU a job: 100 jobs hold the loop 2 ms, 10,000 would hold it 0.2 s)."""
-READ_CHUNK = 500
+READ_CHUNK = 200
 """Documents read (``MGET``) and decoded in one go before the loop gets its turn."""
 DRAIN_CHUNK = 100
 """Pub/sub messages handled in one go before the loop gets its turn."""
