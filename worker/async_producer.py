@@ -4,7 +4,9 @@ Same settings, errors and semantics as ``worker.producer.Producer``, through
 ``redis.asyncio``. It owns only I/O: what an enqueue writes and what its failures say
 is ``tasks.enqueue.push_flow`` (this module performs its steps), the scripts are
 ``tasks.store.lua``'s files, the waits' rules (an ended message, the re-read turn, the
-outage policy of ``worker.outage``) are the sync producer's.
+outage policy of ``worker.outage``) are the sync producer's. Its waits and ``updates``
+streams share one subscription (``worker.async_events``): a thousand requests awaiting
+their jobs hold one connection for it, and each end is parsed once.
 
 It never blocks the event loop: Redis calls are awaited; a call that enqueues more
 than ``OFFLOAD_ABOVE`` jobs builds its documents and messages in a thread
@@ -17,7 +19,6 @@ Importing it loads neither Celery nor the worker.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -44,11 +45,12 @@ from wsupload.tasks.enqueue import (
     push_flow,
 )
 from wsupload.tasks.sources.discovery import Found
-from wsupload.tasks.store import keys, lua, results
+from wsupload.tasks.store import lua, results
 from wsupload.tasks.store.batches import batch_info
 from wsupload.tasks.store.connections import async_redis_client
 from wsupload.tasks.store.results import JobDoc
 from wsupload.tasks.wire.amqp_publisher import Publisher
+from wsupload.worker.async_events import Hub, Watch
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.worker.producer import (
     BATCH_REFRESH,
@@ -56,20 +58,18 @@ from wsupload.worker.producer import (
     WAKE_EVERY,
     Rechecks,
     WaitOutcome,
-    ended_doc,
     is_finished,
 )
 
 T = TypeVar("T")
 __all__ = ["AsyncProducer"]
 
-OFFLOAD_ABOVE = 100
+OFFLOAD_ABOVE = 20
 """A call enqueueing more jobs than this builds their documents and messages in a thread
-(about 20 µs of CPU a job: 100 jobs hold the loop 2 ms, 10,000 would hold it 0.2 s)."""
-READ_CHUNK = 200
+(20 to 50 µs of CPU a job: 20 jobs hold the loop about a millisecond, 10,000 would hold it
+for a fraction of a second). The hop to a thread costs less than the Redis round trip."""
+READ_CHUNK = 100
 """Documents read (``MGET``) and decoded in one go before the loop gets its turn."""
-DRAIN_CHUNK = 100
-"""Pub/sub messages handled in one go before the loop gets its turn."""
 
 
 class AsyncProducer:
@@ -90,6 +90,7 @@ class AsyncProducer:
         self._commit = self.redis.register_script(lua.load("enqueue_commit"))
         self._clear_debt = self.redis.register_script(lua.load("early_acks_remove_if"))
         self._publisher: Publisher | None = None
+        self._hub = Hub(self.redis)
 
     async def __aenter__(self) -> Self:
         return self
@@ -101,6 +102,7 @@ class AsyncProducer:
 
     async def aclose(self) -> None:
         """Close the connections this producer opened: its Redis pool (not a client it was given) and RabbitMQ's."""
+        await self._hub.aclose()
         if self._publisher is not None:
             publisher, self._publisher = self._publisher, None
             await asyncio.to_thread(publisher.close)
@@ -214,17 +216,15 @@ class AsyncProducer:
         self, job_ids: Sequence[str], docs: dict[str, JobDoc | None], deadline: float | None, outage: Outage
     ) -> WaitOutcome:
         """One connection's worth of ``wait``: ``docs`` keeps what was read for the next one."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        unread = [job_id for job_id in dict.fromkeys(job_ids) if not (job_id in docs and is_finished(docs[job_id]))]
+        # Registered before reading: an end between the two is not lost, and after a
+        # reconnect the read finds what ended while Redis was away.
+        watch = await self._hub.watch(unread)
         try:
-            # Subscribe before reading: an event between the two is not lost, and after
-            # a reconnect the read finds what ended while Redis was away.
-            await pubsub.subscribe(keys.ENDED_CHANNEL)
-            unread = [
-                job_id for job_id in dict.fromkeys(job_ids) if job_id not in docs or not is_finished(docs[job_id])
-            ]
             docs.update(zip(unread, await self.status(unread), strict=True))
             outage.recovered()
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
+            self._hub.drop(watch, set(unread) - pending)
             last_recheck, last_wake = time.monotonic(), float("-inf")
             rechecks = Rechecks()
             while True:
@@ -235,37 +235,25 @@ class AsyncProducer:
                 if left is not None and left <= 0:
                     return WaitOutcome([docs[job_id] for job_id in job_ids], timed_out=True)
                 pause = last_wake + WAKE_EVERY - now
-                if pause > 0:  # the ends that arrive meanwhile wait in the socket, to be read in one go
+                if pause > 0:  # the ends that arrive meanwhile are taken in one go
                     await asyncio.sleep(pause if left is None else min(pause, left))
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ended = await self._next_ended(pubsub, pending, RECHECK_SECONDS if left is None else left)
+                ended, _ = await watch.next(RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left))
+                ended = {job_id: doc for job_id, doc in ended.items() if job_id in pending and is_finished(doc)}
                 if ended:
                     last_wake = time.monotonic()
                 docs.update(ended)
                 pending.difference_update(ended)
+                self._hub.drop(watch, ended)
                 if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
                     refresh = rechecks.next(pending)
                     docs.update(zip(refresh, await self.status(refresh), strict=True))
-                    pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
+                    done = {job_id for job_id in refresh if is_finished(docs[job_id])}
+                    pending.difference_update(done)
+                    self._hub.drop(watch, done)
                     last_recheck = time.monotonic()
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    @staticmethod
-    async def _next_ended(pubsub: Any, wanted: set[str], timeout: float) -> dict[str, JobDoc]:
-        """Final documents of jobs among ``wanted`` that ended, draining what is already queued."""
-        ended: dict[str, JobDoc] = {}
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(RECHECK_SECONDS, timeout))
-        handled = 0
-        while message is not None:
-            doc = ended_doc(message["data"], wanted)
-            if doc is not None:
-                ended[doc["job_id"]] = doc
-            handled += 1
-            if handled % DRAIN_CHUNK == 0:
-                await asyncio.sleep(0)
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-        return ended
+            watch.close()
 
     async def wait_batch(self, batch_id: str, timeout: float | None = None) -> tuple[dict[str, Any], bool]:
         """Until every member is terminal; returns (batch info, timed out), as ``Producer.wait_batch``.
@@ -281,9 +269,8 @@ class AsyncProducer:
     async def _wait_batch(
         self, batch_id: str, known: dict[str, Any], deadline: float | None, outage: Outage
     ) -> tuple[dict[str, Any], bool]:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        watch = await self._hub.watch((), every_end=True)  # counters are read after (re)subscribing
         try:
-            await pubsub.subscribe(keys.ENDED_CHANNEL)  # counters are read after (re)subscribing
             last_read = 0.0
             while True:
                 await asyncio.sleep(max(0.0, last_read + BATCH_REFRESH - time.monotonic()))
@@ -299,9 +286,9 @@ class AsyncProducer:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return info, True
-                await self._next_ended(pubsub, set(), RECHECK_SECONDS if left is None else left)
+                await watch.next(RECHECK_SECONDS if left is None else min(RECHECK_SECONDS, left))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            watch.close()
 
     async def _riding_out(
         self, deadline: float | None, attempt: Callable[[Outage], Awaitable[T]], timed_out: Callable[[], T]
@@ -329,8 +316,8 @@ class AsyncProducer:
         carried: status changes, and ``progress`` where the worker writes it. Changes that
         follow each other faster than a read may come as the last of them. A job with no
         document (never enqueued, or expired) yields nothing and ends at once. Rides out a
-        Redis outage as ``wait`` does, reading every document again after it. Leaving the
-        loop early leaves a subscription open until the generator is closed: use
+        Redis outage as ``wait`` does, reading every document again after it. A loop left
+        early keeps its share of the subscription until the generator is closed: use
         ``contextlib.aclosing`` there.
         """
         ids = list(dict.fromkeys(job_ids))
@@ -352,66 +339,42 @@ class AsyncProducer:
         self, ids: list[str], seen: dict[str, JobDoc | None], pending: set[str], outage: Outage
     ) -> AsyncIterator[JobDoc]:
         """One connection's worth of ``updates``: ``seen`` holds what was yielded, ``pending`` the jobs not ended."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        watch = await self._hub.watch(pending, events=True)
         try:
-            await pubsub.subscribe(keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL)
-            for doc in await self._changed([job_id for job_id in ids if job_id in pending], seen, pending):
+            for doc in await self._changed([job_id for job_id in ids if job_id in pending], seen, pending, watch):
                 yield doc
             outage.recovered()
             last_recheck = time.monotonic()
             rechecks = Rechecks()
             while pending:
-                touched = await self._next_touched(pubsub, pending)
+                _, touched = await watch.next(RECHECK_SECONDS)
+                if touched:  # the rest of a burst is given WAKE_EVERY to arrive, to be read in one MGET
+                    await asyncio.sleep(WAKE_EVERY)
+                    touched |= (await watch.next(0))[1]
                 if time.monotonic() - last_recheck >= RECHECK_SECONDS:  # a missed event is caught here
                     touched.update(rechecks.next(pending))
                     last_recheck = time.monotonic()
-                for doc in await self._changed([job_id for job_id in ids if job_id in touched], seen, pending):
+                changed = await self._changed([job_id for job_id in ids if job_id in touched], seen, pending, watch)
+                for doc in changed:
                     yield doc
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            watch.close()
 
-    async def _changed(self, ids: list[str], seen: dict[str, JobDoc | None], pending: set[str]) -> list[JobDoc]:
+    async def _changed(
+        self, ids: list[str], seen: dict[str, JobDoc | None], pending: set[str], watch: Watch
+    ) -> list[JobDoc]:
         """The documents of ``ids`` that differ from those last yielded; the jobs that ended leave ``pending``."""
         changed: list[JobDoc] = []
+        done: list[str] = []
         for job_id, doc in zip(ids, await self.status(ids), strict=True):
-            if is_finished(doc):
+            if is_finished(doc) and job_id in pending:
                 pending.discard(job_id)
+                done.append(job_id)
             if doc is not None and (job_id not in seen or seen[job_id] != doc):
                 changed.append(doc)
             seen[job_id] = doc
+        self._hub.drop(watch, done)
         return changed
-
-    @staticmethod
-    async def _next_touched(pubsub: Any, pending: set[str]) -> set[str]:
-        """Jobs of ``pending`` named by the events of the next wake-up (within ``RECHECK_SECONDS``).
-
-        After the first event, the others of the burst are given ``WAKE_EVERY`` to arrive,
-        so that a busy batch is read in a few ``MGET`` rather than one read per event.
-        """
-        touched: set[str] = set()
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=RECHECK_SECONDS)
-        if message is None:
-            return touched
-        await asyncio.sleep(WAKE_EVERY)
-        handled = 0
-        while message is not None:
-            job_id = event_job_id(message["data"])
-            if job_id in pending:
-                touched.add(job_id)
-            handled += 1
-            if handled % DRAIN_CHUNK == 0:
-                await asyncio.sleep(0)
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-        return touched
-
-
-def event_job_id(data: bytes | str) -> str | None:
-    """The job an event (``{"job_id", "status", ...}``) or an ended document names; None if it names none."""
-    try:
-        job_id = json.loads(data)["job_id"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return job_id if isinstance(job_id, str) else None
 
 
 def _advance(flow: Flow, reply: Any, error: BaseException | None) -> Step | None:

@@ -167,3 +167,30 @@ def test_leaving_updates_early_closes_its_subscription(settings: Settings, sandb
 
     added, left = run(settings, scenario)
     assert (added, left) == (1, 0)
+
+
+def test_concurrent_waits_share_one_subscription(settings: Settings, sandbox: SandboxServer, media_root: Path) -> None:
+    sources = []
+    for n in range(20):
+        path = media_root / f"aio-many-{uuid.uuid4().hex[:6]}-{n}.png"
+        path.write_bytes(png_bytes(8, 8 + n))
+        sources.append(str(path))
+    sandbox.add_fault(Fault(stall=1.0))  # the first upload is held: every wait is still waiting when counted
+
+    async def ended_subscribers(producer: AsyncProducer) -> int:
+        return int((await producer.redis.pubsub_numsub("wsupload:ended"))[0][1])
+
+    async def scenario(producer: AsyncProducer) -> tuple[int, list[Any]]:
+        before = await ended_subscribers(producer)
+        jobs = await producer.enqueue(sources)
+        waits = [asyncio.create_task(producer.wait([job.job_id], timeout=30)) for job in jobs]
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(producer._hub.watches) < len(jobs) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # polled, with a deadline: every wait has registered
+        assert len(producer._hub.watches) == len(jobs)
+        during = await ended_subscribers(producer) - before
+        return during, await asyncio.gather(*waits)
+
+    during, outcomes = run(settings, scenario)
+    assert during == 1
+    assert all(outcome.all_succeeded for outcome in outcomes)

@@ -199,3 +199,48 @@ def test_importing_the_async_producer_leaves_celery_unloaded() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_wait_rides_out_a_lost_subscription_and_sees_what_ended_meanwhile(settings: Settings) -> None:
+    """The shared subscription's connection drops: the wait reconnects, re-reads, and returns the end."""
+
+    async def scenario(producer: AsyncProducer) -> Any:
+        (job,) = await producer.enqueue(["/m/a.png"])
+        real = producer.redis.pubsub
+        made: list[Any] = []
+
+        def pubsub(**kwargs: Any) -> Any:
+            made.append(subscription := real(**kwargs))
+            if len(made) == 1:  # the first connection is lost once the wait is waiting on it
+
+                async def lost(**kwargs: Any) -> Any:
+                    doc = (await producer.status([job.job_id]))[0]
+                    assert doc is not None
+                    # The job ends while the connection is gone: no event reaches this wait.
+                    ended = results.succeeded(doc, {"download_url": "https://x/y", "size": 1}, results.utcnow(), 60)
+                    await producer.redis.set(results.result_key(job.job_id), json.dumps(ended))
+                    raise redis.ConnectionError("Connection reset by peer")
+
+                subscription.get_message = lost  # type: ignore[method-assign,assignment]
+            return subscription
+
+        producer.redis.pubsub = pubsub  # type: ignore[method-assign]
+        outcome = await producer.wait([job.job_id], timeout=10)
+        return outcome, len(made)
+
+    outcome, connections = run(settings, scenario)
+    assert not outcome.timed_out
+    assert outcome.docs[0]["status"] == "succeeded"
+    assert connections == 2
+
+
+def test_a_wait_that_never_reached_redis_fails_at_once(settings: Settings) -> None:
+    async def scenario(producer: AsyncProducer) -> Any:
+        def pubsub(**kwargs: Any) -> Any:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+        producer.redis.pubsub = pubsub  # type: ignore[method-assign]
+        return await producer.wait(["a-job"], timeout=10)
+
+    with pytest.raises(redis.ConnectionError, match="Connection refused"):
+        run(settings, scenario)
