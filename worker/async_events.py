@@ -29,7 +29,7 @@ from wsupload.tasks.store.results import JobDoc
 
 IDLE_CHECK = 1.0
 """Seconds the subscription is kept once no wait is left (and the longest it listens without looking)."""
-DRAIN_CHUNK = 100
+DRAIN_CHUNK = 25
 """Messages handled in one go before the loop gets its turn."""
 
 
