@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from wsupload.config import Settings
-from wsupload.errors import EnqueueError
+from wsupload.errors import EnqueueError, PublishError
 from wsupload.tasks import enqueue as enqueue_module
 from wsupload.tasks.enqueue import STAGING_TTL, Enqueuer
-from wsupload.tasks.store import results
+from wsupload.tasks.store import keys, results
 from wsupload.worker import async_producer
 from wsupload.worker.async_producer import AsyncProducer
 
@@ -244,3 +244,53 @@ def test_a_wait_that_never_reached_redis_fails_at_once(settings: Settings) -> No
 
     with pytest.raises(redis.ConnectionError, match="Connection refused"):
         run(settings, scenario)
+
+
+# RabbitMQ as the broker: the same commit (owe mode), the publish in a thread, the debt cleared.
+
+AMQP = Settings.from_env({"REDIS_URL": "redis://r:6379/0", "WSUPLOAD_BROKER_URL": "amqp://guest:guest@rabbit:5672//"})
+
+
+class ThreadPublisher:
+    """Records each publish and whether it ran on the event loop's thread (it must not: it blocks)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.on_loop: list[bool] = []
+        self.sent: list[Any] = []
+
+    def publish(self, sent: list[Any]) -> None:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        if self.fail:
+            raise PublishError("RabbitMQ: ConnectionRefusedError: [Errno 111] Connection refused")
+        self.sent += sent
+
+
+def on_rabbitmq(publisher: ThreadPublisher, server: fakeredis.FakeServer) -> Callable[[AsyncProducer], Any]:
+    async def scenario(producer: AsyncProducer) -> list[Any]:
+        producer.publisher = lambda: publisher  # type: ignore[assignment,method-assign,return-value]
+        return await producer.enqueue(["/m/a.png", "/m/b.png"])
+
+    return scenario
+
+
+def test_on_rabbitmq_the_publish_runs_in_a_thread_and_the_debt_is_cleared() -> None:
+    server, publisher = fakeredis.FakeServer(), ThreadPublisher()
+    jobs = run(AMQP, on_rabbitmq(publisher, server), server)
+    assert publisher.on_loop == [False]
+    assert [message.headers["id"] for message in publisher.sent] == [job.job_id for job in jobs]
+    left = fakeredis.FakeRedis(server=server)
+    assert left.zcard(keys.owed(AMQP.queue)) == 0
+    assert all(left.exists(results.result_key(job.job_id)) for job in jobs)
+
+
+def test_on_rabbitmq_a_failed_publish_says_what_the_sync_one_says() -> None:
+    server = fakeredis.FakeServer()
+    with pytest.raises(EnqueueError) as caught:
+        run(AMQP, on_rabbitmq(ThreadPublisher(fail=True), server), server)
+    assert caught.value.queued
+    assert str(caught.value) == (
+        "jobs queued but not published: RabbitMQ: ConnectionRefusedError: [Errno 111] Connection refused; the"
+        " workers' sweep publishes 2 jobs within WSUPLOAD_AMQP_PUBLISH_GRACE (60 s) of now"
+    )
+    assert fakeredis.FakeRedis(server=server).zcard(keys.owed(AMQP.queue)) == 2
