@@ -69,6 +69,35 @@ def is_finished(doc: JobDoc | None) -> bool:
     return doc is None or results.is_end(doc["status"])
 
 
+def ended_doc(data: bytes | str, wanted: set[str]) -> JobDoc | None:
+    """The final document a ``wsupload:ended`` message carries, if it is one of ``wanted``'s and has ended."""
+    try:
+        doc = json.loads(data)
+        if doc["job_id"] in wanted and is_finished(doc):
+            return dict(doc)
+    except (ValueError, KeyError, TypeError):
+        pass  # not ours to judge: the refresh reads the stored document
+    return None
+
+
+class Rechecks:
+    """Which of the jobs not ended a wait re-reads next: ``RECHECK_CHUNK`` at a time, in turn."""
+
+    def __init__(self) -> None:
+        self.turn: deque[str] = deque()
+
+    def next(self, pending: set[str]) -> list[str]:
+        """The next jobs to re-read (a new round starts with every job of ``pending``)."""
+        if not self.turn:
+            self.turn.extend(pending)
+        refresh: list[str] = []
+        while self.turn and len(refresh) < RECHECK_CHUNK:
+            job_id = self.turn.popleft()
+            if job_id in pending:
+                refresh.append(job_id)
+        return refresh
+
+
 class Producer(Enqueuer):
     """Enqueue (see ``tasks.enqueue``), then read status and wait."""
 
@@ -166,7 +195,7 @@ class Producer(Enqueuer):
             # Kept up to date as reads come in: each loop costs what changed, not every job.
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
             last_recheck, last_update, last_wake = time.monotonic(), float("-inf"), float("-inf")
-            turn: deque[str] = deque()  # the jobs not ended, in the order they are re-read
+            rechecks = Rechecks()
             while True:
                 now = time.monotonic()
                 if on_update and (now - last_update >= PROGRESS_EVERY or not pending):
@@ -191,14 +220,7 @@ class Producer(Enqueuer):
                 docs.update(ended)
                 pending.difference_update(ended)
                 if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
-                    # Progress for the running ones, RECHECK_CHUNK at a time, in turn.
-                    if not turn:
-                        turn.extend(pending)
-                    refresh: list[str] = []
-                    while turn and len(refresh) < RECHECK_CHUNK:
-                        job_id = turn.popleft()
-                        if job_id in pending:
-                            refresh.append(job_id)
+                    refresh = rechecks.next(pending)
                     docs.update(zip(refresh, self.status(refresh), strict=True))
                     pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
                     last_recheck = time.monotonic()
@@ -286,11 +308,8 @@ class Producer(Enqueuer):
         ended: dict[str, JobDoc] = {}
         message = pubsub.get_message(timeout=timeout)
         while message is not None:
-            try:
-                doc = json.loads(message["data"])
-                if doc["job_id"] in wanted and is_finished(doc):
-                    ended[doc["job_id"]] = doc
-            except (ValueError, KeyError, TypeError):
-                pass  # not ours to judge: the refresh reads the stored document
+            doc = ended_doc(message["data"], wanted)
+            if doc is not None:
+                ended[doc["job_id"]] = doc
             message = pubsub.get_message(timeout=0)
         return ended

@@ -8,6 +8,12 @@ The producer's public face, one import away::
     jobs = producer.enqueue(["/srv/media/cat.png"])
     outcome = producer.wait([job.job_id for job in jobs], timeout=60)
 
+From asyncio (FastAPI, Starlette, aiohttp), ``AsyncProducer`` is its twin::
+
+    async with AsyncProducer(Settings.from_env()) as producer:
+        jobs = await producer.enqueue(["/srv/media/cat.png"])
+        outcome = await producer.wait([job.job_id for job in jobs], timeout=60)
+
 Every error wsupload raises on purpose is in ``wsupload.errors``, drawn there as one
 tree. ``wsupload.__version__`` is the installed distribution's version.
 
@@ -37,9 +43,11 @@ if TYPE_CHECKING:
     )
     from wsupload.tasks.enqueue import Batch, Job
     from wsupload.tasks.store.cancels import CancelOutcome
+    from wsupload.worker.async_producer import AsyncProducer
     from wsupload.worker.producer import Producer, WaitOutcome
 
 _WHERE = {
+    "AsyncProducer": "wsupload.worker.async_producer",
     "Producer": "wsupload.worker.producer",
     "WaitOutcome": "wsupload.worker.producer",
     "Job": "wsupload.tasks.enqueue",
@@ -57,6 +65,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "AsyncProducer",
     "Batch",
     "CancelOutcome",
     "ConfigError",

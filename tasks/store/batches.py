@@ -73,16 +73,7 @@ class BatchStore:
         return None if found is None else results.text(found)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(results.batch_key(batch_id))
-        if not raw:
-            return None
-        doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
-        for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "bytes_done"):
-            doc[field] = int(doc.get(field) or 0)
-        for field in ("started_at", "finished_at"):
-            doc.setdefault(field, None)
-        doc["name"] = doc.get("name") or None
-        return doc
+        return batch_info(self.redis.hgetall(results.batch_key(batch_id)))
 
     def job_ids(self, batch_id: str) -> list[str]:
         return [results.text(raw) for raw in self.redis.lrange(members_key(batch_id), 0, -1)]
@@ -99,6 +90,19 @@ class BatchStore:
             status = doc["status"] if doc else "unknown"
             counts[status] = counts.get(status, 0) + 1
         return counts
+
+
+def batch_info(raw: dict[Any, Any]) -> dict[str, Any] | None:
+    """A batch's hash as read (``HGETALL``) made a document: counters as numbers; None for no batch."""
+    if not raw:
+        return None
+    doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
+    for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "bytes_done"):
+        doc[field] = int(doc.get(field) or 0)
+    for field in ("started_at", "finished_at"):
+        doc.setdefault(field, None)
+    doc["name"] = doc.get("name") or None
+    return doc
 
 
 def export_row(job_id: str, doc: JobDoc | None) -> dict[str, Any]:
