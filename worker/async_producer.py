@@ -46,8 +46,9 @@ from wsupload.tasks.enqueue import (
     push_flow,
 )
 from wsupload.tasks.sources.discovery import Found
-from wsupload.tasks.store import lua, results
-from wsupload.tasks.store.batches import batch_info
+from wsupload.tasks.store import cancels, lua, results
+from wsupload.tasks.store.batches import batch_info, members_key
+from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import async_redis_client
 from wsupload.tasks.store.results import JobDoc
 from wsupload.tasks.wire.amqp_publisher import Publisher
@@ -92,6 +93,7 @@ class AsyncProducer:
         self.redis: redis.asyncio.Redis = client if client is not None else async_redis_client(settings.redis_url)
         self._commit = self.redis.register_script(lua.load("enqueue_commit"))
         self._clear_debt = self.redis.register_script(lua.load("early_acks_remove_if"))
+        self._cancel = self.redis.register_script(lua.load(cancels.SCRIPT))
         self._publisher: Publisher | None = None
         self._hub = Hub(self.redis)
 
@@ -201,6 +203,30 @@ class AsyncProducer:
     async def batch(self, batch_id: str) -> dict[str, Any] | None:
         """A batch's counters (``BatchStore.get``'s document); None for no such batch."""
         return batch_info(await self.redis.hgetall(results.batch_key(batch_id)))
+
+    async def batch_jobs(self, batch_id: str) -> list[str]:
+        """A batch's job ids, in order (``BatchStore.job_ids``)."""
+        return [results.text(raw) for raw in await self.redis.lrange(members_key(batch_id), 0, -1)]
+
+    # Cancelling: tasks.store.cancels decides, this performs.
+
+    async def cancel(self, job_ids: Sequence[str]) -> list[CancelOutcome]:
+        """Cancel jobs, as ``Producer.cancel``: each that has not ended ends ``cancelled`` now; one outcome per id.
+
+        The same script and rules (``tasks.store.cancels``): a queued job never runs, a running
+        one is stopped by its worker within a second, one that had ended is left as it was
+        (``outcome == "ended"``), one with no document is ``unknown``; no worker need be running.
+        """
+        found: list[CancelOutcome] = []
+        for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
+            now = results.utcnow()
+            script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
+            found += cancels.outcomes(chunk, await self._cancel(keys=script_keys, args=args), now)
+        return cancels.in_order(job_ids, found)
+
+    async def cancel_batch(self, batch_id: str) -> list[CancelOutcome]:
+        """``cancel`` every member of the batch (its id, not its name)."""
+        return await self.cancel(await self.batch_jobs(batch_id))
 
     # Waiting.
 
