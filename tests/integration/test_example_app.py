@@ -48,7 +48,11 @@ class App:
         self.client.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never left running: the failure is reported, not hidden
+            raise
 
 
 def start_app(env: dict[str, str], log: Path) -> App:
