@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -66,7 +66,10 @@ from wsupload.tasks.store import keys, lua, results
 from wsupload.tasks.store.batches import BatchStore, batch_fields, members_key, name_key
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire import encode
-from wsupload.tasks.wire.amqp_publisher import Publisher
+
+if TYPE_CHECKING:
+    # kombu and py-amqp load only when a message goes to RabbitMQ: a Redis producer never pays for them.
+    from wsupload.tasks.wire.amqp_publisher import Publisher
 
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
@@ -94,17 +97,21 @@ class Batch:
     jobs: list[Job]
 
 
-def normalize_source(source: str) -> str:
-    """Local paths become absolute (the worker has no idea of the producer's cwd)."""
+def normalize_source(source: str, cwd: str | None = None) -> str:
+    """Local paths become absolute (the worker has no idea of the producer's cwd), against ``cwd`` if given."""
     source = source.strip()
     if source and "://" not in source:
-        return os.path.abspath(source)
+        return os.path.normpath(os.path.join(cwd, source)) if cwd else os.path.abspath(source)
     return source
 
 
 def checked_sources(sources: Sequence[str]) -> list[str]:
-    """Normalized sources; the first one a worker would refuse as too long stops the call before anything is sent."""
-    normalized = [normalize_source(source) for source in sources]
+    """Normalized sources; the first one a worker would refuse as too long stops the call before anything is sent.
+
+    One pass over names only: a file is opened (and its size read) by the worker that uploads it, never here.
+    """
+    cwd = os.getcwd()  # once, not once per source (``os.path.abspath`` asks the kernel each time)
+    normalized = [normalize_source(source, cwd) for source in sources]
     for number, source in enumerate(normalized, 1):
         if len(source) > MAX_SOURCE_CHARS:
             raise InvalidInput(
@@ -459,6 +466,8 @@ class Enqueuer:
     def publisher(self) -> Publisher:
         """This enqueuer's connection to RabbitMQ, opened on first use and kept."""
         if self._publisher is None:
+            from wsupload.tasks.wire.amqp_publisher import Publisher
+
             assert self.settings.broker_url is not None
             self._publisher = Publisher(self.settings.broker_url)
         return self._publisher

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis
 import redis.asyncio
@@ -51,7 +51,6 @@ from wsupload.tasks.store.batches import batch_info, members_key
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import async_redis_client
 from wsupload.tasks.store.results import JobDoc
-from wsupload.tasks.wire.amqp_publisher import Publisher
 from wsupload.worker.async_events import Hub, Watch
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.worker.producer import (
@@ -62,6 +61,9 @@ from wsupload.worker.producer import (
     WaitOutcome,
     is_finished,
 )
+
+if TYPE_CHECKING:
+    from wsupload.tasks.wire.amqp_publisher import Publisher  # kombu loads at the first RabbitMQ publish only
 
 T = TypeVar("T")
 __all__ = ["AsyncProducer"]
@@ -180,6 +182,8 @@ class AsyncProducer:
     def publisher(self) -> Publisher:
         """This producer's connection to RabbitMQ (opened, in a thread, at its first publish) and kept."""
         if self._publisher is None:
+            from wsupload.tasks.wire.amqp_publisher import Publisher
+
             assert self.settings.broker_url is not None
             self._publisher = Publisher(self.settings.broker_url)
         return self._publisher

@@ -10,38 +10,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
-import logging
 import os
-import signal
-import socket
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis
-
-from wsupload.config.redis_urls import masked
-from wsupload.config.schedules import load_schedules
-from wsupload.config.settings import Settings, parse_duration, parse_size
 from wsupload.errors import ConfigError, WsuploadError
-from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
-from wsupload.tasks.store.batches import export_row, write_export
-from wsupload.tasks.store.results import utcnow
-from wsupload.tasks.wire.options import JobOptions
-from wsupload.worker import logs, worker_records
-from wsupload.worker.progress import BatchProgress, InFlight, JobProgress, describe
+
+if TYPE_CHECKING:
+    from wsupload.config.settings import Settings
+    from wsupload.worker import worker_records
+
+# Each command imports what it needs when it runs: ``--help`` loads no redis-py, Celery or kombu,
+# and ``enqueue``/``status`` load redis-py and the producer but never Celery or kombu
+# (``tests/unit/test_cli_imports.py``). redis-py alone costs more to import than a whole ``--help``.
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
-log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
 
 
 def safe_url(url: str) -> str:
     """A URL fit to print: any password replaced (every one of a Sentinel URL's, its options' too)."""
+    from wsupload.config.redis_urls import masked
+
     return masked(url)
 
 
@@ -52,6 +46,11 @@ def _producer(settings: Settings) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from wsupload.config.settings import Settings
+    from wsupload.worker import logs
+
     settings = Settings.from_env(worker=True)
     if args.events:
         settings = replace(settings, task_events=True)
@@ -86,6 +85,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
+    import logging
+
+    from wsupload.config.schedules import load_schedules
+    from wsupload.config.settings import Settings
+    from wsupload.worker import logs
+
     settings = Settings.from_env()
     if settings.schedules_path is None:
         raise ConfigError("WSUPLOAD_SCHEDULES: set it to a TOML file of [[schedule]] tables to run `wsupload beat`")
@@ -101,7 +106,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
         when = f"every {schedule.every:g} s" if schedule.every else f"cron {schedule.cron!r} (UTC)"
         line = f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}"
         if json_logs:
-            log.info(line)  # a JSON line (main's setup_cli)
+            logging.getLogger(logs.CLI_LOGGER).info(line)  # a JSON line (main's setup_cli)
         else:
             print(line, flush=True)
     # JSON logs: no banner (text printed outside logging).
@@ -110,6 +115,8 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+
     options = _job_options(args, dedup=args.dedup)
     jobs = _producer(Settings.from_env()).enqueue(args.sources, bulk=args.bulk, options=options)
     if args.json:
@@ -121,7 +128,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    docs = _producer(Settings.from_env()).status(args.job_ids)
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.store.connections import redis_client
+    from wsupload.tasks.store.results import ResultStore
+    from wsupload.worker.progress import describe
+
+    settings = Settings.from_env()
+    # What Producer.status reads, without loading the producer's enqueueing half (documents only).
+    docs = ResultStore(redis_client(settings.redis_url), settings.result_ttl).get_many(args.job_ids)
     if args.json:
         print(json.dumps(docs))
     else:
@@ -131,6 +145,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+    from wsupload.worker.progress import JobProgress, describe
+
     producer = _producer(Settings.from_env())
     progress = None if args.json else JobProgress(args.job_ids, sys.stderr)
     try:
@@ -152,6 +169,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Exit 0: every job named is cancelled now; 1: one or more had already ended (left as they were);
     2: one or more are unknown."""
+    from wsupload.config.settings import Settings
+
     outcomes = _producer(Settings.from_env()).cancel(args.job_ids)
     if args.json:
         print(json.dumps([{"job_id": o.job_id, "outcome": o.outcome, "status": o.status} for o in outcomes]))
@@ -190,12 +209,17 @@ def _cancel_batch(producer: Any, batch_id: str, as_json: bool) -> int:
 
 
 def _job_options(args: argparse.Namespace, dedup: bool) -> dict[str, Any]:
+    from wsupload.tasks.wire.options import JobOptions
+
     options = JobOptions(dedup=dedup, callback_url=args.callback_url)
     JobOptions.parse(options.to_message())  # the same checks a worker makes, before anything is sent
     return options.to_message()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
+
     settings = Settings.from_env()
     found: list[Found] = []
     for spec in args.sources:
@@ -221,6 +245,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: Path | None, fmt: str) -> int:
+    from wsupload.worker.progress import BatchProgress, InFlight
+
     in_flight = InFlight(producer.redis, batch_id, lambda job_id: (producer.store.get(job_id) or {}).get("batch_id"))
     progress = BatchProgress(sys.stderr, in_flight)
     try:
@@ -239,6 +265,8 @@ def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: P
 
 def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
     """Write the batch's results manifest to ``output`` (stdout if None); returns the rows."""
+    from wsupload.tasks.store.batches import export_row, write_export
+
     rows = (export_row(j, d) for j, d in producer.batches.docs(batch_id))
     if output is None:
         return write_export(rows, sys.stdout, fmt)
@@ -247,6 +275,8 @@ def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+
     producer = _producer(Settings.from_env())
     batch_id = producer.batches.resolve(args.batch)
     if batch_id is None:
@@ -273,6 +303,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from wsupload.config.settings import Settings
     from wsupload.tasks.store.connections import redis_client
     from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore
 
@@ -313,6 +346,11 @@ PROBE_TIMEOUT = 2.0
 
 
 def _heartbeats() -> list[worker_records.WorkerRecord]:
+    import redis
+
+    from wsupload.config.settings import Settings
+    from wsupload.worker import worker_records
+
     client = worker_records.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
     try:
         return worker_records.read_records(client)
@@ -321,6 +359,9 @@ def _heartbeats() -> list[worker_records.WorkerRecord]:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import worker_records
+
     records = _heartbeats()
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
@@ -330,6 +371,11 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    import socket
+
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import worker_records
+
     verdict = worker_records.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
     if verdict.healthy:
         print(verdict.message)
@@ -339,6 +385,11 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from wsupload.config.settings import Settings
+
     settings = Settings.from_env()
     port = args.port or settings.metrics_port
     if port is None:
@@ -376,7 +427,11 @@ def _port(text: str) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from wsupload.worker import stats
+    import redis
+
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import stats, worker_records
 
     settings = Settings.from_env()
     results = worker_records.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
@@ -457,6 +512,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _positive_duration(text: str) -> float:
+    from wsupload.config.parsers import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -471,6 +528,8 @@ def _interval(text: str) -> float:
 
 
 def _size(text: str) -> int:
+    from wsupload.config.parsers import parse_size
+
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -478,6 +537,8 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wsupload.worker.worker_records import MISSED_BEATS, RECORD_TTL
+
     parser = argparse.ArgumentParser(prog="wsupload", description="Upload media to WaveSpeedAI through a Celery queue.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -580,11 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_positive_duration,
-        default=worker_records.RECORD_TTL,
-        help=(
-            f"the newest beat may be this old"
-            f" (default {worker_records.RECORD_TTL:g} s: {worker_records.MISSED_BEATS} beats)"
-        ),
+        default=RECORD_TTL,
+        help=(f"the newest beat may be this old (default {RECORD_TTL:g} s: {MISSED_BEATS} beats)"),
     )
     health.set_defaults(handler=cmd_health)
 
@@ -612,14 +670,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redis_unreachable() -> tuple[type[BaseException], ...]:
+    """redis-py's errors for an unreachable Redis: none unless a command loaded redis-py (only then can one occur)."""
+    if "redis" not in sys.modules:
+        return ()
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _run(argv)
+    if argv is None:
+        # Run as the program (the console script, ``python -m``): the process ends next. What is alive now
+        # moves to gc's permanent generation, so the collections of the interpreter's shutdown skip it (what
+        # that saves: benchmarks/NOTES.md). A caller passing argv (a test) keeps its gc as it was.
+        gc.freeze()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from wsupload.worker import logs
+
     logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except _redis_unreachable() as exc:
+        from wsupload.config.settings import Settings
+
         url = safe_url(os.environ.get("REDIS_URL", Settings.redis_url))
         print(f"wsupload: cannot reach Redis at {url}: {exc}", file=sys.stderr)
     except WsuploadError as exc:
