@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,18 +164,61 @@ def test_mutual_tls_without_a_client_certificate_the_worker_stops_with_one_line(
 
 @pytest.mark.parametrize(
     ("command", "what"),
-    [(("worker",), "wrong CA"), (("status", "some-job"), "wrong CA"), (("status", "some-job"), "wrong host name")],
+    [
+        (("worker",), "wrong CA"),
+        (("status", "some-job"), "wrong CA"),
+        (("status", "some-job"), "wrong host name"),
+        (("beat",), "wrong CA"),
+        (("metrics", "--port", "FREE"), "wrong CA"),
+    ],
 )
 def test_a_certificate_that_does_not_verify_stops_the_worker_and_commands_within_10_s(
-    tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], command: tuple[str, ...], what: str
+    tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], command: tuple[str, ...], what: str, tmp_path: Path
 ) -> None:
     url = tls_redis.url(pki.other_ca) if what == "wrong CA" else tls_redis.url(pki.ca, host="127.0.0.1")
-    line, elapsed = stops_with_one_line(tls_env(worker_env, url), *command)
+    schedules = tmp_path / "schedules.toml"  # beat checks its schedules first
+    schedules.write_text(f'[[schedule]]\nname = "tls"\nsource = "{tmp_path}"\nevery = "1h"\n')
+    env = tls_env(worker_env, url, WSUPLOAD_SCHEDULES=str(schedules), WSUPLOAD_BEAT_STATE=str(tmp_path / "beat"))
+    command = tuple(str(free_port()) if part == "FREE" else part for part in command)
+    line, elapsed = stops_with_one_line(env, *command)
     assert elapsed < STOP_BOUND
     assert line.startswith("wsupload: configuration error: Redis at rediss://")
     assert "its TLS certificate does not verify" in line
     expected = "self-signed certificate in certificate chain" if what == "wrong CA" else "IP address mismatch"
     assert expected in line
+
+
+def test_the_metrics_exporter_serves_queue_depths_over_tls_redis(
+    tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = producer_env(tls_env(worker_env, tls_redis.url(pki.ca)))
+    producer = Producer(Settings.from_env(env))
+    port = free_port()
+    log = open(tmp_path / "metrics.log", "wb")  # the child holds it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        producer.enqueue([str(tmp_path / "never-run.png")])  # no worker on these queues: it waits
+
+        def page() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                    text = str(answer.read().decode())
+            except OSError:
+                return None
+            return text if f'wsupload_queue_depth{{queue="{producer.settings.queue}"}} 1.0' in text else None
+
+        text = wait_until(page, 30, interval=0.2, what="the exporter to show the waiting job")
+        assert "wsupload_queue_depth_up 1.0" in text
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        producer.close()
 
 
 def test_an_unreachable_tls_port_is_waited_for(pki: Pki, worker_env: dict[str, str], tmp_path: Path) -> None:
