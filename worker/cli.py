@@ -4,6 +4,8 @@ dev tools.
 Exit codes: 0 success; 1 a job did not succeed (failed, cancelled; ``health``: no fresh
 heartbeat; ``cancel``: a job had already ended); 2 bad configuration, usage, an unknown job
 to cancel or an unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
+A TLS certificate or host name that does not verify is bad configuration: the long-running
+commands (worker, beat, metrics) check it before they start waiting for a broker (``worker.tls``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from wsupload.errors import ConfigError, WsuploadError
+from wsupload.errors import ConfigError, TlsRefused, WsuploadError
 
 if TYPE_CHECKING:
     from wsupload.config.settings import Settings
@@ -45,6 +47,12 @@ def _producer(settings: Settings) -> Any:
     return Producer(settings)
 
 
+def _check_tls(settings: Settings) -> None:
+    from wsupload.worker.tls import check_at_start
+
+    check_at_start(settings)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -52,6 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from wsupload.worker import logs
 
     settings = Settings.from_env(worker=True)
+    _check_tls(settings)
     if args.events:
         settings = replace(settings, task_events=True)
     json_logs = settings.log_format == logs.JSON
@@ -97,6 +106,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
     schedules = load_schedules(settings.schedules_path)
     if not schedules:
         raise ConfigError(f"WSUPLOAD_SCHEDULES: {settings.schedules_path} defines no [[schedule]]")
+    _check_tls(settings)
     from wsupload.worker.app import beat_schedule, create_app
 
     app = create_app(settings)
@@ -395,6 +405,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if port is None:
         raise WsuploadError("metrics: give --port, or set WSUPLOAD_METRICS_PORT")
     addr = args.addr or settings.metrics_addr
+    _check_tls(settings)
     from prometheus_client import CollectorRegistry
 
     from wsupload.worker import metrics
@@ -696,18 +707,28 @@ def _run(argv: Sequence[str] | None) -> int:
     logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
     try:
         return int(args.handler(args))
+    except TlsRefused as exc:
+        print(f"wsupload: {exc}", file=sys.stderr)
     except ConfigError as exc:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
     except _redis_unreachable() as exc:
-        from wsupload.config.settings import Settings
-
-        url = safe_url(os.environ.get("REDIS_URL", Settings.redis_url))
-        print(f"wsupload: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        print(_unreachable_line(exc), file=sys.stderr)
     except WsuploadError as exc:
         print(f"wsupload: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("wsupload: interrupted", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _unreachable_line(exc: BaseException) -> str:
+    from wsupload.config.settings import Settings
+    from wsupload.worker import tls
+
+    url = os.environ.get("REDIS_URL", Settings.redis_url)
+    cause = tls.refusal(exc)
+    if cause is not None:
+        return f"wsupload: {tls.refused_line('Redis', url, cause)}"
+    return f"wsupload: cannot reach Redis at {safe_url(url)}: {exc}"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     WsuploadError                      the root: ``except WsuploadError`` catches all of them
     ├── ConfigError                    bad setting, refused at startup
+    │   └── TlsRefused                 a TLS certificate or hostname that does not verify, at startup
     ├── EnqueueError                   a producer call queued none of its jobs (or, on RabbitMQ, not all published)
     ├── PublishError                   RabbitMQ did not confirm every message of a publish
     ├── JobFailed                      a job ended failed in this delivery: Celery's FAILURE, after the fact
@@ -68,6 +69,11 @@ class ConfigError(WsuploadError):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
+
+
+class TlsRefused(ConfigError):
+    """At start, a server's TLS certificate or hostname (or the client's certificate) did not
+    verify, or a certificate file could not be read (``worker.tls``): one line, no secret."""
 
 
 class UploadError(WsuploadError):
