@@ -74,6 +74,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
         if len(shares) > 1:
             return parent.Parent(settings, shares, args.loglevel, args.only, args.events).run()
+    else:
+        from wsupload.worker import parent
+
+        parent.die_with_parent(args.node_name)
     if args.metrics_to_parent:
         from wsupload.worker import metrics
 

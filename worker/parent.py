@@ -109,13 +109,19 @@ class Child:
         )
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), else nothing."""
+def die_with_parent(node_name: str) -> None:
+    """In a child, as it starts: SIGTERM when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing).
+
+    Done by the child itself, not in a ``preexec_fn`` (unsafe while the parent's heartbeat
+    thread runs); a parent that died before this leaves the child orphaned: it exits.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != supervisor.parent_pid_of(node_name):
+        raise SystemExit(f"wsupload: the parent of {node_name} is gone; not starting")
 
 
 def child_args(name: str, concurrency: int, loglevel: str, only: str | None, events: bool, metrics: bool) -> list[str]:
@@ -188,7 +194,7 @@ class Parent:
         args = child_args(
             child.name, child.concurrency, self.loglevel, self.only, self.events, self.metrics_dir is not None
         )
-        child.process = subprocess.Popen(args, env=env, preexec_fn=_die_with_parent)
+        child.process = subprocess.Popen(args, env=env)
         child.started = time.monotonic()
         child.since = utcnow()
         child.returncode = None

@@ -109,6 +109,14 @@ def child_name(parent_pid: int, index: int, host: str = "%h") -> str:
     return f"wsupload-{parent_pid}-{index}@{host}"
 
 
+def parent_pid_of(node_name: str) -> int | None:
+    """The parent's pid in a child's node name (``child_name``), None if it is not one."""
+    head = node_name.partition("@")[0].split("-")
+    if len(head) != 3 or head[0] != "wsupload" or not (head[1].isdigit() and head[2].isdigit()):
+        return None
+    return int(head[1])
+
+
 def stop_exit_code(codes: Sequence[int | None]) -> int:
     """The parent's exit code once every child ended after a stop: 0 if each stopped warmly (0), else 1."""
     return 0 if all(code == 0 for code in codes) else 1

@@ -297,6 +297,10 @@ def judge_all(
     down = children_down(fresh_parents, now, host=host, name=name)
     if down:
         return Verdict(False, "; ".join(down))
+    named = next((s for s in fresh_parents if s.name == name), None)
+    if named is not None:  # a parent by name: healthy as its children are
+        kids = {child.name for child in named.children}
+        return judge([r for r in records if r.name in kids], now, max_age, host=named.host)
     return judge(records, now, max_age, host=host, name=name)
 
 

@@ -228,3 +228,22 @@ def test_health_fails_while_a_child_that_keeps_crashing_waits_for_its_restart(
 
 def log(worker: WorkerProcess) -> str:
     return worker.log_path.read_text(errors="replace")
+
+
+def test_children_do_not_outlive_a_parent_that_is_sigkilled(fleet: Fleet, own_redis: LocalRedis) -> None:
+    handle, worker = two_children(fleet, own_redis)
+    pids = [wait_until(lambda k=k: child_pid(handle, worker, k), 10, what="the children") for k in (1, 2)]
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGKILL)  # the parent alone: nothing forwards a stop
+    worker.process.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    # Each child got SIGTERM from the kernel (the parent-death signal): a warm stop, then gone.
+    wait_until(lambda: all(gone(pid) for pid in pids), 30, interval=0.1, what="the children to exit")
+    assert log(worker).count("Warm shutdown") == 2

@@ -236,3 +236,19 @@ def test_bad_processes_on_the_command_line_is_a_usage_error(capsys: pytest.Captu
         cli.main(["worker", "--processes", "0"])
     assert caught.value.code == 2
     assert "--processes: from 1 to 256, or auto (got 0)" in capsys.readouterr().err
+
+
+def test_health_of_a_named_parent_is_that_of_its_children() -> None:
+    parents = [parent_record(child(1), child(2))]
+    name = f"wsupload-9@{HOST}"
+    mine = [worker(f"wsupload-9-1@{HOST}")]
+    assert judge_all(mine, parents, NOW, RECORD_TTL, host="elsewhere", name=name).healthy
+    others = [worker(f"wsupload-8-1@{HOST}")]
+    assert not judge_all(others, parents, NOW, RECORD_TTL, host="elsewhere", name=name).healthy
+
+
+def test_a_childs_node_name_gives_its_parents_pid() -> None:
+    assert supervisor.parent_pid_of(supervisor.child_name(42, 3, "web1")) == 42
+    assert supervisor.parent_pid_of("wsupload-42-3@%h") == 42
+    assert supervisor.parent_pid_of("wsupload-42@web1") is None
+    assert supervisor.parent_pid_of("celery@web1") is None
