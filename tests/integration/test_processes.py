@@ -6,7 +6,8 @@ drains both children within the stop grace and the parent exits 0 (so do a Ctrl-
 to the group and a remote shutdown of both children); one metrics scrape counts
 both children's jobs; ``workers`` lists both; ``health`` fails while a child that
 keeps crashing waits for its restart. The workers use a Redis of this module's own,
-so ``health`` (any worker on this host) sees no other test's workers.
+so ``health`` (any worker on this host) sees no other test's workers. Broker-agnostic
+(``core``): ``WSUPLOAD_TEST_BROKER=amqp`` runs it with RabbitMQ as the broker.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from wsupload.worker.dev.samples import distinct_pngs
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.worker_records import SupervisorRecord
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.core]
 
 
 def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -246,4 +247,4 @@ def test_children_do_not_outlive_a_parent_that_is_sigkilled(fleet: Fleet, own_re
 
     # Each child got SIGTERM from the kernel (the parent-death signal): a warm stop, then gone.
     wait_until(lambda: all(gone(pid) for pid in pids), 30, interval=0.1, what="the children to exit")
-    assert log(worker).count("Warm shutdown") == 2
+    assert log(worker).count("Warm shutdown") >= 2  # one each at least (Celery says it per SIGTERM it hears)
