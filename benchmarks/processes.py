@@ -7,8 +7,9 @@ each on queues of its own and each ``WSUPLOAD_CONCURRENCY`` 32 in all: one with
 ``WSUPLOAD_PROCESSES=auto`` (a parent and a child per core, 32 threads split over
 them), one with ``WSUPLOAD_PROCESSES=1``; beside them, the direct pool of 32
 requests sessions. A round runs the three, the order rotating round by round;
-medians over ``repeats``. Each row's note says how many cores were busy: the
-stand-in server, Redis and the producer share the machine with the workers.
+medians over ``repeats``. Each row's note says how many cores were busy, the
+machine's and the worker's own processes': the stand-in server, Redis and the
+producer share the machine with the workers.
 Part of ``make bench`` (``run.py``); alone: ``python -m benchmarks.processes``.
 """
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.harness import Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox
+from benchmarks.harness import Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox, tree_cpu
 from wsupload.worker import parent, supervisor
 from wsupload.worker.dev.local_services import LocalRedis, start_redis
 
@@ -32,13 +33,16 @@ def queues(name: str) -> dict[str, str]:
     return {"WSUPLOAD_QUEUE": f"bench-{name}", "WSUPLOAD_BULK_QUEUE": f"bench-{name}.bulk"}
 
 
-def bulk_run(fleet: Fleet, files: list[str]) -> float:
-    """Seconds from the first enqueue (bulk) to the last job's success."""
+def bulk_run(fleet: Fleet, files: list[str], used: list[float]) -> float:
+    """Seconds from the first enqueue (bulk) to the last job's success; appends the cores its worker used."""
+    pids = [w.process.pid for w in fleet.workers if w.process]
+    cpu = sum(tree_cpu(pid) for pid in pids)
     start = time.perf_counter()
     jobs = fleet.producer.enqueue(files, bulk=True)
     outcome = fleet.producer.wait([j.job_id for j in jobs], timeout=3600)
     elapsed = time.perf_counter() - start
     assert outcome.all_succeeded, [d for d in outcome.docs if d and d["status"] != "succeeded"][:3]
+    used.append((sum(tree_cpu(pid) for pid in pids) - cpu) / elapsed)
     return elapsed
 
 
@@ -48,6 +52,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
     files = [str(make_media(folder / f"p{n:04d}.mp4", 200 * 1000)) for n in range(count)]
     processes = supervisor.split_concurrency(CONCURRENCY, parent.processes_wanted(supervisor.AUTO))
     samples: dict[str, list[tuple[float, float]]] = {"auto": [], "one": [], "direct": []}
+    used: dict[str, list[float]] = {"auto": [], "one": []}
+    """Cores the worker's own processes kept busy during each run (CPU seconds over wall seconds)."""
     with sandbox(latency=LATENCY) as url:
         auto = Fleet(
             redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "auto", **queues("auto")}
@@ -56,8 +62,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "1", **queues("one")}
         )
         runs: dict[str, Callable[[], float]] = {
-            "auto": lambda: count / bulk_run(auto, files),
-            "one": lambda: count / bulk_run(one, files),
+            "auto": lambda: count / bulk_run(auto, files, used["auto"]),
+            "one": lambda: count / bulk_run(one, files, used["one"]),
             "direct": lambda: count / baseline("direct", url, str(CONCURRENCY), *files)["seconds"],
         }
         try:
@@ -82,7 +88,9 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             "≥ 1.35 × one process",
             rate["auto"] >= 1.35 * rate["one"],
             runs=[r for r, _ in samples["auto"]],
-            note=f"auto: {cpu_note(cores['auto'])}; one process: {cpu_note(cores['one'])}",
+            note=f"auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
+            f" {median(used['auto']):.2f} cores; one process: {cpu_note(cores['one'])}, the worker"
+            f" {median(used['one']):.2f} cores",
         ),
         Row(
             f"same, --processes auto against the direct pool (concurrency {CONCURRENCY} in all)",
