@@ -88,8 +88,12 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def clean_env() -> dict[str, str]:
-    """This process's environment without wsupload's variables: a process started with it gets only what it is given."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+    """This process's environment without wsupload's variables: a process started with it gets only what it is given.
+
+    ``WSUPLOAD_PROCESSES=1``: a worker is one process, as each row measured it before ``--processes``
+    (``processes.py`` measures ``auto`` against it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSUPLOAD_", "WAVESPEED_", "REDIS_URL"))}
+    return env | {"WSUPLOAD_PROCESSES": "1"}
 
 
 def make_media(path: Path, size: int) -> Path:

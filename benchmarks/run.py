@@ -27,7 +27,19 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks import brokers, bulk, cli_start, enqueue, large_file, latency, leases, loop_lag, many_files, overhead
+from benchmarks import (
+    brokers,
+    bulk,
+    cli_start,
+    enqueue,
+    large_file,
+    latency,
+    leases,
+    loop_lag,
+    many_files,
+    overhead,
+    processes,
+)
 from benchmarks.harness import MIB, Row, table
 from benchmarks.versions import commit
 from wsupload.worker.dev.local_services import start_redis
@@ -107,6 +119,7 @@ def main() -> None:
             "many small files",
             lambda w: many_files.bench(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3),
         ),
+        ("processes", lambda w: processes.bench(redis, w, 100 if quick else 1000, 1 if quick else 3)),
         ("enqueue", lambda w: enqueue.bench(redis, 1000 if quick else 10_000, 1 if quick else 3)),
         ("CLI start", lambda w: cli_start.bench(redis, w, 100 if quick else 1000, 2 if quick else 10)),
         ("completion latency", lambda w: latency.bench(redis, w)),

@@ -68,6 +68,17 @@ def parse_int(text: str) -> int:
         raise ValueError("expected a whole number") from None
 
 
+def parse_processes(text: str) -> int | str:
+    """``auto`` (any case) or a whole number of processes."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("expected `auto` or a whole number") from None
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

@@ -44,6 +44,7 @@ from wsupload.config.parsers import (
     parse_listen_address,
     parse_lower,
     parse_path,
+    parse_processes,
     parse_protocols,
     parse_redis_url,
     parse_roots,
@@ -329,11 +330,24 @@ class Settings:
         "0.0.0.0",  # noqa: S104 (a scrape target must be reachable from the Prometheus host)
         "The address the metrics port listens on (`127.0.0.1`: this host only).",
     )
+    processes: int | str = setting(
+        "WSUPLOAD_PROCESSES",
+        parse_processes,
+        "auto",
+        "Worker processes one `wsupload worker` runs, each a threads-pool worker with its share of"
+        " `WSUPLOAD_CONCURRENCY` (the total); `auto`: the cores this process may use (the smaller of its"
+        " CPU affinity and its cgroup CPU quota); `1`: one process, no parent in between"
+        " (see [Processes](deployment.md#processes-one-worker-every-core));"
+        " `wsupload worker --processes` overrides it.",
+        check=lambda v: v == "auto" or (isinstance(v, int) and 1 <= v <= 256),
+        rule="`auto` or from 1 to 256",
+    )
     concurrency: int = setting(
         "WSUPLOAD_CONCURRENCY",
         parse_int,
         "32",
-        "Upload threads per worker (Celery's threads pool; chosen from `make bench`: see"
+        "Upload threads per worker, in all its processes (Celery's threads pool, split over"
+        " `WSUPLOAD_PROCESSES`; chosen from `make bench`: see"
         " [`benchmarks/RESULTS.md`](../benchmarks/RESULTS.md)).",
         check=lambda v: 1 <= v <= 512,
         rule="from 1 to 512",

@@ -64,11 +64,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.events:
         settings = replace(settings, task_events=True)
     json_logs = settings.log_format == logs.JSON
+    concurrency = args.concurrency or settings.concurrency
+    if args.node_name is None:  # not a child of --processes N: maybe a parent
+        from wsupload.worker import parent, supervisor
+
+        wanted = parent.processes_wanted(args.processes if args.processes is not None else settings.processes)
+        shares = supervisor.split_concurrency(concurrency, wanted)
+        if len(shares) > 1 or wanted > 1:
+            parent.setup_logging(settings, args.loglevel)
+        if len(shares) < wanted:
+            parent.log.warning(
+                "%d processes wanted, but WSUPLOAD_CONCURRENCY %d gives a thread to %d only: running %d",
+                wanted,
+                concurrency,
+                len(shares),
+                len(shares),
+            )
+        if len(shares) > 1:
+            return parent.Parent(settings, shares, args.loglevel, args.only, args.events).run()
+    else:
+        from wsupload.worker import parent
+
+        parent.die_with_parent(args.node_name)
+    if args.metrics_to_parent:
+        from wsupload.worker import metrics
+
+        metrics.RECORD_ONLY = True
     # Deprecated variables are named as the worker starts (worker.app, for either entry point).
     from wsupload.worker.app import create_app
 
     app = create_app(settings)
-    concurrency = args.concurrency or settings.concurrency
     # Interactive first: with queue_order_strategy=priority the order is the priority.
     queues = {"interactive": [settings.queue], "bulk": [settings.bulk_queue]}.get(
         args.only, [settings.queue, settings.bulk_queue]
@@ -84,7 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"--queues={','.join(queues)}",
             f"--concurrency={concurrency}",
             "--pool=threads",
-            f"--hostname=wsupload-{os.getpid()}@%h",
+            f"--hostname={args.node_name or f'wsupload-{os.getpid()}@%h'}",
             "--without-gossip",
             "--without-mingle",
         ]
@@ -355,7 +380,8 @@ PROBE_TIMEOUT = 2.0
 """Seconds ``workers`` and ``health`` wait for Redis: a probe answers well inside a container's healthcheck timeout."""
 
 
-def _heartbeats() -> list[worker_records.WorkerRecord]:
+def _heartbeats() -> tuple[list[worker_records.WorkerRecord], list[worker_records.SupervisorRecord]]:
+    """The workers' records and those of the parents of ``--processes N`` (their children's states)."""
     import redis
 
     from wsupload.config.settings import Settings
@@ -363,7 +389,7 @@ def _heartbeats() -> list[worker_records.WorkerRecord]:
 
     client = worker_records.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
     try:
-        return worker_records.read_records(client)
+        return worker_records.read_records(client), worker_records.read_supervisors(client)
     except redis.ResponseError as exc:  # unreachable is main()'s to say; this is a refusal (ACL, wrong type)
         raise WsuploadError(f"Redis refused to read the heartbeats: {exc}") from None
 
@@ -372,11 +398,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     from wsupload.tasks.store.results import utcnow
     from wsupload.worker import worker_records
 
-    records = _heartbeats()
+    records, parents = _heartbeats()
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
     else:
-        print("\n".join(worker_records.render(records, utcnow())))
+        now = utcnow()
+        print("\n".join(worker_records.render(records, now) + worker_records.render_supervisors(parents, now)))
     return EXIT_OK
 
 
@@ -386,7 +413,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     from wsupload.tasks.store.results import utcnow
     from wsupload.worker import worker_records
 
-    verdict = worker_records.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
+    records, parents = _heartbeats()
+    verdict = worker_records.judge_all(
+        records, parents, utcnow(), args.max_age, host=socket.gethostname(), name=args.name
+    )
     if verdict.healthy:
         print(verdict.message)
         return EXIT_OK
@@ -538,6 +568,28 @@ def _interval(text: str) -> float:
     return seconds
 
 
+def _processes(text: str) -> int | str:
+    from wsupload.config.parsers import parse_processes
+
+    try:
+        value = parse_processes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value != "auto" and not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError(f"from 1 to 256, or auto (got {value})")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"from 1 to 512 (got {value})")
+    return value
+
+
 def _size(text: str) -> int:
     from wsupload.config.parsers import parse_size
 
@@ -554,7 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a worker (needs WAVESPEED_API_KEY)")
-    worker.add_argument("--concurrency", type=int, help="pool processes (default WSUPLOAD_CONCURRENCY)")
+    worker.add_argument("--concurrency", type=_concurrency, help="upload threads in all (default WSUPLOAD_CONCURRENCY)")
+    worker.add_argument(
+        "--processes",
+        type=_processes,
+        help="worker processes, each with its share of the threads: N, or auto (default WSUPLOAD_PROCESSES)",
+    )
+    # Given by the parent of --processes N to each child (worker.parent): not for users.
+    worker.add_argument("--node-name", help=argparse.SUPPRESS)
+    worker.add_argument("--metrics-to-parent", action="store_true", help=argparse.SUPPRESS)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.add_argument(
         "--only", choices=["interactive", "bulk"], help="serve one queue (default: both, interactive first)"

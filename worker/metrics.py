@@ -10,8 +10,10 @@ daemon thread started on ``worker_ready`` and stopped on ``worker_shutdown``
 holds no API key.
 
 One process, one registry: the worker runs Celery's threads pool, so every job
-reports into this process's metrics and prometheus_client's multi-process mode
-(``PROMETHEUS_MULTIPROC_DIR``, for forking pools) is not needed.
+reports into this process's metrics. With ``--processes N`` (``worker.parent``), the
+children record in prometheus_client's multi-process mode (``PROMETHEUS_MULTIPROC_DIR``,
+a directory of the parent's; ``RECORD_ONLY``: no endpoint of their own) and the parent
+serves their sum (``serve_children``): one scrape shows the whole worker.
 
 Labels are bounded: an outcome, an error kind (``tasks.observe.telemetry`` maps anything
 else to ``other``), a queue name from the settings, a lease event. Never a job id,
@@ -24,8 +26,9 @@ out of that scrape (``wsupload_queue_depth_up`` 0) instead of failing it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,9 @@ from wsupload.worker.background import BackgroundLoop, FailureStreak
 from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
+
+RECORD_ONLY = False
+"""Set in a child of ``--processes N`` (``--metrics-to-parent``): metrics go to the multi-process files, unserved."""
 
 QUEUE_DEPTH_TIMEOUT = 1.0
 """Seconds a scrape waits for Redis to give the queue lengths (Prometheus's own scrape timeout is 10 s)."""
@@ -113,7 +119,12 @@ class WorkerMetrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
-        self.running = Gauge("wsupload_jobs_in_flight", "Jobs this worker is running now.", registry=registry)
+        self.running = Gauge(
+            "wsupload_jobs_in_flight",
+            "Jobs this worker is running now.",
+            registry=registry,
+            multiprocess_mode="livesum",  # children of --processes N: the live ones, summed
+        )
         # Every known series from the start at 0, so increase() sees a kind's first job.
         self.jobs.labels(SUCCEEDED, telemetry.NONE)
         for kind in sorted(telemetry.FAILURE_KINDS):
@@ -275,7 +286,7 @@ class WorkerEndpoint(BackgroundLoop):
     logger = log
     not_started = "metrics: not started; this worker runs without metrics"
 
-    def __init__(self, endpoint: Endpoint, sink: WorkerMetrics) -> None:
+    def __init__(self, endpoint: Endpoint | None, sink: WorkerMetrics) -> None:
         super().__init__(interval=None)
         self.endpoint = endpoint
         self.sink = sink
@@ -285,7 +296,8 @@ class WorkerEndpoint(BackgroundLoop):
 
     def on_stop(self) -> None:
         telemetry.install(None)
-        self.endpoint.stop()
+        if self.endpoint is not None:
+            self.endpoint.stop()
 
     @classmethod
     def for_worker(cls, consumer: Any, settings: Settings) -> WorkerEndpoint | None:
@@ -294,6 +306,9 @@ class WorkerEndpoint(BackgroundLoop):
             return None
         registry = CollectorRegistry()
         sink = WorkerMetrics(registry)
+        if RECORD_ONLY:
+            log.info("metrics: recorded for the parent's endpoint (%s)", os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+            return cls(None, sink)
         registry.register(queue_depth(settings))
         process_collectors(registry)
         try:
@@ -308,6 +323,53 @@ class WorkerEndpoint(BackgroundLoop):
             return None
         log.info("metrics: http://%s:%d/metrics", settings.metrics_addr, endpoint.port)
         return cls(endpoint, sink)
+
+
+PROCESS_SUMS = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+)
+"""The process metrics a parent reports as the sum over itself and its live children."""
+
+
+class ChildrenProcesses:
+    """A parent's ``process_*``: CPU, memory and file descriptors of it and its live children, summed."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterable[Metric]:
+        totals: dict[str, Metric] = {}
+        for pid in [os.getpid(), *self.pids()]:
+            for family in ProcessCollector(pid=lambda pid=pid: str(pid), registry=None).collect():  # type: ignore[misc]
+                for sample in family.samples:
+                    if sample.name not in PROCESS_SUMS:
+                        continue
+                    total = totals.get(sample.name)
+                    if total is None:
+                        total = totals[sample.name] = Metric(family.name, family.documentation, family.type)
+                        total.add_sample(sample.name, {}, 0.0)
+                    old = total.samples[0]
+                    total.samples[0] = old._replace(value=old.value + sample.value)
+        return list(totals.values())
+
+
+def serve_children(settings: Settings, directory: str, pids: Callable[[], list[int]]) -> Endpoint:
+    """The parent's ``/metrics``: every child's metrics added up (multi-process mode), the queue depths, the CPU.
+
+    ``OSError`` if the port cannot be bound.
+    """
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(queue_depth(settings))
+    registry.register(ChildrenProcesses(pids))
+    PlatformCollector(registry=registry)
+    assert settings.metrics_port is not None
+    return serve(registry, settings.metrics_port, settings.metrics_addr)
 
 
 WorkerEndpoint.follow_worker()

@@ -27,6 +27,10 @@ UNACKED_INDEX = "unacked_index"
 """kombu's (not ours): its default name for the sorted set of delivered messages by delivery time (the leases)."""
 WORKERS = f"{KEY_PREFIX}:workers"
 """Names of workers that beat lately (sorted set, score: the unix time of the last beat); records in ``worker``."""
+SUPERVISORS = f"{KEY_PREFIX}:supervisors"
+"""Names of the parents of ``wsupload worker --processes N`` that beat lately (as ``WORKERS``).
+
+Their records are in ``supervisor``."""
 
 
 def result(job_id: str) -> str:
@@ -152,3 +156,8 @@ def owed_calls(queue: str) -> str:
 def owed_lock(queue: str) -> str:
     """Held for a sweep interval by the worker sweeping ``queue``'s owed jobs."""
     return f"{owed(queue)}:lock"
+
+
+def supervisor(name: str) -> str:
+    """A ``wsupload worker`` parent's heartbeat record, with its children's states (JSON, ``worker.worker_records``)."""
+    return f"{KEY_PREFIX}:supervisor:{name}"

@@ -141,6 +141,9 @@ def worker_env(
         "WAVESPEED_BASE_URL": sandbox.url,
         "WAVESPEED_API_KEY": API_KEY,
         "WSUPLOAD_QUEUE": "it-" + uuid.uuid4().hex[:8],
+        # One process per worker, as the tests count them (kill its group, read its pid's node name);
+        # WSUPLOAD_TEST_PROCESSES=auto runs the suite with the default (test_processes.py: N > 1 always).
+        "WSUPLOAD_PROCESSES": os.environ.get("WSUPLOAD_TEST_PROCESSES", "1"),
         "WSUPLOAD_MAX_ATTEMPTS": "3",
         "WSUPLOAD_BACKOFF_BASE": "0.05",
         "WSUPLOAD_BACKOFF_MAX": "0.2",

@@ -34,20 +34,21 @@ def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_inspect_and_control_answer_without_the_api_key(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
     env = producer_env(worker_env)
     assert "WAVESPEED_API_KEY" not in env
-    node = ["--destination", worker.hostname, "--timeout", "10", "--json"]
+    name = worker.hostnames[0]  # the worker's node (with --processes N, its first child's)
+    node = ["--destination", name, "--timeout", "10", "--json"]
 
     ping = run([*CELERY, "inspect", "ping", *node], env)
     assert ping.returncode == 0, ping.stderr
-    assert json.loads(ping.stdout) == {worker.hostname: {"ok": "pong"}}
+    assert json.loads(ping.stdout) == {name: {"ok": "pong"}}
 
     queues = run([*CELERY, "inspect", "active_queues", *node], env)
     assert queues.returncode == 0, queues.stderr
-    assert [q["name"] for q in json.loads(queues.stdout)[worker.hostname]][:1] == [env["WSUPLOAD_QUEUE"]]
+    assert [q["name"] for q in json.loads(queues.stdout)[name]][:1] == [env["WSUPLOAD_QUEUE"]]
 
     # A control command, harmless here: this worker runs with WSUPLOAD_TASK_EVENTS unset (off).
     events = run([*CELERY, "control", "disable_events", *node], env)
     assert events.returncode == 0, events.stderr
-    assert json.loads(events.stdout) == [{worker.hostname: {"ok": "task events already disabled"}}]
+    assert json.loads(events.stdout) == [{name: {"ok": "task events already disabled"}}]
 
 
 @pytest.mark.parametrize(

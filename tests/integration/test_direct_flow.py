@@ -188,7 +188,8 @@ def test_auto_without_the_ticket_endpoint_uses_the_binary_one(
     path.write_bytes(png_bytes())
     sandbox.direct = False
     try:
-        handle = fleet(WSUPLOAD_UPLOAD_FLOW="auto")
+        # One process: what it learns of the endpoints is per process (each child of --processes N learns it).
+        handle = fleet(WSUPLOAD_UPLOAD_FLOW="auto", WSUPLOAD_PROCESSES="1")
         first = run_one(handle.producer, path)
         second = run_one(handle.producer, path)
     finally:

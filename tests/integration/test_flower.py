@@ -76,13 +76,13 @@ def watched(fleet: Any, tmp_path: Path) -> Iterator[tuple[FleetHandle, Flower]]:
     flower = Flower(f"http://127.0.0.1:{port}", process, log_path)
     try:
         # Alive in Flower's event state: its receiver is subscribed and hears the worker.
-        worker = handle.workers[0].hostname
-        wait_until(
-            lambda: (flower.answering("/api/workers?status=true") or {}).get(worker) is True,
-            60,
-            interval=0.1,
-            what=f"flower to hear {worker}",
-        )
+        names = handle.workers[0].hostnames  # its node, or each of its children's (--processes N)
+
+        def hears_all() -> bool:
+            alive = flower.answering("/api/workers?status=true") or {}
+            return all(alive.get(name) is True for name in names)
+
+        wait_until(hears_all, 60, interval=0.1, what=f"flower to hear {', '.join(names)}")
         yield handle, flower
     finally:
         stop_group(process, timeout=10)

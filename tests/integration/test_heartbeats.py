@@ -73,7 +73,7 @@ def no_heartbeat_error(env: dict[str, str]) -> str:
 def test_health_is_ok_while_a_worker_runs_and_fails_at_once_after_a_clean_stop(
     fleet: Fleet, own_redis: LocalRedis
 ) -> None:
-    handle = fleet(1, REDIS_URL=own_redis.url)
+    handle = fleet(1, REDIS_URL=own_redis.url, WSUPLOAD_PROCESSES="1")  # one process's record (parents: test_processes)
     (worker,) = handle.workers
     env = handle.env
     wait_until(lambda: healthy(env), 30, what="wsupload health to pass")
@@ -101,7 +101,7 @@ def test_health_is_ok_while_a_worker_runs_and_fails_at_once_after_a_clean_stop(
 def test_workers_shows_the_job_a_worker_runs_and_health_fails_once_a_killed_workers_record_expires(
     fleet: Fleet, own_redis: LocalRedis, sandbox: SandboxServer, png: Path
 ) -> None:
-    handle = fleet(1, REDIS_URL=own_redis.url, WSUPLOAD_READ_TIMEOUT=str(STALL))
+    handle = fleet(1, REDIS_URL=own_redis.url, WSUPLOAD_READ_TIMEOUT=str(STALL), WSUPLOAD_PROCESSES="1")
     (worker,) = handle.workers
     env = handle.env
     sandbox.add_fault(Fault(stall=STALL))

@@ -67,6 +67,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[WsuploadApp]:
     monkeypatch.setattr(WsuploadApp, "start", start)
     monkeypatch.setenv("WAVESPEED_API_KEY", KEY)
     monkeypatch.delenv("WSUPLOAD_TASK_EVENTS", raising=False)
+    monkeypatch.setenv("WSUPLOAD_PROCESSES", "1")  # the worker itself, not a parent of processes
     return apps
 
 

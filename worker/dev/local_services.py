@@ -200,12 +200,17 @@ def stop_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
 
 @dataclass
 class WorkerProcess:
-    """``wsupload worker`` as a child process in its own process group."""
+    """``wsupload worker`` as a child process in its own process group.
+
+    ``processes``: ``--processes`` (None: ``WSUPLOAD_PROCESSES`` of ``env``, else its default);
+    with more than one, the process is the parent and ``hostnames`` its children's node names.
+    """
 
     env: Mapping[str, str]
     log_path: Path
     concurrency: int = 2
     loglevel: str = "info"
+    processes: int | str | None = None
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -213,6 +218,7 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         args = [sys.executable, "-m", "wsupload.worker.cli", "worker", "--concurrency", str(self.concurrency)]
         args += ["--loglevel", self.loglevel]
+        args += ["--processes", str(self.processes)] if self.processes is not None else []
         self.process = subprocess.Popen(
             args, env=dict(self.env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -225,7 +231,8 @@ class WorkerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited with status {self.process.returncode}:\n{self.log_tail()}")
-            return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
+            names = self.hostnames
+            return len(app.control.ping(destination=names, timeout=0.5) or []) == len(names)
 
         try:
             wait_until(ready, timeout, interval=0.1, what="the worker to answer a ping")
@@ -237,6 +244,26 @@ class WorkerProcess:
         """The Celery node name ``wsupload worker`` gives itself."""
         assert self.process is not None
         return f"wsupload-{self.process.pid}@{socket.gethostname()}"
+
+    @property
+    def children(self) -> int:
+        """How many worker processes it runs: 1, or the children of its parent (``worker.supervisor``'s plan)."""
+        from wsupload.worker import parent, supervisor
+
+        setting = self.processes if self.processes is not None else self.env.get("WSUPLOAD_PROCESSES", "auto")
+        wanted = parent.processes_wanted(supervisor.AUTO if str(setting).strip().lower() == "auto" else int(setting))
+        return len(supervisor.split_concurrency(self.concurrency, wanted))
+
+    @property
+    def hostnames(self) -> list[str]:
+        """The node names of its worker processes: its own (one process), else its children's."""
+        assert self.process is not None
+        if self.children == 1:
+            return [self.hostname]
+        from wsupload.worker import supervisor
+
+        host = socket.gethostname()
+        return [supervisor.child_name(self.process.pid, k, host) for k in range(1, self.children + 1)]
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the parent and every pool child."""

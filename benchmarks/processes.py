@@ -1,0 +1,126 @@
+"""One ``wsupload worker --processes auto`` against the same worker in one process, at equal concurrency (issue 23).
+
+Jobs: ``count`` × 200 KB files enqueued as ``wsupload enqueue --bulk`` does
+(``Producer.enqueue(bulk=True)``: the bulk queue, bulk messages), the sandbox
+answering after 50 ms, then a wait for every job. Two workers of this checkout,
+each on queues of its own and each ``WSUPLOAD_CONCURRENCY`` 32 in all: one with
+``WSUPLOAD_PROCESSES=auto`` (a parent and a child per core, 32 threads split over
+them), one with ``WSUPLOAD_PROCESSES=1``; beside them, the direct pool of 32
+requests sessions. A round runs the three, the order rotating round by round;
+medians over ``repeats``. Each row's note says how many cores were busy, the
+machine's and the worker's own processes': the stand-in server, Redis and the
+producer share the machine with the workers.
+Part of ``make bench`` (``run.py``); alone: ``python -m benchmarks.processes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.harness import Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox, tree_cpu
+from wsupload.worker import parent, supervisor
+from wsupload.worker.dev.local_services import LocalRedis, start_redis
+
+CONCURRENCY = 32
+LATENCY = 0.05
+
+
+def queues(name: str) -> dict[str, str]:
+    return {"WSUPLOAD_QUEUE": f"bench-{name}", "WSUPLOAD_BULK_QUEUE": f"bench-{name}.bulk"}
+
+
+def bulk_run(fleet: Fleet, files: list[str], used: list[float]) -> float:
+    """Seconds from the first enqueue (bulk) to the last job's success; appends the cores its worker used."""
+    pids = [w.process.pid for w in fleet.workers if w.process]
+    cpu = sum(tree_cpu(pid) for pid in pids)
+    start = time.perf_counter()
+    jobs = fleet.producer.enqueue(files, bulk=True)
+    outcome = fleet.producer.wait([j.job_id for j in jobs], timeout=3600)
+    elapsed = time.perf_counter() - start
+    assert outcome.all_succeeded, [d for d in outcome.docs if d and d["status"] != "succeeded"][:3]
+    used.append((sum(tree_cpu(pid) for pid in pids) - cpu) / elapsed)
+    return elapsed
+
+
+def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
+    folder = work / "small"
+    folder.mkdir(exist_ok=True)
+    files = [str(make_media(folder / f"p{n:04d}.mp4", 200 * 1000)) for n in range(count)]
+    processes = supervisor.split_concurrency(CONCURRENCY, parent.processes_wanted(supervisor.AUTO))
+    samples: dict[str, list[tuple[float, float]]] = {"auto": [], "one": [], "direct": []}
+    used: dict[str, list[float]] = {"auto": [], "one": []}
+    """Cores the worker's own processes kept busy during each run (CPU seconds over wall seconds)."""
+    with sandbox(latency=LATENCY) as url:
+        auto = Fleet(
+            redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "auto", **queues("auto")}
+        )
+        one = Fleet(
+            redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "1", **queues("one")}
+        )
+        runs: dict[str, Callable[[], float]] = {
+            "auto": lambda: count / bulk_run(auto, files, used["auto"]),
+            "one": lambda: count / bulk_run(one, files, used["one"]),
+            "direct": lambda: count / baseline("direct", url, str(CONCURRENCY), *files)["seconds"],
+        }
+        try:
+            order = list(runs)
+            for round_ in range(repeats):
+                for name in order[round_ % 3 :] + order[: round_ % 3]:
+                    samples[name].append(busy_cores(runs[name]))
+        finally:
+            auto.stop()
+            one.stop()
+    rate = {name: median([r for r, _ in runs_]) for name, runs_ in samples.items()}
+    cores = {name: median([c for _, c in runs_]) for name, runs_ in samples.items()}
+    shares = "+".join(str(n) for n in processes)
+    return [
+        Row(
+            f"{count} × 200 KB --bulk, 50 ms latency: one worker --processes auto ({len(processes)} processes,"
+            f" {shares} threads)",
+            rate["auto"],
+            "jobs/s",
+            f"the same worker, --processes 1 (concurrency {CONCURRENCY})",
+            rate["one"],
+            "≥ 1.35 × one process",
+            rate["auto"] >= 1.35 * rate["one"],
+            runs=[r for r, _ in samples["auto"]],
+            note=f"auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
+            f" {median(used['auto']):.2f} cores; one process: {cpu_note(cores['one'])}, the worker"
+            f" {median(used['one']):.2f} cores",
+        ),
+        Row(
+            f"same, --processes auto against the direct pool (concurrency {CONCURRENCY} in all)",
+            rate["auto"],
+            "jobs/s",
+            f"direct thread pool ({CONCURRENCY} sessions)",
+            rate["direct"],
+            "≥ 1.0 × direct",
+            rate["auto"] >= rate["direct"],
+            runs=[r for r, _ in samples["direct"]],
+            note=f"auto: {cpu_note(cores['auto'])}; direct pool: {cpu_note(cores['direct'])}",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    redis = start_redis()
+    try:
+        with tempfile.TemporaryDirectory(prefix="wsupload-bench-") as tmp:
+            for row in bench(redis, Path(tmp), args.jobs, args.repeats):
+                ratio = f"{row.ratio:.2f}×" if row.ratio else "-"
+                print(f"{row.name}: {row.value:.1f} {row.unit} vs {row.baseline} {row.baseline_value:.1f} = {ratio}")
+                print(f"    runs {[round(r, 1) for r in row.runs]}; {row.note}; target {row.target}: {row.met}")
+    finally:
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()
