@@ -32,11 +32,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 
-from wsupload import AsyncProducer, EnqueueError, InvalidInput, Settings
-from wsupload.tasks.sources.local_files import inside_roots, local_path
-from wsupload.tasks.sources.media import require_media_kind
-from wsupload.tasks.sources.object_store import bucket_allowed, parse_object_url
-from wsupload.tasks.sources.opener import scheme_of
+from wsupload import AsyncProducer, EnqueueError, InvalidInput, Settings, SourceNotAllowed, check_source
 
 
 @asynccontextmanager
@@ -71,31 +67,12 @@ class Upload(BaseModel):
     """An absolute path (or ``file://`` URL) under the allowed roots, or an ``s3://bucket/key``."""
 
 
-def check_source(source: str, settings: Settings) -> None:
-    """Refuse (HTTPException) what the workers would refuse, or what this app's callers must not name."""
+def refuse_unless_allowed(source: str, settings: Settings) -> None:
+    """An HTTP error for a source the workers would refuse, or that this app's callers must not name."""
     try:
-        if not source.strip() or "\x00" in source:
-            raise InvalidInput("the source is empty or contains a NUL character")
-        scheme = scheme_of(source)
-        if scheme == "s3":
-            url = parse_object_url(source)
-            if not settings.allowed_buckets:
-                raise HTTPException(403, "this app takes no s3:// keys: WSUPLOAD_ALLOWED_BUCKETS is unset")
-            if not bucket_allowed(url, settings.allowed_buckets):
-                raise HTTPException(403, f"{source!r} is outside WSUPLOAD_ALLOWED_BUCKETS")
-            require_media_kind(url.filename)
-        elif scheme in ("", "file"):
-            path = local_path(source)
-            resolved = path.resolve()  # symlinks and '..' first, as the workers do
-            if not settings.allowed_roots:
-                raise HTTPException(403, "this app takes no local paths: WSUPLOAD_ALLOWED_ROOTS is unset")
-            if not inside_roots(resolved, settings.allowed_roots):
-                raise HTTPException(403, f"{source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
-            require_media_kind(path.name)
-            if not resolved.is_file():
-                raise InvalidInput(f"{source!r} is not a file")
-        else:
-            raise InvalidInput(f"unsupported source {source!r}: expected an absolute path, file:// or s3://")
+        check_source(source, settings)  # with an allow-list unset, that kind of source is refused
+    except SourceNotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
     except InvalidInput as exc:
         raise HTTPException(422, str(exc)) from None
 
@@ -103,7 +80,7 @@ def check_source(source: str, settings: Settings) -> None:
 @app.post("/uploads", status_code=202)
 async def create_upload(upload: Upload, producer: ProducerDep) -> dict[str, str]:
     # In a thread: resolving a path touches the disk, which may be a network mount.
-    await asyncio.to_thread(check_source, upload.source, producer.settings)
+    await asyncio.to_thread(refuse_unless_allowed, upload.source, producer.settings)
     try:
         (job,) = await producer.enqueue([upload.source])
     except InvalidInput as exc:

@@ -37,11 +37,13 @@ if TYPE_CHECKING:
         InvalidInput,
         JobError,
         PermanentError,
+        SourceNotAllowed,
         TransientError,
         UploadError,
         WsuploadError,
     )
     from wsupload.tasks.enqueue import Batch, Job
+    from wsupload.tasks.sources.checks import check_source
     from wsupload.tasks.store.cancels import CancelOutcome
     from wsupload.worker.async_producer import AsyncProducer
     from wsupload.worker.producer import Producer, WaitOutcome
@@ -61,6 +63,8 @@ _WHERE = {
     "PermanentError": "wsupload.errors",
     "TransientError": "wsupload.errors",
     "InvalidInput": "wsupload.errors",
+    "SourceNotAllowed": "wsupload.errors",
+    "check_source": "wsupload.tasks.sources.checks",
     "JobError": "wsupload.errors",
 }
 
@@ -76,10 +80,12 @@ __all__ = [
     "PermanentError",
     "Producer",
     "Settings",
+    "SourceNotAllowed",
     "TransientError",
     "UploadError",
     "WaitOutcome",
     "WsuploadError",
+    "check_source",
 ]
 
 

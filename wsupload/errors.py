@@ -13,6 +13,7 @@
         ├── Cancelled                  cancelled            cancelled by a producer, queued or running
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
+        │   │   └── SourceNotAllowed   invalid_input        … outside the allowed roots or buckets (check_source)
         │   ├── InvalidMessage         invalid_message      a message the worker cannot read as a job
         │   │   └── NoJobId            invalid_message      … and it names no job to record that in
         │   ├── SourceUnavailable      source_unavailable   object store: no bucket/object, access denied
@@ -111,6 +112,10 @@ class PermanentError(UploadError):
 
 class InvalidInput(PermanentError):
     kind = "invalid_input"
+
+
+class SourceNotAllowed(InvalidInput):
+    """A source outside ``WSUPLOAD_ALLOWED_ROOTS`` or ``WSUPLOAD_ALLOWED_BUCKETS``, refused before it is enqueued."""
 
 
 class InvalidMessage(PermanentError):

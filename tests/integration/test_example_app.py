@@ -254,11 +254,11 @@ def test_an_app_without_allowed_roots_or_buckets_takes_neither_and_stops_cleanly
     remote = started.client.post("/uploads", json={"source": "s3://media/in/cat.png"})
     assert (local.status_code, local.json()["detail"]) == (
         403,
-        "this app takes no local paths: WSUPLOAD_ALLOWED_ROOTS is unset",
+        "no local paths are taken here: WSUPLOAD_ALLOWED_ROOTS is unset",
     )
     assert (remote.status_code, remote.json()["detail"]) == (
         403,
-        "this app takes no s3:// keys: WSUPLOAD_ALLOWED_BUCKETS is unset",
+        "no s3:// keys are taken here: WSUPLOAD_ALLOWED_BUCKETS is unset",
     )
     assert started.client.get(f"/uploads/{uuid.uuid4().hex}").status_code == 404  # the producer was used
     assert started.stop() == -signal.SIGTERM  # uvicorn shuts down gracefully, then exits by the signal it got
