@@ -44,6 +44,11 @@ class Outage:
         """Redis answered: the next outage starts its count afresh."""
         self.reached, self.since, self.failures = True, None, 0
 
+    def connected(self) -> None:
+        """A connection was made (a wait subscribed): Redis exists at that address, so an outage
+        from now on is waited out, without ending the count of one already under way."""
+        self.reached = True
+
     def failed(self, now: float) -> float | None:
         """An attempt failed at ``now``: seconds to pause before the next one, or None to give up."""
         if not self.reached:

@@ -187,6 +187,7 @@ class Producer(Enqueuer):
             # Subscribe before reading: an event between the two is not lost, and
             # after a reconnect the read finds what ended while Redis was away.
             pubsub.subscribe(results.ENDED_CHANNEL)
+            outage.connected()  # a restart between this and the first read is waited out too
             unread = [
                 job_id for job_id in dict.fromkeys(job_ids) if job_id not in docs or not is_finished(docs[job_id])
             ]
@@ -274,6 +275,7 @@ class Producer(Enqueuer):
         try:
             # Counters are read after (re)subscribing, so nothing that ended meanwhile is missed.
             pubsub.subscribe(results.ENDED_CHANNEL)
+            outage.connected()
             last_read = 0.0
             while True:
                 # At most one read per BATCH_REFRESH: a burst of events costs one read.

@@ -86,12 +86,13 @@ def test_the_rate_limit_holds_across_workers(fleet: Fleet, sandbox: SandboxServe
     assert outcome.all_succeeded
     arrivals = sorted(record.received_at for record in sandbox.records)
     assert len(arrivals) == 16
-    # Eight a second across six worker processes: any four consecutive requests span at least
-    # three eighths of a second, less a little: Redis decides when each may go, the sandbox
-    # records when it arrives, and on a loaded machine one request may arrive late and the
-    # next on time. Two let through together would make a span of two eighths at most.
-    spans_of_four = [arrivals[n + 3] - arrivals[n] for n in range(len(arrivals) - 3)]
-    assert min(spans_of_four) >= 3 * 0.125 - 0.04, spans_of_four
+    # Eight a second across six worker processes: Redis lets each request go an eighth of a
+    # second after the one before, so sixteen take at least 15/8 s from first to last. What is
+    # measured is when each arrived at the sandbox, which on a loaded machine may lag its grant
+    # by a tenth of a second or more, so the bound is loose; a limit each worker kept for itself
+    # (twice the rate) or none at all (40 a second at two in flight) would be far below it.
+    span = arrivals[-1] - arrivals[0]
+    assert span >= 15 * 0.125 - 0.3, arrivals
     # Never more than two in flight at once.
     spans = [(r.received_at, r.answered_at) for r in sandbox.records]
     busiest = max(sum(1 for s, e in spans if s <= moment < e) for moment, _ in spans)

@@ -319,6 +319,15 @@ def test_an_outage_gives_up_only_after_its_limit_without_a_deadline() -> None:
     assert outage.failed(now=500) == 0.1
 
 
+def test_a_connection_made_counts_as_reaching_redis_without_ending_an_outage_under_way() -> None:
+    outage = Outage(deadline=None, limit=60)
+    outage.connected()  # subscribed, then Redis went away before the first read: waited out
+    assert outage.failed(now=0) == 0.1
+    outage.connected()  # reconnected and subscribed, but reads still fail: the count goes on
+    assert outage.failed(now=59) == 0.2
+    assert outage.failed(now=60) is None
+
+
 def test_an_outage_with_a_deadline_pauses_no_later_than_the_deadline() -> None:
     outage = Outage(deadline=1000.5, limit=60)
     outage.recovered()
