@@ -42,7 +42,7 @@ from wsupload.tasks.observe import redaction
 from wsupload.tasks.recovery import lease
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.wavespeed import direct
-from wsupload.tasks.wavespeed.multipart import MultipartBody
+from wsupload.tasks.wavespeed.multipart import FileSpan, MultipartBody
 from wsupload.tasks.wavespeed.retry_policy import error_for_status, parse_retry_after
 
 UPLOAD_PATH = "/api/v3/media/upload/binary"
@@ -161,7 +161,20 @@ class _Cuttable:
 
 
 class _CuttableHTTPConnection(_Cuttable, urllib3.connection.HTTPConnection):
-    pass
+    """Plain HTTP: a large local file's bytes go from the page cache to the socket (``sendfile``)."""
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        if isinstance(body, MultipartBody) and body.sendfile_ok():
+            # urllib3 sends each piece with ``send``, in order; Content-Length is the request's already.
+            body = body.spans(SOCKET_BLOCK)
+        super().request(method, url, body, headers, **kwargs)
+
+    def send(self, data: Any) -> None:
+        if isinstance(data, FileSpan):
+            assert self.sock is not None  # the headers went out on it
+            data.send_to(self.sock)
+        else:
+            super().send(data)
 
 
 class _CuttableHTTPSConnection(_Cuttable, urllib3.connection.HTTPSConnection):
