@@ -30,7 +30,7 @@ reconnect or a pause, never its life or a message:
   Celery expect, not kombu's ``AttributeError`` on the transport's cleared client.
 
 Every ``wsupload.upload`` message pushed onto a queue or taken from one keeps its
-job's place in the queue's line (``tasks.recovery.job_index``) in the same transaction, so the
+job's place in the queue's line (``tasks.recovery.job_index``) in the same script or transaction, so the
 sweep (``tasks.recovery.lost_sweep``) can tell a message BRPOP took and nobody recorded. A
 message pushed again (a restore, a put-back) gets a new delivery tag: a copy never
 shares one with the delivery it replaces.
@@ -84,10 +84,13 @@ WRITE_PROBE_KEY = keys.BROKER_WRITE_PROBE
 PUT_BACK = lua.load("job_index_put_back")
 """``job_index.PUSH`` to the front, even on a full Redis (``allow-oom``, Redis ≥ 7): BRPOP took it from there."""
 
-STAMP = lua.load("lease_stamp")
-"""kombu's delivery stamp in ``unacked_index``, by Redis's clock: leases never depend on a worker host's clock.
+RECORD = lua.load("unacked_record")
+"""kombu's unacked entry and delivery stamp (by Redis's clock: leases never depend on a worker host's
+clock), and the jobs taken out of their line (``job_index.TAKE``): one call, one reply, where kombu's
+MULTI of three cost five replies to parse per delivered message."""
 
-Sent with EVAL and its text inside kombu's MULTI, like ``job_index.TAKE`` (see ``tasks.recovery.job_index``)."""
+REMOVE = lua.load("unacked_remove")
+"""kombu's ack (``ZREM`` the index, ``HDEL`` the hash) in one call: one reply where its MULTI had four."""
 
 
 def redis_now(client: Any) -> float:
@@ -130,18 +133,16 @@ class QoS(kombu_redis.QoS):
         self._refusals = 0
 
     def _record(self, message: Any, delivery_tag: str) -> None:
-        """kombu's ``QoS.append`` (5.7), with the job taken out of its line in the same transaction."""
+        """kombu's ``QoS.append`` (5.7), with the job taken out of its line in the same script (``RECORD``)."""
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
-        with self.pipe_or_acquire() as pipe:
-            pipe.eval(STAMP, 1, self.unacked_index_key, delivery_tag)
-            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
-            jobs = upload_jobs(message._raw)
-            if jobs:
-                lines = self.channel.lines_of(message._raw, exchange, routing_key)
-                pipe.eval(job_index.TAKE, 2 * len(lines), *job_index.taken_keys(lines), *jobs)
-            pipe.execute()
-            virtual.QoS.append(self, message, delivery_tag)
+        entry = dumps([message._raw, exchange, routing_key])
+        jobs = upload_jobs(message._raw)
+        taken = job_index.taken_keys(self.channel.lines_of(message._raw, exchange, routing_key)) if jobs else []
+        with self.channel.conn_or_acquire() as client:
+            names = [self.unacked_index_key, self.unacked_key, *taken]
+            self.channel.scripts(client).record(keys=names, args=[delivery_tag, entry, *jobs], client=client)
+        virtual.QoS.append(self, message, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """kombu's scan for expired leases (5.7), with "expired" judged by Redis's clock.
@@ -172,10 +173,16 @@ class QoS(kombu_redis.QoS):
                 pass
 
     def ack(self, delivery_tag: str) -> None:
+        """kombu's (5.7): out of the unacked index and hash, in one script (``REMOVE``) rather than a MULTI."""
         try:
-            super().ack(delivery_tag)
+            with self.channel.conn_or_acquire() as client:
+                self.channel.scripts(client).remove(
+                    keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
+                )
         except self.channel.refused_errors as exc:
             self._leave_unacked(delivery_tag, "acknowledge", exc)
+            return
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         try:
@@ -268,9 +275,26 @@ _held: dict[str, list[dict[str, Any]]] = {}
 os.register_at_fork(after_in_child=_held.clear)
 
 
+class _Scripts:
+    """The scripts a channel runs per message, registered once on its client (``EVALSHA``)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.record = client.register_script(RECORD)
+        self.remove = client.register_script(REMOVE)
+
+
 class Channel(PoisonGuard, kombu_redis.Channel):
     QoS = QoS
     _shared_client: Any = None
+    _scripts: _Scripts | None = None
+
+    def scripts(self, client: Any) -> _Scripts:
+        """``RECORD`` and ``REMOVE`` on ``client`` (rebuilt with it, after a fork or a reconnect)."""
+        scripts = self._scripts
+        if scripts is None or scripts.client is not client:
+            scripts = self._scripts = _Scripts(client)
+        return scripts
 
     @property
     def refused_errors(self) -> tuple[type[BaseException], ...]:
