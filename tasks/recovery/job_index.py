@@ -13,18 +13,19 @@ pops the right end), are always in ascending place order:
 - a push to the front (RPUSH: kombu's restore of an expired delivery, the
   transport's put-back of a message Redis would not record) goes below every place
   in use: ``min(lowest pending place, highest place taken, or 0) - 1``;
-- taking a message (``QoS.append``, in the same MULTI that records it unacked)
+- taking a message (``QoS.append``, in the same script that records it unacked)
   removes its jobs from ``pending`` and raises ``keys.last_taken(Q)`` to their highest place.
 
 Then a job still in ``pending`` with a place below the highest one taken is either
 one of the few pushed to the front since (still at the front of the line, where
 the sweep looks for it) or was taken and never recorded: lost.
 
-The scripts are ``job_index_push.lua`` and ``job_index_take.lua`` (``tasks.store.lua``),
-sent with EVAL and their text, not as redis-py ``Script`` objects: inside kombu's
+The scripts are ``job_index_push.lua`` and ``job_index_take.lua`` (``tasks.store.lua``;
+``TAKE`` runs inside ``unacked_record.lua``, the transport's one call per delivery). ``PUSH``
+is sent with EVAL and its text, not as a redis-py ``Script`` object: inside kombu's
 MULTI an EVALSHA that met NOSCRIPT would fail alone while the rest of the
 transaction ran, and a pipeline holding a ``Script`` asks ``SCRIPT EXISTS`` before
-every execute (``Pipeline.load_scripts``), a round trip more per message taken. They
+every execute (``Pipeline.load_scripts``), a round trip more per message. They
 never raise for a place they cannot keep (a foreign key in the way): the message
 itself matters more than its place.
 """
@@ -37,7 +38,7 @@ PUSH = lua.load("job_index_push")
 """Push a message onto a queue list, placing its jobs at that end of the line."""
 
 TAKE = lua.load("job_index_take")
-"""A worker took the message: its jobs no longer wait in the line (run in the MULTI that records it unacked)."""
+"""A worker took the message: its jobs no longer wait in the line (included in the script that records it unacked)."""
 
 
 def line_keys(queue_list: str) -> list[str]:

@@ -14,12 +14,22 @@ shrank, was rewritten) raises ``SourceChanged`` from ``read``: where it ends
 early, or at the latest once its last byte is read and before the closing
 boundary is handed over. The request is then aborted, and the server never
 receives a complete body of bytes that no longer exist.
+
+Over a plain socket a large local file need not pass through Python at all:
+``spans`` gives the body as its head, ``FileSpan`` pieces of the file that the
+connection hands to ``sendfile`` (page cache to socket, no copy into the
+process), and its tail, with the same lease tick, progress and change checks
+per piece as ``read``. TLS cannot take it (the bytes must be encrypted here),
+nor can a stream that is not a regular file: those read.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Callable
+import socket
+import stat
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from wsupload.errors import SourceChanged
@@ -32,6 +42,32 @@ def _quote(value: str) -> str:
     # HTML5 form encoding, as browsers and urllib3 do: escape what would end the
     # quoted string or the header line.
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+SENDFILE_MIN = 1024 * 1024
+"""Files smaller than this are read: their whole body goes out in one send, head and tail included."""
+
+
+class FileSpan:
+    """``count`` bytes of an open regular file from ``offset``: a piece of a body for ``socket.sendfile``."""
+
+    __slots__ = ("count", "file", "offset", "sent")
+
+    def __init__(self, file: Readable, offset: int, count: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.sent = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def send_to(self, sock: socket.socket) -> None:
+        """Send it (``sendfile``, waiting within the socket's timeout); fewer bytes only where the file ended."""
+        self.sent = sock.sendfile(self.file, self.offset, self.count)  # type: ignore[arg-type]
 
 
 class MultipartBody:
@@ -63,6 +99,7 @@ class MultipartBody:
         self._remaining = size
         self._length = len(head) + size + len(tail)
         self._check = check
+        self._started = False
 
     @classmethod
     def for_source(cls, source: OpenedSource, *, field: str | None) -> MultipartBody:
@@ -91,6 +128,7 @@ class MultipartBody:
         """
         lease.tick()  # bytes moving: the job is alive (and stops here if its delivery must)
         upload_progress.sent(self._size - self._remaining, self._size)  # file bytes the socket took so far
+        self._started = True
         want = self._length if size is None or size < 0 else size
         parts = []
         if self._head:
@@ -113,6 +151,43 @@ class MultipartBody:
             parts.append(self._tail[:want])
             self._tail = self._tail[want:]
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def sendfile_ok(self) -> bool:
+        """Whether ``spans`` applies: a regular file of at least ``SENDFILE_MIN`` bytes, not read from yet."""
+        if self._size < SENDFILE_MIN or self._started:
+            return False
+        try:
+            fileno = self._file.fileno()  # type: ignore[attr-defined]
+            return stat.S_ISREG(os.fstat(fileno).st_mode) and "b" in getattr(self._file, "mode", "b")
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def spans(self, block: int) -> Iterator[bytes | FileSpan]:
+        """The body as its head, ``FileSpan`` pieces of at most ``block`` bytes, and its tail (see ``sendfile_ok``).
+
+        The consumer sends each piece before asking for the next: a span found short
+        then (the file shrank) raises ``SourceChanged``, as ``read`` does, before the tail.
+        """
+        self._started = True
+        head, self._head = self._head, b""
+        if head:
+            yield head
+        offset = self._file.tell()  # type: ignore[attr-defined]
+        while self._remaining > 0:
+            lease.tick()
+            upload_progress.sent(self._size - self._remaining, self._size)
+            span = FileSpan(self._file, offset, min(block, self._remaining))
+            yield span
+            if span.sent < span.count:
+                self._remaining -= span.sent
+                self._changed()
+            offset += span.count
+            self._remaining -= span.count
+        if self._check is not None:
+            self._check()  # last file byte sent, the closing boundary not yet: abort rather than complete
+        tail, self._tail = self._tail, b""
+        if tail:
+            yield tail
 
     def _changed(self) -> NoReturn:
         if self._check is not None:

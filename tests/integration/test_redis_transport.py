@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+import redis
 
 from wsupload.config import Settings
 from wsupload.worker import redis_transport
@@ -40,3 +43,42 @@ def test_rediss_urls_keep_tls() -> None:
     assert connection.transport_cls == "rediss"
     assert connection.ssl
     assert connection.transport.Channel is redis_transport.Channel
+
+
+def unacked_tags(channel: Any) -> set[str]:
+    with channel.conn_or_acquire() as client:
+        return {tag.decode() for tag in client.hkeys(channel.unacked_key)}
+
+
+def test_an_ack_on_the_loop_thread_rides_with_the_next_delivery_and_is_written_by_close(redis_url: str) -> None:
+    """One round trip a job fewer; nothing owed is lost at close, nor put back on the queue."""
+    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        channel.queue_declare("acks-ride")
+        with channel.conn_or_acquire() as client:
+            client.delete(channel.unacked_key, channel.unacked_index_key)
+        transport: Any = connection.transport
+        for n in range(3):
+            channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key="acks-ride")
+        transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
+
+        first = channel.basic_get("acks-ride")
+        first.ack()
+        assert unacked_tags(channel) == {first.delivery_tag}  # owed, not written yet
+        second = channel.basic_get("acks-ride")
+        assert unacked_tags(channel) == {second.delivery_tag}  # the delivery carried the ack
+
+        transport.loop_thread = None  # another thread's ack is written at once
+        second.ack()
+        assert unacked_tags(channel) == set()
+
+        transport.loop_thread = threading.get_ident()
+        third = channel.basic_get("acks-ride")
+        third.ack()
+        assert unacked_tags(channel) == {third.delivery_tag}
+        channel.close()
+    client = redis.Redis.from_url(redis_url)
+    assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
+    assert client.llen("acks-ride") == 0  # acknowledged, so not restored by the close
+    client.close()

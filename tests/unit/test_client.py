@@ -1,7 +1,10 @@
 """Interpreting upload answers, and the request the client sends (fake transport; the cookie jar over loopback)."""
 
+import hashlib
 import json
+import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,9 @@ from wsupload.errors import (
 )
 from wsupload.tasks.sources.local_files import open_local
 from wsupload.tasks.wavespeed.client import UPLOAD_PATH, UploadClient, interpret_response
-from wsupload.tasks.wavespeed.multipart import MultipartBody
-from wsupload.worker.dev.samples import png_bytes
+from wsupload.tasks.wavespeed.multipart import SENDFILE_MIN, MultipartBody
+from wsupload.worker.dev.samples import mp4_bytes, png_bytes
+from wsupload.worker.dev.sandbox import SandboxServer
 
 DATA = {"type": "image", "download_url": "https://cdn.example/x.png", "filename": "x.png", "size": 10}
 
@@ -266,3 +270,36 @@ def test_cookies_an_answer_sets_go_out_with_the_next_upload(tmp_path: Path) -> N
         server.shutdown()
         server.server_close()
     assert seen == [None, "lb=node-1"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    with SandboxServer(api_key="k", storage_dir=tmp_path_factory.mktemp("sandbox")) as server:
+        yield server
+
+
+def test_a_large_local_file_goes_out_with_sendfile_over_plain_http(
+    tmp_path: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page cache to socket, and the server gets every byte (its SHA-256 says so)."""
+    payload = mp4_bytes(SENDFILE_MIN * 2 + 999)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(payload)
+    sent: list[int] = []
+    real = socket.socket.sendfile
+
+    def counting(sock: socket.socket, file: Any, offset: int = 0, count: int | None = None) -> int:
+        sent.append(real(sock, file, offset, count))
+        return sent[-1]
+
+    monkeypatch.setattr(socket.socket, "sendfile", counting)
+    client = UploadClient(base_url=sandbox.url, api_key=sandbox.api_key, connect_timeout=2, read_timeout=5)
+    try:
+        with open_local(str(path)) as opened:
+            result = client.upload(opened)
+    finally:
+        client.close()
+    assert result["size"] == len(payload)
+    assert sum(sent) == len(payload)
+    (record,) = sandbox.records
+    assert record.sha256 == hashlib.sha256(payload).hexdigest()

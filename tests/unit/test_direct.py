@@ -2,12 +2,15 @@
 
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
+from requests.adapters import BaseAdapter
 
 from wsupload.errors import (
     ClientError,
@@ -314,3 +317,49 @@ def test_the_signed_url_is_in_no_log_line_nor_error(
     assert "PUT /_storage/" in text  # urllib3 logged its request lines
     assert "signature=" not in text
     assert "expires=" not in text
+
+
+class Answering(BaseAdapter):
+    """Answers a ticket for each storage host in turn, then 200 to its PUT; records what was sent."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        super().__init__()
+        self.hosts = hosts
+        self.sent: list[tuple[requests.PreparedRequest, dict[str, Any]]] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.sent.append((request, kwargs))
+        response = requests.Response()
+        response.status_code = 200
+        if request.method == "POST":
+            host = self.hosts.pop(0)
+            data = {**upload(url=f"https://{host}/o/1?sig=abcdefgh"), "size": 3}
+            response._content = json.dumps({"code": 200, "message": "success", "data": data}).encode()
+        else:
+            response._content = b""
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_storage_proxy_follows_the_environment_per_storage_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looked up once per storage origin, NO_PROXY included; the ticket carries the session's cookies."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "exempt.test")
+    adapter = Answering(["storage.test", "exempt.test", "storage.test"])
+    client = UploadClient(base_url="https://api.test", api_key="k", connect_timeout=1, read_timeout=1)
+    client._session.mount("https://", adapter)
+    client._storage.mount("https://", adapter)
+    client._session.cookies.set("lb", "node-2", domain="api.test", path="/")
+    for _ in range(3):
+        client.upload_direct(opened(b"abc"), direct.Transfer())
+    tickets = [(r, kw) for r, kw in adapter.sent if r.method == "POST"]
+    puts = [kw["proxies"] for r, kw in adapter.sent if r.method == "PUT"]
+    assert puts[0]["https"] == "http://proxy.test:3128"
+    assert "https" not in puts[1]
+    assert puts[2] == puts[0]
+    assert [r.headers["Cookie"] for r, _ in tickets] == ["lb=node-2"] * 3
+    assert [json.loads(r.body or b"")["size"] for r, _ in tickets] == [3] * 3
+    assert all(r.headers["Content-Type"] == "application/json" for r, _ in tickets)
+    assert all("Cookie" not in r.headers and "Authorization" not in r.headers for r, _ in adapter.sent[1::2])

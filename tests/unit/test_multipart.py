@@ -1,12 +1,18 @@
 """The streaming multipart body: exact length, parseable, read in bounded blocks."""
 
 import io
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from python_multipart.multipart import MultipartParser
 
 from wsupload.errors import SourceChanged
-from wsupload.tasks.wavespeed.multipart import MultipartBody
+from wsupload.tasks.wavespeed.multipart import SENDFILE_MIN, FileSpan, MultipartBody
 
 
 def parse(body: bytes, boundary: str) -> tuple[dict[str, str], bytes]:
@@ -157,3 +163,86 @@ def test_a_shrink_is_described_by_the_check_when_there_is_one() -> None:
     )
     with pytest.raises(SourceChanged, match="100 bytes when opened, 5 now"):
         drain(body, 4096)
+
+
+# -- spans: the body a plain socket sends with sendfile ---------------------
+
+
+@pytest.fixture
+def files() -> Iterator[ExitStack]:
+    with ExitStack() as opened:
+        yield opened
+
+
+def file_body(files: ExitStack, path: Path, size: int, check: Check | None = None) -> MultipartBody:
+    file = files.enter_context(path.open("rb", buffering=0))
+    return MultipartBody(file, field="file", filename="a.mp4", content_type="video/mp4", size=size, check=check)
+
+
+def send_spans(body: MultipartBody, block: int, handed: list[bytes]) -> bytes:
+    """Send ``body.spans`` through a socket pair, as the plain connection does; what arrived."""
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def receive() -> None:
+        while data := theirs.recv(1 << 20):
+            received.extend(data)
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        with ours:
+            for piece in body.spans(block):
+                if isinstance(piece, FileSpan):
+                    piece.send_to(ours)
+                    handed.append(b"\0" * piece.sent)
+                else:
+                    ours.sendall(piece)
+                    handed.append(piece)
+    finally:
+        reader.join()
+        theirs.close()
+    return bytes(received)
+
+
+def test_spans_send_the_same_body_as_read(tmp_path: Path, files: ExitStack) -> None:
+    payload = os.urandom(SENDFILE_MIN + 12345)
+    (tmp_path / "a.mp4").write_bytes(payload)
+    body = file_body(files, tmp_path / "a.mp4", len(payload))
+    assert body.sendfile_ok()
+    raw = send_spans(body, 256 * 1024, [])
+    assert len(raw) == len(body)
+    assert parse(raw, body.boundary)[1] == payload
+
+
+def test_spans_are_not_for_small_files_streams_or_a_body_already_read(tmp_path: Path, files: ExitStack) -> None:
+    (tmp_path / "a.mp4").write_bytes(b"x" * SENDFILE_MIN)
+    assert not file_body(files, tmp_path / "a.mp4", SENDFILE_MIN - 1).sendfile_ok()
+    stream = MultipartBody(
+        io.BytesIO(b"x" * SENDFILE_MIN), field=None, filename="a", content_type="x", size=SENDFILE_MIN
+    )
+    assert not stream.sendfile_ok()
+    started = file_body(files, tmp_path / "a.mp4", SENDFILE_MIN)
+    started.read(10)
+    assert not started.sendfile_ok()
+
+
+def test_a_file_that_shrank_stops_the_spans_before_the_tail(tmp_path: Path, files: ExitStack) -> None:
+    payload = b"y" * SENDFILE_MIN
+    (tmp_path / "a.mp4").write_bytes(payload)
+    handed: list[bytes] = []
+    body = file_body(files, tmp_path / "a.mp4", len(payload) + 5000)  # opened when it was larger
+    with pytest.raises(SourceChanged, match=f"ended after {len(payload)} of its {len(payload) + 5000} bytes"):
+        send_spans(body, 64 * 1024, handed)
+    assert f"--{body.boundary}--".encode() not in b"".join(handed)
+
+
+def test_the_check_runs_after_the_last_span_and_before_the_tail(tmp_path: Path, files: ExitStack) -> None:
+    (tmp_path / "a.mp4").write_bytes(b"z" * SENDFILE_MIN)
+    handed: list[bytes] = []
+    check = Check(handed, fail=True)
+    body = file_body(files, tmp_path / "a.mp4", SENDFILE_MIN, check)
+    with pytest.raises(SourceChanged):
+        send_spans(body, 100_000, handed)
+    assert len(check.seen) == 1
+    assert len(check.seen[0]) == len(body) - len(f"\r\n--{body.boundary}--\r\n")

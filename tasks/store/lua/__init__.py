@@ -17,7 +17,7 @@ wrapped around a whole script, a shebang line above it). Unexpanded, the line is
 comment: a file is valid Lua either way.
 
 Never loaded as a ``Script``: the scripts that kombu's own ``MULTI`` carries
-(``tasks.recovery.job_index``, ``worker.redis_transport``) go as ``EVAL`` with their
+(``tasks.recovery.job_index``'s, in a restore) go as ``EVAL`` with their
 text, because redis-py's pipeline asks ``SCRIPT EXISTS`` before every execute that
 holds a ``Script`` (``Pipeline.load_scripts``): a round trip more per delivered message.
 """

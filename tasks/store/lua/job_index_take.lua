@@ -1,5 +1,5 @@
 -- A worker took the message: its jobs no longer wait in the line (tasks.recovery.job_index; run
--- in the MULTI that records it unacked). KEYS: pairs of (pending set, highest place taken), one
+-- inside unacked_record.lua, which records it unacked). KEYS: pairs of (pending set, highest place taken), one
 -- per list the message may have come from. ARGV: the jobs the message carries. Returns 0.
 for i = 1, #KEYS, 2 do
   local w = redis.pcall('GET', KEYS[i + 1])
