@@ -116,7 +116,11 @@ def media(media_root: Path, count: int) -> list[str]:
 
 
 def test_producer_and_worker_run_jobs_as_their_users_and_redis_refuses_them_nothing(
-    acl_redis: LocalRedis, acl_worker: WorkerProcess, acl_producer: Producer, media_root: Path
+    acl_redis: LocalRedis,
+    acl_worker: WorkerProcess,
+    acl_producer: Producer,
+    media_root: Path,
+    worker_env: dict[str, str],
 ) -> None:
     reset_log(acl_redis)
     jobs = acl_producer.enqueue(media(media_root, 2))
@@ -131,16 +135,32 @@ def test_producer_and_worker_run_jobs_as_their_users_and_redis_refuses_them_noth
     assert info["succeeded"] == 3, info
     assert acl_producer.batches.resolve(batch.name or "") == batch.batch_id
 
+    # The CLI as the producer: ingest and watch a batch, its status, a job's status and wait.
+    env = producer_env(env_as(worker_env, acl_redis, "producer"))
+    folder = media_root / f"acl-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    for path in media(media_root, 2):
+        Path(path).rename(folder / Path(path).name)
+    name = f"acl-{uuid.uuid4().hex[:6]}"
+    for args in (
+        ["ingest", str(folder), "--batch", name, "--wait", "--timeout", "60"],
+        ["batch", "status", name],
+        ["status", jobs[0].job_id],
+        ["wait", "--timeout", "30", jobs[0].job_id],
+    ):
+        done = cli(env, *args, timeout=90)
+        assert done.returncode == 0, (args, done.stderr)
+
     # The worker's heartbeat and its own metrics endpoint, as it keeps them.
-    env = acl_worker.env
-    page = urllib.request.urlopen(f"http://127.0.0.1:{env['WSUPLOAD_METRICS_PORT']}/metrics", timeout=5).read()
+    port = acl_worker.env["WSUPLOAD_METRICS_PORT"]
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     assert b"wsupload_" in page
     operator = redis.Redis.from_url(url_as(acl_redis, "operator"))
     assert acl_worker.hostname.encode() in operator.zrange(keys.WORKERS, 0, -1)
     assert operator.get(keys.worker(acl_worker.hostname)) is not None
     # The lost-message sweep ran (it holds each queue's lock for an interval), refused nothing either.
     worker = redis.Redis.from_url(url_as(acl_redis, "worker"))
-    queue = env["WSUPLOAD_QUEUE"]
+    queue = acl_worker.env["WSUPLOAD_QUEUE"]
     wait_until(lambda: worker.exists(keys.sweep_lock(queue)), 30, what="a sweep of the interactive queue")
     assert refusals(acl_redis, "producer", "worker") == []
 
