@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings.from_env({})
 ADMIN = {"FLUSHALL", "FLUSHDB", "CONFIG", "KEYS", "DEBUG", "SHUTDOWN", "ACL", "MONITOR", "CLIENT", "SCRIPT|FLUSH"}
 ADMIN |= {"SCRIPT|KILL", "FUNCTION", "MIGRATE", "RESTORE", "SAVE", "BGSAVE", "REPLICAOF", "SLAVEOF", "MODULE", "SCAN"}
-READS = {"PING", "HELLO", "SELECT", "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET", "GET"}
+READS = {"PING", "HELLO", "SELECT", "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET"}
 
 
 def allowed(found: acl.Rules, key: str, *, write: bool = False) -> bool:
