@@ -157,7 +157,7 @@ def test_producer_and_worker_run_jobs_as_their_users_and_redis_refuses_them_noth
     assert b"wsupload_" in page
     operator = redis.Redis.from_url(url_as(acl_redis, "operator"))
     assert acl_worker.hostname.encode() in operator.zrange(keys.WORKERS, 0, -1)
-    assert operator.get(keys.worker(acl_worker.hostname)) is not None
+    assert operator.mget([keys.worker(acl_worker.hostname)]) != [None]  # its record, as `workers` reads it
     # The lost-message sweep ran (it holds each queue's lock for an interval), refused nothing either.
     worker = redis.Redis.from_url(url_as(acl_redis, "worker"))
     queue = acl_worker.env["WSUPLOAD_QUEUE"]
@@ -252,7 +252,7 @@ def test_the_operator_is_refused_writes(acl_redis: LocalRedis, worker_env: dict[
         lambda: operator.lpush(worker_env["WSUPLOAD_QUEUE"], "x"),
         lambda: operator.delete(keys.WORKERS),
         lambda: operator.hset(keys.stats(0), "a", 1),
-        lambda: operator.get(keys.result("x")),  # documents are the producer's to read
+        lambda: operator.mget([keys.result("x")]),  # documents are the producer's to read
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             write()
