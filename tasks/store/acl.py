@@ -76,7 +76,7 @@ WORKER_COMMANDS = (
 OPERATOR_COMMANDS = (*CONNECTION, "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET")
 CONTROL_COMMANDS = (
     "PUBLISH", "PSUBSCRIBE", "PUNSUBSCRIBE", "SUBSCRIBE", "UNSUBSCRIBE", "BRPOP", "LLEN", "DEL", "LPUSHX",
-    "SADD", "SREM", "SMEMBERS", "SET", "ZRANGE", "HGET", "LPUSH", "RPUSH", "ZREM", "HDEL",
+    "SADD", "SREM", "SMEMBERS", "GET", "SET", "ZRANGE", "HGET", "LPUSH", "RPUSH", "ZREM", "HDEL",
     "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "TIME", "EVAL", "EVALSHA", "SCRIPT|LOAD", "SCRIPT|EXISTS",
 )  # fmt: skip
 """A Celery client's remote control (``celery inspect``, Flower): its reply list, the pidbox channel, and the
@@ -228,6 +228,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
                 ),
                 *_queues(settings, READ_WRITE, "where that restore puts messages back"),
                 Grant(keys.BROKER_WRITE_PROBE, READ_WRITE, "wsupload's transport checks Redis takes writes"),
+                Grant("celeryev.*", READ_WRITE, "Flower's event receiver: its queue, which kombu reads as lists"),
             )
             channels = (
                 Grant(pidbox_channel(settings), "channel", "Celery's broadcast commands"),

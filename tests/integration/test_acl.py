@@ -28,7 +28,14 @@ from wsupload.config import Settings
 from wsupload.errors import EnqueueError
 from wsupload.tasks.store import acl, keys
 from wsupload.worker.app import create_app
-from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
+from wsupload.worker.dev.local_services import (
+    LocalRedis,
+    WorkerProcess,
+    free_port,
+    start_redis,
+    stop_group,
+    wait_until,
+)
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.producer import Producer
 
@@ -272,6 +279,43 @@ def test_celery_inspect_needs_the_operators_control_rules(
     assert done.returncode == 0, done
     assert acl_worker.hostname in done.stdout
     assert refusals(acl_redis, "control") == []
+
+
+def test_flower_watches_the_fleet_with_the_operators_control_rules(
+    acl_redis: LocalRedis, acl_worker: WorkerProcess, worker_env: dict[str, str], media_root: Path, tmp_path: Path
+) -> None:
+    """Flower as a user starts it: it turns the worker's events on (a broadcast) and hears it on ``celeryev``."""
+    from tests.integration.test_flower import FLOWER, Flower
+
+    reset_log(acl_redis)
+    port = free_port()
+    log_path = tmp_path / "flower.log"
+    env = {**producer_env(env_as(worker_env, acl_redis, "control")), "FLOWER_UNAUTHENTICATED_API": "true"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*FLOWER, f"--port={port}", "--address=127.0.0.1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    flower = Flower(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        name = acl_worker.hostname
+        try:
+            wait_until(
+                lambda: (flower.answering("/api/workers?status=true") or {}).get(name) is True,
+                60,
+                interval=0.2,
+                what=f"flower to hear {name}",
+            )
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}\nrefused: {refusals(acl_redis, 'control', 'worker')}\n{flower.log()}"
+            ) from None
+    finally:
+        stop_group(process, timeout=10)
+    assert refusals(acl_redis, "control", "worker") == []
 
 
 # RabbitMQ
