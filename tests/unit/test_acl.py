@@ -99,6 +99,14 @@ def test_every_command_of_every_script_is_the_workers() -> None:
     assert all(lua.load(name) for name in acl.PRODUCER_SCRIPTS)
 
 
+def test_every_script_is_given_to_a_role() -> None:
+    names = {p.stem for p in (ROOT / "tasks" / "store" / "lua").glob("*.lua")}
+    assert set(acl.PRODUCER_SCRIPTS) | set(acl.WORKER_ONLY_SCRIPTS) == names, (
+        "add it to acl.PRODUCER_SCRIPTS or WORKER_ONLY_SCRIPTS"
+    )
+    assert not set(acl.PRODUCER_SCRIPTS) & set(acl.WORKER_ONLY_SCRIPTS)
+
+
 def test_kombus_separator_is_written_as_escapes_for_redis_cli() -> None:
     assert acl.quoted(f"~q{acl.KOMBU_SEP}*") == '"~q\\x06\\x16*"'
     assert acl.quoted("~wsupload:*") == "~wsupload:*"
