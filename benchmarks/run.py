@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks import brokers, bulk, enqueue, large_file, latency, leases, many_files, overhead
+from benchmarks import brokers, bulk, cli_start, enqueue, large_file, latency, leases, loop_lag, many_files, overhead
 from benchmarks.harness import MIB, Row, table
 from benchmarks.versions import commit
 from wsupload.worker.dev.local_services import start_redis
@@ -108,7 +108,9 @@ def main() -> None:
             lambda w: many_files.bench(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3),
         ),
         ("enqueue", lambda w: enqueue.bench(redis, 1000 if quick else 10_000, 1 if quick else 3)),
+        ("CLI start", lambda w: cli_start.bench(redis, w, 100 if quick else 1000, 2 if quick else 10)),
         ("completion latency", lambda w: latency.bench(redis, w)),
+        ("asyncio producer's event-loop lag", lambda w: loop_lag.bench(redis, w, 100 if quick else 1000)),
         ("CPU per job", lambda w: overhead.bench(w, 100 if quick else 1000, 1 if quick else 5, args.cpu_before)),
         ("leases", lambda w: leases.bench(w, args.leases_before, quick=quick)),
         ("bulk messages", lambda w: bulk.bench(w, quick)),

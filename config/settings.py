@@ -134,8 +134,9 @@ class Settings:
         "REDIS_URL",
         parse_redis_url,
         "redis://127.0.0.1:6379/0",
-        "Results, and the broker unless overridden. `rediss://` verifies the server's certificate"
-        " (add `?ssl_cert_reqs=none` to opt out). Redis Sentinel:"
+        "Results, and the broker unless overridden. `rediss://` verifies the server's certificate and host"
+        " name (`?ssl_ca_certs=CA.pem`; mutual TLS: `&ssl_certfile=…&ssl_keyfile=…`; `?ssl_cert_reqs=none` opts"
+        " out; see [TLS](deployment.md#tls)). Redis Sentinel:"
         " `redis+sentinel://[:password@]host[:port],host[:port]…/master_name[/db]` (add"
         " `?sentinel_password=…` when the sentinels have one), or kombu's"
         " `sentinel://host:port;sentinel://host:port/db?master_name=NAME`; clients follow a failover"
@@ -146,7 +147,8 @@ class Settings:
         "WSUPLOAD_BROKER_URL",
         parse_broker_url,
         None,
-        "The Celery broker. RabbitMQ: `amqp://user:password@host:5672/vhost` (`amqps://` for TLS; quorum"
+        "The Celery broker. RabbitMQ: `amqp://user:password@host:5672/vhost` (`amqps://` for TLS, with the"
+        " `ssl_*` options `REDIS_URL` takes: [TLS](deployment.md#tls); quorum"
         " queues, publisher confirms: see [RabbitMQ as the broker](deployment.md#rabbitmq-as-the-broker));"
         " results stay in `REDIS_URL`. Or a"
         " separate Redis in any form `REDIS_URL` takes, which wsupload's own enqueue (producer, CLI, scans)"

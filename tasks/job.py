@@ -3,7 +3,9 @@
 Celery-free, so it is unit-tested with fakeredis and a fake client. It always
 ends a job in ``succeeded`` or ``failed`` with a readable error, except when
 Redis itself is unreachable: then it raises, and the task hands the message back
-to the broker rather than lose the job.
+to the broker rather than lose the job; and except when the job is cancelled
+while it runs (``tasks.recovery.lease``): the producer wrote its end, and the
+delivery raises ``Cancelled`` having written nothing more.
 
 One retry policy covers both phases: opening the source (an object store may
 time out or throttle) and uploading it. ``attempts`` counts upload attempts
@@ -33,6 +35,7 @@ from tenacity.stop import stop_base
 
 from wsupload.config.settings import Settings
 from wsupload.errors import (
+    Cancelled,
     ClientError,
     InternalError,
     LeaseLost,
@@ -141,7 +144,8 @@ class JobRunner:
     settings: Settings
     store: results.ResultStore
     client: Uploader
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = lease.sleep
+    """A retry's backoff; by default cut short by the job's cancel."""
     rand: Callable[[], float] = random.random
     progress_clock: Callable[[], float] = time.monotonic
     """Seconds, for the once-a-second byte progress of large uploads (``tasks.observe.upload_progress``)."""
@@ -225,7 +229,7 @@ class JobRunner:
         if claim.lease_gone:
             raise LeaseLost(f"job {job_id}: its message's lease expired before the job was claimed; not run here")
         doc = results.decode_doc(claim.stored, job_id, now) or results.new_doc(job_id, source, now)
-        if claim.ended or doc["status"] in results.TERMINAL:
+        if claim.ended or results.is_end(doc["status"]):
             # A redelivered message for a job that already finished (its ack was
             # lost): uploading again would only waste the bytes.
             log.info("job %s has already ended (%s); not running it again", job_id, doc["status"])
@@ -258,6 +262,9 @@ class JobRunner:
                 # The loop for SourceChanged only: every other error is retried (or not) inside,
                 # where the opened source stays the same. Both spend the document's attempts.
                 doc = self._retrying(state, lambda: self._open_and_deliver(state, source, options), retry=_changed)
+            except Cancelled:
+                log.info("job %s: cancelled by a producer while it ran; this delivery stops", job_id)
+                raise  # the producer wrote the end: nothing more to write
             except UploadError as error:
                 doc = results.failed(state.doc, self._redacted(error), results.utcnow())
             except (LeaseLost, Superseded, redis.RedisError):
@@ -318,7 +325,7 @@ class JobRunner:
     def fail(self, job_id: str, source: str, error: UploadError) -> Outcome:
         """Record a failure raised outside ``run`` (a message that cannot run, an internal error)."""
         doc = self.store.get(job_id) or results.new_doc(job_id, source, results.utcnow())
-        if doc["status"] in results.TERMINAL:
+        if results.is_end(doc["status"]):
             return Outcome(doc, ended_here=False)
         doc = results.failed(doc, self._redacted(error), results.utcnow())
         if not self.store.save(doc):  # it ended meanwhile: that ending stands
@@ -393,10 +400,14 @@ class JobRunner:
                         self._save(state)
                     telemetry.attempt()
                     reporter = self._progress(state, opened.size)
-                    if reporter is None:
-                        return send()
-                    with upload_progress.reporting(reporter):
-                        return send()
+                    try:
+                        if reporter is None:
+                            return send()
+                        with upload_progress.reporting(reporter):
+                            return send()
+                    except Exception:
+                        lease.check_cancelled()  # a request cut by a cancel: the cancel, not its error
+                        raise
             except RateLimitTimeout as exc:
                 raise RetriesExhausted(f"{exc} (WSUPLOAD_RATE_LIMIT / WSUPLOAD_MAX_CONCURRENT_UPLOADS)") from None
 

@@ -7,6 +7,11 @@ message's lease (``tasks.recovery.lease``) and its delivery's generation
 (``tasks.store.fencing``); there are no Celery time limits: ``WSUPLOAD_JOB_TIMEOUT``
 is enforced inside the job.
 
+A job cancelled while it runs (``tasks.recovery.lease``) stops its delivery, which writes
+nothing (the producer wrote the end) and is acknowledged. A cancelled job's callback is
+sent once, by the first delivery that takes the duty from its cancel request
+(``take_cancel_callback``): the one that was running it, or the first to meet its message.
+
 A job that ends ``failed`` in this delivery raises ``JobFailed`` once its outcome is
 recorded and its callback queued, so Celery's own tools (events, Flower) see a
 FAILURE with the job's readable error; the message is still acknowledged and the
@@ -37,14 +42,14 @@ from celery.exceptions import Ignore, Reject
 from celery.worker import state
 
 from wsupload.config.settings import UPLOAD_TASK_NAME
-from wsupload.errors import InternalError, JobFailed, LeaseLost, NoJobId, Superseded, UploadError
+from wsupload.errors import Cancelled, InternalError, JobFailed, LeaseLost, NoJobId, Superseded, UploadError
 from wsupload.tasks import runtime
 from wsupload.tasks.callbacks import callback
 from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.observe import redaction
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks, redis_wait
-from wsupload.tasks.store import results
+from wsupload.tasks.store import keys, results
 from wsupload.tasks.wire.decode import job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
@@ -146,11 +151,17 @@ def run_upload(
     amqp = job.settings.broker_is_amqp
     try:
         outcome = job.run_delivery(job_id, source, call.options, worker=self.request.hostname, tag=tag)
+    except Cancelled as exc:
+        log.info("%s", exc)
+        settle_early_ack(job_id, tag, job.store.redis)
+        send_cancel_callback(job, job_id, call.options.callback_url)
+        return None
     except Superseded as exc:
         # Another delivery holds the job now (this one was paused or hung past its
-        # lease): nothing of ours is written, and its message is done with.
+        # lease), or a producer cancelled it: nothing of ours is written, and its message is done with.
         early_acks.EARLY.pop(tag)
         log.warning("%s; this delivery stops", exc)
+        send_cancel_callback(job, job_id, call.options.callback_url)
         return None
     except LeaseLost as exc:
         # The worker is stopping and handed the job back (or, on Redis, the lease went to another worker).
@@ -165,8 +176,7 @@ def run_upload(
         log.exception("job %s: internal error", job_id)
         outcome = job.fail(job_id, source, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
     settle_early_ack(job_id, tag, job.store.redis)
-    if call.options.callback_url:
-        send_callback(job_id, call.options.callback_url, job.settings.queue)
+    callback_after(job, outcome, call.options.callback_url)
     raise_if_failed_here(outcome)
     return succeeded_here(outcome)
 
@@ -177,6 +187,44 @@ def succeeded_here(outcome: Outcome) -> dict[str, Any] | None:
         return None
     result = outcome.doc.get("result")
     return result if isinstance(result, dict) else None
+
+
+def callback_after(job: JobRunner, outcome: Outcome, url: str | None) -> None:
+    """Queue the callback of a job this delivery leaves ended; a cancelled job's only once, fleet-wide."""
+    if not url:
+        return
+    if outcome.doc["status"] == results.CANCELLED and not outcome.ended_here:
+        send_cancel_callback(job, outcome.doc["job_id"], url)
+    else:
+        send_callback(outcome.doc["job_id"], url, job.settings.queue)
+
+
+def send_cancel_callback(job: JobRunner, job_id: str, url: str | None) -> None:
+    """Queue a cancelled job's callback if this delivery takes the duty (``take_cancel_callback``)."""
+    if url and take_cancel_callback(job, job_id):
+        send_callback(job_id, url, job.settings.queue)
+
+
+def was_cancelled(job: JobRunner, job_id: str) -> bool:
+    """Whether a producer cancelled the job (its cancel request is in Redis); an error is "no"."""
+    try:
+        return bool(job.store.here().exists(keys.cancel(job_id)))
+    except redis.RedisError:
+        return False
+
+
+def take_cancel_callback(job: JobRunner, job_id: str) -> bool:
+    """Whether this delivery sends the callback of a job a producer cancelled: the first to ask does.
+
+    The cancel request (``keys.cancel``) holds the duty until one delivery takes it (``HDEL``):
+    the producer cannot sign a callback, and a message met twice must not send it twice.
+    False for a job that was not cancelled.
+    """
+    try:
+        return bool(job.store.here().hdel(keys.cancel(job_id), "callback"))
+    except redis.RedisError as exc:
+        log.warning("job %s: cannot take its callback duty (%s); its callback is not sent", job_id, clip(str(exc)))
+        return False
 
 
 def requeue_for_redis(job: JobRunner, job_id: str, tag: str | None, exc: redis.RedisError) -> NoReturn:

@@ -49,16 +49,19 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore, Reject
 
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
-from wsupload.errors import InternalError, InvalidMessage, LeaseLost, Superseded, UploadError
+from wsupload.errors import Cancelled, InternalError, InvalidMessage, LeaseLost, Superseded, UploadError
 from wsupload.tasks.job import Ahead, JobRunner
 from wsupload.tasks.recovery import lease
 from wsupload.tasks.store.fencing import ClaimAsk
 from wsupload.tasks.upload import (
+    callback_after,
     cannot_record_now,
     delivery_tag,
     requeue_for_redis,
     runner,
     send_callback,
+    send_cancel_callback,
+    was_cancelled,
     worker_stopping,
 )
 from wsupload.tasks.wire.decode import Refused, UploadCall, bulk_jobs_in, read_upload_many
@@ -161,7 +164,16 @@ class _MessageRun:
         except LeaseLost as exc:
             log.warning("%s; this delivery of message %s stops", exc, request.id)
             return False
+        except Cancelled as exc:
+            log.info("%s; message %s goes on with its next job", exc, request.id)
+            send_cancel_callback(job, verdict.job_id, verdict.options.callback_url)
+            return True
         except Superseded as exc:
+            if was_cancelled(job, verdict.job_id):
+                # Refused because a producer cancelled the job: its end stands, the message goes on.
+                log.info("%s (cancelled); message %s goes on with its next job", exc, request.id)
+                send_cancel_callback(job, verdict.job_id, verdict.options.callback_url)
+                return True
             # Another delivery claimed the job after this one. Going on without it could leave it
             # with no one, if that delivery then stops; back on the queue, the message runs again
             # and its jobs that have ended are no-ops (bounded by WSUPLOAD_MAX_DELIVERIES).
@@ -172,8 +184,10 @@ class _MessageRun:
             log.exception("job %s: internal error", verdict.job_id)
             error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
             fail_or_requeue(job, verdict.job_id, verdict.source, error)
-        if verdict.options.callback_url:
-            send_callback(verdict.job_id, verdict.options.callback_url, job.settings.queue)
+            if verdict.options.callback_url:
+                send_callback(verdict.job_id, verdict.options.callback_url, job.settings.queue)
+            return True
+        callback_after(job, outcome, verdict.options.callback_url)
         return True
 
     def _ask(self, number: int, now: datetime) -> ClaimAsk | None:

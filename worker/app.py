@@ -26,7 +26,8 @@ shows signs of life (``worker.renewer``). So:
   at its next block once the renewer finds the lease gone (``tasks.recovery.lease``).
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping, and with Redis faults survived.
-- ``rediss://`` brokers verify the server's certificate, as the result store does.
+- ``rediss://`` brokers verify the server's certificate, as the result store does; ``amqps://``
+  ones its certificate and host name, with the ``ssl_*`` options of the URL (``config.broker_urls``).
 - a Sentinel broker URL (``config.redis_urls``) becomes kombu's ``sentinel://`` list
   and the transport options ``master_name``/``sentinel_kwargs`` (``broker_for``).
 - ``queue_order_strategy="priority"``: a worker serving both queues always
@@ -63,10 +64,11 @@ from celery.schedules import crontab
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
 from celery.utils.log import get_multiprocessing_logger
 
+from wsupload.config.broker_urls import amqp_tls, scheme_of
 from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, UPLOAD_TASK_NAME, Settings, deprecations
-from wsupload.errors import ConfigError
+from wsupload.errors import ConfigError, TlsRefused
 from wsupload.tasks.observe import redaction
 from wsupload.worker import logs, redis_transport
 from wsupload.worker.poison import PoisonGuard
@@ -96,9 +98,11 @@ def create_app(settings: Settings) -> WsuploadApp:
         include=[
             *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks")),
             # Hooked to the worker's signals (worker.background), started and stopped in this
-            # order: its heartbeat, its jobs' lease renewal and stop, and the sweep for lost messages.
+            # order: its heartbeat, its jobs' lease renewal and stop, the cancels of the jobs it
+            # runs, and the sweep for lost messages.
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
+            "wsupload.worker.cancel_watch",
             "wsupload.worker.sweeper",
             # Its metrics endpoint, when WSUPLOAD_METRICS_PORT is set.
             "wsupload.worker.metrics",
@@ -219,6 +223,8 @@ def broker_for(url: str) -> tuple[str, dict[str, Any]]:
     sentinel, ``;``-joined, with the master's name and the sentinels' login as
     transport options (kombu reads neither from the URL).
     """
+    if scheme_of(url) == "amqps":
+        return amqp_tls(url)[0], {}  # its TLS options are broker_tls's
     if not is_sentinel_url(url):
         return url, {}
     sentinel = parse_sentinel_url(url)
@@ -231,8 +237,11 @@ def broker_tls(url: str) -> dict[str, Any] | None:
     kombu falls back to CERT_NONE (with a warning) for such a URL, while redis-py,
     which reads and writes the results over the same URL, verifies by default: the
     broker connection would be the one open to a man in the middle. An explicit
-    ``?ssl_cert_reqs=…`` in the URL is left to mean what it says.
+    ``?ssl_cert_reqs=…`` in the URL is left to mean what it says. For ``amqps://``: py-amqp's
+    options from the URL's ``ssl_*`` ones (``config.broker_urls.amqp_tls``).
     """
+    if scheme_of(url) == "amqps":
+        return amqp_tls(url)[1]
     parts = urlsplit(url)
     if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
         return None
@@ -291,6 +300,13 @@ def _refuse_without_key(instance: Any = None, **_: Any) -> None:
     if isinstance(getattr(instance, "app", None), WsuploadApp):
         settings = _settings_or_exit(worker=True)
         say_deprecations(settings)
+        from wsupload.worker.tls import check_at_start
+
+        try:  # a certificate that does not verify: one line, exit 2, as `wsupload worker` says it
+            check_at_start(settings)
+        except TlsRefused as exc:
+            print(f"wsupload: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
 
 def say_deprecations(settings: Settings) -> None:

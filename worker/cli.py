@@ -1,46 +1,43 @@
-"""The ``wsupload`` command: worker, enqueue, status, wait, batches, dead letters, workers, stats, health, dev tools.
+"""The ``wsupload`` command: worker, enqueue, status, wait, cancel, batches, dead letters, workers, stats, health,
+dev tools.
 
-Exit codes: 0 success; 1 a job failed (``health``: no fresh heartbeat); 2 bad
-configuration, usage or an unreachable service (one readable line, no traceback);
-3 ``wait`` timed out.
+Exit codes: 0 success; 1 a job did not succeed (failed, cancelled; ``health``: no fresh
+heartbeat; ``cancel``: a job had already ended); 2 bad configuration, usage, an unknown job
+to cancel or an unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
+A TLS certificate or host name that does not verify is bad configuration: the long-running
+commands (worker, beat, metrics) check it before they start waiting for a broker (``worker.tls``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
-import logging
 import os
-import signal
-import socket
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis
+from wsupload.errors import ConfigError, TlsRefused, WsuploadError
 
-from wsupload.config.redis_urls import masked
-from wsupload.config.schedules import load_schedules
-from wsupload.config.settings import Settings, parse_duration, parse_size
-from wsupload.errors import ConfigError, WsuploadError
-from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
-from wsupload.tasks.store.batches import export_row, write_export
-from wsupload.tasks.store.results import utcnow
-from wsupload.tasks.wire.options import JobOptions
-from wsupload.worker import logs, worker_records
-from wsupload.worker.progress import BatchProgress, InFlight, JobProgress, describe
+if TYPE_CHECKING:
+    from wsupload.config.settings import Settings
+    from wsupload.worker import worker_records
+
+# Each command imports what it needs when it runs: ``--help`` loads no redis-py, Celery or kombu,
+# and ``enqueue``/``status`` load redis-py and the producer but never Celery or kombu
+# (``tests/unit/test_cli_imports.py``). redis-py alone costs more to import than a whole ``--help``.
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
-log = logging.getLogger(logs.CLI_LOGGER)  # named: run as ``python -m``, __name__ is __main__
 
 
 def safe_url(url: str) -> str:
     """A URL fit to print: any password replaced (every one of a Sentinel URL's, its options' too)."""
+    from wsupload.config.redis_urls import masked
+
     return masked(url)
 
 
@@ -50,8 +47,20 @@ def _producer(settings: Settings) -> Any:
     return Producer(settings)
 
 
+def _check_tls(settings: Settings) -> None:
+    from wsupload.worker.tls import check_at_start
+
+    check_at_start(settings)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from wsupload.config.settings import Settings
+    from wsupload.worker import logs
+
     settings = Settings.from_env(worker=True)
+    _check_tls(settings)
     if args.events:
         settings = replace(settings, task_events=True)
     json_logs = settings.log_format == logs.JSON
@@ -85,12 +94,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
+    import logging
+
+    from wsupload.config.schedules import load_schedules
+    from wsupload.config.settings import Settings
+    from wsupload.worker import logs
+
     settings = Settings.from_env()
     if settings.schedules_path is None:
         raise ConfigError("WSUPLOAD_SCHEDULES: set it to a TOML file of [[schedule]] tables to run `wsupload beat`")
     schedules = load_schedules(settings.schedules_path)
     if not schedules:
         raise ConfigError(f"WSUPLOAD_SCHEDULES: {settings.schedules_path} defines no [[schedule]]")
+    _check_tls(settings)
     from wsupload.worker.app import beat_schedule, create_app
 
     app = create_app(settings)
@@ -100,7 +116,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
         when = f"every {schedule.every:g} s" if schedule.every else f"cron {schedule.cron!r} (UTC)"
         line = f"schedule {schedule.name}: {schedule.source or schedule.manifest}, {when}"
         if json_logs:
-            log.info(line)  # a JSON line (main's setup_cli)
+            logging.getLogger(logs.CLI_LOGGER).info(line)  # a JSON line (main's setup_cli)
         else:
             print(line, flush=True)
     # JSON logs: no banner (text printed outside logging).
@@ -109,6 +125,8 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+
     options = _job_options(args, dedup=args.dedup)
     jobs = _producer(Settings.from_env()).enqueue(args.sources, bulk=args.bulk, options=options)
     if args.json:
@@ -120,7 +138,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    docs = _producer(Settings.from_env()).status(args.job_ids)
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.store.connections import redis_client
+    from wsupload.tasks.store.results import ResultStore
+    from wsupload.worker.progress import describe
+
+    settings = Settings.from_env()
+    # What Producer.status reads, without loading the producer's enqueueing half (documents only).
+    docs = ResultStore(redis_client(settings.redis_url), settings.result_ttl).get_many(args.job_ids)
     if args.json:
         print(json.dumps(docs))
     else:
@@ -130,6 +155,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+    from wsupload.worker.progress import JobProgress, describe
+
     producer = _producer(Settings.from_env())
     progress = None if args.json else JobProgress(args.job_ids, sys.stderr)
     try:
@@ -148,13 +176,60 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.all_succeeded else EXIT_FAILED
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Exit 0: every job named is cancelled now; 1: one or more had already ended (left as they were);
+    2: one or more are unknown."""
+    from wsupload.config.settings import Settings
+
+    outcomes = _producer(Settings.from_env()).cancel(args.job_ids)
+    if args.json:
+        print(json.dumps([{"job_id": o.job_id, "outcome": o.outcome, "status": o.status} for o in outcomes]))
+    else:
+        for outcome in outcomes:
+            print(_cancel_line(outcome))
+    if any(o.outcome == "unknown" for o in outcomes):
+        return EXIT_ERROR
+    return EXIT_OK if all(o.cancelled for o in outcomes) else EXIT_FAILED
+
+
+def _cancel_line(outcome: Any) -> str:
+    if outcome.cancelled:
+        return f"{outcome.job_id}  cancelled"
+    if outcome.outcome == "ended":
+        return f"{outcome.job_id}  not cancelled: it had already ended {outcome.status}; left as it was"
+    return f"{outcome.job_id}  not cancelled: unknown (never enqueued, or its result expired)"
+
+
+def _cancel_batch(producer: Any, batch_id: str, as_json: bool) -> int:
+    """Exit 0: one or more members were cancelled now; 1: none, every member had already ended."""
+    outcomes = producer.cancel_batch(batch_id)
+    ended: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.outcome == "ended":
+            ended[outcome.status] = ended.get(outcome.status, 0) + 1
+    cancelled = sum(1 for o in outcomes if o.cancelled)
+    unknown = sum(1 for o in outcomes if o.outcome == "unknown")
+    if as_json:
+        print(json.dumps({"batch_id": batch_id, "cancelled": cancelled, "ended": ended, "unknown": unknown}))
+    else:
+        had = ", ".join(f"{n} {status}" for status, n in sorted(ended.items())) or "none"
+        line = f"batch {batch_id}: {cancelled} cancelled of {len(outcomes)}; already ended, left as they were: {had}"
+        print(line + (f"; {unknown} unknown (expired)" if unknown else ""))
+    return EXIT_OK if cancelled else EXIT_FAILED
+
+
 def _job_options(args: argparse.Namespace, dedup: bool) -> dict[str, Any]:
+    from wsupload.tasks.wire.options import JobOptions
+
     options = JobOptions(dedup=dedup, callback_url=args.callback_url)
     JobOptions.parse(options.to_message())  # the same checks a worker makes, before anything is sent
     return options.to_message()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.sources.discovery import Found, discover, read_manifest, single
+
     settings = Settings.from_env()
     found: list[Found] = []
     for spec in args.sources:
@@ -180,23 +255,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: Path | None, fmt: str) -> int:
+    from wsupload.worker.progress import BatchProgress, InFlight
+
     in_flight = InFlight(producer.redis, batch_id, lambda job_id: (producer.store.get(job_id) or {}).get("batch_id"))
     progress = BatchProgress(sys.stderr, in_flight)
     try:
         info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
     finally:
         progress.close()
-    print(f"{info['succeeded']} succeeded, {info['failed']} failed of {info['total']}")
+    cancelled = f", {info['cancelled']} cancelled" if info.get("cancelled") else ""
+    print(f"{info['succeeded']} succeeded, {info['failed']} failed{cancelled} of {info['total']}")
     if output is not None:
         print(f"results: {_export(producer, batch_id, output, fmt)} rows in {output}")
     if timed_out:
         print(f"wsupload: timed out after {timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
-    return EXIT_OK if info["failed"] == 0 else EXIT_FAILED
+    return EXIT_OK if info["succeeded"] >= info["total"] else EXIT_FAILED  # any other end: not all succeeded
 
 
 def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
     """Write the batch's results manifest to ``output`` (stdout if None); returns the rows."""
+    from wsupload.tasks.store.batches import export_row, write_export
+
     rows = (export_row(j, d) for j, d in producer.batches.docs(batch_id))
     if output is None:
         return write_export(rows, sys.stdout, fmt)
@@ -205,6 +285,8 @@ def _export(producer: Any, batch_id: str, output: Path | None, fmt: str) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    from wsupload.config.settings import Settings
+
     producer = _producer(Settings.from_env())
     batch_id = producer.batches.resolve(args.batch)
     if batch_id is None:
@@ -214,12 +296,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "wait":
         return _finish_batch(producer, batch_id, args.timeout, args.output, args.format)
+    if args.action == "cancel":
+        return _cancel_batch(producer, batch_id, args.json)
     info = producer.batches.get(batch_id)
     info = {**(info or {}), "statuses": producer.batches.status_counts(batch_id)}
     if args.json:
         print(json.dumps(info))
     else:
-        for key in ("batch_id", "name", "total", "done", "succeeded", "failed", "bytes_total", "bytes_done"):
+        counters = ("total", "done", "succeeded", "failed", "cancelled", "bytes_total", "bytes_done")
+        for key in ("batch_id", "name", *counters):
             print(f"{key:<12} {info.get(key)}")
         for key in ("created_at", "started_at", "finished_at"):
             print(f"{key:<12} {info.get(key) or '-'}")
@@ -228,6 +313,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from wsupload.config.settings import Settings
     from wsupload.tasks.store.connections import redis_client
     from wsupload.tasks.store.dead_letters import DEAD_KEY, DeadLetterStore
 
@@ -268,6 +356,11 @@ PROBE_TIMEOUT = 2.0
 
 
 def _heartbeats() -> list[worker_records.WorkerRecord]:
+    import redis
+
+    from wsupload.config.settings import Settings
+    from wsupload.worker import worker_records
+
     client = worker_records.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
     try:
         return worker_records.read_records(client)
@@ -276,6 +369,9 @@ def _heartbeats() -> list[worker_records.WorkerRecord]:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import worker_records
+
     records = _heartbeats()
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
@@ -285,6 +381,11 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    import socket
+
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import worker_records
+
     verdict = worker_records.judge(_heartbeats(), utcnow(), args.max_age, host=socket.gethostname(), name=args.name)
     if verdict.healthy:
         print(verdict.message)
@@ -294,11 +395,17 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from wsupload.config.settings import Settings
+
     settings = Settings.from_env()
     port = args.port or settings.metrics_port
     if port is None:
         raise WsuploadError("metrics: give --port, or set WSUPLOAD_METRICS_PORT")
     addr = args.addr or settings.metrics_addr
+    _check_tls(settings)
     from prometheus_client import CollectorRegistry
 
     from wsupload.worker import metrics
@@ -331,7 +438,11 @@ def _port(text: str) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from wsupload.worker import stats
+    import redis
+
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.store.results import utcnow
+    from wsupload.worker import stats, worker_records
 
     settings = Settings.from_env()
     results = worker_records.connect(settings.redis_url, timeout=PROBE_TIMEOUT)
@@ -382,6 +493,7 @@ def cmd_acl_rules(args: argparse.Namespace) -> int:
     import shlex
     from urllib.parse import unquote, urlsplit
 
+    from wsupload.config.settings import Settings
     from wsupload.tasks.store import acl
 
     if args.control and args.role != "operator":
@@ -429,6 +541,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _positive_duration(text: str) -> float:
+    from wsupload.config.parsers import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -443,6 +557,8 @@ def _interval(text: str) -> float:
 
 
 def _size(text: str) -> int:
+    from wsupload.config.parsers import parse_size
+
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -450,6 +566,8 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wsupload.worker.worker_records import MISSED_BEATS, RECORD_TTL
+
     parser = argparse.ArgumentParser(prog="wsupload", description="Upload media to WaveSpeedAI through a Celery queue.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -481,11 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     status.set_defaults(handler=cmd_status)
 
-    wait = commands.add_parser("wait", help="block until jobs finish: exit 0 all succeeded, 1 any failed, 3 timed out")
+    wait = commands.add_parser(
+        "wait", help="block until jobs end: exit 0 all succeeded, 1 any did not (failed, cancelled), 3 timed out"
+    )
     wait.add_argument("--json", action="store_true", help="print the list of result documents")
     wait.add_argument("--timeout", type=_positive_duration, help="give up after this long (seconds, or 5m, 1h)")
     wait.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     wait.set_defaults(handler=cmd_wait)
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel jobs: exit 0 all cancelled now, 1 any had already ended (left as it was), 2 unknown"
+    )
+    cancel.add_argument("--json", action="store_true", help='print [{"job_id", "outcome", "status"}]')
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel.set_defaults(handler=cmd_cancel)
 
     ingest = commands.add_parser("ingest", help="enqueue a batch: files, directories, s3:// prefixes, manifests")
     ingest.add_argument("sources", nargs="*", metavar="SOURCE", help="file, directory, s3://bucket/prefix/ or key")
@@ -501,10 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--callback-url", help="POST each job's result document here when it ends")
     ingest.set_defaults(handler=cmd_ingest)
 
-    batch = commands.add_parser("batch", help="a batch's status, results manifest, or wait for it")
-    batch.add_argument("action", choices=["status", "results", "wait"])
+    batch = commands.add_parser("batch", help="a batch's status, results manifest, wait for it, or cancel it")
+    batch.add_argument("action", choices=["status", "results", "wait", "cancel"])
     batch.add_argument("batch", metavar="BATCH", help="batch id or name")
-    batch.add_argument("--json", action="store_true", help="status as JSON")
+    batch.add_argument("--json", action="store_true", help="status (or what cancel did) as JSON")
     batch.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     batch.add_argument("--output", type=Path, help="results: write here instead of stdout")
     batch.add_argument("--timeout", type=_positive_duration, help="wait: give up after this long")
@@ -543,11 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_positive_duration,
-        default=worker_records.RECORD_TTL,
-        help=(
-            f"the newest beat may be this old"
-            f" (default {worker_records.RECORD_TTL:g} s: {worker_records.MISSED_BEATS} beats)"
-        ),
+        default=RECORD_TTL,
+        help=(f"the newest beat may be this old (default {RECORD_TTL:g} s: {MISSED_BEATS} beats)"),
     )
     health.set_defaults(handler=cmd_health)
 
@@ -584,21 +708,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redis_unreachable() -> tuple[type[BaseException], ...]:
+    """redis-py's errors for an unreachable Redis: none unless a command loaded redis-py (only then can one occur)."""
+    if "redis" not in sys.modules:
+        return ()
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _run(argv)
+    if argv is None:
+        # Run as the program (the console script, ``python -m``): the process ends next. What is alive now
+        # moves to gc's permanent generation, so the collections of the interpreter's shutdown skip it (what
+        # that saves: benchmarks/NOTES.md). A caller passing argv (a test) keeps its gc as it was.
+        gc.freeze()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from wsupload.worker import logs
+
     logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
     try:
         return int(args.handler(args))
+    except TlsRefused as exc:
+        print(f"wsupload: {exc}", file=sys.stderr)
     except ConfigError as exc:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        url = safe_url(os.environ.get("REDIS_URL", Settings.redis_url))
-        print(f"wsupload: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+    except _redis_unreachable() as exc:
+        print(_unreachable_line(exc), file=sys.stderr)
     except WsuploadError as exc:
         print(f"wsupload: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("wsupload: interrupted", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _unreachable_line(exc: BaseException) -> str:
+    from wsupload.config.settings import Settings
+    from wsupload.worker import tls
+
+    url = os.environ.get("REDIS_URL", Settings.redis_url)
+    cause = tls.refusal(exc)
+    if cause is not None:
+        return f"wsupload: {tls.refused_line('Redis', url, cause)}"
+    return f"wsupload: cannot reach Redis at {safe_url(url)}: {exc}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Python producer API: enqueue uploads, read their status, wait for them.
+"""The Python producer API: enqueue uploads, read their status, wait for them, cancel them.
 
 Needs Redis only, never the API key. Enqueueing itself is ``tasks.enqueue``.
 Waiting listens on ``wsupload:ended``, which carries each job's final document,
@@ -23,16 +23,18 @@ import redis
 from wsupload.config.settings import Settings
 from wsupload.errors import EnqueueError, WsuploadError
 from wsupload.tasks.enqueue import Batch, Enqueuer, Job, normalize_source
-from wsupload.tasks.store import results
+from wsupload.tasks.store import cancels, lua, results
+from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
 if TYPE_CHECKING:
     from celery import Celery
+    from redis.commands.core import Script
 
 T = TypeVar("T")
-__all__ = ["Batch", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
+__all__ = ["Batch", "CancelOutcome", "EnqueueError", "Job", "Producer", "WaitOutcome", "normalize_source"]
 
 RECHECK_SECONDS = 1.0
 """How often ``wait`` re-reads documents of jobs not ended (their progress: running, retrying)."""
@@ -63,8 +65,37 @@ class WaitOutcome:
 
 
 def is_finished(doc: JobDoc | None) -> bool:
-    """Terminal, or unknown (never enqueued, or its document expired)."""
-    return doc is None or doc["status"] in results.TERMINAL
+    """Ended (any status but queued, running, retrying: ``results.is_end``), or unknown (never enqueued, or expired)."""
+    return doc is None or results.is_end(doc["status"])
+
+
+def ended_doc(data: bytes | str, wanted: set[str]) -> JobDoc | None:
+    """The final document a ``wsupload:ended`` message carries, if it is one of ``wanted``'s and has ended."""
+    try:
+        doc = json.loads(data)
+        if doc["job_id"] in wanted and is_finished(doc):
+            return dict(doc)
+    except (ValueError, KeyError, TypeError):
+        pass  # not ours to judge: the refresh reads the stored document
+    return None
+
+
+class Rechecks:
+    """Which of the jobs not ended a wait re-reads next: ``RECHECK_CHUNK`` at a time, in turn."""
+
+    def __init__(self) -> None:
+        self.turn: deque[str] = deque()
+
+    def next(self, pending: set[str]) -> list[str]:
+        """The next jobs to re-read (a new round starts with every job of ``pending``)."""
+        if not self.turn:
+            self.turn.extend(pending)
+        refresh: list[str] = []
+        while self.turn and len(refresh) < RECHECK_CHUNK:
+            job_id = self.turn.popleft()
+            if job_id in pending:
+                refresh.append(job_id)
+        return refresh
 
 
 class Producer(Enqueuer):
@@ -76,6 +107,7 @@ class Producer(Enqueuer):
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None) -> None:
         super().__init__(settings, client or redis_client(settings.redis_url))
         self._app = app
+        self._cancel: Script | None = None
 
     @property
     def app(self) -> Celery:
@@ -95,13 +127,35 @@ class Producer(Enqueuer):
     def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         return self.store.get_many(job_ids)
 
+    def cancel(self, job_ids: Sequence[str]) -> list[CancelOutcome]:
+        """Cancel jobs: each that has not ended ends ``cancelled`` now; one outcome per id, in order.
+
+        A queued job never runs (the worker that meets its message only acknowledges it);
+        a running one is stopped by its worker within a second (``worker.cancel_watch``).
+        A job that had ended is left as it was (``outcome == "ended"``, ``status`` its end);
+        one with no document is ``unknown``. Works with no worker running: the end and the
+        request are in Redis (``tasks.store.cancels``).
+        """
+        if self._cancel is None:
+            self._cancel = lua.script(self.redis, cancels.SCRIPT)
+        found: list[CancelOutcome] = []
+        for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
+            now = results.utcnow()
+            script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
+            found += cancels.outcomes(chunk, self._cancel(keys=script_keys, args=args), now)
+        return cancels.in_order(job_ids, found)
+
+    def cancel_batch(self, batch_id: str) -> list[CancelOutcome]:
+        """``cancel`` every member of the batch (its id, not its name: ``batches.resolve``)."""
+        return self.cancel(self.batches.job_ids(batch_id))
+
     def wait(
         self,
         job_ids: Sequence[str],
         timeout: float | None = None,
         on_update: Callable[[list[JobDoc | None]], None] | None = None,
     ) -> WaitOutcome:
-        """Block until every job is terminal (or unknown), or ``timeout`` passes.
+        """Block until every job has ended (or is unknown), or ``timeout`` passes.
 
         Rides out a Redis outage (see ``worker.outage``): a timeout that passes
         meanwhile returns the documents last read, marked timed out.
@@ -141,7 +195,7 @@ class Producer(Enqueuer):
             # Kept up to date as reads come in: each loop costs what changed, not every job.
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
             last_recheck, last_update, last_wake = time.monotonic(), float("-inf"), float("-inf")
-            turn: deque[str] = deque()  # the jobs not ended, in the order they are re-read
+            rechecks = Rechecks()
             while True:
                 now = time.monotonic()
                 if on_update and (now - last_update >= PROGRESS_EVERY or not pending):
@@ -166,14 +220,7 @@ class Producer(Enqueuer):
                 docs.update(ended)
                 pending.difference_update(ended)
                 if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
-                    # Progress for the running ones, RECHECK_CHUNK at a time, in turn.
-                    if not turn:
-                        turn.extend(pending)
-                    refresh: list[str] = []
-                    while turn and len(refresh) < RECHECK_CHUNK:
-                        job_id = turn.popleft()
-                        if job_id in pending:
-                            refresh.append(job_id)
+                    refresh = rechecks.next(pending)
                     docs.update(zip(refresh, self.status(refresh), strict=True))
                     pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
                     last_recheck = time.monotonic()
@@ -186,7 +233,7 @@ class Producer(Enqueuer):
         timeout: float | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Block until every member is terminal; returns (batch info, timed out).
+        """Block until every member has ended (counted in ``done``); returns (batch info, timed out).
 
         Reads the batch's counters, not its members, so it costs the same for
         ten jobs as for ten thousand; woken by job events, at most every 0.2 s.
@@ -261,11 +308,8 @@ class Producer(Enqueuer):
         ended: dict[str, JobDoc] = {}
         message = pubsub.get_message(timeout=timeout)
         while message is not None:
-            try:
-                doc = json.loads(message["data"])
-                if doc["job_id"] in wanted and is_finished(doc):
-                    ended[doc["job_id"]] = doc
-            except (ValueError, KeyError, TypeError):
-                pass  # not ours to judge: the refresh reads the stored document
+            doc = ended_doc(message["data"], wanted)
+            if doc is not None:
+                ended[doc["job_id"]] = doc
             message = pubsub.get_message(timeout=0)
         return ended

@@ -19,7 +19,12 @@ import redis
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import JobDoc
 
-FINISHED = (*results.TERMINAL, "unknown")
+
+def finished(status: str) -> bool:
+    """Whether a job shown with this status has ended (an end, or ``unknown``)."""
+    return results.is_end(status)  # "unknown" is no active status: an end here too
+
+
 LOG_EVERY = 5.0
 
 
@@ -82,11 +87,11 @@ class JobProgress:
                 moving.append(progress)
                 if not self.tty:
                     self._say_bytes(job_id, *progress)
-            if not self.tty and status in FINISHED and job_id not in self.reported:
+            if not self.tty and finished(status) and job_id not in self.reported:
                 self.reported.add(job_id)
                 print(f"{job_id}  {status}", file=self.stream, flush=True)
         if self.tty:
-            done = sum(counts.get(s, 0) for s in FINISHED)
+            done = sum(n for s, n in counts.items() if finished(s))
             detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             line = f"{done}/{len(self.job_ids)} done ({detail}){in_flight(moving)}"
             print(f"\r{line}\033[K", end="", file=self.stream, flush=True)
@@ -173,7 +178,8 @@ class BatchProgress:
         eta = duration((total - done) / rate) if rate > 0 and done < total else "-"
         filled = int(self.WIDTH * done / total) if total else self.WIDTH
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        return f"[{bar}] {done}/{total} · {failed} failed · {rate:.1f}/s · ETA {eta}{in_flight(self.moving)}"
+        cancelled = f" · {info['cancelled']} cancelled" if info.get("cancelled") else ""
+        return f"[{bar}] {done}/{total} · {failed} failed{cancelled} · {rate:.1f}/s · ETA {eta}{in_flight(self.moving)}"
 
     def __call__(self, info: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -199,7 +205,7 @@ def describe(doc: JobDoc | None, job_id: str) -> str:
     line = f"{job_id}  {doc['status']:<9}  attempts={doc['attempts']}  {doc['source']}"
     if doc["status"] == results.SUCCEEDED:
         line += f"\n    -> {doc['result']['download_url']} (expires {doc['expires_at']})"
-    elif doc["status"] == results.FAILED:
+    elif results.is_end(doc["status"]) and doc.get("error"):  # failed, cancelled, any other end
         error = doc["error"]
         line += f"\n    !! {error['kind']}: {error['message']}"
     elif doc.get("last_error"):

@@ -27,12 +27,14 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.store import keys
-from wsupload.tasks.store.results import FAILED, SUCCEEDED, isoformat
+from wsupload.tasks.store.results import CANCELLED, FAILED, SUCCEEDED, isoformat
 from wsupload.worker import worker_records
 
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))
 """The windows shown, by name, in seconds; the longest must stay within ``keys.STATS_TTL``."""
-ENDED = (SUCCEEDED, FAILED)
+ENDED = (SUCCEEDED, FAILED, CANCELLED)
+ALWAYS_SHOWN = (SUCCEEDED, FAILED)
+"""The ends the text shows at 0 too; another (``cancelled``) is shown once a window counts one."""
 CLEAR = "\x1b[H\x1b[2J"
 """ANSI: cursor home, clear the screen (``--watch`` redraws in place)."""
 
@@ -147,7 +149,8 @@ def render(snapshot: Snapshot) -> list[str]:
     """The text ``stats`` prints: a line per figure, then the live workers as ``wsupload workers`` shows them."""
     queues = "    ".join(f"{q.role} {q.name}: {q.depth}" for q in snapshot.queues)
     ended = "    ".join(
-        f"{name.replace('_', ' ')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+        f"{name.replace('_', ' ')}: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items() if n or status in ALWAYS_SHOWN)
         for name, counts in snapshot.ended.items()
     )
     lines = [

@@ -18,14 +18,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from wsupload.tasks.store import keys
-from wsupload.tasks.store.connections import redis_client
+
+if TYPE_CHECKING:
+    import redis  # loaded by connect(): `wsupload --help` reads RECORD_TTL without paying for redis-py
 
 BEAT_INTERVAL = 2.0
 """Seconds between two beats of a worker."""
@@ -152,6 +150,11 @@ def judge(
 
 def connect(url: str, timeout: float) -> redis.Redis:
     """A client that gives up after ``timeout`` and never retries by itself: probes and beats must not hang."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from wsupload.tasks.store.connections import redis_client
+
     return redis_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 

@@ -8,6 +8,12 @@ The producer's public face, one import away::
     jobs = producer.enqueue(["/srv/media/cat.png"])
     outcome = producer.wait([job.job_id for job in jobs], timeout=60)
 
+From asyncio (FastAPI, Starlette, aiohttp), ``AsyncProducer`` is its twin::
+
+    async with AsyncProducer(Settings.from_env()) as producer:
+        jobs = await producer.enqueue(["/srv/media/cat.png"])
+        outcome = await producer.wait([job.job_id for job in jobs], timeout=60)
+
 Every error wsupload raises on purpose is in ``wsupload.errors``, drawn there as one
 tree. ``wsupload.__version__`` is the installed distribution's version.
 
@@ -36,13 +42,17 @@ if TYPE_CHECKING:
         WsuploadError,
     )
     from wsupload.tasks.enqueue import Batch, Job
+    from wsupload.tasks.store.cancels import CancelOutcome
+    from wsupload.worker.async_producer import AsyncProducer
     from wsupload.worker.producer import Producer, WaitOutcome
 
 _WHERE = {
+    "AsyncProducer": "wsupload.worker.async_producer",
     "Producer": "wsupload.worker.producer",
     "WaitOutcome": "wsupload.worker.producer",
     "Job": "wsupload.tasks.enqueue",
     "Batch": "wsupload.tasks.enqueue",
+    "CancelOutcome": "wsupload.tasks.store.cancels",
     "EnqueueError": "wsupload.errors",
     "Settings": "wsupload.config.settings",
     "WsuploadError": "wsupload.errors",
@@ -55,7 +65,9 @@ _WHERE = {
 }
 
 __all__ = [
+    "AsyncProducer",
     "Batch",
+    "CancelOutcome",
     "ConfigError",
     "EnqueueError",
     "InvalidInput",

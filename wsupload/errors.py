@@ -2,6 +2,7 @@
 
     WsuploadError                      the root: ``except WsuploadError`` catches all of them
     ├── ConfigError                    bad setting, refused at startup
+    │   └── TlsRefused                 a TLS certificate or hostname that does not verify, at startup
     ├── EnqueueError                   a producer call queued none of its jobs (or, on RabbitMQ, not all published)
     ├── PublishError                   RabbitMQ did not confirm every message of a publish
     ├── JobFailed                      a job ended failed in this delivery: Celery's FAILURE, after the fact
@@ -9,6 +10,7 @@
     ├── LeaseLost                      this delivery may no longer act for its job: another worker has it
     ├── Superseded                     a write was refused: another delivery holds the job, or it has ended
     └── UploadError                    ends up in a job's ``error`` field
+        ├── Cancelled                  cancelled            cancelled by a producer, queued or running
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
         │   ├── InvalidMessage         invalid_message      a message the worker cannot read as a job
@@ -33,7 +35,9 @@
             └── ServerError            server_error         HTTP 5xx and 408
 
 The second column is the ``error.kind`` a result document carries. ``LeaseLost`` and
-``Superseded`` end a delivery, never the job. ``tests/unit/test_error_tree.py`` keeps
+``Superseded`` end a delivery, never the job. ``Cancelled`` is the error of a job ended
+``cancelled`` and, raised inside a worker, stops the delivery that runs it (the producer
+wrote the end: the delivery writes nothing more). ``tests/unit/test_error_tree.py`` keeps
 this drawing equal to the real class tree.
 
 This module imports nothing of wsupload's, so every layer (``config`` first) can
@@ -67,6 +71,11 @@ class ConfigError(WsuploadError):
         return "\n".join(self.problems)
 
 
+class TlsRefused(ConfigError):
+    """At start, a server's TLS certificate or hostname (or the client's certificate) did not
+    verify, or a certificate file could not be read (``worker.tls``): one line, no secret."""
+
+
 class UploadError(WsuploadError):
     kind: ClassVar[str] = "upload_error"
     retryable: ClassVar[bool] = False
@@ -88,6 +97,12 @@ class UploadError(WsuploadError):
             "message": self.message,
             "retryable": self.retryable,
         }
+
+
+class Cancelled(UploadError):
+    """The job was cancelled (``status: cancelled``): by a producer, before or while it ran."""
+
+    kind = "cancelled"
 
 
 class PermanentError(UploadError):

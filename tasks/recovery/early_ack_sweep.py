@@ -31,7 +31,7 @@ import redis
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.store import keys
-from wsupload.tasks.store.results import TERMINAL, JobDoc, ResultStore
+from wsupload.tasks.store.results import JobDoc, ResultStore, is_end
 from wsupload.tasks.wire import encode
 from wsupload.tasks.wire.amqp_publisher import Publisher
 
@@ -71,7 +71,7 @@ def split(
     live: list[tuple[str, Resend]] = []
     for job, doc, call in zip(jobs, docs, calls or [None] * len(jobs), strict=True):
         status = doc["status"] if doc is not None else "no document"
-        if doc is not None and doc["status"] in TERMINAL:
+        if doc is not None and is_end(doc["status"]):
             ended.append(job)
         elif call is not None:
             live.append((job, Resend(call.source, call.options, status)))

@@ -118,11 +118,16 @@ class OwedSet:
     def remove_if(self, due: Due, jobs: Sequence[str]) -> int:
         if not jobs:
             return 0
-        return int(self._remove_if(keys=[keys.owed(due.queue), keys.owed_calls(due.queue)], args=[due.deadline, *jobs]))
+        return int(self._remove_if(*remove_if_call(due, jobs)))
 
     def deadline(self, queue: str, job: str) -> float | None:
         score = self.client.zscore(keys.owed(queue), job)
         return None if score is None else float(score)
+
+
+def remove_if_call(due: Due, jobs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of ``early_acks_remove_if.lua``: remove ``jobs`` still owed until ``due.deadline``."""
+    return [keys.owed(due.queue), keys.owed_calls(due.queue)], [due.deadline, *jobs]
 
 
 def _text(value: bytes | str) -> str:

@@ -13,8 +13,14 @@ life within its own bounds. ``JobLease`` is where a job shows them:
 - ``allow(seconds)`` — a bounded wait starts (a retry's backoff, a fleet slot);
 - ``check()`` — at each of those points the job stops if its lease was lost
   (kombu gave the message to another worker: its generation now rules the
-  document), if it was handed back on shutdown, or if ``WSUPLOAD_JOB_TIMEOUT``
-  ran out.
+  document), if it was handed back on shutdown, if it was cancelled, or if
+  ``WSUPLOAD_JOB_TIMEOUT`` ran out.
+
+A cancel (``worker.cancel_watch``, from another thread) also cuts what the job is
+waiting on: ``sleep`` (a retry's backoff, a fleet slot) returns at once, and the
+request in flight, registered with ``abort_with`` (``tasks.wavespeed.client``), has its
+socket shut down. The job then raises ``Cancelled`` and writes nothing: the producer
+wrote its end.
 
 A job that hangs (a deadlocked read, a stuck thread) shows no sign of life, is
 no longer renewed and goes to another worker; fencing (``tasks.store.fencing``) keeps
@@ -29,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from wsupload.errors import LeaseLost, TimeLimitExceeded
+from wsupload.errors import Cancelled, LeaseLost, TimeLimitExceeded
 
 
 @dataclass
@@ -47,9 +53,15 @@ class JobLease:
     handed_back: bool = False
     slot: str | None = None
     """The fleet limiter's token while the job holds an upload slot (renewed with its lease)."""
+    cancelled: bool = False
+    """The job was cancelled (``cancel``): it stops at its next check, writing nothing."""
+    _wake: threading.Event = field(init=False, repr=False)
+    _abort: Callable[[], None] | None = field(default=None, init=False, repr=False)
+    _abort_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.alive_until = self.clock() + self.grace
+        self._wake = threading.Event()
 
     def rearm(self, job_id: str, grace: float, deadline: float | None) -> None:
         """The next job of a bulk message runs under this lease: its id, grace and deadline.
@@ -57,7 +69,10 @@ class JobLease:
         A lost or handed-back mark stays: it is the message's, and stops every job after it.
         """
         self.check_held()
-        self.job_id, self.grace, self.deadline, self.slot = job_id, grace, deadline, None
+        with self._abort_lock:  # a cancel is the job's, not the message's: one meant for the last job misses this one
+            self.job_id, self.cancelled, self._abort = job_id, False, None
+            self._wake = threading.Event()
+        self.grace, self.deadline, self.slot = grace, deadline, None
         self.alive_until = self.clock() + grace
 
     def allow(self, seconds: float) -> None:
@@ -72,6 +87,7 @@ class JobLease:
     def check(self) -> None:
         """Raise if this delivery must stop now."""
         self.check_held()
+        self.check_cancelled()
         if self.deadline is not None and self.clock() > self.deadline:
             raise TimeLimitExceeded("the job did not finish within WSUPLOAD_JOB_TIMEOUT")
 
@@ -81,6 +97,40 @@ class JobLease:
             raise LeaseLost(f"job {self.job_id}: its lease expired and the job went to another worker")
         if self.handed_back:
             raise LeaseLost(f"job {self.job_id}: handed back to the queue as this worker stops")
+
+    def check_cancelled(self) -> None:
+        """Raise ``Cancelled`` if the job was cancelled."""
+        if self.cancelled:
+            raise Cancelled(f"job {self.job_id}: cancelled by a producer; this delivery stops")
+
+    def cancel(self, job_id: str | None = None) -> bool:
+        """Cancel the job (from any thread): wake its wait, cut its request in flight.
+
+        ``job_id``: only if the lease still runs that job (a bulk message's lease moves on to
+        its next one). Returns whether it was cancelled now.
+        """
+        with self._abort_lock:
+            if self.cancelled or (job_id is not None and job_id != self.job_id):
+                return False
+            self.cancelled = True
+            self._wake.set()
+            abort, self._abort = self._abort, None
+        if abort is not None:
+            abort()
+        return True
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the job is cancelled meanwhile (then raise ``Cancelled``)."""
+        self._wake.wait(max(0.0, seconds))
+        self.check_cancelled()
+
+    def abort_with(self, abort: Callable[[], None] | None) -> None:
+        """What ``cancel`` calls to cut the wait in progress (None: nothing now); raises if already cancelled."""
+        with self._abort_lock:
+            self._abort = abort
+            if abort is not None and self.cancelled:
+                self._abort = None
+                raise Cancelled(f"job {self.job_id}: cancelled by a producer; this delivery stops")
 
 
 def renewable(lease: JobLease, now: float) -> bool:
@@ -165,3 +215,26 @@ def allow(seconds: float) -> None:
     lease = current()
     if lease is not None:
         lease.allow(seconds)
+
+
+def sleep(seconds: float) -> None:
+    """Wait ``seconds``; on a thread running a job, cut short by its cancel (``Cancelled``)."""
+    lease = current()
+    if lease is None:
+        time.sleep(seconds)
+    else:
+        lease.sleep(seconds)
+
+
+def check_cancelled() -> None:
+    """Raise ``Cancelled`` if this thread's job was cancelled."""
+    lease = current()
+    if lease is not None:
+        lease.check_cancelled()
+
+
+def abort_with(abort: Callable[[], None] | None) -> None:
+    """Register how a cancel cuts this thread's wait in progress (None: clear it); see ``JobLease.abort_with``."""
+    lease = current()
+    if lease is not None:
+        lease.abort_with(abort)

@@ -41,7 +41,7 @@ import redis
 
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.store import keys, lua
-from wsupload.tasks.store.results import TERMINAL, JobDoc, ResultStore, text
+from wsupload.tasks.store.results import JobDoc, ResultStore, is_end, text
 from wsupload.tasks.wire import encode
 from wsupload.tasks.wire.decode import jobs_named
 
@@ -89,7 +89,7 @@ def plan(
     met: set[str] = set()
     for c in candidates:
         met.add(c.job_id)
-        if c.doc is None or c.doc["status"] in TERMINAL or not c.doc.get("source"):
+        if c.doc is None or is_end(c.doc["status"]) or not c.doc.get("source"):
             out.drop.append(c)
         elif c.waiting:
             if c.job_id in suspects:

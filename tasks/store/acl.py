@@ -52,8 +52,8 @@ SETINFO`` (Redis 7.2+), which Redis 7.0 does not know and redis-py sends without
 SCRIPTS = ("EVAL", "EVALSHA", "SCRIPT|LOAD", "SCRIPT|EXISTS")
 """redis-py's ``Script``: ``EVALSHA``, ``SCRIPT LOAD`` on ``NOSCRIPT``, ``SCRIPT EXISTS`` in a pipeline."""
 
-PRODUCER_SCRIPTS = ("enqueue_commit", "early_acks_owe", "early_acks_remove_if")
-"""The scripts a producer runs; with cancellation, ``cancel`` too (its commands are in the producer's list)."""
+PRODUCER_SCRIPTS = ("enqueue_commit", "early_acks_owe", "early_acks_remove_if", "cancel")
+"""The scripts a producer runs (``cancel``: ``Producer.cancel``)."""
 WORKER_ONLY_SCRIPTS = (
     "dead_letters_move_back", "early_acks_claim_due", "fencing_claim", "fencing_save", "fencing_save_then_claim",
     "job_index_push", "job_index_put_back", "job_index_take", "lease_renew", "lease_stamp",
@@ -89,10 +89,6 @@ CONTROL_COMMANDS = (
 """A Celery client's remote control (``celery inspect``, Flower): its reply list, the pidbox channel, and the
 restore of expired deliveries that every kombu Redis channel runs (``unacked*``)."""
 
-CANCEL_CHANNEL = keys.ENDED_CHANNEL.rsplit(":", 1)[0] + ":cancel"
-"""Comes with cancellation: ``keys.CANCEL_CHANNEL`` there (use it once merged). Its request key,
-``wsupload:result:<id>:cancel``, is covered by the documents' pattern."""
-
 
 @dataclass(frozen=True)
 class Grant:
@@ -101,8 +97,6 @@ class Grant:
     pattern: str
     access: str
     why: str
-    coming: bool = False
-    """Arrives with cancellation (``keys.CANCEL_CHANNEL``): granted now so that upgrading needs no new rules."""
 
     @property
     def token(self) -> str:
@@ -174,7 +168,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
     channels: tuple[Grant, ...]
     if role == "producer":
         grants = (
-            Grant(keys.result("*"), READ_WRITE, "documents, their generation and (with cancellation) cancel keys"),
+            Grant(keys.result("*"), READ_WRITE, "documents, their generation and cancel keys"),
             Grant(keys.batch("*"), READ_WRITE, "batch counters and member lists"),
             Grant(keys.batch_name("*"), READ_WRITE, "a named batch's id"),
             Grant(_every(keys.staging("*", 0)), READ_WRITE, "a batch's messages being staged"),
@@ -182,15 +176,19 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             *(Grant(keys.place_counter(q), READ_WRITE, "the sweep's place counter") for q in queues),
             *(Grant(keys.owed(q), READ_WRITE, "RabbitMQ broker: jobs owed until published") for q in queues),
             *(Grant(keys.owed_calls(q), READ_WRITE, "RabbitMQ broker: the owed jobs' calls") for q in queues),
-            Grant(_every(keys.stats(0)), READ_WRITE, "cancel counts the job in its minute", coming=True),
+            Grant(_every(keys.stats(0)), READ_WRITE, "cancel counts the job in its minute"),
             *_queues(settings, READ_WRITE, "enqueue pushes messages (Redis broker)"),
+            *(
+                Grant(name, READ_WRITE, "cancel.lua is given the channels' names among its keys")
+                for name in (keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL, keys.CANCEL_CHANNEL)
+            ),
         )
         channels = (
             Grant(keys.ENDED_CHANNEL, "channel", "wait; cancel publishes the end"),
             Grant(keys.EVENTS_CHANNEL, "channel", "cancel publishes the status change"),
-            Grant(CANCEL_CHANNEL, "channel", "cancel tells the running worker", coming=True),
+            Grant(keys.CANCEL_CHANNEL, "channel", "cancel tells the running worker"),
         )
-        commands = PRODUCER_COMMANDS + script_commands(PRODUCER_SCRIPTS) + ("PUBLISH", "HINCRBY", "HSET")
+        commands = PRODUCER_COMMANDS + script_commands(PRODUCER_SCRIPTS)
     elif role == "worker":
         grants = (
             Grant(_every(keys.DEAD), READ_WRITE, "every wsupload key (tasks/store/keys.py)"),
@@ -204,7 +202,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
         channels = (
             Grant(keys.EVENTS_CHANNEL, "channel", "status changes"),
             Grant(keys.ENDED_CHANNEL, "channel", "final documents"),
-            Grant(CANCEL_CHANNEL, "channel", "cancel requests", coming=True),
+            Grant(keys.CANCEL_CHANNEL, "channel", "cancel requests"),
             Grant(pidbox_channel(settings), "channel", "Celery's broadcast commands (PSUBSCRIBE)"),
             Grant(events_channel(settings), "channel", "task events (WSUPLOAD_TASK_EVENTS, Flower)"),
         )

@@ -1,7 +1,8 @@
 """Batches: many jobs under one id, their counters, and the results export.
 
 A batch is a hash ``wsupload:batch:<id>`` (name, total, bytes_total, done,
-succeeded, failed, bytes_done, created_at, started_at, finished_at), the list of
+succeeded, failed, cancelled, bytes_done, created_at, started_at, finished_at; any other
+end a job reaches is counted in ``done`` and in a field named as its status), the list of
 its job ids ``wsupload:batch:<id>:jobs`` and, for lookup by name,
 ``wsupload:batch-name:<name>`` → the newest batch of that name. All three are
 written by ``tasks.enqueue`` in the one atomic step that queues the batch, so a
@@ -54,6 +55,7 @@ def batch_fields(batch_id: str, name: str | None, total: int, bytes_total: int) 
         "done": 0,
         "succeeded": 0,
         "failed": 0,
+        "cancelled": 0,
         "bytes_done": 0,
         "created_at": results.isoformat(results.utcnow()),
     }
@@ -71,16 +73,7 @@ class BatchStore:
         return None if found is None else results.text(found)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(results.batch_key(batch_id))
-        if not raw:
-            return None
-        doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
-        for field in ("total", "bytes_total", "done", "succeeded", "failed", "bytes_done"):
-            doc[field] = int(doc.get(field) or 0)
-        for field in ("started_at", "finished_at"):
-            doc.setdefault(field, None)
-        doc["name"] = doc.get("name") or None
-        return doc
+        return batch_info(self.redis.hgetall(results.batch_key(batch_id)))
 
     def job_ids(self, batch_id: str) -> list[str]:
         return [results.text(raw) for raw in self.redis.lrange(members_key(batch_id), 0, -1)]
@@ -97,6 +90,19 @@ class BatchStore:
             status = doc["status"] if doc else "unknown"
             counts[status] = counts.get(status, 0) + 1
         return counts
+
+
+def batch_info(raw: dict[Any, Any]) -> dict[str, Any] | None:
+    """A batch's hash as read (``HGETALL``) made a document: counters as numbers; None for no batch."""
+    if not raw:
+        return None
+    doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
+    for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "bytes_done"):
+        doc[field] = int(doc.get(field) or 0)
+    for field in ("started_at", "finished_at"):
+        doc.setdefault(field, None)
+    doc["name"] = doc.get("name") or None
+    return doc
 
 
 def export_row(job_id: str, doc: JobDoc | None) -> dict[str, Any]:

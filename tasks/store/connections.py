@@ -22,13 +22,16 @@ connection of a shared pool, for the calls every job makes.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, parse_sentinel_url
 from wsupload.tasks.observe.bounds import clip
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 SENTINEL_TIMEOUT = 2.0
 """Seconds to connect to, or hear from, one sentinel before asking the next."""
@@ -39,6 +42,21 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     if is_sentinel_url(url):
         return master_client(parse_sentinel_url(url), **options)
     return redis.Redis.from_url(url, **options)
+
+
+def async_redis_client(url: str, **options: Any) -> redis.asyncio.Redis:
+    """``redis_client``'s twin for ``redis.asyncio`` (the asyncio producer): the same URLs, Sentinel's included."""
+    import redis.asyncio  # loaded by the asyncio producer only
+    import redis.asyncio.sentinel
+
+    if is_sentinel_url(url):
+        parsed = parse_sentinel_url(url)
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(parsed.sentinels), sentinel_kwargs=sentinel_options(parsed, options)
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(parsed.master, **parsed.master_kwargs(), **options)
+        return client
+    return redis.asyncio.Redis.from_url(url, **options)
 
 
 def master_client(url: SentinelUrl, **options: Any) -> redis.Redis:

@@ -14,6 +14,8 @@ EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 """``{"job_id", "status"}`` on every status change."""
 ENDED_CHANNEL = f"{KEY_PREFIX}:ended"
 """Each job's final document, once, when it ends: a waiter wakes once per job, not per change."""
+CANCEL_CHANNEL = f"{KEY_PREFIX}:cancel"
+"""A job id, each time a producer cancels a job that had not ended: its worker aborts it (``worker.cancel_watch``)."""
 DEAD = f"{KEY_PREFIX}:dead"
 """The dead-letter list (``tasks.store.dead_letters``)."""
 BROKER_WRITE_PROBE = f"{KEY_PREFIX}:broker-write-probe"
@@ -35,6 +37,12 @@ def result(job_id: str) -> str:
 def generation(job_id: str) -> str:
     """A job's current delivery, or ``done`` once it ended (``tasks.store.fencing``)."""
     return f"{result(job_id)}:generation"
+
+
+def cancel(job_id: str) -> str:
+    """A job's cancel request (hash: ``at``, and ``callback`` until a worker takes the duty of its callback),
+    kept as long as its document: the request outlives any worker that missed its message."""
+    return f"{result(job_id)}:cancel"
 
 
 def batch(batch_id: str) -> str:

@@ -2,12 +2,19 @@
 
 One JSON document per job at ``wsupload:result:<job_id>`` (expiring after
 ``WSUPLOAD_RESULT_TTL``), written as ``queued`` when the job is enqueued, then
-``running`` → ``retrying`` → ``succeeded`` | ``failed``. Every status change is
-also published on ``wsupload:events`` (job id and status; a large upload's
+``running`` → ``retrying`` → ``succeeded`` | ``failed`` | ``cancelled``. Every status
+change is also published on ``wsupload:events`` (job id and status; a large upload's
 running document also ``progress``, its bytes sent, at most once a second), and the final
 document on ``wsupload:ended``, so waiters need neither poll nor read. This
 shape is a wire contract: producers in other languages read it, so fields are
 only added.
+
+The end-state rule (docs/wire-contract.md): ``queued``, ``running`` and ``retrying``
+are the only statuses of a job that goes on (``ACTIVE``); any other is an end
+(``is_end``), whether this version knows its name or not. An end is written once,
+published once on ``wsupload:ended``, counted in its batch's ``done`` and in a
+counter named as the status; every end but ``succeeded`` carries an ``error`` whose
+``kind`` names it (``cancelled``; ``expired`` is reserved for a later version).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from wsupload.errors import Superseded, UploadError
+from wsupload.errors import Cancelled, Superseded, UploadError
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.observe.redaction import redact
 from wsupload.tasks.sources.media import OpenedSource
@@ -33,17 +40,12 @@ from wsupload.tasks.store.fencing import Claim, ClaimAsk, Fencing, FirstAttempt,
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED = "queued", "running", "retrying", "succeeded", "failed"
-TERMINAL = frozenset({SUCCEEDED, FAILED})
-STATUSES = frozenset({QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED})
 CANCELLED, EXPIRED = "cancelled", "expired"
 ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
-
-
-def is_end(status: object) -> bool:
-    """The end-state rule: any status other than queued, running and retrying is an end."""
-    return status not in ACTIVE
-
-
+"""The statuses of a job that goes on; every other status is an end (``is_end``)."""
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+"""The ends this version names. Ask ``is_end``: a status it does not name is an end too."""
+STATUSES = ACTIVE | TERMINAL
 _TIMES = ("started_at", "finished_at", "expires_at")
 # Where documents live and are announced (built in tasks.store.keys, named here for the store's users).
 EVENTS_CHANNEL, ENDED_CHANNEL = keys.EVENTS_CHANNEL, keys.ENDED_CHANNEL
@@ -51,6 +53,11 @@ result_key, batch_key = keys.result, keys.batch
 
 JobDoc = dict[str, Any]
 T = TypeVar("T")
+
+
+def is_end(status: object) -> bool:
+    """The end-state rule: whether a job with this status has ended (any status but queued, running, retrying)."""
+    return status not in ACTIVE
 
 
 def text(value: bytes | str) -> str:
@@ -105,23 +112,23 @@ def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = Non
     Producers in other languages write the ``queued`` document, and a partial or
     mistyped one (``{"status": "queued"}``) must not stop its job from ending:
     every field the worker reads is given its type, ``job_id`` is the key's, and
-    fields nobody here knows are kept. A terminal status without the fields
-    that make it an outcome (``result.download_url``; ``error.kind`` and
-    ``message``) is not believed, so such a job runs instead of hiding.
+    fields nobody here knows are kept. An end without the fields that make it
+    an outcome (``result.download_url`` for ``succeeded``; ``error.kind`` and
+    ``message`` for any other end, ``cancelled`` and names this version does not
+    know included) is not believed, so such a job runs instead of hiding.
     """
     doc: JobDoc = dict(raw) if isinstance(raw, dict) else {}
-    status = doc.get("status") if isinstance(doc.get("status"), str) else None
+    status = doc["status"] if isinstance(doc.get("status"), str) and doc["status"] else QUEUED
     result, error = doc.get("result"), doc.get("error")
     if status == SUCCEEDED and not (isinstance(result, dict) and isinstance(result.get("download_url"), str)):
         status = QUEUED
-    if status == FAILED and not (
-        isinstance(error, dict) and isinstance(error.get("kind"), str) and isinstance(error.get("message"), str)
-    ):
+    named = isinstance(error, dict) and isinstance(error.get("kind"), str) and isinstance(error.get("message"), str)
+    if is_end(status) and status != SUCCEEDED and not named:
         status = QUEUED
     attempts = doc.get("attempts")
     doc.update(
         job_id=job_id,
-        status=status if status in STATUSES else QUEUED,
+        status=status,
         # Bounded: a document written by a producer with a huge source is not carried on whole.
         source=clip(doc["source"], MAX_SOURCE_CHARS) if isinstance(doc.get("source"), str) else (source or ""),
         attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0 else 0,
@@ -227,6 +234,15 @@ def failed(doc: JobDoc, error: UploadError, now: datetime) -> JobDoc:
     return _ended(doc, FAILED, now, result=None, error=error.to_doc())
 
 
+def cancelled(doc: JobDoc, now: datetime, message: str = "cancelled by a producer") -> JobDoc:
+    """Cancelled (``Producer.cancel``): ended without its upload, or with it cut short.
+
+    ``tasks.store.cancels`` writes the same change inside Redis, on whatever document is
+    stored there; this is its Python twin, for documents built here and for tests.
+    """
+    return _ended(doc, CANCELLED, now, result=None, error=Cancelled(message).to_doc())
+
+
 class ResultStore:
     """Reads and writes result documents; publishes each status change."""
 
@@ -272,7 +288,7 @@ class ResultStore:
         change in the same step as the member's document. Returns whether it wrote.
         """
         save_keys, args = self._save_call(doc, generation)
-        return self._written(doc, generation, self._save(doc["job_id"], doc["status"] in TERMINAL, save_keys, args))
+        return self._written(doc, generation, self._save(doc["job_id"], is_end(doc["status"]), save_keys, args))
 
     def save_then_claim(self, doc: JobDoc, generation: int, ask: ClaimAsk) -> Claim | None:
         """``save`` a terminal document, then claim ``ask``'s job as ``claim`` would: one round trip.
@@ -375,7 +391,7 @@ class ResultStore:
     def end_with_error(self, job_id: str, error: UploadError) -> JobDoc:
         """End a job ``failed`` with ``error`` unless it has already ended; returns its document."""
         doc = self.get(job_id) or new_doc(job_id, "", utcnow())
-        if doc["status"] not in TERMINAL:
+        if not is_end(doc["status"]):
             doc = failed(doc, error, utcnow())
             self.save(doc)
         return doc

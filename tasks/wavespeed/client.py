@@ -8,12 +8,20 @@ needs one, then the streamed PUT to the signed URL, which gets no Authorization
 header and no cookie. Neither retries (the task owns the retry policy), and no
 error message carries the API key or the signed URL. ``interpret_response`` is
 the pure half: an HTTP answer in, a result or an error out.
+
+Every request can be cut by its job's cancel (``tasks.recovery.lease.abort_with``): the
+session's connections register, while a request is sent and its answer awaited, a hook
+that shuts their socket down from the cancelling thread, which ends a blocked send or
+read at once (urllib3 then drops the connection); the job raises ``Cancelled``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +30,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import requests
 import requests.adapters
 import requests.utils
+import urllib3.connection
+import urllib3.connectionpool
 from requests.cookies import extract_cookies_to_jar
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, RequestException
@@ -29,6 +39,7 @@ from requests.structures import CaseInsensitiveDict
 
 from wsupload.errors import ConnectionFailed, UnexpectedResponse, UploadError, UploadTimeout
 from wsupload.tasks.observe import redaction
+from wsupload.tasks.recovery import lease
 from wsupload.tasks.sources.media import OpenedSource
 from wsupload.tasks.wavespeed import direct
 from wsupload.tasks.wavespeed.multipart import MultipartBody
@@ -112,10 +123,63 @@ def scrub(text: str, url: str | None) -> str:
     return text
 
 
+class _Cuttable:
+    """A connection whose request a cancel can cut: registered with the job's lease from sending to the answer."""
+
+    sock: socket.socket | None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        lease.abort_with(self.cut)  # raises Cancelled if the job was cancelled before it sent
+        try:
+            super().request(*args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            lease.abort_with(None)
+            raise
+
+    def getresponse(self) -> Any:
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            lease.abort_with(None)
+
+    def cut(self) -> None:
+        """Shut the socket down (from another thread): a blocked send or read fails at once.
+
+        Lingering 0 first, so the close that follows (urllib3's, on the failed request) resets
+        the connection: the server drops what it had not read yet instead of reading a body
+        that will never be complete.
+        """
+        sock = self.sock
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # The plain socket's shutdown, an SSL socket's too: its own would unwrap TLS
+                # under the thread that reads.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _CuttableHTTPConnection(_Cuttable, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _CuttableHTTPSConnection(_Cuttable, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _CuttableHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _CuttableHTTPConnection
+
+
+class _CuttableHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _CuttableHTTPSConnection
+
+
 class _BlockAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = SOCKET_BLOCK
         super().init_poolmanager(*args, **kwargs)
+        # A job's cancel cuts its request (``_Cuttable``); through a proxy it stops at the next block instead.
+        self.poolmanager.pool_classes_by_scheme = {"http": _CuttableHTTPPool, "https": _CuttableHTTPSPool}
 
 
 def _reason(exc: BaseException) -> str:

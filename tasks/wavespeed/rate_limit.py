@@ -43,7 +43,7 @@ class FleetLimiter:
         per_second: float = 0.0,
         max_concurrent: int = 0,
         lease_seconds: float = 3600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = lease.sleep,
     ) -> None:
         self.redis = client
         self.interval_ms = int(1000 / per_second) if per_second > 0 else 0
@@ -77,7 +77,7 @@ class FleetLimiter:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise RateLimitTimeout(f"no upload slot within the time left ({wait:.1f} s more needed)")
             lease.allow(wait + 1.0)  # the job is alive while it waits its turn, for this wait only
-            self.sleep(wait)
+            self.sleep(wait)  # cut short by the job's cancel (lease.sleep)
         telemetry.limiter_wait(time.monotonic() - began)
         holder = lease.current()
         if holder is not None and self.max_concurrent:

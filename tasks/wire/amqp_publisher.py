@@ -27,6 +27,7 @@ import amqp
 from amqp.method_framing import frame_writer
 from kombu import Connection
 
+from wsupload.config.broker_urls import amqp_tls
 from wsupload.config.redis_urls import masked
 from wsupload.errors import PublishError
 from wsupload.tasks.wire.encode import AmqpMessage
@@ -85,7 +86,7 @@ class Publisher:
                 return self._open[1]
             except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError):
                 self._close()  # stale: a new connection below
-        connection = Connection(self.url, connect_timeout=self.connect_timeout)
+        connection = _connection(self.url, self.connect_timeout)
         connection.connect()
         raw: amqp.Connection = connection.connection
         confirms = _Confirms(raw, raw.channel())
@@ -104,6 +105,12 @@ class Publisher:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def _connection(url: str, timeout: float) -> Connection:
+    """kombu's connection to ``url``; an ``amqps://`` one verifies as its ``ssl_*`` options say."""
+    plain, tls = amqp_tls(url)
+    return Connection(plain, connect_timeout=timeout, ssl=tls or False)
 
 
 def _reason(exc: BaseException) -> str:
@@ -194,7 +201,7 @@ class _Confirms:
 def ready_messages(url: str, queues: Sequence[str], *, timeout: float = CONNECT_TIMEOUT) -> list[int]:
     """How many messages wait on each of ``queues`` (0 for one not declared yet)."""
     counts = []
-    with Connection(url, connect_timeout=timeout) as connection:
+    with _connection(url, timeout) as connection:
         connection.connect()
         raw: amqp.Connection = connection.connection
         for queue in queues:

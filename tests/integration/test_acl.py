@@ -10,6 +10,7 @@ The RabbitMQ user lives in a vhost of this module's own, with the permissions
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import urllib.request
@@ -37,6 +38,7 @@ from wsupload.worker.dev.local_services import (
     wait_until,
 )
 from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration]
@@ -170,6 +172,37 @@ def test_producer_and_worker_run_jobs_as_their_users_and_redis_refuses_them_noth
     queue = acl_worker.env["WSUPLOAD_QUEUE"]
     wait_until(lambda: worker.exists(keys.sweep_lock(queue)), 30, what="a sweep of the interactive queue")
     assert refusals(acl_redis, "producer", "worker") == []
+
+
+def test_the_producer_cancels_a_running_job_and_the_worker_stops_it_as_their_users(
+    acl_redis: LocalRedis, acl_worker: WorkerProcess, acl_producer: Producer, sandbox: SandboxServer, media_root: Path
+) -> None:
+    reset_log(acl_redis)
+    sandbox.add_fault(Fault(stall=60))  # the upload's answer is held: the job is running when cancelled
+    (job,) = acl_producer.enqueue(media(media_root, 1))
+    wait_until(lambda: any(r.fault and r.fault["stall"] for r in sandbox.records), 30, what="the held upload")
+    [outcome] = acl_producer.cancel([job.job_id])
+    assert (outcome.outcome, outcome.status) == ("cancelled", "cancelled")
+    wait_until(lambda: sandbox.records[0].client_gone, 15, what="the worker to cut the held request")
+    assert refusals(acl_redis, "producer", "worker") == []
+
+
+def test_the_async_producer_enqueues_and_waits_as_the_producer_user(
+    acl_redis: LocalRedis, acl_worker: WorkerProcess, worker_env: dict[str, str], media_root: Path
+) -> None:
+    from wsupload.worker.async_producer import AsyncProducer
+
+    reset_log(acl_redis)
+    settings = Settings.from_env(producer_env(env_as(worker_env, acl_redis, "producer")))
+
+    async def run() -> list[str | None]:
+        async with AsyncProducer(settings) as producer:
+            jobs = await producer.enqueue(media(media_root, 2))
+            outcome = await producer.wait([j.job_id for j in jobs], timeout=60)
+            return [doc["status"] if doc else None for doc in outcome.docs]
+
+    assert asyncio.run(run()) == ["succeeded", "succeeded"]
+    assert refusals(acl_redis, "producer") == []
 
 
 def test_a_bad_message_goes_to_the_dead_letters_as_the_worker_user(

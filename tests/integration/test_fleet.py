@@ -1,6 +1,5 @@
 """Bulk ingestion with several workers: batches, priorities, the shared rate limit, dedup."""
 
-import itertools
 import json
 import subprocess
 import sys
@@ -87,10 +86,12 @@ def test_the_rate_limit_holds_across_workers(fleet: Fleet, sandbox: SandboxServe
     assert outcome.all_succeeded
     arrivals = sorted(record.received_at for record in sandbox.records)
     assert len(arrivals) == 16
-    # Eight a second across six worker processes: consecutive requests at least 1/8 s apart
-    # (less a little for the two clocks: Redis decides, the sandbox records).
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.125 - 0.02, gaps
+    # Eight a second across six worker processes: any four consecutive requests span at least
+    # three eighths of a second, less a little: Redis decides when each may go, the sandbox
+    # records when it arrives, and on a loaded machine one request may arrive late and the
+    # next on time. Two let through together would make a span of two eighths at most.
+    spans_of_four = [arrivals[n + 3] - arrivals[n] for n in range(len(arrivals) - 3)]
+    assert min(spans_of_four) >= 3 * 0.125 - 0.04, spans_of_four
     # Never more than two in flight at once.
     spans = [(r.received_at, r.answered_at) for r in sandbox.records]
     busiest = max(sum(1 for s, e in spans if s <= moment < e) for moment, _ in spans)

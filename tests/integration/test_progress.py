@@ -3,11 +3,13 @@
 What a watcher sees is read from ``wsupload:events`` (subscribed before the job is enqueued):
 ``bytes_sent`` rising in several updates, at most one a second, ``bytes_total`` the file's
 size; nothing of the kind for a small file; and the same through the direct flow's PUT and
-from an object store. The sync producer's ``wait(on_update=...)`` shows it too.
+from an object store. The sync producer's ``wait(on_update=...)`` and the asyncio producer's
+``updates()`` show it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import API_KEY, S3, Fleet, FleetHandle
+from wsupload import AsyncProducer, Settings
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import wait_until
@@ -197,3 +200,20 @@ def test_wait_and_batch_wait_print_a_large_uploads_bytes_in_a_log(
     assert len(moving) <= 5, logs[0]
     assert waited[-1] == f"{job.job_id}  succeeded"
     assert any(line.endswith("/48.0 MiB") and "0/1 ·" in line for line in batch_waited), logs[1]
+
+
+def test_updates_yields_bytes_sent_rising(fleet: Fleet, slow_sandbox: SandboxServer, media_root: Path) -> None:
+    workers = workers_for(fleet, slow_sandbox)
+    path = big_mp4(media_root / f"aio-progress-{uuid.uuid4().hex[:8]}.mp4")
+
+    async def scenario() -> list[JobDoc]:
+        async with AsyncProducer(Settings.from_env(workers.env)) as producer:
+            (job,) = await producer.enqueue([str(path)])
+            return [doc async for doc in producer.updates([job.job_id])]
+
+    docs = asyncio.run(scenario())
+    sent = [doc["progress"]["bytes_sent"] for doc in docs if doc.get("progress")]
+    assert len(sent) >= 3, [doc["status"] for doc in docs]
+    assert sent == sorted(sent)
+    assert {doc["progress"]["bytes_total"] for doc in docs if doc.get("progress")} == {BIG}
+    assert docs[-1]["status"] == "succeeded"

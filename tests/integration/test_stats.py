@@ -50,15 +50,15 @@ def test_stats_shows_ended_running_and_queued_jobs_and_the_worker(
     png.write_bytes(png_bytes(16, 16))
 
     before = snapshot(env)
-    assert before["ended"]["last_hour"] == {"succeeded": 0, "failed": 0}
+    assert before["ended"]["last_hour"] == {"succeeded": 0, "failed": 0, "cancelled": 0}
     sandbox.add_fault(Fault(status=401))
     jobs = producer.enqueue([str(png), str(png)])  # the first one meets the 401
     outcome = producer.wait([j.job_id for j in jobs], timeout=60)
     assert [doc["status"] for doc in outcome.docs if doc] == ["failed", "succeeded"]
     after = snapshot(env)
     assert after["ended"] == {
-        "last_minute": {"succeeded": 1, "failed": 1},
-        "last_hour": {"succeeded": 1, "failed": 1},
+        "last_minute": {"succeeded": 1, "failed": 1, "cancelled": 0},
+        "last_hour": {"succeeded": 1, "failed": 1, "cancelled": 0},
     }
 
     # One upload held by the sandbox (the worker's only thread), one more waiting on the queue behind it.

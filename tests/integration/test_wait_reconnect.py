@@ -1,13 +1,16 @@
 """Waiting across a Redis restart (issue 9, case 8): every waiter reconnects and returns normally.
 
 A private redis-server with AOF is stopped and started again on the same port and
-directory while a batch runs on a real worker and five waiters listen: ``wsupload
+directory while a batch runs on a real worker and six waiters listen: ``wsupload
 ingest --wait`` (which enqueued the batch), ``wsupload batch wait``, ``wsupload
-wait``, and ``Producer.wait_batch`` / ``Producer.wait`` in threads.
+wait``, ``Producer.wait_batch`` / ``Producer.wait`` in threads, and in a thread of its
+own an event loop where ``AsyncProducer.wait_batch``, ``wait`` and ``updates`` share
+the asyncio producer's one subscription.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -28,6 +33,7 @@ from wsupload.config import Settings
 from wsupload.errors import InternalError
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import ResultStore
+from wsupload.worker.async_producer import AsyncProducer
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
@@ -99,9 +105,33 @@ def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 
 def completed(result: Any) -> bool:
-    """What ``wait`` (a ``WaitOutcome``) or ``wait_batch`` (``(info, timed_out)``) returned, not timed out."""
+    """What ``wait`` (a ``WaitOutcome``) or ``wait_batch`` (``(info, timed_out)``) returned, not timed out;
+    for the asyncio waiters (a list: ``wait_batch``'s, ``wait``'s, ``updates``' documents), both waits'."""
+    if isinstance(result, list):
+        return completed(result[0]) and completed(result[1])
     timed_out = result[-1] if isinstance(result, tuple) else getattr(result, "timed_out", None)
     return timed_out is False
+
+
+def async_waits(url: str, settings: Settings, batch_id: str, job_ids: list[str]) -> list[Any]:
+    """``AsyncProducer``'s batch wait, wait and updates side by side in one event loop (one subscription)."""
+
+    async def waits() -> list[Any]:
+        # No retries in redis-py: every blip reaches the waiters' own reconnect logic.
+        client = redis.asyncio.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0))
+        async with AsyncProducer(settings, client=client) as aio:
+            try:
+
+                async def follow() -> list[Any]:
+                    return [doc async for doc in aio.updates(job_ids)]
+
+                return list(
+                    await asyncio.gather(aio.wait_batch(batch_id, timeout=90), aio.wait(job_ids, timeout=90), follow())
+                )
+            finally:
+                await client.aclose()
+
+    return asyncio.run(waits())
 
 
 def finish_leftovers(client: redis.Redis, job_ids: list[str]) -> list[str]:
@@ -153,6 +183,7 @@ def test_every_waiter_rides_out_a_redis_restart(
         threads = [
             Waiter(lambda: no_retry.wait_batch(batch_id, timeout=90)),
             Waiter(lambda: no_retry.wait(job_ids, timeout=90)),
+            Waiter(lambda: async_waits(aof_redis.url, Settings.from_env(penv), batch_id, job_ids)),
         ]
         for thread in threads:
             thread.start()
@@ -160,7 +191,7 @@ def test_every_waiter_rides_out_a_redis_restart(
         def listeners() -> int:
             return int(producer.redis.pubsub_numsub(results.ENDED_CHANNEL)[0][1])
 
-        wait_until(lambda: listeners() >= 5, 30, what="the five waiters to subscribe")
+        wait_until(lambda: listeners() >= 6, 30, what="the six waiters to subscribe")
         wait_until(lambda: sandbox.records, 30, what="the first upload to reach the sandbox")
         done_before = producer.batches.get(batch_id)["done"]  # type: ignore[index]
         assert done_before < len(job_ids), "the batch ended before Redis went away: the test proves nothing"
@@ -218,10 +249,18 @@ def test_every_waiter_rides_out_a_redis_restart(
             assert all(job_id in out for job_id in job_ids), out
         else:
             assert f"{len(ended_by_test)} failed of {len(job_ids)}" in out, out
-    batch_result, jobs_result = threads[0], threads[1]
+    batch_result, jobs_result, async_result = threads
     assert batch_result.error is None, repr(batch_result.error)
     info, timed_out = batch_result.result
     assert (timed_out, info["done"], info["total"]) == (False, len(job_ids), len(job_ids))
     assert jobs_result.error is None, repr(jobs_result.error)
     assert not jobs_result.result.timed_out
     assert all(doc and doc["status"] in results.TERMINAL for doc in jobs_result.result.docs)
+    assert async_result.error is None, repr(async_result.error)
+    (info, timed_out), outcome, updates = async_result.result
+    assert (timed_out, info["done"], info["total"]) == (False, len(job_ids), len(job_ids))
+    assert not outcome.timed_out
+    assert all(doc and doc["status"] in results.TERMINAL for doc in outcome.docs)
+    last = {doc["job_id"]: doc for doc in updates}  # each job's last document yielded: its end
+    assert sorted(last) == sorted(job_ids)
+    assert all(doc["status"] in results.TERMINAL for doc in last.values())

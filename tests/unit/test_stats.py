@@ -34,15 +34,15 @@ def test_a_window_counts_the_seconds_it_covers_and_no_others() -> None:
         MINUTE - 1: bucket(succeeded_30=100, succeeded_31=1, failed_59=2),
         MINUTE: bucket(succeeded_0=3, failed_30=4, succeeded_31=1000),  # second 31 is in the future
     }
-    assert stats.count_ended(buckets, T, 60) == {"succeeded": 4, "failed": 6}
-    assert stats.count_ended(buckets, T, 3600) == {"succeeded": 104, "failed": 6}
+    assert stats.count_ended(buckets, T, 60) == {"succeeded": 4, "failed": 6, "cancelled": 0}
+    assert stats.count_ended(buckets, T, 3600) == {"succeeded": 104, "failed": 6, "cancelled": 0}
     old = {MINUTE - 60: bucket(succeeded_30=7, succeeded_31=8)}  # an hour ago to the second: only 31 is within it
-    assert stats.count_ended(old, T, 3600) == {"succeeded": 8, "failed": 0}
+    assert stats.count_ended(old, T, 3600) == {"succeeded": 8, "failed": 0, "cancelled": 0}
 
 
 def test_fields_and_counts_that_are_not_what_the_worker_writes_are_skipped() -> None:
     junk = {b"succeeded": b"5", b"retrying:3": b"1", b"failed:x": b"1", b"failed:2": b"many", "succeeded:1": "2"}
-    assert stats.count_ended({MINUTE: junk}, T, 60) == {"succeeded": 2, "failed": 0}
+    assert stats.count_ended({MINUTE: junk}, T, 60) == {"succeeded": 2, "failed": 0, "cancelled": 0}
 
 
 def test_the_minutes_read_cover_the_longest_window() -> None:
@@ -99,8 +99,8 @@ def test_read_sums_queues_counts_ended_jobs_once_and_lists_workers(redis_client:
         ("bulk", "wsupload.bulk", 1),
     ]
     assert snapshot.ended == {
-        "last_minute": {"succeeded": 1, "failed": 1},
-        "last_hour": {"succeeded": 2, "failed": 1},
+        "last_minute": {"succeeded": 1, "failed": 1, "cancelled": 0},
+        "last_hour": {"succeeded": 2, "failed": 1, "cancelled": 0},
     }
     assert (snapshot.running, snapshot.waiting) == (2, 1)
     assert snapshot.workers == (worker,)
@@ -125,6 +125,17 @@ def test_the_text_shows_every_figure_and_the_workers() -> None:
     assert doc["queues"][1] == {"role": "bulk", "name": "wsupload.bulk", "depth": 3400}
     assert doc["ended"]["last_hour"] == {"succeeded": 1800, "failed": 31}
     assert doc["workers"][0]["jobs"] == ["j1"]
+
+
+def test_cancelled_jobs_are_counted_and_shown_once_a_window_has_one() -> None:
+    buckets = {MINUTE: bucket(cancelled_10=3, succeeded_10=1)}
+    assert stats.count_ended(buckets, T, 60) == {"succeeded": 1, "failed": 0, "cancelled": 3}
+    ended = {"last_minute": {"succeeded": 1, "failed": 0, "cancelled": 3}}
+    assert stats.render(stats.Snapshot(NOW, (), ended, ()))[2] == (
+        "ended      last minute: 1 succeeded, 0 failed, 3 cancelled"
+    )
+    none = {"last_minute": {"succeeded": 1, "failed": 0, "cancelled": 0}}
+    assert stats.render(stats.Snapshot(NOW, (), none, ()))[2] == "ended      last minute: 1 succeeded, 0 failed"
 
 
 def test_no_workers_is_said() -> None:

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import secrets
+import select
 import shutil
 import socket
 import struct
@@ -130,6 +131,7 @@ class UploadRecord:
     size: int = 0
     sha256: str | None = None
     fault: dict[str, Any] | None = None
+    client_gone: bool = False  # the client closed its connection before its answer: mid-body, or while it was held
 
 
 @dataclass
@@ -223,10 +225,24 @@ class SandboxServer:
         with self._lock:
             return list(self._records)
 
-    def _stall(self, seconds: float) -> None:
+    def _stall(self, seconds: float, peer: socket.socket | None = None) -> bool:
+        """Hold an answer ``seconds`` (or until released); False once ``peer`` closed its connection meanwhile."""
         with self._lock:
             released = self._stalls_released
-        released.wait(seconds)
+        if peer is None:
+            released.wait(seconds)
+            return True
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and not released.is_set():
+            readable, _, _ = select.select([peer], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    if not peer.recv(1, socket.MSG_PEEK):
+                        return False  # end of stream: the client closed (or shut down) its side
+                except OSError:
+                    return False
+                released.wait(min(left, 0.05))  # bytes waiting (the next request): nothing to learn from them
+        return True
 
     def _begin(self, step: str = "binary") -> tuple[UploadRecord, Fault | None]:
         with self._lock:
@@ -265,6 +281,10 @@ class SandboxServer:
                 return None
         path = self.storage_dir / str(number)
         return path if path.is_file() else None
+
+
+class _ClientGone(Exception):
+    """The client closed its connection while its answer was held: nothing to answer."""
 
 
 class _Pace:
@@ -363,13 +383,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop(record)
             return
         record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
-        part = self._receive(length, record.number, self._pace(fault), store=record.authorized)
+        try:
+            part = self._receive(length, record.number, self._pace(fault), store=record.authorized)
+        except ConnectionError:
+            part = None  # reset mid-body
         if part is None:
-            return  # the client went away mid-body
+            self._gone(record)  # the client went away mid-body
+            return
         if part.name == "file":
             record.filename, record.size = part.filename, part.size
             record.sha256 = part.digest.hexdigest() if self.sandbox.hash_uploads else None
-        headers = self._delay(fault)
+        headers = self._delay(fault, record)
         status, body = self._decide(record, part, fault)
         self._answer(record, status, body, headers)
 
@@ -489,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop(record)
             return
         record.authorized = self.headers.get("Authorization") == f"Bearer {self.sandbox.api_key}"
-        headers = self._delay(fault)
+        headers = self._delay(fault, record)
         status, body = self._decide_ticket(record, raw, fault)
         self._answer(record, status, body, headers)
 
@@ -563,12 +587,16 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is None and ticket is not None and length != ticket["size"]:
             refused = f"Content-Length {length} is not the ticket's size {ticket['size']}"
         store = refused is None and not landed and not (fault and fault.status)
-        digest, received = self._receive_raw(length, obj if store else None, self._pace(fault))
+        try:
+            digest, received = self._receive_raw(length, obj if store else None, self._pace(fault))
+        except ConnectionError:
+            received = None  # reset mid-body
         if received is None:
-            return  # the client went away mid-body
+            self._gone(record)  # the client went away mid-body
+            return
         record.size = received
         record.sha256 = digest
-        headers = self._delay(fault)
+        headers = self._delay(fault, record)
         if fault and fault.status:
             self._answer(record, fault.status, fault.body or {"message": f"sandbox fault {fault.status}"}, headers)
         elif refused is not None:
@@ -610,13 +638,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- answers ---------------------------------------------------------
 
-    def _delay(self, fault: Fault | None) -> dict[str, str]:
-        """Hold the answer as the fault and the sandbox's latency ask; the answer's Retry-After, if any."""
-        if fault and fault.stall:
-            self.sandbox._stall(fault.stall)
+    def _delay(self, fault: Fault | None, record: UploadRecord) -> dict[str, str]:
+        """Hold the answer as the fault and the sandbox's latency ask; the answer's Retry-After, if any.
+
+        A client that closes its connection during a stall is recorded (``client_gone``) and
+        gets no answer (``_ClientGone``).
+        """
+        if fault and fault.stall and not self.sandbox._stall(fault.stall, self.request):
+            self._gone(record)
+            raise _ClientGone
         if self.sandbox.latency:
             time.sleep(self.sandbox.latency)
         return {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
+
+    def _gone(self, record: UploadRecord) -> None:
+        """The client closed (or reset) its connection before its answer: recorded, nothing answered."""
+        record.client_gone, record.answered_at = True, time.time()
+        self.close_connection = True
 
     def _answer(
         self, record: UploadRecord, status: int, body: dict[str, Any], headers: dict[str, str] | None = None

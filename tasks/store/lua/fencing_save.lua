@@ -4,6 +4,7 @@
 -- size to add (succeeded), started_at, finished_at, second of the minute, statistics ttl.
 -- Returns 1 (written), 0 (the job had ended: nothing written), -1 (another generation holds it).
 -- The terminal write also counts the job in its minute (worker.stats): once, like the batch.
+-- Any status but queued, running and retrying is an end (the end-state rule, docs/wire-contract.md).
 local current = redis.call('GET', KEYS[1])
 if current == 'done' then return 0 end
 if ARGV[1] ~= '' then
@@ -13,7 +14,7 @@ if ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 end
 local status = ARGV[5]
-local finished = status == 'succeeded' or status == 'failed'
+local finished = status ~= 'queued' and status ~= 'running' and status ~= 'retrying'
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[4])
 if finished then

@@ -1,0 +1,91 @@
+"""``worker.tls`` tells a TLS refusal from an outage; ``config.broker_urls`` takes an amqps:// URL's TLS options."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import redis
+
+from wsupload.config.broker_urls import amqp_tls, parse_amqp_url
+from wsupload.worker import tls
+
+
+def wrapped(cause: BaseException) -> redis.ConnectionError:
+    """As redis-py raises it: its own ConnectionError, raised while handling the ssl error."""
+    try:
+        try:
+            raise cause
+        except BaseException:
+            raise redis.ConnectionError("Error 1 connecting to localhost:6380.") from None
+    except redis.ConnectionError as exc:
+        exc.__context__ = cause
+        return exc
+
+
+def verify_error(message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}")
+    error.verify_message = message
+    return error
+
+
+def test_a_certificate_that_does_not_verify_is_a_refusal_with_what_the_library_said() -> None:
+    cause = tls.refusal(wrapped(verify_error("self-signed certificate in certificate chain")))
+    assert isinstance(cause, ssl.SSLCertVerificationError)
+    line = tls.refused_line("Redis", "rediss://:s3cret@localhost:6380/0", cause)
+    assert line.startswith("configuration error: Redis at rediss://:***@localhost:6380/0: its TLS certificate")
+    assert "self-signed certificate in certificate chain" in line
+    assert "s3cret" not in line
+
+
+def test_an_unreadable_ca_file_is_a_refusal() -> None:
+    cause = tls.refusal(wrapped(FileNotFoundError(2, "No such file or directory")))
+    assert cause is not None
+    assert "cannot read a CA, certificate or key file (No such file or directory)" in tls.describe(cause)
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("timed out"),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_an_outage_is_not_a_refusal(cause: BaseException) -> None:
+    assert tls.refusal(wrapped(cause)) is None
+
+
+def test_amqps_options_verify_the_host_name_and_leave_the_url() -> None:
+    url, options = amqp_tls(
+        "amqps://u:p@rabbit.test:5671/jobs?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+    )
+    assert url == "amqps://u:p@rabbit.test:5671/jobs"
+    assert options == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": "rabbit.test",
+        "ca_certs": "/ca.pem",
+        "certfile": "/c.pem",
+        "keyfile": "/k.pem",
+    }
+
+
+def test_amqps_without_options_still_verifies_and_none_opts_out() -> None:
+    assert amqp_tls("amqps://rabbit.test//")[1] == {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "rabbit.test"}
+    assert amqp_tls("amqps://rabbit.test//?ssl_cert_reqs=none")[1] == {"cert_reqs": ssl.CERT_NONE}
+    assert amqp_tls("amqp://rabbit.test//") == ("amqp://rabbit.test//", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("amqp://h//?ssl_ca_certs=/ca.pem", "gives TLS options (ssl_ca_certs) to a plain URL: use amqps://"),
+        ("amqps://h//?ssl_ca_cert=/ca.pem", "unknown TLS option 'ssl_ca_cert'"),
+        ("amqps://h//?ssl_cert_reqs=maybe", "ssl_cert_reqs must be one of required, optional, none"),
+        ("amqps://h//?ssl_keyfile=/k.pem", "gives ssl_keyfile without ssl_certfile"),
+    ],
+)
+def test_bad_amqps_tls_options_are_refused_in_one_line(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_amqp_url(url)

@@ -1,0 +1,135 @@
+"""TLS to Redis and RabbitMQ: telling a refused certificate from a broker that is down, and the check at start.
+
+A certificate or hostname that does not verify, a TLS handshake the server refuses
+(no client certificate where it requires one, TLS spoken to a plain port) or a CA,
+certificate or key file that cannot be read will not mend by waiting: at start it is a
+configuration error. ``check_at_start`` connects once to every ``rediss://`` and
+``amqps://`` URL the settings name and raises ``TlsRefused`` (one line, no secret) for
+such a failure; anything else (refused, reset, timed out) is left to the caller's own
+waiting, as for a plain broker that is down. Later, a certificate rotated to one that no
+longer verifies is ridden out as an outage by the code that reconnects.
+
+redis-py raises ``redis.ConnectionError`` with the ``ssl`` exception as its context;
+py-amqp raises the ``ssl`` exception itself: ``refusal`` walks the chain for either.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis
+
+from wsupload.config.broker_urls import amqp_tls, scheme_of
+from wsupload.config.redis_urls import masked
+from wsupload.config.settings import Settings
+from wsupload.errors import TlsRefused
+
+CHECK_TIMEOUT = 5.0
+"""Seconds to connect and shake hands at start: a server that does not answer in that time is waited for."""
+
+_PASSING = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError)
+"""TLS errors a connection cut mid-handshake (a restart) gives: an outage, not a refusal."""
+_FILES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""While connecting, these come only from reading the CA, certificate or key file named in the settings."""
+
+
+def refusal(exc: BaseException) -> BaseException | None:
+    """The TLS (or certificate file) error behind ``exc``, if that is why a connection failed; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError) and not isinstance(current, _PASSING):
+            return current
+        if isinstance(current, _FILES):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe(cause: BaseException) -> str:
+    """What went wrong, in words an operator can act on (one line)."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        said = cause.verify_message or cause.reason or str(cause)
+        return (
+            f"its TLS certificate does not verify ({str(said).rstrip('.')}): give the CA that signed it"
+            " (ssl_ca_certs), and connect by a host name the certificate holds"
+        )
+    if isinstance(cause, _FILES):
+        return f"cannot read a CA, certificate or key file ({cause.strerror or cause}): check the paths given"
+    reason = getattr(cause, "reason", None) or " ".join(str(cause).split())
+    if reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE", "SSLV3_ALERT_BAD_CERTIFICATE"):
+        return (
+            f"the server refused the TLS handshake ({reason}):"
+            " it may require a client certificate (ssl_certfile, ssl_keyfile)"
+        )
+    if reason == "WRONG_VERSION_NUMBER":
+        return f"the TLS handshake failed ({reason}): is that port serving TLS?"
+    return f"the TLS handshake failed ({reason})"
+
+
+def refused_line(service: str, url: str, cause: BaseException) -> str:
+    """``configuration error: <service> at <url>: <what went wrong>``; the URL's password masked."""
+    return f"configuration error: {service} at {masked(url)}: {describe(cause)}"
+
+
+def check_at_start(settings: Settings) -> None:
+    """Connect once to each TLS URL of ``settings``; ``TlsRefused`` if one's TLS is refused (else return)."""
+    urls = dict.fromkeys([settings.redis_url, settings.effective_broker_url])
+    for url in urls:
+        scheme = scheme_of(url)
+        if scheme == "rediss":
+            _check_redis(url)
+        elif scheme == "amqps":
+            _check_amqp(url)
+
+
+def _check_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT)
+    closed = 0
+    try:
+        for _ in range(2):
+            try:
+                client.ping()
+                return
+            except redis.RedisError as exc:
+                cause = refusal(exc)
+                if cause is not None:
+                    raise TlsRefused(refused_line("Redis", url, cause)) from None
+                if not _closed_after_handshake(exc):
+                    return
+                closed += 1
+    finally:
+        client.close()
+    if closed == 2 and "ssl_certfile" not in url:
+        # A server that requires a client certificate finishes the TLS 1.3 handshake, then
+        # closes: twice in a row at start, with no certificate given, that is the likely reason.
+        raise TlsRefused(
+            f"configuration error: Redis at {masked(url)}: it closed the TLS connection at once, twice:"
+            " it may require a client certificate (ssl_certfile, ssl_keyfile)"
+        )
+
+
+def _closed_after_handshake(exc: BaseException) -> bool:
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ssl.SSLEOFError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _check_amqp(url: str) -> None:
+    from kombu import Connection
+
+    plain, options = amqp_tls(url)
+    connection: Any = Connection(plain, ssl=options or True, connect_timeout=CHECK_TIMEOUT)
+    try:
+        connection.connect()
+    except Exception as exc:  # py-amqp raises OSError, AMQPError, or the ssl error itself
+        cause = refusal(exc)
+        if cause is not None:
+            raise TlsRefused(refused_line("RabbitMQ", url, cause)) from None
+    finally:
+        connection.release()
