@@ -5,6 +5,7 @@ and RabbitMQ; these keep them from drifting from keys.py, the Lua scripts, kombu
 docs/security.md.
 """
 
+import inspect
 import re
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -66,6 +67,58 @@ def test_every_wsupload_key_is_the_workers_and_the_producer_has_only_its_own() -
         assert allowed(producer, key, write=True), key
     for key in theirs:
         assert not allowed(producer, key), key
+
+
+Q = SETTINGS.queue
+EVERY_KEY = {
+    # keys.py's name: (an example, the roles that may read it, the roles that may write it)
+    "BROKER_WRITE_PROBE": (keys.BROKER_WRITE_PROBE, {"worker"}, {"worker"}),
+    "CANCEL_CHANNEL": (keys.CANCEL_CHANNEL, {"worker", "producer"}, {"worker", "producer"}),
+    "EVENTS_CHANNEL": (keys.EVENTS_CHANNEL, {"worker", "producer"}, {"worker", "producer"}),
+    "ENDED_CHANNEL": (keys.ENDED_CHANNEL, {"worker", "producer"}, {"worker", "producer"}),
+    "DEAD": (keys.DEAD, {"worker", "operator"}, {"worker"}),
+    "RATE_ACTIVE": (keys.RATE_ACTIVE, {"worker"}, {"worker"}),
+    "RATE_PAUSE": (keys.RATE_PAUSE, {"worker"}, {"worker"}),
+    "RATE_TAT": (keys.RATE_TAT, {"worker"}, {"worker"}),
+    "UNACKED_INDEX": (keys.UNACKED_INDEX, {"worker"}, {"worker"}),
+    "WORKERS": (keys.WORKERS, {"worker", "operator"}, {"worker"}),
+    "batch": (keys.batch("b"), {"worker", "producer"}, {"worker", "producer"}),
+    "batch_members": (keys.batch_members("b"), {"worker", "producer"}, {"worker", "producer"}),
+    "batch_name": (keys.batch_name("n"), {"worker", "producer"}, {"worker", "producer"}),
+    "callback": (keys.callback("j"), {"worker"}, {"worker"}),
+    "cancel": (keys.cancel("j"), {"worker", "producer"}, {"worker", "producer"}),
+    "dedup": (keys.dedup("d"), {"worker"}, {"worker"}),
+    "generation": (keys.generation("j"), {"worker", "producer"}, {"worker", "producer"}),
+    "last_taken": (keys.last_taken(Q), {"worker"}, {"worker"}),
+    "owed": (keys.owed(Q), {"worker", "producer"}, {"worker", "producer"}),
+    "owed_calls": (keys.owed_calls(Q), {"worker", "producer"}, {"worker", "producer"}),
+    "owed_lock": (keys.owed_lock(Q), {"worker"}, {"worker"}),
+    "pending": (keys.pending(Q), {"worker", "producer"}, {"worker", "producer"}),
+    "place_counter": (keys.place_counter(Q), {"worker", "producer"}, {"worker", "producer"}),
+    "result": (keys.result("j"), {"worker", "producer"}, {"worker", "producer"}),
+    "scan_lock": (keys.scan_lock("s"), {"worker"}, {"worker"}),
+    "scan_seen": (keys.scan_seen("s"), {"worker"}, {"worker"}),
+    "scan_state": (keys.scan_state("s"), {"worker"}, {"worker"}),
+    "staging": (keys.staging("t", 0), {"worker", "producer"}, {"worker", "producer"}),
+    "stats": (keys.stats(29_000_000), {"worker", "producer", "operator"}, {"worker", "producer"}),
+    "suspects": (keys.suspects(Q), {"worker"}, {"worker"}),
+    "sweep_lock": (keys.sweep_lock(Q), {"worker"}, {"worker"}),
+    "worker": (keys.worker("w@h"), {"worker", "operator"}, {"worker"}),
+}
+
+
+def test_every_name_in_keys_py_is_given_to_the_roles_that_use_it() -> None:
+    """A new key (pausing a queue, a deadline…) fails here until someone decides who may use it."""
+    public = {
+        name
+        for name, value in vars(keys).items()
+        if not name.startswith("_") and name != "KEY_PREFIX" and (isinstance(value, str) or inspect.isfunction(value))
+    }
+    assert public == set(EVERY_KEY), "give the new key to its roles in tasks/store/acl.py, and list it here"
+    found = {role: acl.rules(role, SETTINGS) for role in acl.ROLES}
+    for name, (key, readers, writers) in EVERY_KEY.items():
+        assert {role for role, rules in found.items() if allowed(rules, key)} == readers, name
+        assert {role for role, rules in found.items() if allowed(rules, key, write=True)} == writers, name
 
 
 def test_the_queue_lists_at_every_priority_are_granted() -> None:
