@@ -11,6 +11,7 @@ The RabbitMQ user lives in a vhost of this module's own, with the permissions
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import sys
 import urllib.request
@@ -24,7 +25,7 @@ import pytest
 import redis
 
 from tests.integration import rabbit
-from tests.integration.conftest import producer_env, rabbit_url_or_skip
+from tests.integration.conftest import producer_env, rabbit_url_or_skip, unavailable
 from wsupload.config import Settings
 from wsupload.errors import EnqueueError
 from wsupload.tasks.store import acl, keys
@@ -320,6 +321,8 @@ def test_flower_watches_the_fleet_with_the_operators_control_rules(
     """Flower as a user starts it: it turns the worker's events on (a broadcast) and hears it on ``celeryev``."""
     from tests.integration.test_flower import FLOWER, Flower
 
+    if importlib.util.find_spec("flower") is None:
+        unavailable("flower is not installed (a dev dependency: run `make setup`)")
     reset_log(acl_redis)
     port = free_port()
     log_path = tmp_path / "flower.log"
