@@ -519,6 +519,24 @@ def _rabbitmq_depths(url: str) -> Callable[[list[str]], list[int]]:
     return depths
 
 
+def cmd_acl_rules(args: argparse.Namespace) -> int:
+    import shlex
+    from urllib.parse import unquote, urlsplit
+
+    from wsupload.config.settings import Settings
+    from wsupload.tasks.store import acl
+
+    if args.control and args.role != "operator":
+        raise WsuploadError("acl-rules: --control is for the operator role")
+    settings = Settings.from_env()
+    if args.role == "rabbitmq":
+        vhost = unquote(urlsplit(settings.broker_url or "").path.removeprefix("/")) or "/"
+        print(shlex.join(["rabbitmqctl", *acl.rabbitmq_permissions(settings).command(vhost, args.user or "wsupload")]))
+        return EXIT_OK
+    print(acl.setuser_line(acl.rules(args.role, settings, control=args.control), args.user or f"wsupload-{args.role}"))
+    return EXIT_OK
+
+
 def _dev_tool(name: str) -> Any:
     """A module of ``wsupload.worker.dev``, which production images leave out."""
     try:
@@ -723,6 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--port", type=_port, help="listen here (default WSUPLOAD_METRICS_PORT)")
     metrics.add_argument("--addr", help="listen on this address (default WSUPLOAD_METRICS_ADDR, 0.0.0.0)")
     metrics.set_defaults(handler=cmd_metrics)
+
+    acl_rules = commands.add_parser(
+        "acl-rules",
+        help="print a role's Redis ACL rule (ACL SETUSER …, add a password) or the RabbitMQ user's permissions",
+    )
+    acl_rules.add_argument("role", choices=["producer", "worker", "operator", "rabbitmq"])
+    acl_rules.add_argument("--user", help="the user's name (default wsupload-ROLE; rabbitmq: wsupload)")
+    acl_rules.add_argument("--control", action="store_true", help="operator: also `celery inspect` and Flower")
+    acl_rules.set_defaults(handler=cmd_acl_rules)
 
     sandbox = commands.add_parser("sandbox", help="run a local WaveSpeed-compatible upload server")
     sandbox.add_argument("--host", default="127.0.0.1")
