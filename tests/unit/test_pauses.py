@@ -1,0 +1,112 @@
+"""Paused queues: the set in Redis, this process's board, and the worker's loop that stops and starts consuming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+from celery.exceptions import Reject
+
+from tests.unit.conftest import install_runner
+from tests.unit.test_upload_task import NoClient
+from wsupload.errors import InvalidInput
+from wsupload.tasks import upload as upload_module
+from wsupload.tasks import upload_many as upload_many_module
+from wsupload.tasks.store import keys, pauses
+from wsupload.tasks.store.results import ResultStore
+from wsupload.worker.dev.samples import png_bytes
+from wsupload.worker.pause_watch import PauseWatch
+
+
+def test_pause_and_resume_say_whether_they_changed_anything(redis_client: fakeredis.FakeRedis) -> None:
+    assert pauses.pause(redis_client, "q.bulk")
+    assert not pauses.pause(redis_client, "q.bulk")
+    assert pauses.paused(redis_client) == {"q.bulk"}
+    assert pauses.resume(redis_client, "q.bulk")
+    assert not pauses.resume(redis_client, "q.bulk")
+    assert pauses.paused(redis_client) == set()
+
+
+def test_queues_are_named_by_their_name_or_their_role() -> None:
+    assert pauses.queue_named("bulk", "q", "q.bulk") == "q.bulk"
+    assert pauses.queue_named("interactive", "q", "q.bulk") == "q"
+    assert pauses.queue_named("q", "q", "q.bulk") == "q"
+    with pytest.raises(InvalidInput, match="no queue 'other'"):
+        pauses.queue_named("other", "q", "q.bulk")
+
+
+def test_the_board_reads_the_set_once_until_it_is_kept_by_the_loop(redis_client: fakeredis.FakeRedis) -> None:
+    board = pauses.Board()
+    reads: list[int] = []
+
+    def load() -> set[str]:
+        reads.append(1)
+        return pauses.paused(redis_client)
+
+    pauses.pause(redis_client, "q.bulk")
+    assert board.is_paused("q.bulk", load)
+    assert not board.is_paused("q", load)
+    assert not board.is_paused(None, load)
+    assert len(reads) == 1
+    board.update(set())
+    assert not board.is_paused("q.bulk", load)
+
+
+def test_the_loop_stops_and_starts_only_the_queues_this_worker_serves(redis_client: fakeredis.FakeRedis) -> None:
+    switched: list[tuple[str, bool]] = []
+    board = pauses.Board()
+    watch = PauseWatch(redis_client, {"q", "q.bulk"}, lambda q, on: switched.append((q, on)), board=board)
+    pauses.pause(redis_client, "q.bulk")
+    pauses.pause(redis_client, "elsewhere")
+    watch.look()
+    watch.look()  # nothing new: nothing switched again
+    assert switched == [("q.bulk", False)]
+    assert board.is_paused("q.bulk", set)
+    redis_client.srem(keys.PAUSED, "q.bulk")
+    watch.look()
+    assert switched == [("q.bulk", False), ("q.bulk", True)]
+    assert not board.is_paused("q.bulk", set)
+
+
+@pytest.fixture
+def board() -> Iterator[pauses.Board]:
+    pauses.BOARD.forget()
+    yield pauses.BOARD
+    pauses.BOARD.forget()
+
+
+def test_a_message_met_while_its_queue_is_paused_goes_back_unclaimed(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, board: pauses.Board, tmp_path: Path
+) -> None:
+    install_runner(store, monkeypatch, NoClient())
+    source = tmp_path / "a.png"
+    source.write_bytes(png_bytes())
+    pauses.pause(store.redis, "q.bulk")
+    upload_module.upload.push_request(id="j1", delivery_info={"routing_key": "q.bulk"})
+    try:
+        with pytest.raises(Reject) as caught:
+            upload_module.upload.run("j1", str(source))
+    finally:
+        upload_module.upload.pop_request()
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert store.redis.get(keys.generation("j1")) is None  # nothing claimed
+    assert store.get("j1") is None
+
+
+def test_a_bulk_message_met_while_its_queue_is_paused_goes_back_whole(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, board: pauses.Board, tmp_path: Path
+) -> None:
+    install_runner(store, monkeypatch, NoClient())
+    source = tmp_path / "a.png"
+    source.write_bytes(png_bytes())
+    pauses.pause(store.redis, "q.bulk")
+    upload_many_module.upload_many.push_request(id="m1", delivery_info={"routing_key": "q.bulk"})
+    try:
+        with pytest.raises(Reject) as caught:
+            upload_many_module.upload_many.run([["j1", str(source)], ["j2", str(source)]])
+    finally:
+        upload_many_module.upload_many.pop_request()
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert store.redis.get(keys.generation("j1")) is None
