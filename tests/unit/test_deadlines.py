@@ -108,3 +108,10 @@ def _settings() -> Any:
     from wsupload.config import Settings
 
     return Settings.from_env({})
+
+
+def test_an_expired_job_has_labels_of_its_own_in_the_metrics() -> None:
+    from wsupload.tasks.observe import telemetry
+
+    doc = results.expired(results.new_doc("j", "/x.png", results.utcnow()), results.utcnow(), "late")
+    assert telemetry.outcome_of(doc) == ("expired", "expired")
