@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -14,6 +15,7 @@ from tests.unit.test_upload_task import NoClient
 from wsupload.errors import InvalidInput
 from wsupload.tasks import upload as upload_module
 from wsupload.tasks import upload_many as upload_many_module
+from wsupload.tasks.job import Outcome
 from wsupload.tasks.store import keys, pauses
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.samples import png_bytes
@@ -110,3 +112,26 @@ def test_a_bulk_message_met_while_its_queue_is_paused_goes_back_whole(
         upload_many_module.upload_many.pop_request()
     assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
     assert store.redis.get(keys.generation("j1")) is None
+
+
+def test_a_bulk_message_paused_mid_way_finishes_its_job_and_hands_back_the_rest(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, board: pauses.Board
+) -> None:
+    runner = install_runner(store, monkeypatch, NoClient())
+    seen: list[str] = []
+
+    def deliver(job_id: str, *args: Any, **kwargs: Any) -> Outcome:
+        seen.append(job_id)
+        pauses.pause(store.redis, "q.bulk")  # paused while this job runs
+        board.update(pauses.paused(store.redis))  # as the worker's loop would
+        return Outcome({"job_id": job_id, "status": "succeeded"}, ended_here=True)
+
+    monkeypatch.setattr(runner, "run_delivery", deliver)
+    upload_many_module.upload_many.push_request(id="m1", delivery_info={"routing_key": "q.bulk"})
+    try:
+        with pytest.raises(Reject) as caught:
+            upload_many_module.upload_many.run([["j1", "/a.png"], ["j2", "/b.png"], ["j3", "/c.png"]])
+    finally:
+        upload_many_module.upload_many.pop_request()
+    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    assert seen == ["j1"]  # the running job finished; the others go back with the message
