@@ -200,10 +200,11 @@ def hand_back_paused(job: JobRunner, job_id: str, tag: str | None, queue: str) -
     """A message of a paused queue met before its job started: back to its queue (``Reject``), nothing
     claimed; on RabbitMQ, acknowledged early, its owed entry falls due now (the sweep publishes it again)."""
     log.info("job %s: queue %s is paused; its message goes back to the queue", job_id, queue)
+    why = f"queue {queue} is paused"
     if job.settings.broker_is_amqp:
-        hand_back_on_rabbitmq(job_id, tag, job.store.redis)
+        hand_back_on_rabbitmq(job_id, tag, job.store.redis, why)
         return
-    raise Reject(f"queue {queue} is paused", requeue=True)
+    raise Reject(why, requeue=True)
 
 
 def succeeded_here(outcome: Outcome) -> dict[str, Any] | None:
@@ -290,12 +291,14 @@ def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def hand_back_on_rabbitmq(job_id: str, tag: str | None, client: redis.Redis) -> None:
-    """A job handed back as its worker stops: its message goes back to its queue (``Reject``), or,
-    acknowledged early, its owed entry falls due now and the sweep publishes it."""
+def hand_back_on_rabbitmq(
+    job_id: str, tag: str | None, client: redis.Redis, why: str = "handed back as the worker stops"
+) -> None:
+    """A job handed back (as its worker stops, or its queue paused): its message goes back to its queue
+    (``Reject``, saying ``why``), or, acknowledged early, its owed entry falls due now and the sweep publishes it."""
     early = early_acks.EARLY.pop(tag)
     if early is None:
-        raise Reject("handed back as the worker stops", requeue=True)
+        raise Reject(why, requeue=True)
     try:
         early_acks.OwedSet(client).owe({early.queue: [job_id]}, 0, mode="XX")
     except redis.RedisError as exc:
