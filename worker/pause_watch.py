@@ -8,8 +8,9 @@ transport's fetches) and a resume adds it back (``add_task_queue``); both run on
 own event loop (``hub.call_soon``), as Celery's ``cancel_consumer`` control command does. Jobs
 running finish; a message already fetched goes back to its queue when its task meets the pause
 (``tasks.upload``, ``tasks.upload_many``). The set lives in the results Redis (``REDIS_URL``)
-whatever the broker, and a worker started while a queue is paused does not consume it past its
-first look.
+whatever the broker. A worker started while a queue is paused leaves it out before it consumes
+anything (``celeryd_after_setup``, where Celery lets its queues be changed), or, if Redis could
+not be read then, stops consuming it at its first look.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
+from celery.signals import celeryd_after_setup
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.store import keys, pauses
-from wsupload.tasks.store.pauses import BOARD, LOOK_EVERY, Board
+from wsupload.tasks.store.pauses import BOARD, LEFT_OUT, LOOK_EVERY, Board
 from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.worker_records import connect
 
@@ -118,8 +120,32 @@ class PauseWatch(BackgroundLoop):
 
     @classmethod
     def for_worker(cls, consumer: Any, settings: Settings) -> PauseWatch:
-        serves = {queue.name for queue in consumer.task_consumer.queues}
-        return cls(connect(settings.redis_url, timeout=LOOK_EVERY * 6), serves, on_loop(consumer))
+        serves = {queue.name for queue in consumer.task_consumer.queues} | LEFT_OUT
+        watch = cls(connect(settings.redis_url, timeout=LOOK_EVERY * 6), serves, on_loop(consumer))
+        watch.stopped = set(LEFT_OUT)
+        return watch
+
+
+def leave_out_paused(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """``celeryd_after_setup``: leave the paused queues out of the worker's queues before it consumes any."""
+    app = getattr(instance, "app", None)
+    settings = getattr(app, "settings", None)
+    if not isinstance(settings, Settings):
+        return  # another app's worker
+    LEFT_OUT.clear()
+    queues = app.amqp.queues  # type: ignore[union-attr]
+    client = connect(settings.redis_url, timeout=LOOK_EVERY * 6)
+    try:
+        paused = pauses.paused(client)
+    except redis.RedisError as exc:
+        log.warning("pauses: cannot read the paused queues at start (%s); looking again once consuming", exc)
+        return
+    finally:
+        client.close()
+    for name in sorted(set(queues.consume_from or queues) & paused):
+        queues.deselect(name)
+        LEFT_OUT.add(name)
+        log.info("queue %s is paused: this worker starts without taking its jobs", name)
 
 
 def on_loop(consumer: Any) -> Callable[[str, bool], None]:
@@ -145,3 +171,4 @@ def on_loop(consumer: Any) -> Callable[[str, bool], None]:
 
 
 PauseWatch.follow_worker()
+celeryd_after_setup.connect(leave_out_paused, weak=False, dispatch_uid=f"{__name__}:leave-out-paused")

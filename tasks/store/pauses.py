@@ -109,3 +109,5 @@ class Board:
 
 BOARD = Board()
 """This process's board."""
+LEFT_OUT: set[str] = set()
+"""The queues this process's worker serves but was set up without, being paused (``worker.pause_watch``)."""

@@ -135,3 +135,26 @@ def test_a_bulk_message_paused_mid_way_finishes_its_job_and_hands_back_the_rest(
         upload_many_module.upload_many.pop_request()
     assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
     assert seen == ["j1"]  # the running job finished; the others go back with the message
+
+
+def test_a_worker_set_up_while_a_queue_is_paused_leaves_it_out_before_consuming(
+    redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from wsupload.config import Settings
+    from wsupload.worker import pause_watch
+    from wsupload.worker.app import create_app
+
+    settings = Settings.from_env({"WSUPLOAD_QUEUE": "q", "WSUPLOAD_BULK_QUEUE": "q.bulk"})
+    app = create_app(settings)
+    app.amqp.queues.select(["q", "q.bulk"])  # as `wsupload worker` asks (--queues)
+    monkeypatch.setattr(pause_watch, "connect", lambda url, timeout: redis_client)
+    pauses.pause(redis_client, "q.bulk")
+    pause_watch.leave_out_paused(sender="w@host", instance=SimpleNamespace(app=app))
+    assert set(app.amqp.queues.consume_from) == {"q"}
+    assert {"q.bulk"} == pauses.LEFT_OUT
+    consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[app.amqp.queues["q"]]), hub=None)
+    watch = PauseWatch.for_worker(consumer, settings)
+    assert (watch.serves, watch.stopped) == ({"q", "q.bulk"}, {"q.bulk"})
+    pauses.LEFT_OUT.clear()
