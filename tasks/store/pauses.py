@@ -12,6 +12,7 @@ message fetched before its queue was paused goes back to its queue instead of ru
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ from wsupload.tasks.store.results import text
 
 LOOK_EVERY = 0.5
 """Seconds between two reads of the paused set by each worker process (announcements come sooner)."""
+STALE_AFTER = 10 * LOOK_EVERY
+"""A board not updated for this long (its loop stopped, or cannot read Redis) is read again by the task that asks."""
 
 
 def queue_named(name: str, interactive: str, bulk: str) -> str:
@@ -80,13 +83,16 @@ def read(members: Iterable[bytes | str]) -> set[str]:
 class Board:
     """This process's view of the paused queues, kept by ``worker.pause_watch``; read by the tasks."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._paused: frozenset[str] | None = None
+        self._at = 0.0
+        self._clock = clock
         self._lock = threading.Lock()
 
     def update(self, queues: Iterable[str]) -> None:
         with self._lock:
             self._paused = frozenset(queues)
+            self._at = self._clock()
 
     def forget(self) -> None:
         """Back to "not read yet" (the worker stopped; tests)."""
@@ -94,15 +100,16 @@ class Board:
             self._paused = None
 
     def is_paused(self, queue: str | None, load: Callable[[], set[str]]) -> bool:
-        """Whether ``queue`` is paused; ``load`` reads the set when this process has not yet (an error: no)."""
+        """Whether ``queue`` is paused; ``load`` reads the set when this process has not yet, or not for
+        ``STALE_AFTER`` seconds (a read that fails: what was known, or not paused)."""
         if not queue:
             return False
         known = self._paused
-        if known is None:
+        if known is None or self._clock() - self._at > STALE_AFTER:
             try:
                 self.update(load())
             except redis.RedisError:
-                return False
+                return known is not None and queue in known
             known = self._paused or frozenset()
         return queue in known
 

@@ -158,3 +158,12 @@ def test_a_worker_set_up_while_a_queue_is_paused_leaves_it_out_before_consuming(
     watch = PauseWatch.for_worker(consumer, settings)
     assert (watch.serves, watch.stopped) == ({"q", "q.bulk"}, {"q.bulk"})
     pauses.LEFT_OUT.clear()
+
+
+def test_a_board_not_kept_for_a_while_is_read_again(redis_client: fakeredis.FakeRedis) -> None:
+    now = [0.0]
+    board = pauses.Board(clock=lambda: now[0])
+    board.update({"q.bulk"})
+    assert board.is_paused("q.bulk", lambda: pauses.paused(redis_client))  # fresh: not read
+    now[0] += pauses.STALE_AFTER + 1
+    assert not board.is_paused("q.bulk", lambda: pauses.paused(redis_client))  # stale: read, resumed meanwhile
