@@ -107,8 +107,10 @@ def test_a_deadline_passing_during_retries_ends_expired_at_the_next_attempt(
 ) -> None:
     start_worker()
     source = media(media_root, "retried")
-    sandbox.add_fault(Fault(status=503, retry_after="3", times=5))
-    [job] = own_producer.enqueue([source], expires_in=1.5)
+    # The first attempt comes well within the deadline (3 s, for a loaded machine); the wait the
+    # server asks for (5 s, WSUPLOAD_RETRY_AFTER_MAX) ends past it.
+    sandbox.add_fault(Fault(status=503, retry_after="5", times=5))
+    [job] = own_producer.enqueue([source], expires_in=3)
     outcome = own_producer.wait([job.job_id], timeout=60)
     assert not outcome.timed_out
     doc = outcome.docs[0]
@@ -125,8 +127,13 @@ def test_an_upload_already_sending_when_its_deadline_passes_is_not_cut(
 ) -> None:
     start_worker()
     source = media(media_root, "sending")
-    sandbox.add_fault(Fault(stall=2.5))  # the answer comes after the deadline
-    [job] = own_producer.enqueue([source], expires_in=1.0)
+    sandbox.add_fault(Fault(stall=60))  # held until released, once the deadline has passed
+    [job] = own_producer.enqueue([source], expires_in=3)
+    wait_until(lambda: requests_for(sandbox, source) == 1, 30, what="the upload to reach the sandbox")
+    [sending] = own_producer.status([job.job_id])
+    assert sending is not None
+    wait_until(lambda: past(own_producer, sending["deadline_at"]), 10, what="the deadline to pass")
+    sandbox.release_stalls()
     outcome = own_producer.wait([job.job_id], timeout=60)
     doc = outcome.docs[0]
     assert doc is not None
