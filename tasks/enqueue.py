@@ -52,7 +52,7 @@ import re
 import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -277,7 +277,12 @@ class ClearDebt:
     args: list[Any]
 
 
-Step = Stage | Commit | Committed | Unlink | Publish | ClearDebt
+@dataclass(frozen=True)
+class Clock:
+    """``TIME``: Redis's clock, for a deadline (``expires_in``); ``(seconds, microseconds)`` is sent back."""
+
+
+Step = Stage | Commit | Committed | Unlink | Publish | ClearDebt | Clock
 Flow = Generator[Step, Any, None]
 UNLINK_CHUNK = 1000
 
@@ -289,8 +294,15 @@ def push_flow(
     bulk: bool,
     options: dict[str, Any] | None,
     batch: _BatchRecords | None = None,
+    expires_in: float | None = None,
 ) -> Flow:
-    """Every step of putting ``jobs`` on the queue (see the module docstring), for a driver to perform."""
+    """Every step of putting ``jobs`` on the queue (see the module docstring), for a driver to perform.
+
+    ``expires_in``: seconds from now (Redis's clock, one ``TIME``) after which a job not started
+    ends ``expired``; it travels as the option ``deadline_at`` (``tasks.wire.options``).
+    """
+    if expires_in is not None:
+        options = yield from _with_deadline(jobs, options, expires_in, batch)
     if settings.broker_is_amqp:
         yield from _owe_flow(settings, jobs, bulk=bulk, options=options, batch=batch)
         return
@@ -322,6 +334,39 @@ def push_flow(
     last_jobs = _flat(last)
     names, args = _commit_arguments(settings, PUSH, queue, jobs, last_jobs, stages, last_messages, now, batch, options)
     yield from _commit(names, args, jobs, stages, batch)
+
+
+def check_expires_in(expires_in: float | None) -> None:
+    """``expires_in`` must be a positive number of seconds (``InvalidInput`` otherwise)."""
+    if expires_in is None:
+        return
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in < 10**9:
+        raise InvalidInput(f"expires_in must be a positive number of seconds, got {expires_in!r}")
+
+
+def deadline_at(redis_time: Sequence[int], expires_in: float) -> str:
+    """The ``deadline_at`` option for a job enqueued now (``TIME``'s reply) that may wait ``expires_in`` seconds."""
+    seconds, micros = (int(part) for part in redis_time)
+    now = datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
+    return results.isoformat(now + timedelta(seconds=expires_in))
+
+
+def _with_deadline(
+    jobs: list[Job], options: dict[str, Any] | None, expires_in: float, batch: _BatchRecords | None
+) -> Generator[Step, Any, dict[str, Any]]:
+    """``options`` with ``deadline_at``, ``expires_in`` from now on Redis's clock (one ``TIME``)."""
+    check_expires_in(expires_in)
+    try:
+        redis_time = yield Clock()
+    except redis.RedisError as exc:
+        subject = "batch" if batch else ("job" if len(jobs) == 1 else "jobs")
+        raise EnqueueError(
+            f"{subject} not enqueued: {_happened(exc)} reading its clock for the deadline ({redis_reason(exc)});"
+            " nothing was queued",
+            jobs,
+            batch_id=batch.batch_id if batch else None,
+        ) from exc
+    return {**(options or {}), "deadline_at": deadline_at(redis_time, expires_in)}
 
 
 def _commit(
@@ -400,12 +445,21 @@ class Enqueuer:
         self._publisher: Publisher | None = None
 
     def enqueue(
-        self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
+        self,
+        sources: Sequence[str],
+        *,
+        bulk: bool = False,
+        options: dict[str, Any] | None = None,
+        expires_in: float | None = None,
     ) -> list[Job]:
-        """One job per source, on the interactive queue unless ``bulk``; all of them or none."""
+        """One job per source, on the interactive queue unless ``bulk``; all of them or none.
+
+        ``expires_in``: seconds after which a job not started yet ends ``expired`` (``push_flow``).
+        """
+        check_expires_in(expires_in)
         jobs = new_jobs(sources)
         if jobs:
-            self._drive(push_flow(self.settings, jobs, bulk=bulk, options=options))
+            self._drive(push_flow(self.settings, jobs, bulk=bulk, options=options, expires_in=expires_in))
         return jobs
 
     def enqueue_batch(
@@ -415,10 +469,14 @@ class Enqueuer:
         name: str | None = None,
         bulk: bool = True,
         options: dict[str, Any] | None = None,
+        expires_in: float | None = None,
     ) -> Batch:
         """Many jobs under one batch id; bulk queue and deduplication unless told otherwise."""
+        check_expires_in(expires_in)
         jobs, records, batch_options = new_batch(sources, name, options)
-        self._drive(push_flow(self.settings, jobs, bulk=bulk, options=batch_options, batch=records))
+        self._drive(
+            push_flow(self.settings, jobs, bulk=bulk, options=batch_options, batch=records, expires_in=expires_in)
+        )
         return Batch(records.batch_id, name, jobs)
 
     def _drive(self, flow: Flow) -> None:
@@ -452,6 +510,8 @@ class Enqueuer:
                 return self.publisher().publish(amqp_messages)
             case ClearDebt(keys=names, args=args):
                 return self._clear_debt(keys=names, args=args)
+            case Clock():
+                return self.redis.time()
 
     def _stage(self, stage: Stage) -> Any:
         pipe = self.redis.pipeline(transaction=stage.transaction)

@@ -1,7 +1,9 @@
 """Running one upload job: validate the source, upload with retries, record the outcome.
 
 Celery-free, so it is unit-tested with fakeredis and a fake client. It always
-ends a job in ``succeeded`` or ``failed`` with a readable error, except when
+ends a job in ``succeeded`` or ``failed`` with a readable error (or ``expired``: a job
+met after its ``deadline_at``, or whose deadline passed while it waited to retry, ends
+so at that attempt instead of sending; a request already sending is not cut), except when
 Redis itself is unreachable: then it raises, and the task hands the message back
 to the broker rather than lose the job; and except when the job is cancelled
 while it runs (``tasks.recovery.lease``): the producer wrote its end, and the
@@ -37,6 +39,7 @@ from wsupload.config.settings import Settings
 from wsupload.errors import (
     Cancelled,
     ClientError,
+    Expired,
     InternalError,
     LeaseLost,
     RateLimited,
@@ -234,6 +237,12 @@ class JobRunner:
             # lost): uploading again would only waste the bytes.
             log.info("job %s has already ended (%s); not running it again", job_id, doc["status"])
             return Outcome(doc, ended_here=False)
+        if options.expired(time.time()):
+            # Met after its deadline (no worker ran, a backlog, a redelivery): it ends without a request.
+            late = _State(doc, None, claim.generation, then=then)
+            message = f"its deadline {options.deadline_at} passed before a worker started it; nothing was sent"
+            doc = self._end(late, results.expired(doc, results.utcnow(), message))
+            return Outcome(doc, ended_here=True, next_claim=late.next_claim)
         budget = self.settings.job_timeout if time_budget is None else time_budget
         deadline = time.monotonic() + budget
         state = _State(results.started(doc, now, claim.generation, worker), deadline, claim.generation, then=then)
@@ -265,6 +274,8 @@ class JobRunner:
             except Cancelled:
                 log.info("job %s: cancelled by a producer while it ran; this delivery stops", job_id)
                 raise  # the producer wrote the end: nothing more to write
+            except Expired as error:
+                doc = results.expired(state.doc, results.utcnow(), error.message)
             except UploadError as error:
                 doc = results.failed(state.doc, self._redacted(error), results.utcnow())
             except (LeaseLost, Superseded, redis.RedisError):
@@ -293,7 +304,8 @@ class JobRunner:
         trip. Anything slower says "running" on its own first (``run_delivery``).
         """
         first = None
-        if _at_once(source, options) and not (self.limiter is not None and self.limiter.active):
+        late = options.expired(now.timestamp())  # it ends at once: its claim writes no attempt
+        if _at_once(source, options) and not late and not (self.limiter is not None and self.limiter.active):
             first = FirstAttempt(
                 self.settings.max_deliveries,
                 self.policy.max_attempts,
@@ -393,6 +405,12 @@ class JobRunner:
             try:
                 with self.limiter.slot(state.deadline):
                     lease.tick()
+                    if options.expired(time.time()):
+                        # Its deadline passed during a retry's wait (or a fleet slot's): no more attempts.
+                        raise Expired(
+                            f"its deadline {options.deadline_at} passed after {state.doc['attempts']} attempt(s);"
+                            " not retried"
+                        )
                     state.doc = results.attempting(state.doc)
                     if state.attempt_written:
                         state.attempt_written = False  # the claim wrote this document
@@ -552,4 +570,5 @@ class JobRunner:
             )
         else:
             error = doc["error"]
-            log.warning("job %s failed (%s): %s", doc["job_id"], error["kind"], error["message"], extra=fields)
+            status = doc["status"]  # failed, or expired
+            log.warning("job %s %s (%s): %s", doc["job_id"], status, error["kind"], error["message"], extra=fields)

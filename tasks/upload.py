@@ -19,6 +19,9 @@ task never retried by Celery. A delivery that stops, or finds its job already
 ended, raises nothing, except on RabbitMQ a job handed back as its worker stops:
 its message is rejected with requeue (acknowledged, it would be lost), or, if it
 was acknowledged early (``worker.amqp_leases``), its owed entry falls due now.
+A delivery whose queue is paused (``tasks.store.pauses``: a message fetched before the pause
+reached this worker's consumer) goes back to its queue before it claims anything (``Reject``
+with requeue; on RabbitMQ, acknowledged early, its owed entry falls due now).
 On RabbitMQ a delivery handed back while it waited for a thread returns at once,
 touching nothing, and one that cannot record its outcome in Redis waits for Redis
 (``tasks.recovery.redis_wait``, bounded) before its message goes back.
@@ -49,7 +52,7 @@ from wsupload.tasks.job import JobRunner, Outcome
 from wsupload.tasks.observe import redaction
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks, redis_wait
-from wsupload.tasks.store import keys, results
+from wsupload.tasks.store import keys, pauses, results
 from wsupload.tasks.wire.decode import job_id_of, read_upload_call, shown
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,10 @@ def run_upload(
     self: Task[Any, Any], job: JobRunner, tag: str | None, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> dict[str, Any] | None:
     """The task's body, once this delivery may run: the result dict if it wrote the job's success, else None."""
+    paused = queue_paused(job, self.request)
+    if paused is not None:
+        hand_back_paused(job, job_id_of(args, kwargs, self.request.id) or str(self.request.id), tag, paused)
+        return None
     try:
         call = read_upload_call(args, kwargs, self.request.id)
     except NoJobId as exc:
@@ -179,6 +186,25 @@ def run_upload(
     callback_after(job, outcome, call.options.callback_url)
     raise_if_failed_here(outcome)
     return succeeded_here(outcome)
+
+
+def queue_paused(job: JobRunner, request: Any) -> str | None:
+    """The queue this delivery's message came from, if it is paused now (``tasks.store.pauses.BOARD``)."""
+    queue = (request.delivery_info or {}).get("routing_key")
+    if pauses.BOARD.is_paused(queue, lambda: pauses.paused(job.store.here())):
+        return str(queue)
+    return None
+
+
+def hand_back_paused(job: JobRunner, job_id: str, tag: str | None, queue: str) -> None:
+    """A message of a paused queue met before its job started: back to its queue (``Reject``), nothing
+    claimed; on RabbitMQ, acknowledged early, its owed entry falls due now (the sweep publishes it again)."""
+    log.info("job %s: queue %s is paused; its message goes back to the queue", job_id, queue)
+    why = f"queue {queue} is paused"
+    if job.settings.broker_is_amqp:
+        hand_back_on_rabbitmq(job_id, tag, job.store.redis, why)
+        return
+    raise Reject(why, requeue=True)
 
 
 def succeeded_here(outcome: Outcome) -> dict[str, Any] | None:
@@ -265,12 +291,14 @@ def delivery_tag(request: Any, job_id: str | None, *, amqp: bool) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def hand_back_on_rabbitmq(job_id: str, tag: str | None, client: redis.Redis) -> None:
-    """A job handed back as its worker stops: its message goes back to its queue (``Reject``), or,
-    acknowledged early, its owed entry falls due now and the sweep publishes it."""
+def hand_back_on_rabbitmq(
+    job_id: str, tag: str | None, client: redis.Redis, why: str = "handed back as the worker stops"
+) -> None:
+    """A job handed back (as its worker stops, or its queue paused): its message goes back to its queue
+    (``Reject``, saying ``why``), or, acknowledged early, its owed entry falls due now and the sweep publishes it."""
     early = early_acks.EARLY.pop(tag)
     if early is None:
-        raise Reject("handed back as the worker stops", requeue=True)
+        raise Reject(why, requeue=True)
     try:
         early_acks.OwedSet(client).owe({early.queue: [job_id]}, 0, mode="XX")
     except redis.RedisError as exc:

@@ -25,7 +25,9 @@ message stops when:
 - another delivery claimed one of its jobs after it (``Superseded``): the message goes
   back to its queue rather than leave that job to a delivery that may stop;
 - an interactive job waits (``interactive_waiting``): the jobs not started go back to the
-  bulk queue, so interactive jobs still overtake a bulk backlog by a job, not a message.
+  bulk queue, so interactive jobs still overtake a bulk backlog by a job, not a message;
+- its queue is paused (``tasks.store.pauses``): the jobs not started go back to it, the job
+  running finishes (a message met paused before its first job goes back whole).
 
 Any path that would acknowledge the message while Redis refuses writes sends it back
 instead: acknowledged, its jobs not ended yet would be in no queue and never end.
@@ -57,6 +59,7 @@ from wsupload.tasks.upload import (
     callback_after,
     cannot_record_now,
     delivery_tag,
+    queue_paused,
     requeue_for_redis,
     runner,
     send_callback,
@@ -107,6 +110,11 @@ def run_message(task: Task[Any, Any], args: tuple[object, ...], kwargs: dict[str
             fail_or_requeue(job, verdict.job_id, verdict.source, ON_RABBITMQ)
         return
     request = task.request  # a lookup in Celery's request stack: once, not once a job
+    paused = queue_paused(job, request)
+    if paused is not None:
+        left = len(verdicts)
+        log.info("message %s: queue %s is paused; its %d job(s) go back to the queue", request.id, paused, left)
+        raise Reject(f"queue {paused} is paused", requeue=True)
     tag = delivery_tag(request, None, amqp=False)
     grace = job.settings.connect_timeout + job.settings.read_timeout + job.settings.lease
     message = lease.JobLease(verdicts[0].job_id, tag, grace)
@@ -212,6 +220,8 @@ class _MessageRun:
                 self.request.id,
                 left,
             )
+        elif self.stop == PAUSED:
+            log.info("message %s: its queue is paused; its %d job(s) not started go back to it", self.request.id, left)
         else:
             log.info(
                 "message %s: an interactive job waits; its %d job(s) not started go back to the bulk queue",
@@ -221,13 +231,15 @@ class _MessageRun:
         raise Reject(self.stop, requeue=True)
 
 
-STOPPING, YIELDING = "the worker is stopping", "an interactive job waits"
+STOPPING, YIELDING, PAUSED = "the worker is stopping", "an interactive job waits", "its queue is paused"
 
 
 def why_stop(settings: Settings, request: Any) -> str | None:
-    """Why a bulk message must hand its jobs not started back now (``STOPPING``, ``YIELDING``), or None."""
+    """Why a bulk message must hand its jobs not started back now (``STOPPING``, ``PAUSED``, ``YIELDING``), or None."""
     if worker_stopping():
         return STOPPING
+    if queue_paused(runner(), request) is not None:
+        return PAUSED
     if interactive_waiting(settings, request):
         return YIELDING
     return None

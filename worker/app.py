@@ -99,10 +99,11 @@ def create_app(settings: Settings) -> WsuploadApp:
             *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks")),
             # Hooked to the worker's signals (worker.background), started and stopped in this
             # order: its heartbeat, its jobs' lease renewal and stop, the cancels of the jobs it
-            # runs, and the sweep for lost messages.
+            # runs, the paused queues it stops consuming, and the sweep for lost messages.
             "wsupload.worker.heartbeat",
             "wsupload.worker.renewer",
             "wsupload.worker.cancel_watch",
+            "wsupload.worker.pause_watch",
             "wsupload.worker.sweeper",
             # Its metrics endpoint, when WSUPLOAD_METRICS_PORT is set.
             "wsupload.worker.metrics",

@@ -33,6 +33,7 @@ from wsupload.errors import PublishError, WsuploadError
 from wsupload.tasks.enqueue import (
     Batch,
     ClearDebt,
+    Clock,
     Commit,
     Committed,
     Flow,
@@ -41,12 +42,13 @@ from wsupload.tasks.enqueue import (
     Stage,
     Step,
     Unlink,
+    check_expires_in,
     new_batch,
     new_jobs,
     push_flow,
 )
 from wsupload.tasks.sources.discovery import Found
-from wsupload.tasks.store import cancels, lua, results
+from wsupload.tasks.store import cancels, keys, lua, pauses, results
 from wsupload.tasks.store.batches import batch_info, members_key
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import async_redis_client
@@ -119,13 +121,23 @@ class AsyncProducer:
     # Enqueueing: tasks.enqueue decides, this performs.
 
     async def enqueue(
-        self, sources: Sequence[str], *, bulk: bool = False, options: dict[str, Any] | None = None
+        self,
+        sources: Sequence[str],
+        *,
+        bulk: bool = False,
+        options: dict[str, Any] | None = None,
+        expires_in: float | None = None,
     ) -> list[Job]:
-        """One job per source, on the interactive queue unless ``bulk``; all of them or none (``EnqueueError``)."""
+        """One job per source, on the interactive queue unless ``bulk``; all of them or none (``EnqueueError``).
+
+        ``expires_in``: seconds after which a job not started yet ends ``expired``.
+        """
+        check_expires_in(expires_in)
         offload = len(sources) > OFFLOAD_ABOVE
         jobs = await asyncio.to_thread(new_jobs, sources) if offload else new_jobs(sources)
         if jobs:
-            await self._drive(push_flow(self.settings, jobs, bulk=bulk, options=options), offload)
+            flow = push_flow(self.settings, jobs, bulk=bulk, options=options, expires_in=expires_in)
+            await self._drive(flow, offload)
         return jobs
 
     async def enqueue_batch(
@@ -135,14 +147,17 @@ class AsyncProducer:
         name: str | None = None,
         bulk: bool = True,
         options: dict[str, Any] | None = None,
+        expires_in: float | None = None,
     ) -> Batch:
         """Many jobs under one batch id; bulk queue and deduplication unless told otherwise."""
+        check_expires_in(expires_in)
         offload = len(sources) > OFFLOAD_ABOVE
         made = (
             await asyncio.to_thread(new_batch, sources, name, options) if offload else new_batch(sources, name, options)
         )
         jobs, records, batch_options = made
-        await self._drive(push_flow(self.settings, jobs, bulk=bulk, options=batch_options, batch=records), offload)
+        flow = push_flow(self.settings, jobs, bulk=bulk, options=batch_options, batch=records, expires_in=expires_in)
+        await self._drive(flow, offload)
         return Batch(records.batch_id, name, jobs)
 
     async def _drive(self, flow: Flow, offload: bool) -> None:
@@ -178,6 +193,8 @@ class AsyncProducer:
                 return await asyncio.to_thread(self.publisher().publish, amqp_messages)
             case ClearDebt(keys=names, args=args):
                 return await self._clear_debt(keys=names, args=args)
+            case Clock():
+                return await self.redis.time()
 
     def publisher(self) -> Publisher:
         """This producer's connection to RabbitMQ (opened, in a thread, at its first publish) and kept."""
@@ -211,6 +228,26 @@ class AsyncProducer:
     async def batch_jobs(self, batch_id: str) -> list[str]:
         """A batch's job ids, in order (``BatchStore.job_ids``)."""
         return [results.text(raw) for raw in await self.redis.lrange(members_key(batch_id), 0, -1)]
+
+    # Pausing queues (tasks.store.pauses).
+
+    async def pause(self, queue: str) -> bool:
+        """Pause ``queue`` fleet-wide, as ``Producer.pause``; whether it was running until now."""
+        return await self._change(queue, pause=True)
+
+    async def resume(self, queue: str) -> bool:
+        """Resume ``queue``, as ``Producer.resume``; whether it was paused until now."""
+        return await self._change(queue, pause=False)
+
+    async def paused(self) -> set[str]:
+        """The queues paused now."""
+        return pauses.read(await self.redis.smembers(keys.PAUSED))
+
+    async def _change(self, queue: str, *, pause: bool) -> bool:
+        named = pauses.queue_named(queue, self.settings.queue, self.settings.bulk_queue)
+        pipe = self.redis.pipeline(transaction=True)
+        pauses.fill_change(pipe, named, pause=pause)
+        return pauses.changed(await pipe.execute())
 
     # Cancelling: tasks.store.cancels decides, this performs.
 

@@ -1,7 +1,7 @@
 """The ``wsupload`` command: worker, enqueue, status, wait, cancel, batches, dead letters, workers, stats, health,
 dev tools.
 
-Exit codes: 0 success; 1 a job did not succeed (failed, cancelled; ``health``: no fresh
+Exit codes: 0 success; 1 a job did not succeed (failed, cancelled, expired; ``health``: no fresh
 heartbeat; ``cancel``: a job had already ended); 2 bad configuration, usage, an unknown job
 to cancel or an unreachable service (one readable line, no traceback); 3 ``wait`` timed out.
 A TLS certificate or host name that does not verify is bad configuration: the long-running
@@ -153,7 +153,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     from wsupload.config.settings import Settings
 
     options = _job_options(args, dedup=args.dedup)
-    jobs = _producer(Settings.from_env()).enqueue(args.sources, bulk=args.bulk, options=options)
+    producer = _producer(Settings.from_env())
+    jobs = producer.enqueue(args.sources, bulk=args.bulk, options=options, expires_in=args.expires_in)
     if args.json:
         print(json.dumps([{"job_id": j.job_id, "source": j.source} for j in jobs]))
     else:
@@ -269,7 +270,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     producer = _producer(settings)
     # Explicit either way: a batch deduplicates unless told not to, and to_message() leaves False out.
     options = {**_job_options(args, dedup=not args.no_dedup), "dedup": not args.no_dedup}
-    batch = producer.enqueue_batch(found, name=args.batch, bulk=not args.interactive, options=options)
+    batch = producer.enqueue_batch(
+        found, name=args.batch, bulk=not args.interactive, options=options, expires_in=args.expires_in
+    )
     total_bytes = sum(item.size or 0 for item in found)
     print(
         f"batch {batch.batch_id}{f' ({batch.name})' if batch.name else ''}: {len(batch.jobs)} jobs, {total_bytes} bytes"
@@ -288,8 +291,8 @@ def _finish_batch(producer: Any, batch_id: str, timeout: float | None, output: P
         info, timed_out = producer.wait_batch(batch_id, timeout=timeout, on_update=progress)
     finally:
         progress.close()
-    cancelled = f", {info['cancelled']} cancelled" if info.get("cancelled") else ""
-    print(f"{info['succeeded']} succeeded, {info['failed']} failed{cancelled} of {info['total']}")
+    others = "".join(f", {info[end]} {end}" for end in ("cancelled", "expired") if info.get(end))
+    print(f"{info['succeeded']} succeeded, {info['failed']} failed{others} of {info['total']}")
     if output is not None:
         print(f"results: {_export(producer, batch_id, output, fmt)} rows in {output}")
     if timed_out:
@@ -328,7 +331,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        counters = ("total", "done", "succeeded", "failed", "cancelled", "bytes_total", "bytes_done")
+        counters = ("total", "done", "succeeded", "failed", "cancelled", "expired", "bytes_total", "bytes_done")
         for key in ("batch_id", "name", *counters):
             print(f"{key:<12} {info.get(key)}")
         for key in ("created_at", "started_at", "finished_at"):
@@ -394,6 +397,22 @@ def _heartbeats() -> tuple[list[worker_records.WorkerRecord], list[worker_record
         raise WsuploadError(f"Redis refused to read the heartbeats: {exc}") from None
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause (or, ``resume``, resume) a queue fleet-wide: one line saying what changed."""
+    from wsupload.config.settings import Settings
+
+    producer = _producer(Settings.from_env())
+    if args.command == "pause":
+        changed = producer.pause(args.queue)
+        done = "paused: workers start no new job of it (running ones finish)" if changed else "was already paused"
+    else:
+        changed = producer.resume(args.queue)
+        done = "resumed: workers take its jobs again" if changed else "was not paused"
+    queue = producer.queue_named(args.queue)
+    print(f"queue {queue} {done}")
+    return EXIT_OK
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     from wsupload.tasks.store.results import utcnow
     from wsupload.worker import worker_records
@@ -402,8 +421,13 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([record.to_json() for record in records]))
     else:
+        from wsupload.config.settings import Settings
+        from wsupload.tasks.store import pauses
+
         now = utcnow()
-        print("\n".join(worker_records.render(records, now) + worker_records.render_supervisors(parents, now)))
+        client = worker_records.connect(Settings.from_env().redis_url, timeout=PROBE_TIMEOUT)
+        paused = frozenset(pauses.paused(client))
+        print("\n".join(worker_records.render(records, now, paused) + worker_records.render_supervisors(parents, now)))
     return EXIT_OK
 
 
@@ -442,6 +466,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     registry = CollectorRegistry()
     registry.register(metrics.queue_depth(settings))
+    registry.register(metrics.paused_queues(settings))
     try:
         endpoint = metrics.serve(registry, port, addr)
     except OSError as exc:
@@ -651,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--bulk", action="store_true", help="use the bulk queue (default: interactive)")
     enqueue.add_argument("--dedup", action="store_true", help="reuse an earlier upload of the same bytes")
     enqueue.add_argument("--callback-url", help="POST the result document here when the job ends")
+    enqueue.add_argument(
+        "--expires-in",
+        type=_positive_duration,
+        metavar="DURATION",
+        help="end `expired`, unsent, if no attempt starts within this long (seconds, or 30s, 5m, 1h)",
+    )
     enqueue.add_argument("sources", nargs="+", metavar="SOURCE")
     enqueue.set_defaults(handler=cmd_enqueue)
 
@@ -660,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=cmd_status)
 
     wait = commands.add_parser(
-        "wait", help="block until jobs end: exit 0 all succeeded, 1 any did not (failed, cancelled), 3 timed out"
+        "wait",
+        help="block until jobs end: exit 0 all succeeded, 1 any did not (failed, cancelled, expired), 3 timed out",
     )
     wait.add_argument("--json", action="store_true", help="print the list of result documents")
     wait.add_argument("--timeout", type=_positive_duration, help="give up after this long (seconds, or 5m, 1h)")
@@ -686,6 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--interactive", action="store_true", help="use the interactive queue (default: bulk)")
     ingest.add_argument("--no-dedup", action="store_true", help="upload again even if the same bytes were")
     ingest.add_argument("--callback-url", help="POST each job's result document here when it ends")
+    ingest.add_argument(
+        "--expires-in",
+        type=_positive_duration,
+        metavar="DURATION",
+        help="a job not started within this long ends `expired`, unsent (seconds, or 30s, 5m, 1h)",
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     batch = commands.add_parser("batch", help="a batch's status, results manifest, wait for it, or cancel it")
@@ -704,6 +742,11 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, help="list: the newest N only")
     dead.add_argument("--json", action="store_true", help="list as JSON")
     dead.set_defaults(handler=cmd_dead)
+
+    for name, what in (("pause", "pause a queue fleet-wide: no new job of it starts"), ("resume", "resume a queue")):
+        change = commands.add_parser(name, help=f"{what} (kept in Redis, across worker restarts)")
+        change.add_argument("queue", metavar="QUEUE", help="the queue's name, or interactive / bulk")
+        change.set_defaults(handler=cmd_pause)
 
     workers = commands.add_parser("workers", help="list the live workers and the jobs each one runs")
     workers.add_argument("--json", action="store_true", help="print their heartbeat records")

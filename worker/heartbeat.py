@@ -35,7 +35,7 @@ from celery.worker import state
 from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME, Settings
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import lease
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, pauses
 from wsupload.tasks.store.results import isoformat, utcnow
 from wsupload.tasks.wire.decode import UPLOAD_TASKS, bulk_jobs_in, job_id_of
 from wsupload.worker.background import BackgroundLoop
@@ -218,7 +218,8 @@ def identity_of(consumer: Any, now: datetime) -> WorkerRecord:
         pool=pool_name(controller.pool_cls),
         concurrency=int(controller.concurrency),
         version=package_version(),
-        queues=tuple(queues.consume_from or queues),
+        # The queues it serves: those it consumes, and those it started without because they were paused.
+        queues=tuple(dict.fromkeys([*(queues.consume_from or queues), *sorted(pauses.LEFT_OUT)])),
         started_at=isoformat(now),
     )
 

@@ -7,7 +7,8 @@ scrape time. A worker serves both, with its process's own metrics, from a
 daemon thread started on ``worker_ready`` and stopped on ``worker_shutdown``
 (``WorkerEndpoint``, a ``worker.background`` loop);
 ``wsupload metrics`` serves the queue depths alone, for a monitoring host that
-holds no API key.
+holds no API key. Both also say which queues are paused (``PausedQueues``,
+``wsupload_queue_paused``).
 
 One process, one registry: the worker runs Celery's threads pool, so every job
 reports into this process's metrics. With ``--processes N`` (``worker.parent``), the
@@ -41,6 +42,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.observe import telemetry
+from wsupload.tasks.store import pauses
 from wsupload.tasks.store.results import FAILED, SUCCEEDED
 from wsupload.worker.background import BackgroundLoop, FailureStreak
 from wsupload.worker.worker_records import connect
@@ -246,6 +248,49 @@ def queue_depth(settings: Settings) -> QueueDepth:
     return QueueDepth(client, [settings.queue, settings.bulk_queue])
 
 
+class PausedQueues:
+    """``wsupload_queue_paused{queue}``: 1 while the queue is paused fleet-wide (``wsupload pause``), else 0.
+
+    Read from the results Redis at scrape time (one ``SMEMBERS``); a failure gives no sample, logged once per streak.
+    """
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str]) -> None:
+        self.client = client
+        self.queues = tuple(queues)
+        self._streak = FailureStreak(
+            log,
+            "metrics: cannot read the paused queues (%s: %s); left out until Redis answers",
+            "metrics: reading the paused queues again",
+            expected=(Exception,),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        try:
+            paused = pauses.paused(self.client)
+        except Exception as exc:
+            self._streak.failed(exc)
+            return [family]
+        self._streak.succeeded()
+        for queue in self.queues:
+            family.add_metric([queue], 1 if queue in paused else 0)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "wsupload_queue_paused", "1 while the queue is paused fleet-wide (wsupload pause).", labels=["queue"]
+        )
+
+
+def paused_queues(settings: Settings) -> PausedQueues:
+    """The collector of this deployment's paused queues, on the results Redis (``REDIS_URL``)."""
+    return PausedQueues(connect(settings.redis_url, timeout=QUEUE_DEPTH_TIMEOUT), [settings.queue, settings.bulk_queue])
+
+
 def process_collectors(registry: CollectorRegistry) -> None:
     """The process's CPU, memory, file descriptors, GC and Python version, as prometheus_client names them."""
     ProcessCollector(registry=registry)
@@ -310,6 +355,7 @@ class WorkerEndpoint(BackgroundLoop):
             log.info("metrics: recorded for the parent's endpoint (%s)", os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
             return cls(None, sink)
         registry.register(queue_depth(settings))
+        registry.register(paused_queues(settings))
         process_collectors(registry)
         try:
             endpoint = serve(registry, settings.metrics_port, settings.metrics_addr)

@@ -23,7 +23,7 @@ import redis
 from wsupload.config.settings import Settings
 from wsupload.errors import EnqueueError, WsuploadError
 from wsupload.tasks.enqueue import Batch, Enqueuer, Job, normalize_source
-from wsupload.tasks.store import cancels, lua, results
+from wsupload.tasks.store import cancels, lua, pauses, results
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.results import JobDoc
@@ -148,6 +148,24 @@ class Producer(Enqueuer):
     def cancel_batch(self, batch_id: str) -> list[CancelOutcome]:
         """``cancel`` every member of the batch (its id, not its name: ``batches.resolve``)."""
         return self.cancel(self.batches.job_ids(batch_id))
+
+    def pause(self, queue: str) -> bool:
+        """Pause ``queue`` fleet-wide (its name, or ``interactive`` / ``bulk``): within a second no worker
+        starts a new job of it; running jobs finish. Kept in Redis until ``resume``, across worker
+        restarts (``tasks.store.pauses``). Whether it was running until now."""
+        return pauses.pause(self.redis, self.queue_named(queue))
+
+    def resume(self, queue: str) -> bool:
+        """Resume ``queue``: workers take its jobs again within a second. Whether it was paused until now."""
+        return pauses.resume(self.redis, self.queue_named(queue))
+
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+        return pauses.paused(self.redis)
+
+    def queue_named(self, name: str) -> str:
+        """The queue ``name`` means (``interactive``, ``bulk`` or a queue's own name); ``InvalidInput`` for another."""
+        return pauses.queue_named(name, self.settings.queue, self.settings.bulk_queue)
 
     def wait(
         self,

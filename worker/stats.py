@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import IO, Any
 
@@ -26,7 +26,7 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from wsupload.config.settings import Settings
-from wsupload.tasks.store import keys
+from wsupload.tasks.store import keys, pauses
 from wsupload.tasks.store.results import CANCELLED, FAILED, SUCCEEDED, isoformat
 from wsupload.worker import worker_records
 
@@ -46,6 +46,8 @@ class Queue:
     name: str
     depth: int
     """Messages waiting on it, not yet taken by a worker."""
+    paused: bool = False
+    """Paused fleet-wide (``wsupload pause``): workers take none of its jobs until it is resumed."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Snapshot:
     def to_json(self) -> dict[str, Any]:
         return {
             "at": isoformat(self.at),
-            "queues": [{"role": q.role, "name": q.name, "depth": q.depth} for q in self.queues],
+            "queues": [{"role": q.role, "name": q.name, "depth": q.depth, "paused": q.paused} for q in self.queues],
             "jobs": {"running": self.running, "waiting": self.waiting},
             "ended": self.ended,
             "workers": [w.to_json() for w in self.workers],
@@ -140,14 +142,18 @@ def read(
     pipe = results.pipeline(transaction=False)
     for minute in wanted:
         pipe.hgetall(keys.stats(minute))
-    buckets = dict(zip(wanted, pipe.execute(), strict=True))
+    pipe.smembers(keys.PAUSED)
+    *found, paused_raw = pipe.execute()
+    buckets = dict(zip(wanted, found, strict=True))
+    paused = pauses.read(paused_raw)
+    queues = tuple(replace(q, paused=q.name in paused) for q in queues)
     ended = {name: count_ended(buckets, unix, seconds) for name, seconds in WINDOWS}
     return Snapshot(now, queues, ended, tuple(worker_records.read_records(results)))
 
 
 def render(snapshot: Snapshot) -> list[str]:
     """The text ``stats`` prints: a line per figure, then the live workers as ``wsupload workers`` shows them."""
-    queues = "    ".join(f"{q.role} {q.name}: {q.depth}" for q in snapshot.queues)
+    queues = "    ".join(f"{q.role} {q.name}: {q.depth}{' (paused)' if q.paused else ''}" for q in snapshot.queues)
     ended = "    ".join(
         f"{name.replace('_', ' ')}: "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n or status in ALWAYS_SHOWN)
@@ -160,7 +166,8 @@ def render(snapshot: Snapshot) -> list[str]:
         f"workers    {len(snapshot.workers)} live",
     ]
     if snapshot.workers:
-        lines += [f"  {line}" for line in worker_records.render(snapshot.workers, snapshot.at)]
+        paused = frozenset(q.name for q in snapshot.queues if q.paused)
+        lines += [f"  {line}" for line in worker_records.render(snapshot.workers, snapshot.at, paused)]
     return lines
 
 

@@ -373,8 +373,9 @@ def _parse(raw: object) -> WorkerRecord | None:
         return None
 
 
-def render(records: Sequence[WorkerRecord], now: datetime) -> list[str]:
-    """``wsupload workers``: a line per worker, then the jobs it holds, one per line."""
+def render(records: Sequence[WorkerRecord], now: datetime, paused: frozenset[str] = frozenset()) -> list[str]:
+    """``wsupload workers``: a line per worker, then the jobs it holds, one per line, and the queues
+    it serves that are ``paused`` (fleet-wide: it takes none of their jobs)."""
     if not records:
         return ["no live workers"]
     lines = []
@@ -387,4 +388,5 @@ def render(records: Sequence[WorkerRecord], now: datetime) -> list[str]:
         lines += [f"    running  {job}" for job in r.jobs]
         lines += [f"    waiting  {job}" for job in r.waiting]
         lines += [f"    task     {task}" for task in r.other_tasks]
+        lines += [f"    paused   {queue} (takes none of its jobs)" for queue in r.queues if queue in paused]
     return lines

@@ -11,6 +11,7 @@
     ├── Superseded                     a write was refused: another delivery holds the job, or it has ended
     └── UploadError                    ends up in a job's ``error`` field
         ├── Cancelled                  cancelled            cancelled by a producer, queued or running
+        ├── Expired                    expired              its deadline (``expires_in``) passed before it could end
         ├── PermanentError             never retried: exactly one request, or none
         │   ├── InvalidInput           invalid_input        bad source, caught before sending
         │   │   └── SourceNotAllowed   invalid_input        … outside the allowed roots or buckets (check_source)
@@ -38,8 +39,9 @@
 The second column is the ``error.kind`` a result document carries. ``LeaseLost`` and
 ``Superseded`` end a delivery, never the job. ``Cancelled`` is the error of a job ended
 ``cancelled`` and, raised inside a worker, stops the delivery that runs it (the producer
-wrote the end: the delivery writes nothing more). ``tests/unit/test_error_tree.py`` keeps
-this drawing equal to the real class tree.
+wrote the end: the delivery writes nothing more). ``Expired`` is the error of a job ended
+``expired``: a worker met it after its ``deadline_at`` (never retried, nothing sent).
+``tests/unit/test_error_tree.py`` keeps this drawing equal to the real class tree.
 
 This module imports nothing of wsupload's, so every layer (``config`` first) can
 import it. Celery pickles exceptions across processes, so every constructor passes
@@ -104,6 +106,13 @@ class Cancelled(UploadError):
     """The job was cancelled (``status: cancelled``): by a producer, before or while it ran."""
 
     kind = "cancelled"
+
+
+class Expired(UploadError):
+    """The job's deadline (``deadline_at``, from the producer's ``expires_in``) passed before it ended
+    (``status: expired``): a worker met it late, or at the attempt after a retry's wait; nothing sent."""
+
+    kind = "expired"
 
 
 class PermanentError(UploadError):

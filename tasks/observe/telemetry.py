@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from wsupload import errors
-from wsupload.tasks.store.results import FAILED, SUCCEEDED
+from wsupload.tasks.store.results import EXPIRED, FAILED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ FAILURE_KINDS = frozenset(_kinds(errors.PermanentError) - {_BASE})
 """Every kind a job ends ``failed`` with (a transient error ends one as ``retries_exhausted``)."""
 TRANSIENT_KINDS = frozenset(_kinds(errors.TransientError) - {_BASE})
 """Every kind a retry can be for."""
-KINDS = FAILURE_KINDS | TRANSIENT_KINDS
-OUTCOMES = (SUCCEEDED, FAILED)
+KINDS = FAILURE_KINDS | TRANSIENT_KINDS | {errors.Expired.kind}
+OUTCOMES = (SUCCEEDED, FAILED, EXPIRED)
+"""The ends a worker writes (a cancel is the producer's end: a worker never counts one)."""
 
 
 class Sink(Protocol):

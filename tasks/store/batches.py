@@ -1,7 +1,7 @@
 """Batches: many jobs under one id, their counters, and the results export.
 
 A batch is a hash ``wsupload:batch:<id>`` (name, total, bytes_total, done,
-succeeded, failed, cancelled, bytes_done, created_at, started_at, finished_at; any other
+succeeded, failed, cancelled, expired, bytes_done, created_at, started_at, finished_at; any other
 end a job reaches is counted in ``done`` and in a field named as its status), the list of
 its job ids ``wsupload:batch:<id>:jobs`` and, for lookup by name,
 ``wsupload:batch-name:<name>`` → the newest batch of that name. All three are
@@ -56,6 +56,7 @@ def batch_fields(batch_id: str, name: str | None, total: int, bytes_total: int) 
         "succeeded": 0,
         "failed": 0,
         "cancelled": 0,
+        "expired": 0,
         "bytes_done": 0,
         "created_at": results.isoformat(results.utcnow()),
     }
@@ -97,7 +98,7 @@ def batch_info(raw: dict[Any, Any]) -> dict[str, Any] | None:
     if not raw:
         return None
     doc: dict[str, Any] = {results.text(k): results.text(v) for k, v in raw.items()}
-    for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "bytes_done"):
+    for field in ("total", "bytes_total", "done", "succeeded", "failed", "cancelled", "expired", "bytes_done"):
         doc[field] = int(doc.get(field) or 0)
     for field in ("started_at", "finished_at"):
         doc.setdefault(field, None)

@@ -2,7 +2,7 @@
 
 One JSON document per job at ``wsupload:result:<job_id>`` (expiring after
 ``WSUPLOAD_RESULT_TTL``), written as ``queued`` when the job is enqueued, then
-``running`` → ``retrying`` → ``succeeded`` | ``failed`` | ``cancelled``. Every status
+``running`` → ``retrying`` → ``succeeded`` | ``failed`` | ``cancelled`` | ``expired``. Every status
 change is also published on ``wsupload:events`` (job id and status; a large upload's
 running document also ``progress``, its bytes sent, at most once a second), and the final
 document on ``wsupload:ended``, so waiters need neither poll nor read. This
@@ -14,7 +14,11 @@ are the only statuses of a job that goes on (``ACTIVE``); any other is an end
 (``is_end``), whether this version knows its name or not. An end is written once,
 published once on ``wsupload:ended``, counted in its batch's ``done`` and in a
 counter named as the status; every end but ``succeeded`` carries an ``error`` whose
-``kind`` names it (``cancelled``; ``expired`` is reserved for a later version).
+``kind`` names it (``cancelled``, ``expired``).
+
+A job enqueued with ``expires_in`` carries ``deadline_at`` (ISO-8601 UTC, on Redis's clock):
+in its ``options`` (so the worker reads it from the message) and at the document's top level
+(for readers); ``expires_at`` is something else, the media's retention.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from wsupload.errors import Cancelled, Superseded, UploadError
+from wsupload.errors import Cancelled, Expired, Superseded, UploadError
 from wsupload.tasks.observe.bounds import MAX_SOURCE_CHARS, clip
 from wsupload.tasks.observe.redaction import redact
 from wsupload.tasks.sources.media import OpenedSource
@@ -103,6 +107,8 @@ def new_doc(
         doc["batch_id"] = batch_id
     if options:
         doc["options"] = options
+        if isinstance(options.get("deadline_at"), str):
+            doc["deadline_at"] = options["deadline_at"]
     return doc
 
 
@@ -139,7 +145,7 @@ def coerce_doc(raw: object, job_id: str, now: datetime, source: str | None = Non
     for name in _TIMES:
         if not isinstance(doc.get(name), str):
             doc[name] = None
-    for name in ("batch_id", "next_attempt_at", "worker"):
+    for name in ("batch_id", "next_attempt_at", "worker", "deadline_at"):
         if name in doc and not isinstance(doc[name], str):
             del doc[name]
     if "generation" in doc and not (type(doc["generation"]) is int and doc["generation"] > 0):
@@ -241,6 +247,11 @@ def cancelled(doc: JobDoc, now: datetime, message: str = "cancelled by a produce
     stored there; this is its Python twin, for documents built here and for tests.
     """
     return _ended(doc, CANCELLED, now, result=None, error=Cancelled(message).to_doc())
+
+
+def expired(doc: JobDoc, now: datetime, message: str) -> JobDoc:
+    """Expired: a worker met the job after its ``deadline_at``; nothing was sent (or no more after a retry's wait)."""
+    return _ended(doc, EXPIRED, now, result=None, error=Expired(message).to_doc())
 
 
 class ResultStore:

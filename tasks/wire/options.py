@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from wsupload.config.parsers import check_callback_url
 from wsupload.config.settings import UPLOAD_FLOWS
 from wsupload.errors import InvalidInput
 
-KNOWN = ("dedup", "callback_url", "upload_flow")
+KNOWN = ("dedup", "callback_url", "upload_flow", "deadline_at")
+
+
+def parse_deadline(raw: object) -> datetime:
+    """``deadline_at`` as a UTC moment: an ISO-8601 string with its offset (``…Z``); ``InvalidInput`` if not."""
+    if not isinstance(raw, str):
+        raise InvalidInput("option 'deadline_at' must be an ISO-8601 time string, like 2026-01-02T03:04:05.000Z")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(f"option 'deadline_at' is not an ISO-8601 time: {raw[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidInput("option 'deadline_at' must say its offset (…Z for UTC)")
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,9 @@ class JobOptions:
     upload_flow: str | None = None
     """``binary``, ``direct`` or ``auto`` for this job; None: the worker's ``WSUPLOAD_UPLOAD_FLOW``.
     Workers that predate it refuse the job (``invalid_input``): set it once every worker knows it."""
+    deadline_at: str | None = None
+    """The job ends ``expired`` if no attempt of it starts before this time (ISO-8601 UTC, Redis's clock):
+    set by a producer's ``expires_in``. Workers that predate it refuse the job (``invalid_input``)."""
 
     @classmethod
     def parse(cls, raw: object) -> JobOptions:
@@ -42,7 +59,20 @@ class JobOptions:
         flow = raw.get("upload_flow")
         if flow is not None and flow not in UPLOAD_FLOWS:
             raise InvalidInput(f"option 'upload_flow' must be one of {list(UPLOAD_FLOWS)}")
-        return cls(dedup=dedup, callback_url=url, upload_flow=flow)
+        deadline = raw.get("deadline_at")
+        if deadline is not None:
+            parse_deadline(deadline)
+        return cls(dedup=dedup, callback_url=url, upload_flow=flow, deadline_at=deadline)
+
+    @property
+    def deadline(self) -> float | None:
+        """``deadline_at`` as unix time; None without one."""
+        return None if self.deadline_at is None else parse_deadline(self.deadline_at).timestamp()
+
+    def expired(self, now: float) -> bool:
+        """Whether the deadline has passed at unix time ``now`` (False without one)."""
+        deadline = self.deadline
+        return deadline is not None and now >= deadline
 
     def to_message(self) -> dict[str, object]:
         """What a producer puts in ``kwargs.options`` (defaults left out)."""
@@ -53,4 +83,6 @@ class JobOptions:
             out["callback_url"] = self.callback_url
         if self.upload_flow:
             out["upload_flow"] = self.upload_flow
+        if self.deadline_at:
+            out["deadline_at"] = self.deadline_at
         return out

@@ -72,8 +72,8 @@ def test_stats_shows_ended_running_and_queued_jobs_and_the_worker(
         lambda: (doc := snapshot(env))["queues"][0]["depth"] == 1 and doc, 30, interval=0.2, what="the queued job"
     )
     assert now["queues"] == [
-        {"role": "interactive", "name": env["WSUPLOAD_QUEUE"], "depth": 1},
-        {"role": "bulk", "name": env["WSUPLOAD_BULK_QUEUE"], "depth": 0},
+        {"role": "interactive", "name": env["WSUPLOAD_QUEUE"], "depth": 1, "paused": False},
+        {"role": "bulk", "name": env["WSUPLOAD_BULK_QUEUE"], "depth": 0, "paused": False},
     ]
     assert now["jobs"] == {"running": 1, "waiting": 0}
     assert [(w["name"], w["jobs"]) for w in now["workers"]] == [(worker.hostname, [running.job_id])]

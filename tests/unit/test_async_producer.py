@@ -294,3 +294,19 @@ def test_on_rabbitmq_a_failed_publish_says_what_the_sync_one_says() -> None:
         " workers' sweep publishes 2 jobs within WSUPLOAD_AMQP_PUBLISH_GRACE (60 s) of now"
     )
     assert fakeredis.FakeRedis(server=server).zcard(keys.owed(AMQP.queue)) == 2
+
+
+def test_the_asyncio_producer_pauses_and_resumes_and_gives_deadlines(settings: Settings) -> None:
+    async def scenario(producer: AsyncProducer) -> tuple[list[bool], set[str], set[str], dict[str, Any] | None]:
+        changed = [await producer.pause("bulk"), await producer.pause(BULK)]
+        paused = await producer.paused()
+        changed.append(await producer.resume("bulk"))
+        [job] = await producer.enqueue(["/srv/a.png"], expires_in=30)
+        [doc] = await producer.status([job.job_id])
+        return changed, paused, await producer.paused(), doc
+
+    changed, paused, after, doc = run(settings, scenario)
+    assert changed == [True, False, True]
+    assert (paused, after) == ({BULK}, set())
+    assert doc is not None
+    assert doc["options"]["deadline_at"] == doc["deadline_at"]

@@ -251,4 +251,4 @@ def test_a_worker_starts_and_stops_its_loops_in_the_apps_include_order() -> None
     )
     done = subprocess.run([sys.executable, "-c", check], check=True, timeout=60, capture_output=True, text=True)
     # Metrics last: it counts what the others report up to their stop.
-    assert done.stdout.splitlines() == ["Heartbeat Renewer CancelWatch Sweeper WorkerEndpoint"] * 3
+    assert done.stdout.splitlines() == ["Heartbeat Renewer CancelWatch PauseWatch Sweeper WorkerEndpoint"] * 3

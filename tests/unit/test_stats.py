@@ -122,7 +122,7 @@ def test_the_text_shows_every_figure_and_the_workers() -> None:
     assert lines[5:] == ["      running  j1", "      waiting  j2"]
     doc = json.loads(stats.as_lines(snapshot, as_json=True)[0])
     assert doc["jobs"] == {"running": 1, "waiting": 1}
-    assert doc["queues"][1] == {"role": "bulk", "name": "wsupload.bulk", "depth": 3400}
+    assert doc["queues"][1] == {"role": "bulk", "name": "wsupload.bulk", "depth": 3400, "paused": False}
     assert doc["ended"]["last_hour"] == {"succeeded": 1800, "failed": 31}
     assert doc["workers"][0]["jobs"] == ["j1"]
 
