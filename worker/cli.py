@@ -820,6 +820,15 @@ def _redis_unreachable() -> tuple[type[BaseException], ...]:
     return (redis.ConnectionError, redis.TimeoutError)
 
 
+def _redis_refused() -> tuple[type[BaseException], ...]:
+    """redis-py's error for a command Redis answered with an error: none unless a command loaded redis-py."""
+    if "redis" not in sys.modules:
+        return ()
+    import redis
+
+    return (redis.ResponseError,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     code = _run(argv)
     if argv is None:
@@ -843,6 +852,8 @@ def _run(argv: Sequence[str] | None) -> int:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
     except _redis_unreachable() as exc:
         print(_unreachable_line(exc), file=sys.stderr)
+    except _redis_refused() as exc:  # an ACL user without the right (NoPermissionError), a wrong key type…
+        print(f"wsupload: Redis refused the command: {exc}", file=sys.stderr)
     except WsuploadError as exc:
         print(f"wsupload: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

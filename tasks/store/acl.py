@@ -58,6 +58,7 @@ WORKER_ONLY_SCRIPTS = (
     "dead_letters_move_back", "early_acks_claim_due", "fencing_claim", "fencing_save", "fencing_save_then_claim",
     "job_index_push", "job_index_put_back", "job_index_take", "lease_renew", "lease_stamp",
     "lost_sweep_redeliver", "lost_sweep_snapshot", "rate_limit_acquire", "rate_limit_pause", "rate_limit_renew_slots",
+    "unacked_record", "unacked_remove",
 )  # fmt: skip
 """The rest: a unit test fails when a new script is in neither list, so that someone decides whose it is."""
 PRODUCER_COMMANDS = (
@@ -67,6 +68,8 @@ PRODUCER_COMMANDS = (
     "SET", "RPUSH", "EXPIRE", "DEL", "UNLINK",  # a batch's staged messages (tasks.enqueue)
     "SUBSCRIBE", "UNSUBSCRIBE",  # wait
     "MULTI", "EXEC", "DISCARD",
+    "TIME",  # expires_in: a deadline on Redis's clock
+    "SADD", "SREM", "SMEMBERS", "PUBLISH",  # pause, resume
 )  # fmt: skip
 WORKER_COMMANDS = (
     *CONNECTION,
@@ -80,7 +83,7 @@ WORKER_COMMANDS = (
     "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH",
     "WAIT",  # WSUPLOAD_REPLICA_WAIT: an outcome waits for a replica
 )  # fmt: skip
-OPERATOR_COMMANDS = (*CONNECTION, "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET")
+OPERATOR_COMMANDS = (*CONNECTION, "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET", "SMEMBERS")
 CONTROL_COMMANDS = (
     "PUBLISH", "PSUBSCRIBE", "PUNSUBSCRIBE", "SUBSCRIBE", "UNSUBSCRIBE", "BRPOP", "LLEN", "DEL", "LPUSHX",
     "SADD", "SREM", "SMEMBERS", "GET", "SET", "ZRANGE", "HGET", "LPUSH", "RPUSH", "ZREM", "HDEL",
@@ -177,6 +180,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             *(Grant(keys.owed(q), READ_WRITE, "RabbitMQ broker: jobs owed until published") for q in queues),
             *(Grant(keys.owed_calls(q), READ_WRITE, "RabbitMQ broker: the owed jobs' calls") for q in queues),
             Grant(_every(keys.stats(0)), READ_WRITE, "cancel counts the job in its minute"),
+            Grant(keys.PAUSED, READ_WRITE, "pause and resume: the paused queues"),
             *_queues(settings, READ_WRITE, "enqueue pushes messages (Redis broker)"),
             *(
                 Grant(name, READ_WRITE, "cancel.lua is given the channels' names among its keys")
@@ -187,6 +191,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             Grant(keys.ENDED_CHANNEL, "channel", "wait; cancel publishes the end"),
             Grant(keys.EVENTS_CHANNEL, "channel", "cancel publishes the status change"),
             Grant(keys.CANCEL_CHANNEL, "channel", "cancel tells the running worker"),
+            Grant(keys.PAUSE_CHANNEL, "channel", "pause and resume tell the workers"),
         )
         commands = PRODUCER_COMMANDS + script_commands(PRODUCER_SCRIPTS)
     elif role == "worker":
@@ -203,6 +208,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             Grant(keys.EVENTS_CHANNEL, "channel", "status changes"),
             Grant(keys.ENDED_CHANNEL, "channel", "final documents"),
             Grant(keys.CANCEL_CHANNEL, "channel", "cancel requests"),
+            Grant(keys.PAUSE_CHANNEL, "channel", "queues paused and resumed"),
             Grant(pidbox_channel(settings), "channel", "Celery's broadcast commands (PSUBSCRIBE)"),
             Grant(events_channel(settings), "channel", "task events (WSUPLOAD_TASK_EVENTS, Flower)"),
         )
@@ -214,6 +220,9 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             Grant(_every(keys.stats(0)), READ, "stats: jobs ended per minute"),
             Grant(keys.WORKERS, READ, "workers, health, stats: the live workers' names"),
             Grant(keys.worker("*"), READ, "their heartbeat records"),
+            Grant(keys.SUPERVISORS, READ, "workers, health: the --processes parents' names"),
+            Grant(keys.supervisor("*"), READ, "their records (their children's states)"),
+            Grant(keys.PAUSED, READ, "stats, workers, metrics: the paused queues"),
             Grant(keys.DEAD, READ, "dead list"),
         )
         channels = ()

@@ -250,6 +250,15 @@ def test_a_refused_producer_says_so_in_one_line(
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("wsupload: job not enqueued:")
     assert len(done.stderr.strip().splitlines()) == 1
+    # Reading documents is refused to the operator too: one line, no traceback.
+    for args in (["status", "0" * 32], ["cancel", "0" * 32]):
+        read = cli(env, *args)
+        assert (read.returncode, read.stderr.strip().splitlines()) == (
+            2,
+            [read.stderr.strip()],
+        ), read
+        assert read.stderr.startswith("wsupload: Redis refused the command:")
+        assert "no permissions" in read.stderr
     assert refusals(acl_redis, "operator"), "ACL LOG records refusals (the other tests' empty logs mean something)"
 
 

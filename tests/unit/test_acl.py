@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings.from_env({})
 ADMIN = {"FLUSHALL", "FLUSHDB", "CONFIG", "KEYS", "DEBUG", "SHUTDOWN", "ACL", "MONITOR", "CLIENT", "SCRIPT|FLUSH"}
 ADMIN |= {"SCRIPT|KILL", "FUNCTION", "MIGRATE", "RESTORE", "SAVE", "BGSAVE", "REPLICAOF", "SLAVEOF", "MODULE", "SCAN"}
-READS = {"PING", "HELLO", "SELECT", "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET"}
+READS = {"PING", "HELLO", "SELECT", "LLEN", "LRANGE", "HGETALL", "ZRANGE", "MGET", "SMEMBERS"}
 
 
 def allowed(found: acl.Rules, key: str, *, write: bool = False) -> bool:
@@ -82,6 +82,10 @@ EVERY_KEY = {
     "RATE_TAT": (keys.RATE_TAT, {"worker"}, {"worker"}),
     "UNACKED_INDEX": (keys.UNACKED_INDEX, {"worker"}, {"worker"}),
     "WORKERS": (keys.WORKERS, {"worker", "operator"}, {"worker"}),
+    "SUPERVISORS": (keys.SUPERVISORS, {"worker", "operator"}, {"worker"}),
+    "supervisor": (keys.supervisor("p"), {"worker", "operator"}, {"worker"}),
+    "PAUSED": (keys.PAUSED, {"worker", "producer", "operator"}, {"worker", "producer"}),
+    "PAUSE_CHANNEL": (keys.PAUSE_CHANNEL, {"worker"}, {"worker"}),
     "batch": (keys.batch("b"), {"worker", "producer"}, {"worker", "producer"}),
     "batch_members": (keys.batch_members("b"), {"worker", "producer"}, {"worker", "producer"}),
     "batch_name": (keys.batch_name("n"), {"worker", "producer"}, {"worker", "producer"}),
