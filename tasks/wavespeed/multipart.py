@@ -173,21 +173,31 @@ class MultipartBody:
         if head:
             yield head
         offset = self._file.tell()  # type: ignore[attr-defined]
-        while self._remaining > 0:
+        # The last block is read, not sent from the file: it is checked in hand, as ``read`` does,
+        # so a raw body (the direct flow's PUT, no tail to withhold) is never completed with
+        # bytes of a file that changed, even while the kernel would have been sending them.
+        while self._remaining > block:
             lease.tick()
             upload_progress.sent(self._size - self._remaining, self._size)
-            span = FileSpan(self._file, offset, min(block, self._remaining))
+            span = FileSpan(self._file, offset, block)
             yield span
             if span.sent < span.count:
                 self._remaining -= span.sent
                 self._changed()
             offset += span.count
             self._remaining -= span.count
+        lease.tick()
+        upload_progress.sent(self._size - self._remaining, self._size)
+        self._file.seek(offset)  # type: ignore[attr-defined]
+        last = self._file.read(self._remaining)
+        if len(last) < self._remaining:
+            self._remaining -= len(last)
+            self._changed()
+        self._remaining = 0
         if self._check is not None:
-            self._check()  # last file byte sent, the closing boundary not yet: abort rather than complete
+            self._check()  # last file byte in hand, not yet sent (nor the closing boundary): abort rather than complete
         tail, self._tail = self._tail, b""
-        if tail:
-            yield tail
+        yield last + tail
 
     def _changed(self) -> NoReturn:
         if self._check is not None:

@@ -237,7 +237,9 @@ def test_a_file_that_shrank_stops_the_spans_before_the_tail(tmp_path: Path, file
     assert f"--{body.boundary}--".encode() not in b"".join(handed)
 
 
-def test_the_check_runs_after_the_last_span_and_before_the_tail(tmp_path: Path, files: ExitStack) -> None:
+def test_the_check_runs_with_the_last_block_in_hand_before_it_and_the_tail_are_sent(
+    tmp_path: Path, files: ExitStack
+) -> None:
     (tmp_path / "a.mp4").write_bytes(b"z" * SENDFILE_MIN)
     handed: list[bytes] = []
     check = Check(handed, fail=True)
@@ -245,4 +247,20 @@ def test_the_check_runs_after_the_last_span_and_before_the_tail(tmp_path: Path, 
     with pytest.raises(SourceChanged):
         send_spans(body, 100_000, handed)
     assert len(check.seen) == 1
-    assert len(check.seen[0]) == len(body) - len(f"\r\n--{body.boundary}--\r\n")
+    last_block = SENDFILE_MIN % 100_000  # read, not sent from the file, so that it is checked in hand
+    assert len(check.seen[0]) == len(body) - len(f"\r\n--{body.boundary}--\r\n") - last_block
+
+
+def test_a_raw_body_whose_file_changed_is_never_completed(tmp_path: Path, files: ExitStack) -> None:
+    """The direct flow's PUT has no tail to withhold: its last bytes are what stays unsent."""
+    (tmp_path / "a.mp4").write_bytes(b"r" * (SENDFILE_MIN + 10))
+    handed: list[bytes] = []
+    file = files.enter_context((tmp_path / "a.mp4").open("rb", buffering=0))
+    check = Check(handed, fail=True)
+    body = MultipartBody(
+        file, field=None, filename="a.mp4", content_type="video/mp4", size=SENDFILE_MIN + 10, check=check
+    )
+    assert body.sendfile_ok()
+    with pytest.raises(SourceChanged):
+        send_spans(body, 64 * 1024, handed)
+    assert 0 < len(b"".join(handed)) < len(body)
