@@ -30,6 +30,7 @@ import psutil
 from benchmarks import (
     brokers,
     bulk,
+    cli_path,
     cli_start,
     enqueue,
     large_file,
@@ -122,6 +123,7 @@ def main() -> None:
         ("processes", lambda w: processes.bench(redis, w, 100 if quick else 1000, 1 if quick else 3)),
         ("enqueue", lambda w: enqueue.bench(redis, 1000 if quick else 10_000, 1 if quick else 3)),
         ("CLI start", lambda w: cli_start.bench(redis, w, 100 if quick else 1000, 2 if quick else 10)),
+        ("CLI enqueue then wait", lambda w: cli_path.bench(redis, w, 100 if quick else 500, 1 if quick else 3)),
         ("completion latency", lambda w: latency.bench(redis, w)),
         ("asyncio producer's event-loop lag", lambda w: loop_lag.bench(redis, w, 100 if quick else 1000)),
         ("CPU per job", lambda w: overhead.bench(w, 100 if quick else 1000, 1 if quick else 5, args.cpu_before)),
