@@ -41,6 +41,7 @@ from wsupload.worker.dev.local_services import (
     start_redis,
     wait_until,
 )
+from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import SandboxServer
 from wsupload.worker.producer import Job, Producer
 
@@ -182,6 +183,25 @@ def worker(
         yield process
     finally:
         process.stop()
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """``wsupload ARGS`` as a user runs it, in a process of its own; what it printed and its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "wsupload.worker.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def png_file(root: Path, name: str, size: int = 16) -> str:
+    """A small PNG at ``root/<name>.png`` (``size`` pixels square), as a source to enqueue."""
+    path = root / f"{name}.png"
+    path.write_bytes(png_bytes(size, size))
+    return str(path)
 
 
 def run_jobs(producer: Producer, sources: Sequence[str], timeout: float = 60) -> tuple[list[Job], list[JobDoc]]:

@@ -26,6 +26,7 @@ import redis
 
 from tests.integration import rabbit
 from tests.integration.conftest import producer_env, rabbit_url_or_skip, unavailable
+from tests.integration.conftest import run_cli as cli
 from wsupload.config import Settings
 from wsupload.errors import EnqueueError
 from wsupload.tasks.store import acl, keys
@@ -88,12 +89,6 @@ def reset_log(local: LocalRedis) -> None:
     admin = redis.Redis.from_url(local.url)
     admin.acl_log_reset()
     admin.close()
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")

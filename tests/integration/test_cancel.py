@@ -12,8 +12,6 @@ command says so; a batch cancelled mid-run counts every member once.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import StartWorker, producer_env, unacked_messages, waiting_messages
+from tests.integration.conftest import StartWorker, png_file, producer_env, unacked_messages, waiting_messages
+from tests.integration.conftest import run_cli as wsupload
 from wsupload.tasks.callbacks import callback_key
 from wsupload.tasks.store import cancels, keys, lua, results
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.dev.samples import mp4_bytes, png_bytes
+from wsupload.worker.dev.samples import mp4_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer, UploadRecord
 from wsupload.worker.producer import Producer
 
@@ -81,21 +80,8 @@ def hooks() -> Iterator[Hooks]:
     server.server_close()
 
 
-def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def media(root: Path, name: str, size: int = 16) -> str:
-    path = root / f"cancel-{name}.png"
-    path.write_bytes(png_bytes(size, size))
-    return str(path)
+    return png_file(root, f"cancel-{name}", size)
 
 
 def held_request(sandbox: SandboxServer) -> UploadRecord:

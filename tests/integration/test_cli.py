@@ -2,8 +2,6 @@
 
 import base64
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -11,21 +9,11 @@ import pytest
 import redis
 
 from tests.integration.conftest import clean_env, producer_env
+from tests.integration.conftest import run_cli as wsupload
 from wsupload.worker.dev.local_services import free_port
 from wsupload.worker.dev.samples import png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
-
-
-def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -11,38 +11,23 @@ deadline passes is not cut.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartWorker, producer_env
+from tests.integration.conftest import StartWorker, png_file, producer_env
+from tests.integration.conftest import run_cli as wsupload
 from wsupload.tasks.store import results
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.core]
 
 
-def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def media(root: Path, name: str, size: int = 16) -> str:
-    path = root / f"deadline-{name}.png"
-    path.write_bytes(png_bytes(size, size))
-    return str(path)
+    return png_file(root, f"deadline-{name}", size)
 
 
 def requests_for(sandbox: SandboxServer, source: str) -> int:

@@ -11,8 +11,6 @@ which queue is paused.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartWorker, producer_env, waiting_messages
+from tests.integration.conftest import StartWorker, png_file, producer_env, waiting_messages
+from tests.integration.conftest import run_cli as wsupload
 from wsupload.tasks.store import results
 from wsupload.worker.dev.local_services import wait_until
-from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
@@ -37,21 +35,8 @@ QUIET = 2.0
 """How long a paused queue is watched for a job that should not start (past the bound, with slack)."""
 
 
-def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def media(root: Path, name: str, size: int = 16) -> str:
-    path = root / f"pause-{name}.png"
-    path.write_bytes(png_bytes(size, size))
-    return str(path)
+    return png_file(root, f"pause-{name}", size)
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet, FleetHandle, finished
+from tests.integration.conftest import run_cli as wsupload
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import LocalRedis, WorkerProcess, free_port, wait_until
@@ -35,12 +34,6 @@ from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.worker_records import SupervisorRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.core]
-
-
-def wsupload(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args], env=env, capture_output=True, text=True, timeout=30
-    )
 
 
 def two_children(fleet: Fleet, own_redis: LocalRedis, **env: str) -> tuple[FleetHandle, WorkerProcess]:

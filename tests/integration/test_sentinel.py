@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import producer_env, unavailable
+from tests.integration.conftest import run_cli as cli
 from tests.integration.sentinels import SentinelGroup
 from wsupload.config import Settings
 from wsupload.tasks.store import results
@@ -80,12 +81,6 @@ def slow_sandbox(sandbox: SandboxServer) -> Iterator[SandboxServer]:
         yield sandbox
     finally:
         sandbox.latency = 0.0
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 class Waiter(threading.Thread):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import producer_env, unavailable
+from tests.integration.conftest import run_cli as cli
 from tests.integration.tls_servers import (
     Pki,
     TlsRabbit,
@@ -86,17 +87,6 @@ def tls_env(worker_env: dict[str, str], redis_url: str, **extra: str) -> dict[st
     queue = "tls-" + uuid.uuid4().hex[:8]
     base = {k: v for k, v in worker_env.items() if k != "WSUPLOAD_BROKER_URL"}
     return {**base, "REDIS_URL": redis_url, "WSUPLOAD_QUEUE": queue, "WSUPLOAD_BULK_QUEUE": f"{queue}.bulk", **extra}
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsupload.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def end_to_end(env: dict[str, str], media_root: Path, tmp_path: Path) -> None:
