@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -213,3 +214,49 @@ class BackgroundLoop:
         loop = RUNNING.pop(cls, None)
         if loop is not None:
             loop.stop()
+
+
+class ChannelLoop(BackgroundLoop):
+    """A loop whose rounds wait on one Redis pub/sub channel (the cancel and pause watches).
+
+    Each round does its own look at Redis in ``tick``, then takes what ``messages`` yields
+    for up to its interval: a change announced is acted on at once, and the next round's
+    look covers any announcement missed. A failure closes the subscription, so the next
+    round subscribes again.
+    """
+
+    channel: ClassVar[str]
+    client: redis.Redis
+    _pubsub: Any = None
+
+    def waits(self) -> Iterator[float]:
+        while True:
+            yield 0.0  # each round waits in ``messages``
+
+    def messages(self, seconds: float) -> Iterator[str]:
+        """The channel's messages for up to ``seconds`` (or until the loop stops), subscribing first if need be."""
+        try:
+            if self._pubsub is None:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self.channel)
+                self._pubsub = pubsub
+            until = time.monotonic() + seconds
+            while (left := until - time.monotonic()) > 0 and not self._done.is_set():
+                message = self._pubsub.get_message(timeout=left)
+                if message is not None and message.get("type") == "message":
+                    data = message["data"]
+                    yield data.decode() if isinstance(data, bytes) else str(data)
+        except Exception:
+            self.close_subscription()
+            raise
+
+    def close_subscription(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection: nothing left to do
+                log.debug("%s: closing the subscription failed", self.name, exc_info=True)
+
+    def on_stop(self) -> None:
+        self.close_subscription()

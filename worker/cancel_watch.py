@@ -16,8 +16,6 @@ message later finds it ended (``tasks.store.fencing``) and only acknowledges it.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -25,8 +23,7 @@ import redis
 from wsupload.config.settings import Settings
 from wsupload.tasks.recovery.lease import BOOK, LeaseBook
 from wsupload.tasks.store import keys
-from wsupload.tasks.store.results import text
-from wsupload.worker.background import BackgroundLoop
+from wsupload.worker.background import ChannelLoop
 from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
@@ -35,7 +32,7 @@ CHECK_EVERY = 1.0
 """Seconds between two looks at the cancel requests of the jobs running here (the listener waits meanwhile)."""
 
 
-class CancelWatch(BackgroundLoop):
+class CancelWatch(ChannelLoop):
     """Listens for cancels and checks the running jobs' requests every ``interval`` seconds."""
 
     name = "cancels"
@@ -43,27 +40,17 @@ class CancelWatch(BackgroundLoop):
     failing = "cancels: cannot listen or check (%s: %s); trying again every %.3g s"
     recovered = "cancels: listening again"
     not_started = "cancels: not started; a cancelled job runs on to its end here, and its outcome is refused"
+    channel = keys.CANCEL_CHANNEL
     interval: float
 
     def __init__(self, client: redis.Redis, interval: float = CHECK_EVERY, book: LeaseBook = BOOK) -> None:
         super().__init__(interval)
         self.client = client
         self.book = book
-        self._pubsub: Any = None
-
-    def waits(self) -> Iterator[float]:
-        while True:
-            yield 0.0  # each round waits in ``listen``
 
     def tick(self) -> int:
         """One round: check the running jobs, then listen for ``interval``; how many jobs were told to stop."""
-        told = self.check()
-        try:
-            told += self.listen(self.interval)
-        except Exception:
-            self._close()  # the next round subscribes again (and its check covers the gap)
-            raise
-        return told
+        return self.check() + self.listen(self.interval)
 
     def check(self) -> int:
         """Tell every job running here whose cancel request is in Redis; how many were told."""
@@ -78,17 +65,7 @@ class CancelWatch(BackgroundLoop):
 
     def listen(self, seconds: float) -> int:
         """Wait up to ``seconds`` for announced cancels, telling each job running here at once."""
-        if self._pubsub is None:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            pubsub.subscribe(keys.CANCEL_CHANNEL)
-            self._pubsub = pubsub
-        told = 0
-        until = time.monotonic() + seconds
-        while (left := until - time.monotonic()) > 0 and not self._done.is_set():
-            message = self._pubsub.get_message(timeout=left)
-            if message is not None and message.get("type") == "message":
-                told += self.tell({text(message["data"])})
-        return told
+        return sum(self.tell({job_id}) for job_id in self.messages(seconds))
 
     def tell(self, job_ids: set[str]) -> int:
         """Cancel the leases of the jobs named; how many ran here."""
@@ -99,17 +76,6 @@ class CancelWatch(BackgroundLoop):
                 told += 1
                 log.info("job %s: cancelled by a producer; stopping it", job_id)
         return told
-
-    def _close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:  # closing a broken connection: nothing left to do
-                log.debug("cancels: closing the subscription failed", exc_info=True)
-
-    def on_stop(self) -> None:
-        self._close()
 
     @classmethod
     def for_worker(cls, consumer: Any, settings: Settings) -> CancelWatch:

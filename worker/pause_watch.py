@@ -16,8 +16,7 @@ not be read then, stops consuming it at its first look.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -26,13 +25,13 @@ from celery.signals import celeryd_after_setup
 from wsupload.config.settings import Settings
 from wsupload.tasks.store import keys, pauses
 from wsupload.tasks.store.pauses import BOARD, LEFT_OUT, LOOK_EVERY, Board
-from wsupload.worker.background import BackgroundLoop
+from wsupload.worker.background import ChannelLoop
 from wsupload.worker.worker_records import connect
 
 log = logging.getLogger(__name__)
 
 
-class PauseWatch(BackgroundLoop):
+class PauseWatch(ChannelLoop):
     """Keeps this worker's consumers in step with the paused set: one read a round, a change at once."""
 
     name = "pauses"
@@ -40,6 +39,7 @@ class PauseWatch(BackgroundLoop):
     failing = "pauses: cannot read the paused queues (%s: %s); trying again every %.3g s"
     recovered = "pauses: reading the paused queues again"
     not_started = "pauses: not started; this worker consumes every queue it serves, paused or not"
+    channel = keys.PAUSE_CHANNEL
     interval: float
 
     def __init__(
@@ -59,11 +59,6 @@ class PauseWatch(BackgroundLoop):
         self.board = board
         self.stopped: set[str] = set()
         """The queues this loop stopped consuming."""
-        self._pubsub: Any = None
-
-    def waits(self) -> Iterator[float]:
-        while True:
-            yield 0.0  # each round waits in ``listen``
 
     def on_start(self) -> None:
         # At once, before the first interval: a worker started while a queue is paused leaves it alone.
@@ -72,11 +67,7 @@ class PauseWatch(BackgroundLoop):
     def tick(self) -> set[str]:
         """One round: look at the set, then listen for a change for up to ``interval``."""
         paused = self.look()
-        try:
-            self.listen(self.interval)
-        except Exception:
-            self._close()
-            raise
+        self.listen(self.interval)
         return paused
 
     def look(self) -> set[str]:
@@ -95,27 +86,10 @@ class PauseWatch(BackgroundLoop):
 
     def listen(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for an announced change; whether one came."""
-        if self._pubsub is None:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            pubsub.subscribe(keys.PAUSE_CHANNEL)
-            self._pubsub = pubsub
-        until = time.monotonic() + seconds
-        while (left := until - time.monotonic()) > 0 and not self._done.is_set():
-            message = self._pubsub.get_message(timeout=left)
-            if message is not None and message.get("type") == "message":
-                return True
-        return False
-
-    def _close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:  # closing a broken connection: nothing left to do
-                log.debug("pauses: closing the subscription failed", exc_info=True)
+        return any(True for _ in self.messages(seconds))
 
     def on_stop(self) -> None:
-        self._close()
+        super().on_stop()
         self.board.forget()
 
     @classmethod
