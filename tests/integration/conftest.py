@@ -20,10 +20,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import pytest
 
 from tests.integration import rabbit
 from wsupload.config import Settings
+from wsupload.tasks.callbacks import SIGNATURE_HEADER
 from wsupload.tasks.store.results import TERMINAL, JobDoc
 from wsupload.tasks.wire.amqp_publisher import ready_messages
 from wsupload.worker.dev.local_services import (
@@ -428,3 +431,48 @@ def start_worker(own_env: dict[str, str], own_producer: Producer, tmp_path: Path
         if process.process is not None and process.process.poll() is None:
             os.killpg(process.process.pid, signal.SIGCONT)  # a paused one would not hear SIGTERM
         process.stop()
+
+
+class Hooks(ThreadingHTTPServer):
+    """A callback receiver: answers each POST with the next scripted status (then 200) and records it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HookHandler)
+        self.statuses: list[int] = []
+        self.received: list[dict[str, Any]] = []
+        """Each POST: its raw ``body`` and its ``signature`` header."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    @property
+    def docs(self) -> list[Any]:
+        """The documents the POSTs carried, in order."""
+        return [json.loads(post["body"]) for post in self.received]
+
+
+class _HookHandler(BaseHTTPRequestHandler):
+    server: Hooks
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append({"body": body, "signature": self.headers.get(SIGNATURE_HEADER)})
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    server = Hooks()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -1,62 +1,18 @@
 """Callbacks through the real worker: signed, retried, and never holding up the upload."""
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Fleet
-from wsupload.tasks.callbacks import SIGNATURE_HEADER, callback_key, verify_signature
+from tests.integration.conftest import Fleet, Hooks
+from wsupload.tasks.callbacks import callback_key, verify_signature
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import png_bytes
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-integration"
-
-
-class Hooks(ThreadingHTTPServer):
-    """A receiver answering with the next scripted status (then 200), recording what it got."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _HookHandler)
-        self.statuses: list[int] = []
-        self.received: list[dict[str, Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _HookHandler(BaseHTTPRequestHandler):
-    server: Hooks
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append({"body": body, "signature": self.headers.get(SIGNATURE_HEADER)})
-        status = self.server.statuses.pop(0) if self.server.statuses else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    server = Hooks()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_callback_is_signed_retried_and_delivered(fleet: Fleet, hooks: Hooks, media_root: Path) -> None:

@@ -12,16 +12,12 @@ command says so; a batch cancelled mid-run counts every member once.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import StartWorker, png_file, producer_env, unacked_messages, waiting_messages
+from tests.integration.conftest import Hooks, StartWorker, png_file, producer_env, unacked_messages, waiting_messages
 from tests.integration.conftest import run_cli as wsupload
 from wsupload.tasks.callbacks import callback_key
 from wsupload.tasks.store import cancels, keys, lua, results
@@ -42,42 +38,6 @@ SECRET = "whsec-cancel"
 BIG = 48 * 1024 * 1024
 RATE = 8 * 1024 * 1024
 """A large body read at 8 MiB/s: six seconds of sending, caught in the middle."""
-
-
-class Hooks(ThreadingHTTPServer):
-    """A callback receiver recording every POST."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _HookHandler)
-        self.received: list[dict[str, Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _HookHandler(BaseHTTPRequestHandler):
-    server: Hooks
-
-    def do_POST(self) -> None:
-        self.server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    server = Hooks()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def media(root: Path, name: str, size: int = 16) -> str:
@@ -120,7 +80,7 @@ def test_a_queued_job_is_cancelled_with_no_request_and_stays_so_once_a_worker_st
     wait_until(lambda: acknowledged(own_producer), 30, what="the cancelled job's message acknowledged")
     wait_until(lambda: own_producer.redis.get(callback_key(job.job_id)), 30, what="the callback's outcome")
     assert json.loads(own_producer.redis.get(callback_key(job.job_id)) or b"{}")["status"] == "delivered"
-    assert hooks.received == [doc], "the callback is sent once, with the cancelled document"
+    assert hooks.docs == [doc], "the callback is sent once, with the cancelled document"
     assert own_producer.status([job.job_id]) == [doc], "the worker wrote nothing"
 
 
@@ -141,7 +101,7 @@ def test_a_running_upload_is_cut_at_the_sandbox_when_its_cancel_is_announced(
 
     wait_until(lambda: acknowledged(own_producer), 30, what="the message acknowledged")
     wait_until(lambda: hooks.received, 30, what="the callback")
-    assert hooks.received == [outcome.doc]
+    assert hooks.docs == [outcome.doc]
     assert len(sandbox.records) == 1, "no retry after the cancel"
     assert own_producer.status([job.job_id]) == [outcome.doc]
 
