@@ -811,22 +811,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _redis_unreachable() -> tuple[type[BaseException], ...]:
-    """redis-py's errors for an unreachable Redis: none unless a command loaded redis-py (only then can one occur)."""
-    if "redis" not in sys.modules:
-        return ()
-    import redis
-
-    return (redis.ConnectionError, redis.TimeoutError)
-
-
-def _redis_refused() -> tuple[type[BaseException], ...]:
-    """redis-py's error for a command Redis answered with an error: none unless a command loaded redis-py."""
-    if "redis" not in sys.modules:
-        return ()
-    import redis
-
-    return (redis.ResponseError,)
+def _redis_errors(*names: str) -> tuple[type[BaseException], ...]:
+    """redis-py's exception classes by name: none unless a command loaded redis-py (only then can one occur)."""
+    module = sys.modules.get("redis")
+    return () if module is None else tuple(getattr(module, name) for name in names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -850,9 +838,9 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"wsupload: {exc}", file=sys.stderr)
     except ConfigError as exc:
         print("wsupload: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
-    except _redis_unreachable() as exc:
+    except _redis_errors("ConnectionError", "TimeoutError") as exc:
         print(_unreachable_line(exc), file=sys.stderr)
-    except _redis_refused() as exc:  # an ACL user without the right (NoPermissionError), a wrong key type…
+    except _redis_errors("ResponseError") as exc:  # an ACL user without the right, a wrong key type…
         print(f"wsupload: Redis refused the command: {exc}", file=sys.stderr)
     except WsuploadError as exc:
         print(f"wsupload: {exc}", file=sys.stderr)
