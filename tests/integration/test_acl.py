@@ -95,7 +95,8 @@ def reset_log(local: LocalRedis) -> None:
 def acl_worker(
     worker_env: dict[str, str], acl_redis: LocalRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    env = env_as(worker_env, acl_redis, "worker")
+    # One process: the tests look for this worker's own node name (in the registry, `inspect`, Flower).
+    env = {**env_as(worker_env, acl_redis, "worker"), "WSUPLOAD_PROCESSES": "1"}
     process = WorkerProcess(env=env, log_path=tmp_path_factory.mktemp("acl") / "worker.log", concurrency=2)
     try:
         process.start().wait_ready(create_app(Settings.from_env(producer_env(env))))
