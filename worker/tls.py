@@ -7,7 +7,11 @@ configuration error. ``check_at_start`` connects once to every ``rediss://`` and
 ``amqps://`` URL the settings name and raises ``TlsRefused`` (one line, no secret) for
 such a failure; anything else (refused, reset, timed out) is left to the caller's own
 waiting, as for a plain broker that is down. Later, a certificate rotated to one that no
-longer verifies is ridden out as an outage by the code that reconnects.
+longer verifies is ridden out as an outage by the code that reconnects, and said once:
+``NOTICE`` logs one line for the whole episode, however many of the worker's connections
+(Celery's consumer, each background loop) meet the refusal, and one line once a connection
+verifies again (``FailureStreak`` and ``QuietRefusals`` route the refusals they meet to it).
+The producers raise ``TlsRefused`` too (``producer_refusal``, ``check_redis``).
 
 redis-py raises ``redis.ConnectionError`` with the ``ssl`` exception as its context;
 py-amqp raises the ``ssl`` exception itself: ``refusal`` walks the chain for either.
@@ -15,7 +19,9 @@ py-amqp raises the ``ssl`` exception itself: ``refusal`` walks the chain for eit
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
 from typing import Any
 
 import redis
@@ -24,6 +30,8 @@ from wsupload.config.broker_urls import amqp_tls, scheme_of
 from wsupload.config.redis_urls import masked
 from wsupload.config.settings import Settings
 from wsupload.errors import TlsRefused
+
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 5.0
 """Seconds to connect and shake hands at start: a server that does not answer in that time is waited for."""
@@ -133,3 +141,78 @@ def _check_amqp(url: str) -> None:
             raise TlsRefused(refused_line("RabbitMQ", url, cause)) from None
     finally:
         connection.release()
+
+
+class RefusalNotice:
+    """One line when this process's connections start being refused for TLS, one when one verifies again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._urls: dict[str, str] = {}
+        self.refused = False
+        """A refusal was logged and no connection has verified since."""
+
+    def watch(self, settings: Settings) -> None:
+        """Name the URLs in the lines: the Redis and (on RabbitMQ) the broker URL of this worker."""
+        self._urls = {"Redis": settings.redis_url}
+        if scheme_of(settings.effective_broker_url) == "amqps":
+            self._urls["RabbitMQ"] = settings.effective_broker_url
+
+    def noticed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a TLS refusal; the first of an episode is logged (one line, no traceback)."""
+        cause = refusal(exc)
+        if cause is None:
+            return False
+        with self._lock:
+            if self.refused:
+                return True
+            self.refused = True
+        service = "Redis" if _from_redis(exc) else "RabbitMQ"
+        log.error(
+            "%s%s: %s; connections are retried until it verifies (said once)",
+            service,
+            f" at {masked(self._urls[service])}" if service in self._urls else "",
+            describe(cause),
+        )
+        return True
+
+    def verified(self) -> None:
+        """A connection worked again: if a refusal was logged, say it is over (once)."""
+        with self._lock:
+            was, self.refused = self.refused, False
+        if was:
+            log.info("TLS verifies again: connections work")
+
+
+NOTICE = RefusalNotice()
+"""This process's one notice of TLS refusals."""
+
+
+class QuietRefusals(logging.Filter):
+    """On Celery's consumer logger: a record whose arguments carry a TLS refusal goes to ``NOTICE`` instead.
+
+    Celery logs ``Cannot connect to …: <error>`` at every reconnect attempt (the error is one
+    of the record's arguments); a refused certificate would repeat it for as long as it lasts.
+    Its ``Connected to …`` after that ends the episode.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        # The record factory (tasks.observe.redaction) renders the message and keeps the errors apart.
+        for arg in (*args, *getattr(record, "arg_errors", ())):
+            if isinstance(arg, BaseException) and NOTICE.noticed(arg):
+                return False
+        if isinstance(record.msg, str) and record.msg.startswith("Connected to "):
+            NOTICE.verified()
+        return True
+
+
+def _from_redis(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, redis.RedisError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

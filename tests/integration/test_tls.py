@@ -3,7 +3,9 @@
 A job end to end over each (worker, producer, ``wsupload wait``), mutual TLS (the
 server requires a client certificate), a wrong CA or a host name the certificate does
 not hold stopping the worker and a command with one line (exit 2) within the issue's
-10 s, and an unreachable TLS port still waited for. The servers are the test's own
+10 s, an unreachable TLS port still waited for, and a certificate rotated under a running
+worker to one its CA does not vouch for: said once, waited out, the jobs run once it is
+put right. The servers are the test's own
 (``tests.integration.tls_servers``): the machine's RabbitMQ service is not touched.
 """
 
@@ -222,6 +224,68 @@ def test_an_unreachable_tls_port_is_waited_for(pki: Pki, worker_env: dict[str, s
         wait_until(lambda: "Cannot connect to rediss://" in worker.log_tail(), 30, what="the worker to say it waits")
     finally:
         worker.stop()
+
+
+REFUSALS_SEEN = 15
+"""Handshakes the rotated server refuses before the test puts it right: many reconnects, one line."""
+
+
+@pytest.fixture
+def rotating_redis(pki: Pki, worker_env: dict[str, str], tmp_path: Path) -> Iterator[TlsRedis]:
+    _redis_or_skip()
+    server = start_tls_redis(pki, tmp_path / "rotating-redis")
+    yield server
+    server.stop()
+
+
+def test_a_certificate_rotated_to_one_that_does_not_verify_is_said_once_and_waited_out(
+    rotating_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], media_root: Path, tmp_path: Path
+) -> None:
+    env = tls_env(worker_env, rotating_redis.url(pki.ca))
+    # A producer that trusts both CAs can enqueue while the worker's CA is refused.
+    producer = Producer(Settings.from_env(producer_env({**env, "REDIS_URL": rotating_redis.url(pki.both_cas)})))
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env=env, log_path=log, concurrency=2)
+    image = media_root / f"rotation-{uuid.uuid4().hex[:6]}.png"
+    image.write_bytes(png_bytes())
+    server_log = rotating_redis.directory / "redis.log"
+    try:
+        worker.start().wait_ready(producer.app)
+        (before,) = producer.enqueue([str(image)])
+        assert producer.wait([before.job_id], timeout=60).all_succeeded, worker.log_tail()
+
+        rotating_redis.restart(pki.other_server_cert, pki.other_server_key)  # signed by a CA the worker does not trust
+        (job,) = producer.enqueue([str(image)])
+        # The worker's connections keep trying (each refused handshake is in the server's log)…
+        wait_until(
+            lambda: server_log.read_text(errors="replace").count("unknown ca") >= REFUSALS_SEEN,
+            90,
+            interval=0.2,
+            what=f"the server to refuse {REFUSALS_SEEN} handshakes",
+        )
+        # … the worker lives, and the job waits.
+        assert worker.process is not None
+        assert worker.process.poll() is None, worker.log_tail()
+        assert producer.status([job.job_id])[0]["status"] == "queued"  # type: ignore[index]
+
+        rotating_redis.restart(pki.server_cert, pki.server_key)  # put right
+        outcome = producer.wait([job.job_id], timeout=90)
+        assert outcome.all_succeeded, f"{outcome.docs}\n{worker.log_tail()}"
+        wait_until(lambda: "TLS verifies again" in log.read_text(), 30, what="the worker to say TLS verifies again")
+    finally:
+        worker.stop()
+        producer.close()
+    text = log.read_text(errors="replace")
+    # Celery's "Cannot connect to …" at each attempt, each loop's failing line: none says it again.
+    about_certificate = [line for line in text.splitlines() if "certificate" in line.lower() or "SSL" in line]
+    assert len(about_certificate) == 1, "\n".join(about_certificate)
+    assert about_certificate[0].endswith(
+        "its TLS certificate does not verify (unable to get local issuer certificate): give the CA that signed it"
+        " (ssl_ca_certs), and connect by a host name the certificate holds;"
+        " connections are retried until it verifies (said once)"
+    )
+    assert text.count("TLS verifies again") == 1
+    assert "Traceback" not in text
 
 
 def test_a_job_end_to_end_over_a_tls_rabbitmq_node(
