@@ -7,7 +7,8 @@ CA a test gives) but signed a server certificate of its own (a rotation to a cer
 the clients' CA does not vouch for). The redis-server listens on a free TLS port only (``--port 0``). The
 RabbitMQ node is a second node of the machine's Erlang, started from the installed
 ``rabbitmq-server`` with its own node name, config file, data, log and home directories
-(its Erlang cookie) and free ports (TLS listener, distribution); it never touches the
+(its Erlang cookie) and free ports (TLS listener, distribution); its listener requires a
+client certificate (``verify_peer``, ``fail_if_no_peer_cert``); it never touches the
 machine's own RabbitMQ service, which other tests use. Each is stopped by its process
 group. A test fixture, not the runtime: it lives under ``tests/``.
 """
@@ -200,15 +201,20 @@ def rabbit_unavailable_reason() -> str | None:
 
 @dataclass
 class TlsRabbit:
-    """A RabbitMQ node of a test's own, with a TLS listener only; guest/guest from localhost."""
+    """A RabbitMQ node of a test's own, with a TLS listener only that requires a client certificate
+    signed by the test's CA (mutual TLS); guest/guest from localhost."""
 
     node: str
     port: int
     process: subprocess.Popen[bytes]
     log_dir: Path
 
-    def url(self, ca: Path, vhost: str = "%2F") -> str:
-        return f"amqps://guest:guest@localhost:{self.port}/{vhost}?ssl_ca_certs={ca}"
+    pki: Pki
+
+    def url(self, ca: Path, vhost: str = "%2F", *, client_certificate: bool = True) -> str:
+        """An ``amqps://`` URL trusting ``ca``, with the client certificate the node requires unless told not to."""
+        mine = f"&ssl_certfile={self.pki.client_cert}&ssl_keyfile={self.pki.client_key}" if client_certificate else ""
+        return f"amqps://guest:guest@localhost:{self.port}/{vhost}?ssl_ca_certs={ca}{mine}"
 
     def stop(self) -> None:
         _stop_group(self.process, timeout=60)
@@ -219,7 +225,7 @@ class TlsRabbit:
 
 
 def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
-    """Start a second RabbitMQ node (its own name, ports, config and data) with a TLS listener."""
+    """Start a second RabbitMQ node (its own name, ports, config and data) with a mutual-TLS listener."""
     node = f"wsupload-tls-{uuid.uuid4().hex[:8]}@localhost"
     port, dist_port = free_port(), free_port()
     for sub in ("home", "mnesia", "log"):
@@ -230,8 +236,8 @@ def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
         f"ssl_options.cacertfile = {pki.ca}\n"
         f"ssl_options.certfile = {pki.server_cert}\n"
         f"ssl_options.keyfile = {pki.server_key}\n"
-        "ssl_options.verify = verify_none\n"
-        "ssl_options.fail_if_no_peer_cert = false\n"
+        "ssl_options.verify = verify_peer\n"
+        "ssl_options.fail_if_no_peer_cert = true\n"
     )
     (directory / "enabled_plugins").write_text("[].\n")
     (directory / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq/rabbitmq-env.conf
@@ -258,7 +264,7 @@ def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
         start_new_session=True,
     )
     out.close()
-    server = TlsRabbit(node, port, process, directory / "log")
+    server = TlsRabbit(node, port, process, directory / "log", pki)
     try:
         wait_until(lambda: process.poll() is not None or _amqps_answers(server, pki), RABBIT_START, 0.5, "RabbitMQ")
     except TimeoutError as exc:

@@ -148,3 +148,33 @@ def test_a_loop_that_meets_a_refusal_leaves_it_to_the_notice(
         streak.succeeded()
     lines = [record.getMessage() for record in caplog.records]
     assert [line.split(":")[0] for line in lines] == ["Redis", "TLS verifies again"], lines
+
+
+def test_a_producer_raises_tls_refused_for_a_refusal_and_leaves_other_errors_as_they_are() -> None:
+    from wsupload import TlsRefused
+    from wsupload.config import Settings
+    from wsupload.errors import EnqueueError
+
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://:pw-redis@redis.example:6380/0",
+            "WSUPLOAD_BROKER_URL": "amqps://user:pw-rabbit@rabbit.example:5671/v",
+        }
+    )
+    refused = tls.producer_refusal(settings, wrapped(verify_error("self-signed certificate in certificate chain")))
+    assert isinstance(refused, TlsRefused)
+    assert str(refused).startswith("configuration error: Redis at rediss://:***@redis.example:6380/0: its TLS")
+    assert "pw-redis" not in str(refused)
+
+    by_rabbit = tls.producer_refusal(settings, verify_error("certificate has expired"))
+    assert str(by_rabbit).startswith("configuration error: RabbitMQ at amqps://user:***@rabbit.example:5671/v: its")
+
+    def enqueue_error(in_doubt: bool = False, queued: bool = False) -> EnqueueError:
+        error = EnqueueError("job not enqueued: …", [], in_doubt=in_doubt, queued=queued)
+        error.__cause__ = wrapped(verify_error("certificate has expired"))
+        return error
+
+    assert str(tls.producer_refusal(settings, enqueue_error())).endswith("; nothing was queued")
+    assert tls.producer_refusal(settings, enqueue_error(in_doubt=True)) is None  # what it says of the jobs matters
+    assert tls.producer_refusal(settings, enqueue_error(queued=True)) is None
+    assert tls.producer_refusal(settings, wrapped(ConnectionRefusedError(111, "Connection refused"))) is None
