@@ -290,6 +290,10 @@ def beat_schedule(schedules: Sequence[Schedule], settings: Settings) -> dict[str
     return entries
 
 
+CONSUMER_LOGGERS = ("celery.worker.consumer.consumer", "celery.worker.consumer.connection")
+"""Celery's loggers of "Cannot connect to …" (at each attempt) and "Connected to …"."""
+
+
 @celeryd_init.connect(weak=False, dispatch_uid="wsupload.worker.app:refuse-without-key")
 def _refuse_without_key(instance: Any = None, **_: Any) -> None:
     """``celery -A wsupload.worker.app worker`` without ``WAVESPEED_API_KEY``: one line, exit 2.
@@ -301,13 +305,17 @@ def _refuse_without_key(instance: Any = None, **_: Any) -> None:
     if isinstance(getattr(instance, "app", None), WsuploadApp):
         settings = _settings_or_exit(worker=True)
         say_deprecations(settings)
-        from wsupload.worker.tls import check_at_start
+        from wsupload.worker import tls
 
         try:  # a certificate that does not verify: one line, exit 2, as `wsupload worker` says it
-            check_at_start(settings)
+            tls.check_at_start(settings)
         except TlsRefused as exc:
             print(f"wsupload: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        # Later (a rotation), a refusal is waited out and said once, not at each reconnect.
+        tls.NOTICE.watch(settings)
+        for name in CONSUMER_LOGGERS:
+            logging.getLogger(name).addFilter(tls.QuietRefusals())
 
 
 def say_deprecations(settings: Settings) -> None:

@@ -14,7 +14,8 @@ than ``OFFLOAD_ABOVE`` jobs builds its documents and messages in a thread
 publisher is blocking; it is used one call at a time, from a thread); documents are
 read ``READ_CHUNK`` at a time and decoded ``DECODE_CHUNK`` at a time, the loop getting
 its turn in between.
-Importing it loads neither Celery nor the worker.
+Importing it loads neither Celery nor the worker. A TLS refusal raises ``TlsRefused``,
+checked at first use, as ``Producer`` does (``worker.tls``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -53,6 +55,7 @@ from wsupload.tasks.store.batches import batch_info, members_key
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import async_redis_client
 from wsupload.tasks.store.results import JobDoc
+from wsupload.worker import tls
 from wsupload.worker.async_events import Hub, Watch
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.worker.producer import (
@@ -100,6 +103,18 @@ class AsyncProducer:
         self._cancel = self.redis.register_script(lua.load(cancels.SCRIPT))
         self._publisher: Publisher | None = None
         self._hub = Hub(self.redis)
+        self._verified = {"redis": False, "amqp": False}
+        """Whether this producer's TLS was checked (and verified) yet, per broker: once each, at first use."""
+
+    async def _checked(self, *, publishing: bool = False) -> AbstractContextManager[None]:
+        """Around a call: TLS checked at first use; an error a refusal caused raised as ``TlsRefused``."""
+        url = self.settings.redis_url
+        if not self._verified["redis"] and tls.uses_tls(url):
+            self._verified["redis"] = await _answers(self.redis, url)
+        if publishing and not self._verified["amqp"] and self.settings.broker_is_amqp:
+            broker = self.settings.effective_broker_url
+            self._verified["amqp"] = not tls.uses_tls(broker) or await asyncio.to_thread(tls.check_amqp, broker)
+        return tls.refusals_raised(self.settings)
 
     async def __aenter__(self) -> Self:
         return self
@@ -162,6 +177,10 @@ class AsyncProducer:
 
     async def _drive(self, flow: Flow, offload: bool) -> None:
         """Perform each step of ``flow`` (advanced in a thread when ``offload``), sending back replies and errors."""
+        with await self._checked(publishing=True):
+            await self._steps(flow, offload)
+
+    async def _steps(self, flow: Flow, offload: bool) -> None:
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -209,6 +228,10 @@ class AsyncProducer:
 
     async def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         """Each job's document (None for a job with none), as ``Producer.status`` reads it."""
+        with await self._checked():
+            return await self._read(job_ids)
+
+    async def _read(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
         found: list[JobDoc | None] = []
         for chunk in results.chunks(job_ids, READ_CHUNK):
             raw = await self.redis.mget([results.result_key(job_id) for job_id in chunk])
@@ -223,11 +246,16 @@ class AsyncProducer:
 
     async def batch(self, batch_id: str) -> dict[str, Any] | None:
         """A batch's counters (``BatchStore.get``'s document); None for no such batch."""
+        with await self._checked():
+            return await self._batch_info(batch_id)
+
+    async def _batch_info(self, batch_id: str) -> dict[str, Any] | None:
         return batch_info(await self.redis.hgetall(results.batch_key(batch_id)))
 
     async def batch_jobs(self, batch_id: str) -> list[str]:
         """A batch's job ids, in order (``BatchStore.job_ids``)."""
-        return [results.text(raw) for raw in await self.redis.lrange(members_key(batch_id), 0, -1)]
+        with await self._checked():
+            return [results.text(raw) for raw in await self.redis.lrange(members_key(batch_id), 0, -1)]
 
     # Pausing queues (tasks.store.pauses).
 
@@ -241,13 +269,15 @@ class AsyncProducer:
 
     async def paused(self) -> set[str]:
         """The queues paused now."""
-        return pauses.read(await self.redis.smembers(keys.PAUSED))
+        with await self._checked():
+            return pauses.read(await self.redis.smembers(keys.PAUSED))
 
     async def _change(self, queue: str, *, pause: bool) -> bool:
         named = pauses.queue_named(queue, self.settings.queue, self.settings.bulk_queue)
         pipe = self.redis.pipeline(transaction=True)
         pauses.fill_change(pipe, named, pause=pause)
-        return pauses.changed(await pipe.execute())
+        with await self._checked():
+            return pauses.changed(await pipe.execute())
 
     # Cancelling: tasks.store.cancels decides, this performs.
 
@@ -259,10 +289,11 @@ class AsyncProducer:
         (``outcome == "ended"``), one with no document is ``unknown``; no worker need be running.
         """
         found: list[CancelOutcome] = []
-        for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
-            now = results.utcnow()
-            script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
-            found += cancels.outcomes(chunk, await self._cancel(keys=script_keys, args=args), now)
+        with await self._checked():
+            for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
+                now = results.utcnow()
+                script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
+                found += cancels.outcomes(chunk, await self._cancel(keys=script_keys, args=args), now)
         return cancels.in_order(job_ids, found)
 
     async def cancel_batch(self, batch_id: str) -> list[CancelOutcome]:
@@ -294,7 +325,7 @@ class AsyncProducer:
         # reconnect the read finds what ended while Redis was away.
         watch = await self._hub.watch(unread)
         try:
-            docs.update(zip(unread, await self.status(unread), strict=True))
+            docs.update(zip(unread, await self._read(unread), strict=True))
             outage.recovered()
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
             self._hub.drop(watch, set(unread) - pending)
@@ -320,7 +351,7 @@ class AsyncProducer:
                 self._hub.drop(watch, ended)
                 if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
                     refresh = rechecks.next(pending)
-                    docs.update(zip(refresh, await self.status(refresh), strict=True))
+                    docs.update(zip(refresh, await self._read(refresh), strict=True))
                     done = {job_id for job_id in refresh if is_finished(docs[job_id])}
                     pending.difference_update(done)
                     self._hub.drop(watch, done)
@@ -348,7 +379,7 @@ class AsyncProducer:
             while True:
                 await asyncio.sleep(max(0.0, last_read + BATCH_REFRESH - time.monotonic()))
                 last_read = time.monotonic()
-                info = await self.batch(batch_id)
+                info = await self._batch_info(batch_id)
                 if info is None:
                     raise WsuploadError(f"no batch {batch_id!r} (never created, or expired)")
                 known.clear()
@@ -367,6 +398,12 @@ class AsyncProducer:
         self, deadline: float | None, attempt: Callable[[Outage], Awaitable[T]], timed_out: Callable[[], T]
     ) -> T:
         """``attempt`` again after each Redis outage (backing off), until it returns or ``deadline`` passes."""
+        with await self._checked():
+            return await self._retried(deadline, attempt, timed_out)
+
+    async def _retried(
+        self, deadline: float | None, attempt: Callable[[Outage], Awaitable[T]], timed_out: Callable[[], T]
+    ) -> T:
         outage = Outage(deadline, self.outage_limit)
         while True:
             try:
@@ -397,16 +434,17 @@ class AsyncProducer:
         seen: dict[str, JobDoc | None] = {}
         pending = set(ids)
         outage = Outage(None, self.outage_limit)
-        while True:
-            try:
-                async for doc in self._follow(ids, seen, pending, outage):
-                    yield doc
-                return
-            except REDIS_DOWN:
-                delay = outage.failed(time.monotonic())
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
+        with await self._checked():
+            while True:
+                try:
+                    async for doc in self._follow(ids, seen, pending, outage):
+                        yield doc
+                    return
+                except REDIS_DOWN:
+                    delay = outage.failed(time.monotonic())
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
 
     async def _follow(
         self, ids: list[str], seen: dict[str, JobDoc | None], pending: set[str], outage: Outage
@@ -439,7 +477,7 @@ class AsyncProducer:
         """The documents of ``ids`` that differ from those last yielded; the jobs that ended leave ``pending``."""
         changed: list[JobDoc] = []
         done: list[str] = []
-        for job_id, doc in zip(ids, await self.status(ids), strict=True):
+        for job_id, doc in zip(ids, await self._read(ids), strict=True):
             if is_finished(doc) and job_id in pending:
                 pending.discard(job_id)
                 done.append(job_id)
@@ -448,6 +486,19 @@ class AsyncProducer:
             seen[job_id] = doc
         self._hub.drop(watch, done)
         return changed
+
+
+async def _answers(client: redis.asyncio.Redis, url: str) -> bool:
+    """``tls.check_redis`` through the asyncio client: ``TlsRefused`` for a refusal; whether it answered."""
+    for _ in range(2):
+        try:
+            await client.ping()
+            return True
+        except redis.RedisError as exc:
+            if not tls.closed_at_once(url, exc):
+                return False
+    tls.raise_closed_twice(url)
+    return False
 
 
 def _advance(flow: Flow, reply: Any, error: BaseException | None) -> Step | None:

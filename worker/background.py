@@ -13,8 +13,9 @@ what the other loops report up to their own stop.
 A loop must never stop or block the worker: every error of a round is caught and
 the next round is the retry, and a failing loop is logged once per streak, when it
 starts failing and when it recovers, not once per round. Redis and OS errors are
-expected there (one line); anything else also logs its traceback. The receivers
-ignore workers of any other app.
+expected there (one line); anything else also logs its traceback. A TLS refusal (a
+certificate rotated to one that does not verify) is said once for the whole worker
+(``worker.tls.NOTICE``), not once per loop. The receivers ignore workers of any other app.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.observe.bounds import clip
+from wsupload.worker import tls
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,16 @@ class FailureStreak:
         """Logged at the first failure: ``%s`` for the error's type and text, then the caller's args."""
         self.recovered_line = recovered
         self.failing = False
+        self.quiet = False
+        """Failing for a TLS refusal, said by ``tls.NOTICE``: its end is said there too."""
 
     def failed(self, exc: BaseException, *args: object) -> None:
+        refused = tls.NOTICE.noticed(exc)  # whatever this streak said before: a refusal is the notice's
         if self.failing:
             return
-        self.failing = True
+        self.failing, self.quiet = True, refused
+        if refused:
+            return
         self.log.warning(
             self.failing_line,
             type(exc).__name__,
@@ -69,7 +76,11 @@ class FailureStreak:
     def succeeded(self) -> None:
         if self.failing:
             self.failing = False
-            self.log.info(self.recovered_line)
+            if self.quiet:  # it met the refusal, and now a round went through: TLS verifies again
+                self.quiet = False
+                tls.NOTICE.verified()
+            else:
+                self.log.info(self.recovered_line)
 
 
 RUNNING: dict[type[BackgroundLoop], BackgroundLoop] = {}

@@ -7,6 +7,11 @@ instead of polling; it re-reads unfinished documents once a second (up to
 notification was missed. Both waits
 ride out a Redis restart (``worker.outage``): they reconnect, re-subscribe and
 re-read, so nothing that ended while Redis was away is missed.
+
+Over TLS, a certificate or host name that does not verify raises ``TlsRefused`` (one line
+naming the host and the reason, the password masked), never redis-py's or py-amqp's error:
+a producer's first call pings Redis (and an enqueue opens its RabbitMQ connection) before
+anything is written, and every call turns an error a refusal caused into it (``worker.tls``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,11 +28,12 @@ import redis
 
 from wsupload.config.settings import Settings
 from wsupload.errors import EnqueueError, WsuploadError
-from wsupload.tasks.enqueue import Batch, Enqueuer, Job, normalize_source
+from wsupload.tasks.enqueue import Batch, Enqueuer, Flow, Job, normalize_source
 from wsupload.tasks.store import cancels, lua, pauses, results
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.results import JobDoc
+from wsupload.worker import tls
 from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
 if TYPE_CHECKING:
@@ -108,6 +115,21 @@ class Producer(Enqueuer):
         super().__init__(settings, client or redis_client(settings.redis_url))
         self._app = app
         self._cancel: Script | None = None
+        self._verified = {"redis": False, "amqp": False}
+        """Whether this producer's TLS was checked (and verified) yet, per broker: once each, at first use."""
+
+    def _checked(self, *, publishing: bool = False) -> AbstractContextManager[None]:
+        """Around a call: TLS checked at first use; an error a refusal caused raised as ``TlsRefused``."""
+        if not self._verified["redis"] and tls.uses_tls(self.settings.redis_url):
+            self._verified["redis"] = tls.check_redis(self.redis, self.settings.redis_url)
+        if publishing and not self._verified["amqp"] and self.settings.broker_is_amqp:
+            broker = self.settings.effective_broker_url
+            self._verified["amqp"] = not tls.uses_tls(broker) or tls.check_amqp(broker)
+        return tls.refusals_raised(self.settings)
+
+    def _drive(self, flow: Flow) -> None:
+        with self._checked(publishing=True):
+            super()._drive(flow)
 
     @property
     def app(self) -> Celery:
@@ -125,6 +147,11 @@ class Producer(Enqueuer):
             self._app.close()
 
     def status(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
+        with self._checked():
+            return self._read(job_ids)
+
+    def _read(self, job_ids: Sequence[str]) -> list[JobDoc | None]:
+        """The documents, Redis's errors as they are: a wait rides them out (``status`` says them as ``TlsRefused``)."""
         return self.store.get_many(job_ids)
 
     def cancel(self, job_ids: Sequence[str]) -> list[CancelOutcome]:
@@ -139,29 +166,37 @@ class Producer(Enqueuer):
         if self._cancel is None:
             self._cancel = lua.script(self.redis, cancels.SCRIPT)
         found: list[CancelOutcome] = []
-        for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
-            now = results.utcnow()
-            script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
-            found += cancels.outcomes(chunk, self._cancel(keys=script_keys, args=args), now)
+        with self._checked():
+            for chunk in results.chunks(cancels.unique(job_ids), cancels.CHUNK):
+                now = results.utcnow()
+                script_keys, args = cancels.call(chunk, self.settings.result_ttl, now, time.time())
+                found += cancels.outcomes(chunk, self._cancel(keys=script_keys, args=args), now)
         return cancels.in_order(job_ids, found)
 
     def cancel_batch(self, batch_id: str) -> list[CancelOutcome]:
         """``cancel`` every member of the batch (its id, not its name: ``batches.resolve``)."""
-        return self.cancel(self.batches.job_ids(batch_id))
+        with self._checked():
+            job_ids = self.batches.job_ids(batch_id)
+        return self.cancel(job_ids)
 
     def pause(self, queue: str) -> bool:
         """Pause ``queue`` fleet-wide (its name, or ``interactive`` / ``bulk``): within a second no worker
         starts a new job of it; running jobs finish. Kept in Redis until ``resume``, across worker
         restarts (``tasks.store.pauses``). Whether it was running until now."""
-        return pauses.pause(self.redis, self.queue_named(queue))
+        named = self.queue_named(queue)
+        with self._checked():
+            return pauses.pause(self.redis, named)
 
     def resume(self, queue: str) -> bool:
         """Resume ``queue``: workers take its jobs again within a second. Whether it was paused until now."""
-        return pauses.resume(self.redis, self.queue_named(queue))
+        named = self.queue_named(queue)
+        with self._checked():
+            return pauses.resume(self.redis, named)
 
     def paused(self) -> set[str]:
         """The queues paused now."""
-        return pauses.paused(self.redis)
+        with self._checked():
+            return pauses.paused(self.redis)
 
     def queue_named(self, name: str) -> str:
         """The queue ``name`` means (``interactive``, ``bulk`` or a queue's own name); ``InvalidInput`` for another."""
@@ -209,7 +244,7 @@ class Producer(Enqueuer):
             unread = [
                 job_id for job_id in dict.fromkeys(job_ids) if job_id not in docs or not is_finished(docs[job_id])
             ]
-            docs.update(zip(unread, self.status(unread), strict=True))
+            docs.update(zip(unread, self._read(unread), strict=True))
             outage.recovered()
             # Kept up to date as reads come in: each loop costs what changed, not every job.
             pending = {job_id for job_id in unread if not is_finished(docs[job_id])}
@@ -240,7 +275,7 @@ class Producer(Enqueuer):
                 pending.difference_update(ended)
                 if pending and time.monotonic() - last_recheck >= RECHECK_SECONDS:
                     refresh = rechecks.next(pending)
-                    docs.update(zip(refresh, self.status(refresh), strict=True))
+                    docs.update(zip(refresh, self._read(refresh), strict=True))
                     pending.difference_update(job_id for job_id in refresh if is_finished(docs[job_id]))
                     last_recheck = time.monotonic()
         finally:
@@ -268,6 +303,10 @@ class Producer(Enqueuer):
 
     def _riding_out(self, deadline: float | None, attempt: Callable[[Outage], T], timed_out: Callable[[], T]) -> T:
         """``attempt`` again after each Redis outage (backing off), until it returns or ``deadline`` passes."""
+        with self._checked():
+            return self._retried(deadline, attempt, timed_out)
+
+    def _retried(self, deadline: float | None, attempt: Callable[[Outage], T], timed_out: Callable[[], T]) -> T:
         outage = Outage(deadline, self.outage_limit)
         while True:
             try:

@@ -82,6 +82,7 @@ from kombu.utils.json import dumps
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import job_index
 from wsupload.tasks.store import keys, lua
+from wsupload.worker import tls
 from wsupload.worker.poison import PoisonGuard, envelope_jobs
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def pause_after(refusals: int) -> float:
 
 
 def describe(exc: BaseException) -> str:
+    if tls.NOTICE.noticed(exc):  # a rotated certificate: said once for the worker, not in every line
+        return tls.REFUSED
     # redis-py names a failed pipeline command with its arguments: a message payload at worst.
     return clip(f"{type(exc).__name__}: {exc}")
 

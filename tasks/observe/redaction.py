@@ -110,7 +110,9 @@ def redacted_record(record: logging.LogRecord, redactor: Redactor = REDACTOR) ->
 
     The message is rendered now (``msg % args``) so no formatter can render the
     raw arguments later; the traceback goes into ``exc_text``, which formatters
-    print as it is, instead of ``exc_info``, which they would render again.
+    print as it is, instead of ``exc_info``, which they would render again. The
+    exceptions among the arguments stay on the record, unrendered, as ``arg_errors``:
+    for a filter that judges a line by its error (``worker.tls.QuietRefusals``).
     """
     if not redactor.active:
         return record
@@ -118,6 +120,8 @@ def redacted_record(record: logging.LogRecord, redactor: Redactor = REDACTOR) ->
         message = record.getMessage()
     except Exception:  # a bad format string: logging would report it; keep what we can
         message = f"{record.msg!r} % {record.args!r}"
+    given = record.args if isinstance(record.args, tuple) else ()
+    record.arg_errors = tuple(arg for arg in given if isinstance(arg, BaseException))
     record.msg, record.args = clip(redactor(message), MAX_LOG_CHARS), ()
     if record.exc_info:
         record.exc_text = redactor(_formatter.formatException(record.exc_info))

@@ -112,7 +112,7 @@ class PerThread:
     giving it back (a lock, its deprecation and observability wrappers) adds about half
     again to such a call's CPU: a thread that keeps its own skips that. A call on it
     behaves as one on ``client``: same connection settings and retries, a reconnect after
-    an error, a Sentinel's master found again after a failover
+    an error or after the server closed the connection (a restart), a Sentinel's master found again after a failover
     (``tests/integration/test_sentinel.py`` fails over under a worker). The client is built
     at a thread's first call (it connects then, so a Redis that is down fails that call as
     any other would), and its connection goes back to the pool when the thread ends. The
@@ -132,5 +132,15 @@ class PerThread:
             # again through its own connect(), which for a Sentinel's asks where the master
             # is now. (A command sent on it would reconnect to the address it had: a master
             # that failed over.) A no-op while it is connected.
-            held.connection.connect()  # type: ignore[union-attr]
+            connection: Any = held.connection
+            connection.connect()
+            try:
+                stale = connection.can_read(timeout=0)
+            except (redis.ConnectionError, OSError):
+                stale = True
+            if stale:
+                # Readable while idle: the server closed it (a restart), and the next command would
+                # fail on it. redis-py's pool makes the same one-poll check at each checkout.
+                connection.disconnect()
+                connection.connect()
         return held

@@ -304,3 +304,16 @@ def test_closing_a_channel_after_celery_collected_its_connection_raises_no_attri
     private_redis.start()
     # Not restored (Redis was down): still unacked, so kombu redelivers it after the timeout.
     assert private_redis.client().hexists("unacked", delivered[0].delivery_tag)
+
+
+def test_a_threads_own_connection_closed_by_a_restart_is_replaced_before_its_next_call(
+    private_redis: RestartableRedis,
+) -> None:
+    """A worker thread's first job after a Redis restart must not fail (and be requeued) on its old socket."""
+    from wsupload.tasks.store.connections import PerThread, redis_client
+
+    here = PerThread(redis_client(private_redis.url))
+    here().set("wsupload-test:before", "1")
+    private_redis.shutdown()
+    private_redis.start()
+    assert here().get("wsupload-test:before") == b"1"  # the old socket was closed by the server: a new one

@@ -3,19 +3,22 @@
 A job end to end over each (worker, producer, ``wsupload wait``), mutual TLS (the
 server requires a client certificate), a wrong CA or a host name the certificate does
 not hold stopping the worker and a command with one line (exit 2) within the issue's
-10 s, and an unreachable TLS port still waited for. The servers are the test's own
+10 s, an unreachable TLS port still waited for, and a certificate rotated under a running
+worker to one its CA does not vouch for: said once, waited out, the jobs run once it is
+put right. The servers are the test's own
 (``tests.integration.tls_servers``): the machine's RabbitMQ service is not touched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,10 @@ from tests.integration.tls_servers import (
     start_tls_redis,
 )
 from wsupload.config import Settings
+from wsupload.errors import TlsRefused
+from wsupload.tasks.store import keys
+from wsupload.tasks.store.connections import redis_client
+from wsupload.worker.async_producer import AsyncProducer
 from wsupload.worker.dev.local_services import WorkerProcess, free_port, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.producer import Producer
@@ -224,6 +231,147 @@ def test_an_unreachable_tls_port_is_waited_for(pki: Pki, worker_env: dict[str, s
         worker.stop()
 
 
+REFUSALS_SEEN = 15
+"""Handshakes the rotated server refuses before the test puts it right: many reconnects, one line."""
+
+
+@pytest.fixture
+def rotating_redis(pki: Pki, worker_env: dict[str, str], tmp_path: Path) -> Iterator[TlsRedis]:
+    _redis_or_skip()
+    server = start_tls_redis(pki, tmp_path / "rotating-redis")
+    yield server
+    server.stop()
+
+
+def test_a_certificate_rotated_to_one_that_does_not_verify_is_said_once_and_waited_out(
+    rotating_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], media_root: Path, tmp_path: Path
+) -> None:
+    env = tls_env(worker_env, rotating_redis.url(pki.ca))
+    # A producer that trusts both CAs can enqueue while the worker's CA is refused.
+    producer = Producer(Settings.from_env(producer_env({**env, "REDIS_URL": rotating_redis.url(pki.both_cas)})))
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env=env, log_path=log, concurrency=2)
+    image = media_root / f"rotation-{uuid.uuid4().hex[:6]}.png"
+    image.write_bytes(png_bytes())
+    server_log = rotating_redis.directory / "redis.log"
+    try:
+        worker.start().wait_ready(producer.app)
+        (before,) = producer.enqueue([str(image)])
+        assert producer.wait([before.job_id], timeout=60).all_succeeded, worker.log_tail()
+
+        rotating_redis.restart(pki.other_server_cert, pki.other_server_key)  # signed by a CA the worker does not trust
+        (job,) = producer.enqueue([str(image)])
+        # The worker's connections keep trying (each refused handshake is in the server's log)…
+        wait_until(
+            lambda: server_log.read_text(errors="replace").count("unknown ca") >= REFUSALS_SEEN,
+            90,
+            interval=0.2,
+            what=f"the server to refuse {REFUSALS_SEEN} handshakes",
+        )
+        # … the worker lives, and the job waits.
+        assert worker.process is not None
+        assert worker.process.poll() is None, worker.log_tail()
+        assert producer.status([job.job_id])[0]["status"] == "queued"  # type: ignore[index]
+
+        rotating_redis.restart(pki.server_cert, pki.server_key)  # put right
+        outcome = producer.wait([job.job_id], timeout=90)
+        assert outcome.all_succeeded, f"{outcome.docs}\n{worker.log_tail()}"
+        wait_until(lambda: "TLS verifies again" in log.read_text(), 30, what="the worker to say TLS verifies again")
+    finally:
+        worker.stop()
+        producer.close()
+    text = log.read_text(errors="replace")
+    # Celery's "Cannot connect to …" at each attempt, each loop's failing line: none says it again.
+    about_certificate = [line for line in text.splitlines() if "certificate" in line.lower() or "SSL" in line]
+    assert len(about_certificate) == 1, "\n".join(about_certificate)
+    assert about_certificate[0].endswith(
+        "its TLS certificate does not verify (unable to get local issuer certificate): give the CA that signed it"
+        " (ssl_ca_certs), and connect by a host name the certificate holds;"
+        " connections are retried until it verifies (said once)"
+    )
+    assert text.count("TLS verifies again") == 1
+    assert "Traceback" not in text
+
+
+PASSWORD = "s3cret-not-shown"
+
+
+def with_password(url: str) -> str:
+    return url.replace("rediss://", f"rediss://:{PASSWORD}@", 1)
+
+
+def producer_calls(settings: Settings, image: str) -> dict[str, Callable[[], object]]:
+    """Each call of both producer libraries that reaches a broker, by name: what it raises is the test's."""
+
+    def run(calls: Callable[[AsyncProducer], Awaitable[object]]) -> object:
+        async def main() -> object:
+            async with AsyncProducer(settings) as producer:
+                return await calls(producer)
+
+        return asyncio.run(main())
+
+    def sync(call: Callable[[Producer], object]) -> Callable[[], object]:
+        def made() -> object:
+            producer = Producer(settings)
+            try:
+                return call(producer)
+            finally:
+                producer.close()
+
+        return made
+
+    return {
+        "enqueue": sync(lambda p: p.enqueue([image])),
+        "status": sync(lambda p: p.status(["some-job"])),
+        "wait": sync(lambda p: p.wait(["some-job"], timeout=5)),
+        "async enqueue": lambda: run(lambda p: p.enqueue([image])),
+        "async status": lambda: run(lambda p: p.status(["some-job"])),
+        "async wait": lambda: run(lambda p: p.wait(["some-job"], timeout=5)),
+    }
+
+
+@pytest.mark.parametrize("call", ["enqueue", "status", "wait", "async enqueue", "async status", "async wait"])
+def test_the_producer_library_raises_tls_refused_for_a_wrong_ca_on_redis(
+    tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], media_root: Path, call: str
+) -> None:
+    settings = Settings.from_env(producer_env(tls_env(worker_env, with_password(tls_redis.url(pki.other_ca)))))
+    with pytest.raises(TlsRefused) as raised:
+        producer_calls(settings, str(media_root / "never.png"))[call]()
+    said = str(raised.value)
+    assert said.startswith(f"configuration error: Redis at rediss://:***@localhost:{tls_redis.port}/0")
+    assert "its TLS certificate does not verify (self-signed certificate in certificate chain)" in said
+    assert PASSWORD not in said
+    assert "\n" not in said
+
+
+@pytest.mark.parametrize("call", ["enqueue", "async enqueue"])
+def test_the_producer_library_raises_tls_refused_for_a_wrong_ca_on_rabbitmq_before_committing(
+    tls_rabbit: TlsRabbit, tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str], media_root: Path, call: str
+) -> None:
+    env = tls_env(worker_env, tls_redis.url(pki.ca), WSUPLOAD_BROKER_URL=tls_rabbit.url(pki.other_ca))
+    settings = Settings.from_env(producer_env(env))
+    owed = keys.owed(settings.queue)
+    with pytest.raises(TlsRefused) as raised:
+        producer_calls(settings, str(media_root / "never.png"))[call]()
+    said = str(raised.value)
+    assert said.startswith(f"configuration error: RabbitMQ at amqps://guest:***@localhost:{tls_rabbit.port}/")
+    assert "its TLS certificate does not verify (self-signed certificate in certificate chain)" in said
+    assert "guest:guest" not in said
+    client = redis_client(tls_redis.url(pki.ca))
+    assert not client.exists(owed)  # refused before the commit: no job owed (queued, to be published)
+    client.close()
+
+
+def test_mutual_tls_on_rabbitmq_without_a_client_certificate_the_worker_stops_with_one_line(
+    tls_rabbit: TlsRabbit, tls_redis: TlsRedis, pki: Pki, worker_env: dict[str, str]
+) -> None:
+    url = tls_rabbit.url(pki.ca, client_certificate=False)
+    line, elapsed = stops_with_one_line(tls_env(worker_env, tls_redis.url(pki.ca), WSUPLOAD_BROKER_URL=url), "worker")
+    assert elapsed < STOP_BOUND
+    assert line.startswith(f"wsupload: configuration error: RabbitMQ at amqps://guest:***@localhost:{tls_rabbit.port}")
+    assert "may require a client certificate (ssl_certfile, ssl_keyfile)" in line
+
+
 def test_a_job_end_to_end_over_a_tls_rabbitmq_node(
     tls_rabbit: TlsRabbit,
     tls_redis: TlsRedis,
@@ -232,6 +380,7 @@ def test_a_job_end_to_end_over_a_tls_rabbitmq_node(
     media_root: Path,
     tmp_path: Path,
 ) -> None:
+    # Mutual TLS: the node requires the client certificate its URL gives (ssl_certfile, ssl_keyfile).
     env = tls_env(worker_env, tls_redis.url(pki.ca), WSUPLOAD_BROKER_URL=tls_rabbit.url(pki.ca))
     end_to_end(env, media_root, tmp_path)
 

@@ -3,10 +3,12 @@
 The certificates come from the ``cryptography`` package (a dependency of the test
 extras, through moto): a CA, a server certificate for ``localhost`` (only),
 a client certificate (mutual TLS), and a second CA that signed none of them (the wrong
-CA a test gives). The redis-server listens on a free TLS port only (``--port 0``). The
+CA a test gives) but signed a server certificate of its own (a rotation to a certificate
+the clients' CA does not vouch for). The redis-server listens on a free TLS port only (``--port 0``). The
 RabbitMQ node is a second node of the machine's Erlang, started from the installed
 ``rabbitmq-server`` with its own node name, config file, data, log and home directories
-(its Erlang cookie) and free ports (TLS listener, distribution); it never touches the
+(its Erlang cookie) and free ports (TLS listener, distribution); its listener requires a
+client certificate (``verify_peer``, ``fail_if_no_peer_cert``); it never touches the
 machine's own RabbitMQ service, which other tests use. Each is stopped by its process
 group. A test fixture, not the runtime: it lives under ``tests/``.
 """
@@ -42,6 +44,11 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca: Path
+    other_server_cert: Path
+    """A server certificate for ``localhost`` signed by ``other_ca``: what a bad rotation installs."""
+    other_server_key: Path
+    both_cas: Path
+    """``ca`` and ``other_ca`` in one file: a client that trusts either."""
 
 
 def make_pki(directory: Path) -> Pki:
@@ -91,8 +98,9 @@ def make_pki(directory: Path) -> Pki:
 
     def leaf(subject: str, signer: tuple[x509.Certificate, Any], usage: Any, names: list[Any]) -> tuple[Any, Any]:
         key = ec.generate_private_key(ec.SECP256R1())
+        issuer = signer[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         made = (
-            builder(subject, "wsupload test CA", key)
+            builder(subject, str(issuer), key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer[1].public_key()), critical=False)
@@ -107,16 +115,23 @@ def make_pki(directory: Path) -> Pki:
     server_names = [x509.DNSName("localhost")]  # not 127.0.0.1: a URL naming it shows a host name refused
     server = write("server", *leaf("localhost", root, ExtendedKeyUsageOID.SERVER_AUTH, server_names))
     client = write("client", *leaf("wsupload client", root, ExtendedKeyUsageOID.CLIENT_AUTH, []))
-    other, _ = write("other-ca", *ca("a CA that signed nothing here"))
-    return Pki(ca_path, server[0], server[1], client[0], client[1], other)
+    other_root = ca("a CA the clients do not trust")
+    other, _ = write("other-ca", *other_root)
+    rotated = write("other-server", *leaf("localhost", other_root, ExtendedKeyUsageOID.SERVER_AUTH, server_names))
+    both = directory / "both-cas.crt"
+    both.write_bytes(ca_path.read_bytes() + other.read_bytes())
+    return Pki(ca_path, server[0], server[1], client[0], client[1], other, rotated[0], rotated[1], both)
 
 
 @dataclass
 class TlsRedis:
-    """A redis-server with a TLS port only."""
+    """A redis-server with a TLS port only; ``restart`` brings it back on the same port and data."""
 
     port: int
     process: subprocess.Popen[bytes]
+    directory: Path
+    ca: Path
+    client_certificates: bool = False
 
     def url(self, ca: Path | None, *, host: str = "localhost", **options: Path | str) -> str:
         query = "&".join(filter(None, [f"ssl_ca_certs={ca}" if ca else "", *(f"{k}={v}" for k, v in options.items())]))
@@ -125,30 +140,54 @@ class TlsRedis:
     def stop(self) -> None:
         _stop_group(self.process)
 
+    def restart(self, cert: Path, key: Path) -> None:
+        """Stop it and start it again with this certificate and key: same port, same data (its append-only file)."""
+        self.stop()
+        self.process = _spawn_tls_redis(self.port, self.directory, cert, key, self.ca, self.client_certificates)
+        _wait_listening(self)
+
 
 def start_tls_redis(pki: Pki, directory: Path, *, client_certificates: bool = False) -> TlsRedis:
-    """A redis-server on a free TLS port (no plain port); ``client_certificates``: it requires one (mutual TLS)."""
+    """A redis-server on a free TLS port (no plain port); ``client_certificates``: it requires one (mutual TLS).
+
+    Its data is kept in an append-only file in ``directory``, so a ``restart`` keeps the jobs.
+    """
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    process = _spawn_tls_redis(port, directory, pki.server_cert, pki.server_key, pki.ca, client_certificates)
+    server = TlsRedis(port, process, directory, pki.ca, client_certificates)
+    _wait_listening(server)
+    return server
+
+
+def _spawn_tls_redis(
+    port: int, directory: Path, cert: Path, key: Path, ca: Path, client_certificates: bool
+) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed")
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
     args = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    args += ["--save", "", "--appendonly", "no"]
-    args += ["--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)]
-    args += ["--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "yes" if client_certificates else "no"]
-    log = open(directory / "redis.log", "wb")  # the child holds it
+    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    args += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "yes" if client_certificates else "no"]
+    log = open(directory / "redis.log", "ab")  # the child holds it
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    server = TlsRedis(port, process)
+    return process
+
+
+def _wait_listening(server: TlsRedis) -> None:
+    process = server.process
     try:
-        wait_until(lambda: process.poll() is not None or _accepts(port), 15, what="the TLS redis-server to listen")
+        wait_until(
+            lambda: process.poll() is not None or _accepts(server.port), 15, what="the TLS redis-server to listen"
+        )
     except TimeoutError:
         server.stop()
         raise
     if process.poll() is not None:
-        raise RuntimeError(f"redis-server exited with {process.returncode}: {(directory / 'redis.log').read_text()}")
-    return server
+        said = (server.directory / "redis.log").read_text()
+        raise RuntimeError(f"redis-server exited with {process.returncode}: {said}")
 
 
 def rabbit_unavailable_reason() -> str | None:
@@ -162,15 +201,20 @@ def rabbit_unavailable_reason() -> str | None:
 
 @dataclass
 class TlsRabbit:
-    """A RabbitMQ node of a test's own, with a TLS listener only; guest/guest from localhost."""
+    """A RabbitMQ node of a test's own, with a TLS listener only that requires a client certificate
+    signed by the test's CA (mutual TLS); guest/guest from localhost."""
 
     node: str
     port: int
     process: subprocess.Popen[bytes]
     log_dir: Path
 
-    def url(self, ca: Path, vhost: str = "%2F") -> str:
-        return f"amqps://guest:guest@localhost:{self.port}/{vhost}?ssl_ca_certs={ca}"
+    pki: Pki
+
+    def url(self, ca: Path, vhost: str = "%2F", *, client_certificate: bool = True) -> str:
+        """An ``amqps://`` URL trusting ``ca``, with the client certificate the node requires unless told not to."""
+        mine = f"&ssl_certfile={self.pki.client_cert}&ssl_keyfile={self.pki.client_key}" if client_certificate else ""
+        return f"amqps://guest:guest@localhost:{self.port}/{vhost}?ssl_ca_certs={ca}{mine}"
 
     def stop(self) -> None:
         _stop_group(self.process, timeout=60)
@@ -181,7 +225,7 @@ class TlsRabbit:
 
 
 def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
-    """Start a second RabbitMQ node (its own name, ports, config and data) with a TLS listener."""
+    """Start a second RabbitMQ node (its own name, ports, config and data) with a mutual-TLS listener."""
     node = f"wsupload-tls-{uuid.uuid4().hex[:8]}@localhost"
     port, dist_port = free_port(), free_port()
     for sub in ("home", "mnesia", "log"):
@@ -192,8 +236,8 @@ def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
         f"ssl_options.cacertfile = {pki.ca}\n"
         f"ssl_options.certfile = {pki.server_cert}\n"
         f"ssl_options.keyfile = {pki.server_key}\n"
-        "ssl_options.verify = verify_none\n"
-        "ssl_options.fail_if_no_peer_cert = false\n"
+        "ssl_options.verify = verify_peer\n"
+        "ssl_options.fail_if_no_peer_cert = true\n"
     )
     (directory / "enabled_plugins").write_text("[].\n")
     (directory / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq/rabbitmq-env.conf
@@ -220,7 +264,7 @@ def start_tls_rabbit(pki: Pki, directory: Path) -> TlsRabbit:
         start_new_session=True,
     )
     out.close()
-    server = TlsRabbit(node, port, process, directory / "log")
+    server = TlsRabbit(node, port, process, directory / "log", pki)
     try:
         wait_until(lambda: process.poll() is not None or _amqps_answers(server, pki), RABBIT_START, 0.5, "RabbitMQ")
     except TimeoutError as exc:

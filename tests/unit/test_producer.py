@@ -101,7 +101,7 @@ def test_wait_takes_final_documents_from_the_ended_channel_without_reading(
     jobs = producer.enqueue(["/a.png", "/b.png"])
     store = ResultStore(redis_client, ttl=60)
     reads: list[list[str]] = []
-    real_status = producer.status
+    real_status = producer._read  # what wait reads with
 
     def counted_status(job_ids: Any) -> Any:
         reads.append(list(job_ids))
@@ -116,7 +116,7 @@ def test_wait_takes_final_documents_from_the_ended_channel_without_reading(
             assert doc is not None
             store.save(results.failed(doc, Rejected("no", 400), results.utcnow()))
 
-    monkeypatch.setattr(producer, "status", counted_status)
+    monkeypatch.setattr(producer, "_read", counted_status)
     outcome = producer.wait([j.job_id for j in jobs], timeout=30)
     assert [d["error"]["message"] for d in outcome.docs if d] == ["no", "no"]
     assert len(reads) == 1  # the documents came with the events: no second read
@@ -205,7 +205,7 @@ def test_wait_re_reads_unfinished_documents_a_chunk_at_a_time_in_turn(
     monkeypatch.setattr(producer_module, "RECHECK_SECONDS", 0.0)
     monkeypatch.setattr(producer_module, "RECHECK_CHUNK", 2)
     reads: list[list[str]] = []
-    real_status = producer.status
+    real_status = producer._read  # what wait reads with
 
     def counted_status(job_ids: Any) -> Any:
         reads.append(list(job_ids))
@@ -214,7 +214,7 @@ def test_wait_re_reads_unfinished_documents_a_chunk_at_a_time_in_turn(
             end_unheard()
         return docs
 
-    monkeypatch.setattr(producer, "status", counted_status)
+    monkeypatch.setattr(producer, "_read", counted_status)
     outcome = producer.wait([job.job_id for job in jobs], timeout=10)
     assert [d and d["status"] for d in outcome.docs] == ["failed"] * 5
     initial, *rechecks = reads

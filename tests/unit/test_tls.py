@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 import pytest
@@ -89,3 +90,91 @@ def test_amqps_without_options_still_verifies_and_none_opts_out() -> None:
 def test_bad_amqps_tls_options_are_refused_in_one_line(url: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         parse_amqp_url(url)
+
+
+def test_a_rotation_is_said_once_for_every_connection_that_meets_it_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notice = tls.RefusalNotice()
+    refused = wrapped(verify_error("unable to get local issuer certificate"))
+    with caplog.at_level("INFO", logger=tls.log.name):
+        assert notice.noticed(refused)
+        assert notice.noticed(wrapped(verify_error("unable to get local issuer certificate")))
+        assert not notice.noticed(wrapped(ConnectionRefusedError(111, "Connection refused")))
+        notice.verified()
+        notice.verified()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Redis: its TLS certificate does not verify (unable to get local issuer certificate)")
+    assert lines[1] == "TLS verifies again: connections work"
+    assert not any(record.exc_info for record in caplog.records)
+
+
+def test_celerys_reconnect_lines_carrying_a_refusal_are_dropped_and_its_connected_line_ends_the_episode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notice = tls.RefusalNotice()
+    monkeypatch.setattr(tls, "NOTICE", notice)
+    quiet = tls.QuietRefusals()
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("celery.worker.consumer.consumer", logging.ERROR, __file__, 1, msg, args, None)
+
+    refused = wrapped(verify_error("self-signed certificate in certificate chain"))
+    assert not quiet.filter(record("consumer: Cannot connect to %s: %s.\n%s\n", "rediss://h", refused, "again"))
+    assert notice.refused
+    down = wrapped(ConnectionRefusedError(111, "Connection refused"))
+    assert quiet.filter(record("consumer: Cannot connect to %s: %s.\n%s\n", "rediss://h", down, "again"))
+    # As the record factory leaves it (tasks.observe.redaction): rendered, the errors kept apart.
+    rendered = record("consumer: Cannot connect to rediss://h: …")
+    rendered.arg_errors = (refused,)
+    assert not quiet.filter(rendered)
+    assert quiet.filter(record("Connected to rediss://h"))
+    assert not notice.refused
+
+
+def test_a_loop_that_meets_a_refusal_leaves_it_to_the_notice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wsupload.worker.background import FailureStreak
+
+    notice = tls.RefusalNotice()
+    monkeypatch.setattr(tls, "NOTICE", notice)
+    loop_log = logging.getLogger("test.loop")
+    streak = FailureStreak(loop_log, "loop: failed (%s: %s)", "loop: working again")
+    with caplog.at_level("INFO"):
+        streak.failed(wrapped(verify_error("unable to get local issuer certificate")))
+        streak.failed(wrapped(verify_error("unable to get local issuer certificate")))
+        streak.succeeded()
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(":")[0] for line in lines] == ["Redis", "TLS verifies again"], lines
+
+
+def test_a_producer_raises_tls_refused_for_a_refusal_and_leaves_other_errors_as_they_are() -> None:
+    from wsupload import TlsRefused
+    from wsupload.config import Settings
+    from wsupload.errors import EnqueueError
+
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://:pw-redis@redis.example:6380/0",
+            "WSUPLOAD_BROKER_URL": "amqps://user:pw-rabbit@rabbit.example:5671/v",
+        }
+    )
+    refused = tls.producer_refusal(settings, wrapped(verify_error("self-signed certificate in certificate chain")))
+    assert isinstance(refused, TlsRefused)
+    assert str(refused).startswith("configuration error: Redis at rediss://:***@redis.example:6380/0: its TLS")
+    assert "pw-redis" not in str(refused)
+
+    by_rabbit = tls.producer_refusal(settings, verify_error("certificate has expired"))
+    assert str(by_rabbit).startswith("configuration error: RabbitMQ at amqps://user:***@rabbit.example:5671/v: its")
+
+    def enqueue_error(in_doubt: bool = False, queued: bool = False) -> EnqueueError:
+        error = EnqueueError("job not enqueued: …", [], in_doubt=in_doubt, queued=queued)
+        error.__cause__ = wrapped(verify_error("certificate has expired"))
+        return error
+
+    assert str(tls.producer_refusal(settings, enqueue_error())).endswith("; nothing was queued")
+    assert tls.producer_refusal(settings, enqueue_error(in_doubt=True)) is None  # what it says of the jobs matters
+    assert tls.producer_refusal(settings, enqueue_error(queued=True)) is None
+    assert tls.producer_refusal(settings, wrapped(ConnectionRefusedError(111, "Connection refused"))) is None
