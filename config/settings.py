@@ -461,10 +461,8 @@ class Settings:
         parse_int,
         "32",
         "Most jobs a bulk enqueue (batches, ingestion, scheduled runs) puts in one message on the"
-        " Redis broker. Each message carries a 32nd of the call's jobs not yet cut (32: a worker's"
-        " threads at the default concurrency), at least 2, so a call's messages shorten toward its"
-        " end and the threads (and processes) that finish early take the short ones."
-        " Each job keeps its own document, lease, generation and outcome;"
+        " Redis broker, spreading a call evenly over a multiple of 32 messages (one per thread of a"
+        " worker at the default concurrency). Each job keeps its own document, lease, generation and outcome;"
         " a message's jobs run one after another on one thread. Lower it when more threads serve"
         " the bulk queue than a call has messages; 1: one message per job. Interactive jobs and"
         " RabbitMQ always send one message per job.",

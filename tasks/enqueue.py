@@ -17,9 +17,9 @@ inside workers.
 
 A bulk call (``bulk=True``: batches, ingestion, scheduled runs) on the Redis broker
 puts up to ``WSUPLOAD_JOBS_PER_MESSAGE`` jobs in one ``wsupload.upload_many``
-message, long ones first and shorter ones toward the call's end (``message_sizes``):
-Celery's and kombu's work per message is then shared by those jobs, while each keeps
-its own document, lease, generation and outcome (``tasks.upload``).
+message (``message_sizes``): Celery's and kombu's work per message is then
+shared by those jobs, while each keeps its own document, lease, generation and
+outcome (``tasks.upload``).
 
 The commit also gives each job its place in its queue's line, and the ``queued``
 document carries the job's options: with both, the worker's sweep
@@ -74,10 +74,8 @@ if TYPE_CHECKING:
 CHUNK = 2000
 """Jobs per Redis round trip when enqueueing."""
 SPREAD = 32
-"""The threads a bulk call is cut for (a worker's at the default concurrency): each message
-carries a ``SPREAD``-th of the jobs not yet cut, so the first wave of messages fills them."""
-SHORTEST = 2
-"""The fewest jobs a bulk message carries (but the call's last one): per-message work is shared."""
+"""A bulk call spreads over a multiple of this many messages (one per thread of a worker at
+the default concurrency) before ``WSUPLOAD_JOBS_PER_MESSAGE`` puts several jobs in one."""
 STAGING_TTL = 900
 """Seconds staged documents and messages live: what a producer that dies mid-enqueue leaves expires, never delivered."""
 REASON_CHARS = 160
@@ -137,24 +135,19 @@ def redis_reason(exc: BaseException) -> str:
 
 
 def message_sizes(jobs: int, most: int) -> list[int]:
-    """How many of a bulk call's ``jobs`` each message carries, in order: long first, shorter toward the end.
+    """How many of a bulk call's ``jobs`` each message carries, in order.
 
-    Each message carries a ``SPREAD``-th of the jobs not yet cut (guided self-scheduling),
-    at most ``most`` and at least ``SHORTEST``; one job each when there are no more jobs
-    than ``SPREAD``. Messages are taken in order, so a worker's threads start on long ones
-    and the thread that finishes first takes the next, shorter one: the call's last jobs
-    end close together. Messages of one length all started at once end as far apart as
-    their starts and their uploads' pace drift, while the threads done early wait.
+    At most ``most`` a message, sizes differing by one at most, in a number of messages
+    that is a multiple of ``SPREAD`` (one job each when there are no more jobs than that):
+    each wave of a worker's threads gets messages of about one length, so no thread is
+    left with a longer tail than the others.
     """
     if most <= 1 or jobs <= SPREAD:
         return [1] * jobs
-    sizes: list[int] = []
-    left = jobs
-    while left:
-        size = min(most, left, max(SHORTEST, -(-left // SPREAD)))
-        sizes.append(size)
-        left -= size
-    return sizes
+    count = -(-jobs // most)
+    count = min(jobs, -(-count // SPREAD) * SPREAD)
+    small, larger = divmod(jobs, count)
+    return [small + 1] * larger + [small] * (count - larger)
 
 
 def in_messages(jobs: Sequence[Job], sizes: Sequence[int]) -> list[list[Job]]:

@@ -120,7 +120,7 @@ def test_each_job_gets_its_place_in_the_line_in_the_order_workers_take_them(
 def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_place(
     redis_client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(enqueue_module, "CHUNK", 5)  # staged chunks of whole messages: 2+2, then 2+2+1
+    monkeypatch.setattr(enqueue_module, "CHUNK", 5)  # staged chunks of whole messages: 2+2, then 2+1+1, then 1
     monkeypatch.setattr(enqueue_module, "SPREAD", 2)
     env = {"WSUPLOAD_QUEUE": QUEUE, "WSUPLOAD_BULK_QUEUE": BULK, "WSUPLOAD_JOBS_PER_MESSAGE": "2"}
     enqueuer = Enqueuer(Settings.from_env(env), redis_client)
@@ -128,13 +128,13 @@ def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_p
     messages = [json.loads(raw) for raw in reversed(redis_client.lrange(BULK, 0, -1))]  # in the order taken
     bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
     ids = [j.job_id for j in batch.jobs]
-    bulk, single = messages[:4], messages[4:]  # 9 jobs: 4 messages of 2, the last job alone
-    carried = [body[0][0] for body in bodies[:4]]
-    assert [[job for job, _ in jobs] for jobs in carried] == [ids[0:2], ids[2:4], ids[4:6], ids[6:8]]
-    assert [m["headers"]["wsupload_jobs"] for m in bulk] == [ids[0:2], ids[2:4], ids[4:6], ids[6:8]]
+    bulk, single = messages[:3], messages[3:]  # 9 jobs: 6 messages (a multiple of SPREAD) of 2 or 1
+    carried = [body[0][0] for body in bodies[:3]]
+    assert [[job for job, _ in jobs] for jobs in carried] == [ids[0:2], ids[2:4], ids[4:6]]
+    assert [m["headers"]["wsupload_jobs"] for m in bulk] == [ids[0:2], ids[2:4], ids[4:6]]
     assert {m["headers"]["task"] for m in bulk} == {"wsupload.upload_many"}
-    assert [(m["headers"]["task"], body[0][0]) for m, body in zip(single, bodies[4:], strict=True)] == [
-        ("wsupload.upload", job) for job in ids[8:]
+    assert [(m["headers"]["task"], body[0][0]) for m, body in zip(single, bodies[3:], strict=True)] == [
+        ("wsupload.upload", job) for job in ids[6:]
     ]
     assert all(body[1]["options"]["callback_url"] == "https://cb/x" for body in bodies)
     assert places(redis_client, BULK) == {job: n for n, job in enumerate(ids, 1)}
@@ -147,33 +147,17 @@ def test_a_bulk_call_puts_several_jobs_in_a_message_each_with_its_document_and_p
     ("jobs", "most", "sizes"),
     [
         (1, 32, [1]),
-        (32, 32, [1] * 32),  # one per thread of a worker
-        (33, 32, [2] * 16 + [1]),  # never fewer than SHORTEST jobs a message (but the last)
-        (100, 32, [4] + [3] * 11 + [2] * 31 + [1]),
+        (32, 32, [1] * 32),
+        (33, 32, [2] + [1] * 31),  # 32 messages: one per thread of a worker
+        (1000, 32, [32] * 8 + [31] * 24),  # not 32 of 31 and a short 33rd
+        (10_000, 32, [32] * 80 + [31] * 240),  # 320 messages: ten waves of 32
         (10_000, 1, [1] * 10_000),
     ],
 )
-def test_a_bulk_call_splits_into_messages_that_shorten_toward_its_end(jobs: int, most: int, sizes: list[int]) -> None:
+def test_a_bulk_call_splits_into_even_messages_a_multiple_of_a_workers_threads(
+    jobs: int, most: int, sizes: list[int]
+) -> None:
     assert enqueue_module.message_sizes(jobs, most) == sizes
-
-
-@pytest.mark.parametrize(("jobs", "most"), [(1000, 32), (10_000, 32), (10_000, 256), (5000, 7), (64, 2)])
-def test_each_bulk_message_carries_a_spread_th_of_the_jobs_left_within_its_bounds(jobs: int, most: int) -> None:
-    sizes = enqueue_module.message_sizes(jobs, most)
-    assert sum(sizes) == jobs
-    assert sizes == sorted(sizes, reverse=True)  # long first: the threads done early take the short ones
-    left = jobs
-    for size in sizes:
-        wanted = min(most, max(enqueue_module.SHORTEST, -(-left // enqueue_module.SPREAD)))
-        assert size == min(wanted, left)
-        left -= size
-
-
-def test_a_batch_of_1000_starts_on_full_messages_and_ends_on_short_ones() -> None:
-    sizes = enqueue_module.message_sizes(1000, 32)
-    assert sizes[:5] == [32, 31, 30, 29, 28]
-    assert sizes[-3:] == [2, 2, 2]
-    assert len(sizes) == 112  # per-message work still shared by ~9 jobs on average
 
 
 def test_interactive_jobs_go_one_to_a_message(
