@@ -9,7 +9,9 @@ them), one with ``WSUPLOAD_PROCESSES=1``; beside them, the direct pool of 32
 requests sessions. A round runs the three, the order rotating round by round;
 medians over ``repeats``. Each row's note says how many cores were busy, the
 machine's and the worker's own processes': the stand-in server, Redis and the
-producer share the machine with the workers.
+producer share the machine with the workers, and the sandbox's own share is
+noted beside them (it is a Python server on the same cores, where a user's server
+is elsewhere).
 Part of ``make bench`` (``run.py``); alone: ``python -m benchmarks.processes``.
 """
 
@@ -20,6 +22,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from benchmarks.harness import Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox, tree_cpu
 from wsupload.worker import parent, supervisor
@@ -46,6 +50,23 @@ def bulk_run(fleet: Fleet, files: list[str], used: list[float]) -> float:
     return elapsed
 
 
+def sandbox_process() -> psutil.Process:
+    """The sandbox ``harness.sandbox`` started: this process's child running ``wsupload … sandbox``."""
+    return next(p for p in psutil.Process().children() if "sandbox" in p.cmdline())
+
+
+def measured(run: Callable[[], float], server: psutil.Process, cores: list[float]) -> Callable[[], float]:
+    """``run``, appending the cores the sandbox kept busy meanwhile (CPU seconds over wall seconds)."""
+
+    def wrapped() -> float:
+        cpu, start = sum(server.cpu_times()[:2]), time.perf_counter()
+        result = run()
+        cores.append((sum(server.cpu_times()[:2]) - cpu) / (time.perf_counter() - start))
+        return result
+
+    return wrapped
+
+
 def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
     folder = work / "small"
     folder.mkdir(exist_ok=True)
@@ -54,18 +75,22 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
     samples: dict[str, list[tuple[float, float]]] = {"auto": [], "one": [], "direct": []}
     used: dict[str, list[float]] = {"auto": [], "one": []}
     """Cores the worker's own processes kept busy during each run (CPU seconds over wall seconds)."""
+    served: dict[str, list[float]] = {"auto": [], "one": [], "direct": []}
+    """Cores the sandbox kept busy during each run."""
     with sandbox(latency=LATENCY) as url:
+        server = sandbox_process()
         auto = Fleet(
             redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "auto", **queues("auto")}
         )
         one = Fleet(
             redis, url, work, count=1, concurrency=CONCURRENCY, env={"WSUPLOAD_PROCESSES": "1", **queues("one")}
         )
-        runs: dict[str, Callable[[], float]] = {
+        plain: dict[str, Callable[[], float]] = {
             "auto": lambda: count / bulk_run(auto, files, used["auto"]),
             "one": lambda: count / bulk_run(one, files, used["one"]),
             "direct": lambda: count / baseline("direct", url, str(CONCURRENCY), *files)["seconds"],
         }
+        runs = {name: measured(run, server, served[name]) for name, run in plain.items()}
         try:
             order = list(runs)
             for round_ in range(repeats):
@@ -89,8 +114,9 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             rate["auto"] >= 1.35 * rate["one"],
             runs=[r for r, _ in samples["auto"]],
             note=f"auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
-            f" {median(used['auto']):.2f} cores; one process: {cpu_note(cores['one'])}, the worker"
-            f" {median(used['one']):.2f} cores",
+            f" {median(used['auto']):.2f} cores, the sandbox {median(served['auto']):.2f}; one process:"
+            f" {cpu_note(cores['one'])}, the worker {median(used['one']):.2f} cores, the sandbox"
+            f" {median(served['one']):.2f}",
         ),
         Row(
             f"same, --processes auto against the direct pool (concurrency {CONCURRENCY} in all)",
@@ -101,7 +127,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             "≥ 1.0 × direct",
             rate["auto"] >= rate["direct"],
             runs=[r for r, _ in samples["direct"]],
-            note=f"auto: {cpu_note(cores['auto'])}; direct pool: {cpu_note(cores['direct'])}",
+            note=f"auto: {cpu_note(cores['auto'])}; direct pool: {cpu_note(cores['direct'])}, the sandbox"
+            f" {median(served['direct']):.2f} cores",
         ),
     ]
 

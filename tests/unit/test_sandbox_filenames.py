@@ -7,6 +7,7 @@ in-process sandbox over loopback (no other service), as the worker does.
 import http.client
 import io
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from wsupload.tasks.wavespeed.multipart import MultipartBody
 from wsupload.worker.dev.disposition import Disposition, parse_disposition
 from wsupload.worker.dev.samples import png_bytes
-from wsupload.worker.dev.sandbox import UPLOAD_PATH, SandboxServer
+from wsupload.worker.dev.sandbox import UPLOAD_PATH, SandboxServer, _Headers
 
 NAMES = ["café photo 日本.png", "café.png", "my photo.png", 'a"b.png', "line\r\nbreak.png", "x;y=z.png", "50%.png"]
 
@@ -166,3 +167,26 @@ def test_download_url_serves_only_under_the_uploaded_name(sandbox: SandboxServer
             download(wrong)
         assert refused.value.code == 404
         refused.value.close()
+
+
+def test_request_headers_are_read_without_a_regex_per_multipart_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    # email's full parser compiles a pattern for each multipart boundary it meets; every upload
+    # has its own boundary, so the sandbox would compile one per request (its CPU, shared with
+    # the worker a benchmark measures). Its headers class reads the same values without that.
+    boundary = "b0undary6a1f"
+    block = f"Host: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 9\r\n\r\n".encode()
+    compiled: list[str] = []
+    original = re.compile
+
+    def spy(pattern: Any, flags: int = 0) -> Any:
+        compiled.append(str(pattern))
+        return original(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", spy)
+    headers = http.client.parse_headers(io.BytesIO(block), _class=_Headers)
+    assert headers["Content-Type"] == f"multipart/form-data; boundary={boundary}"
+    assert headers["Content-Length"] == "9"
+    assert not [p for p in compiled if boundary in p]
+    # The control: the default class does compile one, so the spy can see it.
+    http.client.parse_headers(io.BytesIO(block), _class=http.client.HTTPMessage)
+    assert [p for p in compiled if boundary in p]

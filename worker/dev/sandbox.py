@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -318,9 +319,25 @@ class _Server(ThreadingHTTPServer):
         log.debug("sandbox: connection from %s ended with an error", client_address, exc_info=True)
 
 
+class _Headers(HTTPMessage):
+    """A request's headers, read without looking for a multipart body in them.
+
+    ``http.server`` hands the header block to email's full parser, which, for a
+    ``multipart/form-data`` request, compiles a regular expression for the request's
+    boundary: a new one for every upload (each has its own boundary), which made that
+    compile a large part of the sandbox's CPU per upload and churned ``re``'s cache.
+    With no boundary to look for, the parser takes the (empty) rest as the payload.
+    The body itself is parsed by python_multipart, from the raw ``Content-Type``.
+    """
+
+    def get_boundary(self, failobj: Any = None) -> Any:
+        return failobj
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    MessageClass = _Headers
 
     def setup(self) -> None:
         super().setup()
