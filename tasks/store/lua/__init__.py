@@ -71,7 +71,7 @@ class LeanScript(Script):
 
     def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None, client: Any = None) -> Any:
         client = self.registered_client if client is None else client
-        if isinstance(client, Pipeline) or not isinstance(client, redis.Redis):
+        if not _plain_client(type(client)):
             return super().__call__(keys, args, client)
         keys, args = keys or [], tuple(args or ())
         single = client.connection
@@ -80,7 +80,7 @@ class LeanScript(Script):
             client.single_connection_lock.acquire()
         try:
             conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-            return client.parse_response(conn, "EVALSHA")  # type: ignore[no-untyped-call]
+            return client.parse_response(conn, "EVALSHA")
         except redis.exceptions.NoScriptError:
             pass  # a new master (a failover), or SCRIPT FLUSH: redis-py's call loads it
         except (redis.ConnectionError, redis.TimeoutError):
@@ -98,3 +98,18 @@ class LeanScript(Script):
                 else:
                     client.connection_pool.release(conn)
         return super().__call__(keys, args, client)
+
+
+_PLAIN: dict[type, bool] = {}
+
+
+def _plain_client(cls: type) -> bool:
+    """Whether ``cls`` is a client ``LeanScript`` sends on itself: a ``redis.Redis``, not a pipeline.
+
+    Asked once per class: redis-py 8's client classes answer ``isinstance`` through
+    ``typing.Protocol``'s check, tens of microseconds a time.
+    """
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        plain = _PLAIN[cls] = issubclass(cls, redis.Redis) and not issubclass(cls, Pipeline)
+    return plain
