@@ -61,11 +61,22 @@ ACKS = threading.RLock()
 
 
 class Request(CeleryRequest):
-    """Celery's request, with the time it arrived and its acknowledgement under ``ACKS``."""
+    """Celery's request, with the time it arrived and its acknowledgement under ``ACKS``.
+
+    Its body goes to the pool thread decoded: the consumer decoded it already, to check
+    the message before dispatch (``worker.consumer``), and Celery keeps that decoding as
+    the request's payload; its pool thread would otherwise decode the same bytes again.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.received_at = time.monotonic()
+        celery: Any = self  # Celery's own attributes, untyped
+        if not celery._decoded:
+            # What Celery does for a body handed over decoded (``decoded=True``): the trace takes it as is.
+            celery._body = celery._payload
+            celery._content_type = celery._content_encoding = None
+            celery._decoded = True
 
     def acknowledge(self) -> None:
         with ACKS:

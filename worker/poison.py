@@ -125,11 +125,21 @@ class PoisonGuard:
             self._maybe_update_queues_expire(client, queue)  # type: ignore[attr-defined]
             raise Empty()
 
+    _read: tuple[object, str] | None = None
+    """The last envelope ``_readable`` passed, and its text as Redis held it."""
+
+    def text_of(self, payload: object) -> str | None:
+        """``payload``'s JSON text as it was read, if it is the envelope ``_readable`` passed last."""
+        read = self._read
+        return read[1] if read is not None and read[0] is payload else None
+
     def _readable(self, item: bytes | str, queue: str) -> dict[str, Any] | None:
         """The envelope, if kombu can read it as a message; else None, and it is quarantined."""
         payload: object = None
+        self._read = None
         try:
-            payload = loads(bytes_to_str(item))
+            text = bytes_to_str(item)
+            payload = loads(text)
             problem = envelope_problem(payload)
             if problem is None:
                 self.Message(payload, channel=self)  # decodes the body exactly as delivery will
@@ -137,6 +147,7 @@ class PoisonGuard:
             problem = f"{type(exc).__name__}: {clip(str(exc))}"
         if problem is None:
             assert isinstance(payload, dict)
+            self._read = (payload, text)
             return payload
         job_ids, is_upload = envelope_jobs(payload)
         reason = f"not a readable message envelope: {problem}"

@@ -159,14 +159,14 @@ class QoS(kombu_redis.QoS):
         """kombu's ``QoS.append`` (5.7), with the job taken out of its line in the same script (``RECORD``)."""
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
-        entry = dumps([message._raw, exchange, routing_key])
+        entry = unacked_entry(message._raw, self.channel.text_of(message._raw), exchange, routing_key)
         jobs = upload_jobs(message._raw)
         taken = job_index.taken_keys(self.channel.lines_of(message._raw, exchange, routing_key)) if jobs else []
         acked, self._acked = self._acked, []  # the event loop's acks so far ride along
         try:
             with self.channel.conn_or_acquire() as client:
                 names = [self.unacked_index_key, self.unacked_key, *taken]
-                args = [delivery_tag, entry, len(acked), *acked, *jobs]
+                args: list[str | int] = [delivery_tag, entry, len(acked), *acked, *jobs]
                 self.channel.scripts(client).record(keys=names, args=args, client=client)
         except BaseException:
             self._acked[:0] = acked  # not written: still owed, before any made since
@@ -290,6 +290,17 @@ class QoS(kombu_redis.QoS):
         raise Empty()
 
 
+def unacked_entry(payload: Any, text: str | None, exchange: str, routing_key: str) -> str:
+    """kombu's unacked entry, ``[payload, exchange, routing_key]`` in JSON, what its restore reads.
+
+    ``text``: the payload as BRPOP read it, if at hand: the entry is built around it
+    instead of encoding the payload again (a sixth of the delivery's bookkeeping).
+    """
+    if text is None:
+        return str(dumps([payload, exchange, routing_key]))
+    return f"[{text}, {dumps(exchange)}, {dumps(routing_key)}]"
+
+
 def upload_jobs(payload: Any) -> list[str]:
     """The jobs an upload message carries (``tasks.wire.decode.jobs_named``); none for other messages."""
     jobs, is_upload = envelope_jobs(payload)
@@ -331,8 +342,8 @@ class _Scripts:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.record = client.register_script(RECORD)
-        self.remove = client.register_script(REMOVE)
+        self.record = lua.lean_script(client, "unacked_record")
+        self.remove = lua.lean_script(client, "unacked_remove")
 
 
 class Channel(PoisonGuard, kombu_redis.Channel):

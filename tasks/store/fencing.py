@@ -122,9 +122,9 @@ class Fencing:
     def __init__(self, client: redis.Redis, here: Callable[[], redis.Redis] | None = None) -> None:
         self._client = client
         self.here = here or (lambda: client)
-        self._claim = lua.script(client, "fencing_claim")
-        self._save = lua.script(client, "fencing_save")
-        self._save_then_claim = lua.script(client, "fencing_save_then_claim")
+        self._claim = lua.lean_script(client, "fencing_claim")
+        self._save = lua.lean_script(client, "fencing_save")
+        self._save_then_claim = lua.lean_script(client, "fencing_save_then_claim")
 
     def claim(self, claim_keys: list[str], args: list[str | int]) -> Claim:
         """Claim the job (``args`` as ``claim_args`` makes them)."""

@@ -286,7 +286,11 @@ class UploadClient:
         body = MultipartBody.for_source(source, field=FIELD_NAME)
         request = self._template.copy()
         request.headers["Content-Type"] = body.content_type
-        request.prepare_body(body, None)
+        # What prepare_body makes of this body (never empty: it holds the form's boundaries),
+        # without its checks of what kind of body it is (two of them typing.Protocol
+        # isinstance checks, tens of microseconds each).
+        request.body = body  # type: ignore[assignment]
+        request.headers["Content-Length"] = str(len(body))
         session = self._session
         request.prepare_cookies(session.cookies)  # the session's cookies now, as Session.request sends
         content, response = self._send(session, request, "the upload endpoint")

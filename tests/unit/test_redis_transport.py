@@ -1,7 +1,11 @@
-"""The Redis transport without I/O: the pause after a refused delivery, and how the Sentinel variant is made up."""
+"""The Redis transport without I/O: the pause after a refused delivery, how the Sentinel variant is made up,
+and the unacked entry."""
+
+import json
 
 from kombu import transport
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps, loads
 
 from wsupload.worker import redis_transport
 from wsupload.worker.poison import PoisonGuard
@@ -34,3 +38,12 @@ def test_install_maps_each_scheme_kombu_is_given() -> None:
     aliases = transport.TRANSPORT_ALIASES
     assert aliases["redis"] == aliases["rediss"] == "wsupload.worker.redis_transport:Transport"
     assert aliases["sentinel"] == "wsupload.worker.redis_transport:SentinelTransport"
+
+
+def test_the_unacked_entry_built_around_the_text_read_is_the_one_kombu_would_write() -> None:
+    text = '{"body": "W1tdLHt9LHt9XQ==", "headers": {"id": "j\\u00e9"}, "properties": {"delivery_tag": "t"}}'
+    payload = json.loads(text)
+    kombus = redis_transport.unacked_entry(payload, None, "wsupload", "wsupload")
+    assert kombus == dumps([payload, "wsupload", "wsupload"])
+    built = redis_transport.unacked_entry(payload, text, "wsupload", 'a "quoted" key')
+    assert loads(built) == [payload, "wsupload", 'a "quoted" key']
