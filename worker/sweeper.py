@@ -29,7 +29,7 @@ from wsupload.tasks.recovery.early_ack_sweep import OwedSweep
 from wsupload.tasks.recovery.lost_sweep import Sweep
 from wsupload.tasks.recovery.markers import MarkerSweep, Timing
 from wsupload.tasks.store.results import ResultStore
-from wsupload.tasks.wire.amqp_publisher import Publisher, ready_messages
+from wsupload.tasks.wire.amqp_publisher import Publisher
 from wsupload.worker.background import BackgroundLoop
 from wsupload.worker.worker_records import connect
 
@@ -73,9 +73,7 @@ def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
             retry=grace_of(settings),
             interval=interval,
             owner=owner,
-            markers=MarkerSweep(
-                results, store, lambda: publisher, lambda queue: ready_messages(url, [queue])[0], timing_of(settings)
-            ),
+            markers=MarkerSweep(results, store, lambda: publisher, publisher.ready, timing_of(settings)),
         )
     broker = connect(settings.effective_broker_url, timeout=timeout)
     results = broker if settings.broker_is_results_redis else connect(settings.redis_url, timeout)
