@@ -3,7 +3,7 @@
 Three rows, measured in one run against the machine's RabbitMQ (a vhost of the run's own) and
 the run's private Redis:
 
-- **backlog**: ``backlog`` jobs enqueued (``Producer.enqueue_batch``) behind a worker that is
+- **backlog**: ``backlog`` jobs enqueued (``Producer.enqueue_batch``, 10,000 a call) behind a worker that is
   SIGSTOPped first (it holds its prefetch and takes nothing more), then this process runs the
   workers' sweep (``worker.sweeper.sweep_for``) ``cycles`` times at a 1 s interval with a 1 s
   marker age: how many jobs it published again (the target: none), with the markers
@@ -42,6 +42,8 @@ from wsupload.worker.sweeper import sweep_for
 
 SAVES = 2000
 """Terminal writes per round of the end-of-job row."""
+BATCH = 10_000
+"""Jobs per ``enqueue_batch`` call."""
 
 
 def env_for(redis: LocalRedis, amqp_url: str) -> dict[str, str]:
@@ -94,9 +96,12 @@ def _measure(redis: LocalRedis, amqp_url: str, work: Path, *, backlog: int, cycl
         assert worker.process is not None
         os.killpg(worker.process.pid, signal.SIGSTOP)
         started = time.perf_counter()
-        batch = producer.enqueue_batch([f"/media/{n}.png" for n in range(backlog)], options={"dedup": False})
+        job_ids: list[str] = []
+        for start in range(0, backlog, BATCH):  # one commit of 100,000 outlasts the client's socket timeout here
+            batch = producer.enqueue_batch([f"/media/{n}.png" for n in range(start, min(start + BATCH, backlog))])
+            job_ids += [job.job_id for job in batch.jobs]
         enqueue_seconds = time.perf_counter() - started
-        first = producer.redis.zscore(keys.entered(queue), batch.jobs[0].job_id)
+        first = producer.redis.zscore(keys.entered(queue), job_ids[0])
         assert first is not None
         wait_until(lambda: first <= producer.redis.time()[0] * 1000 - 1000, 30, what="a marker's age")
 
@@ -125,7 +130,7 @@ def _measure(redis: LocalRedis, amqp_url: str, work: Path, *, backlog: int, cycl
         # The end-of-job cost: terminal writes of other jobs, the entered sets holding the backlog.
         entered = [keys.entered(q) for q in queues]
         leaving, keeping = ResultStore(producer.redis, 3600, entered=entered), ResultStore(producer.redis, 3600)
-        ids = iter([job.job_id for job in batch.jobs])
+        ids = iter(job_ids)
         with_sets: list[float] = []
         without: list[float] = []
         for _ in range(rounds):

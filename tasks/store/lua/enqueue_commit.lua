@@ -47,14 +47,18 @@ local function slices(command, key, list, first, last)
 end
 local docs, arg = stages + nstage + nstaged, 9
 local ids = arg + nnow + nmsgs
-local function add_jobs(key, score)  -- every job into the sorted set key, the j-th scored score(j)
-  for i = 1, njobs, 500 do
+local function add_jobs(key, score, key2, score2)  -- every job into the sorted set key, the j-th scored
+  for i = 1, njobs, 500 do                          -- score(j); and into key2 at score2, if given
     local members = {}
     for j = i, math.min(i + 499, njobs) do
       members[#members + 1] = score(j)
       members[#members + 1] = ARGV[ids + j]
     end
     redis.call('ZADD', key, unpack(members))
+    if key2 then
+      for m = 1, #members, 2 do members[m] = score2 end  -- the same table, its scores replaced
+      redis.call('ZADD', key2, unpack(members))
+    end
   end
 end
 for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
@@ -83,9 +87,7 @@ if push then
 else
   local t = redis.call('TIME')
   answer = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[9]))
-  add_jobs(KEYS[2], function() return answer end)
-  local entered = string.format('%d', math.floor(tonumber(answer) * 1000))
-  add_jobs(KEYS[3], function() return entered end)
+  add_jobs(KEYS[2], function() return answer end, KEYS[3], string.format('%d', math.floor(tonumber(answer) * 1000)))
 end
 for i = stages + nstage + 1, docs do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[8], 'EX', ttl) end
