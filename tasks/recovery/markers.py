@@ -20,12 +20,13 @@ passed a point.
   (``tasks.wire.encode.marker_message``) with confirms. RabbitMQ delivers a queue's
   messages in order, so a worker that meets it (``tasks.marker``, which records
   ``seen_at``) has been handed every message that was ahead of it.
-- **The judgement**: ``WSUPLOAD_AMQP_MARKER_SETTLE`` after it was met (messages
-  delivered just before the marker start by then: a worker's prefetch is its
-  concurrency), every entry older than ``sent_at`` belongs to a job that should have
-  been delivered. ``judge`` decides each: ended or without a document → its entry
-  goes; owed → the owed sweep's (``tasks.recovery.early_ack_sweep``); ``running`` or
-  ``retrying`` on a worker whose heartbeat record lives → held; any other (``queued``,
+- **The judgement**: ``WSUPLOAD_AMQP_MARKER_SETTLE`` after it was met (the workers'
+  heartbeat records list by then what they were handed before it), every entry older
+  than ``sent_at`` belongs to a job that should have been delivered. ``judge`` decides
+  each: ended or without a document → its entry goes; owed → the owed sweep's
+  (``tasks.recovery.early_ack_sweep``); listed by a live worker's heartbeat record
+  (``worker.heartbeat``: running, or taken and waiting for a thread), or
+  ``running``/``retrying`` on a worker whose record lives → held; any other (``queued``,
   or held by a dead worker) → lost: re-scored to now, then published again from its
   document. Then the marker is cleared and the next round may send another.
 
@@ -42,6 +43,7 @@ It runs in the owed sweep's round, under its per-queue lock, on its cadence
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +122,8 @@ class Entry:
     owed: bool = False
     holder_alive: bool = False
     """The worker the document names has a live heartbeat record."""
+    in_hand: bool = False
+    """A live worker's heartbeat record lists it, running or taken and waiting for a thread."""
 
 
 @dataclass
@@ -138,7 +142,7 @@ def judge(entries: Sequence[Entry]) -> Verdict:
     for e in entries:
         if e.doc is None or is_end(e.doc["status"]) or not isinstance(e.doc.get("source"), str):
             out.drop.append(e.job_id)
-        elif e.owed or (e.doc["status"] in HELD_STATUSES and e.holder_alive):
+        elif e.owed or e.in_hand or (e.doc["status"] in HELD_STATUSES and e.holder_alive):
             out.held.append(e.job_id)
         else:
             out.lost.append((e.job_id, e.doc))
@@ -237,22 +241,35 @@ class MarkerSweep:
             return []
         docs = self.store.get_many(jobs)
         owed = self.client.zmscore(keys.owed(queue), jobs)
-        holders = sorted(
-            {d["worker"] for d in docs if d and d["status"] in HELD_STATUSES and isinstance(d.get("worker"), str)}
-        )
-        alive = dict(zip(holders, self._alive(holders), strict=True))
+        alive, in_hand = self.live_workers()
         return [
-            Entry(job, doc, score is not None, bool(doc and alive.get(str(doc.get("worker")), False)))
+            Entry(job, doc, score is not None, bool(doc and doc.get("worker") in alive), job in in_hand)
             for job, doc, score in zip(jobs, docs, owed, strict=True)
         ]
 
-    def _alive(self, workers: list[str]) -> list[bool]:
-        if not workers:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for name in workers:
-            pipe.exists(keys.worker(name))
-        return [bool(n) for n in pipe.execute()]
+    def live_workers(self) -> tuple[set[str], set[str]]:
+        """The workers whose heartbeat records live, and every job they list (running, or taken and waiting).
+
+        A message delivered before the marker may wait in a worker's prefetch for a thread
+        (its threads busy with the other queue's jobs, or with long ones): its document still
+        says ``queued``, but its worker's record lists it within a beat.
+        """
+        names = [text(name) for name in self.client.zrange(keys.WORKERS, 0, -1) if isinstance(name, bytes | str)]
+        alive: set[str] = set()
+        in_hand: set[str] = set()
+        for raw in self.client.mget([keys.worker(name) for name in names]) if names else []:
+            try:
+                record = json.loads(raw) if raw is not None else None
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+                continue
+            alive.add(record["name"])
+            for field_name in ("jobs", "waiting"):
+                listed = record.get(field_name)
+                if isinstance(listed, list):
+                    in_hand.update(job for job in listed if isinstance(job, str))
+        return alive, in_hand
 
     def judge_queue(self, queue: str, marker: Marker) -> tuple[list[str], int]:
         """Judge the entries older than ``marker``; publish the lost again. Returns (the lost, how many dropped)."""

@@ -53,6 +53,7 @@ def test_judge_publishes_only_what_no_one_holds() -> None:
             Entry("running", doc("running"), holder_alive=True),
             Entry("retrying", doc("retrying"), holder_alive=True),
             Entry("owed", doc("queued"), owed=True),  # the owed sweep's
+            Entry("waiting", doc("queued"), in_hand=True),  # in a live worker's prefetch, waiting for a thread
             Entry("ended", doc("succeeded")),
             Entry("cancelled", doc("cancelled")),
             Entry("gone", None),  # document expired
@@ -60,7 +61,7 @@ def test_judge_publishes_only_what_no_one_holds() -> None:
         ]
     )
     assert [job for job, _ in verdict.lost] == ["queued", "orphan"]
-    assert verdict.held == ["running", "retrying", "owed"]
+    assert verdict.held == ["running", "retrying", "owed", "waiting"]
     assert verdict.drop == ["ended", "cancelled", "gone", "sourceless"]
 
 
@@ -157,14 +158,16 @@ def test_a_met_marker_publishes_again_what_entered_before_it_and_no_one_holds(
     redis_client: fakeredis.FakeRedis,
 ) -> None:
     rig = Rig(redis_client)
-    queued, orphan, held, done, owed = (
-        job.job_id for job in enqueuer(redis_client, FakePublisher()).enqueue([f"/m/{n}.png" for n in range(5)])
+    queued, orphan, held, done, owed, waiting = (
+        job.job_id for job in enqueuer(redis_client, FakePublisher()).enqueue([f"/m/{n}.png" for n in range(6)])
     )
     for job, worker in ((orphan, "dead@h"), (held, "alive@h")):
         current = rig.store.get(job)
         assert current is not None
         rig.store.save({**current, "status": "running", "worker": worker})
-    redis_client.set(keys.worker("alive@h"), "{}")
+    # The live worker's heartbeat record: it runs one job and holds another waiting for a thread.
+    redis_client.zadd(keys.WORKERS, {"alive@h": 1, "dead@h": 1})  # the dead one's record has expired
+    redis_client.set(keys.worker("alive@h"), json.dumps({"name": "alive@h", "jobs": [held], "waiting": [waiting]}))
     current = rig.store.get(done)
     assert current is not None
     rig.store.save(cancelled(current, utcnow()))  # a store without entered sets: as a producer's cancel
@@ -187,9 +190,9 @@ def test_a_met_marker_publishes_again_what_entered_before_it_and_no_one_holds(
     assert report.dropped == 1
     assert rig.marker() is None  # judged: the next round may send another
     scores = entered(redis_client)
-    assert set(scores) == {queued, orphan, held, owed}
+    assert set(scores) == {queued, orphan, held, owed, waiting}
     assert min(scores[queued], scores[orphan]) > 1  # re-scored: entered again now
-    assert scores[held] == scores[owed] == 1
+    assert scores[held] == scores[owed] == scores[waiting] == 1
 
 
 def test_an_unmet_marker_is_replaced_only_when_its_queue_is_empty_or_after_the_timeout(
