@@ -38,6 +38,7 @@ from benchmarks import (
     leases,
     loop_lag,
     many_files,
+    markers,
     overhead,
     processes,
 )
@@ -130,6 +131,7 @@ def main() -> None:
         ("leases", lambda w: leases.bench(w, args.leases_before, quick=quick)),
         ("bulk messages", lambda w: bulk.bench(w, quick)),
         ("Redis broker vs RabbitMQ broker", lambda w: brokers.bench(redis, w, quick)),
+        ("marker sweep (RabbitMQ)", lambda w: markers.bench(redis, w, quick)),
     ]
     rows: list[Row] = []
     try:

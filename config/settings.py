@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_FSSPEC_PROTOCOLS",
     "KEY_PREFIX",
     "LOG_FORMATS",
+    "MARKER_TASK_NAME",
     "MIB",
     "OVERSIZE_POLICIES",
     "SCAN_TASK_NAME",
@@ -95,6 +96,8 @@ CALLBACK_TASK_NAME = "wsupload.callback"
 """The task that delivers a job's result to its callback URL."""
 SCAN_TASK_NAME = "wsupload.scan"
 """The task Celery beat sends for a scheduled batch run."""
+MARKER_TASK_NAME = "wsupload.marker"
+"""RabbitMQ broker: the sweep's marker, sent through a queue to learn that its head has passed a point."""
 
 OVERSIZE_POLICIES = ("refuse", "presign")
 UPLOAD_FLOWS = ("binary", "direct", "auto")
@@ -313,6 +316,35 @@ class Settings:
         " documents were written are published by the workers' sweep.",
         check=lambda v: v >= 5,
         rule="at least 5 seconds",
+    )
+    amqp_marker_age: int = setting(
+        "WSUPLOAD_AMQP_MARKER_AGE",
+        parse_seconds,
+        "60",
+        "RabbitMQ only: a job that entered its queue this long ago and has not ended sends a marker through"
+        " the queue; once a worker meets the marker, every job that entered before it, has not ended and no"
+        " live worker holds is published again"
+        " (see [No silent loss on RabbitMQ](guarantees.md#no-silent-loss-on-rabbitmq)).",
+        check=lambda v: v >= 1,
+        rule="at least 1 second",
+    )
+    amqp_marker_settle: int = setting(
+        "WSUPLOAD_AMQP_MARKER_SETTLE",
+        parse_seconds,
+        "5",
+        "RabbitMQ only: how long after a worker met a marker the sweep waits before judging the jobs ahead of"
+        " it: messages delivered just before the marker have that long to be started.",
+        check=lambda v: v >= 1,
+        rule="at least 1 second",
+    )
+    amqp_marker_timeout: int = setting(
+        "WSUPLOAD_AMQP_MARKER_TIMEOUT",
+        parse_seconds,
+        "1h",
+        "RabbitMQ only: a marker no worker has met this long is replaced even though messages still wait"
+        " ahead of it (one whose queue is empty is replaced after `WSUPLOAD_AMQP_MARKER_AGE`).",
+        check=lambda v: v >= 10,
+        rule="at least 10 seconds",
     )
     metrics_port: int | None = setting(
         "WSUPLOAD_METRICS_PORT",

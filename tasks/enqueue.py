@@ -569,7 +569,7 @@ def _commit_arguments(
     if mode == PUSH:
         names = [marker, queue, keys.pending(queue), keys.place_counter(queue), *stages]
     else:
-        names, grace = [marker, keys.owed(queue)], settings.amqp_publish_grace
+        names, grace = [marker, keys.owed(queue), keys.entered(queue)], settings.amqp_publish_grace
     names += [results.result_key(job.job_id) for job in jobs]
     fields = batch_fields(batch.batch_id, batch.name, len(jobs), batch.bytes_total) if batch else {}
     args: list[Any] = [mode, len(stages), len(jobs) - len(last), len(last), len(last_messages)]

@@ -18,6 +18,7 @@ import redis
 
 from wsupload.config.settings import Settings
 from wsupload.tasks.job import JobRunner
+from wsupload.tasks.store import keys
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wavespeed.client import UploadClient
@@ -34,7 +35,11 @@ class Runtime:
     @cached_property
     def store(self) -> ResultStore:
         settings = self.settings
-        return ResultStore(self.redis, settings.result_ttl, replica_wait=settings.replica_wait, per_thread=True)
+        # On RabbitMQ a job's terminal write also takes it out of its queue's entered set (tasks.recovery.markers).
+        entered = [keys.entered(q) for q in (settings.queue, settings.bulk_queue)] if settings.broker_is_amqp else []
+        return ResultStore(
+            self.redis, settings.result_ttl, replica_wait=settings.replica_wait, per_thread=True, entered=entered
+        )
 
     @cached_property
     def runner(self) -> JobRunner:

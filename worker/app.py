@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> WsuploadApp:
         "wsupload",
         broker=broker_url,
         include=[
-            *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks")),
+            *(f"wsupload.tasks.{name}" for name in ("upload", "upload_many", "scan", "callbacks", "marker")),
             # Hooked to the worker's signals (worker.background), started and stopped in this
             # order: its heartbeat, its jobs' lease renewal and stop, the cancels of the jobs it
             # runs, the paused queues it stops consuming, and the sweep for lost messages.

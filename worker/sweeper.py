@@ -10,7 +10,8 @@ lease, its cadence half a lease: a job lost between a worker's BRPOP and its rec
 is back in its line within about a lease and a half of the sweep first missing it.
 
 On RabbitMQ it runs the owed sweep (``tasks.recovery.early_ack_sweep``) instead, on the same
-cadence: owed jobs past their deadline are published again.
+cadence: owed jobs past their deadline are published again, and the marker sweep
+(``tasks.recovery.markers``) publishes again the jobs whose messages RabbitMQ dropped.
 
 It must never stop or block the worker: its Redis calls time out within an interval
 and never retry by themselves (the next sweep is the retry), and the loop catches
@@ -26,6 +27,7 @@ from typing import Any
 from wsupload.config.settings import Settings
 from wsupload.tasks.recovery.early_ack_sweep import OwedSweep
 from wsupload.tasks.recovery.lost_sweep import Sweep
+from wsupload.tasks.recovery.markers import MarkerSweep, Timing
 from wsupload.tasks.store.results import ResultStore
 from wsupload.tasks.wire.amqp_publisher import Publisher
 from wsupload.worker.background import BackgroundLoop
@@ -43,6 +45,13 @@ def interval_of(settings: Settings) -> float:
     return settings.sweep_interval
 
 
+def timing_of(settings: Settings) -> Timing:
+    """The marker sweep's timing (RabbitMQ), in ms."""
+    return Timing(
+        settings.amqp_marker_age * 1000, settings.amqp_marker_settle * 1000, settings.amqp_marker_timeout * 1000
+    )
+
+
 def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
     """The sweep of this worker's queues: lines on the broker, documents on ``REDIS_URL`` (by default the same).
 
@@ -55,14 +64,16 @@ def sweep_for(settings: Settings, owner: str) -> Sweep | OwedSweep:
         assert url is not None
         results = connect(settings.redis_url, timeout)
         publisher = Publisher(url)  # one connection, kept between sweeps
+        store = ResultStore(results, settings.result_ttl)
         return OwedSweep(
             results,
-            ResultStore(results, settings.result_ttl),
+            store,
             (settings.queue, settings.bulk_queue),
             lambda: publisher,
             retry=grace_of(settings),
             interval=interval,
             owner=owner,
+            markers=MarkerSweep(results, store, lambda: publisher, publisher.ready, timing_of(settings)),
         )
     broker = connect(settings.effective_broker_url, timeout=timeout)
     results = broker if settings.broker_is_results_redis else connect(settings.redis_url, timeout)

@@ -13,10 +13,15 @@ NX PX`` for one interval, left to expire, as ``tasks.recovery.lost_sweep`` does)
    ``tasks.recovery.lost_sweep`` builds Redis messages; a job with neither leaves the set;
 3. once confirmed, each entry still holding the deadline the sweep gave it is
    removed; one its worker renewed meanwhile stays (that job still runs, and
-   fencing decides between the two deliveries).
+   fencing decides between the two deliveries);
+4. then, with ``markers`` given, the marker sweep's round (``tasks.recovery.markers``) for the
+   same queues, under the same locks: jobs whose messages RabbitMQ dropped are published again.
+
+A job published again here is first re-scored in its queue's entered set to the deadline
+the claim gave it (``keys.entered``): by then it is on the queue, or owed again.
 
 The Redis-broker sweep (``tasks.recovery.lost_sweep``) does not run on RabbitMQ: RabbitMQ loses
-no message between a queue and a consumer.
+no message between a queue and a consumer (it drops some on purpose: the marker sweep's part).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import redis
 
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks
+from wsupload.tasks.recovery.markers import MarkerSweep
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import JobDoc, ResultStore, is_end
 from wsupload.tasks.wire import encode
@@ -46,6 +52,10 @@ class Report:
     dropped: tuple[str, ...] = ()
     """Owed jobs that had ended (or whose document was gone): only their entry went."""
     published: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+    """Queues a marker was sent on (``tasks.recovery.markers``)."""
+    lost: tuple[str, ...] = ()
+    """Jobs the marker sweep found dropped by RabbitMQ and published again."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class OwedSweep:
         retry: float,
         interval: float,
         owner: str = "",
+        markers: MarkerSweep | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -110,6 +121,7 @@ class OwedSweep:
         """Seconds before jobs this sweep took are due again if it could not publish them."""
         self.interval = interval
         self.owner = owner
+        self.markers = markers
 
     def sweep(self) -> Report | None:
         """One sweep of each queue no other sweeper holds; None when others held them all."""
@@ -131,6 +143,8 @@ class OwedSweep:
                 self.owed.remove(queue, ended)
                 dropped += ended
             if live:
+                at = int(float(due.deadline) * 1000)
+                self.client.zadd(keys.entered(queue), {job: at for job, _ in live})
                 self.publisher().publish([message_of(job, resend, queue) for job, resend in live])
                 self.owed.remove_if(due, [job for job, _ in live])
                 for job, resend in live:
@@ -141,4 +155,7 @@ class OwedSweep:
                         clip(queue),
                     )
                 published += [job for job, _ in live]
-        return Report(tuple(dropped), tuple(published))
+        if self.markers is None:
+            return Report(tuple(dropped), tuple(published))
+        round_ = self.markers.sweep(mine)
+        return Report(tuple(dropped), tuple(published), round_.sent, round_.published)

@@ -56,7 +56,7 @@ PRODUCER_SCRIPTS = ("enqueue_commit", "early_acks_owe", "early_acks_remove_if", 
 """The scripts a producer runs (``cancel``: ``Producer.cancel``)."""
 WORKER_ONLY_SCRIPTS = (
     "dead_letters_move_back", "early_acks_claim_due", "fencing_claim", "fencing_save", "fencing_save_then_claim",
-    "job_index_push", "job_index_put_back", "job_index_take", "lease_renew", "lease_stamp",
+    "job_index_push", "job_index_put_back", "job_index_take", "lease_renew", "lease_stamp", "markers_seen",
     "lost_sweep_redeliver", "lost_sweep_snapshot", "rate_limit_acquire", "rate_limit_pause", "rate_limit_renew_slots",
     "unacked_record", "unacked_remove",
 )  # fmt: skip
@@ -179,6 +179,7 @@ def rules(role: str, settings: Settings, *, control: bool = False) -> Rules:
             *(Grant(keys.place_counter(q), READ_WRITE, "the sweep's place counter") for q in queues),
             *(Grant(keys.owed(q), READ_WRITE, "RabbitMQ broker: jobs owed until published") for q in queues),
             *(Grant(keys.owed_calls(q), READ_WRITE, "RabbitMQ broker: the owed jobs' calls") for q in queues),
+            *(Grant(keys.entered(q), READ_WRITE, "RabbitMQ broker: the jobs put on the queue") for q in queues),
             Grant(_every(keys.stats(0)), READ_WRITE, "cancel counts the job in its minute"),
             Grant(keys.PAUSED, READ_WRITE, "pause and resume: the paused queues"),
             *_queues(settings, READ_WRITE, "enqueue pushes messages (Redis broker)"),

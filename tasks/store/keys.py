@@ -165,3 +165,15 @@ def owed_lock(queue: str) -> str:
 def supervisor(name: str) -> str:
     """A ``wsupload worker`` parent's heartbeat record, with its children's states (JSON, ``worker.worker_records``)."""
     return f"{KEY_PREFIX}:supervisor:{name}"
+
+
+def entered(queue: str) -> str:
+    """RabbitMQ broker: the jobs wsupload put on ``queue`` and that have not ended: job id → the moment (ms,
+    Redis's clock) by which its message was on the queue, or the job owed (sorted set; ``tasks.recovery.markers``)."""
+    return f"{KEY_PREFIX}:amqp:entered:{queue}"
+
+
+def marker(queue: str) -> str:
+    """RabbitMQ broker: the marker outstanding on ``queue`` (hash ``token``, ``sent_at`` and, once a worker has
+    met it, ``seen_at``; ms, Redis's clock; ``tasks.recovery.markers``)."""
+    return f"{KEY_PREFIX}:amqp:marker:{queue}"

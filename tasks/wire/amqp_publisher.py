@@ -79,6 +79,19 @@ class Publisher:
                     raise PublishError(f"RabbitMQ: {type(exc).__name__}: {_reason(exc)}") from exc
                 raise
 
+    def ready(self, queue: str) -> int:
+        """How many messages wait on ``queue`` (declared first, as ``publish`` does), on the kept connection."""
+        with self._lock:
+            try:
+                confirms = self._declared([queue])
+                declared = confirms.channel.queue_declare(queue, passive=True)  # (queue, message_count, consumers)
+                return int(declared[1])
+            except Exception as exc:
+                self._close()
+                if isinstance(exc, OSError | amqp.exceptions.AMQPError):
+                    raise PublishError(f"RabbitMQ: {type(exc).__name__}: {_reason(exc)}") from exc
+                raise
+
     def _declared(self, queues: Sequence[str]) -> _Confirms:
         if self._open is not None:
             try:

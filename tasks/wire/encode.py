@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wsupload.config.settings import UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
+from wsupload.config.settings import MARKER_TASK_NAME, UPLOAD_MANY_TASK_NAME, UPLOAD_TASK_NAME
 from wsupload.tasks.wire.decode import JOBS_HEADER
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -119,3 +119,18 @@ def amqp_message(job_id: str, source: str, queue: str, options: dict[str, Any] |
         "reply_to": _REPLY_TO,
     }
     return AmqpMessage(queue, body, headers, properties)
+
+
+def marker_message(queue: str, token: str) -> AmqpMessage:
+    """The sweep's marker for ``queue`` (``tasks.recovery.markers``): ``wsupload.marker``, args ``[queue, token]``."""
+    args = [queue, token]
+    body = json.dumps([args, {}, _EMBED]).encode()
+    properties = {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "delivery_mode": 2,
+        "priority": 0,  # the lowest, should a queue ever have priorities (quorum queues have none)
+        "correlation_id": token,
+        "reply_to": _REPLY_TO,
+    }
+    return AmqpMessage(queue, body, _headers(MARKER_TASK_NAME, token, repr(args), "{}"), properties)

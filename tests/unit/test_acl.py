@@ -92,6 +92,8 @@ EVERY_KEY = {
     "callback": (keys.callback("j"), {"worker"}, {"worker"}),
     "cancel": (keys.cancel("j"), {"worker", "producer"}, {"worker", "producer"}),
     "dedup": (keys.dedup("d"), {"worker"}, {"worker"}),
+    "entered": (keys.entered(Q), {"worker", "producer"}, {"worker", "producer"}),
+    "marker": (keys.marker(Q), {"worker"}, {"worker"}),
     "generation": (keys.generation("j"), {"worker", "producer"}, {"worker", "producer"}),
     "last_taken": (keys.last_taken(Q), {"worker"}, {"worker"}),
     "owed": (keys.owed(Q), {"worker", "producer"}, {"worker", "producer"}),

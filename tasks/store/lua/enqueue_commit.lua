@@ -3,10 +3,12 @@
 --   'push' (the Redis broker): their messages, pushed onto the queue, and each job's place in
 --          the queue's line (tasks.recovery.job_index);
 --   'owe'  (RabbitMQ, where the messages are published after the commit): an entry for each job
---          in the queue's owed set, due at now + grace by Redis's clock (tasks.recovery.early_acks).
+--          in the queue's owed set, due at now + grace by Redis's clock (tasks.recovery.early_acks),
+--          and in its entered set at that deadline in ms (tasks.recovery.markers): by then its
+--          message is on the queue, or the job is still owed and the owed sweep publishes it.
 -- KEYS: marker (a key only this script creates: the first document it writes, or the batch
 --       hash), then for 'push' the queue, its pending set and place counter (tasks.recovery.lost_sweep)
---       and nstage staging lists, for 'owe' the owed set; then the documents of every job in order
+--       and nstage staging lists, for 'owe' the owed set and the entered set; then the documents of every job in order
 --       (staged ones first), then for a batch its hash, member list and, if named, name key.
 -- ARGV: mode, nstage, nstaged (jobs staged: their documents, and for 'push' their messages in the
 --       staging lists), nnow (jobs sent with this call), nmsgs (messages carrying them: fewer when
@@ -32,7 +34,7 @@ if push and kind ~= 'list' and kind ~= 'none' then
 elseif not push and kind ~= 'zset' and kind ~= 'none' then
   return redis.error_reply('ERR the owed key holds a ' .. kind .. ', not a sorted set')
 end
-local stages = push and 4 or 2  -- the KEYS before the staging lists
+local stages = push and 4 or 3  -- the KEYS before the staging lists
 for i = stages + 1, stages + nstage do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     return redis.error_reply('ERR the staged messages expired before the commit')
@@ -45,14 +47,18 @@ local function slices(command, key, list, first, last)
 end
 local docs, arg = stages + nstage + nstaged, 9
 local ids = arg + nnow + nmsgs
-local function add_jobs(key, score)  -- every job into the sorted set key, the j-th scored score(j)
-  for i = 1, njobs, 500 do
+local function add_jobs(key, score, key2, score2)  -- every job into the sorted set key, the j-th scored
+  for i = 1, njobs, 500 do                          -- score(j); and into key2 at score2, if given
     local members = {}
     for j = i, math.min(i + 499, njobs) do
       members[#members + 1] = score(j)
       members[#members + 1] = ARGV[ids + j]
     end
     redis.call('ZADD', key, unpack(members))
+    if key2 then
+      for m = 1, #members, 2 do members[m] = score2 end  -- the same table, its scores replaced
+      redis.call('ZADD', key2, unpack(members))
+    end
   end
 end
 for i = 1, nnow do redis.call('SET', KEYS[docs + i], ARGV[arg + i], 'EX', ttl) end
@@ -81,7 +87,7 @@ if push then
 else
   local t = redis.call('TIME')
   answer = string.format('%.3f', t[1] + t[2] / 1000000 + tonumber(ARGV[9]))
-  add_jobs(KEYS[2], function() return answer end)
+  add_jobs(KEYS[2], function() return answer end, KEYS[3], string.format('%d', math.floor(tonumber(answer) * 1000)))
 end
 for i = stages + nstage + 1, docs do redis.call('EXPIRE', KEYS[i], ttl) end
 if KEYS[batch + 3] then redis.call('SET', KEYS[batch + 3], ARGV[8], 'EX', ttl) end

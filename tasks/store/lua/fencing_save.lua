@@ -1,6 +1,7 @@
 -- The one write of a job's document (tasks.store.fencing). KEYS: generation key, document,
 -- events channel, ended channel, batch hash ('' for none), this minute's statistics hash
--- (keys.stats). ARGV: generation ('' for none), document JSON, ttl, event JSON, status, batch
+-- (keys.stats), then any entered sets (RabbitMQ: tasks.recovery.markers) the job leaves when it
+-- ends. ARGV: generation ('' for none), document JSON, ttl, event JSON, status, batch
 -- size to add (succeeded), started_at, finished_at, second of the minute, statistics ttl.
 -- Returns 1 (written), 0 (the job had ended: nothing written), -1 (another generation holds it).
 -- The terminal write also counts the job in its minute (worker.stats): once, like the batch.
@@ -22,6 +23,10 @@ if finished then
   redis.call('SET', KEYS[1], 'done', 'EX', ARGV[3])
   redis.call('HINCRBY', KEYS[6], status .. ':' .. ARGV[9], 1)
   redis.call('EXPIRE', KEYS[6], ARGV[10])
+  if #KEYS > 6 then
+    local job = string.match(KEYS[2], '^[^:]*:result:(.*)$')
+    for i = 7, #KEYS do redis.call('ZREM', KEYS[i], job) end
+  end
 end
 if KEYS[5] ~= '' then
   if status == 'running' and ARGV[7] ~= '' then redis.call('HSETNX', KEYS[5], 'started_at', ARGV[7]) end
