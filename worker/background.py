@@ -162,10 +162,10 @@ class BackgroundLoop:
             self.run_once()
 
     def stop(self) -> None:
-        """End the thread (a round in flight gets two intervals to finish), then ``on_stop``."""
+        """End the thread (a round in flight gets two intervals, at least a second, to finish), then ``on_stop``."""
         self._done.set()
         if self._thread is not None and self.interval is not None:
-            self._thread.join(timeout=self.interval * 2)
+            self._thread.join(timeout=max(self.interval * 2, 1.0))
         self.on_stop()
 
     def on_start(self) -> None:

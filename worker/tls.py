@@ -44,6 +44,18 @@ _FILES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryEr
 """While connecting, these come only from reading the CA, certificate or key file named in the settings."""
 
 
+def _cut_handshake(exc: BaseException) -> bool:
+    """Whether a TLS error of a cut connection (``_PASSING``) is behind ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _PASSING):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def refusal(exc: BaseException) -> BaseException | None:
     """The TLS (or certificate file) error behind ``exc``, if that is why a connection failed; else None."""
     seen: set[int] = set()
@@ -226,7 +238,9 @@ class RefusalNotice:
         """Whether ``exc`` is a TLS refusal; the first of an episode is logged (one line, no traceback)."""
         cause = refusal(exc)
         if cause is None:
-            return False
+            # A handshake cut short (the server refusing our certificate says only EOF) while a
+            # refusal is being waited out is that episode's, not a new line's.
+            return self.refused and _cut_handshake(exc)
         with self._lock:
             if self.refused:
                 return True

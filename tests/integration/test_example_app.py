@@ -132,7 +132,9 @@ def ended(app: App, job_id: str) -> dict[str, Any]:
 
 
 def job_documents(producer: Producer) -> set[str]:
-    return {key.decode() for key in producer.redis.scan_iter(match=keys.result("*"), count=1000)}
+    """The documents' keys (not a job's `:generation` or `:cancel` key, which a worker may add meanwhile)."""
+    found = (key.decode() for key in producer.redis.scan_iter(match=keys.result("*"), count=1000))
+    return {key for key in found if key.count(":") == keys.result("x").count(":")}
 
 
 def test_a_posted_file_and_s3_key_are_uploaded_and_their_documents_read(

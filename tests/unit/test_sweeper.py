@@ -102,7 +102,9 @@ def test_the_signals_start_and_stop_the_sweeper(
     wait_until(lambda: redis_client.exists(keys.sweep_lock("wsupload")), 10, what="the first sweep")
     started = current()
     assert started is not None
-    assert redis_client.get(keys.sweep_lock("wsupload.bulk")) == f"wsupload-9@here (pid {os.getpid()})".encode()
+    # Each queue's lock lasts one interval (10 ms here): seen taken by this worker at some sweep.
+    owner = f"wsupload-9@here (pid {os.getpid()})".encode()
+    wait_until(lambda: redis_client.get(keys.sweep_lock("wsupload.bulk")) == owner, 10, what="the bulk queue swept")
     Sweeper._worker_shutdown(sender=None)
     assert current() is None
     assert started._thread is not None

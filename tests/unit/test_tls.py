@@ -178,3 +178,19 @@ def test_a_producer_raises_tls_refused_for_a_refusal_and_leaves_other_errors_as_
     assert tls.producer_refusal(settings, enqueue_error(in_doubt=True)) is None  # what it says of the jobs matters
     assert tls.producer_refusal(settings, enqueue_error(queued=True)) is None
     assert tls.producer_refusal(settings, wrapped(ConnectionRefusedError(111, "Connection refused"))) is None
+
+
+def test_a_handshake_cut_short_during_a_refusal_is_that_episodes_and_an_outage_otherwise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server refusing the client's certificate closes the handshake: the client reads only EOF.
+    cut = ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol")
+    notice = tls.RefusalNotice()
+    with caplog.at_level("INFO", logger=tls.log.name):
+        assert not notice.noticed(wrapped(cut))  # no refusal said: a restart's cut, an outage
+        assert notice.noticed(wrapped(verify_error("unable to get local issuer certificate")))
+        assert notice.noticed(wrapped(cut))  # said already: not a line of its own
+        assert not notice.noticed(wrapped(ConnectionRefusedError(111, "Connection refused")))
+        notice.verified()
+        assert not notice.noticed(wrapped(cut))
+    assert len(caplog.records) == 2, [record.getMessage() for record in caplog.records]
