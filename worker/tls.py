@@ -44,29 +44,26 @@ _FILES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryEr
 """While connecting, these come only from reading the CA, certificate or key file named in the settings."""
 
 
-def _cut_handshake(exc: BaseException) -> bool:
-    """Whether a TLS error of a cut connection (``_PASSING``) is behind ``exc``."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling, and so on (each once)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _PASSING):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _cut_handshake(exc: BaseException) -> bool:
+    """Whether a TLS error of a cut connection (``_PASSING``) is behind ``exc``."""
+    return any(isinstance(cause, _PASSING) for cause in _causes(exc))
 
 
 def refusal(exc: BaseException) -> BaseException | None:
     """The TLS (or certificate file) error behind ``exc``, if that is why a connection failed; else None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError) and not isinstance(current, _PASSING):
-            return current
-        if isinstance(current, _FILES):
-            return current
-        current = current.__cause__ or current.__context__
+    for cause in _causes(exc):
+        if (isinstance(cause, ssl.SSLError) and not isinstance(cause, _PASSING)) or isinstance(cause, _FILES):
+            return cause
     return None
 
 
@@ -148,12 +145,7 @@ def raise_closed_twice(url: str) -> None:
 
 
 def _closed_after_handshake(exc: BaseException) -> bool:
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, ssl.SSLEOFError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(cause, ssl.SSLEOFError) for cause in _causes(exc))
 
 
 def check_amqp(url: str) -> bool:
