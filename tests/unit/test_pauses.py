@@ -79,20 +79,26 @@ def board() -> Iterator[pauses.Board]:
     pauses.BOARD.forget()
 
 
+def rejected_while_paused(store: ResultStore, task: Any, message_id: str, *args: Any) -> Reject:
+    """What ``task`` raises, run on a message of ``q.bulk`` once that queue is paused."""
+    pauses.pause(store.redis, "q.bulk")
+    task.push_request(id=message_id, delivery_info={"routing_key": "q.bulk"})
+    try:
+        with pytest.raises(Reject) as caught:
+            task.run(*args)
+    finally:
+        task.pop_request()
+    return caught.value
+
+
 def test_a_message_met_while_its_queue_is_paused_goes_back_unclaimed(
     store: ResultStore, monkeypatch: pytest.MonkeyPatch, board: pauses.Board, tmp_path: Path
 ) -> None:
     install_runner(store, monkeypatch, NoClient())
     source = tmp_path / "a.png"
     source.write_bytes(png_bytes())
-    pauses.pause(store.redis, "q.bulk")
-    upload_module.upload.push_request(id="j1", delivery_info={"routing_key": "q.bulk"})
-    try:
-        with pytest.raises(Reject) as caught:
-            upload_module.upload.run("j1", str(source))
-    finally:
-        upload_module.upload.pop_request()
-    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    rejected = rejected_while_paused(store, upload_module.upload, "j1", "j1", str(source))
+    assert rejected.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
     assert store.redis.get(keys.generation("j1")) is None  # nothing claimed
     assert store.get("j1") is None
 
@@ -103,14 +109,9 @@ def test_a_bulk_message_met_while_its_queue_is_paused_goes_back_whole(
     install_runner(store, monkeypatch, NoClient())
     source = tmp_path / "a.png"
     source.write_bytes(png_bytes())
-    pauses.pause(store.redis, "q.bulk")
-    upload_many_module.upload_many.push_request(id="m1", delivery_info={"routing_key": "q.bulk"})
-    try:
-        with pytest.raises(Reject) as caught:
-            upload_many_module.upload_many.run([["j1", str(source)], ["j2", str(source)]])
-    finally:
-        upload_many_module.upload_many.pop_request()
-    assert caught.value.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
+    calls = [["j1", str(source)], ["j2", str(source)]]
+    rejected = rejected_while_paused(store, upload_many_module.upload_many, "m1", calls)
+    assert rejected.requeue is True  # type: ignore[attr-defined]  # (missing from celery-types)
     assert store.redis.get(keys.generation("j1")) is None
 
 
