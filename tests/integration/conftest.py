@@ -200,6 +200,18 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.
     )
 
 
+def start_exporter(
+    env: dict[str, str], port: int, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """``wsupload metrics`` serving on 127.0.0.1:``port``, in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
 def png_file(root: Path, name: str, size: int = 16) -> str:
     """A small PNG at ``root/<name>.png`` (``size`` pixels square), as a source to enqueue."""
     path = root / f"{name}.png"

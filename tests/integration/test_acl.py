@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from tests.integration import rabbit
-from tests.integration.conftest import producer_env, rabbit_url_or_skip, unavailable
+from tests.integration.conftest import producer_env, rabbit_url_or_skip, start_exporter, unavailable
 from tests.integration.conftest import run_cli as cli
 from wsupload.config import Settings
 from wsupload.errors import EnqueueError
@@ -268,12 +268,7 @@ def test_the_operator_reads_stats_workers_health_and_metrics(
         assert done.returncode == 0, (args, done.stderr)
     assert acl_worker.hostname in cli(env, "workers").stdout
     port = free_port()
-    metrics = subprocess.Popen(
-        [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    metrics = start_exporter(env, port)
     try:
 
         def scrape() -> bytes | None:

@@ -14,7 +14,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.integration.conftest import API_KEY, Fleet, run_one, unavailable
+from tests.integration.conftest import API_KEY, Fleet, run_one, start_exporter, unavailable
 from wsupload.worker.dev.local_services import free_port, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
@@ -207,12 +206,7 @@ def test_the_metrics_command_exports_queue_depths_with_no_api_key(
     port = free_port()
     log = tmp_path / "exporter.log"
     with open(log, "wb") as out:
-        exporter = subprocess.Popen(
-            [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
-            env=handle.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        exporter = start_exporter(handle.env, port, stdout=out, stderr=subprocess.STDOUT)
     try:
         server = prometheus([f"127.0.0.1:{port}"], job="wsupload-queues")
         settings = handle.producer.settings
@@ -233,12 +227,7 @@ def test_the_metrics_command_keeps_answering_while_redis_is_unreachable(fleet: F
     dead = free_port()
     env = {**handle.env, "REDIS_URL": f"redis://127.0.0.1:{dead}/0"}
     port = free_port()
-    exporter = subprocess.Popen(
-        [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    exporter = start_exporter(env, port)
     try:
 
         def answered() -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import producer_env, unavailable
+from tests.integration.conftest import producer_env, start_exporter, unavailable
 from tests.integration.conftest import run_cli as cli
 from tests.integration.tls_servers import (
     Pki,
@@ -192,12 +192,7 @@ def test_the_metrics_exporter_serves_queue_depths_over_tls_redis(
     producer = Producer(Settings.from_env(env))
     port = free_port()
     log = open(tmp_path / "metrics.log", "wb")  # the child holds it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wsupload.worker.cli", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_exporter(env, port, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
         producer.enqueue([str(tmp_path / "never-run.png")])  # no worker on these queues: it waits
