@@ -199,10 +199,11 @@ def test_health_fails_while_a_child_that_keeps_crashing_waits_for_its_restart(
     handle, worker = two_children(fleet, own_redis)
     assert wsupload(handle.env, "health").returncode == 0
     # A child that crashes again and again: killed as soon as each new one shows. The parent
-    # restarts it at once, then after 1 s, 2 s, 4 s, 8 s (worker.supervisor.restart_delay): the
-    # last wait leaves health 7 s to see it down, room for a slow `wsupload health` on a busy machine.
+    # restarts it at once, then after 1 s, 2 s, 4 s, 8 s, 16 s (worker.supervisor.restart_delay): the
+    # last wait leaves health 15 s to see it down, room for a slow `wsupload health` on a busy machine
+    # (8 s were not enough once, at load 14).
     killed: list[int] = []
-    for _ in range(5):
+    for _ in range(6):
         pid = wait_until(
             lambda: (p := child_pid(handle, worker, 2)) not in (None, *killed) and p, 30, what="child 2 to start"
         )
@@ -213,19 +214,19 @@ def test_health_fails_while_a_child_that_keeps_crashing_waits_for_its_restart(
         answer = wsupload(handle.env, "health")
         return answer.stderr if answer.returncode == 1 else ""
 
-    said = wait_until(unhealthy, 10, interval=0.2, what="health to fail")
+    said = wait_until(unhealthy, 15, interval=0.2, what="health to fail")
     assert said.startswith(f"wsupload: unhealthy: {worker.hostnames[1]} (child 2 of {worker.hostname}) is down for ")
-    assert "killed by SIGKILL, 4 restart(s), restart at " in said
+    assert "killed by SIGKILL, 5 restart(s), restart at " in said
     record = parent_record(handle, worker)
     assert record is not None
     assert [c.state for c in record.children] == ["running", "restarting"]
-    assert "restarting in 8 s (5 quick exits in a row)" in log(worker)
+    assert "restarting in 16 s (6 quick exits in a row)" in log(worker)
 
     # Once it is back, health passes again (and nothing else was restarted).
     wait_until(lambda: wsupload(handle.env, "health").returncode == 0, 30, what="health to pass again")
     record = parent_record(handle, worker)
     assert record is not None
-    assert [c.restarts for c in record.children] == [0, 5]
+    assert [c.restarts for c in record.children] == [0, 6]
 
 
 def log(worker: WorkerProcess) -> str:
