@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 
-def png_bytes(width: int = 64, height: int = 64) -> bytes:
-    """A real PNG: a colour gradient."""
+def png_bytes(width: int = 64, height: int = 64, comment: str = "") -> bytes:
+    """A real PNG: a colour gradient; with ``comment``, a ``tEXt`` chunk holding it (other bytes, same picture)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -22,7 +22,10 @@ def png_bytes(width: int = 64, height: int = 64) -> bytes:
         b"\x00" + bytes(v for x in range(width) for v in (x * 4 % 256, y * 4 % 256, 128)) for y in range(height)
     )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    text = chunk(b"tEXt", b"Comment\x00" + comment.encode("latin-1")) if comment else b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + text + chunk(b"IEND", b"")
+    )
 
 
 def wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
@@ -64,11 +67,12 @@ def write_samples(directory: Path) -> dict[str, Path]:
 
 def distinct_pngs(directory: Path, count: int) -> list[Path]:
     """``count`` small PNGs with distinct names and bytes: each upload names its job, and no
-    job is answered by deduplication."""
+    job is answered by deduplication (each carries its own name as a comment, so no other call's
+    file, nor any other ``png_bytes`` of the same size, has its bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for n in range(count):
         path = directory / f"{uuid.uuid4().hex[:8]}-{n:05d}.png"
-        path.write_bytes(png_bytes(4 + n % 60, 4 + n // 60))
+        path.write_bytes(png_bytes(4 + n % 60, 4 + n // 60, comment=path.name))
         paths.append(path)
     return paths
