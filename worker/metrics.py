@@ -94,7 +94,8 @@ class WorkerMetrics:
             "Jobs moved between deliveries: lease_lost (this worker found a job's lease gone), handed_back"
             " (still running after the stop grace, back to its queue), resumed (this worker took up a job an"
             " earlier delivery left unfinished), acked_early (RabbitMQ: a job held half the consumer_timeout,"
-            " or hung, now owed in Redis).",
+            " or hung, now owed in Redis), swept_back (a sweep published a job again: in no queue and no one's"
+            " hands, owed past its deadline, or dropped by RabbitMQ).",
             ["event"],
             registry=registry,
         )

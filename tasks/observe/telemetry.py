@@ -59,7 +59,8 @@ class Sink(Protocol):
 
 
 LEASE_LOST, HANDED_BACK, RESUMED, ACKED_EARLY = "lease_lost", "handed_back", "resumed", "acked_early"
-LEASE_EVENTS = (LEASE_LOST, HANDED_BACK, RESUMED, ACKED_EARLY)
+SWEPT_BACK = "swept_back"
+LEASE_EVENTS = (LEASE_LOST, HANDED_BACK, RESUMED, ACKED_EARLY, SWEPT_BACK)
 
 _sink: Sink | None = None
 _failed = False
@@ -157,6 +158,12 @@ def handed_back() -> None:
 def acked_early() -> None:
     """RabbitMQ: a job held half the consumer_timeout (or hung) was made owed in Redis, its message acknowledged."""
     _tell("lease_event", ACKED_EARLY)
+
+
+def swept_back() -> None:
+    """A sweep published a job again: in no queue and no one's hands (Redis), owed past its deadline or
+    dropped by the broker (RabbitMQ)."""
+    _tell("lease_event", SWEPT_BACK)
 
 
 def resumed() -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from wsupload.tasks.observe import telemetry
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.recovery import early_acks
 from wsupload.tasks.recovery.markers import MarkerSweep
@@ -148,6 +149,7 @@ class OwedSweep:
                 self.publisher().publish([message_of(job, resend, queue) for job, resend in live])
                 self.owed.remove_if(due, [job for job, _ in live])
                 for job, resend in live:
+                    telemetry.swept_back()
                     log.warning(
                         "sweep: job %s (%s) was owed and not ended by its deadline; published again on queue %s",
                         clip(job),

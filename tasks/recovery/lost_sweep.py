@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from wsupload.tasks.observe import telemetry
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.store import keys, lua
 from wsupload.tasks.store.results import JobDoc, ResultStore, is_end, text
@@ -247,6 +248,7 @@ class Sweep:
         ):
             if pushed:
                 redelivered.append(c.job_id)
+                telemetry.swept_back()
                 log.warning(
                     "sweep: job %s was in no queue, no worker's hands and had no outcome for %.0f s or more; "
                     "it is back on queue %s",

@@ -52,6 +52,7 @@ from typing import Any
 
 import redis
 
+from wsupload.tasks.observe import telemetry
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.store import keys, lua
 from wsupload.tasks.store.results import JobDoc, ResultStore, is_end, text
@@ -283,6 +284,7 @@ class MarkerSweep:
         self.client.zadd(keys.entered(queue), {job: at for job, _ in verdict.lost}, xx=True)
         self.publisher().publish([message_of(job, doc, queue) for job, doc in verdict.lost])
         for job, doc in verdict.lost:
+            telemetry.swept_back()
             log.warning(
                 "sweep: job %s (%s) entered queue %s before a marker a worker has met, and no one holds it: its"
                 " message was dropped (a purge, a max-length policy, the delivery limit); published again",

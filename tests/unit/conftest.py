@@ -1,16 +1,19 @@
 """Unit-test fixtures: fakeredis, and the sandbox on loopback for modules that start one (``server``)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+from prometheus_client import CollectorRegistry
 
 from wsupload.config import Settings
 from wsupload.tasks import runtime
 from wsupload.tasks.job import JobRunner
+from wsupload.tasks.observe import telemetry
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.dev.sandbox import SandboxServer
+from wsupload.worker.metrics import WorkerMetrics
 
 
 @pytest.fixture
@@ -41,3 +44,12 @@ def sandbox(server: SandboxServer) -> SandboxServer:
     server.reset()
     server.direct = True
     return server
+
+
+@pytest.fixture
+def recoveries() -> Iterator[Callable[[str], float]]:
+    """The worker's metrics installed for this test: ``recoveries(event)`` reads ``wsupload_lease_recoveries_total``."""
+    registry = CollectorRegistry()
+    telemetry.install(WorkerMetrics(registry))
+    yield lambda event: registry.get_sample_value("wsupload_lease_recoveries_total", {"event": event}) or 0.0
+    telemetry.install(None)

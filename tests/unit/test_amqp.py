@@ -1,6 +1,7 @@
 """RabbitMQ as the broker, without a RabbitMQ: the app's settings, the wire, owed jobs, confirms, leases, sweep."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,7 +266,9 @@ def test_split_forgets_ended_and_missing_jobs() -> None:
     assert [job for job, _ in live] == ["live"]
 
 
-def test_the_sweep_publishes_due_jobs_from_their_documents_and_clears_them(redis_client: fakeredis.FakeRedis) -> None:
+def test_the_sweep_publishes_due_jobs_from_their_documents_and_clears_them(
+    redis_client: fakeredis.FakeRedis, recoveries: Callable[[str], float]
+) -> None:
     publisher = FakePublisher(fail=True)
     with pytest.raises(EnqueueError):
         enqueuer(redis_client, publisher).enqueue(["/m/a.png"], options={"dedup": True})
@@ -277,12 +280,14 @@ def test_the_sweep_publishes_due_jobs_from_their_documents_and_clears_them(redis
     with pytest.raises(PublishError):  # RabbitMQ still away: the job stays owed, due again later
         sweep.sweep()
     assert redis_client.zscore(keys.owed(SETTINGS.queue), job) is not None
+    assert recoveries("swept_back") == 0
     redis_client.zadd(keys.owed(SETTINGS.queue), {job: 0})
     redis_client.delete(keys.owed_lock(SETTINGS.queue))
     publisher.fail = False
     report = sweep.sweep()
     assert report is not None
     assert report.published == (job,)
+    assert recoveries("swept_back") == 1
     ((message),) = publisher.sent
     assert (message.headers["id"], json.loads(message.body)[1]) == (job, {"options": {"dedup": True}})
     assert redis_client.zcard(keys.owed(SETTINGS.queue)) == 0

@@ -1,6 +1,7 @@
 """The marker sweep (RabbitMQ), without a RabbitMQ: its policy, the entered sets, one round after another."""
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -155,7 +156,7 @@ class Rig:
 
 
 def test_a_met_marker_publishes_again_what_entered_before_it_and_no_one_holds(
-    redis_client: fakeredis.FakeRedis,
+    redis_client: fakeredis.FakeRedis, recoveries: Callable[[str], float]
 ) -> None:
     rig = Rig(redis_client)
     queued, orphan, held, done, owed, waiting = (
@@ -187,6 +188,7 @@ def test_a_met_marker_publishes_again_what_entered_before_it_and_no_one_holds(
     report = rig.sweep.sweep([Q])
     assert sorted(report.published) == sorted([queued, orphan])
     assert sorted(rig.sent_jobs()) == sorted([queued, orphan])
+    assert recoveries("swept_back") == 2
     assert report.dropped == 1
     assert rig.marker() is None  # judged: the next round may send another
     scores = entered(redis_client)

@@ -270,7 +270,7 @@ def other_task_message() -> str:
 
 
 def test_a_message_taken_and_never_recorded_is_back_on_its_queue_after_the_grace_and_only_once(
-    world: World, caplog: pytest.LogCaptureFixture
+    world: World, caplog: pytest.LogCaptureFixture, recoveries: Callable[[str], float]
 ) -> None:
     a, _, c = world.enqueue("a", "b", "c")
     world.redis.rpop(QUEUE)  # a: BRPOP took it, then Redis was killed before the worker recorded it
@@ -286,6 +286,7 @@ def test_a_message_taken_and_never_recorded_is_back_on_its_queue_after_the_grace
     for later in (GRACE + INTERVAL, 10 * GRACE):
         assert world.sweep(at=later) == Report()
     assert [job for job, _ in world.line()] == [c, a]
+    assert recoveries("swept_back") == 1  # the metric operators watch, once
 
     (line,) = [r for r in caplog.records if r.name == "wsupload.tasks.recovery.lost_sweep"]
     assert line.levelname == "WARNING"
