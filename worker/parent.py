@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 STOPPED = "stopped"
 """A child that exited 0 by itself (a remote shutdown): not restarted."""
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_DIR_PREFIX = "wsupload-metrics-"
+"""The children's metrics files go to ``<tempdir>/wsupload-metrics-<parent pid>-<random>``."""
 
 
 @dataclass
@@ -251,7 +253,10 @@ class Parent:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
         if self.settings.metrics_port is not None:
-            self.metrics_dir = tempfile.mkdtemp(prefix="wsupload-metrics-")
+            removed = remove_orphan_metrics_dirs(tempfile.gettempdir())
+            if removed:
+                log.info("metrics: removed %d directory(ies) of workers that were killed before cleaning up", removed)
+            self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         shares = "+".join(str(child.concurrency) for child in self.children)
         log.info(
             "%s: starting %d processes (%s threads, WSUPLOAD_CONCURRENCY %d in all)",
@@ -357,6 +362,41 @@ class Parent:
             self.endpoint.stop()
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+def metrics_dir_owner(name: str) -> int | None:
+    """The parent pid a metrics directory's name carries (``wsupload-metrics-<pid>-<random>``), else None."""
+    if not name.startswith(METRICS_DIR_PREFIX):
+        return None
+    pid, _, rest = name[len(METRICS_DIR_PREFIX) :].partition("-")
+    return int(pid) if pid.isdigit() and rest else None
+
+
+def remove_orphan_metrics_dirs(tempdir: str) -> int:
+    """Remove the metrics directories of parents no longer running (a SIGKILL skips their cleanup); how many.
+
+    A directory whose pid runs (even if reused by another program) is left: at worst it stays, never
+    a live parent's removed. Only this user's directories can be removed (mkdtemp makes them 0700).
+    """
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(tempdir) as entries:
+        for entry in entries:
+            pid = metrics_dir_owner(entry.name)
+            if pid is None or pid == os.getpid() or not entry.is_dir(follow_symlinks=False) or _running(pid):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += not os.path.exists(entry.path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def mark_dead(pid: int, directory: str) -> None:

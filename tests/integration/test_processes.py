@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import tempfile
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -234,9 +235,11 @@ def log(worker: WorkerProcess) -> str:
 
 
 def test_children_do_not_outlive_a_parent_that_is_sigkilled(fleet: Fleet, own_redis: LocalRedis) -> None:
-    handle, worker = two_children(fleet, own_redis)
+    metrics = {"WSUPLOAD_METRICS_PORT": str(free_port()), "WSUPLOAD_METRICS_ADDR": "127.0.0.1"}
+    handle, worker = two_children(fleet, own_redis, **metrics)
     pids = [wait_until(lambda k=k: child_pid(handle, worker, k), 10, what="the children") for k in (1, 2)]
     assert worker.process is not None
+    (metrics_dir,) = Path(tempfile.gettempdir()).glob(f"wsupload-metrics-{worker.process.pid}-*")
     os.kill(worker.process.pid, signal.SIGKILL)  # the parent alone: nothing forwards a stop
     worker.process.wait()
 
@@ -250,3 +253,10 @@ def test_children_do_not_outlive_a_parent_that_is_sigkilled(fleet: Fleet, own_re
     # Each child got SIGTERM from the kernel (the parent-death signal): a warm stop, then gone.
     wait_until(lambda: all(gone(pid) for pid in pids), 30, interval=0.1, what="the children to exit")
     assert log(worker).count("Warm shutdown") >= 2  # one each at least (Celery says it per SIGTERM it hears)
+
+    # Its children's metrics files outlived it (nothing ran its cleanup); the next parent removes them.
+    assert metrics_dir.is_dir()
+    metrics["WSUPLOAD_METRICS_PORT"] = str(free_port())
+    handle, worker = two_children(fleet, own_redis, **metrics)
+    wait_until(lambda: child_pid(handle, worker, 2), 30, what="the next worker's children")
+    assert not metrics_dir.exists()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -252,3 +256,28 @@ def test_a_childs_node_name_gives_its_parents_pid() -> None:
     assert supervisor.parent_pid_of("wsupload-42-3@%h") == 42
     assert supervisor.parent_pid_of("wsupload-42@web1") is None
     assert supervisor.parent_pid_of("celery@web1") is None
+
+
+def test_a_metrics_directory_names_its_parent() -> None:
+    assert parent.metrics_dir_owner("wsupload-metrics-4242-ab_cd") == 4242
+    for other in ("wsupload-metrics-abc-x", "wsupload-metrics-4242", "wsupload-metrics-", "tmpxyz", "wsupload-4242-x"):
+        assert parent.metrics_dir_owner(other) is None
+
+
+def test_only_the_metrics_directories_of_parents_no_longer_running_are_removed(tmp_path: Path) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a pid that ran and is gone (SIGKILLed parents leave theirs so)
+    dead = tmp_path / f"wsupload-metrics-{ended.pid}-k3j4"
+    live = tmp_path / f"wsupload-metrics-{os.getppid()}-a1b2"  # the test runner's parent: running
+    mine = tmp_path / f"wsupload-metrics-{os.getpid()}-c3d4"
+    unrelated = tmp_path / "some-other-dir"
+    for directory in (dead, live, mine, unrelated):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"x")
+    (tmp_path / f"wsupload-metrics-{ended.pid}-file").write_text("not a directory")
+
+    assert parent.remove_orphan_metrics_dirs(str(tmp_path)) == 1
+    assert not dead.exists()
+    assert [d.exists() for d in (live, mine, unrelated)] == [True, True, True]
+    assert (tmp_path / f"wsupload-metrics-{ended.pid}-file").exists()
+    assert parent.remove_orphan_metrics_dirs(str(tmp_path / "missing")) == 0
