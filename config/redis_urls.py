@@ -43,7 +43,7 @@ FORMS = (
 
 _HOST = re.compile(r"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+))(?::(?P<port>[^:]*))?$")
 _MASTER_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_PASSWORD_OPTION = re.compile(r"([?&][^=&?#]*password[^=&?#]*=)[^&#]*", re.IGNORECASE)
+_PASSWORD_OPTION = re.compile(r"([?&][^=&?#]*password[^=&?#]*=)([^&#]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,29 @@ def masked(text: str) -> str:
     ``@`` in a password (or in an option) hides more, never less.
     """
     return ";".join(_masked_part(part) for part in text.strip().split(";"))
+
+
+MIN_URL_SECRET = 4
+"""Shorter passwords are not masked in logs: replacing every "ab" in every line would make the log unreadable."""
+
+
+def url_secrets(text: str) -> list[str]:
+    """The passwords a broker or Redis URL holds (each part's userinfo, ``*password`` options), as written and decoded.
+
+    For ``redaction.protect``: what ``masked`` hides when a URL is printed, hidden too where a
+    library's message quotes it some other way. Ones shorter than ``MIN_URL_SECRET`` are left out.
+    """
+    found: set[str] = set()
+    for part in text.strip().split(";"):
+        found.update(match.group(2) for match in _PASSWORD_OPTION.finditer(part))
+        start = part.find("://") + 3 if "://" in part else 0
+        at = part.rfind("@")
+        if at >= start:
+            _, has_password, password = part[start:at].partition(":")
+            if has_password:
+                found.add(password)
+    decoded = {unquote(secret) for secret in found}
+    return sorted(secret for secret in found | decoded if len(secret) >= MIN_URL_SECRET)
 
 
 def _masked_part(part: str) -> str:

@@ -65,7 +65,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_
 from celery.utils.log import get_multiprocessing_logger
 
 from wsupload.config.broker_urls import amqp_tls, scheme_of
-from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url
+from wsupload.config.redis_urls import is_sentinel_url, parse_sentinel_url, url_secrets
 from wsupload.config.schedules import Schedule
 from wsupload.config.settings import SCAN_TASK_NAME, UPLOAD_TASK_NAME, Settings, deprecations
 from wsupload.errors import ConfigError, TlsRefused
@@ -86,8 +86,10 @@ class WsuploadApp(Celery):
 
 
 def create_app(settings: Settings) -> WsuploadApp:
-    # Before anything logs: the secrets this process holds are masked in every record.
-    redaction.protect(settings.api_key, settings.callback_secret)
+    # Before anything logs: the secrets this process holds are masked in every record, the
+    # passwords in its Redis and broker URLs too (a library's message may quote them unmasked).
+    urls = {settings.redis_url, settings.effective_broker_url}
+    redaction.protect(settings.api_key, settings.callback_secret, *(s for url in urls for s in url_secrets(url)))
     amqp = settings.broker_is_amqp
     if not amqp:
         redis_transport.install()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
@@ -70,3 +71,22 @@ def test_a_plain_broker_gets_no_sentinel_options() -> None:
     options = create_app(Settings.from_env({"REDIS_URL": "redis://h:6379/0"})).conf.broker_transport_options
     assert "master_name" not in options
     assert "sentinel_kwargs" not in options
+
+
+def test_the_passwords_in_the_redis_and_broker_urls_are_masked_in_every_log_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_pw, rabbit_pw = "redis-pw-7d1e", "rabbit-pw-4c2b"
+    create_app(
+        Settings.from_env(
+            {
+                "REDIS_URL": f"redis://:{redis_pw}@redis.test:6379/0",
+                "WSUPLOAD_BROKER_URL": f"amqp://u:{rabbit_pw}@mq.test//",
+            }
+        )
+    )
+    caplog.set_level(logging.INFO)
+    # As a library might say it: the URL unmasked, or the password quoted on its own.
+    logging.getLogger("kombu.test").info("cannot reach amqp://u:%s@mq.test//; auth %r", rabbit_pw, redis_pw)
+    (record,) = [r for r in caplog.records if r.name == "kombu.test"]
+    assert record.getMessage() == "cannot reach amqp://u:[redacted]@mq.test//; auth '[redacted]'"

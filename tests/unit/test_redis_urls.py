@@ -9,7 +9,7 @@ from kombu.utils.url import parse_url
 
 from wsupload.config import Settings
 from wsupload.config.parsers import parse_redis_url
-from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, masked, parse_sentinel_url
+from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, masked, parse_sentinel_url, url_secrets
 from wsupload.errors import ConfigError
 
 SECRET = "hunter2-Secret"
@@ -170,3 +170,22 @@ def test_a_password_with_an_unencoded_delimiter_is_refused_without_showing_it(ur
     with pytest.raises(ValueError, match="percent-encode") as refused:
         parse_sentinel_url(url)
     assert "Secr3tTail" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("redis://:s3cr%40t-pw@h:6379/0", ["s3cr%40t-pw", "s3cr@t-pw"]),
+        ("rediss://worker:longpass@h/0?ssl_cert_reqs=required", ["longpass"]),
+        ("amqp://wsupload:rabbit-pw@127.0.0.1:5672/vh", ["rabbit-pw"]),
+        ("redis+sentinel://:master-pw@s1,s2/mymaster?sentinel_password=sentinel-pw", ["master-pw", "sentinel-pw"]),
+        ("sentinel://:pw-one@s1:26379;sentinel://:pw-one@s2:26379?master_name=m", ["pw-one"]),
+        ("redis://h:6379/0", []),
+        ("redis://user@h/0", []),
+        ("redis://:abc@h/0", []),  # shorter than MIN_URL_SECRET: masking "abc" everywhere would ruin the log
+    ],
+)
+def test_url_secrets_are_the_passwords_masked_would_hide(url: str, secrets: list[str]) -> None:
+    assert url_secrets(url) == sorted(secrets)
+    for secret in secrets:
+        assert secret not in masked(url)
