@@ -24,6 +24,9 @@ shows signs of life (``worker.renewer``). So:
 - ``worker_cancel_long_running_tasks_on_connection_loss`` off: a thread cannot be
   cancelled, and needs not be: a job keeps running while its lease holds, and stops
   at its next block once the renewer finds the lease gone (``tasks.recovery.lease``).
+  Celery warns at every broker connection loss that this default changes in 6.0 (a
+  ``CPendingDeprecationWarning`` of six lines): chosen here, so that warning is dropped
+  (``_quiet_chosen_default``); any other warning still shows.
 - ``worker.redis_transport``: kombu's transport without a Redis client built for
   every message's unacked bookkeeping, and with Redis faults survived.
 - ``rediss://`` brokers verify the server's certificate, as the result store does; ``amqps://``
@@ -265,6 +268,24 @@ def _log_format(logger: logging.Logger, **_: Any) -> None:
     # WSUPLOAD_LOG_FORMAT=json: the handlers Celery just made write JSON lines (worker.logs).
     if _json_logs():
         logs.use_json(logger, get_multiprocessing_logger())
+
+
+CHOSEN_DEFAULT = "worker_cancel_long_running_tasks_on_connection_loss"
+"""Named in the warning Celery logs at every broker connection loss; wsupload sets it off on purpose."""
+
+
+class _ChosenDefaultWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("CPendingDeprecationWarning" in text and CHOSEN_DEFAULT in text)
+
+
+@after_setup_logger.connect
+def _quiet_chosen_default(**_: Any) -> None:
+    # Celery routes warnings to logging (captureWarnings) with an 'always' filter: drop this one line there.
+    warnings_log = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _ChosenDefaultWarning) for f in warnings_log.filters):
+        warnings_log.addFilter(_ChosenDefaultWarning())
 
 
 @after_setup_task_logger.connect

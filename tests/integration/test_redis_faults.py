@@ -195,6 +195,9 @@ def test_redis_restarted_under_a_run_kills_no_worker_and_loses_no_job(
     wait_until(ended(producer, job_ids), REDELIVERY, interval=0.2, what="every job to end")
     assert alive(worker), worker.log_tail()
     assert_all_succeeded_once(producer, slow_sandbox, files, job_ids)
+    log = worker.log_path.read_text(errors="replace")
+    assert "Connection to broker lost" in log  # Celery noticed the restarts...
+    assert "worker_cancel_long_running_tasks_on_connection_loss" not in log  # ...without the warning about it
 
 
 def test_a_full_redis_under_a_run_kills_no_worker_and_loses_no_job(

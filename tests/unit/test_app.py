@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import warnings
 from typing import Any
 
 import pytest
@@ -90,3 +91,28 @@ def test_the_passwords_in_the_redis_and_broker_urls_are_masked_in_every_log_reco
     logging.getLogger("kombu.test").info("cannot reach amqp://u:%s@mq.test//; auth %r", rabbit_pw, redis_pw)
     (record,) = [r for r in caplog.records if r.name == "kombu.test"]
     assert record.getMessage() == "cannot reach amqp://u:[redacted]@mq.test//; auth '[redacted]'"
+
+
+def test_celerys_warning_about_a_default_wsupload_chose_is_dropped_and_other_warnings_still_show(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from celery.exceptions import CPendingDeprecationWarning
+    from celery.worker.consumer.consumer import CANCEL_TASKS_BY_DEFAULT  # type: ignore[attr-defined]
+
+    from wsupload.worker import app
+
+    app._quiet_chosen_default()
+    app._quiet_chosen_default()  # once per worker process, however often Celery sets logging up
+    assert sum(isinstance(f, app._ChosenDefaultWarning) for f in logging.getLogger("py.warnings").filters) == 1
+    caplog.set_level(logging.WARNING)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # as Celery's log setup does for its warnings
+            warnings.warn(CANCEL_TASKS_BY_DEFAULT, CPendingDeprecationWarning, stacklevel=1)
+            warnings.warn("some other change is coming", CPendingDeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    said = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
+    assert len(said) == 1
+    assert "some other change is coming" in said[0]
