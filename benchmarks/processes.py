@@ -7,7 +7,8 @@ each on queues of its own and each ``WSUPLOAD_CONCURRENCY`` 32 in all: one with
 ``WSUPLOAD_PROCESSES=auto`` (a parent and a child per core, 32 threads split over
 them), one with ``WSUPLOAD_PROCESSES=1``; beside them, the direct pool of 32
 requests sessions. A round runs the three, the order rotating round by round;
-medians over ``repeats``. Each row's note says how many cores were busy, the
+medians over ``repeats`` (5 in ``make bench``); the first row's note also gives
+each round's auto/one ratio. Each row's note says how many cores were busy, the
 machine's and the worker's own processes': the stand-in server, Redis and the
 producer share the machine with the workers, and the sandbox's own share is
 noted beside them (it is a Python server on the same cores, where a user's server
@@ -100,6 +101,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             auto.stop()
             one.stop()
     rate = {name: median([r for r, _ in runs_]) for name, runs_ in samples.items()}
+    # Each round ran the three once: its auto/one ratio met one stretch of the machine's drift.
+    per_round = [a / b for (a, _), (b, _) in zip(samples["auto"], samples["one"], strict=True)]
     cores = {name: median([c for _, c in runs_]) for name, runs_ in samples.items()}
     shares = "+".join(str(n) for n in processes)
     return [
@@ -113,7 +116,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             "≥ 1.35 × one process",
             rate["auto"] >= 1.35 * rate["one"],
             runs=[r for r, _ in samples["auto"]],
-            note=f"auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
+            note=f"per-round ratios {', '.join(f'{r:.2f}' for r in per_round)} (median {median(per_round):.2f});"
+            f" auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
             f" {median(used['auto']):.2f} cores, the sandbox {median(served['auto']):.2f}; one process:"
             f" {cpu_note(cores['one'])}, the worker {median(used['one']):.2f} cores, the sandbox"
             f" {median(served['one']):.2f}",
@@ -136,7 +140,7 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     redis = start_redis()
     try:

@@ -121,7 +121,7 @@ def main() -> None:
             "many small files",
             lambda w: many_files.bench(redis, w, 100 if quick else 1000, CONCURRENCY, 1 if quick else 3),
         ),
-        ("processes", lambda w: processes.bench(redis, w, 100 if quick else 1000, 1 if quick else 3)),
+        ("processes", lambda w: processes.bench(redis, w, 100 if quick else 1000, 1 if quick else 5)),
         ("enqueue", lambda w: enqueue.bench(redis, 1000 if quick else 10_000, 1 if quick else 3)),
         ("CLI start", lambda w: cli_start.bench(redis, w, 100 if quick else 1000, 2 if quick else 10)),
         ("CLI enqueue then wait", lambda w: cli_path.bench(redis, w, 100 if quick else 500, 1 if quick else 3)),
