@@ -254,8 +254,8 @@ def test_children_do_not_outlive_a_parent_that_is_sigkilled(fleet: Fleet, own_re
     wait_until(lambda: all(gone(pid) for pid in pids), 30, interval=0.1, what="the children to exit")
     assert log(worker).count("Warm shutdown") >= 2  # one each at least (Celery says it per SIGTERM it hears)
 
-    # Its children's metrics files outlived it (nothing ran its cleanup); the next parent removes them.
-    assert metrics_dir.is_dir()
+    # Nothing ran its cleanup: the next parent removes its children's metrics files (whichever parent
+    # starts first on this host: a test running beside this one may already have).
     metrics["WSUPLOAD_METRICS_PORT"] = str(free_port())
     handle, worker = two_children(fleet, own_redis, **metrics)
     wait_until(lambda: child_pid(handle, worker, 2), 30, what="the next worker's children")
