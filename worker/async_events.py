@@ -9,7 +9,7 @@ message is parsed once and handed to the waits (``Watch``) that asked for its jo
 A wait registers (``Hub.watch``) before it reads the documents: the subscription is
 then live, so an end between the two is not lost. When the connection fails, every
 ``Watch`` raises that error at its next look, and each wait rides the outage out on its
-own (``worker.outage``): it registers again, which connects again, and reads again.
+own (``tasks.recovery.outage``): it registers again, which connects again, and reads again.
 Delivery only: what a wait makes of an end is ``worker.async_producer``'s.
 """
 

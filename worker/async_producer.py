@@ -4,7 +4,7 @@ Same settings, errors and semantics as ``worker.producer.Producer``, through
 ``redis.asyncio``. It owns only I/O: what an enqueue writes and what its failures say
 is ``tasks.enqueue.push_flow`` (this module performs its steps), the scripts are
 ``tasks.store.lua``'s files, the waits' rules (an ended message, the re-read turn, the
-outage policy of ``worker.outage``) are the sync producer's. Its waits and ``updates``
+outage policy of ``tasks.recovery.outage``) are the sync producer's. Its waits and ``updates``
 streams share one subscription (``worker.async_events``): a thousand requests awaiting
 their jobs hold one connection for it, and each end is parsed once.
 
@@ -49,6 +49,7 @@ from wsupload.tasks.enqueue import (
     new_jobs,
     push_flow,
 )
+from wsupload.tasks.recovery.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.tasks.sources.discovery import Found
 from wsupload.tasks.store import cancels, keys, lua, pauses, results
 from wsupload.tasks.store.batches import batch_info, members_key
@@ -57,7 +58,6 @@ from wsupload.tasks.store.connections import async_redis_client
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker import tls
 from wsupload.worker.async_events import Hub, Watch
-from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.worker.producer import (
     BATCH_REFRESH,
     RECHECK_SECONDS,
@@ -305,7 +305,7 @@ class AsyncProducer:
     async def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> WaitOutcome:
         """Until every job is terminal (or unknown), or ``timeout`` passes; as ``Producer.wait``.
 
-        Woken by ``wsupload:ended``; rides out a Redis outage (``worker.outage``): a
+        Woken by ``wsupload:ended``; rides out a Redis outage (``tasks.recovery.outage``): a
         timeout that passes meanwhile returns the documents last read, marked timed out.
         """
         deadline = None if timeout is None else time.monotonic() + timeout

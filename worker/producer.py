@@ -5,7 +5,7 @@ Waiting listens on ``wsupload:ended``, which carries each job's final document,
 instead of polling; it re-reads unfinished documents once a second (up to
 ``RECHECK_CHUNK`` of them, in turn) for progress and as a safety net in case a
 notification was missed. Both waits
-ride out a Redis restart (``worker.outage``): they reconnect, re-subscribe and
+ride out a Redis restart (``tasks.recovery.outage``): they reconnect, re-subscribe and
 re-read, so nothing that ended while Redis was away is missed.
 
 Over TLS, a certificate or host name that does not verify raises ``TlsRefused`` (one line
@@ -29,12 +29,12 @@ import redis
 from wsupload.config.settings import Settings
 from wsupload.errors import EnqueueError, WsuploadError
 from wsupload.tasks.enqueue import Batch, Enqueuer, Flow, Job, normalize_source
+from wsupload.tasks.recovery.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 from wsupload.tasks.store import cancels, lua, pauses, results
 from wsupload.tasks.store.cancels import CancelOutcome
 from wsupload.tasks.store.connections import redis_client
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker import tls
-from wsupload.worker.outage import OUTAGE_LIMIT, REDIS_DOWN, Outage
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -210,7 +210,7 @@ class Producer(Enqueuer):
     ) -> WaitOutcome:
         """Block until every job has ended (or is unknown), or ``timeout`` passes.
 
-        Rides out a Redis outage (see ``worker.outage``): a timeout that passes
+        Rides out a Redis outage (see ``tasks.recovery.outage``): a timeout that passes
         meanwhile returns the documents last read, marked timed out.
         """
         deadline = None if timeout is None else time.monotonic() + timeout

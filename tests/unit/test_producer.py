@@ -14,11 +14,11 @@ import redis
 
 from wsupload.config import Settings
 from wsupload.errors import Rejected
+from wsupload.tasks.recovery.outage import Outage, reconnect_delay
 from wsupload.tasks.sources.discovery import Found
 from wsupload.tasks.store import results
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker import producer as producer_module
-from wsupload.worker.outage import Outage, reconnect_delay
 from wsupload.worker.producer import Producer
 
 

@@ -7,7 +7,9 @@ as without an outage), or, with no timeout, once Redis has been unreachable
 for ``OUTAGE_LIMIT`` seconds without a break: then the last connection error
 is raised, which the CLI prints as one line (exit 2). A wait that has not
 reached Redis even once fails at once: nothing then tells a blip from a wrong
-``REDIS_URL``. Policy only: the waiters in ``worker.producer`` do the I/O.
+``REDIS_URL``. Policy only: the waiters do the I/O (``worker.producer``,
+``worker.async_producer``, and the Celery result backend's ``wait_for`` in
+``wsupload.celery_backend``, which must not import ``worker``: hence here).
 """
 
 from __future__ import annotations
