@@ -13,15 +13,20 @@ as its task id:
   carrying the document, where Celery's own REVOKED would carry only a reason;
 - ``.get`` is woken by ``wsupload:ended`` (each job's final document, published once), to which
   it subscribes before its first read, and re-reads the document every ``RECHECK_SECONDS`` in
-  case that message was missed (a reconnect); Celery's ``interval`` argument is not used.
+  case that message was missed (a reconnect); Celery's ``interval`` argument is not used;
+- ``.get`` rides out a Redis outage (a restart, a failover) as ``Producer.wait`` does
+  (``tasks.recovery.outage``): it reconnects, subscribes and reads again until its timeout
+  (then Celery's ``TimeoutError``), or, with no timeout, until Redis has been unreachable for
+  ``OUTAGE_LIMIT`` seconds; a Redis never reached raises at once (a wrong URL).
 
 Read-only: the worker writes the documents. What Celery would write through a backend (a
 client worker's own task results, ``forget``, revocations) is dropped, never stored under a
 job's key; groups and chords need a backend that stores results, and are refused.
 
 Imports Celery's backend base, redis-py and, of wsupload, only ``wsupload.errors``,
-``config`` (the key prefix, URL parsing) and ``tasks.store`` (keys, connections, the document
-statuses): never ``wsupload.worker``, so a web app's Celery client loads no worker code.
+``config`` (the key prefix, URL parsing), ``tasks.store`` (keys, connections, the document
+statuses) and ``tasks.recovery.outage`` (the waiters' outage policy): never
+``wsupload.worker``, so a web app's Celery client loads no worker code.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from celery.exceptions import ImproperlyConfigured, TimeoutError
 
 from wsupload.config.redis_urls import is_sentinel_url, masked
 from wsupload.errors import JobError
+from wsupload.tasks.recovery.outage import REDIS_DOWN, Outage
 from wsupload.tasks.store import keys, results
 from wsupload.tasks.store.connections import redis_client
 
@@ -145,12 +151,29 @@ class WsuploadBackend(BaseBackend):
         """The job's meta once it has ended, woken by ``wsupload:ended``; Celery's TimeoutError after ``timeout``."""
         self._ensure_not_eager()  # type: ignore[attr-defined]
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(deadline)
+        while True:
+            try:
+                return self._wait_connected(task_id, deadline, on_interval, outage)
+            except REDIS_DOWN:
+                now = time.monotonic()
+                pause = outage.failed(now)
+                if pause is None:
+                    raise  # never reached (a wrong URL), or away for OUTAGE_LIMIT with no timeout
+                if deadline is not None and now + pause >= deadline:
+                    raise TimeoutError("The operation timed out.") from None
+                time.sleep(pause)
+
+    def _wait_connected(self, task_id: str, deadline: float | None, on_interval: Any, outage: Outage) -> dict[str, Any]:
+        """One connection's worth of ``wait_for``: ``REDIS_DOWN`` when it is lost."""
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
-            # Subscribed before the read: an end published between the two is not missed.
+            # Subscribed before the read: an end published between the two (or during an outage) is not missed.
             pubsub.subscribe(keys.ENDED_CHANNEL)
+            outage.connected()
             while True:
                 meta = self.get_task_meta(task_id)
+                outage.recovered()
                 if meta["status"] in states.READY_STATES:
                     return meta
                 if on_interval:

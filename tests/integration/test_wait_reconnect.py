@@ -5,7 +5,8 @@ directory while a batch runs on a real worker and six waiters listen: ``wsupload
 ingest --wait`` (which enqueued the batch), ``wsupload batch wait``, ``wsupload
 wait``, ``Producer.wait_batch`` / ``Producer.wait`` in threads, and in a thread of its
 own an event loop where ``AsyncProducer.wait_batch``, ``wait`` and ``updates`` share
-the asyncio producer's one subscription.
+the asyncio producer's one subscription, and a plain Celery app's ``AsyncResult.get``
+through the ``wsupload+redis://`` result backend.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from celery import Celery, states
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -106,7 +108,10 @@ def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 def completed(result: Any) -> bool:
     """What ``wait`` (a ``WaitOutcome``) or ``wait_batch`` (``(info, timed_out)``) returned, not timed out;
-    for the asyncio waiters (a list: ``wait_batch``'s, ``wait``'s, ``updates``' documents), both waits'."""
+    for the asyncio waiters (a list: ``wait_batch``'s, ``wait``'s, ``updates``' documents), both waits';
+    for ``AsyncResult.get`` (the state it left), a state of a job that ended."""
+    if isinstance(result, str):
+        return result in states.READY_STATES
     if isinstance(result, list):
         return completed(result[0]) and completed(result[1])
     timed_out = result[-1] if isinstance(result, tuple) else getattr(result, "timed_out", None)
@@ -132,6 +137,17 @@ def async_waits(url: str, settings: Settings, batch_id: str, job_ids: list[str])
                 await client.aclose()
 
     return asyncio.run(waits())
+
+
+def celery_get(url: str, job_id: str) -> str:
+    """A web app's Celery client waiting on a job: ``AsyncResult.get`` through wsupload's result backend."""
+    app = Celery("client", broker=url, backend=f"wsupload+{url}")
+    try:
+        result = app.AsyncResult(job_id)
+        result.get(timeout=90, propagate=False)  # a job the test ends failed is still an end
+        return str(result.state)
+    finally:
+        app.close()
 
 
 def finish_leftovers(client: redis.Redis, job_ids: list[str]) -> list[str]:
@@ -184,6 +200,7 @@ def test_every_waiter_rides_out_a_redis_restart(
             Waiter(lambda: no_retry.wait_batch(batch_id, timeout=90)),
             Waiter(lambda: no_retry.wait(job_ids, timeout=90)),
             Waiter(lambda: async_waits(aof_redis.url, Settings.from_env(penv), batch_id, job_ids)),
+            Waiter(lambda: celery_get(aof_redis.url, job_ids[0])),
         ]
         for thread in threads:
             thread.start()
@@ -191,7 +208,7 @@ def test_every_waiter_rides_out_a_redis_restart(
         def listeners() -> int:
             return int(producer.redis.pubsub_numsub(results.ENDED_CHANNEL)[0][1])
 
-        wait_until(lambda: listeners() >= 6, 30, what="the six waiters to subscribe")
+        wait_until(lambda: listeners() >= 7, 30, what="the seven waiters to subscribe")
         wait_until(lambda: sandbox.records, 30, what="the first upload to reach the sandbox")
         done_before = producer.batches.get(batch_id)["done"]  # type: ignore[index]
         assert done_before < len(job_ids), "the batch ended before Redis went away: the test proves nothing"
@@ -249,7 +266,9 @@ def test_every_waiter_rides_out_a_redis_restart(
             assert all(job_id in out for job_id in job_ids), out
         else:
             assert f"{len(ended_by_test)} failed of {len(job_ids)}" in out, out
-    batch_result, jobs_result, async_result = threads
+    batch_result, jobs_result, async_result, celery_result = threads
+    assert celery_result.error is None, repr(celery_result.error)
+    assert celery_result.result in states.READY_STATES
     assert batch_result.error is None, repr(batch_result.error)
     info, timed_out = batch_result.result
     assert (timed_out, info["done"], info["total"]) == (False, len(job_ids), len(job_ids))

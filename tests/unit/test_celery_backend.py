@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from celery import Celery, signature
 from celery.app import backends
 from celery.canvas import Signature
@@ -27,6 +28,7 @@ from wsupload.tasks.job import JobRunner
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import ResultStore
 from wsupload.worker.app import FOREIGN_QUEUE, create_app
+from wsupload.worker.dev.local_services import free_port
 from wsupload.worker.dev.samples import png_bytes
 
 # The state mapping (pure)
@@ -176,6 +178,14 @@ def test_celerys_writes_never_touch_a_job_document(app: Celery, redis_client: fa
     app.AsyncResult("j1").forget()
     assert redis_client.keys("*") == [keys.result("j1").encode()]
     assert redis_client.get(keys.result("j1")) == stored.encode()
+
+
+def test_get_on_a_redis_never_reached_raises_at_once_instead_of_waiting_its_timeout() -> None:
+    # Nothing tells a wrong URL from an outage before Redis has answered once: say so now.
+    client = Celery("client", backend=f"wsupload+redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        client.AsyncResult("job-1").get(timeout=600)
+    client.close()
 
 
 def test_chords_are_refused(app: Celery) -> None:
