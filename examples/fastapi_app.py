@@ -13,6 +13,10 @@ Redis only::
     GET    /uploads/{job_id}/events                   text/event-stream: the document at each change, until it ends
     DELETE /uploads/{job_id}                          {"job_id", "outcome": cancelled | ended | unknown, "status"}
 
+While Redis cannot be reached (a restart, a failover), every route answers 503 with
+``Retry-After`` and ``{"detail": "…"}`` instead of failing with a traceback; an event stream
+already open rides the outage out (``AsyncProducer.updates`` reconnects).
+
 A web app must not let its callers name any file the workers can read. A local path is taken
 only under ``WSUPLOAD_ALLOWED_ROOTS`` (symlinks and ``..`` resolved first, as the workers
 do), an ``s3://`` key only under ``WSUPLOAD_ALLOWED_BUCKETS``; with the setting unset, that
@@ -31,6 +35,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsupload import AsyncProducer, EnqueueError, InvalidInput, Settings, SourceNotAllowed, check_source
 
@@ -52,6 +58,18 @@ def get_producer(request: Request) -> AsyncProducer:
 
 
 ProducerDep = Annotated[AsyncProducer, Depends(get_producer)]
+
+
+RETRY_AFTER = "5"
+"""Seconds a 503 asks the caller to wait: about a Redis restart's."""
+
+
+@app.exception_handler(RedisConnectionError)
+@app.exception_handler(RedisTimeoutError)
+async def redis_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    # An outage, not a bug: the caller may try again (other Redis errors stay 500s).
+    detail = "the job store (Redis) cannot be reached just now; try again shortly"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER})
 
 
 async def get_job(job_id: str, producer: ProducerDep) -> dict[str, Any]:
@@ -87,7 +105,7 @@ async def create_upload(upload: Upload, producer: ProducerDep) -> dict[str, str]
         raise HTTPException(422, str(exc)) from None
     except EnqueueError as exc:
         if not exc.queued:  # nothing was queued (or, when exc.in_doubt, Redis could not say)
-            raise HTTPException(503, str(exc)) from None
+            raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER}) from None
         (job,) = exc.jobs  # committed, its message not confirmed by RabbitMQ: the workers' sweep sends it
     return {"job_id": job.job_id}
 

@@ -28,7 +28,7 @@ from tests.integration.conftest import S3, StartWorker, producer_env
 from tests.integration.test_cancel import held_request
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import is_end
-from wsupload.worker.dev.local_services import WorkerProcess, free_port, wait_until
+from wsupload.worker.dev.local_services import WorkerProcess, free_port, start_redis, wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
@@ -266,4 +266,31 @@ def test_an_app_without_allowed_roots_or_buckets_takes_neither_and_stops_cleanly
     assert started.stop() == -signal.SIGTERM  # uvicorn shuts down gracefully, then exits by the signal it got
     log = started.log.read_text()
     assert "Application shutdown complete." in log, log  # the lifespan closed the producer without error
+    assert "Traceback" not in log, log
+
+
+def test_while_redis_is_away_the_app_answers_503_with_retry_after_and_serves_again_once_it_is_back(
+    worker_env: dict[str, str], media_root: Path, tmp_path: Path
+) -> None:
+    server = start_redis()
+    port = server.port
+    started = start_app(producer_env({**worker_env, "REDIS_URL": server.url}), tmp_path / "uvicorn.log")
+    try:
+        job = f"/uploads/{uuid.uuid4().hex}"
+        assert started.client.get(job).status_code == 404
+        server.stop()  # the fault: Redis is gone (a restart, a failover)
+        for answer in (
+            started.client.get(job),
+            started.client.delete(job),
+            started.client.post("/uploads", json={"source": str(media(media_root, "away"))}),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert "Redis" in answer.json()["detail"]  # reads: cannot be reached; the post: its job in doubt
+        server = start_redis(port=port)
+        wait_until(lambda: started.client.get(job).status_code == 404, 30, what="the app to serve again")
+    finally:
+        started.stop()
+        server.stop()
+    log = started.log.read_text()
     assert "Traceback" not in log, log
