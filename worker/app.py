@@ -288,6 +288,24 @@ def _quiet_chosen_default(**_: Any) -> None:
         warnings_log.addFilter(_ChosenDefaultWarning())
 
 
+class _OneLineRejects(logging.Filter):
+    """A message handed back (``Reject``: a paused queue, the stop grace, Redis refusing writes) is
+    routine: Celery's line for it stays, without the traceback Celery's log policy adds to it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("description") == "rejected":
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@after_setup_logger.connect
+def _one_line_rejects(**_: Any) -> None:
+    trace_log = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, _OneLineRejects) for f in trace_log.filters):
+        trace_log.addFilter(_OneLineRejects())
+
+
 @after_setup_task_logger.connect
 def _task_log_format(logger: logging.Logger, **_: Any) -> None:
     if _json_logs():

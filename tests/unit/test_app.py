@@ -116,3 +116,39 @@ def test_celerys_warning_about_a_default_wsupload_chose_is_dropped_and_other_war
     said = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
     assert len(said) == 1
     assert "some other change is coming" in said[0]
+
+
+def test_a_message_handed_back_is_one_line_without_celerys_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from celery import states
+    from celery.app.task import Context
+    from celery.app.trace import TraceInfo
+    from celery.exceptions import Reject
+
+    from wsupload.worker import app as worker_app
+
+    worker_app._one_line_rejects()
+    handler = logging.StreamHandler()
+    trace_log = logging.getLogger("celery.app.trace")
+    trace_log.addHandler(handler)
+    celery_app = create_app(Settings.from_env({"REDIS_URL": "redis://redis.test:6379/0"}))
+    task = celery_app.task(name="handback.test")(_noop)
+    request = Context(id="job-1", hostname="w@h", args=[], kwargs={})
+    try:
+        try:
+            raise Reject("queue wsupload is paused", requeue=True)
+        except Reject as exc:
+            TraceInfo(states.REJECTED, exc).handle_reject(task, request)  # as Celery's tracer does
+        try:
+            raise ValueError("a bug")
+        except ValueError as exc:
+            TraceInfo(states.FAILURE, exc).handle_failure(task, request, store_errors=False, call_errbacks=False)
+    finally:
+        trace_log.removeHandler(handler)
+    said = capsys.readouterr().err
+    assert "Task handback.test[job-1] reject requeue=True: queue wsupload is paused\n" in said
+    assert said.count("Traceback") == 1  # the bug's, not the hand-back's
+    assert said.index("Traceback") > said.index("raised unexpected")
+
+
+def _noop() -> None:
+    """A task body for the tests that need a task object."""
