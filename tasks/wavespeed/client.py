@@ -197,7 +197,9 @@ class _BlockAdapter(requests.adapters.HTTPAdapter):
     connection pool (even for ``http://``), and, for ``https://``, whether the bundle
     exists and is a directory again. Each is a ``stat`` that lets another thread
     take the GIL. The answers are kept per URL and per bundle (bounded): the first
-    request to each asks as requests does, and a missing bundle is still an error.
+    request to each asks as requests does. A missing bundle is not kept, so every
+    request fails while it is missing; one removed after it was found fails the TLS
+    connections made from then on (loading it), not the reuse of open ones.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
