@@ -69,16 +69,21 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
     file = os.fdopen(fd, "rb", buffering=0)
     try:
         try:
-            head = file.read(formats.SNIFF_BYTES) or b""
+            # At offset 0 without moving the file's position: the first attempt reads on from there, unseeked.
+            head = os.pread(fd, formats.SNIFF_BYTES, 0)
         except OSError as exc:
             raise InvalidInput(f"{source!r} cannot be read: {exc.strerror}") from None
         require_content(source, path.name, info.st_size, head)
     except BaseException:
         file.close()
         raise
+    at_start = [True]
 
     def from_start() -> Readable:
-        file.seek(0)
+        if at_start:
+            at_start.clear()  # nothing has read it yet
+        else:
+            file.seek(0)
         return file
 
     def check_unchanged() -> None:

@@ -21,10 +21,13 @@ connection of a shared pool, for the calls every job makes.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis._parsers.socket import SocketBuffer
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from wsupload.config.redis_urls import SentinelUrl, is_sentinel_url, parse_sentinel_url
@@ -134,13 +137,36 @@ class PerThread:
             # that failed over.) A no-op while it is connected.
             connection: Any = held.connection
             connection.connect()
-            try:
-                stale = connection.can_read(timeout=0)
-            except (redis.ConnectionError, OSError):
-                stale = True
-            if stale:
+            if _stale(connection):
                 # Readable while idle: the server closed it (a restart), and the next command would
-                # fail on it. redis-py's pool makes the same one-poll check at each checkout.
+                # fail on it. redis-py's pool makes the same check at each checkout.
                 connection.disconnect()
                 connection.connect()
         return held
+
+
+def _stale(connection: Any) -> bool:
+    """Whether an idle connection has anything to read: the server closed it (a restart), or bytes no call asked for.
+
+    redis-py's own check (``can_read(timeout=0)``) makes the socket non-blocking, tries a
+    read and restores its timeout: three system calls, each letting another thread take
+    the GIL. On a plain TCP or unix socket one ``poll`` with no wait answers the same
+    question (end of stream, an error and data all show as readable), after the bytes the
+    parser may already hold. A TLS socket may hold decrypted bytes where ``poll`` cannot
+    see them, and another parser keeps its own buffer: redis-py's check there.
+    """
+    sock = connection._sock
+    buffer = getattr(connection._parser, "_buffer", None)
+    if type(sock) is not socket.socket or not isinstance(buffer, SocketBuffer):
+        try:
+            return bool(connection.can_read(timeout=0))
+        except (redis.ConnectionError, OSError):
+            return True
+    if buffer.unread_bytes():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True

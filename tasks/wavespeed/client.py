@@ -190,11 +190,58 @@ class _CuttableHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
 
 
 class _BlockAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, sending in 1 MiB blocks, and looking at a CA bundle on disk once rather than per request.
+
+    requests asks the file system about the CA bundle at every request: whether a
+    bundle named by path (``REQUESTS_CA_BUNDLE``) is a directory, to pick the
+    connection pool (even for ``http://``), and, for ``https://``, whether the bundle
+    exists and is a directory again. Each is a ``stat`` that lets another thread
+    take the GIL. The answers are kept per URL and per bundle (bounded): the first
+    request to each asks as requests does. A missing bundle is not kept, so every
+    request fails while it is missing; one removed after it was found fails the TLS
+    connections made from then on (loading it), not the reuse of open ones.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pool_keys: dict[tuple[str, str], Any] = {}
+        self._bundle_is_dir: dict[str, bool] = {}
+        super().__init__(*args, **kwargs)
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = SOCKET_BLOCK
         super().init_poolmanager(*args, **kwargs)
         # A job's cancel cuts its request (``_Cuttable``); through a proxy it stops at the next block instead.
         self.poolmanager.pool_classes_by_scheme = {"http": _CuttableHTTPPool, "https": _CuttableHTTPSPool}
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: str | tuple[str, str] | None = None
+    ) -> Any:
+        if not isinstance(verify, str) or cert is not None or request.url is None:
+            return super().build_connection_pool_key_attributes(request, verify, cert)
+        key = (request.url, verify)
+        known = self._pool_keys.get(key)
+        if known is None:
+            if len(self._pool_keys) >= ORIGINS_KEPT:
+                self._pool_keys.clear()  # signed URLs (the direct flow's PUTs) differ per ticket: bounded
+            known = self._pool_keys[key] = super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params, pool_kwargs = known
+        return dict(host_params), dict(pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        if cert or not verify or not url.lower().startswith("https"):
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # no CA bundle to look at (or a client certificate too)
+            return
+        bundle = requests.adapters.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+        is_dir = self._bundle_is_dir.get(bundle)
+        if is_dir is None:
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # raises OSError if it is missing: not kept then
+            self._bundle_is_dir[bundle] = getattr(conn, "ca_cert_dir", None) == bundle
+            return
+        conn.cert_reqs = "CERT_REQUIRED"
+        if is_dir:
+            conn.ca_cert_dir = bundle
+        else:
+            conn.ca_certs = bundle
 
 
 def _reason(exc: BaseException) -> str:

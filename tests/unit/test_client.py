@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -304,3 +305,51 @@ def test_a_large_local_file_goes_out_with_sendfile_over_plain_http(
     assert sum(sent) == 2 * SENDFILE_MIN
     (record,) = sandbox.records
     assert record.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_the_adapter_looks_at_a_ca_bundle_once_and_answers_as_requests_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests stats a bundle named by path at every request (an http:// one too): the answers are kept."""
+    from requests.adapters import HTTPAdapter
+
+    from wsupload.tasks.wavespeed.client import _BlockAdapter
+
+    bundle, folder = tmp_path / "ca.pem", tmp_path / "certs"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    folder.mkdir()
+    asked: list[str] = []
+    real_isdir, real_exists = os.path.isdir, os.path.exists
+
+    def isdir(path: str) -> bool:
+        asked.append(str(path))
+        return real_isdir(path)
+
+    def exists(path: str) -> bool:
+        asked.append(str(path))
+        return real_exists(path)
+
+    monkeypatch.setattr(os.path, "isdir", isdir)
+    monkeypatch.setattr(os.path, "exists", exists)
+    ours, theirs = _BlockAdapter(), HTTPAdapter()
+    for url in ("http://api.example/u", "https://api.example/u"):
+        for where in (str(bundle), str(folder)):
+            request = requests.Request("POST", url).prepare()
+            expected = theirs.build_connection_pool_key_attributes(request, where)
+            asked.clear()
+            assert [ours.build_connection_pool_key_attributes(request, where) for _ in range(3)] == [expected] * 3
+            assert asked == [where]  # the first request only
+    verifies: tuple[str | bool, ...] = (str(bundle), str(folder), True)
+    for verify in verifies:
+        expected_conn = type("Conn", (), {})()
+        theirs.cert_verify(expected_conn, "https://api.example/u", verify, None)  # type: ignore[no-untyped-call]
+        conns = [type("Conn", (), {})() for _ in range(3)]
+        asked.clear()
+        for conn in conns:
+            ours.cert_verify(conn, "https://api.example/u", verify, None)
+            assert vars(conn) == vars(expected_conn)
+        assert len(asked) == 2  # requests' exists and isdir, at the first request only
+    missing = str(tmp_path / "gone.pem")
+    for _ in range(2):  # a missing bundle is an error at every request, as requests says it
+        with pytest.raises(OSError, match="CA certificate bundle"):
+            ours.cert_verify(type("Conn", (), {})(), "https://api.example/u", missing, None)

@@ -7,17 +7,21 @@ No I/O: redis-py connects lazily, so what is checked is what each client would c
 from __future__ import annotations
 
 import concurrent.futures
+import io
+import socket
 import threading
+from types import SimpleNamespace
 from typing import Any, cast
 
 import fakeredis
 import pytest
 import redis
+from redis._parsers.socket import SocketBuffer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
-from wsupload.tasks.store.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, redis_client
+from wsupload.tasks.store.connections import SENTINEL_TIMEOUT, PerThread, Sentinels, _stale, redis_client
 from wsupload.worker.worker_records import connect
 
 URL = "redis+sentinel://app:pw@s1:26379,s2:26380/mymaster/4?sentinel_password=spw"
@@ -184,3 +188,22 @@ def test_a_held_connection_that_an_error_closed_connects_again_before_the_next_c
     assert not connection.is_connected
     assert here() is held
     assert connection.is_connected
+
+
+def test_an_idle_plain_socket_is_stale_once_it_reads_an_end_or_bytes_or_the_parser_holds_some() -> None:
+    """``PerThread``'s one-poll check answers as redis-py's ``can_read(timeout=0)`` does, without reading."""
+    ours, server = socket.socketpair()
+    with ours, server:
+        buffer = SocketBuffer(ours, 65536, 5.0)
+        connection = SimpleNamespace(_sock=ours, _parser=SimpleNamespace(_buffer=buffer))
+        assert not _stale(connection)
+        buffer._buffer.write(b"+OK\r\n")  # a reply the parser read but no call took
+        buffer._buffer.seek(0)
+        assert _stale(connection)
+        buffer._buffer.seek(0, io.SEEK_END)
+        assert not _stale(connection)
+        server.sendall(b"+PONG\r\n")  # bytes no call asked for
+        assert _stale(connection)
+        assert ours.recv(64) == b"+PONG\r\n"  # the check only looked
+        server.close()  # the server went away (a restart)
+        assert _stale(connection)

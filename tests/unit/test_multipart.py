@@ -12,6 +12,7 @@ import pytest
 from python_multipart.multipart import MultipartParser
 
 from wsupload.errors import SourceChanged
+from wsupload.tasks.wavespeed import multipart
 from wsupload.tasks.wavespeed.multipart import SENDFILE_MIN, FileSpan, MultipartBody
 
 
@@ -264,3 +265,28 @@ def test_a_raw_body_whose_file_changed_is_never_completed(tmp_path: Path, files:
     with pytest.raises(SourceChanged):
         send_spans(body, 64 * 1024, handed)
     assert 0 < len(b"".join(handed)) < len(body)
+
+
+def test_boundaries_are_the_systems_random_bytes_one_draw_per_256(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    monkeypatch.setattr(multipart, "_random", multipart._Randomness())
+    made = [multipart.boundary() for _ in range(3 * 256)]
+    assert draws == [multipart.RANDOM_STORE] * 3
+    assert len(set(made)) == len(made)
+    assert all(len(b) == 32 and int(b, 16) >= 0 for b in made)
+    others: list[str] = []
+    thread = threading.Thread(target=lambda: others.extend(multipart.boundary() for _ in range(10)))
+    thread.start()
+    thread.join()
+    assert len(draws) == 4  # a thread draws its own
+    assert not set(others) & set(made)
+    multipart._forget_randomness()  # what a forked child does first: never its parent's store
+    multipart.boundary()
+    assert len(draws) == 5
