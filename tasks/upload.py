@@ -26,10 +26,12 @@ On RabbitMQ a delivery handed back while it waited for a thread returns at once,
 touching nothing, and one that cannot record its outcome in Redis waits for Redis
 (``tasks.recovery.redis_wait``, bounded) before its message goes back.
 
-A Celery client's ``link`` (Celery runs it whenever the task returns normally) gets the
-document's ``result`` from the delivery that wrote the success, and from no other: with a link
-attached, every other delivery that does not fail raises ``Ignore`` (the message is still
-acknowledged, as by a return). ``link_error`` runs where ``JobFailed`` is raised, once: Celery
+A Celery client's ``link`` gets the document's ``result`` from the delivery that wrote the
+success, and from no other: with a link attached, every other delivery that does not fail raises
+``Ignore`` (the message is still acknowledged, as by a return). The task sends the links itself
+(``send_links``) and leaves Celery none to send: a send that fails (the broker away) is logged
+and the job stays a success, where Celery would turn it into a failure and run the
+``link_error`` of a job that succeeded. ``link_error`` runs where ``JobFailed`` is raised, once: Celery
 sends it, unknown to this worker, with the task id (the job id). Neither goes to wsupload's
 queues unless the signature names one (``worker.app.route_foreign``).
 """
@@ -40,7 +42,7 @@ import logging
 from typing import Any, NoReturn
 
 import redis
-from celery import Task, shared_task
+from celery import Task, shared_task, signature
 from celery.exceptions import Ignore, Reject
 from celery.worker import state
 
@@ -108,26 +110,51 @@ def upload(self: Task[Any, Any], /, *args: object, **kwargs: object) -> dict[str
     if amqp and not early_acks.STARTS.begin(tag):
         # Handed back while it waited for a thread (worker.amqp_leases): another delivery runs it.
         log.info("delivery %s: its message went back to its queue while it waited; skipped", clip(tag or ""))
-        return for_links(self.request, None)
+        return for_links(self, None)
     try:
         succeeded = run_upload(self, job, tag, args, kwargs)
     finally:
         if amqp:
             early_acks.STARTS.end(tag)
-    return for_links(self.request, succeeded)
+    return for_links(self, succeeded)
 
 
-def for_links(request: Any, succeeded: dict[str, Any] | None) -> dict[str, Any] | None:
+def for_links(task: Task[Any, Any], succeeded: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the task returns: nothing, unless a ``link`` is attached (Celery's ``callbacks``).
 
-    Then the result dict if this delivery wrote the success; any other delivery raises
-    ``Ignore`` rather than return, so the link runs once, from the delivery that ended the job.
+    Then the result dict if this delivery wrote the success, its links sent here; any other
+    delivery raises ``Ignore`` rather than return, so a link runs once, from the delivery that
+    ended the job.
     """
+    request = task.request
     if not getattr(request, "callbacks", None):
         return None
     if succeeded is None:
         raise Ignore()
+    send_links(task, succeeded)
     return succeeded
+
+
+def send_links(task: Task[Any, Any], result: dict[str, Any]) -> None:
+    """Send the request's links with ``result``, as Celery would, then leave it none to send.
+
+    A link that cannot be sent is logged and dropped (links are at most once): the job
+    succeeded, and Celery's own send, failing, would record a failure and run the errbacks.
+    """
+    request = task.request
+    links: list[Any] = list(request.callbacks or ())
+    request.callbacks = None
+    job_id = str(request.id)
+    for link in links:
+        try:
+            signature(link, app=task.app).apply_async((result,), parent_id=job_id, root_id=request.root_id or job_id)
+        except Exception as exc:  # the broker away, a signature that cannot be encoded: the job stays a success
+            log.error(
+                "job %s succeeded, but its link %s could not be sent (%s): it is not run",
+                clip(job_id),
+                clip(str(link.get("task") if isinstance(link, dict) else link)),
+                clip(f"{type(exc).__name__}: {exc}"),
+            )
 
 
 def run_upload(

@@ -16,6 +16,7 @@ from celery import Celery, signature
 from celery.app import backends
 from celery.canvas import Signature
 from celery.exceptions import ImproperlyConfigured
+from kombu.exceptions import OperationalError
 
 from tests.unit.conftest import install_runner
 from wsupload import JobError, celery_backend
@@ -298,3 +299,29 @@ def test_a_clients_signature_without_a_queue_goes_to_celerys_default_queue_never
     assert router.route({"queue": "mine"}, "client.on_done")["queue"].name == "mine"
     assert router.route({}, "wsupload.callback")["queue"].name == "uploads"
     assert router.route({"queue": "uploads.bulk"}, "wsupload.scan")["queue"].name == "uploads.bulk"
+
+
+def test_a_link_that_cannot_be_sent_is_logged_and_the_success_stays_a_success_without_errbacks(
+    runner: JobRunner,
+    store: ResultStore,
+    png: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tried: list[str] = []
+
+    def broker_away(self: Signature[Any], *_: Any, **__: Any) -> None:
+        tried.append(str(self.task))
+        if str(self.task) == "client.on_done":
+            raise OperationalError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(Signature, "apply_async", broker_away)
+    caplog.set_level(logging.ERROR)
+    outcome = upload_module.upload.apply(
+        args=("j1", png), task_id="j1", link=[LINK, signature("client.also")], link_error=signature("client.on_error")
+    )
+    doc = store.get("j1")
+    assert doc is not None
+    assert (outcome.state, doc["status"]) == ("SUCCESS", "succeeded")
+    assert tried == ["client.on_done", "client.also"]  # the other link still sent; no errback
+    assert "job j1 succeeded, but its link client.on_done could not be sent (OperationalError: " in caplog.text
