@@ -467,6 +467,32 @@ class Channel(PoisonGuard, kombu_redis.Channel):
         except Exception:
             log.critical("Could not restore message: %r", payload, exc_info=True)
 
+    _brpop_command: tuple[tuple[Any, ...], list[Any]] | None = None
+    """The last BRPOP sent: its queues and timeout, and the command's words."""
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """kombu's (5.7), with the command built again only when its queues or timeout change.
+
+        kombu sends it again at every turn of the loop that can take a message (once per
+        job): a key for each queue and priority step, eight for wsupload's two queues.
+        """
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        key = (*queues, timeout)
+        sent = self._brpop_command
+        if sent is None or sent[0] != key:
+            keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
+            command = ["BRPOP", *keys, timeout or 0]
+            if self.global_keyprefix:
+                command = self.client._prefix_args(command)
+            sent = self._brpop_command = (key, command)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(*sent[1])
+
     @cached_property
     def _put_back(self) -> Any:
         return self._create_client().register_script(PUT_BACK)  # type: ignore[attr-defined]
