@@ -513,8 +513,9 @@ class Transport(kombu_redis.Transport):
     """The thread of the event loop this transport is registered with (the consumer's)."""
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        """kombu's, and at each turn of the loop the acknowledgements owed for ``ACK_DELAY`` go to Redis."""
-        super().register_with_event_loop(connection, loop)
+        """kombu's (its sockets re-added only when needed: ``_KeptReaders``), and at each turn of
+        the loop the acknowledgements owed for ``ACK_DELAY`` go to Redis."""
+        super().register_with_event_loop(connection, _KeptReaders(loop, self.cycle))
         self.loop_thread = threading.get_ident()
         loop.on_tick.add(self._flush_due_acks)
 
@@ -543,6 +544,58 @@ class Transport(kombu_redis.Transport):
                 channel.close()
             raise
         return connection
+
+
+class _KeptReaders:
+    """The event loop as kombu's Redis transport is given it: ``add_reader`` skips a socket known to be in.
+
+    kombu adds each of its sockets (BRPOP's, the fanout subscription's) to the loop at every
+    turn that starts a poll, once per job: an ``epoll_ctl`` that fails with ``EEXIST``, and
+    releases the interpreter lock on the way. The add is needed only after a change, and
+    it is made unless all of these still hold since this fd's last add: the loop's poller
+    is the same, the loop's reader entry for the fd is the one that add left, and the fd
+    is the same open socket of the connection kombu polls it for. A reconnect (redis-py
+    opens a new socket, maybe on the same fd number), a removal (a paused queue, a
+    disconnect), a reset of the loop: each breaks one of them, and the socket is added as
+    kombu adds it. Everything else is the loop's own.
+    """
+
+    def __init__(self, loop: Any, cycle: Any) -> None:
+        self._loop = loop
+        self._cycle = cycle
+        self._added: dict[int, tuple[Any, Any, Any]] = {}
+        """fd: the poller, the loop's reader entry and the socket when it was last added."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> Any:
+        loop = self._loop
+        added = self._added.get(fd)
+        if added is not None:
+            poller, entry, sock = added
+            if (
+                poller is loop._poller
+                and loop.readers.get(fd) is entry
+                and self._socket_at(fd) is sock
+                and sock.fileno() == fd
+            ):
+                return None
+        self._added.pop(fd, None)
+        result = loop.add_reader(fd, callback, *args)
+        sock = self._socket_at(fd)
+        if sock is not None and sock.fileno() == fd:
+            self._added[fd] = (loop._poller, loop.readers.get(fd), sock)
+        return result
+
+    def _socket_at(self, fd: Any) -> Any:
+        """The socket of the connection kombu polls ``fd`` for (None if it cannot tell)."""
+        try:
+            channel, kind = self._cycle._fd_to_chan[fd]
+            client = vars(channel).get("client" if kind == "BRPOP" else "subclient")  # never makes one
+            return client.connection._sock
+        except Exception:
+            return None
 
 
 def _return_held(channel: Channel, held: list[dict[str, Any]]) -> None:
