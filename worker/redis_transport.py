@@ -67,7 +67,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from queue import Empty
@@ -164,10 +164,9 @@ class QoS(kombu_redis.QoS):
         taken = job_index.taken_keys(self.channel.lines_of(message._raw, exchange, routing_key)) if jobs else []
         acked, self._acked = self._acked, []  # the event loop's acks so far ride along
         try:
-            with self.channel.conn_or_acquire() as client:
-                names = [self.unacked_index_key, self.unacked_key, *taken]
-                args: list[str | int] = [delivery_tag, entry, len(acked), *acked, *jobs]
-                self.channel.scripts(client).record(keys=names, args=args, client=client)
+            names = [self.unacked_index_key, self.unacked_key, *taken]
+            args: list[str | int] = [delivery_tag, entry, len(acked), *acked, *jobs]
+            self.channel.run_script("record", names, args)
         except BaseException:
             self._acked[:0] = acked  # not written: still owed, before any made since
             raise
@@ -226,10 +225,7 @@ class QoS(kombu_redis.QoS):
 
     def _remove(self, tags: list[str]) -> None:
         try:
-            with self.channel.conn_or_acquire() as client:
-                self.channel.scripts(client).remove(
-                    keys=[self.unacked_index_key, self.unacked_key], args=tags, client=client
-                )
+            self.channel.run_script("remove", [self.unacked_index_key, self.unacked_key], tags)
         except self.channel.refused_errors as exc:
             for tag in tags:
                 self._leave_unacked(tag, "acknowledge", exc, local=False)
@@ -338,10 +334,9 @@ os.register_at_fork(after_in_child=_held.clear)
 
 
 class _Scripts:
-    """The scripts a channel runs per message, registered once on its client (``EVALSHA``)."""
+    """The scripts a channel runs per message (``EVALSHA``); each call names the client it goes on."""
 
     def __init__(self, client: Any) -> None:
-        self.client = client
         self.record = lua.lean_script(client, "unacked_record")
         self.remove = lua.lean_script(client, "unacked_remove")
 
@@ -349,6 +344,7 @@ class _Scripts:
 class Channel(PoisonGuard, kombu_redis.Channel):
     QoS = QoS
     _shared_client: Any = None
+    _loop_client: Any = None
     _scripts: _Scripts | None = None
 
     def on_loop_thread(self) -> bool:
@@ -359,12 +355,16 @@ class Channel(PoisonGuard, kombu_redis.Channel):
         qos = getattr(self, "_qos", None)
         if isinstance(qos, QoS) and not self.closed:
             qos.flush_acks()  # before kombu restores what is still delivered (a refusal is logged)
+        loop_client, self._loop_client = self._loop_client, None
+        if loop_client is not None:
+            with contextlib.suppress(Exception):
+                loop_client.close()  # its connection back to the pool, which kombu disconnects
         super().close()
 
     def scripts(self, client: Any) -> _Scripts:
-        """``RECORD`` and ``REMOVE`` on ``client`` (rebuilt with it, after a fork or a reconnect)."""
+        """``RECORD`` and ``REMOVE``, made once: the loop's client and the shared one take turns calling them."""
         scripts = self._scripts
-        if scripts is None or scripts.client is not client:
+        if scripts is None:
             scripts = self._scripts = _Scripts(client)
         return scripts
 
@@ -372,6 +372,44 @@ class Channel(PoisonGuard, kombu_redis.Channel):
     def refused_errors(self) -> tuple[type[BaseException], ...]:
         """Redis could not be reached or would not write: unreachable, full, a replica, or another refusal."""
         return (*self.connection_errors, redis.exceptions.ResponseError)
+
+    def run_script(self, name: str, keys: list[str], args: Sequence[str | int]) -> Any:
+        """``RECORD`` or ``REMOVE`` (``name``: ``record``, ``remove``) on ``scripts_client``.
+
+        The loop's connection, found closed by Redis (a restart, an idle timeout), is
+        replaced and the script sent once more on the new one: what the pool's check
+        of a connection it lends would have done. Both scripts can run twice.
+        """
+        client = self.scripts_client()
+        script = getattr(self.scripts(client), name)
+        try:
+            return script(keys=keys, args=args, client=client)
+        except redis.ConnectionError:
+            if client is not self._loop_client:
+                raise
+            return script(keys=keys, args=args, client=client)  # a second failure is the caller's
+
+    def scripts_client(self) -> Any:
+        """The client ``RECORD`` and ``REMOVE`` go on: on the event loop's thread, one that keeps a connection.
+
+        The pool checks every connection it lends: a ``getpid``, and a non-blocking read
+        for stale data (two ``ioctl`` and a ``recvfrom``, which lets another thread take
+        the interpreter lock), twice per message on the loop. The loop's own client holds
+        one connection instead (only that thread uses it; see ``run_script`` for one Redis
+        closed); every other thread shares the pooled client.
+        """
+        if not self.on_loop_thread():
+            with self.conn_or_acquire() as client:
+                return client
+        pool = self.pool
+        client = self._loop_client
+        if client is None or client.connection_pool is not pool:  # a fork or a reconnect replaced the pool
+            options: dict[str, Any] = {"connection_pool": pool, "single_connection_client": True}
+            credentials = pool.connection_kwargs.get("credential_provider")
+            if credentials is not None:
+                options["credential_provider"] = credentials  # as kombu's _create_client passes it
+            client = self._loop_client = self.Client(**options)
+        return client
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -429,6 +467,32 @@ class Channel(PoisonGuard, kombu_redis.Channel):
         except Exception:
             log.critical("Could not restore message: %r", payload, exc_info=True)
 
+    _brpop_command: tuple[tuple[Any, ...], list[Any]] | None = None
+    """The last BRPOP sent: its queues and timeout, and the command's words."""
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """kombu's (5.7), with the command built again only when its queues or timeout change.
+
+        kombu sends it again at every turn of the loop that can take a message (once per
+        job): a key for each queue and priority step, eight for wsupload's two queues.
+        """
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        key = (*queues, timeout)
+        sent = self._brpop_command
+        if sent is None or sent[0] != key:
+            keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
+            command = ["BRPOP", *keys, timeout or 0]
+            if self.global_keyprefix:
+                command = self.client._prefix_args(command)
+            sent = self._brpop_command = (key, command)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(*sent[1])
+
     @cached_property
     def _put_back(self) -> Any:
         return self._create_client().register_script(PUT_BACK)  # type: ignore[attr-defined]
@@ -449,8 +513,9 @@ class Transport(kombu_redis.Transport):
     """The thread of the event loop this transport is registered with (the consumer's)."""
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        """kombu's, and at each turn of the loop the acknowledgements owed for ``ACK_DELAY`` go to Redis."""
-        super().register_with_event_loop(connection, loop)
+        """kombu's (its sockets re-added only when needed: ``_KeptReaders``), and at each turn of
+        the loop the acknowledgements owed for ``ACK_DELAY`` go to Redis."""
+        super().register_with_event_loop(connection, _KeptReaders(loop, self.cycle))
         self.loop_thread = threading.get_ident()
         loop.on_tick.add(self._flush_due_acks)
 
@@ -479,6 +544,58 @@ class Transport(kombu_redis.Transport):
                 channel.close()
             raise
         return connection
+
+
+class _KeptReaders:
+    """The event loop as kombu's Redis transport is given it: ``add_reader`` skips a socket known to be in.
+
+    kombu adds each of its sockets (BRPOP's, the fanout subscription's) to the loop at every
+    turn that starts a poll, once per job: an ``epoll_ctl`` that fails with ``EEXIST``, and
+    releases the interpreter lock on the way. The add is needed only after a change, and
+    it is made unless all of these still hold since this fd's last add: the loop's poller
+    is the same, the loop's reader entry for the fd is the one that add left, and the fd
+    is the same open socket of the connection kombu polls it for. A reconnect (redis-py
+    opens a new socket, maybe on the same fd number), a removal (a paused queue, a
+    disconnect), a reset of the loop: each breaks one of them, and the socket is added as
+    kombu adds it. Everything else is the loop's own.
+    """
+
+    def __init__(self, loop: Any, cycle: Any) -> None:
+        self._loop = loop
+        self._cycle = cycle
+        self._added: dict[int, tuple[Any, Any, Any]] = {}
+        """fd: the poller, the loop's reader entry and the socket when it was last added."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> Any:
+        loop = self._loop
+        added = self._added.get(fd)
+        if added is not None:
+            poller, entry, sock = added
+            if (
+                poller is loop._poller
+                and loop.readers.get(fd) is entry
+                and self._socket_at(fd) is sock
+                and sock.fileno() == fd
+            ):
+                return None
+        self._added.pop(fd, None)
+        result = loop.add_reader(fd, callback, *args)
+        sock = self._socket_at(fd)
+        if sock is not None and sock.fileno() == fd:
+            self._added[fd] = (loop._poller, loop.readers.get(fd), sock)
+        return result
+
+    def _socket_at(self, fd: Any) -> Any:
+        """The socket of the connection kombu polls ``fd`` for (None if it cannot tell)."""
+        try:
+            channel, kind = self._cycle._fd_to_chan[fd]
+            client = vars(channel).get("client" if kind == "BRPOP" else "subclient")  # never makes one
+            return client.connection._sock
+        except Exception:
+            return None
 
 
 def _return_held(channel: Channel, held: list[dict[str, Any]]) -> None:

@@ -82,3 +82,31 @@ def test_an_ack_on_the_loop_thread_rides_with_the_next_delivery_and_is_written_b
     assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
     assert client.llen("acks-ride") == 0  # acknowledged, so not restored by the close
     client.close()
+
+
+def test_the_loop_threads_scripts_keep_one_connection_and_a_dropped_one_costs_no_delivery(redis_url: str) -> None:
+    """No pool checkout per message on the event loop; a connection Redis closed is replaced at its next call."""
+    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        channel.queue_declare("loop-connection")
+        with channel.conn_or_acquire() as client:
+            client.delete(channel.unacked_key, channel.unacked_index_key)
+        for n in range(2):
+            channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key="loop-connection")
+        transport: Any = connection.transport
+        transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
+
+        first = channel.basic_get("loop-connection")
+        loop_client = channel.scripts_client()
+        with channel.conn_or_acquire() as client:
+            assert loop_client is not client  # other threads share the pooled client
+            assert loop_client.connection is not None
+            client.client_kill_filter(_id=loop_client.client_id())  # as a Redis restart or idle timeout would
+
+        second = channel.basic_get("loop-connection")
+        assert channel.scripts_client() is loop_client
+        assert unacked_tags(channel) == {first.delivery_tag, second.delivery_tag}
+        assert channel.qos._paused_until == 0.0  # not handed back: no pause
+        channel.close()
+        assert channel._loop_client is None

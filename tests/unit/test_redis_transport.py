@@ -47,3 +47,91 @@ def test_the_unacked_entry_built_around_the_text_read_is_the_one_kombu_would_wri
     assert kombus == dumps([payload, "wsupload", "wsupload"])
     built = redis_transport.unacked_entry(payload, text, "wsupload", 'a "quoted" key')
     assert loads(built) == [payload, "wsupload", 'a "quoted" key']
+
+
+class _Conn:
+    def __init__(self, sock: object) -> None:
+        self._sock = sock
+
+
+class _Client:
+    def __init__(self, sock: object) -> None:
+        self.connection = _Conn(sock)
+
+
+class _Chan:
+    def __init__(self, sock: object) -> None:
+        self.client = _Client(sock)
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self._fd_to_chan: dict[int, tuple[_Chan, str]] = {}
+
+
+def test_a_socket_already_in_the_loop_is_not_added_again_until_something_changed() -> None:
+    """kombu adds its BRPOP socket at every turn; only the first add after a change reaches epoll.
+
+    A change: the loop removed it (a paused queue, a disconnect), the loop was reset, or the
+    connection's socket is a new one (a reconnect), even on the same fd number.
+    """
+    import socket
+    from typing import Any
+
+    from kombu.asynchronous.hub import Hub
+
+    hub = Hub()
+    cycle = _Cycle()
+    loop: Any = redis_transport._KeptReaders(hub, cycle)
+    registered: list[int] = []
+
+    def count_registers() -> None:
+        poller: Any = hub.poller
+        real = poller.register
+
+        def register(fd: int, flags: int) -> Any:
+            registered.append(fd)
+            return real(fd, flags)
+
+        poller.register = register
+
+    count_registers()
+
+    def on_readable(fd: int) -> None: ...
+
+    first, peer = socket.socketpair()
+    fd = first.fileno()
+    cycle._fd_to_chan[fd] = (_Chan(first), "BRPOP")
+    for _ in range(3):
+        loop.add_reader(fd, on_readable, fd)
+    assert registered == [fd]
+    readers: Any = hub.readers
+    assert readers[fd] == (on_readable, (fd,))
+
+    loop.remove_reader(fd)  # everything but add_reader is the loop's own
+    loop.add_reader(fd, on_readable, fd)
+    loop.add_reader(fd, on_readable, fd)
+    assert registered == [fd, fd]
+
+    # A reconnect: the old socket closed (epoll forgets it), a new one on the same fd number.
+    first.close()
+    second, peer2 = socket.socketpair()
+    if second.fileno() != fd:
+        import os
+
+        os.dup2(second.fileno(), fd)
+        second.detach()
+        second = socket.socket(fileno=fd)
+    cycle._fd_to_chan[fd] = (_Chan(second), "BRPOP")
+    loop.add_reader(fd, on_readable, fd)
+    assert registered == [fd, fd, fd]
+    peer2.send(b"x")
+    assert (fd, 1) in [(ready, flags & 1) for ready, flags in hub.poller.poll(0)]  # polled again, not deaf
+
+    hub.reset()  # a new poller: every socket goes into it again
+    count_registers()
+    loop.add_reader(fd, on_readable, fd)
+    assert registered == [fd, fd, fd, fd]
+    for sock in (second, peer, peer2):
+        sock.close()
+    hub.close()
