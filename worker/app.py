@@ -306,6 +306,12 @@ def _one_line_rejects(**_: Any) -> None:
         trace_log.addFilter(_OneLineRejects())
 
 
+@after_setup_logger.connect
+def _one_writer_thread(logger: logging.Logger, **_: Any) -> None:
+    # Last of the set-up hooks: the handlers have their formats (text or JSON) by now.
+    logs.write_from_one_thread(logger)
+
+
 @after_setup_task_logger.connect
 def _task_log_format(logger: logging.Logger, **_: Any) -> None:
     if _json_logs():

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,43 @@ def test_the_workers_logging_setup_switches_to_json_only_when_asked(monkeypatch:
             logger.handlers[0].setFormatter(logging.Formatter())
         after_setup_logger.send(sender=None, logger=root_like, loglevel=logging.DEBUG)
         after_setup_task_logger.send(sender=None, logger=task_like, loglevel=logging.DEBUG)
+        (handoff,) = root_like.handlers  # the worker's lines go through one writer thread
+        assert isinstance(handoff, logs.Handoff)
+        assert handoff.listener is not None
+        handoff.listener.stop()
         for logger in (root_like, task_like):
-            assert type(logger.handlers[0].formatter) is expected
+            (handler,) = logs.writing_handlers(logger)
+            assert type(handler.formatter) is expected
             logger.handlers = []
+
+
+def test_one_writer_thread_writes_every_line_in_order_with_the_callers_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    logger = logging.getLogger(NAME + ".writer")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(threadName)s %(message)s %(job_id)s"))
+    handler.addFilter(logs.JobContext())
+    logger.handlers, logger.propagate = [handler], False
+    monkeypatch.setattr(logs, "current_job_id", lambda: threading.current_thread().name)
+    listener = logs.write_from_one_thread(logger)
+    assert listener is not None
+    assert logs.write_from_one_thread(logger) is None  # once per logger
+    try:
+
+        def lines(k: int) -> None:
+            for n in range(200):
+                logger.warning("thread %d line %d", k, n)
+
+        threads = [threading.Thread(target=lines, args=(k,), name=f"upload-{k}") for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        listener.stop()  # drains the queue, as at exit
+        logger.handlers = []
+    written = out.getvalue().splitlines()
+    assert len(written) == 800
+    for k in range(4):
+        mine = [line for line in written if f" thread {k} line " in line]
+        assert mine == [f"upload-{k} thread {k} line {n} upload-{k}" for n in range(200)]  # in order, its own job
