@@ -45,6 +45,17 @@ def test_rediss_urls_keep_tls() -> None:
     assert connection.transport.Channel is redis_transport.Channel
 
 
+def fresh_channel(connection: Any, queue: str, messages: int) -> Any:
+    """The connection's channel, ``queue`` declared with ``messages`` messages on it, no unacked entry left over."""
+    channel = connection.default_channel
+    channel.queue_declare(queue)
+    with channel.conn_or_acquire() as client:
+        client.delete(channel.unacked_key, channel.unacked_index_key)
+    for n in range(messages):
+        channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key=queue)
+    return channel
+
+
 def unacked_tags(channel: Any) -> set[str]:
     with channel.conn_or_acquire() as client:
         return {tag.decode() for tag in client.hkeys(channel.unacked_key)}
@@ -54,13 +65,8 @@ def test_an_ack_on_the_loop_thread_rides_with_the_next_delivery_and_is_written_b
     """One round trip a job fewer; nothing owed is lost at close, nor put back on the queue."""
     app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
     with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        channel.queue_declare("acks-ride")
-        with channel.conn_or_acquire() as client:
-            client.delete(channel.unacked_key, channel.unacked_index_key)
+        channel = fresh_channel(connection, "acks-ride", 3)
         transport: Any = connection.transport
-        for n in range(3):
-            channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key="acks-ride")
         transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
 
         first = channel.basic_get("acks-ride")
@@ -88,12 +94,7 @@ def test_the_loop_threads_scripts_keep_one_connection_and_a_dropped_one_costs_no
     """No pool checkout per message on the event loop; a connection Redis closed is replaced at its next call."""
     app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
     with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        channel.queue_declare("loop-connection")
-        with channel.conn_or_acquire() as client:
-            client.delete(channel.unacked_key, channel.unacked_index_key)
-        for n in range(2):
-            channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key="loop-connection")
+        channel = fresh_channel(connection, "loop-connection", 2)
         transport: Any = connection.transport
         transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
 
