@@ -277,7 +277,9 @@ def test_a_certificate_rotated_to_one_that_does_not_verify_is_said_once_and_wait
         producer.close()
     text = log.read_text(errors="replace")
     # Celery's "Cannot connect to …" at each attempt, each loop's failing line: none says it again.
-    about_certificate = [line for line in text.splitlines() if "certificate" in line.lower() or "SSL" in line]
+    # (A connection the restart itself closed ends in an SSL EOF, before any handshake is refused:
+    # a line about the server going away, not about the certificate, and not counted here.)
+    about_certificate = [line for line in text.splitlines() if "certificate" in line.lower()]
     assert len(about_certificate) == 1, "\n".join(about_certificate)
     assert about_certificate[0].endswith(
         "its TLS certificate does not verify (unable to get local issuer certificate): give the CA that signed it"
