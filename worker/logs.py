@@ -13,8 +13,9 @@ other commands from ``setup_cli``. The text format is Celery's own, unchanged.
 
 One writer thread (``write_from_one_thread``): a worker's upload threads hand each record
 to a queue, and one thread formats and writes them, in order. Writing from every thread
-made them queue on the handler's lock and the GIL around each ``write``: about a tenth of
-the worker's CPU per job at one line a job (``benchmarks/overhead.py``, same run). Lines
+made them queue on the handler's lock and the GIL around each ``write``: about a sixth of
+the worker's CPU per job at one line a job (``--loglevel warning`` against ``info``, same
+run, 2026-12-07). Lines
 still queued when the process is killed (SIGKILL) are lost with it; a normal exit writes
 them all first.
 
