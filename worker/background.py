@@ -121,6 +121,8 @@ class BackgroundLoop:
         self._streak = FailureStreak(self.logger, self.failing, self.recovered)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_round_failed = False
+        """Whether the thread's last round failed (``waits`` may pause longer after one)."""
 
     def tick(self) -> object:
         """One round; an exception makes it a failed one (logged once per streak), never the loop's end."""
@@ -159,7 +161,7 @@ class BackgroundLoop:
         for wait in self.waits():
             if self._done.wait(wait):
                 return
-            self.run_once()
+            self.last_round_failed = not self.run_once()
 
     def stop(self) -> None:
         """End the thread (a round in flight gets two intervals, at least a second, to finish), then ``on_stop``."""
@@ -242,7 +244,9 @@ class ChannelLoop(BackgroundLoop):
 
     def waits(self) -> Iterator[float]:
         while True:
-            yield 0.0  # each round waits in ``messages``
+            # Each round waits in ``messages``; one that failed (Redis away: subscribing fails at
+            # once) waits an interval before the next, or the thread would spin on a core.
+            yield self.interval if self.last_round_failed and self.interval else 0.0
 
     def messages(self, seconds: float) -> Iterator[str]:
         """The channel's messages for up to ``seconds`` (or until the loop stops), subscribing first if need be."""

@@ -252,3 +252,47 @@ def test_a_worker_starts_and_stops_its_loops_in_the_apps_include_order() -> None
     done = subprocess.run([sys.executable, "-c", check], check=True, timeout=60, capture_output=True, text=True)
     # Metrics last: it counts what the others report up to their stop.
     assert done.stdout.splitlines() == ["Heartbeat Renewer CancelWatch PauseWatch Sweeper WorkerEndpoint"] * 3
+
+
+class Unreachable:
+    """A Redis client whose subscriptions fail at once, as with Redis away."""
+
+    def pubsub(self, **_: Any) -> Any:
+        return SimpleNamespace(subscribe=self.refuse, close=lambda: None)
+
+    @staticmethod
+    def refuse(*_: Any) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+class Listening(background.ChannelLoop):
+    name = "listening-test"
+    channel = "test:channel"
+
+    def tick(self) -> object:
+        return list(self.messages(self.interval or 0))
+
+
+class CountedWaits:
+    """Stands for the loop's stop event: records each wait, and says "stop" after ``rounds`` of them."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.waited: list[float] = []
+
+    def wait(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        return len(self.waited) > self.rounds
+
+    def is_set(self) -> bool:
+        return False
+
+
+def test_a_channel_loop_whose_rounds_fail_waits_an_interval_between_them_instead_of_spinning() -> None:
+    loop = Listening(0.5)
+    loop.client = Unreachable()  # type: ignore[assignment]
+    waits = CountedWaits(rounds=4)
+    loop._done = waits  # type: ignore[assignment]
+    loop._run()  # the thread's body, here: each round fails to subscribe
+    assert waits.waited == [0.0, 0.5, 0.5, 0.5, 0.5]  # the first at once; after a failure, an interval
+    assert loop.last_round_failed
