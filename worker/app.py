@@ -280,12 +280,17 @@ class _ChosenDefaultWarning(logging.Filter):
         return not ("CPendingDeprecationWarning" in text and CHOSEN_DEFAULT in text)
 
 
+def _filter_once(logger_name: str, kind: type[logging.Filter]) -> None:
+    """Add a ``kind`` filter to the logger, unless it has one (Celery may set logging up more than once)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
 @after_setup_logger.connect
 def _quiet_chosen_default(**_: Any) -> None:
     # Celery routes warnings to logging (captureWarnings) with an 'always' filter: drop this one line there.
-    warnings_log = logging.getLogger("py.warnings")
-    if not any(isinstance(f, _ChosenDefaultWarning) for f in warnings_log.filters):
-        warnings_log.addFilter(_ChosenDefaultWarning())
+    _filter_once("py.warnings", _ChosenDefaultWarning)
 
 
 class _OneLineRejects(logging.Filter):
@@ -301,9 +306,7 @@ class _OneLineRejects(logging.Filter):
 
 @after_setup_logger.connect
 def _one_line_rejects(**_: Any) -> None:
-    trace_log = logging.getLogger("celery.app.trace")
-    if not any(isinstance(f, _OneLineRejects) for f in trace_log.filters):
-        trace_log.addFilter(_OneLineRejects())
+    _filter_once("celery.app.trace", _OneLineRejects)
 
 
 @after_setup_logger.connect

@@ -149,15 +149,6 @@ def write_from_one_thread(logger: logging.Logger) -> Writer | None:
     return listener
 
 
-def writing_handlers(logger: logging.Logger) -> list[logging.Handler]:
-    """The handlers that write ``logger``'s lines: its own, or those of its writer thread."""
-    found: list[logging.Handler] = []
-    for handler in logger.handlers:
-        listener = handler.listener if isinstance(handler, Handoff) else None
-        found += list(listener.handlers) if listener is not None else [handler]
-    return found
-
-
 def timestamp(created: float) -> str:
     """A record's time as the documents write times: ISO 8601, UTC, milliseconds, ``Z``."""
     moment = datetime.fromtimestamp(created, UTC)

@@ -254,10 +254,10 @@ def test_the_workers_logging_setup_switches_to_json_only_when_asked(monkeypatch:
         assert isinstance(handoff, logs.Handoff)
         assert handoff.listener is not None
         handoff.listener.stop()
-        for logger in (root_like, task_like):
-            (handler,) = logs.writing_handlers(logger)
+        for handlers in (handoff.listener.handlers, task_like.handlers):
+            (handler,) = handlers
             assert type(handler.formatter) is expected
-            logger.handlers = []
+        root_like.handlers, task_like.handlers = [], []
 
 
 def test_one_writer_thread_writes_every_line_in_order_with_the_callers_job(monkeypatch: pytest.MonkeyPatch) -> None:
