@@ -19,14 +19,15 @@ Pure: no I/O. A reason for refusing a URL never repeats its password or userinfo
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 """Query options of an ``amqps://`` URL, named as redis-py names them for ``rediss://``."""
-CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+CERT_REQS = ("required", "optional", "none")
+"""``ssl_cert_reqs`` values, named as ``ssl.CERT_*`` (read from ``ssl`` only when a TLS URL is used:
+``wsupload --help`` reads this module and need not load ``ssl``)."""
 
 
 def scheme_of(text: str) -> str:
@@ -86,7 +87,10 @@ def amqp_tls(url: str) -> tuple[str, dict[str, Any] | None]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = {name: value for name, value in query if name in TLS_OPTIONS}
     rest = [(name, value) for name, value in query if name not in TLS_OPTIONS]
-    reqs = CERT_REQS.get(given.get("ssl_cert_reqs", "required").lower(), ssl.CERT_REQUIRED)
+    import ssl  # an amqps:// URL only
+
+    named = given.get("ssl_cert_reqs", "required").lower()
+    reqs = getattr(ssl, f"CERT_{named.upper()}") if named in CERT_REQS else ssl.CERT_REQUIRED
     options: dict[str, Any] = {"cert_reqs": reqs}
     if reqs != ssl.CERT_NONE:
         # Named here, not left to kombu: it connects to "localhost" as 127.0.0.1, and would check that name.

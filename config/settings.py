@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsupload.config.broker_urls import is_amqp_url
+from wsupload.config.names import (
+    CALLBACK_TASK_NAME,
+    KEY_PREFIX,
+    MARKER_TASK_NAME,
+    SCAN_TASK_NAME,
+    UPLOAD_MANY_TASK_NAME,
+    UPLOAD_TASK_NAME,
+)
 from wsupload.config.parsers import (
     DAY,
     MIB,
@@ -83,21 +91,8 @@ __all__ = [
     "parse_size",
 ]
 
-KEY_PREFIX = "wsupload"
-"""Every Redis key wsupload owns starts with this (part of the wire contract)."""
-
-UPLOAD_TASK_NAME = "wsupload.upload"
-"""The Celery task name producers send (part of the wire contract)."""
-UPLOAD_MANY_TASK_NAME = "wsupload.upload_many"
-"""The task of a bulk message: several jobs in one message (part of the wire contract)."""
 MAX_JOBS_PER_MESSAGE = 256
 """The most jobs one bulk message may carry (a worker moves a longer one aside)."""
-CALLBACK_TASK_NAME = "wsupload.callback"
-"""The task that delivers a job's result to its callback URL."""
-SCAN_TASK_NAME = "wsupload.scan"
-"""The task Celery beat sends for a scheduled batch run."""
-MARKER_TASK_NAME = "wsupload.marker"
-"""RabbitMQ broker: the sweep's marker, sent through a queue to learn that its head has passed a point."""
 
 OVERSIZE_POLICIES = ("refuse", "presign")
 UPLOAD_FLOWS = ("binary", "direct", "auto")

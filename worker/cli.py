@@ -643,7 +643,7 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wsupload.worker.worker_records import MISSED_BEATS, RECORD_TTL
+    from wsupload.worker.beat_timing import MISSED_BEATS, RECORD_TTL
 
     parser = argparse.ArgumentParser(prog="wsupload", description="Upload media to WaveSpeedAI through a Celery queue.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -829,9 +829,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from wsupload.worker import logs
+    if os.environ.get("WSUPLOAD_LOG_FORMAT", "").strip():  # unset or empty is text: nothing to set up
+        from wsupload.worker import logs
 
-    logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
+        logs.setup_cli()  # WSUPLOAD_LOG_FORMAT=json: what commands log is JSON too (their output is not a log)
     try:
         return int(args.handler(args))
     except TlsRefused as exc:

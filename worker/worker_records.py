@@ -27,15 +27,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from wsupload.tasks.store import keys
+from wsupload.worker.beat_timing import BEAT_INTERVAL as BEAT_INTERVAL  # re-exported: the beat's timing
+from wsupload.worker.beat_timing import MISSED_BEATS as MISSED_BEATS
+from wsupload.worker.beat_timing import RECORD_TTL as RECORD_TTL
 
 if TYPE_CHECKING:
-    import redis  # loaded by connect(): `wsupload --help` reads RECORD_TTL without paying for redis-py
+    import redis  # loaded by connect(): reading the records' classes does not pay for redis-py
 
-BEAT_INTERVAL = 2.0
-"""Seconds between two beats of a worker."""
-MISSED_BEATS = 3
-RECORD_TTL = BEAT_INTERVAL * MISSED_BEATS
-"""A record outlives its last beat by this much: a worker that died is gone from the listing within it."""
 INDEX_HORIZON = 3600.0
 """Names in the index silent this long are pruned by the beating workers (their records expired long before)."""
 RUNNING, STOPPING = "running", "stopping"

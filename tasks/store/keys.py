@@ -8,7 +8,7 @@ lists, ``unacked``, ``unacked_index``) are kombu's.
 
 from __future__ import annotations
 
-from wsupload.config.settings import KEY_PREFIX
+from wsupload.config.names import KEY_PREFIX
 
 EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 """``{"job_id", "status"}`` on every status change."""

@@ -22,6 +22,8 @@ HEAVY = ("celery", "kombu", "amqp", "billiard", "vine")
 """Celery and what it brings: only ``worker``, ``beat`` and RabbitMQ publishing load them."""
 REDIS = ("redis", "wsupload.tasks.store.results", "asyncio")
 """redis-py (which loads asyncio), and the result store that imports it: no use to ``--help``."""
+SETTINGS = ("ssl", "wsupload.config.settings", "wsupload.worker.worker_records", "wsupload.worker.logs")
+"""Every setting's parser, TLS, the heartbeat records' classes, log set-up: no use to ``--help`` either."""
 
 PROBE = """
 import contextlib, io, json, sys
@@ -74,7 +76,7 @@ def test_help_loads_no_redis_celery_or_kombu(argv: list[str]) -> None:
     runs, loaded = probe(argv)
     assert runs[0]["code"] == 0
     assert str(runs[0]["out"]).startswith("usage: wsupload")
-    assert loaded_of(loaded, HEAVY + REDIS) == []
+    assert loaded_of(loaded, HEAVY + REDIS + SETTINGS) == []
 
 
 def test_enqueue_and_status_load_no_celery_or_kombu(tmp_path: Path) -> None:
@@ -86,6 +88,7 @@ def test_enqueue_and_status_load_no_celery_or_kombu(tmp_path: Path) -> None:
     assert source == str(media)
     assert str(runs[1]["out"]).split()[:2] == [job_id, "queued"]
     assert loaded_of(loaded, HEAVY) == []
+    assert "wsupload.worker.logs" not in loaded  # text logs (WSUPLOAD_LOG_FORMAT unset): nothing to set up
 
 
 def test_the_probe_reports_celery_once_something_loads_it() -> None:
