@@ -27,11 +27,11 @@ from wsupload.errors import InvalidMessage
 from wsupload.tasks.observe.bounds import clip
 from wsupload.tasks.wire.decode import (
     bulk_jobs_in,
+    check_upload_call,
     check_upload_many,
     is_upload_task,
     job_id_of,
     jobs_named,
-    read_upload_call,
 )
 from wsupload.worker.quarantine import Quarantine
 
@@ -67,11 +67,11 @@ def message_problem(message: Message, known_tasks: Any) -> Problem | None:
         return "the body is not [args, kwargs, embed] (Celery message protocol 2)", job_ids
     if task == UPLOAD_TASK_NAME:
         try:
-            read_upload_call(body[0], body[1], task_id)
+            check_upload_call(body[0], body[1], task_id)
         except InvalidMessage as exc:
             job_id = job_id_of(body[0], body[1], task_id)
             return exc.message, [job_id] if job_id else []
-        except Exception:  # noqa: S110 - a bad source or options: the task records that outcome
+        except Exception:  # noqa: S110 - anything else is the task's to record, as its source and options are
             pass
     if task == UPLOAD_MANY_TASK_NAME:
         try:

@@ -36,6 +36,7 @@ import os
 import queue
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -125,6 +126,42 @@ class Writer(logging.handlers.QueueListener):
             super().stop()
 
 
+class SecondCache:
+    """A formatter's ``formatTime`` that makes each second's text once (``%(asctime)s``).
+
+    Every line of a worker's text log starts with its time; the standard ``formatTime``
+    converts and formats it whole for each line. The writer thread formats every line, one
+    after another, so the last second's text is kept and only the milliseconds change.
+    Used only where the result is the standard one: no ``datefmt``, a formatter that does
+    not override ``formatTime``, and the standard converters (``time.localtime``/``gmtime``).
+    """
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        self.formatter = formatter
+        self.last: tuple[int, str] = (-1, "")
+        """The last second and its text, replaced whole (a formatter another thread shares stays right)."""
+
+    @staticmethod
+    def fits(formatter: logging.Formatter | None) -> bool:
+        return (
+            formatter is not None
+            and type(formatter).formatTime is logging.Formatter.formatTime
+            and formatter.datefmt is None
+            and formatter.converter in (time.localtime, time.gmtime)
+            and bool(formatter.default_msec_format)
+        )
+
+    def __call__(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        formatter = self.formatter
+        if datefmt is not None:
+            return logging.Formatter.formatTime(formatter, record, datefmt)
+        second, last = int(record.created), self.last
+        if last[0] != second:
+            moment = formatter.converter(record.created)
+            last = self.last = (second, time.strftime(formatter.default_time_format, moment))
+        return formatter.default_msec_format % (last[1], record.msecs)  # type: ignore[operator]
+
+
 def write_from_one_thread(logger: logging.Logger) -> Writer | None:
     """Move ``logger``'s handlers to one writer thread; it gets a ``Handoff`` in their place.
 
@@ -139,6 +176,10 @@ def write_from_one_thread(logger: logging.Logger) -> Writer | None:
     handoff = Handoff(records)
     if any(isinstance(f, JobContext) for h in handlers for f in h.filters):
         handoff.addFilter(JobContext())  # the job of the thread that logs, not the writer's
+    for handler in handlers:
+        if SecondCache.fits(handler.formatter):
+            assert handler.formatter is not None
+            handler.formatter.formatTime = SecondCache(handler.formatter)  # type: ignore[method-assign]
     listener = Writer(records, *handlers, respect_handler_level=True)
     handoff.listener = listener
     for handler in handlers:

@@ -2,7 +2,7 @@
 
 Producers in any language write these messages, so nothing about them is
 trusted. ``read_upload_call`` turns ``(args, kwargs)`` into an ``UploadCall``
-or raises:
+or raises (``check_upload_call``, the consumer's check, raises the first two only):
 
 - ``NoJobId``: no usable job id anywhere (not in the arguments, nor a task id
   that can stand for one): there is no document to record an outcome in, so
@@ -108,8 +108,10 @@ def job_id_of(args: object, kwargs: object, task_id: object = None) -> str | Non
     return None
 
 
-def read_upload_call(args: object, kwargs: object, task_id: object = None) -> UploadCall:
-    """The call a message asks for, or the error that says why it cannot run (see the module doc)."""
+def check_upload_call(args: object, kwargs: object, task_id: object = None) -> dict[str, Any]:
+    """The message's arguments by name, if they are ``[job_id, source]`` + ``options`` at all;
+    else ``InvalidMessage`` (``NoJobId`` when no job is named). What the consumer checks before
+    a task runs: the source and options are the job's to judge (``InvalidInput``)."""
     job_id = job_id_of(args, kwargs, task_id)
     try:
         bound = bind(args, kwargs)
@@ -128,6 +130,12 @@ def read_upload_call(args: object, kwargs: object, task_id: object = None) -> Up
         raise InvalidMessage(message)
     if "source" not in bound:
         raise InvalidMessage("no source: args must be [job_id, source]")
+    return bound
+
+
+def read_upload_call(args: object, kwargs: object, task_id: object = None) -> UploadCall:
+    """The call a message asks for, or the error that says why it cannot run (see the module doc)."""
+    bound = check_upload_call(args, kwargs, task_id)
     source = bound["source"]
     if not isinstance(source, str):
         raise InvalidInput(f"the source must be a string, got {type(source).__name__}")

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,10 @@ def test_the_jobs_outcome_and_retry_lines_carry_its_fields(
     png = tmp_path / "ok.png"
     png.write_bytes(png_bytes())
     caplog.set_level(logging.INFO, logger="wsupload.tasks.job")
-    runner = make_runner(store, ScriptedClient(ServerError("HTTP 503: busy", 503), DATA), [])
+    json_logs = {"WSUPLOAD_LOG_FORMAT": "json"}
+    runner = make_runner(store, ScriptedClient(ServerError("HTTP 503: busy", 503), DATA), [], **json_logs)
     runner.run("j-ok", str(png))
-    runner = make_runner(store, ScriptedClient(Unauthorized("HTTP 401: no", 401)), [])
+    runner = make_runner(store, ScriptedClient(Unauthorized("HTTP 401: no", 401)), [], **json_logs)
     runner.run("j-bad", str(png))
     retry, ok, bad = [r for r in caplog.records if r.name == "wsupload.tasks.job"]
     assert {n: getattr(retry, n, None) for n in ("job_id", "status", "attempt", "kind", "http_status")} == {
@@ -165,6 +167,20 @@ def test_the_jobs_outcome_and_retry_lines_carry_its_fields(
     assert (ok.job_id, ok.status, ok.attempt, ok.bytes) == ("j-ok", "succeeded", 2, DATA["size"])  # type: ignore[attr-defined]
     assert ok.duration_s >= 0  # type: ignore[attr-defined]
     assert (bad.job_id, bad.status, bad.kind, bad.http_status) == ("j-bad", "failed", "unauthorized", 401)  # type: ignore[attr-defined]
+
+
+def test_text_lines_carry_no_job_fields(store: ResultStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The text format shows none of them: a text line is not made to read them from the document."""
+    png = tmp_path / "ok.png"
+    png.write_bytes(png_bytes())
+    caplog.set_level(logging.INFO, logger="wsupload.tasks.job")
+    make_runner(store, ScriptedClient(ServerError("HTTP 503: busy", 503), DATA), []).run("j-text", str(png))
+    retry, ok = [r for r in caplog.records if r.name == "wsupload.tasks.job"]
+    assert "j-text" in retry.getMessage()
+    assert "j-text" in ok.getMessage()
+    # job_id aside: a JSON handler's JobContext names the job of any line (an earlier test may leave one)
+    read_from_doc = [name for name in FIELDS if name != "job_id"]
+    assert [name for name in read_from_doc for record in (retry, ok) if hasattr(record, name)] == []
 
 
 def test_outcome_fields_of_a_batch_member_and_of_unreadable_times() -> None:
@@ -290,3 +306,29 @@ def test_one_writer_thread_writes_every_line_in_order_with_the_callers_job(monke
     for k in range(4):
         mine = [line for line in written if f" thread {k} line " in line]
         assert mine == [f"upload-{k} thread {k} line {n} upload-{k}" for n in range(200)]  # in order, its own job
+
+
+@pytest.mark.parametrize("converter", [time.localtime, time.gmtime])
+def test_the_writers_time_text_is_the_standard_one(converter: Any) -> None:
+    plain = logging.Formatter("%(asctime)s %(message)s")
+    plain.converter = converter
+    cached = logging.Formatter("%(asctime)s %(message)s")
+    cached.converter = converter
+    assert logs.SecondCache.fits(cached)
+    cached.formatTime = logs.SecondCache(cached)  # type: ignore[method-assign]
+    # Within a second, across seconds, and back again (records from other threads arrive out of order).
+    for created in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_000.5, 1_700_003_600.25):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000)
+        assert cached.format(record) == plain.format(record)
+        assert cached.formatTime(record, "%H") == plain.formatTime(record, "%H")
+
+
+def test_the_time_cache_is_left_out_where_it_would_change_a_line() -> None:
+    class OwnTime(logging.Formatter):
+        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+            return "always"
+
+    assert not logs.SecondCache.fits(logging.Formatter("%(asctime)s", datefmt="%H:%M"))
+    assert not logs.SecondCache.fits(OwnTime("%(asctime)s"))
+    assert not logs.SecondCache.fits(None)

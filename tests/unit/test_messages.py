@@ -16,6 +16,7 @@ from wsupload.tasks.wire.decode import (
     Refused,
     UploadCall,
     bulk_jobs_in,
+    check_upload_call,
     check_upload_many,
     job_id_of,
     jobs_named,
@@ -47,6 +48,32 @@ def test_any_arguments_give_a_call_or_a_readable_refusal(args: Any, kwargs: Any)
         assert isinstance(verdict, InvalidMessage | InvalidInput)
         assert job_id_of(args, kwargs) is not None  # a job to record the refusal in
     assert 0 < len(verdict.message) < 1000
+
+
+@given(
+    args=st.lists(JSON, max_size=4) | JSON,
+    kwargs=st.dictionaries(ARG_NAMES, JSON, max_size=3) | JSON,
+    task_id=st.none() | st.text(max_size=10),
+)
+@settings(max_examples=400)
+def test_the_consumers_check_refuses_exactly_the_messages_the_task_would(args: Any, kwargs: Any, task_id: Any) -> None:
+    """The consumer checks only the shape (``check_upload_call``); what it lets through, the task reads whole."""
+    try:
+        read_upload_call(args, kwargs, task_id)
+        verdict: Exception | None = None
+    except UploadError as exc:
+        verdict = exc
+    try:
+        check_upload_call(args, kwargs, task_id)
+        checked: Exception | None = None
+    except InvalidMessage as exc:
+        checked = exc
+    if isinstance(verdict, InvalidMessage):
+        assert type(checked) is type(verdict)
+        assert checked is not None
+        assert checked.message == verdict.message
+    else:
+        assert checked is None  # a call, or a source or options for the job to refuse (InvalidInput)
 
 
 def read(args: Any, kwargs: Any) -> UploadCall | UploadError:
