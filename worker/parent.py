@@ -52,7 +52,7 @@ from typing import Any
 from wsupload.config.settings import Settings
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import isoformat, utcnow
-from wsupload.worker import logs, supervisor
+from wsupload.worker import logs, supervisor, tls
 from wsupload.worker.background import FailureStreak
 from wsupload.worker.worker_records import (
     BEAT_INTERVAL,
@@ -252,6 +252,9 @@ class Parent:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
+        # A rotated certificate is said once by each child, whose connections do the work; the
+        # parent's beat meets the same refusal and says nothing of it (nor its failing beats).
+        tls.NOTICE.quiet = True
         if self.settings.metrics_port is not None:
             removed = remove_orphan_metrics_dirs(tempfile.gettempdir())
             if removed:

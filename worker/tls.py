@@ -219,6 +219,9 @@ class RefusalNotice:
         self._urls: dict[str, str] = {}
         self.refused = False
         """A refusal was logged and no connection has verified since."""
+        self.quiet = False
+        """Recognise refusals (so no other line repeats them) but log nothing: the parent of
+        ``--processes N``, whose children each say it for the connections that do the work."""
 
     def watch(self, settings: Settings) -> None:
         """Name the URLs in the lines: the Redis and (on RabbitMQ) the broker URL of this worker."""
@@ -237,6 +240,8 @@ class RefusalNotice:
             if self.refused:
                 return True
             self.refused = True
+        if self.quiet:
+            return True
         service = "Redis" if _from_redis(exc) else "RabbitMQ"
         log.error(
             "%s%s: %s; connections are retried until it verifies (said once)",
@@ -250,7 +255,7 @@ class RefusalNotice:
         """A connection worked again: if a refusal was logged, say it is over (once)."""
         with self._lock:
             was, self.refused = self.refused, False
-        if was:
+        if was and not self.quiet:
             log.info("TLS verifies again: connections work")
 
 

@@ -110,6 +110,19 @@ def test_a_rotation_is_said_once_for_every_connection_that_meets_it_and_its_end_
     assert not any(record.exc_info for record in caplog.records)
 
 
+def test_a_quiet_notice_recognises_refusals_and_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """The parent of ``--processes N``: its children say it; the parent's failing beats must not either."""
+    notice = tls.RefusalNotice()
+    notice.quiet = True
+    with caplog.at_level("INFO", logger=tls.log.name):
+        assert notice.noticed(wrapped(verify_error("unable to get local issuer certificate")))
+        assert not notice.noticed(wrapped(ConnectionRefusedError(111, "Connection refused")))
+        during = notice.refused
+        notice.verified()
+    assert (during, notice.refused) == (True, False)
+    assert caplog.records == []
+
+
 def test_celerys_reconnect_lines_carrying_a_refusal_are_dropped_and_its_connected_line_ends_the_episode(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
