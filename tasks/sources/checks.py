@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from wsupload.config.settings import Settings
 from wsupload.errors import InvalidInput, SourceNotAllowed
-from wsupload.tasks.sources.local_files import inside_roots, local_path
+from wsupload.tasks.sources.local_files import inside_roots, local_path, resolved
 from wsupload.tasks.sources.media import require_media_kind
 from wsupload.tasks.sources.object_store import bucket_allowed, parse_object_url
 from wsupload.tasks.sources.opener import scheme_of
@@ -37,13 +37,13 @@ def check_source(source: str, settings: Settings, *, unset_allows_all: bool = Fa
         require_media_kind(url.filename)
     elif scheme in ("", "file"):
         path = local_path(source)
-        resolved = path.resolve()
+        real = resolved(source, path)
         if not settings.allowed_roots and not unset_allows_all:
             raise SourceNotAllowed("no local paths are taken here: WSUPLOAD_ALLOWED_ROOTS is unset")
-        if settings.allowed_roots and not inside_roots(resolved, settings.allowed_roots):
+        if settings.allowed_roots and not inside_roots(real, settings.allowed_roots):
             raise SourceNotAllowed(f"{source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
         require_media_kind(path.name)
-        if not resolved.is_file():
+        if not real.is_file():
             raise InvalidInput(f"{source!r} is not a file")
     else:
         raise InvalidInput(f"unsupported source {source!r}: expected an absolute path, file:// or s3://")

@@ -20,6 +20,7 @@ from wsupload.config.parsers import split_store_url
 from wsupload.config.settings import Settings
 from wsupload.errors import InvalidInput
 from wsupload.tasks.sources import formats
+from wsupload.tasks.sources.local_files import resolved
 from wsupload.tasks.sources.object_store import S3Store
 
 
@@ -40,7 +41,7 @@ def matches(relative: str, patterns: Sequence[str]) -> bool:
 
 def walk_directory(root: Path, patterns: Sequence[str] = ()) -> Iterator[Found]:
     """Regular files below ``root`` (symlinks not followed), in a stable order."""
-    root = root.resolve()
+    root = resolved(str(root), root)
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
         for name in sorted(files):

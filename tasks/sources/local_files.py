@@ -36,6 +36,18 @@ def local_path(source: str) -> Path:
     return path
 
 
+def resolved(source: str, path: Path) -> Path:
+    """``path`` with its symbolic links and ``..`` resolved; a loop of links, or a path the
+    system refuses to resolve, is ``InvalidInput`` naming ``source`` (``Path.resolve`` raises
+    ``RuntimeError`` for a loop, which would end the job as an internal error)."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise InvalidInput(f"{source!r} cannot be resolved: its symbolic links form a loop") from None
+    except OSError as exc:
+        raise InvalidInput(f"{source!r} cannot be resolved: {exc.strerror or exc}") from None
+
+
 def inside_roots(path: Path, roots: Sequence[Path]) -> bool:
     """``path`` (already resolved) is one of ``roots`` or below one."""
     return any(path == root or root in path.parents for root in roots)
@@ -45,15 +57,15 @@ def open_local(source: str, allowed_roots: Sequence[Path] = ()) -> OpenedSource:
     path = local_path(source)
     # Resolve symlinks and '..' before the roots check, and check the roots
     # before anything that would reveal whether the file exists.
-    resolved = path.resolve()
-    if allowed_roots and not inside_roots(resolved, allowed_roots):
+    real = resolved(source, path)
+    if allowed_roots and not inside_roots(real, allowed_roots):
         raise InvalidInput(f"{source!r} is outside WSUPLOAD_ALLOWED_ROOTS")
     kind = require_media_kind(path.name)
 
     try:
         # O_NOFOLLOW: the path was resolved above, so a symlink here means it was
         # swapped in since. O_NONBLOCK: opening a FIFO must not hang the worker.
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InvalidInput(f"{source!r} does not exist") from None
     except PermissionError:

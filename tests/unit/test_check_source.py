@@ -65,3 +65,9 @@ def test_malformed_sources_are_invalid_input_not_a_refusal_of_place(root: Path, 
     with pytest.raises(InvalidInput, match=says) as caught:
         check_source(source.format(root=root), settings_for(root))
     assert not isinstance(caught.value, SourceNotAllowed)
+
+
+def test_a_loop_of_symbolic_links_is_invalid_input(root: Path) -> None:
+    (root / "loop.png").symlink_to(root / "loop.png")
+    with pytest.raises(InvalidInput, match="its symbolic links form a loop"):
+        check_source(str(root / "loop.png"), settings_for(root))

@@ -112,6 +112,18 @@ def test_symlink_escape(tmp_path: Path, png: Path) -> None:
     refused(str(root / "escape.png"), "outside WSUPLOAD_ALLOWED_ROOTS", allowed_roots=(root.resolve(),))
 
 
+@pytest.mark.parametrize("roots", [(), ("root",)])
+def test_a_loop_of_symbolic_links_is_invalid_input_not_an_internal_error(
+    tmp_path: Path, roots: tuple[str, ...]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.png").symlink_to(root / "b.png")
+    (root / "b.png").symlink_to(root / "a.png")
+    allowed = tuple((tmp_path / name).resolve() for name in roots)
+    refused(str(root / "a.png"), "cannot be resolved: its symbolic links form a loop", allowed_roots=allowed)
+
+
 def test_dotdot_escape(tmp_path: Path, png: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
