@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -56,6 +58,17 @@ def fresh_channel(connection: Any, queue: str, messages: int) -> Any:
     return channel
 
 
+@contextmanager
+def on_the_loop_thread(redis_url: str, queue: str, messages: int) -> Iterator[tuple[Any, Any]]:
+    """A ``fresh_channel`` and its transport, which takes this thread for its event loop's."""
+    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
+    with app.connection_for_write() as connection:
+        channel = fresh_channel(connection, queue, messages)
+        transport: Any = connection.transport
+        transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
+        yield channel, transport
+
+
 def unacked_tags(channel: Any) -> set[str]:
     with channel.conn_or_acquire() as client:
         return {tag.decode() for tag in client.hkeys(channel.unacked_key)}
@@ -63,12 +76,7 @@ def unacked_tags(channel: Any) -> set[str]:
 
 def test_an_ack_on_the_loop_thread_rides_with_the_next_delivery_and_is_written_by_close(redis_url: str) -> None:
     """One round trip a job fewer; nothing owed is lost at close, nor put back on the queue."""
-    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
-    with app.connection_for_write() as connection:
-        channel = fresh_channel(connection, "acks-ride", 3)
-        transport: Any = connection.transport
-        transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
-
+    with on_the_loop_thread(redis_url, "acks-ride", 3) as (channel, transport):
         first = channel.basic_get("acks-ride")
         first.ack()
         assert unacked_tags(channel) == {first.delivery_tag}  # owed, not written yet
@@ -92,12 +100,7 @@ def test_an_ack_on_the_loop_thread_rides_with_the_next_delivery_and_is_written_b
 
 def test_the_loop_threads_scripts_keep_one_connection_and_a_dropped_one_costs_no_delivery(redis_url: str) -> None:
     """No pool checkout per message on the event loop; a connection Redis closed is replaced at its next call."""
-    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
-    with app.connection_for_write() as connection:
-        channel = fresh_channel(connection, "loop-connection", 2)
-        transport: Any = connection.transport
-        transport.loop_thread = threading.get_ident()  # as if this thread ran the event loop
-
+    with on_the_loop_thread(redis_url, "loop-connection", 2) as (channel, _):
         first = channel.basic_get("loop-connection")
         loop_client = channel.scripts_client()
         with channel.conn_or_acquire() as client:
