@@ -14,13 +14,19 @@ ratio is capped below the target; the row states the cap it met). Each row's not
 machine's and the worker's own processes': the stand-in server, Redis and the
 producer share the machine with the workers, and the sandbox's own share is
 noted beside them (it is a Python server on the same cores, where a user's server
-is elsewhere).
+is elsewhere). A fourth run each round splits the direct pool the way ``auto`` splits
+the worker (one process per child, each with the child's threads and a like share of
+the files): what splitting gains with no queue at all, on this machine and sandbox,
+beside what it gains the worker.
 Part of ``make bench`` (``run.py``); alone: ``python -m benchmarks.processes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.harness import Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox, tree_cpu
+from benchmarks.harness import KEY, Fleet, Row, baseline, busy_cores, cpu_note, make_media, median, sandbox, tree_cpu
 from wsupload.worker import parent, supervisor
 from wsupload.worker.dev.local_services import LocalRedis, start_redis
 
@@ -53,6 +59,31 @@ def bulk_run(fleet: Fleet, files: list[str], used: list[float]) -> float:
     return elapsed
 
 
+def split_direct(url: str, files: list[str], threads: list[int]) -> float:
+    """The direct pool as ``len(threads)`` processes side by side, each with its threads and a like share
+    of ``files``; jobs/s over the slowest one's own time (each process's start left out, as a worker's is)."""
+    total, start, shares = sum(threads), 0, []
+    for n, share in enumerate(threads):
+        end = len(files) if n == len(threads) - 1 else start + len(files) * share // total
+        shares.append(files[start:end])
+        start = end
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.baselines", "direct", url, KEY, str(share), *part],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for share, part in zip(threads, shares, strict=True)
+    ]
+    seconds = []
+    for run in runs:
+        out, _ = run.communicate()
+        if run.returncode:
+            raise RuntimeError(f"a split direct pool exited {run.returncode}")
+        seconds.append(float(json.loads(out)["seconds"]))
+    return len(files) / max(seconds)
+
+
 def sandbox_process() -> psutil.Process:
     """The sandbox ``harness.sandbox`` started: this process's child running ``wsupload … sandbox``."""
     return next(p for p in psutil.Process().children() if "sandbox" in p.cmdline())
@@ -75,10 +106,10 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
     folder.mkdir(exist_ok=True)
     files = [str(make_media(folder / f"p{n:04d}.mp4", 200 * 1000)) for n in range(count)]
     processes = supervisor.split_concurrency(CONCURRENCY, parent.processes_wanted(supervisor.AUTO))
-    samples: dict[str, list[tuple[float, float]]] = {"auto": [], "one": [], "direct": []}
+    samples: dict[str, list[tuple[float, float]]] = {"auto": [], "one": [], "direct": [], "split": []}
     used: dict[str, list[float]] = {"auto": [], "one": []}
     """Cores the worker's own processes kept busy during each run (CPU seconds over wall seconds)."""
-    served: dict[str, list[float]] = {"auto": [], "one": [], "direct": []}
+    served: dict[str, list[float]] = {"auto": [], "one": [], "direct": [], "split": []}
     """Cores the sandbox kept busy during each run."""
     with sandbox(latency=LATENCY) as url:
         server = sandbox_process()
@@ -92,12 +123,13 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             "auto": lambda: count / bulk_run(auto, files, used["auto"]),
             "one": lambda: count / bulk_run(one, files, used["one"]),
             "direct": lambda: count / baseline("direct", url, str(CONCURRENCY), *files)["seconds"],
+            "split": lambda: split_direct(url, files, processes),
         }
         runs = {name: measured(run, server, served[name]) for name, run in plain.items()}
         try:
             order = list(runs)
             for round_ in range(repeats):
-                for name in order[round_ % 3 :] + order[: round_ % 3]:
+                for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
                     samples[name].append(busy_cores(runs[name]))
         finally:
             auto.stop()
@@ -105,6 +137,7 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
     rate = {name: median([r for r, _ in runs_]) for name, runs_ in samples.items()}
     # Each round ran the three once: its auto/one ratio met one stretch of the machine's drift.
     per_round = [a / b for (a, _), (b, _) in zip(samples["auto"], samples["one"], strict=True)]
+    split_gain = rate["split"] / rate["direct"]
     cores = {name: median([c for _, c in runs_]) for name, runs_ in samples.items()}
     shares = "+".join(str(n) for n in processes)
     bound = CONCURRENCY / LATENCY
@@ -125,7 +158,8 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             "≥ 1.35 × one process",
             rate["auto"] >= 1.35 * rate["one"],
             runs=[r for r, _ in samples["auto"]],
-            note=f"{ceiling}; per-round ratios {', '.join(f'{r:.2f}' for r in per_round)}"
+            note=f"{ceiling}; the direct pool split the same way gained {split_gain:.2f}× over one process"
+            f" (two rows down); per-round ratios {', '.join(f'{r:.2f}' for r in per_round)}"
             f" (median {median(per_round):.2f});"
             f" auto: {cpu_note(cores['auto'])}, the worker's {len(processes) + 1} processes"
             f" {median(used['auto']):.2f} cores, the sandbox {median(served['auto']):.2f}; one process:"
@@ -144,6 +178,17 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             note=f"auto: {cpu_note(cores['auto'])}; direct pool: {cpu_note(cores['direct'])}, the sandbox"
             f" {median(served['direct']):.2f} cores; the direct pool reached {rate['direct'] / bound:.0%} of the"
             f" latency bound ({bound:.0f} jobs/s)",
+        ),
+        Row(
+            f"the direct pool split as auto splits the worker ({len(processes)} processes, {shares} threads), no queue",
+            rate["split"],
+            "jobs/s",
+            f"direct thread pool, one process ({CONCURRENCY} sessions)",
+            rate["direct"],
+            runs=[r for r, _ in samples["split"]],
+            note=f"what splitting gains with no queue on this machine and sandbox: --processes auto reached"
+            f" {rate['auto'] / rate['split']:.0%} of it; split: {cpu_note(cores['split'])}, the sandbox"
+            f" {median(served['split']):.2f} cores; {rate['split'] / bound:.0%} of the latency bound",
         ),
     ]
 
