@@ -101,13 +101,34 @@ def start_redis(
 
     ``extra_args`` go to redis-server as they are (``--maxmemory 20mb``, ``--appendfsync everysec``).
     Restart one on the same port and directory to keep its data: ``start_redis(port=…, directory=…)``.
+    A free port is free when chosen, not when redis-server binds it (another test's server
+    may bind it first): a port chosen here that turns out taken is replaced by another,
+    ``PORT_TRIES`` times at most.
     """
-    port = port or free_port()
     binary = shutil.which("redis-server")
     if binary is None:
         if persistent:
             raise RuntimeError("a persistent local Redis needs the redis-server binary")
-        return _start_fakeredis(port)
+        return _start_fakeredis(port or free_port())
+    for attempt in range(1 if port else PORT_TRIES):
+        try:
+            return _start_redis_server(binary, port or free_port(), persistent, directory, extra_args)
+        except PortTaken:
+            if port or attempt == PORT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+PORT_TRIES = 5
+
+
+class PortTaken(RuntimeError):
+    """redis-server could not have the port: it exited at start, or another server answers there."""
+
+
+def _start_redis_server(
+    binary: str, port: int, persistent: bool, directory: Path | None, extra_args: Sequence[str]
+) -> LocalRedis:
     tmp = None
     if directory is None:
         tmp = tempfile.TemporaryDirectory(prefix="wsupload-redis-")
@@ -119,14 +140,29 @@ def start_redis(
     url = f"redis://127.0.0.1:{port}/0"
     local = LocalRedis(url=url, kind="redis-server", process=process, _dir=tmp)
     try:
-        wait_until(lambda: process.poll() is not None or redis_answers(url), 15, what="redis-server to answer")
+        answering = wait_until(lambda: process.poll() is not None or server_pid(url), 15, what="redis-server to answer")
     except TimeoutError:
         local.stop()
         raise
-    if process.poll() is not None:
+    if process.poll() is not None or answering != process.pid:
         local.stop()
-        raise RuntimeError(f"redis-server exited with status {process.returncode} (port {port} taken?)")
+        raise PortTaken(
+            f"redis-server on port {port}: "
+            + (
+                f"exited with status {process.returncode} (port taken?)"
+                if process.poll() is not None
+                else f"another server (pid {answering}) answers there"
+            )
+        )
     return local
+
+
+def server_pid(url: str) -> int | None:
+    """The process id of the Redis answering at ``url``; None while none answers."""
+    try:
+        return int(redis_client(url, socket_connect_timeout=0.5, socket_timeout=0.5).info("server")["process_id"])
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return None
 
 
 def _start_fakeredis(port: int) -> LocalRedis:
