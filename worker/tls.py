@@ -93,21 +93,30 @@ def refused_line(service: str, url: str, cause: BaseException) -> str:
     return f"configuration error: {service} at {masked(url)}: {describe(cause)}"
 
 
+VERIFIED: set[str] = set()
+"""TLS URLs ``check_at_start`` saw answer in this process: ``wsupload worker`` checks before Celery starts,
+and Celery's ``celeryd_init`` (for ``celery -A … worker`` too) would check again; once is enough."""
+
+
 def check_at_start(settings: Settings) -> None:
-    """Connect once to each TLS URL of ``settings``; ``TlsRefused`` if one's TLS is refused (else return)."""
+    """Connect once to each TLS URL of ``settings``; ``TlsRefused`` if one's TLS is refused (else return).
+
+    A URL that answered once in this process is not checked again (``VERIFIED``); one that did not
+    answer (an outage, which a worker waits out) is checked at the next call.
+    """
     urls = dict.fromkeys([settings.redis_url, settings.effective_broker_url])
     for url in urls:
+        if url in VERIFIED:
+            continue
         scheme = scheme_of(url)
-        if scheme == "rediss":
-            _check_redis(url)
-        elif scheme == "amqps":
-            check_amqp(url)
+        if (scheme == "rediss" and _check_redis(url)) or (scheme == "amqps" and check_amqp(url)):
+            VERIFIED.add(url)
 
 
-def _check_redis(url: str) -> None:
+def _check_redis(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT)
     try:
-        check_redis(client, url)
+        return check_redis(client, url)
     finally:
         client.close()
 

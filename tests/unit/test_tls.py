@@ -207,3 +207,24 @@ def test_a_handshake_cut_short_during_a_refusal_is_that_episodes_and_an_outage_o
         notice.verified()
         assert not notice.noticed(wrapped(cut))
     assert len(caplog.records) == 2, [record.getMessage() for record in caplog.records]
+
+
+def test_a_worker_start_checks_each_tls_url_once_and_an_outage_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wsupload worker`` checks before Celery starts, Celery's ``celeryd_init`` after: one connection each URL."""
+    from wsupload.config import Settings
+
+    answers = {"rediss://results:6380/0": [True], "amqps://broker:5671//": [False, True]}
+    checked: list[str] = []
+
+    def check(url: str) -> bool:
+        checked.append(url)
+        return answers[url].pop(0)
+
+    monkeypatch.setattr(tls, "VERIFIED", set())
+    monkeypatch.setattr(tls, "_check_redis", check)
+    monkeypatch.setattr(tls, "check_amqp", check)
+    settings = Settings(redis_url="rediss://results:6380/0", broker_url="amqps://broker:5671//")
+    tls.check_at_start(settings)  # the broker does not answer yet (an outage): not known to verify
+    tls.check_at_start(settings)
+    tls.check_at_start(settings)
+    assert checked == ["rediss://results:6380/0", "amqps://broker:5671//", "amqps://broker:5671//"]
