@@ -73,7 +73,11 @@ def checkout_tree() -> str:
         return git("write-tree", env=env)
 
 
+RESULT_FILES = ("benchmarks/RESULTS.md", "benchmarks/results.png")
+"""What ``make bench`` itself writes: changed by the last run, not changes to the code measured."""
+
+
 def checkout_label() -> str:
-    """``now (<HEAD> + changes)``: what ``checkout_tree`` holds, for a results table."""
-    dirty = git("status", "--porcelain") != ""
-    return f"now ({git('rev-parse', '--short', 'HEAD')}{' + changes' if dirty else ''})"
+    """``now (<HEAD> + changes)``: what ``checkout_tree`` holds, for a results table (the result files aside)."""
+    changed = git("status", "--porcelain", "--", ".", *(f":(exclude){path}" for path in RESULT_FILES))
+    return f"now ({git('rev-parse', '--short', 'HEAD')}{' + changes' if changed else ''})"
