@@ -11,6 +11,8 @@ from tests.integration.conftest import unavailable
 from wsupload.worker.dev import local_services
 from wsupload.worker.dev.local_services import LocalRedis, PortTaken, server_pid, start_redis
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def holder() -> Iterator[LocalRedis]:
@@ -25,6 +27,7 @@ def holder() -> Iterator[LocalRedis]:
 def test_a_chosen_port_another_redis_holds_is_replaced_by_a_free_one(
     holder: LocalRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """As if another test's server bound the port between ``free_port`` and redis-server's bind."""
     ports = iter([holder.port])
     real_free_port = local_services.free_port
     monkeypatch.setattr(local_services, "free_port", lambda: next(ports, None) or real_free_port())

@@ -141,7 +141,7 @@ def _start_redis_server(
     local = LocalRedis(url=url, kind="redis-server", process=process, _dir=tmp)
     try:
         answering = wait_until(lambda: process.poll() is not None or server_pid(url), 15, what="redis-server to answer")
-    except TimeoutError:
+    except BaseException:
         local.stop()
         raise
     if process.poll() is not None or answering != process.pid:
@@ -158,11 +158,15 @@ def _start_redis_server(
 
 
 def server_pid(url: str) -> int | None:
-    """The process id of the Redis answering at ``url``; None while none answers."""
+    """The process id of the Redis answering at ``url``, once it has loaded its data; None until then."""
+    client = redis_client(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
-        return int(redis_client(url, socket_connect_timeout=0.5, socket_timeout=0.5).info("server")["process_id"])
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        info = client.info()  # the default sections: server (process_id) and persistence (loading)
+    except (redis.RedisError, OSError):  # nothing there yet, still loading, or not a Redis
         return None
+    finally:
+        client.close()
+    return None if int(info.get("loading", 0)) else int(info["process_id"])
 
 
 def _start_fakeredis(port: int) -> LocalRedis:
