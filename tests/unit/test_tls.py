@@ -210,7 +210,8 @@ def test_a_handshake_cut_short_during_a_refusal_is_that_episodes_and_an_outage_o
 
 
 def test_a_worker_start_checks_each_tls_url_once_and_an_outage_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``wsupload worker`` checks before Celery starts, Celery's ``celeryd_init`` after: one connection each URL."""
+    """``wsupload worker`` checks before Celery starts, Celery's ``celeryd_init`` after: a URL that answered
+    is not connected to again; one that did not (an outage) is, until it answers."""
     from wsupload.config import Settings
 
     answers = {"rediss://results:6380/0": [True], "amqps://broker:5671//": [False, True]}
