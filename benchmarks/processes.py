@@ -61,7 +61,8 @@ def bulk_run(fleet: Fleet, files: list[str], used: list[float]) -> float:
 
 def split_direct(url: str, files: list[str], threads: list[int]) -> float:
     """The direct pool as ``len(threads)`` processes side by side, each with its threads and a like share
-    of ``files``; jobs/s over the slowest one's own time (each process's start left out, as a worker's is)."""
+    of ``files``; jobs/s from the first one's start to the last one's end (interpreter starts left out,
+    as a worker's is)."""
     total, start, shares = sum(threads), 0, []
     for n, share in enumerate(threads):
         end = len(files) if n == len(threads) - 1 else start + len(files) * share // total
@@ -75,13 +76,20 @@ def split_direct(url: str, files: list[str], threads: list[int]) -> float:
         )
         for share, part in zip(threads, shares, strict=True)
     ]
-    seconds = []
-    for run in runs:
-        out, _ = run.communicate()
-        if run.returncode:
-            raise RuntimeError(f"a split direct pool exited {run.returncode}")
-        seconds.append(float(json.loads(out)["seconds"]))
-    return len(files) / max(seconds)
+    try:
+        reports = []
+        for run in runs:
+            out, _ = run.communicate()
+            if run.returncode:
+                raise RuntimeError(f"a split direct pool exited {run.returncode}")
+            reports.append(json.loads(out))
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    span = max(float(r["ended"]) for r in reports) - min(float(r["started"]) for r in reports)
+    return len(files) / span
 
 
 def sandbox_process() -> psutil.Process:
@@ -135,7 +143,7 @@ def bench(redis: LocalRedis, work: Path, count: int, repeats: int) -> list[Row]:
             auto.stop()
             one.stop()
     rate = {name: median([r for r, _ in runs_]) for name, runs_ in samples.items()}
-    # Each round ran the three once: its auto/one ratio met one stretch of the machine's drift.
+    # Each round ran each once: its auto/one ratio met one stretch of the machine's drift.
     per_round = [a / b for (a, _), (b, _) in zip(samples["auto"], samples["one"], strict=True)]
     split_gain = rate["split"] / rate["direct"]
     cores = {name: median([c for _, c in runs_]) for name, runs_ in samples.items()}
