@@ -60,6 +60,28 @@ def test_whole_worker_sigkilled_mid_upload_its_job_completes_on_another_worker(
     wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
 
 
+def test_a_job_every_worker_dies_with_ends_failed_once_max_deliveries_workers_took_it(
+    own_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
+) -> None:
+    """``WSUPLOAD_MAX_DELIVERIES=2``: two workers SIGKILLed mid-upload; the third ends the job, sending nothing."""
+    sandbox.add_fault(Fault(stall=30, times=2))  # both uploads hang at the server until their worker dies
+    (job,) = own_producer.enqueue([str(png)])
+    for n in (1, 2):
+        taker = start_worker(WSUPLOAD_MAX_DELIVERIES="2")
+        wait_until(lambda n=n: len(sandbox.records) == n, 30, what=f"upload {n} to reach the sandbox")
+        taker.kill()  # the whole process group, as a crash or the OOM killer would
+    last = start_worker(WSUPLOAD_MAX_DELIVERIES="2")
+
+    doc: JobDoc = wait_until(finished(own_producer, job.job_id), 30, interval=0.2, what="the job to end")
+    sandbox.release_stalls()
+    assert (doc["status"], doc["error"]["kind"]) == ("failed", "too_many_deliveries")
+    assert (doc["generation"], doc["worker"]) == (3, last.hostname)
+    assert "WSUPLOAD_MAX_DELIVERIES=2" in doc["error"]["message"]
+    assert len(sandbox.records) == 2  # the third delivery sent no request
+    wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
+    assert waiting_messages(own_producer, own_producer.settings.queue) == 0
+
+
 def test_an_upload_lasting_many_leases_runs_once(
     own_producer: Producer, start_worker: StartWorker, sandbox: SandboxServer, png: Path
 ) -> None:
