@@ -4,8 +4,10 @@ The cut-off worker reaches Redis only through the relay; its connections stay op
 hear nothing, as on a link that drops every packet: no error, no reset. Its lease is
 not renewed, so a worker that can reach Redis takes the job over; when the link comes
 back, what the cut-off worker says about the job is refused (fencing), and it serves
-jobs again. Redis broker only (on RabbitMQ the broker connection is another story:
-``test_amqp``). Waits poll conditions with deadlines.
+jobs again. Meanwhile its heartbeat record expires, so ``wsupload workers`` and
+``health`` show it gone, and it is listed again once it beats. Redis broker only (on
+RabbitMQ the broker connection is another story: ``test_amqp``). Waits poll conditions
+with deadlines.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ import pytest
 from tests.integration.conftest import StartWorker, finished, unacked_messages
 from tests.integration.silent_relay import SilentRelay
 from wsupload.tasks.store.results import JobDoc
+from wsupload.worker import worker_records
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import png_bytes
 from wsupload.worker.dev.sandbox import Fault, SandboxServer
 from wsupload.worker.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def listed(producer: Producer, name: str) -> bool:
+    """Whether ``wsupload workers`` would list the worker: its heartbeat record has not expired."""
+    return name in {record.name for record in worker_records.read_records(producer.redis)}
 
 
 @pytest.fixture
@@ -58,6 +66,8 @@ def test_a_worker_cut_off_by_a_silent_network_loses_its_job_to_another_and_serve
     taker = start_worker()
     done: JobDoc = wait_until(finished(own_producer, job.job_id), 60, interval=0.2, what="the job to be taken over")
     assert (done["status"], done["worker"], done["generation"]) == ("succeeded", taker.hostname, 2)
+    # An operator sees it gone: its beats no longer arrive, its record expires (wsupload health fails).
+    wait_until(lambda: not listed(own_producer, cut_off.hostname), 30, interval=0.2, what="its record to expire")
 
     sandbox.release_stalls()  # the cut-off worker gets its answer while it still hears nothing from Redis
     relay.restore()
@@ -68,6 +78,7 @@ def test_a_worker_cut_off_by_a_silent_network_loses_its_job_to_another_and_serve
         what="the cut-off worker to find it may no longer act for the job",
     )
     assert own_producer.status([job.job_id])[0] == done  # the outcome stands as the taker wrote it
+    wait_until(lambda: listed(own_producer, cut_off.hostname), 30, interval=0.2, what="its record to be back")
     assert cut_off.process is not None
     assert cut_off.process.poll() is None, cut_off.log_tail()
 
