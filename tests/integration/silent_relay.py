@@ -28,6 +28,7 @@ class SilentRelay:
         self._flowing.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._listener.settimeout(POLL)
         self._acceptor = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
@@ -43,11 +44,18 @@ class SilentRelay:
         self._flowing.set()
 
     def close(self) -> None:
+        """Ends every connection (its peers see them closed) and stops the relay's threads before returning."""
         self._closed.set()
         self._flowing.set()  # wakes the pumps so that they see the relay closed
         self._acceptor.join()
         with self._lock:
             sockets, self._sockets = self._sockets, []
+            pumps, self._pumps = self._pumps, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # a pump waiting in select wakes up to an end
+        for pump in pumps:
+            pump.join()
         for sock in [self._listener, *sockets]:
             sock.close()
 
@@ -62,10 +70,15 @@ class SilentRelay:
             except OSError:
                 client.close()  # the target is away: the client sees its connection end
                 continue
+            pumps = [
+                threading.Thread(target=self._pump, args=(source, sink), name="relay-pump", daemon=True)
+                for source, sink in ((client, upstream), (upstream, client))
+            ]
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), name="relay-pump", daemon=True).start()
+                self._pumps += pumps
+            for pump in pumps:
+                pump.start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
