@@ -69,7 +69,7 @@ def test_a_worker_cut_off_by_a_silent_network_loses_its_job_to_another_and_serve
     # An operator sees it gone: its beats no longer arrive, its record expires (wsupload health fails).
     wait_until(lambda: not listed(own_producer, cut_off.hostname), 30, interval=0.2, what="its record to expire")
 
-    sandbox.release_stalls()  # the cut-off worker gets its answer while it still hears nothing from Redis
+    sandbox.release_stalls()  # the cut-off worker's upload is answered; what it writes of it waits for the link
     relay.restore()
     wait_until(
         lambda: "this delivery stops" in cut_off.log_path.read_text(errors="replace"),
