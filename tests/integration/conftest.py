@@ -23,6 +23,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.integration import rabbit
 from wsupload.config import Settings
 from wsupload.tasks.callbacks import SIGNATURE_HEADER
-from wsupload.tasks.store.results import TERMINAL, JobDoc
+from wsupload.tasks.store.results import ENDED_CHANNEL, TERMINAL, JobDoc
 from wsupload.tasks.wire.amqp_publisher import ready_messages
 from wsupload.worker.dev.local_services import (
     LocalRedis,
@@ -240,6 +242,29 @@ def finished(producer: Producer, job_id: str) -> Callable[[], JobDoc | None]:
         return doc if doc and doc["status"] in TERMINAL else None
 
     return check
+
+
+class Ended:
+    """Every final document published on ``wsupload:ended`` while it listens: how often each job ended."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub.subscribe(ENDED_CHANNEL)
+        self.counts: Counter[str] = Counter()
+
+    def of(self, job_ids: list[str]) -> dict[str, int]:
+        """How often each of ``job_ids`` ended, once each has (the channel is the session's: other tests' too)."""
+
+        def read() -> bool:
+            while (message := self.pubsub.get_message(timeout=0.05)) is not None:
+                self.counts[json.loads(message["data"])["job_id"]] += 1
+            return all(self.counts[job] for job in job_ids)
+
+        wait_until(read, 10, interval=0, what="every job's end to be published")
+        return {job: self.counts[job] for job in job_ids}
+
+    def close(self) -> None:
+        self.pubsub.close()
 
 
 def unacked_messages(producer: Producer) -> list[Any]:

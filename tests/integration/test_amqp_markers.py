@@ -8,7 +8,6 @@ process at a short interval and must get nothing published again. Waits poll wit
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections import Counter
@@ -16,14 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.integration import rabbit
+from tests.integration.conftest import Ended
 from tests.integration.test_amqp import StartWorker, amqp_producer, png, start_worker  # noqa: F401 (fixtures)
 from wsupload.config import Settings
 from wsupload.tasks.recovery.early_ack_sweep import OwedSweep, Report
 from wsupload.tasks.store import keys
-from wsupload.tasks.store.results import ENDED_CHANNEL, TERMINAL
+from wsupload.tasks.store.results import TERMINAL
 from wsupload.tasks.wire.amqp_publisher import ready_messages
 from wsupload.worker.dev.local_services import wait_until
 from wsupload.worker.dev.samples import distinct_pngs
@@ -52,29 +51,6 @@ def amqp_env(worker_env: dict[str, str], rabbit_vhost: str) -> dict[str, str]:
         "WSUPLOAD_QUEUE": f"markers-{suffix}",
         "WSUPLOAD_BULK_QUEUE": f"markers-{suffix}.bulk",
     }
-
-
-class Ended:
-    """Every final document published on ``wsupload:ended`` while it listens: how often each job ended."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self.pubsub.subscribe(ENDED_CHANNEL)
-        self.counts: Counter[str] = Counter()
-
-    def of(self, job_ids: list[str]) -> dict[str, int]:
-        """How often each of ``job_ids`` ended, once each has (the channel is the session's: other tests' too)."""
-
-        def read() -> bool:
-            while (message := self.pubsub.get_message(timeout=0.05)) is not None:
-                self.counts[json.loads(message["data"])["job_id"]] += 1
-            return all(self.counts[job] for job in job_ids)
-
-        wait_until(read, 10, interval=0, what="every job's end to be published")
-        return {job: self.counts[job] for job in job_ids}
-
-    def close(self) -> None:
-        self.pubsub.close()
 
 
 @pytest.fixture
