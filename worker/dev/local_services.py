@@ -110,13 +110,10 @@ def start_redis(
         if persistent:
             raise RuntimeError("a persistent local Redis needs the redis-server binary")
         return _start_fakeredis(port or free_port())
-    for attempt in range(1 if port else PORT_TRIES):
-        try:
-            return _start_redis_server(binary, port or free_port(), persistent, directory, extra_args)
-        except PortTaken:
-            if port or attempt == PORT_TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
+    for _ in range(0 if port else PORT_TRIES - 1):
+        with contextlib.suppress(PortTaken):  # taken since free_port chose it: choose another
+            return _start_redis_server(binary, free_port(), persistent, directory, extra_args)
+    return _start_redis_server(binary, port or free_port(), persistent, directory, extra_args)
 
 
 PORT_TRIES = 5
@@ -144,16 +141,12 @@ def _start_redis_server(
     except BaseException:
         local.stop()
         raise
-    if process.poll() is not None or answering != process.pid:
+    if process.poll() is not None:
         local.stop()
-        raise PortTaken(
-            f"redis-server on port {port}: "
-            + (
-                f"exited with status {process.returncode} (port taken?)"
-                if process.poll() is not None
-                else f"another server (pid {answering}) answers there"
-            )
-        )
+        raise PortTaken(f"redis-server on port {port} exited with status {process.returncode} (port taken?)")
+    if answering != process.pid:
+        local.stop()
+        raise PortTaken(f"redis-server on port {port}: another server (pid {answering}) answers there")
     return local
 
 
