@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.conftest import StartWorker, finished, unacked_messages
+from tests.integration.conftest import Ended, StartWorker, finished, unacked_messages
 from tests.integration.silent_relay import SilentRelay
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker import worker_records
@@ -56,6 +56,7 @@ def test_a_worker_cut_off_by_a_silent_network_loses_its_job_to_another_and_serve
     png.write_bytes(png_bytes(24, 24))
     cut_off = start_worker(REDIS_URL=relay.url())  # its broker and results Redis, through the relay
     sandbox.add_fault(Fault(stall=60))  # its upload hangs at the server until released
+    ended = Ended(own_producer.redis)
     (job,) = own_producer.enqueue([str(png)])
     wait_until(lambda: len(sandbox.records) == 1, 30, what="the upload to reach the sandbox")
     doc = own_producer.status([job.job_id])[0]
@@ -89,3 +90,6 @@ def test_a_worker_cut_off_by_a_silent_network_loses_its_job_to_another_and_serve
     served: JobDoc = wait_until(finished(own_producer, second.job_id), 60, interval=0.2, what="the next job")
     assert (served["status"], served["worker"]) == ("succeeded", cut_off.hostname)
     wait_until(lambda: unacked_messages(own_producer) == [], 20, what="every message to be acknowledged")
+    # Each end published once: the cut-off worker's refused outcome published nothing.
+    assert ended.of([job.job_id, second.job_id]) == {job.job_id: 1, second.job_id: 1}
+    ended.close()

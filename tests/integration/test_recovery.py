@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartWorker, finished, unacked_messages, waiting_messages
+from tests.integration.conftest import Ended, StartWorker, finished, unacked_messages, waiting_messages
 from wsupload.tasks.store import keys
 from wsupload.tasks.store.results import JobDoc
 from wsupload.worker.dev.local_services import WorkerProcess, wait_until
@@ -65,6 +65,7 @@ def test_a_job_every_worker_dies_with_ends_failed_once_max_deliveries_workers_to
 ) -> None:
     """``WSUPLOAD_MAX_DELIVERIES=2``: two workers SIGKILLed mid-upload; the third ends the job, sending nothing."""
     sandbox.add_fault(Fault(stall=30, times=2))  # both uploads hang at the server until their worker dies
+    ended = Ended(own_producer.redis)
     (job,) = own_producer.enqueue([str(png)])
     for n in (1, 2):
         taker = start_worker(WSUPLOAD_MAX_DELIVERIES="2")
@@ -80,6 +81,8 @@ def test_a_job_every_worker_dies_with_ends_failed_once_max_deliveries_workers_to
     assert len(sandbox.records) == 2  # the third delivery sent no request
     wait_until(lambda: unacked_messages(own_producer) == [], 10, what="the message to be acknowledged")
     assert waiting_messages(own_producer, own_producer.settings.queue) == 0
+    assert ended.of([job.job_id]) == {job.job_id: 1}  # its end published, once
+    ended.close()
 
 
 def test_an_upload_lasting_many_leases_runs_once(
